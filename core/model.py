@@ -1,0 +1,57 @@
+"""Records that travel between codecs, ingest, kernels and storage. Defined once, imported everywhere.
+
+Times are integer nanoseconds since the Unix epoch, UTC (``ts_ns``): exact, cheap to compare, and
+what the numba kernels take.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.const import FLAG_NORMAL
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One scalar value of one metric of one device (``readings`` row, device from the topic)."""
+
+    ts_ns: int
+    metric: str
+    value: float
+    flag: str = FLAG_NORMAL
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One vehicle position report (``vehicle_positions`` row). Speed km/h, heading degrees from north."""
+
+    ts_ns: int
+    lat: float
+    lon: float
+    speed_kmh: float = 0.0
+    heading: float = 0.0
+    altitude_m: float = 0.0
+    alarm_bits: int = 0  # JT/T 808 alarm flag word (protocols.md), 0 for JSON sources without one
+    status_bits: int = 0  # JT/T 808 status word
+    mileage_km: float | None = None
+    extra: dict = field(default_factory=dict)  # decoded additional items, kept verbatim
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficObservation:
+    """One detector interval on a road segment (``traffic_observations`` row)."""
+
+    ts_ns: int
+    speed_kmh: float
+    flow_vph: float | None = None
+    occupancy: float | None = None
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What one MQTT message decodes to. Exactly the lists for its stream are filled."""
+
+    readings: list[Reading] = field(default_factory=list)
+    positions: list[Position] = field(default_factory=list)
+    traffic: list[TrafficObservation] = field(default_factory=list)
+    # Device-level records that are not time series (HJ 212 CN 2021/2041 state, JT/T 808 registration):
+    events: list[dict] = field(default_factory=list)

@@ -1,0 +1,5 @@
+import sys
+
+from wulian.cli import main
+
+sys.exit(main())
