@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ class StackSettings(BaseModel):
 
 
 class DbSettings(BaseModel):
-    dsn: str = "postgresql://wulian@127.0.0.1:55432/wulian"
+    dsn: str | None = None  # default: the local stack's database
     pool_min: int = 2
     pool_max: int = 8
     retention_days: dict[str, int] = Field(
@@ -42,7 +42,7 @@ class DbSettings(BaseModel):
 
 class MqttSettings(BaseModel):
     host: str = "127.0.0.1"
-    port: int = 51883
+    port: int | None = None  # default: the local stack's broker
     username: str | None = None
     password: str | None = None
     client_id: str = "wulian-ingest-1"
@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     sim: SimSettings = Field(default_factory=SimSettings)
+
+    @model_validator(mode="after")
+    def _default_to_local_stack(self) -> "Settings":
+        if self.db.dsn is None:
+            self.db.dsn = f"postgresql://wulian@127.0.0.1:{self.stack.pg_port}/wulian"
+        if self.mqtt.port is None:
+            self.mqtt.port = self.stack.mqtt_port
+        return self
 
 
 @lru_cache(maxsize=1)

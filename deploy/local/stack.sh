@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Project-local PostgreSQL (+TimescaleDB) and Mosquitto under $STACK_DIR: `stack.sh up|down|status`.
+# Driven by `wulian stack ...`, which passes the settings as environment variables:
+#   STACK_DIR, PG_PORT, MQTT_PORT, PG_MAJOR, STACK_USER
+# PostgreSQL refuses to run as root, so when run as root both servers run as $STACK_USER (created
+# if missing). Nothing here touches the machine's own PostgreSQL or Mosquitto instances.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+STACK_DIR="${STACK_DIR:-$(cd "$HERE/../.." && pwd)/.stack}"
+PG_PORT="${PG_PORT:-55432}"
+MQTT_PORT="${MQTT_PORT:-51883}"
+PG_MAJOR="${PG_MAJOR:-15}"
+STACK_USER="${STACK_USER:-wulian}"
+PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
+PGDATA="$STACK_DIR/pg"
+RUN="$STACK_DIR/run"
+MQ="$STACK_DIR/mosquitto"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+
+as_user() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u "$STACK_USER" -- "$@"; else "$@"; fi
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pg_running() { [ -f "$PGDATA/postmaster.pid" ] && as_user "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
+
+mq_pid() { [ -f "$MQ/mosquitto.pid" ] && cat "$MQ/mosquitto.pid" 2>/dev/null || true; }
+mq_running() { local p; p="$(mq_pid)"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+prepare_dirs() {
+  if [ "$(id -u)" -eq 0 ] && ! id "$STACK_USER" >/dev/null 2>&1; then
+    log "creating system user $STACK_USER (PostgreSQL will not run as root)"
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$STACK_USER"
+  fi
+  mkdir -p "$STACK_DIR" "$RUN" "$MQ/data"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown "$STACK_USER" "$STACK_DIR" "$RUN" "$MQ" "$MQ/data"
+    # the servers' user must be able to reach the stack dir through its parents
+    local d="$STACK_DIR"
+    while [ "$d" != "/" ]; do chmod o+x "$d" 2>/dev/null || true; d="$(dirname "$d")"; done
+  fi
+}
+
+pg_up() {
+  if pg_running; then log "postgresql already running on $PG_PORT"; return; fi
+  if port_busy "$PG_PORT"; then log "port $PG_PORT is taken by another process: set WULIAN_STACK__PG_PORT"; exit 1; fi
+  if [ ! -f "$PGDATA/PG_VERSION" ]; then
+    log "initdb $PGDATA"
+    as_user "$PG_BIN/initdb" -D "$PGDATA" -U wulian --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    cat "$HERE/postgresql.conf" >> "$PGDATA/postgresql.conf"
+  fi
+  # per-start settings that depend on where the stack lives
+  as_user "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$STACK_DIR/postgresql.log" -w -t 60 \
+    -o "-p $PG_PORT -k $RUN -c listen_addresses=127.0.0.1" start >/dev/null
+  as_user "$PG_BIN/psql" -h "$RUN" -p "$PG_PORT" -U wulian -d postgres -Atqc \
+    "SELECT 1 FROM pg_database WHERE datname='wulian'" | grep -q 1 || \
+    as_user "$PG_BIN/createdb" -h "$RUN" -p "$PG_PORT" -U wulian wulian
+  log "postgresql up on 127.0.0.1:$PG_PORT (data $PGDATA)"
+}
+
+mq_up() {
+  if mq_running; then log "mosquitto already running on $MQTT_PORT"; return; fi
+  if port_busy "$MQTT_PORT"; then log "port $MQTT_PORT is taken by another process: set WULIAN_STACK__MQTT_PORT"; exit 1; fi
+  sed -e "s#@PORT@#$MQTT_PORT#g" -e "s#@DATA@#$MQ/data/#g" -e "s#@PID@#$MQ/mosquitto.pid#g" \
+      -e "s#@LOG@#$MQ/mosquitto.log#g" "$HERE/mosquitto.conf" > "$MQ/mosquitto.conf"
+  if [ -f "$MQ/extra.conf" ]; then cat "$MQ/extra.conf" >> "$MQ/mosquitto.conf"; fi
+  [ "$(id -u)" -eq 0 ] && chown "$STACK_USER" "$MQ/mosquitto.conf"
+  as_user /usr/sbin/mosquitto -d -c "$MQ/mosquitto.conf"
+  for _ in $(seq 1 50); do port_busy "$MQTT_PORT" && break; sleep 0.1; done
+  port_busy "$MQTT_PORT" || { log "mosquitto did not start: see $MQ/mosquitto.log"; exit 1; }
+  log "mosquitto up on 127.0.0.1:$MQTT_PORT (persistence in $MQ/data)"
+}
+
+case "${1:-status}" in
+  up)
+    bash "$HERE/install.sh"
+    prepare_dirs
+    pg_up
+    mq_up
+    ;;
+  down)
+    if pg_running; then as_user "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null; log "postgresql stopped"; fi
+    if mq_running; then
+      p="$(mq_pid)"; kill "$p"
+      for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      log "mosquitto stopped"
+    fi
+    ;;
+  status)
+    rc=0
+    if pg_running; then echo "postgresql: running on 127.0.0.1:$PG_PORT ($PGDATA)"; else echo "postgresql: stopped"; rc=3; fi
+    if mq_running; then echo "mosquitto: running on 127.0.0.1:$MQTT_PORT (pid $(mq_pid))"; else echo "mosquitto: stopped"; rc=3; fi
+    exit $rc
+    ;;
+  *) echo "usage: stack.sh up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,151 @@
+"""The one module that writes telemetry with asyncpg: registry upserts and batched, idempotent inserts.
+
+Per batch, one transaction: COPY into per-connection TEMP staging tables (``ON COMMIT DELETE ROWS``,
+created once in the pool's ``init`` hook), then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into
+the hypertables. COPY cannot do ON CONFLICT, and the unique indexes (device[, metric], time) are what
+make a redelivered message a no-op. Times travel as int ns and become timestamptz in SQL, exactly.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+
+from ingest.rows import BatchRows
+
+log = logging.getLogger(__name__)
+
+_TS = "(timestamptz 'epoch' + (s.ts_ns / 1000) * interval '1 microsecond')"
+
+STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS stage_readings
+    (ts_ns bigint, device integer, metric smallint, value double precision, flag text) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_positions
+    (ts_ns bigint, device integer, lat double precision, lon double precision, speed_kmh real, heading real,
+     altitude_m real, alarm_bits bigint, status_bits bigint, mileage_km double precision, extra jsonb)
+    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_traffic
+    (ts_ns bigint, device integer, speed_kmh real, flow_vph real, occupancy real) ON COMMIT DELETE ROWS;
+"""
+
+_INSERT_READINGS = f"""
+INSERT INTO readings (time, device, metric, value, flag)
+SELECT {_TS}, s.device, s.metric, s.value, s.flag FROM stage_readings s
+ON CONFLICT DO NOTHING"""
+_INSERT_POSITIONS = f"""
+INSERT INTO vehicle_positions (time, device, lat, lon, speed_kmh, heading, altitude_m, alarm_bits,
+                               status_bits, mileage_km, extra)
+SELECT {_TS}, s.device, s.lat, s.lon, s.speed_kmh, s.heading, s.altitude_m, s.alarm_bits, s.status_bits,
+       s.mileage_km, s.extra FROM stage_positions s
+ON CONFLICT DO NOTHING"""
+_INSERT_TRAFFIC = f"""
+INSERT INTO traffic_observations (time, device, speed_kmh, flow_vph, occupancy)
+SELECT {_TS}, s.device, s.speed_kmh, s.flow_vph, s.occupancy FROM stage_traffic s
+ON CONFLICT DO NOTHING"""
+_LAST_SEEN = """
+UPDATE devices d SET last_seen = GREATEST(d.last_seen, timestamptz 'epoch' + (v.ts_ns / 1000) * interval '1 microsecond')
+FROM unnest($1::integer[], $2::bigint[]) AS v(id, ts_ns) WHERE d.id = v.id"""
+
+_READING_COLS = ["ts_ns", "device", "metric", "value", "flag"]
+_POSITION_COLS = ["ts_ns", "device", "lat", "lon", "speed_kmh", "heading", "altitude_m", "alarm_bits",
+                  "status_bits", "mileage_km", "extra"]
+_TRAFFIC_COLS = ["ts_ns", "device", "speed_kmh", "flow_vph", "occupancy"]
+_DEAD_COLS = ["topic", "device_id", "kind", "reason", "detail", "payload"]
+
+
+async def init_connection(con: asyncpg.Connection) -> None:
+    """Pool ``init`` hook: staging tables live as long as the connection."""
+    await con.execute(STAGING_DDL)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    id: int
+    region: str
+    stream: str
+
+
+@dataclass(slots=True)
+class WriteResult:
+    staged: int = 0
+    inserted: int = 0
+    dead_letters: int = 0
+
+    @property
+    def duplicates(self) -> int:
+        return self.staged - self.inserted
+
+
+def _inserted(status: str) -> int:
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class BatchWriter:
+    """Registry caches and the batched write; one instance per ingest process."""
+
+    def __init__(self, pool: asyncpg.Pool, *, auto_register: bool = True, auto_add_metrics: bool = True) -> None:
+        self.pool = pool
+        self.auto_register = auto_register
+        self.auto_add_metrics = auto_add_metrics
+        self.devices: dict[str, DeviceInfo] = {}
+        self.metrics: dict[str, int] = {}
+
+    async def resolve_devices(self, wanted: dict[str, tuple[str, str]]) -> dict[str, DeviceInfo]:
+        """Registry rows for ``{device_id: (region, stream)}``; unknown ones are auto-registered if allowed."""
+        missing = [d for d in wanted if d not in self.devices]
+        if missing:
+            async with self.pool.acquire() as con:
+                if self.auto_register:
+                    await con.execute(
+                        "INSERT INTO devices (device_id, region, stream, auto_registered)"
+                        " SELECT * , true FROM unnest($1::text[], $2::text[], $3::text[])"
+                        " ON CONFLICT (device_id) DO NOTHING",
+                        missing, [wanted[d][0] for d in missing], [wanted[d][1] for d in missing],
+                    )
+                rows = await con.fetch(
+                    "SELECT id, device_id, region, stream FROM devices WHERE device_id = ANY($1::text[])", missing
+                )
+            for r in rows:
+                self.devices[r["device_id"]] = DeviceInfo(r["id"], r["region"], r["stream"])
+        return {d: self.devices[d] for d in wanted if d in self.devices}
+
+    async def resolve_metrics(self, names: set[str]) -> dict[str, int]:
+        missing = [n for n in names if n not in self.metrics]
+        if missing:
+            async with self.pool.acquire() as con:
+                if self.auto_add_metrics:
+                    await con.execute(
+                        "INSERT INTO metrics (name, auto_added) SELECT n, true FROM unnest($1::text[]) n"
+                        " ON CONFLICT (name) DO NOTHING",
+                        missing,
+                    )
+                rows = await con.fetch("SELECT id, name FROM metrics WHERE name = ANY($1::text[])", missing)
+            for r in rows:
+                self.metrics[r["name"]] = r["id"]
+        return self.metrics
+
+    async def write(self, rows: BatchRows) -> WriteResult:
+        """Write the batch in one transaction; returns counts. Raises on database failure (nothing acked)."""
+        res = WriteResult(staged=rows.n_records, dead_letters=len(rows.dead_letters))
+        async with self.pool.acquire() as con:
+            async with con.transaction():
+                if rows.readings:
+                    await con.copy_records_to_table("stage_readings", records=rows.readings, columns=_READING_COLS)
+                    res.inserted += _inserted(await con.execute(_INSERT_READINGS))
+                if rows.positions:
+                    await con.copy_records_to_table("stage_positions", records=rows.positions, columns=_POSITION_COLS)
+                    res.inserted += _inserted(await con.execute(_INSERT_POSITIONS))
+                if rows.traffic:
+                    await con.copy_records_to_table("stage_traffic", records=rows.traffic, columns=_TRAFFIC_COLS)
+                    res.inserted += _inserted(await con.execute(_INSERT_TRAFFIC))
+                if rows.dead_letters:
+                    await con.copy_records_to_table(
+                        "dead_letters",
+                        records=[(d.topic, d.device_id, d.kind, d.reason, d.detail, d.payload) for d in rows.dead_letters],
+                        columns=_DEAD_COLS,
+                    )
+                if rows.last_seen:
+                    ids = sorted(rows.last_seen)  # a fixed lock order: concurrent writers cannot deadlock
+                    await con.execute(_LAST_SEEN, ids, [rows.last_seen[i] for i in ids])
+        return res

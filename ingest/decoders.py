@@ -1,0 +1,49 @@
+"""Topic kind -> decoder of one message's payload into ``core.model.Decoded``.
+
+Field-protocol codecs are imported lazily, so a deployment that only takes JSON does not pay for them.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from core.const import Kind, Stream
+from core.model import Decoded
+from ingest.codecs.errors import CodecError
+from ingest.payload import PayloadLimits, check_times, decode_telemetry
+
+# kind -> "module" exposing decode(bytes) and to_decoded(message)
+_BINARY = {
+    Kind.HJ212: "ingest.codecs.hj212",
+    Kind.JT808: "ingest.codecs.jt808",
+    Kind.DLT645: "ingest.codecs.dlt645",
+    Kind.CJT188: "ingest.codecs.cjt188",
+}
+_cache: dict[Kind, Callable[[bytes], Decoded]] = {}
+
+
+def _binary_decoder(kind: Kind) -> Callable[[bytes], Decoded]:
+    fn = _cache.get(kind)
+    if fn is None:
+        try:
+            mod = importlib.import_module(_BINARY[kind])
+        except ImportError:
+            raise CodecError("unsupported_kind", f"no codec for {kind.value}") from None
+
+        def fn(payload: bytes, _m=mod) -> Decoded:
+            return _m.to_decoded(_m.decode(payload))
+
+        _cache[kind] = fn
+    return fn
+
+
+def decode_message(stream: Stream, kind: Kind, payload: bytes, now_ns: int, limits: PayloadLimits) -> Decoded:
+    """Decode and apply the time policy; raises CodecError (the message goes to dead letters)."""
+    if kind is Kind.TELEMETRY:
+        decoded = decode_telemetry(stream, payload, limits)
+    else:
+        if len(payload) > limits.max_bytes:
+            raise CodecError("too_large", f"{len(payload)} bytes > {limits.max_bytes}")
+        decoded = _binary_decoder(kind)(payload)
+    check_times(decoded, now_ns, limits)
+    return decoded

@@ -1,0 +1,17 @@
+"""Prometheus metrics of the ingest stages (exposed on ``ingest.metrics_port`` at /metrics)."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_RECEIVED = Counter("wulian_ingest_messages_received_total", "MQTT messages taken from the broker")
+MESSAGES_ACKED = Counter("wulian_ingest_messages_acked_total", "MQTT messages acknowledged after commit")
+RECORDS_WRITTEN = Counter("wulian_ingest_records_written_total", "rows inserted", ["table"])
+DUPLICATES = Counter("wulian_ingest_duplicates_total", "redelivered records skipped by the unique index")
+DEAD_LETTERS = Counter("wulian_ingest_dead_letters_total", "messages refused", ["reason"])
+BATCH_SIZE = Histogram(
+    "wulian_ingest_batch_messages", "messages per batch", buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000)
+)
+DECODE_SECONDS = Histogram("wulian_ingest_decode_seconds", "decode time per batch")
+COMMIT_SECONDS = Histogram("wulian_ingest_commit_seconds", "write+commit time per batch")
+WRITE_FAILURES = Counter("wulian_ingest_write_failures_total", "batches whose transaction failed (retried)")
+BACKLOG = Gauge("wulian_ingest_backlog_messages", "messages received from the broker, not yet written")

@@ -1,0 +1,237 @@
+"""The one module that imports paho: a manual-ack MQTT 5 consumer and a QoS 1 publisher.
+
+Consumer contract (ack after commit):
+- persistent session (``clean_start=False`` + ``SessionExpiryInterval``) so a restarted ingest resumes
+  what the broker held for it; ``ReceiveMaximum`` bounds the unacknowledged messages in flight, which is
+  the backpressure when the database stalls;
+- ``_on_message`` runs on paho's network thread and only appends to a deque, waking the asyncio side
+  once when the deque goes from empty to non-empty;
+- acks carry the connection generation they were received on: after a reconnect paho reuses message
+  ids and the broker redelivers what was unacknowledged, so acks from an older generation are dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable
+
+from paho.mqtt.client import CallbackAPIVersion, Client, MQTTMessage
+from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttParams:
+    host: str
+    port: int
+    client_id: str
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 30
+    session_expiry_s: int = 86400
+    receive_maximum: int = 20000
+    tls: bool = False
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InMessage:
+    """A received message; ``gen`` is the connection generation it arrived on."""
+
+    gen: int
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+def _client(params: MqttParams, *, manual_ack: bool) -> Client:
+    c = Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=params.client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    if params.username:
+        c.username_pw_set(params.username, params.password)
+    if params.tls:
+        ctx = ssl.create_default_context(cafile=params.ca_file)
+        c.tls_set_context(ctx)
+    c.reconnect_delay_set(min_delay=1, max_delay=5)
+    return c
+
+
+class MqttConsumer:
+    """Subscribes with QoS 1 and hands messages to asyncio; ack them with :meth:`ack_many` after commit."""
+
+    def __init__(self, params: MqttParams, topics: Iterable[str]) -> None:
+        self.params = params
+        self.topics = list(topics)
+        self._queue: deque[InMessage] = deque()
+        self._gen = 0
+        self._connected = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._client = _client(params, manual_ack=True)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self.received = 0
+        self.acked = 0
+        self.stale_acks = 0
+
+    # -- paho thread ---------------------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("mqtt connect refused: %s", reason_code)
+            return
+        self._gen += 1
+        client.subscribe([(t, 1) for t in self.topics])
+        self._connected.set()
+        log.info(
+            "mqtt connected to %s:%s as %s (session present: %s, generation %d)",
+            self.params.host, self.params.port, self.params.client_id, flags.session_present, self._gen,
+        )
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        log.warning("mqtt disconnected from %s:%s: %s", self.params.host, self.params.port, reason_code)
+
+    def _on_message(self, client, userdata, msg: MQTTMessage) -> None:
+        try:
+            was_empty = not self._queue
+            self._queue.append(InMessage(self._gen, msg.mid, msg.qos, msg.topic, msg.payload))
+            self.received += 1
+            if was_empty and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._wake.set)
+        except Exception:  # an exception escaping a callback kills paho's network thread
+            log.exception("mqtt on_message failed (topic %r)", getattr(msg, "topic", "?"))
+
+    # -- asyncio side --------------------------------------------------------------------------
+    async def start(self, timeout: float = 10.0) -> None:
+        self._loop = asyncio.get_running_loop()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.params.session_expiry_s
+        props.ReceiveMaximum = min(65535, self.params.receive_maximum)
+        self._client.connect_async(
+            self.params.host, self.params.port, self.params.keepalive, clean_start=False, properties=props
+        )
+        self._client.loop_start()
+        if not await asyncio.to_thread(self._connected.wait, timeout):
+            raise ConnectionError(f"cannot connect to MQTT broker {self.params.host}:{self.params.port}")
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def backlog(self) -> int:
+        """Messages received but not yet taken by the pipeline."""
+        return len(self._queue)
+
+    async def get_batch(self, max_n: int, max_wait_s: float) -> list[InMessage]:
+        """Wait for at least one message, then up to ``max_wait_s`` for the batch to fill."""
+        while not self._queue:
+            self._wake.clear()
+            if self._queue:
+                break
+            await self._wake.wait()
+        deadline = time.monotonic() + max_wait_s
+        while len(self._queue) < max_n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(left, 0.002))
+        q = self._queue
+        n = min(max_n, len(q))
+        return [q.popleft() for _ in range(n)]
+
+    def ack_many(self, messages: Iterable[InMessage]) -> int:
+        """PUBACK messages in arrival order; those from an older connection are skipped (redelivered)."""
+        gen = self._gen
+        ack = self._client.ack
+        n = 0
+        for m in messages:
+            if m.qos == 0:
+                continue
+            if m.gen != gen:
+                self.stale_acks += 1
+                continue
+            ack(m.mid, m.qos)
+            n += 1
+        self.acked += n
+        return n
+
+
+class MqttPublisher:
+    """QoS 1 publisher that counts PUBACKs: the ground truth of what the broker accepted."""
+
+    def __init__(self, params: MqttParams, max_inflight: int = 1000) -> None:
+        self.params = params
+        self._client = _client(params, manual_ack=False)
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_queued_messages_set(0)
+        self._client.on_connect = self._on_connect
+        self._client.on_publish = self._on_publish
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self._acked = threading.Condition(self._lock)
+        self.published = 0
+        self.acked = 0
+        self.refused = 0
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not reason_code.is_failure:
+            self._connected.set()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._acked:
+            if reason_code.is_failure:
+                self.refused += 1
+            else:
+                self.acked += 1
+            self._acked.notify_all()
+
+    def connect(self, timeout: float = 10.0) -> "MqttPublisher":
+        self._client.connect(self.params.host, self.params.port, self.params.keepalive, clean_start=True)
+        self._client.loop_start()
+        if not self._connected.wait(timeout):
+            raise ConnectionError(f"cannot connect to MQTT broker {self.params.host}:{self.params.port}")
+        return self
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        self._client.publish(topic, payload, qos=qos)
+        self.published += 1
+
+    def wait_acked(self, timeout: float = 30.0) -> bool:
+        """Block until every published message was acknowledged (or refused) by the broker."""
+        deadline = time.monotonic() + timeout
+        with self._acked:
+            while self.acked + self.refused < self.published:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._acked.wait(left)
+        return True
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> "MqttPublisher":
+        return self.connect()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

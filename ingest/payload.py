@@ -1,0 +1,168 @@
+"""Wulian JSON telemetry payload -> ``core.model.Decoded`` (README: payload specification).
+
+One message carries one record or a batch (``{"batch": [...]}`` or a JSON array). A message is
+accepted or refused whole: any invalid record refuses the message, which then goes to dead letters
+with the reason, so a device never has half a message stored.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import orjson
+
+from core.const import DATA_FLAGS, FLAG_NORMAL, METRIC_PATTERN, SCALAR_STREAMS, Stream
+from core.model import Decoded, Position, Reading, TrafficObservation
+from ingest.codecs.errors import CodecError
+
+_METRIC_RE = re.compile(METRIC_PATTERN)
+_NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadLimits:
+    """Time policy: readings stamped outside [now - past, now + future] are refused (clock faults)."""
+
+    max_bytes: int = 256 * 1024
+    max_records: int = 10_000
+    future_tolerance_ns: int = 600 * _NS
+    past_limit_ns: int = 3650 * 86400 * _NS
+
+
+def parse_ts(raw: object) -> int:
+    """Epoch milliseconds (number) or ISO 8601 with offset (string, naive means UTC) -> epoch ns."""
+    if isinstance(raw, bool):
+        raise CodecError("bad_ts", "boolean timestamp")
+    if isinstance(raw, int):
+        return raw * 1_000_000
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            raise CodecError("bad_ts", "non-finite timestamp")
+        return int(round(raw * 1_000_000))
+    if isinstance(raw, str):
+        try:
+            dt = datetime.fromisoformat(raw)
+        except ValueError as exc:
+            raise CodecError("bad_ts", str(exc)[:100]) from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        return (delta.days * 86400 + delta.seconds) * _NS + delta.microseconds * 1000
+    raise CodecError("bad_ts", "missing or non-numeric ts")
+
+
+def _number(raw: object, what: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise CodecError("bad_value", f"{what} is not a number")
+    v = float(raw)
+    if not math.isfinite(v):
+        raise CodecError("bad_value", f"{what} is not finite")
+    return v
+
+
+def _opt_number(rec: dict, key: str) -> float | None:
+    raw = rec.get(key)
+    return None if raw is None else _number(raw, key)
+
+
+def check_times(decoded: Decoded, now_ns: int, limits: PayloadLimits) -> None:
+    """The time policy, for every kind of payload: refuse the message if any record is out of range."""
+    for records in (decoded.readings, decoded.positions, decoded.traffic):
+        if not records:
+            continue
+        lo = min(r.ts_ns for r in records)
+        hi = max(r.ts_ns for r in records)
+        if hi > now_ns + limits.future_tolerance_ns:
+            raise CodecError("ts_in_future", f"{(hi - now_ns) / _NS:.0f}s ahead")
+        if lo < now_ns - limits.past_limit_ns:
+            raise CodecError("ts_too_old", f"{(now_ns - lo) / _NS / 86400:.0f} days old")
+
+
+def _flag(raw: object) -> str:
+    if raw is None:
+        return FLAG_NORMAL
+    if not isinstance(raw, str) or raw not in DATA_FLAGS:
+        raise CodecError("bad_flag", "unknown data flag")
+    return raw
+
+
+def _scalar(rec: dict, out: list[Reading]) -> None:
+    ts = parse_ts(rec.get("ts"))
+    values = rec.get("values")
+    if not isinstance(values, dict) or not values:
+        raise CodecError("bad_values", "'values' must be a non-empty object")
+    default_flag = _flag(rec.get("flag"))
+    append = out.append
+    for name, raw in values.items():
+        if not _METRIC_RE.match(name):
+            raise CodecError("bad_metric", "invalid metric name")
+        if type(raw) is float or type(raw) is int:
+            if raw != raw or raw in (math.inf, -math.inf):
+                raise CodecError("bad_value", f"{name} is not finite")
+            append(Reading(ts, name, float(raw), default_flag))
+        elif isinstance(raw, dict):
+            append(Reading(ts, name, _number(raw.get("value"), name), _flag(raw.get("flag", default_flag))))
+        else:
+            raise CodecError("bad_value", f"{name} is not a number")
+
+
+def _position(rec: dict, out: list[Position]) -> None:
+    ts = parse_ts(rec.get("ts"))
+    lat = _number(rec.get("lat"), "lat")
+    lon = _number(rec.get("lon"), "lon")
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        raise CodecError("bad_position", "lat/lon out of range")
+    alarm, status = rec.get("alarm", 0), rec.get("status", 0)
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**32 for x in (alarm, status)):
+        raise CodecError("bad_value", "alarm/status must be 32-bit unsigned integers")
+    out.append(
+        Position(
+            ts_ns=ts, lat=lat, lon=lon,
+            speed_kmh=_opt_number(rec, "speed") or 0.0,
+            heading=_opt_number(rec, "heading") or 0.0,
+            altitude_m=_opt_number(rec, "altitude") or 0.0,
+            alarm_bits=alarm, status_bits=status,
+            mileage_km=_opt_number(rec, "mileage"),
+        )
+    )
+
+
+def _traffic(rec: dict, out: list[TrafficObservation]) -> None:
+    ts = parse_ts(rec.get("ts"))
+    speed = _number(rec.get("speed"), "speed")
+    if speed < 0:
+        raise CodecError("bad_value", "negative speed")
+    out.append(TrafficObservation(ts, speed, _opt_number(rec, "flow"), _opt_number(rec, "occupancy")))
+
+
+def decode_telemetry(stream: Stream, payload: bytes, limits: PayloadLimits = PayloadLimits()) -> Decoded:
+    """Decode one message of kind ``telemetry``; raises CodecError with a stable reason."""
+    if len(payload) > limits.max_bytes:
+        raise CodecError("too_large", f"{len(payload)} bytes > {limits.max_bytes}")
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError("bad_json", str(exc)[:200]) from None
+    if isinstance(doc, dict) and "batch" in doc:
+        doc = doc["batch"]
+    records = doc if isinstance(doc, list) else [doc]
+    if not records:
+        raise CodecError("empty", "no records")
+    if len(records) > limits.max_records:
+        raise CodecError("too_large", f"{len(records)} records > {limits.max_records}")
+    out = Decoded()
+    if stream in SCALAR_STREAMS:
+        handle, sink = _scalar, out.readings
+    elif stream is Stream.VEHICLE:
+        handle, sink = _position, out.positions
+    elif stream is Stream.TRAFFIC:
+        handle, sink = _traffic, out.traffic
+    else:  # pragma: no cover - Stream is closed
+        raise CodecError("bad_topic", "unknown stream")
+    for rec in records:
+        if not isinstance(rec, dict):
+            raise CodecError("bad_record", "record is not an object")
+        handle(rec, sink)
+    return out

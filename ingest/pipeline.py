@@ -1,0 +1,286 @@
+"""Ingest pipeline: broker -> decode -> resolve registry -> one transaction -> ack.
+
+Two asyncio tasks joined by a small queue, so the next batch is decoded while the previous one is
+being committed. Nothing is acknowledged before its transaction commits; a database outage stops the
+writer (retried with backoff) and, through the broker's Receive Maximum, the flow of messages, instead
+of dropping data. A batch the database refuses for its data (not for being down) is bisected until the
+offending messages are isolated; those go to dead letters and the rest is written.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import asyncpg
+import orjson
+
+from core.const import Stream
+from core.model import Decoded
+from ingest import metrics as m
+from ingest.batch_writer import BatchWriter, DeviceInfo, WriteResult
+from ingest.codecs.errors import CodecError
+from ingest.decoders import decode_message
+from ingest.mqtt_client import InMessage, MqttConsumer
+from ingest.payload import PayloadLimits
+from ingest.retention import apply_retention
+from ingest.rows import BatchRows, DeadLetter
+from ingest.topics import Topic, parse_topic
+
+log = logging.getLogger(__name__)
+
+PostCommit = Callable[[BatchRows, list["Item"]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    batch_size: int = 5000
+    batch_delay_s: float = 0.05
+    topic_prefix: str = "wl"
+    limits: PayloadLimits = PayloadLimits()
+    retention_interval_s: float = 3600.0
+    retry_max_s: float = 5.0
+
+
+@dataclass(slots=True)
+class Item:
+    """One decoded message awaiting its write."""
+
+    msg: InMessage
+    topic: Topic
+    decoded: Decoded
+
+
+@dataclass(slots=True)
+class Batch:
+    messages: list[InMessage]
+    items: list[Item] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class IngestStats:
+    messages: int = 0
+    records: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    write_retries: int = 0
+
+
+def _transient(exc: BaseException) -> bool:
+    """Database unreachable or restarting (retry) as opposed to refusing this data (isolate it)."""
+    if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)):
+        return True
+    state = getattr(exc, "sqlstate", None) or ""
+    return state[:2] in ("08", "53", "57", "58", "40")
+
+
+def _dead(msg: InMessage, topic: Topic | None, reason: str, detail: str) -> DeadLetter:
+    return DeadLetter(
+        topic=msg.topic,
+        device_id=topic.device_id if topic else None,
+        kind=topic.kind.value if topic else None,
+        reason=reason,
+        detail=detail[:500],
+        payload=msg.payload,
+    )
+
+
+def build_rows(items: list[Item], devices: dict[str, DeviceInfo], metric_ids: dict[str, int]) -> BatchRows:
+    rows = BatchRows()
+    readings, positions, traffic, seen = rows.readings, rows.positions, rows.traffic, rows.last_seen
+    for it in items:
+        dev = devices[it.topic.device_id].id
+        d = it.decoded
+        newest = 0
+        for r in d.readings:
+            readings.append((r.ts_ns, dev, metric_ids[r.metric], r.value, r.flag))
+            if r.ts_ns > newest:
+                newest = r.ts_ns
+        for p in d.positions:
+            positions.append((p.ts_ns, dev, p.lat, p.lon, p.speed_kmh, p.heading, p.altitude_m, p.alarm_bits,
+                              p.status_bits, p.mileage_km, orjson.dumps(p.extra).decode() if p.extra else None))
+            newest = max(newest, p.ts_ns)
+        for t in d.traffic:
+            traffic.append((t.ts_ns, dev, t.speed_kmh, t.flow_vph, t.occupancy))
+            newest = max(newest, t.ts_ns)
+        if newest and newest > seen.get(dev, 0):
+            seen[dev] = newest
+    return rows
+
+
+class Ingestor:
+    def __init__(
+        self,
+        consumer: MqttConsumer,
+        writer: BatchWriter,
+        config: IngestConfig = IngestConfig(),
+        post_commit: list[PostCommit] | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.consumer = consumer
+        self.writer = writer
+        self.config = config
+        self.post_commit = post_commit or []
+        self.clock_ns = clock_ns
+        self.stats = IngestStats()
+        self._topics: dict[str, Topic] = {}
+        self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
+        self._tasks: list[asyncio.Task] = []
+        self.committed = asyncio.Event()  # set after each commit (tests and benchmarks await it)
+
+    # -- stage 1: decode (CPU, on the loop while the writer awaits the database) -------------
+    def decode_batch(self, messages: list[InMessage]) -> Batch:
+        batch = Batch(messages)
+        now = self.clock_ns()
+        limits = self.config.limits
+        topics = self._topics
+        for msg in messages:
+            topic = topics.get(msg.topic)
+            try:
+                if topic is None:
+                    topic = parse_topic(msg.topic, self.config.topic_prefix)
+                    if len(topics) < 1_000_000:
+                        topics[msg.topic] = topic
+                decoded = decode_message(topic.stream, topic.kind, msg.payload, now, limits)
+            except CodecError as exc:
+                batch.dead.append(_dead(msg, topic, exc.reason, exc.detail))
+                continue
+            except Exception as exc:  # a codec bug must not take the pipeline down
+                log.exception("decoder crashed on topic %s", msg.topic)
+                batch.dead.append(_dead(msg, topic, "decoder_error", repr(exc)))
+                continue
+            batch.items.append(Item(msg, topic, decoded))
+        return batch
+
+    async def _decoder(self) -> None:
+        while True:
+            messages = await self.consumer.get_batch(self.config.batch_size, self.config.batch_delay_s)
+            m.MESSAGES_RECEIVED.inc(len(messages))
+            m.BATCH_SIZE.observe(len(messages))
+            t0 = time.perf_counter()
+            batch = self.decode_batch(messages)
+            m.DECODE_SECONDS.observe(time.perf_counter() - t0)
+            await self._queue.put(batch)
+            m.BACKLOG.set(self.consumer.backlog)
+
+    # -- stage 2: resolve, write, ack ---------------------------------------------------------
+    async def _resolve(self, batch: Batch) -> tuple[list[Item], dict[str, DeviceInfo], dict[str, int]]:
+        wanted = {it.topic.device_id: (it.topic.region, it.topic.stream.value) for it in batch.items}
+        devices = await self.writer.resolve_devices(wanted)
+        ok: list[Item] = []
+        names: set[str] = set()
+        for it in batch.items:
+            dev = devices.get(it.topic.device_id)
+            if dev is None:
+                batch.dead.append(_dead(it.msg, it.topic, "unknown_device", "device not registered"))
+            elif dev.region != it.topic.region or dev.stream != it.topic.stream.value:
+                batch.dead.append(_dead(it.msg, it.topic, "device_topic_mismatch",
+                                        f"registered as {dev.region}/{dev.stream}"))
+            else:
+                ok.append(it)
+                names.update(r.metric for r in it.decoded.readings)
+        metric_ids = await self.writer.resolve_metrics(names) if names else {}
+        items = []
+        for it in ok:
+            unknown = next((r.metric for r in it.decoded.readings if r.metric not in metric_ids), None)
+            if unknown is not None:
+                batch.dead.append(_dead(it.msg, it.topic, "unknown_metric", unknown))
+            else:
+                items.append(it)
+        return items, devices, metric_ids
+
+    async def _write_isolating(self, items: list[Item], dead: list[DeadLetter], devices, metric_ids) -> WriteResult:
+        """Write; if the database refuses the data, bisect to find the refused messages."""
+        rows = build_rows(items, devices, metric_ids)
+        rows.dead_letters = dead
+        try:
+            return await self.writer.write(rows)
+        except Exception as exc:
+            if _transient(exc) or len(items) == 0:
+                raise
+            if len(items) == 1:
+                it = items[0]
+                log.warning("database refused message from %s: %s", it.topic.device_id, exc)
+                dead = dead + [_dead(it.msg, it.topic, "db_rejected", str(exc))]
+                return await self._write_isolating([], dead, devices, metric_ids)
+            mid = len(items) // 2
+            a = await self._write_isolating(items[:mid], dead, devices, metric_ids)
+            b = await self._write_isolating(items[mid:], [], devices, metric_ids)
+            return WriteResult(a.staged + b.staged, a.inserted + b.inserted, a.dead_letters + b.dead_letters)
+
+    async def commit_batch(self, batch: Batch) -> WriteResult:
+        delay = 0.2
+        while True:
+            try:
+                t0 = time.perf_counter()
+                items, devices, metric_ids = await self._resolve(batch)
+                res = await self._write_isolating(items, batch.dead, devices, metric_ids)
+                m.COMMIT_SECONDS.observe(time.perf_counter() - t0)
+                break
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                self.stats.write_retries += 1
+                m.WRITE_FAILURES.inc()
+                log.warning("database unavailable (%s); batch of %d messages held, retrying in %.1fs",
+                            type(exc).__name__, len(batch.messages), delay)
+                batch.dead = [d for d in batch.dead if d.reason not in ("unknown_device", "device_topic_mismatch",
+                                                                      "unknown_metric")]
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.retry_max_s)
+        acked = self.consumer.ack_many(batch.messages)
+        m.MESSAGES_ACKED.inc(acked)
+        m.DUPLICATES.inc(res.duplicates)
+        for d in batch.dead:
+            m.DEAD_LETTERS.labels(d.reason).inc()
+            log.info("dead letter: topic=%s device=%s reason=%s %s", d.topic, d.device_id, d.reason, d.detail)
+        s = self.stats
+        s.messages += len(batch.messages)
+        s.records += res.inserted
+        s.duplicates += res.duplicates
+        s.dead_letters += res.dead_letters
+        s.batches += 1
+        if self.post_commit:
+            rows = build_rows(items, devices, metric_ids)
+            for hook in self.post_commit:
+                try:
+                    await hook(rows, items)
+                except Exception:
+                    log.exception("post-commit hook %r failed", hook)
+        self.committed.set()
+        return res
+
+    async def _writer(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            await self.commit_batch(batch)
+
+    async def _retention(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.retention_interval_s)
+            try:
+                async with self.writer.pool.acquire() as con:
+                    dropped = await apply_retention(con)
+                log.info("retention: dropped chunks %s", dropped)
+            except Exception:
+                log.exception("retention run failed")
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        self._tasks = [
+            asyncio.create_task(self._decoder(), name="ingest-decoder"),
+            asyncio.create_task(self._writer(), name="ingest-writer"),
+            asyncio.create_task(self._retention(), name="ingest-retention"),
+        ]
+        try:
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)

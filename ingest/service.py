@@ -1,0 +1,81 @@
+"""Assemble and run the ingest service from settings (entry point: ``wulian ingest``)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from prometheus_client import start_http_server
+
+from ingest.batch_writer import BatchWriter, init_connection
+from ingest.migrations import migrate
+from ingest.mqtt_client import MqttConsumer, MqttParams
+from ingest.payload import PayloadLimits
+from ingest.pipeline import IngestConfig, Ingestor
+from ingest.retention import set_retention
+from ingest.topics import subscriptions
+from wulian.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def mqtt_params(settings: Settings, client_id: str | None = None) -> MqttParams:
+    q = settings.mqtt
+    return MqttParams(
+        host=q.host, port=int(q.port), client_id=client_id or q.client_id, username=q.username,
+        password=q.password, keepalive=q.keepalive, session_expiry_s=q.session_expiry_s,
+        receive_maximum=q.receive_maximum, tls=q.tls, ca_file=str(q.ca_file) if q.ca_file else None,
+    )
+
+
+def ingest_config(settings: Settings) -> IngestConfig:
+    i = settings.ingest
+    ns = 1_000_000_000
+    return IngestConfig(
+        batch_size=i.batch_size,
+        batch_delay_s=i.batch_delay_ms / 1000.0,
+        topic_prefix=settings.mqtt.topic_prefix,
+        limits=PayloadLimits(
+            max_bytes=i.max_payload_bytes,
+            future_tolerance_ns=int(i.future_tolerance_s * ns),
+            past_limit_ns=int(i.past_limit_days * 86400 * ns),
+        ),
+        retention_interval_s=settings.db.retention_interval_s,
+    )
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        settings.db.dsn, min_size=settings.db.pool_min, max_size=settings.db.pool_max, init=init_connection
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_ingestor(settings: Settings, pool: asyncpg.Pool, client_id: str | None = None):
+    """An Ingestor subscribed and running as a task; yields it, stops it on exit."""
+    consumer = MqttConsumer(mqtt_params(settings, client_id), subscriptions(settings.mqtt.topic_prefix))
+    writer = BatchWriter(pool, auto_register=settings.ingest.auto_register)
+    ingestor = Ingestor(consumer, writer, ingest_config(settings))
+    await consumer.start()
+    task = asyncio.create_task(ingestor.run(), name="ingestor")
+    try:
+        yield ingestor
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        consumer.stop()
+
+
+async def run_ingest(settings: Settings) -> None:
+    async with await create_pool(settings) as pool:
+        async with pool.acquire() as con:
+            await migrate(con)
+            await set_retention(con, settings.db.retention_days)
+        if settings.ingest.metrics_port:
+            start_http_server(settings.ingest.metrics_port, addr="127.0.0.1")
+        async with running_ingestor(settings, pool) as ingestor:
+            log.info("ingest running: mqtt %s:%s, batch %d", settings.mqtt.host, settings.mqtt.port,
+                     settings.ingest.batch_size)
+            await asyncio.Event().wait()

@@ -1,0 +1,22 @@
+"""``wulian ingest``: MQTT -> TimescaleDB, ack after commit."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from wulian.settings import get_settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from ingest.service import run_ingest
+
+    try:
+        asyncio.run(run_ingest(get_settings()))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="run the ingest service (MQTT -> TimescaleDB)")
+    p.set_defaults(func=run)
