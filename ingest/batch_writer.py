@@ -8,7 +8,7 @@ make a redelivered message a no-op. Times travel as int ns and become timestampt
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -71,6 +71,14 @@ class WriteResult:
     staged: int = 0
     inserted: int = 0
     dead_letters: int = 0
+    per_table: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, other: "WriteResult") -> "WriteResult":
+        tables = dict(self.per_table)
+        for k, v in other.per_table.items():
+            tables[k] = tables.get(k, 0) + v
+        return WriteResult(self.staged + other.staged, self.inserted + other.inserted,
+                           self.dead_letters + other.dead_letters, tables)
 
     @property
     def duplicates(self) -> int:
@@ -132,13 +140,16 @@ class BatchWriter:
             async with con.transaction():
                 if rows.readings:
                     await con.copy_records_to_table("stage_readings", records=rows.readings, columns=_READING_COLS)
-                    res.inserted += _inserted(await con.execute(_INSERT_READINGS))
+                    res.per_table["readings"] = n = _inserted(await con.execute(_INSERT_READINGS))
+                    res.inserted += n
                 if rows.positions:
                     await con.copy_records_to_table("stage_positions", records=rows.positions, columns=_POSITION_COLS)
-                    res.inserted += _inserted(await con.execute(_INSERT_POSITIONS))
+                    res.per_table["vehicle_positions"] = n = _inserted(await con.execute(_INSERT_POSITIONS))
+                    res.inserted += n
                 if rows.traffic:
                     await con.copy_records_to_table("stage_traffic", records=rows.traffic, columns=_TRAFFIC_COLS)
-                    res.inserted += _inserted(await con.execute(_INSERT_TRAFFIC))
+                    res.per_table["traffic_observations"] = n = _inserted(await con.execute(_INSERT_TRAFFIC))
+                    res.inserted += n
                 if rows.dead_letters:
                     await con.copy_records_to_table(
                         "dead_letters",

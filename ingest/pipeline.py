@@ -210,7 +210,7 @@ class Ingestor:
             mid = len(items) // 2
             a = await self._write_isolating(items[:mid], dead, devices, metric_ids)
             b = await self._write_isolating(items[mid:], [], devices, metric_ids)
-            return WriteResult(a.staged + b.staged, a.inserted + b.inserted, a.dead_letters + b.dead_letters)
+            return a.merge(b)
 
     async def commit_batch(self, batch: Batch) -> WriteResult:
         delay = 0.2
@@ -235,6 +235,8 @@ class Ingestor:
         acked = self.consumer.ack_many(batch.messages)
         m.MESSAGES_ACKED.inc(acked)
         m.DUPLICATES.inc(res.duplicates)
+        for table, n in res.per_table.items():
+            m.RECORDS_WRITTEN.labels(table).inc(n)
         for d in batch.dead:
             m.DEAD_LETTERS.labels(d.reason).inc()
             log.info("dead letter: topic=%s device=%s reason=%s %s", d.topic, d.device_id, d.reason, d.detail)

@@ -1,0 +1,39 @@
+"""Domain errors, mapped once to clean JSON responses (never a 500 for a client's mistake)."""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+
+class ApiError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class BadQuery(ApiError):
+    status = 422
+    code = "invalid_query"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg", "")} for e in exc.errors()
+        ]
+        msg = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details)
+        return JSONResponse({"error": "invalid_request", "message": msg, "details": details}, status_code=422)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import PoolDep, SettingsDep
+from api.errors import BadQuery, NotFound
+from api.schemas import ReadingBucket, ReadingsPublic
+from core.const import CHINA_TZ, DEVICE_ID_PATTERN, METRIC_PATTERN
+
+router = APIRouter(prefix="/v1/readings", tags=["readings"])
+_BUCKET_RE = re.compile(r"^(\d{1,4})(s|m|h|d)$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_bucket(text: str) -> timedelta:
+    """``30s``, ``5m``, ``1h``, ``1d``; day buckets are China-time days (Asia/Shanghai midnight)."""
+    m = _BUCKET_RE.match(text)
+    if not m or int(m.group(1)) == 0:
+        raise BadQuery("bucket must look like 30s, 5m, 1h or 1d")
+    return timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
+
+
+@router.get("", response_model=ReadingsPublic)
+async def readings(
+    pool: PoolDep,
+    settings: SettingsDep,
+    device: Annotated[str, Query(pattern=DEVICE_ID_PATTERN)],
+    metric: Annotated[str, Query(pattern=METRIC_PATTERN)],
+    from_: Annotated[datetime, Query(alias="from", description="ISO 8601; naive means UTC")],
+    to: Annotated[datetime, Query(description="ISO 8601, exclusive; naive means UTC")],
+    bucket: Annotated[str, Query(description="30s, 5m, 1h, 1d (China-time days)")] = "5m",
+):
+    start, end = _utc(from_), _utc(to)
+    if end <= start:
+        raise BadQuery("'to' must be after 'from'")
+    width = parse_bucket(bucket)
+    if (end - start) / width > settings.api.max_rows:
+        raise BadQuery(f"more than {settings.api.max_rows} buckets: widen the bucket or narrow the range")
+    async with pool.acquire() as con:
+        ids = await con.fetchrow(
+            "SELECT (SELECT id FROM devices WHERE device_id = $1) AS dev, (SELECT id FROM metrics WHERE name = $2) AS met",
+            device, metric)
+        if ids["dev"] is None:
+            raise NotFound(f"device {device!r} not found")
+        if ids["met"] is None:
+            raise NotFound(f"metric {metric!r} not found")
+        rows = await con.fetch(
+            "SELECT time_bucket($1::interval, time, $6) AS time, avg(value) AS avg, min(value) AS min,"
+            " max(value) AS max, count(*) AS count FROM readings"
+            " WHERE device = $2 AND metric = $3 AND time >= $4 AND time < $5 GROUP BY 1 ORDER BY 1",
+            width, ids["dev"], ids["met"], start, end, CHINA_TZ)
+    data = [ReadingBucket(**dict(r)) for r in rows]
+    return ReadingsPublic(device_id=device, metric=metric, bucket=bucket, data=data, count=len(data))

@@ -1,0 +1,659 @@
+"""HJ 212 (HJ/T 212-2005, HJ 212-2017 and later) packets: framing, CRC, header, CP, readings, answers.
+
+A packet is ``##`` + 4-digit length + data segment + 4 hex CRC + CR LF (HJ 212-2017 §6.3.2 Table 2).
+The length counts the data segment's UTF-8 bytes. When the declared length does not fit but the
+packet still ends ``&&`` + CRC and that CRC is right, the length is the only thing wrong: the packet is
+accepted with ``length_ok=False``. Anything else that does not fit is rejected.
+
+Metric names (``to_decoded``): ``{code}-{field}`` as the standard writes them (``a21026-Rtd``,
+``a21026-ZsAvg``, ``w00000-Cou``), where ``code`` is the HJ 212-2017 code: 2005 codes are mapped to
+their 2017 successor by ``hj212_codes.lookup`` (``011-Rtd`` from a 2005 water logger becomes
+``w01018-Rtd``). Codes no table knows are kept as sent (marked ``known: false`` by ``decode_cli``);
+one that does not start with a letter gets an ``x`` prefix (``x999-Rtd``) so it is a valid metric name.
+Fields that become readings: Rtd, Min, Avg, Max, Cou, ZsRtd, ZsMin, ZsAvg, ZsMax, the noise fields
+Data/DayData/NightData, and any vendor field with a numeric value. Each reading carries its code's
+``-Flag`` (upper-cased; a bare ``Flag=`` in the CP is the default; none means N).
+Times: DataTime (or the code's SampleTime) is China time, UTC+8 with no DST since 1991, converted to
+UTC ns. For 2051/2061/2031 it is the start of the period (HJ 212-2017 Table 4), stored as-is.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+
+from core.const import DATA_FLAGS, FLAG_NORMAL
+from core.kernels.checksums import crc_hj212, crc_modbus
+from core.model import Decoded, Reading
+from ingest.codecs import hj212_codes
+from ingest.codecs.errors import CodecError
+
+# Per-device CRC tolerance (the gateway passes what the device registry says):
+#   hj212      HJ 212-2017 Appendix A, what the standard prints (always the default)
+#   modbus     plain CRC-16/MODBUS printed high byte first (some embedded loggers)
+#   modbus_le  plain CRC-16/MODBUS printed low byte first (seen in a receiver log)
+CRC_MODES = ("hj212", "modbus", "modbus_le")
+MAX_LENGTH = 9999  # what 4 digits can declare; HJ 212-2017 caps at 1024 but real packets exceed it
+DATA_CNS = frozenset({"2011", "2051", "2061", "2031"})
+STATE_CNS = frozenset({"2021", "2041"})
+READING_FIELDS = frozenset(
+    {"Rtd", "Min", "Avg", "Max", "Cou", "ZsRtd", "ZsMin", "ZsAvg", "ZsMax", "Data", "DayData", "NightData"}
+)
+# Fields that describe a value rather than being one; never readings even when numeric.
+META_FIELDS = frozenset({"Flag", "EFlag", "SampleTime", "Info", "InfoId", "SN", "RS", "RT"})
+# HJ/T 212-2005 air-station flags are digits: 0 calibration, 1 meteorological parameter, 2 abnormal,
+# 3 normal. Mapped onto the 2017 letters.
+FLAG_2005_AIR = {"0": "C", "1": "N", "2": "D", "3": "N"}
+UNKNOWN_FLAG = "D"  # an unrecognised data flag is treated as a fault: excluded, never silently normal
+
+_HEX4 = re.compile(rb"[0-9A-Fa-f]{4}")
+_DIGITS4 = re.compile(rb"[0-9]{4}")
+_CP_ITEM = re.compile(r"([^;,=]+)=([^;,]*)")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_NS = 1_000_000_000
+_CHINA_OFFSET_NS = 8 * 3600 * _NS
+
+
+@dataclass(frozen=True, slots=True)
+class Hj212Packet:
+    """One validated packet. ``fields`` holds every header field by name as sent (QN, ST, CN, PW, MN,
+    Flag, PNUM, PNO and any unknown ones); ``cp`` the CP items in order as (name, value) text."""
+
+    cn: str
+    st: str | None
+    qn: str | None
+    pw: str | None
+    mn: str | None
+    flag: int | None
+    pnum: int | None
+    pno: int | None
+    cp: tuple[tuple[str, str], ...]
+    fields: dict
+    crc_mode: str = "hj212"  # which of CRC_MODES matched
+    length_ok: bool = True  # False: accepted by the &&+CRC fallback although LLLL lied
+    cp_closed: bool = True  # CP ended with its closing "&&"
+
+    @property
+    def ack_requested(self) -> bool:
+        """Flag bit A: the sender wants an answer (9014 for uploads)."""
+        return self.flag is not None and bool(self.flag & 1)
+
+    @property
+    def split(self) -> bool:
+        """Flag bit D: PNUM/PNO are present (the packet is one part of a longer message)."""
+        return self.flag is not None and bool(self.flag & 2)
+
+    @property
+    def version(self) -> int | None:
+        """Flag bits V5..V0: 0 = HJ/T 212-2005, 1 = HJ 212-2017, higher = later editions. None: no Flag."""
+        return None if self.flag is None else self.flag >> 2
+
+    @property
+    def edition(self) -> str:
+        v = self.version
+        if v is None or v == 0:
+            return "2005"
+        if v == 1:
+            return "2017"
+        return f"v{v}"  # HJ 212-2025 or a vendor value; parsed as 2017
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """The first CP value named ``name`` (parameter commands: RtdInterval, SystemTime, QnRtn...)."""
+        for key, value in self.cp:
+            if key == name:
+                return value
+        return default
+
+
+# --- framing -------------------------------------------------------------------------------------
+
+def _as_bytes(packet: bytes | bytearray | memoryview | str) -> bytes:
+    if isinstance(packet, str):
+        try:
+            return packet.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CodecError("bad_encoding", str(exc)) from None
+    if isinstance(packet, (bytes, bytearray, memoryview)):
+        return bytes(packet)
+    raise CodecError("bad_frame", f"expected bytes or str, got {type(packet).__name__}")
+
+
+def _crc_matches(segment: bytes, crc_text: bytes, modes: Iterable[str]) -> str | None:
+    want = int(crc_text, 16)
+    modbus = -1
+    for mode in modes:
+        if mode == "hj212":
+            if crc_hj212(segment) == want:
+                return mode
+            continue
+        if mode not in ("modbus", "modbus_le"):
+            raise ValueError(f"unknown HJ 212 CRC mode {mode!r}; expected one of {CRC_MODES}")
+        if modbus < 0:
+            modbus = crc_modbus(segment)
+        got = modbus if mode == "modbus" else ((modbus & 0xFF) << 8) | (modbus >> 8)
+        if got == want:
+            return mode
+    return None
+
+
+def _crc_detail(segment: bytes, crc_text: bytes, modes: Iterable[str]) -> str:
+    detail = f"packet says {crc_text.decode()}, Appendix A gives {crc_hj212(segment):04X}"
+    other = _crc_matches(segment, crc_text, [m for m in CRC_MODES if m not in modes])
+    if other:
+        detail += f"; it matches the {other} variant, not enabled for this device"
+    return detail
+
+
+def _frame(data: bytes, modes: tuple[str, ...], max_length: int) -> tuple[bytes, str, bool]:
+    """(data segment, matched CRC mode, length_ok) of one packet, or CodecError."""
+    data = data.strip()
+    if data.endswith(b"\\r\\n"):  # terminator written as literal text by some senders
+        data = data[:-4]
+    if data[:2] != b"##":
+        raise CodecError("bad_frame", "packet does not start with ##")
+    if len(data) < 6 or not _DIGITS4.fullmatch(data, 2, 6):
+        raise CodecError("bad_frame" if len(data) >= 6 else "truncated", "no 4-digit length after ##")
+    declared = int(data[2:6])
+    if declared > max_length:
+        raise CodecError("too_large", f"declared length {declared} > {max_length}")
+    end = 6 + declared
+    if len(data) == end + 4 and _HEX4.fullmatch(data, end):
+        segment, crc_text = data[6:end], data[end:]
+        mode = _crc_matches(segment, crc_text, modes)
+        if mode is None:
+            raise CodecError("bad_crc", _crc_detail(segment, crc_text, modes))
+        return segment, mode, True
+    # The declared length does not fit. Fallback (recipe step 1): the packet still ends with the
+    # closing "&&" of CP and a CRC that is right for the bytes in between.
+    if len(data) >= 10 and _HEX4.fullmatch(data, len(data) - 4):
+        segment, crc_text = data[6:-4], data[-4:]
+        mode = _crc_matches(segment, crc_text, modes)
+        if mode is not None:
+            if segment.endswith(b"&&"):
+                return segment, mode, False
+            raise CodecError(
+                "length_mismatch",
+                f"declared {declared}, found {len(segment)} bytes and CP not closed by &&",
+            )
+    if len(data) < end + 4:
+        raise CodecError("truncated", f"declared {declared} + CRC, have {len(data) - 6} bytes")
+    raise CodecError("length_mismatch", f"declared {declared}, found {len(data) - 10} bytes")
+
+
+def _parse_segment(segment: bytes) -> tuple[dict, str, bool]:
+    try:
+        text = segment.decode("utf-8")
+    except UnicodeDecodeError:
+        try:  # older loggers send Chinese text in GB 18030
+            text = segment.decode("gb18030")
+        except UnicodeDecodeError as exc:
+            raise CodecError("bad_encoding", str(exc)) from None
+    cp_at = text.find("CP=&&")
+    if cp_at >= 0:
+        head, cp_raw = text[:cp_at], text[cp_at + 5:]
+    else:
+        cp_at = text.find("CP=")
+        head, cp_raw = (text, "") if cp_at < 0 else (text[:cp_at], text[cp_at + 3:])
+    closed = cp_raw.endswith("&&")
+    if closed:
+        cp_raw = cp_raw[:-2]
+    fields = {}
+    for part in head.split(";"):
+        if part:
+            name, _, value = part.partition("=")
+            fields[name.strip()] = value
+    return fields, cp_raw, closed
+
+
+def _int_field(fields: dict, name: str, hi: int) -> int | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or not value.isascii() or int(value) > hi:
+        raise CodecError("bad_header", f"{name}={value!r}")
+    return int(value)
+
+
+def decode(
+    packet: bytes | str,
+    *,
+    crc_modes: tuple[str, ...] = ("hj212",),
+    max_length: int = MAX_LENGTH,
+) -> Hj212Packet:
+    """Validate and parse one packet (``\\r\\n`` optional). ``crc_modes``: the CRC variants accepted
+    for this device, see CRC_MODES. Raises CodecError: bad_frame, truncated, too_large,
+    length_mismatch, bad_crc, bad_encoding, bad_header."""
+    segment, mode, length_ok = _frame(_as_bytes(packet), crc_modes, max_length)
+    fields, cp_raw, closed = _parse_segment(segment)
+    cn = fields.get("CN")
+    if not cn:
+        raise CodecError("bad_header", "no CN")
+    return Hj212Packet(
+        cn=cn,
+        st=fields.get("ST"),
+        qn=fields.get("QN"),
+        pw=fields.get("PW"),
+        mn=fields.get("MN"),
+        flag=_int_field(fields, "Flag", 255),
+        pnum=_int_field(fields, "PNUM", 9999),
+        pno=_int_field(fields, "PNO", 9999),
+        cp=tuple(_CP_ITEM.findall(cp_raw)),
+        fields=fields,
+        crc_mode=mode,
+        length_ok=length_ok,
+        cp_closed=closed,
+    )
+
+
+def split_packets(buffer: bytes, *, max_length: int = MAX_LENGTH) -> tuple[list[bytes], bytes]:
+    """Cut a TCP byte stream into packets; return (packets, unconsumed rest).
+
+    Whitespace between packets is dropped; other bytes before a ``##`` come out as their own item so
+    that ``decode`` rejects them (bad_frame) and the gateway can dead-letter them. A packet whose
+    declared length does not fit ends at the next CR LF instead (``decode`` then applies its length
+    fallback). Raises CodecError ``too_large`` only when the rest would have to grow beyond
+    ``max_length`` + 12 bytes to complete the packet at its head.
+    """
+    out: list[bytes] = []
+    pos, n = 0, len(buffer)
+    limit = max_length + 12
+    while pos < n:
+        start = buffer.find(b"##", pos)
+        if start < 0:
+            junk = buffer[pos:]
+            if junk.strip() and not junk.endswith(b"#"):
+                out.append(junk)
+                pos = n
+            elif len(junk) > limit:
+                raise CodecError("too_large", f"{len(junk)} bytes without a packet start")
+            break
+        if start > pos:
+            junk = buffer[pos:start]
+            if junk.strip():
+                out.append(junk)
+            pos = start
+        if n - start < 6:
+            break
+        head = buffer[start + 2:start + 6]
+        declared = int(head) if head.isdigit() else -1
+        if declared < 0 or declared > max_length:
+            # Not a usable header: the packet runs to the end of its line.
+            nl = buffer.find(b"\n", start)
+            if nl < 0:
+                if n - start > limit or declared > max_length:
+                    if out:
+                        break
+                    raise CodecError("too_large", f"declared length {head!r} > {max_length}")
+                break
+            out.append(buffer[start:nl + 1])
+            pos = nl + 1
+            continue
+        end = start + 6 + declared + 4
+        if end <= n and _HEX4.fullmatch(buffer, end - 4) and buffer[end:end + 2] in (b"\r\n", b"", b"\r", b"##"):
+            if buffer[end:end + 1] == b"\r":
+                if end + 1 == n:
+                    break  # wait for the LF
+                end += 2
+            out.append(buffer[start:end])
+            pos = end
+            continue
+        # The declared length does not land on a CRC + terminator: use the line end.
+        nl = buffer.find(b"\n", start)
+        if nl >= 0 and (nl < end or end <= n):
+            out.append(buffer[start:nl + 1])
+            pos = nl + 1
+            continue
+        if n - start > limit:
+            if out:
+                break
+            raise CodecError("too_large", f"{n - start} bytes without a complete packet")
+        break
+    return out, buffer[pos:]
+
+
+# --- readings ------------------------------------------------------------------------------------
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    y -= m <= 2
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+@lru_cache(maxsize=1024)
+def _china_day_ns(ymd: str) -> int:
+    """UTC ns of 00:00 China time on YYYYMMDD, or -1 when not a date."""
+    y, m, d = int(ymd[:4]), int(ymd[4:6]), int(ymd[6:8])
+    if not 1 <= m <= 12:
+        return -1
+    leap = m == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if not 1 <= d <= _MONTH_DAYS[m - 1] + leap:
+        return -1
+    return _days_from_civil(y, m, d) * 86400 * _NS - _CHINA_OFFSET_NS
+
+
+def china_time_ns(text: str) -> int | None:
+    """UTC ns of an HJ 212 time ``YYYYMMDDhhmmss`` (China time), optionally with 3 millisecond digits
+    as some loggers append. None when it is not such a time."""
+    if len(text) not in (14, 17) or not text.isdigit() or not text.isascii():
+        return None
+    day = _china_day_ns(text[:8])
+    hh, mm, ss = int(text[8:10]), int(text[10:12]), int(text[12:14])
+    if day < 0 or hh > 23 or mm > 59 or ss > 59:
+        return None
+    ms = int(text[14:17]) if len(text) == 17 else 0
+    return day + ((hh * 60 + mm) * 60 + ss) * _NS + ms * 1_000_000
+
+
+def format_china_time(ts_ns: int, *, millis: bool = False) -> str:
+    """HJ 212 time text (YYYYMMDDhhmmss, or the 17-digit QN form with ``millis``) for UTC ns."""
+    local_ns = ts_ns + _CHINA_OFFSET_NS
+    days, rem = divmod(local_ns, 86400 * _NS)
+    # civil_from_days (inverse of _days_from_civil)
+    z = days + 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + (3 if mp < 10 else -9)
+    y = yoe + era * 400 + (m <= 2)
+    secs, sub = divmod(rem, _NS)
+    text = f"{y:04d}{m:02d}{d:02d}{secs // 3600:02d}{secs // 60 % 60:02d}{secs % 60:02d}"
+    return text + f"{sub // 1_000_000:03d}" if millis else text
+
+
+def qn_time_ns(qn: str | None) -> int | None:
+    """UTC ns of a QN: 17-digit China time to the ms, or (seen in the field) 13-digit epoch ms."""
+    if not qn:
+        return None
+    if len(qn) == 13 and qn.isdigit():
+        return int(qn) * 1_000_000
+    return china_time_ns(qn)
+
+
+@lru_cache(maxsize=4096)
+def metric_code(code: str, st: str | None, version: int | None) -> str:
+    """The code part of a metric name: the 2017 code if any table knows ``code``, else ``code`` made a
+    valid metric name (non-name characters to ``_``, ``x`` prefix when it does not start with a letter)."""
+    hit = hj212_codes.lookup(code, st, version)
+    if hit is not None:
+        return hit.code
+    clean = re.sub(r"[^A-Za-z0-9_.]", "_", code.strip())[:48] or "_"
+    return clean if clean[0].isascii() and clean[0].isalpha() else "x" + clean
+
+
+def normalise_flag(text: str) -> str:
+    """A data flag as stored: HJ 212-2017 letters (any case), 2005 air-station digits mapped to
+    letters, anything else UNKNOWN_FLAG."""
+    flag = text.strip().upper()
+    if flag in DATA_FLAGS:
+        return flag
+    return FLAG_2005_AIR.get(flag, UNKNOWN_FLAG)
+
+
+def _number(text: str) -> float | None:
+    if not _NUMBER.fullmatch(text):
+        return None
+    return float(text)
+
+
+def _packet_time(packet: Hj212Packet) -> int | None:
+    value = packet.param("DataTime")
+    ts = china_time_ns(value) if value is not None else None
+    return ts if ts is not None else qn_time_ns(packet.qn)
+
+
+def to_decoded(packet: Hj212Packet) -> Decoded:
+    """Readings of a data upload (CN 2011/2051/2061/2031), events for equipment state and run time
+    (CN 2021/2041), nothing for other commands. Values that are not numbers are left out and listed
+    in one ``hj212_bad_values`` event. Raises CodecError ``bad_time`` when a data upload has no usable
+    DataTime (nor QN to fall back on)."""
+    out = Decoded()
+    if packet.cn in DATA_CNS:
+        _readings(packet, out)
+    elif packet.cn in STATE_CNS:
+        _equipment(packet, out)
+    return out
+
+
+def _readings(packet: Hj212Packet, out: Decoded) -> None:
+    st, version = packet.st, packet.version
+    ts = None
+    default_flag = FLAG_NORMAL
+    # (code, ts) -> [values [(field, text)], flag, sample time]; a later DataTime starts a new group
+    groups: dict[tuple[str, int | None], list] = {}
+    for name, value in packet.cp:
+        code, dash, field = name.partition("-")
+        if not dash:
+            if name == "DataTime":
+                ts = china_time_ns(value)
+                if ts is None:
+                    raise CodecError("bad_time", f"DataTime={value!r}")
+            elif name == "Flag":
+                default_flag = normalise_flag(value)
+            continue
+        group = groups.get((code, ts))
+        if group is None:
+            group = groups[(code, ts)] = [[], None, None]
+        if field == "Flag":
+            group[1] = normalise_flag(value)
+        elif field == "SampleTime":
+            group[2] = china_time_ns(value)
+        elif field not in META_FIELDS:
+            group[0].append((field, value))
+    fallback = None
+    bad: list[list[str]] = []
+    readings = out.readings
+    for (code, group_ts), (values, flag, sample_ts) in groups.items():
+        when = sample_ts if sample_ts is not None else group_ts
+        if when is None:
+            if fallback is None:
+                fallback = qn_time_ns(packet.qn)
+                if fallback is None:
+                    raise CodecError("bad_time", "data upload without DataTime or QN")
+            when = fallback
+        prefix = metric_code(code, st, version) + "-"
+        flag = flag or default_flag
+        for field, text in values:
+            value = _number(text)
+            if value is None:
+                if field in READING_FIELDS:
+                    bad.append([f"{code}-{field}", text])
+                continue
+            readings.append(Reading(when, prefix + field, value, flag))
+    if bad:
+        out.events.append({"kind": "hj212_bad_values", "cn": packet.cn, "qn": packet.qn, "items": bad})
+
+
+def _equipment(packet: Hj212Packet, out: Decoded) -> None:
+    """CN 2021 (running state SBx-RS) and 2041 (daily run time SBx-RT) as one event per DataTime."""
+    kind = "hj212_equipment_state" if packet.cn == "2021" else "hj212_equipment_runtime"
+    event: dict | None = None
+    fallback = qn_time_ns(packet.qn)
+    for name, value in packet.cp:
+        code, dash, field = name.partition("-")
+        if name == "DataTime":
+            ts = china_time_ns(value)
+            if ts is None:
+                raise CodecError("bad_time", f"DataTime={value!r}")
+            event = {"kind": kind, "cn": packet.cn, "qn": packet.qn, "ts_ns": ts, "equipment": {}}
+            out.events.append(event)
+            continue
+        if not dash:
+            continue
+        if event is None:
+            if fallback is None:
+                raise CodecError("bad_time", "equipment upload without DataTime or QN")
+            event = {"kind": kind, "cn": packet.cn, "qn": packet.qn, "ts_ns": fallback, "equipment": {}}
+            out.events.append(event)
+        number = _number(value)
+        event["equipment"].setdefault(code, {})[field] = value if number is None else number
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+def _fmt(value: object) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float):
+        text = repr(value)
+        return format(Decimal(text), "f") if "e" in text or "E" in text else text
+    return str(value)
+
+
+def format_cp(groups: str | Iterable[Mapping[str, object] | Iterable[tuple[str, object]]]) -> str:
+    """CP text (without the ``&&``) from groups of (name, value): ``;`` between groups, ``,`` within."""
+    if isinstance(groups, str):
+        return groups
+    parts = []
+    for group in groups:
+        items = group.items() if isinstance(group, Mapping) else group
+        parts.append(",".join(f"{name}={_fmt(value)}" for name, value in items))
+    return ";".join(parts)
+
+
+def encode(
+    *,
+    cn: str,
+    mn: str,
+    st: str = "32",
+    pw: str = "123456",
+    qn: str | None = None,
+    flag: int | None = 4,
+    pnum: int | None = None,
+    pno: int | None = None,
+    cp: str | Iterable = "",
+    crc_mode: str = "hj212",
+) -> bytes:
+    """One complete packet with CR LF. Header order as in HJ 212-2017 Appendix C: QN ST CN PW MN Flag
+    PNUM PNO CP; fields that are None are left out (2005 uploads have no QN and no Flag)."""
+    head = [("QN", qn), ("ST", st), ("CN", cn), ("PW", pw), ("MN", mn), ("Flag", flag), ("PNUM", pnum), ("PNO", pno)]
+    text = "".join(f"{name}={value};" for name, value in head if value is not None)
+    segment = f"{text}CP=&&{format_cp(cp)}&&".encode("utf-8")
+    if len(segment) > MAX_LENGTH:
+        raise CodecError("too_large", f"data segment of {len(segment)} bytes")
+    if crc_mode == "hj212":
+        crc = crc_hj212(segment)
+    elif crc_mode in ("modbus", "modbus_le"):
+        crc = crc_modbus(segment)
+        if crc_mode == "modbus_le":
+            crc = ((crc & 0xFF) << 8) | (crc >> 8)
+    else:
+        raise ValueError(f"unknown HJ 212 CRC mode {crc_mode!r}")
+    return b"##%04d%s%04X\r\n" % (len(segment), segment, crc)
+
+
+def encode_data(
+    *,
+    mn: str,
+    data_time_ns: int,
+    values: Mapping[str, Mapping[str, object]],
+    cn: str = "2011",
+    st: str = "32",
+    pw: str = "123456",
+    qn: str | None = None,
+    flag: int | None = 5,
+    crc_mode: str = "hj212",
+) -> bytes:
+    """A data upload (simulators): ``values`` maps a pollutant code to its fields, e.g.
+    ``{"a21026": {"Rtd": 12.5, "Flag": "N"}}``. ``data_time_ns`` is UTC; written as China time."""
+    groups: list[Iterable[tuple[str, object]]] = [(("DataTime", format_china_time(data_time_ns)),)]
+    for code, fields in values.items():
+        groups.append([(f"{code}-{field}", value) for field, value in fields.items()])
+    return encode(cn=cn, mn=mn, st=st, pw=pw, qn=qn, flag=flag, cp=groups, crc_mode=crc_mode)
+
+
+def _answer(packet: Hj212Packet, cn: str, cp: str, crc_mode: str | None) -> bytes:
+    # Answers use ST=91 and carry the version bits of the packet they answer, without bit A
+    # (HJ 212-2017 Appendix C: "Flag=4" for 2017). A 2005 packet without Flag gets none back.
+    flag = None if packet.flag is None else packet.flag & ~0b11
+    return encode(cn=cn, mn=packet.mn or "", st="91", pw=packet.pw or "", qn=packet.qn, flag=flag,
+                  cp=cp, crc_mode=crc_mode or packet.crc_mode)
+
+
+def data_answer(packet: Hj212Packet, *, crc_mode: str | None = None) -> bytes:
+    """CN 9014 data answer to an upload: same QN, ST=91, ``CP=&&&&``. The CRC variant defaults to the
+    one the device used."""
+    return _answer(packet, "9014", "", crc_mode)
+
+
+def notice_answer(packet: Hj212Packet, *, crc_mode: str | None = None) -> bytes:
+    """CN 9013 notice answer (to 1013 time-calibration requests and other notices)."""
+    return _answer(packet, "9013", "", crc_mode)
+
+
+def request_answer(packet: Hj212Packet, qn_rtn: int = 1, *, crc_mode: str | None = None) -> bytes:
+    """CN 9011 request answer, ``QnRtn`` per HJ 212-2017 Table 7 (1 ready, 2 rejected, 3 PW error,
+    4 MN error, 5 ST error, 6 Flag error, 7 QN error, 8 CN error, 9 CRC error, 100 unknown)."""
+    return _answer(packet, "9011", f"QnRtn={qn_rtn}", crc_mode)
+
+
+def execution_result(packet: Hj212Packet, exe_rtn: int = 1, *, crc_mode: str | None = None) -> bytes:
+    """CN 9012 execution result, ``ExeRtn`` per HJ 212-2017 Table 6 (1 success, 2 failed, ...)."""
+    return _answer(packet, "9012", f"ExeRtn={exe_rtn}", crc_mode)
+
+
+def answer(packet: Hj212Packet) -> bytes | None:
+    """What a platform sends back for a packet a station sent, or None: nothing unless Flag bit A asks;
+    9013 for the 1013 notice; nothing for answers (9xxx); 9014 for everything else (uploads)."""
+    if not packet.ack_requested or packet.cn.startswith("9"):
+        return None
+    if packet.cn == "1013":
+        return notice_answer(packet)
+    return data_answer(packet)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def decode_cli(text: str) -> dict:
+    """``wulian decode hj212 PACKET``: the packet, its codes marked known/unknown and what ingest stores.
+    All CRC variants are tried so that the output names the one the device uses."""
+    packet = decode(text, crc_modes=CRC_MODES)
+    decoded = to_decoded(packet)
+    codes = {}
+    for name, _ in packet.cp:
+        code, dash, _field = name.partition("-")
+        if dash and code not in codes:
+            hit = hj212_codes.lookup(code, packet.st, packet.version)
+            codes[code] = (
+                {"known": True, "code_2017": hit.code, "name": hit.name, "unit": hit.unit, "table": hit.table}
+                if hit is not None else {"known": False}
+            )
+    return {
+        "ok": True,
+        "crc_mode": packet.crc_mode,
+        "length_ok": packet.length_ok,
+        "cp_closed": packet.cp_closed,
+        "fields": packet.fields,
+        "flag": None if packet.flag is None else {
+            "raw": packet.flag,
+            "ack_requested": packet.ack_requested,
+            "split": packet.split,
+            "version": packet.version,
+            "edition": packet.edition,
+        },
+        "pnum": packet.pnum,
+        "pno": packet.pno,
+        "cp": [list(item) for item in packet.cp],
+        "codes": codes,
+        "readings": [
+            {"ts_ns": r.ts_ns, "time_utc": _iso(r.ts_ns), "metric": r.metric, "value": r.value, "flag": r.flag}
+            for r in decoded.readings
+        ],
+        "events": decoded.events,
+    }
+
+
+def _iso(ts_ns: int) -> str:
+    t = format_china_time(ts_ns - _CHINA_OFFSET_NS, millis=True)
+    return f"{t[:4]}-{t[4:6]}-{t[6:8]}T{t[8:10]}:{t[10:12]}:{t[12:14]}.{t[14:]}Z"

@@ -1,0 +1,722 @@
+"""JT/T 808 (2011, 2013, 2019) frames: escaping, check code, headers, the bodies the backend needs.
+
+Frame: ``7E | header | body | check | 7E``, big-endian; between the flags 0x7E is sent as ``7D 02`` and
+0x7D as ``7D 01``; the check is the XOR of the unescaped header and body. The 2019 header (props
+bit 14 set) adds a protocol-version byte and widens the BCD phone number from 6 to 10 bytes. Some
+2013 terminals set bit 14 anyway: when the 2019 layout does not fit the body length and the 2013
+layout does, the frame is read as 2013 (``Jt808Message.edition`` says which was used).
+
+Bodies decoded: 0x0001/0x8001 general answers, 0x0002 heartbeat, 0x0100 register (2011/2013/2019
+layouts), 0x8100 register answer, 0x0102 authentication (2013/2019), 0x0200 location with its
+additional items, 0x0704 location batch. Others are kept as raw bytes. Sub-packaged and encrypted
+bodies are not parsed (``payload`` is None).
+
+``to_decoded``: 0x0200/0x0704 become ``Position`` records (time BCD in China time, UTC+8, to UTC ns;
+latitude/longitude signed by status bits 2/3; ``extra`` holds the decoded additional items by name
+and unknown ones as hex under ``raw``); 0x0100 and 0x0102 become events (without the auth code).
+"""
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from core.kernels.checksums import xor_bytes
+from core.model import Decoded, Position
+from ingest.codecs.errors import CodecError
+
+MAX_FRAME = 2 + 2 * (17 + 4 + 1023 + 1)  # longest legal frame with every byte escaped
+_NS = 1_000_000_000
+_CHINA_OFFSET_NS = 8 * 3600 * _NS
+
+_HEAD = struct.Struct(">HH")
+_HEAD_2013 = struct.Struct(">HH6sH")
+_HEAD_2019 = struct.Struct(">HHB10sH")
+_PACKAGE = struct.Struct(">HH")
+_LOCATION = struct.Struct(">IIIIHHH6s")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+# Alarm flag word (0x0200 DWORD 0), bit -> name; 2019 redefines bits 15-17 and frees bit 31.
+_ALARMS = {
+    0: "emergency", 1: "overspeed", 2: "fatigue_driving", 3: "danger_warning", 4: "gnss_fault",
+    5: "gnss_antenna_cut", 6: "gnss_antenna_short", 7: "power_undervoltage", 8: "power_lost",
+    9: "display_fault", 10: "tts_fault", 11: "camera_fault", 12: "ic_card_fault",
+    13: "overspeed_warning", 14: "fatigue_warning", 18: "driving_time_exceeded", 19: "overtime_parking",
+    20: "area_in_out", 21: "route_in_out", 22: "route_time_abnormal", 23: "route_deviation",
+    24: "vss_fault", 25: "fuel_abnormal", 26: "stolen", 27: "illegal_ignition",
+    28: "illegal_displacement", 29: "collision_warning", 30: "rollover_warning",
+}
+ALARM_NAMES_2013 = {**_ALARMS, 31: "illegal_door_open"}
+ALARM_NAMES_2019 = {**_ALARMS, 15: "violation_driving", 16: "tyre_pressure_warning", 17: "right_turn_blind_zone"}
+# Alarm bits the platform must confirm (0x8203, or result 4 in 0x8001) before the terminal clears them.
+ALARMS_CLEARED_BY_ANSWER_2013 = (1 << 20) | (1 << 21) | (1 << 22) | (1 << 28) | (1 << 31)
+ALARMS_CLEARED_BY_ANSWER_2019 = (1 << 20) | (1 << 21) | (1 << 22) | (1 << 28)
+
+# Status word (0x0200 DWORD 1), bit -> name of the state when the bit is 1. Bits 8-9 are the load.
+_STATUS = {
+    0: "acc_on", 1: "positioned", 2: "south", 3: "west", 4: "out_of_service", 5: "position_encrypted",
+    10: "oil_cut", 11: "circuit_cut", 12: "doors_locked", 13: "door1_open", 14: "door2_open",
+    15: "door3_open", 16: "door4_open", 17: "door5_open", 18: "gps", 19: "beidou", 20: "glonass",
+    21: "galileo",
+}
+STATUS_NAMES_2013 = dict(_STATUS)
+STATUS_NAMES_2019 = {**_STATUS, 22: "driving"}
+_LOAD = {1: "half_load", 2: "load_reserved", 3: "full_load"}
+STATUS_SOUTH = 1 << 2
+STATUS_WEST = 1 << 3
+STATUS_POSITIONED = 1 << 1
+
+
+def alarm_flags(bits: int, edition: str = "2013") -> list[str]:
+    """Names of the alarm bits set; unknown (reserved) bits as ``bitN``."""
+    names = ALARM_NAMES_2019 if edition == "2019" else ALARM_NAMES_2013
+    return [names.get(i, f"bit{i}") for i in range(32) if bits >> i & 1]
+
+
+def status_flags(bits: int, edition: str = "2013") -> list[str]:
+    """Names of the status bits set (the 1-state of each bit), the load state, reserved bits as ``bitN``."""
+    names = STATUS_NAMES_2019 if edition == "2019" else STATUS_NAMES_2013
+    out = [names.get(i, f"bit{i}") for i in range(32) if bits >> i & 1 and i not in (8, 9)]
+    load = bits >> 8 & 3
+    if load:
+        out.append(_LOAD[load])
+    return out
+
+
+# --- body records --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """0x0200 body. Raw units as sent; ``lat``/``lon``/``speed_kmh`` give degrees and km/h.
+    ``items``: every additional item (id, value bytes) in order; ``extra`` the decoded ones by name,
+    unknown or malformed ones under ``raw`` as hex; ``tail_error`` when the item list was cut short
+    (the basic part is still good)."""
+
+    alarm_bits: int
+    status_bits: int
+    lat_raw: int
+    lon_raw: int
+    altitude_m: int
+    speed_raw: int  # 1/10 km/h
+    heading: int
+    time_bcd: str
+    ts_ns: int
+    items: tuple = ()
+    extra: dict = field(default_factory=dict)
+    tail_error: str | None = None
+
+    @property
+    def lat(self) -> float:
+        return -self.lat_raw / 1e6 if self.status_bits & STATUS_SOUTH else self.lat_raw / 1e6
+
+    @property
+    def lon(self) -> float:
+        return -self.lon_raw / 1e6 if self.status_bits & STATUS_WEST else self.lon_raw / 1e6
+
+    @property
+    def speed_kmh(self) -> float:
+        return self.speed_raw / 10
+
+
+@dataclass(frozen=True, slots=True)
+class LocationBatch:
+    """0x0704 body: ``kind`` 0 normal batch, 1 blind-area back-fill."""
+
+    kind: int
+    locations: tuple[Location, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """0x0100 body; ``layout`` 2011/2013/2019 tells the field widths used. Plate colour 0 means the
+    plate field holds the VIN (JT/T 415-2006 5.4.12)."""
+
+    province: int
+    city: int
+    maker: str
+    model: str
+    terminal_id: str
+    plate_color: int
+    plate: str
+    layout: str
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """0x0102 body; IMEI and software version only in the 2019 layout."""
+
+    code: str
+    imei: str = ""
+    software_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GeneralAnswer:
+    """0x0001 (terminal) / 0x8001 (platform) general answer. Result: 0 ok, 1 failed, 2 message error,
+    3 not supported, 4 alarm confirmed (0x8001 only)."""
+
+    serial: int
+    msg_id: int
+    result: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterAnswer:
+    """0x8100: result 0 ok (with auth code), 1 vehicle registered, 2 no such vehicle, 3 terminal
+    registered, 4 no such terminal."""
+
+    serial: int
+    result: int
+    auth_code: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Jt808Message:
+    """One validated frame. ``edition`` is the header layout used: ``2019`` or ``2013`` (2011 and 2013
+    headers are the same); ``version_flag`` is what props bit 14 said. ``body`` is the unescaped body;
+    ``payload`` its decoded record, or None for messages not decoded here."""
+
+    msg_id: int
+    props: int
+    phone: str  # BCD digits as sent, leading zeros kept (12 digits, 20 for 2019)
+    serial: int
+    edition: str
+    body: bytes
+    payload: object = None
+    protocol_version: int | None = None  # 2019 header only
+    total: int | None = None  # sub-package header, when props bit 13 is set
+    seq: int | None = None
+
+    @property
+    def body_len(self) -> int:
+        return self.props & 0x3FF
+
+    @property
+    def encryption(self) -> int:
+        return self.props >> 10 & 7
+
+    @property
+    def subpackage(self) -> bool:
+        return bool(self.props >> 13 & 1)
+
+    @property
+    def version_flag(self) -> bool:
+        return bool(self.props >> 14 & 1)
+
+
+# --- escaping and check --------------------------------------------------------------------------
+
+def escape(payload: bytes) -> bytes:
+    """Frame ``payload`` (header + body + check): escape 0x7D then 0x7E, add the 0x7E flags."""
+    return b"\x7e" + payload.replace(b"\x7d", b"\x7d\x01").replace(b"\x7e", b"\x7d\x02") + b"\x7e"
+
+
+def unescape(inner: bytes, *, strict: bool = True) -> bytes:
+    """Reverse ``escape`` on the bytes between the flags. Every 0x7D must start ``7D 01`` or ``7D 02``
+    (CodecError ``bad_escape``); with ``strict=False`` a bare 0x7D as the very last byte (the check
+    code, as some terminals send it) is taken as 0x7D."""
+    if b"\x7e" in inner:
+        raise CodecError("bad_escape", "0x7E inside the frame")
+    n = inner.count(b"\x7d")
+    if not n:
+        return inner
+    # Every 0x7D in a well-escaped frame starts a pair, so pairs never overlap and replace is exact.
+    if inner.count(b"\x7d\x01") + inner.count(b"\x7d\x02") != n:
+        if not strict and inner[-1] == 0x7D and inner[-2:-1] != b"\x7d":
+            head = inner[:-1]
+            if head.count(b"\x7d\x01") + head.count(b"\x7d\x02") == n - 1:
+                return head.replace(b"\x7d\x02", b"\x7e").replace(b"\x7d\x01", b"\x7d") + b"\x7d"
+        raise CodecError("bad_escape", "0x7D not followed by 01 or 02")
+    return inner.replace(b"\x7d\x02", b"\x7e").replace(b"\x7d\x01", b"\x7d")
+
+
+def xor_check(data: bytes) -> int:
+    """The JT/T 808 check code of unescaped header + body."""
+    return xor_bytes(bytes(data))
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=512)
+def _bcd_day_ns(yymmdd: str) -> int:
+    """UTC ns of 00:00 China time on 20YY-MM-DD, or -1 if not a date."""
+    y, m, d = 2000 + int(yymmdd[:2]), int(yymmdd[2:4]), int(yymmdd[4:6])
+    if not 1 <= m <= 12:
+        return -1
+    days_in = (31, 29 if y % 4 == 0 else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[m - 1]
+    if not 1 <= d <= days_in:
+        return -1
+    # days from civil (2000..2099 only, so no century rule beyond y % 4 is needed)
+    yy = y - (m <= 2)
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    days = yy * 365 + yy // 4 - yy // 100 + yy // 400 + doy - 719468
+    return days * 86400 * _NS - _CHINA_OFFSET_NS
+
+
+def bcd_time_ns(bcd: bytes) -> int:
+    """UTC ns of a BCD[6] YYMMDDhhmmss China time (CodecError ``bad_bcd``/``bad_time``)."""
+    text = bcd.hex()
+    if not text.isdigit():
+        raise CodecError("bad_bcd", f"time {text}")
+    day = _bcd_day_ns(text[:6])
+    hh, mm, ss = int(text[6:8]), int(text[8:10]), int(text[10:12])
+    if day < 0 or hh > 23 or mm > 59 or ss > 59:
+        raise CodecError("bad_time", f"time {text}")
+    return day + ((hh * 60 + mm) * 60 + ss) * _NS
+
+
+def _signed_magnitude16(value: int) -> int:
+    return -(value & 0x7FFF) if value & 0x8000 else value
+
+
+def _decode_item(item_id: int, value: bytes, extra: dict) -> None:
+    """Decode one additional item into ``extra``; anything unknown or of an unexpected length goes to
+    ``extra["raw"]`` as hex, keyed ``0xNN``."""
+    n = len(value)
+    if item_id == 0x01 and n == 4:
+        extra["mileage_km"] = _U32.unpack(value)[0] / 10
+    elif item_id == 0x02 and n == 2:
+        extra["fuel_l"] = _U16.unpack(value)[0] / 10
+    elif item_id == 0x03 and n == 2:
+        extra["tacho_speed_kmh"] = _U16.unpack(value)[0] / 10
+    elif item_id == 0x04 and n == 2:
+        extra["alarm_event_id"] = _U16.unpack(value)[0]
+    elif item_id == 0x05 and n == 30:
+        extra["tyre_pressure_pa"] = [None if b == 0xFF else b for b in value]
+    elif item_id == 0x06 and n == 2:
+        extra["carriage_temp_c"] = _signed_magnitude16(_U16.unpack(value)[0])
+    elif item_id == 0x11 and n in (1, 5):
+        extra["overspeed"] = {"area_type": value[0], "area_id": _U32.unpack_from(value, 1)[0] if n == 5 else None}
+    elif item_id == 0x12 and n == 6:
+        extra["area_in_out"] = {"area_type": value[0], "area_id": _U32.unpack_from(value, 1)[0], "out": value[5]}
+    elif item_id == 0x13 and n == 7:
+        extra["route_time"] = {
+            "segment_id": _U32.unpack_from(value, 0)[0],
+            "seconds": _U16.unpack_from(value, 4)[0],
+            "too_long": value[6],
+        }
+    elif item_id == 0x25 and n == 4:
+        extra["signal_bits"] = _U32.unpack(value)[0]
+    elif item_id == 0x2A and n == 2:
+        extra["io_bits"] = _U16.unpack(value)[0]
+    elif item_id == 0x2B and n == 4:
+        word = _U32.unpack(value)[0]
+        extra["analog"] = {"ad0": word & 0xFFFF, "ad1": word >> 16}
+    elif item_id == 0x30 and n == 1:
+        extra["signal_strength"] = value[0]
+    elif item_id == 0x31 and n == 1:
+        extra["satellites"] = value[0]
+    else:
+        raw = extra.get("raw")
+        if raw is None:
+            raw = extra["raw"] = {}
+        raw[f"0x{item_id:02X}"] = value.hex()
+
+
+def _location(body: bytes) -> Location:
+    if len(body) < 28:
+        raise CodecError("truncated", f"0x0200 body of {len(body)} bytes, basic part is 28")
+    alarm, status, lat, lon, alt, speed, heading, bcd = _LOCATION.unpack_from(body)
+    ts = bcd_time_ns(bcd)
+    items = []
+    extra: dict = {}
+    tail_error = None
+    i, n = 28, len(body)
+    while i < n:
+        if i + 2 > n:
+            tail_error = f"1 stray byte after the additional items at offset {i}"
+            break
+        item_id, size = body[i], body[i + 1]
+        end = i + 2 + size
+        if end > n:
+            tail_error = f"item 0x{item_id:02X} declares {size} bytes, {n - i - 2} left"
+            break
+        value = body[i + 2:end]
+        items.append((item_id, value))
+        _decode_item(item_id, value, extra)
+        i = end
+    if tail_error:
+        extra["tail_error"] = tail_error
+    return Location(alarm, status, lat, lon, alt, speed, heading, bcd.hex(), ts, tuple(items), extra, tail_error)
+
+
+def _batch(body: bytes) -> LocationBatch:
+    if len(body) < 3:
+        raise CodecError("truncated", "0x0704 body shorter than its 3-byte head")
+    count, kind = _U16.unpack_from(body)[0], body[2]
+    i, locations = 3, []
+    for k in range(count):
+        if i + 2 > len(body):
+            raise CodecError("truncated", f"0x0704 item {k + 1} of {count} missing")
+        size = _U16.unpack_from(body, i)[0]
+        if i + 2 + size > len(body):
+            raise CodecError("truncated", f"0x0704 item {k + 1} declares {size} bytes")
+        locations.append(_location(body[i + 2:i + 2 + size]))
+        i += 2 + size
+    return LocationBatch(kind, tuple(locations))
+
+
+def _text(raw: bytes) -> str:
+    return raw.strip(b"\x00 ").decode("gbk", errors="replace")
+
+
+def _register(body: bytes, edition: str) -> Register:
+    # Widths (maker, model, terminal id): 2019 11/30/30; 2013 5/20/7; 2011 5/8/7. 2011 and 2013 share
+    # the header, so the body length decides (2013 needs at least 37 bytes before the plate).
+    if edition == "2019":
+        widths, layout = (11, 30, 30), "2019"
+    elif len(body) >= 37:
+        widths, layout = (5, 20, 7), "2013"
+    else:
+        widths, layout = (5, 8, 7), "2011"
+    fixed = 4 + sum(widths) + 1
+    if len(body) < fixed:
+        raise CodecError("truncated", f"0x0100 body of {len(body)} bytes, {layout} layout needs {fixed}")
+    province, city = _HEAD.unpack_from(body)
+    a = 4 + widths[0]
+    b = a + widths[1]
+    c = b + widths[2]
+    return Register(province, city, _text(body[4:a]), _text(body[a:b]), _text(body[b:c]), body[c],
+                    _text(body[c + 1:]), layout)
+
+
+def _auth(body: bytes, edition: str) -> Auth:
+    # 2019: length BYTE + code + IMEI[15] + software version[20]. Decided by the body itself, since
+    # terminals with the version flag quirk send the 2013 form.
+    if body and 1 + body[0] + 35 == len(body):
+        n = body[0]
+        return Auth(_text(body[1:1 + n]), _text(body[1 + n:16 + n]), _text(body[16 + n:]))
+    return Auth(_text(body))
+
+
+def _payload(msg_id: int, body: bytes, edition: str) -> object:
+    if msg_id == 0x0200:
+        return _location(body)
+    if msg_id == 0x0704:
+        return _batch(body)
+    if msg_id in (0x0001, 0x8001):
+        if len(body) < 5:
+            raise CodecError("truncated", f"general answer body of {len(body)} bytes")
+        serial, answered = _HEAD.unpack_from(body)
+        return GeneralAnswer(serial, answered, body[4])
+    if msg_id == 0x0100:
+        return _register(body, edition)
+    if msg_id == 0x0102:
+        return _auth(body, edition)
+    if msg_id == 0x8100:
+        if len(body) < 3:
+            raise CodecError("truncated", f"0x8100 body of {len(body)} bytes")
+        return RegisterAnswer(_U16.unpack_from(body)[0], body[2], _text(body[3:]))
+    return None
+
+
+def _phone(raw: bytes) -> str:
+    text = raw.hex()
+    if not text.isdigit():
+        raise CodecError("bad_bcd", f"phone {text}")
+    return text
+
+
+def decode(frame: bytes, *, strict_escape: bool = True) -> Jt808Message:
+    """Validate and parse one frame including its 0x7E flags. Raises CodecError: bad_frame,
+    bad_escape, truncated, bad_checksum, length_mismatch, bad_bcd, bad_time. ``strict_escape=False``
+    tolerates a bare 0x7D check code (a per-device setting)."""
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise CodecError("bad_frame", f"expected bytes, got {type(frame).__name__}")
+    frame = bytes(frame)
+    if len(frame) < 2 or frame[0] != 0x7E or frame[-1] != 0x7E:
+        raise CodecError("bad_frame", "frame must start and end with 0x7E")
+    payload = unescape(frame[1:-1], strict=strict_escape)
+    size = len(payload) - 1  # without the check code
+    if size < 12:
+        raise CodecError("truncated", f"{size} bytes of header and body, header alone is 12")
+    if xor_bytes(payload):  # XOR over header, body and check is 0 exactly when the check is right
+        raise CodecError("bad_checksum", f"check {payload[-1]:02X}, computed {xor_bytes(payload[:-1]):02X}")
+    msg_id, props = _HEAD.unpack_from(payload)
+    body_len = props & 0x3FF
+    package = 4 if props & 0x2000 else 0
+    protocol_version = None
+    if props & 0x4000 and 17 + package + body_len == size:
+        edition = "2019"
+        _, _, protocol_version, phone, serial = _HEAD_2019.unpack_from(payload)
+        start = 17
+    elif 12 + package + body_len == size:
+        # 2011/2013, or a 2013 terminal that sets the 2019 flag (JT808 "version flag" quirk)
+        edition = "2013"
+        _, _, phone, serial = _HEAD_2013.unpack_from(payload)
+        start = 12
+    else:
+        want = (17 if props & 0x4000 else 12) + package + body_len
+        reason = "truncated" if size < want else "length_mismatch"
+        raise CodecError(reason, f"props say {want} bytes of header and body, frame has {size}")
+    total = seq = None
+    if package:
+        total, seq = _PACKAGE.unpack_from(payload, start)
+        start += 4
+    body = payload[start:start + body_len]
+    parsed = None
+    if not package and not props & 0x1C00:
+        parsed = _payload(msg_id, body, edition)
+    return Jt808Message(msg_id, props, _phone(phone), serial, edition, body, parsed, protocol_version, total, seq)
+
+
+def split_frames(buffer: bytes, *, max_size: int = MAX_FRAME) -> tuple[list[bytes], bytes]:
+    """Cut a TCP byte stream into frames (each with both 0x7E flags); return (frames, rest).
+
+    Bytes outside a frame come out as their own item so that ``decode`` rejects them (bad_frame) and
+    the gateway can dead-letter them; ``7E 7E`` between frames is a close and an open. Raises
+    CodecError ``too_large`` when the frame at the head of the rest already exceeds ``max_size``.
+    """
+    out: list[bytes] = []
+    pos, n = 0, len(buffer)
+    while pos < n:
+        start = buffer.find(b"\x7e", pos)
+        if start < 0:
+            out.append(buffer[pos:])
+            return out, b""
+        if start > pos:
+            out.append(buffer[pos:start])
+        end = buffer.find(b"\x7e", start + 1)
+        while end == start + 1:  # an empty pair: the second flag opens the frame
+            start = end
+            end = buffer.find(b"\x7e", start + 1)
+        if end < 0:
+            if n - start > max_size:
+                if out:
+                    return out, buffer[start:]
+                raise CodecError("too_large", f"{n - start} bytes without a closing 0x7E")
+            return out, buffer[start:]
+        out.append(buffer[start:end + 1])
+        pos = end + 1
+    return out, b""
+
+
+# --- to records ----------------------------------------------------------------------------------
+
+def _position(loc: Location) -> Position:
+    return Position(
+        loc.ts_ns,
+        loc.lat,
+        loc.lon,
+        loc.speed_raw / 10,
+        float(loc.heading),
+        float(loc.altitude_m),
+        loc.alarm_bits,
+        loc.status_bits,
+        loc.extra.get("mileage_km"),
+        loc.extra,
+    )
+
+
+def to_decoded(msg: Jt808Message) -> Decoded:
+    """Positions of 0x0200/0x0704; a ``jt808_register`` event for 0x0100 and a ``jt808_auth`` event
+    (IMEI and software version, never the code) for 0x0102; nothing for other messages."""
+    out = Decoded()
+    payload = msg.payload
+    if isinstance(payload, Location):
+        out.positions.append(_position(payload))
+    elif isinstance(payload, LocationBatch):
+        out.positions.extend(_position(loc) for loc in payload.locations)
+        if payload.kind == 1:
+            out.events.append({"kind": "jt808_backfill", "serial": msg.serial, "count": len(payload.locations)})
+    elif isinstance(payload, Register):
+        out.events.append({
+            "kind": "jt808_register", "phone": msg.phone, "province": payload.province, "city": payload.city,
+            "maker": payload.maker, "model": payload.model, "terminal_id": payload.terminal_id,
+            "plate_color": payload.plate_color, "plate": payload.plate, "layout": payload.layout,
+        })
+    elif isinstance(payload, Auth):
+        out.events.append({"kind": "jt808_auth", "phone": msg.phone, "imei": payload.imei,
+                           "software_version": payload.software_version})
+    return out
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+def _bcd(digits: str, width: int) -> bytes:
+    if not digits.isdigit() or not digits.isascii() or len(digits) > 2 * width:
+        raise CodecError("bad_bcd", f"{digits!r} is not up to {2 * width} decimal digits")
+    return bytes.fromhex(digits.rjust(2 * width, "0"))
+
+
+def encode(
+    msg_id: int,
+    phone: str,
+    serial: int,
+    body: bytes = b"",
+    *,
+    edition: str = "2013",
+    protocol_version: int = 1,
+    package: tuple[int, int] | None = None,
+    encryption: int = 0,
+) -> bytes:
+    """A complete escaped frame. ``edition`` ``2019`` sets the version flag and the 2019 header;
+    ``package`` (total, seq) adds the sub-package header."""
+    if len(body) > 0x3FF:
+        raise CodecError("too_large", f"body of {len(body)} bytes, at most 1023")
+    props = len(body) | (encryption & 7) << 10 | (0x2000 if package else 0)
+    if edition == "2019":
+        head = _HEAD_2019.pack(msg_id, props | 0x4000, protocol_version, _bcd(phone, 10), serial & 0xFFFF)
+    else:
+        head = _HEAD_2013.pack(msg_id, props, _bcd(phone, 6), serial & 0xFFFF)
+    if package:
+        head += _PACKAGE.pack(*package)
+    payload = head + body
+    return escape(payload + bytes((xor_bytes(payload),)))
+
+
+def _bcd_time(ts_ns: int) -> bytes:
+    local = (ts_ns + _CHINA_OFFSET_NS) // _NS
+    days, secs = divmod(local, 86400)
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + (3 if mp < 10 else -9)
+    y = yoe + era * 400 + (m <= 2)
+    if not 2000 <= y <= 2099:
+        raise CodecError("bad_time", f"year {y} outside BCD YY")
+    return bytes.fromhex(f"{y % 100:02d}{m:02d}{d:02d}{secs // 3600:02d}{secs // 60 % 60:02d}{secs % 60:02d}")
+
+
+def item(item_id: int, value: bytes) -> bytes:
+    """One additional item: id BYTE, length BYTE, value."""
+    if len(value) > 255:
+        raise CodecError("too_large", f"additional item of {len(value)} bytes")
+    return bytes((item_id, len(value))) + value
+
+
+def location_body(
+    *,
+    ts_ns: int,
+    lat: float,
+    lon: float,
+    speed_kmh: float = 0.0,
+    heading: float = 0.0,
+    altitude_m: float = 0.0,
+    alarm_bits: int = 0,
+    status_bits: int = STATUS_POSITIONED,
+    items: Iterable[tuple[int, bytes]] = (),
+) -> bytes:
+    """A 0x0200 body (also the element of a 0x0704 batch). South/west set status bits 2/3."""
+    status = status_bits & ~(STATUS_SOUTH | STATUS_WEST)
+    status |= STATUS_SOUTH if lat < 0 else 0
+    status |= STATUS_WEST if lon < 0 else 0
+    basic = _LOCATION.pack(
+        alarm_bits & 0xFFFFFFFF, status & 0xFFFFFFFF, round(abs(lat) * 1e6), round(abs(lon) * 1e6),
+        int(altitude_m) & 0xFFFF, round(speed_kmh * 10) & 0xFFFF, int(heading) % 360, _bcd_time(ts_ns),
+    )
+    return basic + b"".join(item(i, v) for i, v in items)
+
+
+def batch_body(locations: Iterable[bytes], kind: int = 0) -> bytes:
+    """A 0x0704 body from 0x0200 bodies; ``kind`` 1 for blind-area back-fill."""
+    bodies = list(locations)
+    return _U16.pack(len(bodies)) + bytes((kind,)) + b"".join(_U16.pack(len(b)) + b for b in bodies)
+
+
+def _fixed(text: str, width: int) -> bytes:
+    raw = text.encode("gbk")
+    if len(raw) > width:
+        raise CodecError("too_large", f"{text!r} longer than {width} bytes")
+    return raw.ljust(width, b"\x00")
+
+
+def register_body(
+    *, province: int, city: int, maker: str, model: str, terminal_id: str, plate_color: int, plate: str,
+    layout: str = "2013",
+) -> bytes:
+    """A 0x0100 body in the 2011, 2013 or 2019 layout."""
+    widths = {"2019": (11, 30, 30), "2013": (5, 20, 7), "2011": (5, 8, 7)}[layout]
+    return (_HEAD.pack(province, city) + _fixed(maker, widths[0]) + _fixed(model, widths[1])
+            + _fixed(terminal_id, widths[2]) + bytes((plate_color,)) + plate.encode("gbk"))
+
+
+def auth_body(code: str, *, edition: str = "2013", imei: str = "", software_version: str = "") -> bytes:
+    """A 0x0102 body: the code alone (2013) or with IMEI and software version (2019)."""
+    raw = code.encode("gbk")
+    if edition != "2019":
+        return raw
+    return bytes((len(raw),)) + raw + _fixed(imei, 15) + _fixed(software_version, 20)
+
+
+def general_answer_body(serial: int, msg_id: int, result: int = 0) -> bytes:
+    """Body of 0x0001 (terminal) or 0x8001 (platform) general answers."""
+    return struct.pack(">HHB", serial & 0xFFFF, msg_id, result)
+
+
+def platform_answer(msg: Jt808Message, result: int = 0, *, serial: int) -> bytes:
+    """0x8001 frame answering ``msg``, in the terminal's own header layout. ``serial`` is the
+    platform's own counter."""
+    return encode(0x8001, msg.phone, serial, general_answer_body(msg.serial, msg.msg_id, result),
+                  edition=msg.edition, protocol_version=msg.protocol_version or 1)
+
+
+def register_answer(msg: Jt808Message, result: int = 0, auth_code: str = "", *, serial: int) -> bytes:
+    """0x8100 frame answering a 0x0100 registration; the auth code is sent only on success (result 0)."""
+    body = _U16.pack(msg.serial) + bytes((result,)) + (auth_code.encode("gbk") if result == 0 else b"")
+    return encode(0x8100, msg.phone, serial, body, edition=msg.edition, protocol_version=msg.protocol_version or 1)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def _record(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.hex().upper()
+    if isinstance(value, (list, tuple)):
+        return [_record(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _record(v) for k, v in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: _record(getattr(value, name)) for name in value.__dataclass_fields__}
+    return value
+
+
+def decode_cli(hex_text: str) -> dict:
+    """``wulian decode jt808 HEX``: the frame's header, body and named flags, and what ingest stores.
+    Spaces, ``0x`` and ``:``/``-`` separators are ignored; missing 0x7E flags are added."""
+    text = hex_text.replace("0x", "").replace("0X", "")
+    text = "".join(ch for ch in text if ch not in " \t\r\n:-,")
+    try:
+        frame = bytes.fromhex(text)
+    except ValueError as exc:
+        raise CodecError("bad_hex", str(exc)) from None
+    if frame[:1] != b"\x7e" and frame[-1:] != b"\x7e":
+        frame = b"\x7e" + frame + b"\x7e"
+    msg = decode(frame, strict_escape=False)
+    body = _record(msg.payload)
+    for loc_body, loc in _locations(msg.payload, body):
+        loc_body["lat"], loc_body["lon"], loc_body["speed_kmh"] = loc.lat, loc.lon, loc.speed_kmh
+        loc_body["alarms"] = alarm_flags(loc.alarm_bits, msg.edition)
+        loc_body["status"] = status_flags(loc.status_bits, msg.edition)
+        loc_body["items"] = [{"id": f"0x{i:02X}", "value": v.hex().upper()} for i, v in loc.items]
+    decoded = to_decoded(msg)
+    return {
+        "ok": True,
+        "msg_id": f"0x{msg.msg_id:04X}",
+        "edition": msg.edition,
+        "version_flag": msg.version_flag,
+        "protocol_version": msg.protocol_version,
+        "phone": msg.phone,
+        "serial": msg.serial,
+        "body_len": msg.body_len,
+        "encryption": msg.encryption,
+        "package": None if msg.total is None else {"total": msg.total, "seq": msg.seq},
+        "body_hex": msg.body.hex().upper(),
+        "body": body,
+        "positions": [_record(p) for p in decoded.positions],
+        "events": decoded.events,
+    }
+
+
+def _locations(payload: object, body: object) -> list[tuple[dict, Location]]:
+    if isinstance(payload, Location):
+        return [(body, payload)]
+    if isinstance(payload, LocationBatch):
+        return list(zip(body["locations"], payload.locations))
+    return []

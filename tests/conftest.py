@@ -1,0 +1,107 @@
+"""Session fixtures: real PostgreSQL+TimescaleDB (the project's local stack, a fresh database per
+session) and a real Mosquitto subprocess. If they cannot be started the tests fail, never skip."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ingest.batch_writer import init_connection
+from ingest.migrations import migrate
+from tests.services import Broker, free_port
+from wulian.commands.stack import run_stack
+from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def pg_stack(base_settings: Settings) -> Settings:
+    run_stack("up", base_settings)
+    return base_settings
+
+
+@pytest.fixture(scope="session")
+async def test_dsn(pg_stack: Settings):
+    """A fresh database with TimescaleDB and all migrations, dropped at the end of the session."""
+    name = f"wulian_test_{uuid.uuid4().hex[:10]}"
+    admin_dsn = pg_stack.db.dsn.rsplit("/", 1)[0] + "/postgres"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+    con = await asyncpg.connect(dsn)
+    try:
+        await migrate(con)
+    finally:
+        await con.close()
+    yield dsn
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def pool(test_dsn: str):
+    async with asyncpg.create_pool(test_dsn, min_size=1, max_size=6, init=init_connection) as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory) -> Broker:
+    b = Broker(tmp_path_factory.mktemp("mosquitto"), free_port())
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def settings(test_dsn: str, broker: Broker) -> Settings:
+    """Settings pointing at the test database and broker, with a unique ingest session per test."""
+    return Settings(
+        db=DbSettings(dsn=test_dsn),
+        mqtt=MqttSettings(port=broker.port, client_id=f"test-ingest-{uuid.uuid4().hex[:8]}"),
+        ingest=IngestSettings(batch_size=2000, batch_delay_ms=5, metrics_port=0),
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_swallowed_thread_exceptions():
+    """Fail a test during which a thread (paho's network thread included) died with an exception."""
+    seen: list[BaseException] = []
+    old = threading.excepthook
+    threading.excepthook = lambda args: seen.append(args.exc_value)
+    yield
+    threading.excepthook = old
+    assert not seen, f"exception in a thread: {seen[0]!r}"
+
+
+async def wait_until(predicate, timeout: float = 20.0, event: asyncio.Event | None = None):
+    """Await ``predicate()`` (sync or async) becoming truthy, waking on ``event`` when given."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        left = deadline - loop.time()
+        if left <= 0:
+            raise TimeoutError("condition not met in time")
+        if event is not None:
+            event.clear()
+            try:
+                await asyncio.wait_for(event.wait(), timeout=min(left, 0.5))
+            except asyncio.TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(0.05)

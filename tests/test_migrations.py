@@ -1,0 +1,50 @@
+import asyncpg
+
+from ingest.migrations import available, migrate
+
+
+async def test_migrate_twice_is_idempotent(test_dsn):
+    con = await asyncpg.connect(test_dsn)
+    try:
+        assert await migrate(con) == []  # the session fixture applied everything already
+        assert await migrate(con) == []
+        versions = [r["version"] for r in await con.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+        assert versions == [v for v, _, _ in available()]
+        hypertables = {r["hypertable_name"] for r in await con.fetch(
+            "SELECT hypertable_name FROM timescaledb_information.hypertables")}
+        assert {"readings", "vehicle_positions", "traffic_observations", "dead_letters"} <= hypertables
+    finally:
+        await con.close()
+
+
+async def test_fresh_database_migrates_from_zero(pg_stack):
+    admin_dsn = pg_stack.db.dsn.rsplit("/", 1)[0] + "/postgres"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute('DROP DATABASE IF EXISTS "wulian_mig_check" WITH (FORCE)')
+    await admin.execute('CREATE DATABASE "wulian_mig_check"')
+    try:
+        con = await asyncpg.connect(admin_dsn.rsplit("/", 1)[0] + "/wulian_mig_check")
+        try:
+            first = await migrate(con)
+            second = await migrate(con)
+            assert first == [v for v, _, _ in available()] and second == []
+        finally:
+            await con.close()
+    finally:
+        await admin.execute('DROP DATABASE IF EXISTS "wulian_mig_check" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_retention_drops_old_chunks_only(pool):
+    from ingest.retention import apply_retention
+
+    async with pool.acquire() as con:
+        dev = await con.fetchval("INSERT INTO devices (device_id, region, stream) VALUES ('RET1', 'test', 'traffic')"
+                                 " RETURNING id")
+        await con.execute(
+            "INSERT INTO traffic_observations (time, device, speed_kmh) VALUES"
+            " (now() - interval '900 days', $1, 10), (now(), $1, 20)", dev)
+        dropped = await apply_retention(con)
+        assert dropped["traffic_observations"] >= 1
+        left = await con.fetch("SELECT speed_kmh FROM traffic_observations WHERE device = $1", dev)
+        assert [r["speed_kmh"] for r in left] == [20.0]

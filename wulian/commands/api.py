@@ -1,0 +1,21 @@
+"""``wulian api``: serve the FastAPI app with uvicorn."""
+from __future__ import annotations
+
+import argparse
+
+from wulian.settings import get_settings
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    s = get_settings()
+    uvicorn.run(create_app(s), host=s.api.host, port=s.api.port, log_level=s.log_level.lower())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("api", help="serve the regulator/operator HTTP API")
+    p.set_defaults(func=run)

@@ -1,0 +1,73 @@
+"""``wulian traffic evaluate``: score the traffic forecaster on the published Los-loop protocol.
+
+Prints pooled RMSE / MAE / Accuracy / R2 at 15/30/45/60 minutes for the model, persistence and the
+historical time-of-day average, fit and forecast timings, and incident detection on injected incidents.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+# <repo root>/../shared/data/traffic: where CI puts the shared reference data next to the clone.
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traffic"
+METHODS = ("model", "persistence", "historical_average")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("traffic", help="traffic forecasting tools")
+    tsub = p.add_subparsers(dest="traffic_command", required=True, metavar="ACTION")
+    ev = tsub.add_parser("evaluate", help="fit and score the forecaster on the published protocol")
+    ev.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                    help=f"directory with los_speed.csv and los_adj.csv (default {DEFAULT_DATA})")
+    ev.add_argument("--train-fraction", type=float, default=0.8, help="chronological split (default 0.8)")
+    ev.add_argument("--start", default="2012-03-01T00:00",
+                    help="local time of the first row (default the Los-loop week)")
+    ev.add_argument("--utc-offset-h", type=float, default=-8.0, help="UTC offset of the roads (default -8)")
+    ev.add_argument("--step-s", type=int, default=300, help="seconds between rows (default 300)")
+    ev.add_argument("--incidents", type=int, default=20, help="incidents to inject (0 skips)")
+    ev.add_argument("--per-step", action="store_true", help="also print RMSE/MAE per 5-minute step")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.traffic.evaluation import evaluate, load_dataset, los_start_ns
+
+    try:
+        data = load_dataset(args.data)
+    except (OSError, ValueError) as exc:
+        print(f"cannot load {args.data}: {exc}", file=sys.stderr)
+        return 2
+    offset_s = int(round(args.utc_offset_h * 3600))
+    t0_ns = los_start_ns(dt.datetime.fromisoformat(args.start), offset_s)
+    print(f"fitting {data.speeds.shape[1]} sensors on {args.train_fraction:.0%} of {data.speeds.shape[0]} rows",
+          file=sys.stderr)
+    report = evaluate(data, train_fraction=args.train_fraction, t0_ns=t0_ns, step_s=args.step_s,
+                      utc_offset_s=offset_s, n_incidents=args.incidents)
+    report["data"] = str(args.data)
+    if not args.per_step:
+        report.pop("per_step", None)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"train {report['train_rows']} rows, test {report['test_rows']} rows, {report['sensors']} sensors")
+    print(f"{'horizon':>8} {'method':<20} {'RMSE':>8} {'MAE':>8} {'Accuracy':>9} {'R2':>8}")
+    for minutes, res in report["horizons"].items():
+        for method in METHODS:
+            m = res[method]
+            print(f"{minutes + ' min':>8} {method:<20} {m['rmse']:8.4f} {m['mae']:8.4f} {m['accuracy']:9.4f} "
+                  f"{m['r2']:8.4f}")
+    for step, res in report.get("per_step", {}).items():
+        print(f"step {step:>3} min: model RMSE {res['model']['rmse']:.3f} MAE {res['model']['mae']:.3f}; "
+              f"persistence RMSE {res['persistence']['rmse']:.3f} MAE {res['persistence']['mae']:.3f}")
+    print(f"fit {report['fit_s']:.2f} s (cpu {report['fit_cpu_s']:.2f} s); "
+          f"forecast all sensors x 12 steps {report['forecast_ms']:.3f} ms (p99 {report['forecast_ms_p99']:.3f})")
+    if "incidents" in report:
+        inc = report["incidents"]
+        print(f"incidents: detected {inc['detected']}/{inc['injected']} ({inc['detection_rate']:.0%}), "
+              f"false alarms {inc['false_alarms_per_day']:.2f}/day, "
+              f"mean time to detect {inc['mean_time_to_detect_min']:.1f} min")
+    return 0
