@@ -2,6 +2,10 @@
 
 Times are integer nanoseconds since the Unix epoch, UTC (``ts_ns``): exact, cheap to compare, and
 what the numba kernels take.
+
+The per-record types (Reading, Position, TrafficObservation) are slotted but not frozen: ingest builds
+hundreds of thousands per second and a frozen dataclass's ``__init__`` costs 4x more (it goes through
+``object.__setattr__``). Treat them as immutable all the same.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from dataclasses import dataclass, field
 from core.const import FLAG_NORMAL
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reading:
     """One scalar value of one metric of one device (``readings`` row, device from the topic)."""
 
@@ -20,7 +24,7 @@ class Reading:
     flag: str = FLAG_NORMAL
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Position:
     """One vehicle position report (``vehicle_positions`` row). Speed km/h, heading degrees from north."""
 
@@ -36,7 +40,7 @@ class Position:
     extra: dict = field(default_factory=dict)  # decoded additional items, kept verbatim
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TrafficObservation:
     """One detector interval on a road segment (``traffic_observations`` row)."""
 

@@ -18,6 +18,7 @@ from core.model import Decoded, Position, Reading, TrafficObservation
 from ingest.codecs.errors import CodecError
 
 _METRIC_RE = re.compile(METRIC_PATTERN)
+_valid_metrics: set[str] = set()  # names already checked against METRIC_PATTERN (names repeat)
 _NS = 1_000_000_000
 
 
@@ -69,15 +70,15 @@ def _opt_number(rec: dict, key: str) -> float | None:
 
 def check_times(decoded: Decoded, now_ns: int, limits: PayloadLimits) -> None:
     """The time policy, for every kind of payload: refuse the message if any record is out of range."""
+    hi = now_ns + limits.future_tolerance_ns
+    lo = now_ns - limits.past_limit_ns
     for records in (decoded.readings, decoded.positions, decoded.traffic):
-        if not records:
-            continue
-        lo = min(r.ts_ns for r in records)
-        hi = max(r.ts_ns for r in records)
-        if hi > now_ns + limits.future_tolerance_ns:
-            raise CodecError("ts_in_future", f"{(hi - now_ns) / _NS:.0f}s ahead")
-        if lo < now_ns - limits.past_limit_ns:
-            raise CodecError("ts_too_old", f"{(now_ns - lo) / _NS / 86400:.0f} days old")
+        for r in records:
+            t = r.ts_ns
+            if t > hi:
+                raise CodecError("ts_in_future", f"{(t - now_ns) / _NS:.0f}s ahead")
+            if t < lo:
+                raise CodecError("ts_too_old", f"{(now_ns - t) / _NS / 86400:.0f} days old")
 
 
 def _flag(raw: object) -> str:
@@ -96,11 +97,15 @@ def _scalar(rec: dict, out: list[Reading]) -> None:
     default_flag = _flag(rec.get("flag"))
     append = out.append
     for name, raw in values.items():
-        if not _METRIC_RE.match(name):
-            raise CodecError("bad_metric", "invalid metric name")
-        if type(raw) is float or type(raw) is int:
-            if raw != raw or raw in (math.inf, -math.inf):
-                raise CodecError("bad_value", f"{name} is not finite")
+        if name not in _valid_metrics:
+            if not _METRIC_RE.match(name):
+                raise CodecError("bad_metric", "invalid metric name")
+            if len(_valid_metrics) < 100_000:
+                _valid_metrics.add(name)
+        t = type(raw)
+        if t is float:  # orjson never yields NaN/Infinity (not JSON), so a float here is finite
+            append(Reading(ts, name, raw, default_flag))
+        elif t is int:
             append(Reading(ts, name, float(raw), default_flag))
         elif isinstance(raw, dict):
             append(Reading(ts, name, _number(raw.get("value"), name), _flag(raw.get("flag", default_flag))))

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
+from math import isfinite
 
 from core.const import DATA_FLAGS, FLAG_NORMAL
 from core.kernels.checksums import crc_hj212, crc_modbus
@@ -50,8 +51,7 @@ UNKNOWN_FLAG = "D"  # an unrecognised data flag is treated as a fault: excluded,
 
 _HEX4 = re.compile(rb"[0-9A-Fa-f]{4}")
 _DIGITS4 = re.compile(rb"[0-9]{4}")
-_CP_ITEM = re.compile(r"([^;,=]+)=([^;,]*)")
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_HEAD_ITEM = re.compile(r"([^;=]+)=([^;]*)")
 _NS = 1_000_000_000
 _CHINA_OFFSET_NS = 8 * 3600 * _NS
 
@@ -59,7 +59,7 @@ _CHINA_OFFSET_NS = 8 * 3600 * _NS
 @dataclass(frozen=True, slots=True)
 class Hj212Packet:
     """One validated packet. ``fields`` holds every header field by name as sent (QN, ST, CN, PW, MN,
-    Flag, PNUM, PNO and any unknown ones); ``cp`` the CP items in order as (name, value) text."""
+    Flag, PNUM, PNO and any unknown ones); ``cp_raw`` the CP text, ``cp`` its items."""
 
     cn: str
     st: str | None
@@ -69,11 +69,17 @@ class Hj212Packet:
     flag: int | None
     pnum: int | None
     pno: int | None
-    cp: tuple[tuple[str, str], ...]
+    cp_raw: str  # the CP text between "CP=&&" and the closing "&&"
     fields: dict
     crc_mode: str = "hj212"  # which of CRC_MODES matched
     length_ok: bool = True  # False: accepted by the &&+CRC fallback although LLLL lied
     cp_closed: bool = True  # CP ended with its closing "&&"
+
+    @property
+    def cp(self) -> tuple[tuple[str, str], ...]:
+        """CP items in order as (name, value) text: ``;`` and ``,`` both separate items, the first
+        ``=`` splits name from value (HJ 212-2017 §6.3.3); empty items are skipped."""
+        return tuple(_cp_items(self.cp_raw))
 
     @property
     def ack_requested(self) -> bool:
@@ -105,6 +111,15 @@ class Hj212Packet:
             if key == name:
                 return value
         return default
+
+
+def _cp_items(cp_raw: str) -> list[tuple[str, str]]:
+    out = []
+    for part in cp_raw.replace(",", ";").split(";"):
+        name, _, value = part.partition("=")
+        if name:
+            out.append((name, value))
+    return out
 
 
 # --- framing -------------------------------------------------------------------------------------
@@ -148,6 +163,14 @@ def _crc_detail(segment: bytes, crc_text: bytes, modes: Iterable[str]) -> str:
 
 def _frame(data: bytes, modes: tuple[str, ...], max_length: int) -> tuple[bytes, str, bool]:
     """(data segment, matched CRC mode, length_ok) of one packet, or CodecError."""
+    # Fast path: a well-formed packet with CR LF whose length is right.
+    head = data[2:6]
+    if data[:2] == b"##" and head.isdigit() and data[-2:] == b"\r\n":
+        end = 6 + int(head)
+        if len(data) == end + 6 and end - 6 <= max_length and _HEX4.fullmatch(data, end, end + 4):
+            segment, crc_text = data[6:end], data[end:end + 4]
+            if modes == ("hj212",) and crc_hj212(segment) == int(crc_text, 16):
+                return segment, "hj212", True
     data = data.strip()
     if data.endswith(b"\\r\\n"):  # terminator written as literal text by some senders
         data = data[:-4]
@@ -199,16 +222,11 @@ def _parse_segment(segment: bytes) -> tuple[dict, str, bool]:
     closed = cp_raw.endswith("&&")
     if closed:
         cp_raw = cp_raw[:-2]
-    fields = {}
-    for part in head.split(";"):
-        if part:
-            name, _, value = part.partition("=")
-            fields[name.strip()] = value
-    return fields, cp_raw, closed
+    # Fields by name in any order (HJ 212-2017 Table 3 order is not kept by all devices).
+    return dict(_HEAD_ITEM.findall(head)), cp_raw, closed
 
 
-def _int_field(fields: dict, name: str, hi: int) -> int | None:
-    value = fields.get(name)
+def _int_field(value: str | None, name: str, hi: int) -> int | None:
     if value is None or value == "":
         return None
     if not value.isdigit() or not value.isascii() or int(value) > hi:
@@ -225,92 +243,77 @@ def decode(
     """Validate and parse one packet (``\\r\\n`` optional). ``crc_modes``: the CRC variants accepted
     for this device, see CRC_MODES. Raises CodecError: bad_frame, truncated, too_large,
     length_mismatch, bad_crc, bad_encoding, bad_header."""
-    segment, mode, length_ok = _frame(_as_bytes(packet), crc_modes, max_length)
+    data = packet if type(packet) is bytes else _as_bytes(packet)
+    segment, mode, length_ok = _frame(data, crc_modes, max_length)
     fields, cp_raw, closed = _parse_segment(segment)
-    cn = fields.get("CN")
+    get = fields.get
+    cn = get("CN")
     if not cn:
         raise CodecError("bad_header", "no CN")
-    return Hj212Packet(
-        cn=cn,
-        st=fields.get("ST"),
-        qn=fields.get("QN"),
-        pw=fields.get("PW"),
-        mn=fields.get("MN"),
-        flag=_int_field(fields, "Flag", 255),
-        pnum=_int_field(fields, "PNUM", 9999),
-        pno=_int_field(fields, "PNO", 9999),
-        cp=tuple(_CP_ITEM.findall(cp_raw)),
-        fields=fields,
-        crc_mode=mode,
-        length_ok=length_ok,
-        cp_closed=closed,
-    )
+    flag = get("Flag")
+    if flag is not None:
+        flag = _int_field(flag, "Flag", 255)
+    pnum = get("PNUM")
+    if pnum is not None:
+        pnum = _int_field(pnum, "PNUM", 9999)
+    pno = get("PNO")
+    if pno is not None:
+        pno = _int_field(pno, "PNO", 9999)
+    return Hj212Packet(cn, get("ST"), get("QN"), get("PW"), get("MN"), flag, pnum, pno, cp_raw, fields,
+                       mode, length_ok, closed)
 
 
 def split_packets(buffer: bytes, *, max_length: int = MAX_LENGTH) -> tuple[list[bytes], bytes]:
     """Cut a TCP byte stream into packets; return (packets, unconsumed rest).
 
-    Whitespace between packets is dropped; other bytes before a ``##`` come out as their own item so
-    that ``decode`` rejects them (bad_frame) and the gateway can dead-letter them. A packet whose
-    declared length does not fit ends at the next CR LF instead (``decode`` then applies its length
-    fallback). Raises CodecError ``too_large`` only when the rest would have to grow beyond
-    ``max_length`` + 12 bytes to complete the packet at its head.
+    A packet is ``##`` + LLLL + LLLL bytes + 4 hex digits, plus CR LF when present (some devices send
+    none). Whitespace between packets is dropped; other bytes before a ``##`` come out (stripped) as
+    their own item so that ``decode`` rejects them (bad_frame) and the gateway can dead-letter them. When the
+    declared length does not land on a CRC, or exceeds ``max_length``, the packet runs to its line
+    end and ``decode`` applies its length fallback or rejects it. CodecError ``too_large`` only when
+    the rest holds more than ``max_length`` + 12 bytes without a complete packet.
     """
     out: list[bytes] = []
     pos, n = 0, len(buffer)
-    limit = max_length + 12
-    while pos < n:
+    while True:
         start = buffer.find(b"##", pos)
         if start < 0:
-            junk = buffer[pos:]
-            if junk.strip() and not junk.endswith(b"#"):
+            tail = buffer[pos:]
+            keep = 1 if tail.endswith(b"#") else 0  # may be the first half of the next "##"
+            junk = tail[:len(tail) - keep].strip()
+            if junk:
                 out.append(junk)
-                pos = n
-            elif len(junk) > limit:
-                raise CodecError("too_large", f"{len(junk)} bytes without a packet start")
-            break
-        if start > pos:
-            junk = buffer[pos:start]
-            if junk.strip():
-                out.append(junk)
-            pos = start
+            return out, tail[len(tail) - keep:]
+        junk = buffer[pos:start].strip()
+        if junk:
+            out.append(junk)
         if n - start < 6:
-            break
+            return out, buffer[start:]
         head = buffer[start + 2:start + 6]
-        declared = int(head) if head.isdigit() else -1
-        if declared < 0 or declared > max_length:
-            # Not a usable header: the packet runs to the end of its line.
-            nl = buffer.find(b"\n", start)
-            if nl < 0:
-                if n - start > limit or declared > max_length:
-                    if out:
-                        break
-                    raise CodecError("too_large", f"declared length {head!r} > {max_length}")
-                break
-            out.append(buffer[start:nl + 1])
-            pos = nl + 1
-            continue
-        end = start + 6 + declared + 4
-        if end <= n and _HEX4.fullmatch(buffer, end - 4) and buffer[end:end + 2] in (b"\r\n", b"", b"\r", b"##"):
-            if buffer[end:end + 1] == b"\r":
-                if end + 1 == n:
-                    break  # wait for the LF
-                end += 2
-            out.append(buffer[start:end])
-            pos = end
-            continue
-        # The declared length does not land on a CRC + terminator: use the line end.
+        if head.isdigit() and int(head) <= max_length:
+            end = start + 10 + int(head)
+            if end > n:
+                nl = buffer.find(b"\n", start)
+                if nl < 0:
+                    return out, buffer[start:]  # wait for the rest
+                # a line end before the declared end: the length lies, decode decides
+            elif _HEX4.fullmatch(buffer, end - 4, end):
+                if buffer[end:end + 2] == b"\r\n":
+                    end += 2
+                elif end + 1 == n and buffer[end:] == b"\r":
+                    return out, buffer[start:]  # wait for the LF
+                out.append(buffer[start:end])
+                pos = end
+                continue
         nl = buffer.find(b"\n", start)
-        if nl >= 0 and (nl < end or end <= n):
-            out.append(buffer[start:nl + 1])
-            pos = nl + 1
-            continue
-        if n - start > limit:
-            if out:
-                break
-            raise CodecError("too_large", f"{n - start} bytes without a complete packet")
-        break
-    return out, buffer[pos:]
+        if nl < 0:
+            if n - start > max_length + 12:
+                if out:
+                    return out, buffer[start:]
+                raise CodecError("too_large", f"{n - start} bytes without a complete packet")
+            return out, buffer[start:]
+        out.append(buffer[start:nl + 1])
+        pos = nl + 1
 
 
 # --- readings ------------------------------------------------------------------------------------
@@ -381,6 +384,25 @@ def qn_time_ns(qn: str | None) -> int | None:
     return china_time_ns(qn)
 
 
+@lru_cache(maxsize=256)
+def _metric_cache(st: str | None, version: int | None) -> dict[str, str]:
+    """Per (ST, version) memo of item name -> metric name; cleared when it grows past 4096 names
+    (a device inventing names must not grow memory without bound)."""
+    return _BoundedDict()
+
+
+class _BoundedDict(dict):
+    def __setitem__(self, key, value) -> None:
+        if len(self) >= 4096:
+            self.clear()
+        super().__setitem__(key, value)
+
+
+def metric_name(code: str, field: str, st: str | None, version: int | None) -> str:
+    """``{metric_code}-{field}``, e.g. ``w01018-Rtd`` for ``011-Rtd`` from a 2005 water logger."""
+    return f"{metric_code(code, st, version)}-{re.sub(r'[^A-Za-z0-9_.]', '_', field)}"[:64]
+
+
 @lru_cache(maxsize=4096)
 def metric_code(code: str, st: str | None, version: int | None) -> str:
     """The code part of a metric name: the 2017 code if any table knows ``code``, else ``code`` made a
@@ -392,19 +414,23 @@ def metric_code(code: str, st: str | None, version: int | None) -> str:
     return clean if clean[0].isascii() and clean[0].isalpha() else "x" + clean
 
 
+_FLAG_MAP = {**{f: f for f in DATA_FLAGS}, **{f.lower(): f for f in DATA_FLAGS}, **FLAG_2005_AIR}
+
+
 def normalise_flag(text: str) -> str:
     """A data flag as stored: HJ 212-2017 letters (any case), 2005 air-station digits mapped to
     letters, anything else UNKNOWN_FLAG."""
-    flag = text.strip().upper()
-    if flag in DATA_FLAGS:
-        return flag
-    return FLAG_2005_AIR.get(flag, UNKNOWN_FLAG)
+    return _FLAG_MAP.get(text) or _FLAG_MAP.get(text.strip().upper(), UNKNOWN_FLAG)
 
 
 def _number(text: str) -> float | None:
-    if not _NUMBER.fullmatch(text):
+    """A finite float, or None. Parsed as Python floats are: widths are not enforced (devices send
+    12 decimals where N3.2 is specified), but inf/nan spelled out are not values."""
+    try:
+        value = float(text)
+    except ValueError:
         return None
-    return float(text)
+    return value if isfinite(value) else None
 
 
 def _packet_time(packet: Hj212Packet) -> int | None:
@@ -427,50 +453,69 @@ def to_decoded(packet: Hj212Packet) -> Decoded:
 
 
 def _readings(packet: Hj212Packet, out: Decoded) -> None:
-    st, version = packet.st, packet.version
+    # One pass over the CP items, collected per DataTime section (one per packet in practice): the
+    # values, and each code's Flag and SampleTime, which may come before or after its values.
+    sections = []
     ts = None
+    values: list[tuple[str, str, str]] = []
+    flags: dict[str, str] = {}
+    samples: dict[str, str] = {}
     default_flag = FLAG_NORMAL
-    # (code, ts) -> [values [(field, text)], flag, sample time]; a later DataTime starts a new group
-    groups: dict[tuple[str, int | None], list] = {}
-    for name, value in packet.cp:
+    for part in packet.cp_raw.replace(",", ";").split(";"):
+        name, _, text = part.partition("=")
         code, dash, field = name.partition("-")
         if not dash:
             if name == "DataTime":
-                ts = china_time_ns(value)
+                if values:
+                    sections.append((ts, values, flags, samples))
+                    values, flags, samples = [], {}, {}
+                ts = china_time_ns(text)
                 if ts is None:
-                    raise CodecError("bad_time", f"DataTime={value!r}")
-            elif name == "Flag":
-                default_flag = normalise_flag(value)
+                    raise CodecError("bad_time", f"DataTime={text!r}")
+            elif name == "Flag":  # a bare Flag in the CP (vendor form): the default for the packet
+                default_flag = normalise_flag(text)
             continue
-        group = groups.get((code, ts))
-        if group is None:
-            group = groups[(code, ts)] = [[], None, None]
         if field == "Flag":
-            group[1] = normalise_flag(value)
+            flags[code] = text
         elif field == "SampleTime":
-            group[2] = china_time_ns(value)
+            samples[code] = text
         elif field not in META_FIELDS:
-            group[0].append((field, value))
-    fallback = None
-    bad: list[list[str]] = []
+            values.append((name, code, field, text))
+    sections.append((ts, values, flags, samples))
+    st, version = packet.st, packet.version
+    metrics = _metric_cache(st, version)
     readings = out.readings
-    for (code, group_ts), (values, flag, sample_ts) in groups.items():
-        when = sample_ts if sample_ts is not None else group_ts
-        if when is None:
-            if fallback is None:
-                fallback = qn_time_ns(packet.qn)
-                if fallback is None:
-                    raise CodecError("bad_time", "data upload without DataTime or QN")
-            when = fallback
-        prefix = metric_code(code, st, version) + "-"
-        flag = flag or default_flag
-        for field, text in values:
-            value = _number(text)
-            if value is None:
+    bad: list[list[str]] = []
+    for ts, values, flags, samples in sections:
+        if not values:
+            continue
+        if ts is None:
+            ts = qn_time_ns(packet.qn)
+            if ts is None:
+                raise CodecError("bad_time", "data upload without DataTime or QN")
+        for name, code, field, text in values:
+            try:
+                value = float(text)
+            except ValueError:
+                value = None
+            if value is None or not isfinite(value):
                 if field in READING_FIELDS:
-                    bad.append([f"{code}-{field}", text])
+                    bad.append([name, text])
                 continue
-            readings.append(Reading(when, prefix + field, value, flag))
+            flag = flags.get(code)
+            if flag is None:
+                flag = default_flag
+            else:
+                flag = _FLAG_MAP.get(flag) or normalise_flag(flag)
+            when = ts
+            if samples and code in samples:
+                sample_ts = china_time_ns(samples[code])
+                if sample_ts is not None:
+                    when = sample_ts
+            metric = metrics.get(name)
+            if metric is None:
+                metric = metrics[name] = metric_name(code, field, st, version)
+            readings.append(Reading(when, metric, value, flag))
     if bad:
         out.events.append({"kind": "hj212_bad_values", "cn": packet.cn, "qn": packet.qn, "items": bad})
 

@@ -239,10 +239,17 @@ def xor_check(data: bytes) -> int:
 
 # --- decoding ------------------------------------------------------------------------------------
 
-@lru_cache(maxsize=512)
-def _bcd_day_ns(yymmdd: str) -> int:
-    """UTC ns of 00:00 China time on 20YY-MM-DD, or -1 if not a date."""
-    y, m, d = 2000 + int(yymmdd[:2]), int(yymmdd[2:4]), int(yymmdd[4:6])
+# BCD byte -> its value 0..99, or -1 when a nibble is not a decimal digit.
+_BCD = tuple((b >> 4) * 10 + (b & 15) if b >> 4 < 10 and b & 15 < 10 else -1 for b in range(256))
+
+
+@lru_cache(maxsize=1024)
+def _bcd_day_ns(yymmdd: bytes) -> int:
+    """UTC ns of 00:00 China time on BCD 20YY-MM-DD; -1 if not a date, -2 if not BCD."""
+    yy, m, d = _BCD[yymmdd[0]], _BCD[yymmdd[1]], _BCD[yymmdd[2]]
+    if yy < 0 or m < 0 or d < 0:
+        return -2
+    y = 2000 + yy
     if not 1 <= m <= 12:
         return -1
     days_in = (31, 29 if y % 4 == 0 else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[m - 1]
@@ -257,32 +264,40 @@ def _bcd_day_ns(yymmdd: str) -> int:
 
 def bcd_time_ns(bcd: bytes) -> int:
     """UTC ns of a BCD[6] YYMMDDhhmmss China time (CodecError ``bad_bcd``/``bad_time``)."""
-    text = bcd.hex()
-    if not text.isdigit():
-        raise CodecError("bad_bcd", f"time {text}")
-    day = _bcd_day_ns(text[:6])
-    hh, mm, ss = int(text[6:8]), int(text[8:10]), int(text[10:12])
-    if day < 0 or hh > 23 or mm > 59 or ss > 59:
-        raise CodecError("bad_time", f"time {text}")
-    return day + ((hh * 60 + mm) * 60 + ss) * _NS
+    day = _bcd_day_ns(bcd[:3])
+    hh, mm, ss = _BCD[bcd[3]], _BCD[bcd[4]], _BCD[bcd[5]]
+    if day >= 0 and 0 <= hh <= 23 and 0 <= mm <= 59 and 0 <= ss <= 59:
+        return day + ((hh * 60 + mm) * 60 + ss) * _NS
+    if day == -2 or min(hh, mm, ss) < 0:
+        raise CodecError("bad_bcd", f"time {bcd.hex()}")
+    raise CodecError("bad_time", f"time {bcd.hex()}")
 
 
 def _signed_magnitude16(value: int) -> int:
     return -(value & 0x7FFF) if value & 0x8000 else value
 
 
+# Additional items that are one unsigned integer: id -> (name, length, divisor or 0).
+_SCALAR_ITEMS = {
+    0x01: ("mileage_km", 4, 10),  # 1/10 km
+    0x02: ("fuel_l", 2, 10),  # 1/10 L
+    0x03: ("tacho_speed_kmh", 2, 10),  # 1/10 km/h
+    0x04: ("alarm_event_id", 2, 0),
+    0x25: ("signal_bits", 4, 0),  # extended vehicle signals
+    0x2A: ("io_bits", 2, 0),
+    0x30: ("signal_strength", 1, 0),
+    0x31: ("satellites", 1, 0),
+}
+
+
 def _decode_item(item_id: int, value: bytes, extra: dict) -> None:
     """Decode one additional item into ``extra``; anything unknown or of an unexpected length goes to
     ``extra["raw"]`` as hex, keyed ``0xNN``."""
     n = len(value)
-    if item_id == 0x01 and n == 4:
-        extra["mileage_km"] = _U32.unpack(value)[0] / 10
-    elif item_id == 0x02 and n == 2:
-        extra["fuel_l"] = _U16.unpack(value)[0] / 10
-    elif item_id == 0x03 and n == 2:
-        extra["tacho_speed_kmh"] = _U16.unpack(value)[0] / 10
-    elif item_id == 0x04 and n == 2:
-        extra["alarm_event_id"] = _U16.unpack(value)[0]
+    scalar = _SCALAR_ITEMS.get(item_id)
+    if scalar is not None and scalar[1] == n:
+        number = int.from_bytes(value, "big")
+        extra[scalar[0]] = number / scalar[2] if scalar[2] else number
     elif item_id == 0x05 and n == 30:
         extra["tyre_pressure_pa"] = [None if b == 0xFF else b for b in value]
     elif item_id == 0x06 and n == 2:
@@ -297,17 +312,9 @@ def _decode_item(item_id: int, value: bytes, extra: dict) -> None:
             "seconds": _U16.unpack_from(value, 4)[0],
             "too_long": value[6],
         }
-    elif item_id == 0x25 and n == 4:
-        extra["signal_bits"] = _U32.unpack(value)[0]
-    elif item_id == 0x2A and n == 2:
-        extra["io_bits"] = _U16.unpack(value)[0]
     elif item_id == 0x2B and n == 4:
         word = _U32.unpack(value)[0]
         extra["analog"] = {"ad0": word & 0xFFFF, "ad1": word >> 16}
-    elif item_id == 0x30 and n == 1:
-        extra["signal_strength"] = value[0]
-    elif item_id == 0x31 and n == 1:
-        extra["satellites"] = value[0]
     else:
         raw = extra.get("raw")
         if raw is None:
@@ -335,7 +342,12 @@ def _location(body: bytes) -> Location:
             break
         value = body[i + 2:end]
         items.append((item_id, value))
-        _decode_item(item_id, value, extra)
+        scalar = _SCALAR_ITEMS.get(item_id)
+        if scalar is not None and scalar[1] == size:  # inline fast path of _decode_item
+            number = int.from_bytes(value, "big")
+            extra[scalar[0]] = number / scalar[2] if scalar[2] else number
+        else:
+            _decode_item(item_id, value, extra)
         i = end
     if tail_error:
         extra["tail_error"] = tail_error
@@ -412,6 +424,7 @@ def _payload(msg_id: int, body: bytes, edition: str) -> object:
     return None
 
 
+@lru_cache(maxsize=65536)
 def _phone(raw: bytes) -> str:
     text = raw.hex()
     if not text.isdigit():
@@ -423,9 +436,10 @@ def decode(frame: bytes, *, strict_escape: bool = True) -> Jt808Message:
     """Validate and parse one frame including its 0x7E flags. Raises CodecError: bad_frame,
     bad_escape, truncated, bad_checksum, length_mismatch, bad_bcd, bad_time. ``strict_escape=False``
     tolerates a bare 0x7D check code (a per-device setting)."""
-    if not isinstance(frame, (bytes, bytearray, memoryview)):
-        raise CodecError("bad_frame", f"expected bytes, got {type(frame).__name__}")
-    frame = bytes(frame)
+    if type(frame) is not bytes:
+        if not isinstance(frame, (bytes, bytearray, memoryview)):
+            raise CodecError("bad_frame", f"expected bytes, got {type(frame).__name__}")
+        frame = bytes(frame)
     if len(frame) < 2 or frame[0] != 0x7E or frame[-1] != 0x7E:
         raise CodecError("bad_frame", "frame must start and end with 0x7E")
     payload = unescape(frame[1:-1], strict=strict_escape)

@@ -1,0 +1,231 @@
+"""``wulian bench ingest``: readings through the real broker into the real database.
+
+Method: each consumer gets its own persistent MQTT session, which is created, then the fixed set of
+messages (QoS 1, ``--per-msg`` readings each) is published into the broker while the consumer is
+offline, then the consumer connects and drains it. The three consumers measured in the same run on the
+same broker see exactly the same work, and no publisher competes with them for the 2 cores:
+- ``bare``: paho subscriber that only counts messages (auto-ack) — the ceiling for any Python consumer;
+- ``naive``: one INSERT transaction per message, then its ack (on a subset, it is slow);
+- ``wulian``: the ingest pipeline (batch decode, COPY + INSERT ... ON CONFLICT, ack after commit).
+Lost and duplicated readings are counted in the database afterwards.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+import uuid
+
+import asyncpg
+import orjson
+
+from ingest.batch_writer import init_connection
+from ingest.migrations import migrate
+from ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
+from ingest.service import ingest_config, mqtt_params, tune_gc
+from ingest.topics import subscriptions
+from wulian.settings import Settings, get_settings
+
+
+def _progress(msg: str) -> None:
+    print(f"[bench ingest] {msg}", file=sys.stderr, flush=True)
+
+
+def make_messages(n_msgs: int, per_msg: int, n_devices: int, region: str) -> list[tuple[str, bytes]]:
+    base = time.time_ns() // 1_000_000 - 86_400_000
+    names = [f"m{j}" for j in range(per_msg)]
+    out = []
+    for k in range(n_msgs):
+        d = k % n_devices
+        ts = base + (k // n_devices) * 1000
+        vals = {name: round(20.0 + (k * 7 + j) % 100 * 0.1, 2) for j, name in enumerate(names)}
+        out.append((f"wl/{region}/grid/B{d:05d}/telemetry", orjson.dumps({"ts": ts, "values": vals})))
+    return out
+
+
+def preload(params: MqttParams, consumer_id: str, messages: list[tuple[str, bytes]], prefix: str) -> None:
+    """Create the consumer's persistent session, then publish while it is offline."""
+    from paho.mqtt.client import CallbackAPIVersion, Client  # bench-only: a throwaway session creator
+    from paho.mqtt.enums import MQTTProtocolVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    c = Client(CallbackAPIVersion.VERSION2, client_id=consumer_id, protocol=MQTTProtocolVersion.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    subscribed = threading.Event()
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.connect(params.host, params.port, clean_start=True, properties=props)
+    c.loop_start()
+    c.subscribe([(t, 1) for t in subscriptions(prefix)])
+    subscribed.wait(10)
+    c.disconnect()
+    c.loop_stop()
+    pub_params = MqttParams(params.host, params.port, f"bench-pub-{uuid.uuid4().hex[:6]}")
+    t0 = time.perf_counter()
+    with MqttPublisher(pub_params, max_inflight=5000) as pub:
+        for topic, payload in messages:
+            pub.publish(topic, payload)
+        if not pub.wait_acked(600):
+            raise RuntimeError("broker did not acknowledge every message")
+    _progress(f"preloaded {len(messages)} messages for {consumer_id} in {time.perf_counter() - t0:.1f}s")
+
+
+async def run_bare(params: MqttParams, n: int, prefix: str) -> float:
+    consumer = MqttConsumer(params, subscriptions(prefix))
+    consumer._client._manual_ack = False  # bare: paho acks on receipt, nothing else is done
+    got = 0
+    t_first = None
+    await consumer.start()
+    try:
+        while got < n:
+            batch = await consumer.get_batch(20000, 0.0)
+            if t_first is None:
+                t_first = time.perf_counter()
+            got += len(batch)
+    finally:
+        consumer.stop()
+    return n / (time.perf_counter() - t_first)
+
+
+async def run_naive(params: MqttParams, dsn: str, n: int, prefix: str) -> float:
+    """Per message: one transaction of INSERTs, then the ack. The design we replace."""
+    from ingest.payload import decode_telemetry
+    from ingest.topics import parse_topic
+
+    consumer = MqttConsumer(params, subscriptions(prefix))
+    con = await asyncpg.connect(dsn)
+    devices = {r["device_id"]: r["id"] for r in await con.fetch("SELECT id, device_id FROM devices")}
+    metrics = {r["name"]: r["id"] for r in await con.fetch("SELECT id, name FROM metrics")}
+    sql = ("INSERT INTO readings (time, device, metric, value, flag) VALUES"
+           " (timestamptz 'epoch' + ($1::bigint / 1000) * interval '1 microsecond', $2, $3, $4, $5)"
+           " ON CONFLICT DO NOTHING")
+    await consumer.start()
+    done, t_first = 0, None
+    try:
+        while done < n:
+            for msg in await consumer.get_batch(1000, 0.0):
+                if t_first is None:
+                    t_first = time.perf_counter()
+                topic = parse_topic(msg.topic, prefix)
+                dec = decode_telemetry(topic.stream, msg.payload)
+                dev = devices[topic.device_id]
+                async with con.transaction():
+                    await con.executemany(sql, [(r.ts_ns, dev, metrics[r.metric], r.value, r.flag) for r in dec.readings])
+                consumer.ack_many([msg])
+                done += 1
+    finally:
+        consumer.stop()
+        await con.close()
+    return n / (time.perf_counter() - t_first)
+
+
+async def run_wulian(settings: Settings, params: MqttParams, n: int) -> tuple[float, dict]:
+    from ingest.batch_writer import BatchWriter
+    from ingest.pipeline import Ingestor
+
+    async with asyncpg.create_pool(settings.db.dsn, min_size=2, max_size=4, init=init_connection) as pool:
+        consumer = MqttConsumer(params, subscriptions(settings.mqtt.topic_prefix))
+        ing = Ingestor(consumer, BatchWriter(pool), ingest_config(settings))
+        await consumer.start()
+        task = asyncio.create_task(ing.run())
+        t_first = None
+        try:
+            while ing.stats.messages < n:
+                ing.committed.clear()
+                await asyncio.wait_for(ing.committed.wait(), 120)
+                if t_first is None:
+                    t_first = time.perf_counter()  # refined below from the first batch
+        finally:
+            elapsed = time.perf_counter()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            consumer.stop()
+        return ing.stats, elapsed
+
+
+async def bench(args: argparse.Namespace) -> dict:
+    s = get_settings()
+    n_msgs, per_msg = args.messages, args.per_msg
+    admin_dsn = s.db.dsn.rsplit("/", 1)[0] + "/postgres"
+    db = "wulian_bench"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{db}"')
+    dsn = admin_dsn.rsplit("/", 1)[0] + f"/{db}"
+    s = s.model_copy(update={"db": s.db.model_copy(update={"dsn": dsn})})
+    con = await asyncpg.connect(dsn)
+    await migrate(con)
+    await con.close()
+    region, prefix = "bench", s.mqtt.topic_prefix
+    messages = make_messages(n_msgs, per_msg, args.devices, region)
+    tune_gc()  # as the ingest service does; applies to every consumer measured here
+    run_id = uuid.uuid4().hex[:6]
+    try:
+        # bare receive
+        bare_p = mqtt_params(s, client_id=f"bench-bare-{run_id}")
+        preload(bare_p, bare_p.client_id, messages, prefix)
+        bare = await run_bare(bare_p, n_msgs, prefix)
+        _progress(f"bare receive: {bare:,.0f} msgs/s")
+        # wulian pipeline (first, so the naive run later finds devices registered)
+        ours_p = mqtt_params(s, client_id=f"bench-wulian-{run_id}")
+        preload(ours_p, ours_p.client_id, messages, prefix)
+        t0 = time.perf_counter()
+        stats, t_end = await run_wulian(s, ours_p, n_msgs)
+        elapsed = t_end - t0
+        ours_msgs = n_msgs / elapsed
+        _progress(f"wulian ingest: {ours_msgs:,.0f} msgs/s, {ours_msgs * per_msg:,.0f} readings/s")
+        con = await asyncpg.connect(dsn)
+        stored = await con.fetchval("SELECT count(*) FROM readings")
+        distinct = await con.fetchval("SELECT count(*) FROM (SELECT DISTINCT device, metric, time FROM readings) x")
+        await con.execute("TRUNCATE readings")
+        await con.close()
+        # naive consumer on a subset
+        n_naive = max(1, n_msgs // args.naive_fraction)
+        naive_p = mqtt_params(s, client_id=f"bench-naive-{run_id}")
+        preload(naive_p, naive_p.client_id, messages[:n_naive], prefix)
+        naive = await run_naive(naive_p, dsn, n_naive, prefix)
+        _progress(f"naive per-message insert: {naive:,.0f} msgs/s on {n_naive} messages")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await admin.close()
+    expected = n_msgs * per_msg
+    return {
+        "mode": "preloaded-drain",
+        "messages": n_msgs,
+        "readings": expected,
+        "readings_per_msg": per_msg,
+        "devices": args.devices,
+        "qos": 1,
+        "seconds": round(elapsed, 3),
+        "msgs_per_s": round(ours_msgs, 1),
+        "readings_per_s": round(ours_msgs * per_msg, 1),
+        "lost": expected - distinct,
+        "duplicates": stored - distinct,
+        "bare_msgs_per_s": round(bare, 1),
+        "naive_msgs_per_s": round(naive, 1),
+        "naive_readings_per_s": round(naive * per_msg, 1),
+        "naive_messages": n_naive,
+        "vs_naive": round(ours_msgs / naive, 2),
+        "vs_bare": round(ours_msgs / bare, 3),
+        "batches": stats.batches,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    out = asyncio.run(bench(args))
+    print(json.dumps(out, indent=None if args.json else 2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="MQTT -> TimescaleDB throughput vs bare receive and naive insert")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--messages", type=int, default=100_000)
+    p.add_argument("--per-msg", type=int, default=10)
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--naive-fraction", type=int, default=20, help="naive consumer runs on 1/N of the messages")
+    p.set_defaults(func=run)
