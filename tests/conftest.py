@@ -3,6 +3,8 @@ session) and a real Mosquitto subprocess. If they cannot be started the tests fa
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import threading
 import uuid
 from pathlib import Path
@@ -14,21 +16,21 @@ from ingest.batch_writer import init_connection
 from ingest.migrations import migrate
 from tests.services import Broker, free_port
 from wulian.commands.stack import run_stack
-from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings
+from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings, StackSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 
 @pytest.fixture(scope="session")
-def base_settings() -> Settings:
-    return Settings()
-
-
-@pytest.fixture(scope="session")
-def pg_stack(base_settings: Settings) -> Settings:
-    run_stack("up", base_settings)
-    return base_settings
+def pg_stack() -> Settings:
+    """The project's own stack script, on free ports in a throwaway dir: never a running instance."""
+    stack = StackSettings(dir=ROOT / ".stack" / f"test-{os.getpid()}", pg_port=free_port(), mqtt_port=free_port())
+    settings = Settings(stack=stack)
+    run_stack("up", settings)
+    yield settings
+    run_stack("down", settings, check=False)
+    shutil.rmtree(stack.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
