@@ -1,14 +1,26 @@
-"""FastAPI application factory for regulators and operators."""
+"""FastAPI application factory for regulators and operators.
+
+Every module in ``api/routes/`` that defines ``router`` is included, so a new resource is a new file.
+"""
 from __future__ import annotations
 
 import contextlib
+import importlib
+import pkgutil
 
 import asyncpg
 from fastapi import FastAPI
 
-from api import errors
-from api.routes import devices, health, readings
+from api import errors, routes
+from api.alert_feed import AlertFeed
 from wulian.settings import Settings, get_settings
+
+
+def _routers():
+    for info in sorted(pkgutil.iter_modules(routes.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{routes.__name__}.{info.name}")
+        if hasattr(module, "router"):
+            yield module.router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -16,16 +28,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with asyncpg.create_pool(
-            settings.db.dsn, min_size=1, max_size=settings.db.pool_max
-        ) as pool:
+        async with asyncpg.create_pool(settings.db.dsn, min_size=1, max_size=settings.db.pool_max) as pool:
             app.state.pool = pool
-            yield
+            app.state.alert_feed = AlertFeed(settings.db.dsn)
+            try:
+                yield
+            finally:
+                await app.state.alert_feed.close()
 
     app = FastAPI(title="Wulian API", version="0.1.0", lifespan=lifespan,
                   description="Telemetry, devices and alerts for city monitoring (物联)")
     app.state.settings = settings
     errors.install(app)
-    for module in (health, devices, readings):
-        app.include_router(module.router)
+    for router in _routers():
+        app.include_router(router)
     return app

@@ -60,3 +60,64 @@ class ReadingsPublic(BaseModel):
     bucket: str
     data: list[ReadingBucket]
     count: int
+
+
+class AlertPublic(BaseModel):
+    id: int
+    rule_id: int
+    device_id: str
+    region: str
+    stream: str
+    metric: str
+    severity: str
+    state: str
+    title: str
+    raised_at: datetime
+    last_seen: datetime
+    first_value: float | None = None
+    last_value: float | None = None
+    peak_value: float | None = None
+    count: int
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    ack_comment: str | None = None
+    cleared_at: datetime | None = None
+    closed_at: datetime | None = None
+    closed_by: str | None = None
+    close_comment: str | None = None
+
+
+class AlertsPublic(BaseModel):
+    data: list[AlertPublic]
+    count: int
+    next_cursor: int | None = None
+
+
+class AlertEventPublic(BaseModel):
+    time: datetime
+    event: str
+    actor: str
+    comment: str | None = None
+    value: float | None = None
+    event_time: datetime | None = None
+
+
+class AlertDetail(AlertPublic):
+    history: list[AlertEventPublic]
+
+
+class AlertAction(BaseModel):
+    comment: str | None = None
+
+
+class RulePublic(BaseModel):
+    id: int
+    enabled: bool
+    definition: dict[str, Any]
+    updated_at: datetime
+    updated_by: str | None = None
+
+
+class RulesPublic(BaseModel):
+    data: list[RulePublic]
+    count: int

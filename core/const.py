@@ -41,3 +41,9 @@ CHINA_TZ = "Asia/Shanghai"  # day buckets and DataTime are China time; storage i
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 METRIC_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
 REGION_PATTERN = r"^[a-z][a-z0-9_\-]{0,31}$"
+
+ALERT_CHANNEL = "wulian_alerts"  # PostgreSQL NOTIFY channel announcing every committed alert change
+
+# Rule ids of built-in domain rules that derived-data jobs raise alerts for (user rules come from the
+# ``rules`` table's identity, far below this range).
+SYSTEM_RULE_BASE = 1_000_000_000

@@ -8,6 +8,7 @@ make a redelivered message a no-op. Times travel as int ns and become timestampt
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -64,6 +65,7 @@ class DeviceInfo:
     id: int
     region: str
     stream: str
+    device_type: str | None = None
 
 
 @dataclass(slots=True)
@@ -112,10 +114,11 @@ class BatchWriter:
                         missing, [wanted[d][0] for d in missing], [wanted[d][1] for d in missing],
                     )
                 rows = await con.fetch(
-                    "SELECT id, device_id, region, stream FROM devices WHERE device_id = ANY($1::text[])", missing
+                    "SELECT id, device_id, region, stream, device_type FROM devices WHERE device_id = ANY($1::text[])",
+                    missing
                 )
             for r in rows:
-                self.devices[r["device_id"]] = DeviceInfo(r["id"], r["region"], r["stream"])
+                self.devices[r["device_id"]] = DeviceInfo(r["id"], r["region"], r["stream"], r["device_type"])
         return {d: self.devices[d] for d in wanted if d in self.devices}
 
     async def resolve_metrics(self, names: set[str]) -> dict[str, int]:
@@ -133,11 +136,16 @@ class BatchWriter:
                 self.metrics[r["name"]] = r["id"]
         return self.metrics
 
-    async def write(self, rows: BatchRows) -> WriteResult:
-        """Write the batch in one transaction; returns counts. Raises on database failure (nothing acked)."""
+    async def write(self, rows: BatchRows, also: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+                    ) -> WriteResult:
+        """Write the batch in one transaction; returns counts. Raises on database failure (nothing acked).
+
+        ``also`` runs inside the same transaction (the alarm engine's transitions)."""
         res = WriteResult(staged=rows.n_records, dead_letters=len(rows.dead_letters))
         async with self.pool.acquire() as con:
             async with con.transaction():
+                if also is not None:
+                    await also(con)
                 if rows.readings:
                     await con.copy_records_to_table("stage_readings", records=rows.readings, columns=_READING_COLS)
                     res.per_table["readings"] = n = _inserted(await con.execute(_INSERT_READINGS))

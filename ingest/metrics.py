@@ -15,3 +15,4 @@ DECODE_SECONDS = Histogram("wulian_ingest_decode_seconds", "decode time per batc
 COMMIT_SECONDS = Histogram("wulian_ingest_commit_seconds", "write+commit time per batch")
 WRITE_FAILURES = Counter("wulian_ingest_write_failures_total", "batches whose transaction failed (retried)")
 BACKLOG = Gauge("wulian_ingest_backlog_messages", "messages received from the broker, not yet written")
+ALERTS = Counter("wulian_alerts_total", "alert transitions written", ["event"])

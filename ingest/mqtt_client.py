@@ -136,6 +136,10 @@ class MqttConsumer:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish on the consumer's connection (alert events); paho queues it while disconnected."""
+        self._client.publish(topic, payload, qos=qos)
+
     @property
     def backlog(self) -> int:
         """Messages received but not yet taken by the pipeline."""

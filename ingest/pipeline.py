@@ -9,10 +9,12 @@ offending messages are isolated; those go to dead letters and the rest is writte
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Callable
 
 import asyncpg
 import orjson
@@ -29,9 +31,10 @@ from ingest.retention import apply_retention
 from ingest.rows import BatchRows, DeadLetter
 from ingest.topics import Topic, parse_topic
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ingest.alarm_service import AlarmService
 
-PostCommit = Callable[[BatchRows, list["Item"]], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +121,13 @@ class Ingestor:
         consumer: MqttConsumer,
         writer: BatchWriter,
         config: IngestConfig = IngestConfig(),
-        post_commit: list[PostCommit] | None = None,
+        alarms: "AlarmService | None" = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.consumer = consumer
         self.writer = writer
         self.config = config
-        self.post_commit = post_commit or []
+        self.alarms = alarms
         self.clock_ns = clock_ns
         self.stats = IngestStats()
         self._topics: dict[str, Topic] = {}
@@ -193,12 +196,15 @@ class Ingestor:
                 items.append(it)
         return items, devices, metric_ids
 
-    async def _write_isolating(self, items: list[Item], dead: list[DeadLetter], devices, metric_ids) -> WriteResult:
-        """Write; if the database refuses the data, bisect to find the refused messages."""
+    async def _write_isolating(self, items: list[Item], dead: list[DeadLetter], devices, metric_ids,
+                               also=None) -> WriteResult:
+        """Write; if the database refuses the data, bisect to find the refused messages.
+
+        ``also`` (the alert transitions) rides in exactly one committed transaction: the first one."""
         rows = build_rows(items, devices, metric_ids)
         rows.dead_letters = dead
         try:
-            return await self.writer.write(rows)
+            return await self.writer.write(rows, also)
         except Exception as exc:
             if _transient(exc) or len(items) == 0:
                 raise
@@ -206,21 +212,37 @@ class Ingestor:
                 it = items[0]
                 log.warning("database refused message from %s: %s", it.topic.device_id, exc)
                 dead = dead + [_dead(it.msg, it.topic, "db_rejected", str(exc))]
-                return await self._write_isolating([], dead, devices, metric_ids)
+                return await self._write_isolating([], dead, devices, metric_ids, also)
             mid = len(items) // 2
-            a = await self._write_isolating(items[:mid], dead, devices, metric_ids)
+            a = await self._write_isolating(items[:mid], dead, devices, metric_ids, also)
             b = await self._write_isolating(items[mid:], [], devices, metric_ids)
             return a.merge(b)
 
     async def commit_batch(self, batch: Batch) -> WriteResult:
+        alarms = self.alarms
+        async with alarms.lock if alarms else contextlib.nullcontext():
+            res, items, devices, metric_ids, pending = await self._commit_locked(batch)
+        self._after_commit(batch, res, items, devices, metric_ids)
+        if pending is not None:
+            alarms.after_commit(pending)
+        self.committed.set()
+        return res
+
+    async def _commit_locked(self, batch: Batch):
         delay = 0.2
+        pending = None
         while True:
             try:
                 t0 = time.perf_counter()
                 items, devices, metric_ids = await self._resolve(batch)
-                res = await self._write_isolating(items, batch.dead, devices, metric_ids)
+                also = None
+                if self.alarms is not None:
+                    if pending is None:  # the engine sees each batch once, whatever the retries
+                        pending = self.alarms.evaluate(items, devices)
+                    also = functools.partial(self.alarms.write, pending=pending)
+                res = await self._write_isolating(items, batch.dead, devices, metric_ids, also)
                 m.COMMIT_SECONDS.observe(time.perf_counter() - t0)
-                break
+                return res, items, devices, metric_ids, pending
             except Exception as exc:
                 if not _transient(exc):
                     raise
@@ -232,6 +254,8 @@ class Ingestor:
                                                                       "unknown_metric")]
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.retry_max_s)
+
+    def _after_commit(self, batch: Batch, res: WriteResult, items, devices, metric_ids) -> None:
         acked = self.consumer.ack_many(batch.messages)
         m.MESSAGES_ACKED.inc(acked)
         m.DUPLICATES.inc(res.duplicates)
@@ -246,15 +270,6 @@ class Ingestor:
         s.duplicates += res.duplicates
         s.dead_letters += res.dead_letters
         s.batches += 1
-        if self.post_commit:
-            rows = build_rows(items, devices, metric_ids)
-            for hook in self.post_commit:
-                try:
-                    await hook(rows, items)
-                except Exception:
-                    log.exception("post-commit hook %r failed", hook)
-        self.committed.set()
-        return res
 
     async def _writer(self) -> None:
         while True:

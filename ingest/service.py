@@ -9,6 +9,7 @@ import logging
 import asyncpg
 from prometheus_client import start_http_server
 
+from ingest.alarm_service import AlarmService
 from ingest.batch_writer import BatchWriter, init_connection
 from ingest.migrations import migrate
 from ingest.mqtt_client import MqttConsumer, MqttParams
@@ -67,7 +68,12 @@ async def running_ingestor(settings: Settings, pool: asyncpg.Pool, client_id: st
     """An Ingestor subscribed and running as a task; yields it, stops it on exit."""
     consumer = MqttConsumer(mqtt_params(settings, client_id), subscriptions(settings.mqtt.topic_prefix))
     writer = BatchWriter(pool, auto_register=settings.ingest.auto_register)
-    ingestor = Ingestor(consumer, writer, ingest_config(settings))
+    alarms = AlarmService(pool, publish=consumer.publish, topic_prefix=settings.mqtt.topic_prefix,
+                          tick_interval_s=settings.alarms.tick_interval_s,
+                          save_interval_s=settings.alarms.save_interval_s,
+                          rules_poll_s=settings.alarms.rules_poll_s)
+    await alarms.start()
+    ingestor = Ingestor(consumer, writer, ingest_config(settings), alarms=alarms)
     await consumer.start()
     task = asyncio.create_task(ingestor.run(), name="ingestor")
     try:
@@ -76,6 +82,7 @@ async def running_ingestor(settings: Settings, pool: asyncpg.Pool, client_id: st
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await alarms.stop()
         consumer.stop()
 
 

@@ -7,13 +7,17 @@ import httpx
 import pytest
 
 from api.app import create_app
+from api.auth import create_key
 
 
 @pytest.fixture
-async def client(settings):
+async def client(settings, pool):
+    async with pool.acquire() as con:
+        key = await create_key(con, name="test-admin", role="admin", regions=[])
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
+                                     headers={"Authorization": f"Bearer {key}"}) as c:
             yield c
 
 

@@ -148,12 +148,12 @@ async def test_database_outage_holds_acks_until_commit(settings, pool):
         real_write = ing.writer.write
         fails = {"n": 0}
 
-        async def flaky(rows):
+        async def flaky(rows, also=None):
             if fails["n"] < 3:
                 fails["n"] += 1
                 assert ing.consumer.acked == 0
                 raise asyncpg.exceptions.ConnectionDoesNotExistError("simulated outage")
-            return await real_write(rows)
+            return await real_write(rows, also)
 
         ing.writer.write = flaky
         with _pub(settings) as pub:

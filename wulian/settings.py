@@ -64,6 +64,12 @@ class IngestSettings(BaseModel):
     metrics_port: int = 9108
 
 
+class AlarmSettings(BaseModel):
+    tick_interval_s: float = 5.0  # timer pass for missing-data rules
+    save_interval_s: float = 30.0  # engine state snapshot
+    rules_poll_s: float = 10.0  # how soon rule changes made through the API take effect
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -84,6 +90,7 @@ class Settings(BaseSettings):
     db: DbSettings = Field(default_factory=DbSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    alarms: AlarmSettings = Field(default_factory=AlarmSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     sim: SimSettings = Field(default_factory=SimSettings)
 

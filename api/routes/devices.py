@@ -5,6 +5,7 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Path, Query
 
+from api.auth import CurrentUser
 from api.deps import PoolDep
 from api.errors import NotFound
 from api.schemas import DevicePublic, DevicesPublic, LatestPublic, LatestValue
@@ -27,35 +28,37 @@ def _device(row) -> DevicePublic:
 @router.get("", response_model=DevicesPublic)
 async def list_devices(
     pool: PoolDep,
+    user: CurrentUser,
     region: str | None = None,
     stream: Stream | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ):
-    where = "($1::text IS NULL OR region = $1) AND ($2::text IS NULL OR stream = $2)"
-    args = (region, stream.value if stream else None)
+    where = ("($1::text IS NULL OR region = $1) AND ($2::text IS NULL OR stream = $2)"
+             " AND ($3::text[] IS NULL OR region = ANY($3))")
+    args = (region, stream.value if stream else None, user.region_filter())
     async with pool.acquire() as con:
         rows = await con.fetch(
-            f"SELECT {_COLS} FROM devices WHERE {where} ORDER BY device_id LIMIT $3 OFFSET $4", *args, limit, offset
+            f"SELECT {_COLS} FROM devices WHERE {where} ORDER BY device_id LIMIT $4 OFFSET $5", *args, limit, offset
         )
         count = await con.fetchval(f"SELECT count(*) FROM devices WHERE {where}", *args)
     return DevicesPublic(data=[_device(r) for r in rows], count=count)
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
-async def get_device(device_id: DeviceId, pool: PoolDep):
+async def get_device(device_id: DeviceId, pool: PoolDep, user: CurrentUser):
     async with pool.acquire() as con:
         row = await con.fetchrow(f"SELECT {_COLS} FROM devices WHERE device_id = $1", device_id)
-    if row is None:
+    if row is None or not user.can_see(row["region"]):
         raise NotFound(f"device {device_id!r} not found")
     return _device(row)
 
 
 @router.get("/{device_id}/latest", response_model=LatestPublic)
-async def latest(device_id: DeviceId, pool: PoolDep):
+async def latest(device_id: DeviceId, pool: PoolDep, user: CurrentUser):
     async with pool.acquire() as con:
-        dev = await con.fetchrow("SELECT id, stream FROM devices WHERE device_id = $1", device_id)
-        if dev is None:
+        dev = await con.fetchrow("SELECT id, stream, region FROM devices WHERE device_id = $1", device_id)
+        if dev is None or not user.can_see(dev["region"]):
             raise NotFound(f"device {device_id!r} not found")
         out = LatestPublic(device_id=device_id, stream=dev["stream"])
         if dev["stream"] == Stream.VEHICLE:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from api.auth import CurrentUser
 from api.deps import PoolDep, SettingsDep
 from api.errors import BadQuery, NotFound
 from api.schemas import ReadingBucket, ReadingsPublic
@@ -32,6 +33,7 @@ def _utc(dt: datetime) -> datetime:
 async def readings(
     pool: PoolDep,
     settings: SettingsDep,
+    user: CurrentUser,
     device: Annotated[str, Query(pattern=DEVICE_ID_PATTERN)],
     metric: Annotated[str, Query(pattern=METRIC_PATTERN)],
     from_: Annotated[datetime, Query(alias="from", description="ISO 8601; naive means UTC")],
@@ -46,9 +48,9 @@ async def readings(
         raise BadQuery(f"more than {settings.api.max_rows} buckets: widen the bucket or narrow the range")
     async with pool.acquire() as con:
         ids = await con.fetchrow(
-            "SELECT (SELECT id FROM devices WHERE device_id = $1) AS dev, (SELECT id FROM metrics WHERE name = $2) AS met",
-            device, metric)
-        if ids["dev"] is None:
+            "SELECT d.id AS dev, d.region, (SELECT id FROM metrics WHERE name = $2) AS met"
+            " FROM (SELECT 1) one LEFT JOIN devices d ON d.device_id = $1", device, metric)
+        if ids["dev"] is None or not user.can_see(ids["region"]):
             raise NotFound(f"device {device!r} not found")
         if ids["met"] is None:
             raise NotFound(f"metric {metric!r} not found")

@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     procs = [
         subprocess.Popen(exe + ["ingest"], env=env),
         subprocess.Popen(exe + ["api"], env=env),
+        subprocess.Popen(exe + ["derive"], env=env),
     ]
     time.sleep(2.0)
     procs.append(subprocess.Popen(exe + ["simulate", "--rate", str(args.rate), "--scale", str(args.scale),

@@ -1,0 +1,131 @@
+"""API keys with roles and region scope.
+
+A key reads ``wl_<key_id>_<secret>``: ``key_id`` finds the row, the secret is checked against its
+stored SHA-256 in constant time (keys are 190-bit random strings, so a fast hash is the right one).
+Roles: ``regulator`` reads and acknowledges in its regions; ``operator`` may do everything in its
+regions; ``admin`` everything, including keys and rules. A principal never sees another region's data:
+routes filter by :meth:`Principal.region_filter` and answer 404 for objects outside the scope.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Header
+
+from api.deps import PoolDep
+from api.errors import ApiError
+
+ROLES = ("regulator", "operator", "admin")
+_RANK = {r: i for i, r in enumerate(ROLES)}
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    name: str
+    role: str
+    regions: frozenset[str]  # empty: all regions
+
+    @property
+    def all_regions(self) -> bool:
+        return not self.regions
+
+    def region_filter(self) -> list[str] | None:
+        """``None`` for all regions, else the list to pass as ``region = ANY($n)``."""
+        return None if self.all_regions else sorted(self.regions)
+
+    def can_see(self, region: str) -> bool:
+        return self.all_regions or region in self.regions
+
+    def require(self, role: str) -> None:
+        if _RANK[self.role] < _RANK[role]:
+            raise Forbidden(f"this action needs the {role} role")
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def generate_key() -> tuple[str, str, str]:
+    """Returns (full key, key_id, secret hash)."""
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(24)
+    return f"wl_{key_id}_{secret}", key_id, _hash(secret)
+
+
+async def create_key(
+    con: asyncpg.Connection, *, name: str, role: str, regions: list[str], expires_days: float | None = None
+) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}")
+    if role != "admin" and not regions:
+        raise ValueError("regulator and operator keys need at least one region")
+    key, key_id, secret_hash = generate_key()
+    expires = datetime.now(timezone.utc) + timedelta(days=expires_days) if expires_days else None
+    await con.execute(
+        "INSERT INTO api_keys (key_id, secret_hash, name, role, regions, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        key_id, secret_hash, name, role, sorted(set(regions)), expires)
+    return key
+
+
+async def revoke_key(con: asyncpg.Connection, key_id: str) -> bool:
+    status = await con.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
+                               key_id)
+    return status.endswith(" 1")
+
+
+def _parse(raw: str) -> tuple[str, str]:
+    parts = raw.split("_", 2)
+    if len(parts) != 3 or parts[0] != "wl" or len(parts[1]) != 12 or not parts[2]:
+        raise Unauthorized("malformed API key")
+    return parts[1], parts[2]
+
+
+async def authenticate(pool: asyncpg.Pool, raw: str) -> Principal:
+    key_id, secret = _parse(raw)
+    async with pool.acquire() as con:
+        row = await con.fetchrow(
+            "UPDATE api_keys SET last_used_at = now() WHERE key_id = $1"
+            " RETURNING secret_hash, name, role, regions, expires_at, revoked_at", key_id)
+    if row is None or not hmac.compare_digest(row["secret_hash"], _hash(secret)):
+        raise Unauthorized("unknown API key")
+    if row["revoked_at"] is not None:
+        raise Unauthorized("API key revoked")
+    if row["expires_at"] is not None and row["expires_at"] <= datetime.now(timezone.utc):
+        raise Unauthorized("API key expired")
+    return Principal(key_id, row["name"], row["role"], frozenset(row["regions"]))
+
+
+async def current_user(
+    pool: PoolDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Principal:
+    raw = x_api_key
+    if raw is None and authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise Unauthorized("use 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+        raw = value.strip()
+    if not raw:
+        raise Unauthorized("API key required ('Authorization: Bearer <key>' or 'X-API-Key')")
+    return await authenticate(pool, raw)
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]

@@ -1,0 +1,146 @@
+"""Alerts for regulators: list, detail with history, acknowledge, close, and a live SSE stream."""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from api.alert_feed import event_payload, notify_sql
+from api.auth import CurrentUser
+from api.deps import PoolDep
+from api.errors import ApiError, NotFound
+from api.schemas import AlertAction, AlertDetail, AlertEventPublic, AlertPublic, AlertsPublic
+from core.alarms.lifecycle import Action, AlertState, IllegalTransition, allowed_from, apply
+from core.alarms.rules import Severity
+from core.const import DEVICE_ID_PATTERN, Stream
+
+router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+
+_COLS = """id, rule_id, device_id, region, stream, metric, severity, state, title, raised_at, last_seen,
+           first_value, last_value, peak_value, count, acknowledged_at, acknowledged_by, ack_comment,
+           cleared_at, closed_at, closed_by, close_comment"""
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "illegal_transition"
+
+
+@router.get("", response_model=AlertsPublic)
+async def list_alerts(
+    pool: PoolDep,
+    user: CurrentUser,
+    region: str | None = None,
+    stream: Stream | None = None,
+    device: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN)] = None,
+    rule: int | None = None,
+    severity: Severity | None = None,
+    state: AlertState | None = None,
+    since: Annotated[datetime | None, Query(description="raised at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="raised before (ISO 8601)")] = None,
+    cursor: Annotated[int | None, Query(ge=0, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+):
+    """Newest first; page with ``cursor=<next_cursor>`` until ``next_cursor`` is null."""
+    rows = await _fetch(pool, user, region, stream, device, rule, severity, state, since, until, cursor, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return AlertsPublic(data=[AlertPublic(**dict(r)) for r in rows], count=len(rows),
+                        next_cursor=rows[-1]["id"] if more else None)
+
+
+async def _fetch(pool, user, region, stream, device, rule, severity, state, since, until, cursor, limit):
+    async with pool.acquire() as con:
+        return await con.fetch(
+            f"SELECT {_COLS} FROM alerts WHERE ($1::text[] IS NULL OR region = ANY($1))"
+            " AND ($2::text IS NULL OR region = $2) AND ($3::text IS NULL OR stream = $3)"
+            " AND ($4::text IS NULL OR device_id = $4) AND ($5::bigint IS NULL OR rule_id = $5)"
+            " AND ($6::text IS NULL OR severity = $6) AND ($7::text IS NULL OR state = $7)"
+            " AND ($8::timestamptz IS NULL OR raised_at >= $8) AND ($9::timestamptz IS NULL OR raised_at < $9)"
+            " AND ($10::bigint IS NULL OR id < $10) ORDER BY id DESC LIMIT $11",
+            user.region_filter(), region, stream and stream.value, device, rule, severity and severity.value,
+            state and state.value, since, until, cursor, limit)
+
+
+async def _visible(con, alert_id: int, user) -> dict:
+    row = await con.fetchrow(f"SELECT {_COLS} FROM alerts WHERE id = $1", alert_id)
+    if row is None or not user.can_see(row["region"]):
+        raise NotFound(f"alert {alert_id} not found")
+    return row
+
+
+@router.get("/stream", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "alert changes as SSE"}})
+async def stream_alerts(request: Request, user: CurrentUser, region: str | None = None):
+    """Server-Sent Events: one ``alert`` event per committed change, within the key's regions."""
+    feed = request.app.state.alert_feed
+    queue = await feed.subscribe()
+
+    async def events():
+        try:
+            yield ": connected\n\n"
+            while True:
+                try:
+                    ev = await asyncio.wait_for(queue.get(), timeout=15.0)
+                except asyncio.TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if not user.can_see(ev.get("region", "")) or (region and ev.get("region") != region):
+                    continue
+                yield f"id: {ev['id']}\nevent: alert\ndata: {orjson.dumps(ev).decode()}\n\n"
+        finally:
+            feed.unsubscribe(queue)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/{alert_id}", response_model=AlertDetail)
+async def get_alert(alert_id: int, pool: PoolDep, user: CurrentUser):
+    async with pool.acquire() as con:
+        row = await _visible(con, alert_id, user)
+        hist = await con.fetch(
+            "SELECT time, event, actor, comment, value, event_time FROM alert_events WHERE alert_id = $1 ORDER BY id",
+            alert_id)
+    return AlertDetail(**dict(row), history=[AlertEventPublic(**dict(h)) for h in hist])
+
+
+async def _transition(pool, user, alert_id: int, action: Action, comment: str | None) -> AlertPublic:
+    async with pool.acquire() as con:
+        async with con.transaction():
+            row = await _visible(con, alert_id, user)
+            try:
+                new_state = apply(row["state"], action)
+            except IllegalTransition as exc:
+                raise Conflict(str(exc)) from None
+            if action is Action.ACK:
+                sets = "acknowledged_at = now(), acknowledged_by = $3, ack_comment = $4"
+            else:
+                sets = "closed_at = now(), closed_by = $3, close_comment = $4"
+            updated = await con.fetchrow(
+                f"UPDATE alerts SET state = $2, {sets}, updated_at = now()"
+                f" WHERE id = $1 AND state = ANY($5::text[]) RETURNING {_COLS}",
+                alert_id, new_state.value, user.name, comment, [s.value for s in allowed_from(action)])
+            if updated is None:  # changed under us (e.g. cleared by the engine meanwhile)
+                raise Conflict(f"alert {alert_id} changed state concurrently; reload it")
+            await con.execute(
+                "INSERT INTO alert_events (alert_id, event, actor, comment) VALUES ($1, $2, $3, $4)",
+                alert_id, action.value, user.name, comment)
+            await con.execute(notify_sql(), event_payload(updated, action.value))
+    return AlertPublic(**dict(updated))
+
+
+@router.post("/{alert_id}/ack", response_model=AlertPublic, responses={409: {"description": "illegal transition"}})
+async def ack_alert(alert_id: int, pool: PoolDep, user: CurrentUser, body: AlertAction | None = None):
+    user.require("regulator")
+    return await _transition(pool, user, alert_id, Action.ACK, body.comment if body else None)
+
+
+@router.post("/{alert_id}/close", response_model=AlertPublic, responses={409: {"description": "illegal transition"}})
+async def close_alert(alert_id: int, pool: PoolDep, user: CurrentUser, body: AlertAction | None = None):
+    user.require("operator")
+    return await _transition(pool, user, alert_id, Action.CLOSE, body.comment if body else None)

@@ -1,0 +1,255 @@
+"""The alarm engine inside ingest: evaluate each batch before its commit, write the alert transitions
+in the same transaction as the data, publish them to MQTT after the commit.
+
+- Series are (stream, device, metric). Scalar readings are series as they come; a vehicle position
+  feeds ``speed_kmh``, ``alarm_bits`` and ``status_bits`` (bit rules), a traffic observation
+  ``speed_kmh``, ``flow_vph`` and ``occupancy``.
+- Alert rows follow ``core.alarms.lifecycle``; the partial unique index on open alerts makes a RAISE
+  for an alert that is already open an update, so a restart from an older engine snapshot never
+  duplicates an alert, and a CLEAR for an alert that is no longer open is a no-op.
+- Engine state (pending periods, hysteresis) is saved every ``save_interval_s`` and on shutdown. After a
+  kill -9 it resumes from the last snapshot: a pending period restarts from there at worst.
+- Missing-data rules are evaluated by a timer (``tick``), not only when data arrives.
+- One lock serialises batch evaluation+write, timer ticks and snapshots, so transitions reach the
+  database in the order the engine produced them.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import asyncpg
+import numpy as np
+import orjson
+
+from core.alarms.compiler import SeriesKey
+from core.alarms.engine import AlarmEngine, Transitions
+from core.alarms.rules import Rule, RuleKind, TransitionKind
+from ingest import metrics as m
+from ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesMeta:
+    device: int
+    device_id: str
+    region: str
+    stream: str
+    metric: str
+
+
+@dataclass(slots=True)
+class PendingAlerts:
+    transitions: Transitions
+    events: list[dict] = field(default_factory=list)  # filled by write(), published after commit
+
+
+def _title(rule: Rule, metric: str) -> str:
+    return f"{rule.name} ({metric})" if metric else rule.name
+
+
+class AlarmService:
+    def __init__(self, pool: asyncpg.Pool, publish: Callable[[str, bytes], None] | None = None,
+                 topic_prefix: str = "wl", save_interval_s: float = 30.0, tick_interval_s: float = 5.0,
+                 rules_poll_s: float = 10.0, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.pool = pool
+        self.publish = publish
+        self.prefix = topic_prefix
+        self.save_interval_s = save_interval_s
+        self.tick_interval_s = tick_interval_s
+        self.rules_poll_s = rules_poll_s
+        self.clock_ns = clock_ns
+        self.lock = asyncio.Lock()
+        self.engine = AlarmEngine([])
+        self.meta: list[SeriesMeta] = []
+        self._index: dict[tuple[str, str], int] = {}
+        self._rules: dict[int, Rule] = {}
+        self._rules_version: tuple | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.raised = 0
+        self.cleared = 0
+
+    # -- setup ------------------------------------------------------------------------------------
+    async def _load_rules(self, con) -> list[Rule]:
+        rules = []
+        for r in await con.fetch("SELECT id, definition::text AS d FROM rules WHERE enabled ORDER BY id"):
+            try:
+                rules.append(Rule.from_dict({**orjson.loads(r["d"]), "id": r["id"]}))
+            except Exception as exc:  # a bad stored rule must not stop ingest
+                log.error("rule %s skipped: %s", r["id"], exc)
+        return rules
+
+    async def _rules_version_now(self, con) -> tuple:
+        row = await con.fetchrow("SELECT count(*) AS n, max(updated_at) AS t FROM rules")
+        return (row["n"], row["t"])
+
+    async def start(self) -> None:
+        async with self.pool.acquire() as con:
+            rules = await self._load_rules(con)
+            self._rules_version = await self._rules_version_now(con)
+            snap = await con.fetchrow("SELECT state FROM alarm_engine_state WHERE name = 'ingest'")
+        self._rules = {r.id: r for r in rules}
+        self.engine = AlarmEngine(rules)
+        self.engine.warmup()
+        if snap is not None:
+            self._restore(bytes(snap["state"]))
+        self._tasks = [asyncio.create_task(self._timer(), name="alarm-timer")]
+        log.info("alarm engine: %d rules, %d series restored", len(rules), len(self.meta))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            async with self.lock:
+                await self.save_state()
+        except Exception:
+            log.exception("could not save alarm engine state on shutdown")
+
+    # -- series -----------------------------------------------------------------------------------
+    def _series(self, dev, device_id: str, region: str, stream: str, metric: str, device_type: str | None) -> int:
+        key = (device_id, metric)
+        idx = self._index.get(key)
+        if idx is None:
+            idx = int(self.engine.add_series([SeriesKey(stream, device_id, metric, device_type)])[0])
+            self._index[key] = idx
+            self.meta.append(SeriesMeta(dev, device_id, region, stream, metric))
+        return idx
+
+    def evaluate(self, items, devices) -> PendingAlerts:
+        """Run the engine over a batch of decoded items (``ingest.pipeline.Item``); no I/O."""
+        s_idx: list[int] = []
+        ts: list[int] = []
+        vals: list[float] = []
+        flags: list[str] = []
+        for it in items:
+            t = it.topic
+            info = devices[t.device_id]
+            series = self._series
+            d = it.decoded
+            for r in d.readings:
+                s_idx.append(series(info.id, t.device_id, t.region, t.stream.value, r.metric, info.device_type))
+                ts.append(r.ts_ns); vals.append(r.value); flags.append(r.flag)
+            for p in d.positions:
+                for name, v in (("speed_kmh", p.speed_kmh), ("alarm_bits", float(p.alarm_bits)),
+                                ("status_bits", float(p.status_bits))):
+                    s_idx.append(series(info.id, t.device_id, t.region, t.stream.value, name, info.device_type))
+                    ts.append(p.ts_ns); vals.append(v); flags.append("N")
+            for o in d.traffic:
+                for name, v in (("speed_kmh", o.speed_kmh), ("flow_vph", o.flow_vph), ("occupancy", o.occupancy)):
+                    if v is not None:
+                        s_idx.append(series(info.id, t.device_id, t.region, t.stream.value, name, info.device_type))
+                        ts.append(o.ts_ns); vals.append(v); flags.append("N")
+        if not s_idx or not self._rules:
+            return PendingAlerts(Transitions.empty())
+        return PendingAlerts(self.engine.update_many(np.asarray(s_idx, np.int32), np.asarray(ts, np.int64),
+                                                     np.asarray(vals, np.float64), flags))
+
+    # -- writing ----------------------------------------------------------------------------------
+    async def write(self, con: asyncpg.Connection, *, pending: PendingAlerts) -> None:
+        """Apply transitions to the alerts table; call inside the batch's transaction."""
+        tr = pending.transitions
+        if len(tr) == 0:
+            return
+        events = pending.events = []
+        for s, rule_id, kind, ts, value, _flag, _count in tr.rows():
+            meta = self.meta[s]
+            rule = self._rules.get(rule_id)
+            if rule is None:
+                continue
+            metric = "" if rule.kind is RuleKind.MISSING_DATA else meta.metric
+            target = AlertTarget(rule_id, meta.device, meta.device_id, meta.region, meta.stream, metric,
+                                 rule.severity.value, _title(rule, metric))
+            if kind is TransitionKind.RAISE:
+                ev = await raise_alert(con, target, ts, value)
+                self.raised += ev is not None
+            elif kind is TransitionKind.UPDATE:
+                await update_alert(con, target, ts, value, lower_is_worse=rule.kind is RuleKind.LOWER)
+                ev = None
+            else:
+                ev = await clear_alert(con, target, ts, value)
+                self.cleared += ev is not None
+            if ev is not None:
+                events.append(ev)
+
+    def after_commit(self, pending: PendingAlerts) -> None:
+        for ev in pending.events:
+            m.ALERTS.labels(ev["event"]).inc()
+            if self.publish is not None:
+                topic = f"{self.prefix}/{ev['region']}/alerts/{ev['stream']}/{ev['device_id']}"
+                try:
+                    self.publish(topic, orjson.dumps(ev))
+                except Exception:
+                    log.exception("could not publish alert event to %s", topic)
+
+    # -- timer, rules, persistence ------------------------------------------------------------------
+    async def tick(self, now_ns: int | None = None) -> PendingAlerts:
+        async with self.lock:
+            pending = PendingAlerts(self.engine.tick(self.clock_ns() if now_ns is None else now_ns))
+            if len(pending.transitions):
+                async with self.pool.acquire() as con:
+                    async with con.transaction():
+                        await self.write(con, pending=pending)
+        self.after_commit(pending)
+        return pending
+
+    async def reload_rules_if_changed(self) -> bool:
+        async with self.pool.acquire() as con:
+            version = await self._rules_version_now(con)
+            if version == self._rules_version:
+                return False
+            rules = await self._load_rules(con)
+        async with self.lock:
+            self.engine.set_rules(rules)
+            self._rules = {r.id: r for r in rules}
+            self._rules_version = version
+        log.info("alarm rules reloaded: %d enabled", len(rules))
+        return True
+
+    async def _timer(self) -> None:
+        last_save = last_rules = time.monotonic()
+        while True:
+            await asyncio.sleep(self.tick_interval_s)
+            try:
+                await self.tick()
+                now = time.monotonic()
+                if now - last_rules >= self.rules_poll_s:
+                    last_rules = now
+                    await self.reload_rules_if_changed()
+                if now - last_save >= self.save_interval_s:
+                    last_save = now
+                    async with self.lock:
+                        await self.save_state()
+            except Exception:
+                log.exception("alarm timer failed; retrying")
+
+    def _snapshot(self) -> bytes:
+        buf = io.BytesIO()
+        arrays = self.engine.state_arrays()
+        meta = orjson.dumps([[x.device, x.device_id, x.region, x.stream, x.metric] for x in self.meta])
+        keys = orjson.dumps([[k.stream, k.device_id, k.metric, k.device_type] for k in self.engine.catalogue.keys()])
+        np.savez(buf, meta=np.frombuffer(meta, np.uint8), keys=np.frombuffer(keys, np.uint8), **arrays)
+        return buf.getvalue()
+
+    def _restore(self, blob: bytes) -> None:
+        with np.load(io.BytesIO(blob)) as z:
+            data = {k: z[k] for k in z.files}
+        keys = [SeriesKey(*k) for k in orjson.loads(data.pop("keys").tobytes())]
+        meta = [SeriesMeta(*x) for x in orjson.loads(data.pop("meta").tobytes())]
+        self.engine.add_series(keys)
+        self.meta = meta
+        self._index = {(x.device_id, x.metric): i for i, x in enumerate(meta)}
+        self.engine.load_state(data)
+
+    async def save_state(self) -> None:
+        blob = self._snapshot()
+        async with self.pool.acquire() as con:
+            await con.execute(
+                "INSERT INTO alarm_engine_state (name, state) VALUES ('ingest', $1)"
+                " ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, saved_at = now()", blob)

@@ -1,0 +1,96 @@
+"""Alert rows in the database: raise (or update the open one), update, clear. Used by the alarm engine's
+transitions and by derived-data jobs that find episodes (exceedances, classes worse than target, ...).
+
+The partial unique index ``alerts_one_open`` keeps one open alert per (rule, device, metric): raising
+an alert that is already open updates it, clearing one that is not open does nothing. Each raise and
+clear is announced with ``pg_notify('wulian_alerts', ...)`` inside the caller's transaction.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+
+from core.const import ALERT_CHANNEL as CHANNEL
+_TS = "timestamptz 'epoch' + ($1::bigint / 1000) * interval '1 microsecond'"
+
+_RAISE = f"""
+INSERT INTO alerts (rule_id, device, device_id, region, stream, metric, severity, state, title, raised_at, last_seen,
+                    first_value, last_value, peak_value, count)
+VALUES ($2, $3, $4, $5, $6, $7, $8, 'active', $9, {_TS}, {_TS}, $10, $10, $10, 1)
+ON CONFLICT (rule_id, device, metric) WHERE state IN ('active', 'acknowledged')
+DO UPDATE SET last_seen = GREATEST(alerts.last_seen, EXCLUDED.last_seen), last_value = EXCLUDED.last_value,
+              count = alerts.count + 1, updated_at = now()
+RETURNING id, (xmax = 0) AS inserted"""
+_UPDATE = f"""
+UPDATE alerts SET last_seen = GREATEST(last_seen, {_TS}), last_value = $5, count = count + 1, updated_at = now(),
+       peak_value = CASE WHEN $6 THEN LEAST(peak_value, $5) ELSE GREATEST(peak_value, $5) END
+WHERE rule_id = $2 AND device = $3 AND metric = $4 AND state IN ('active', 'acknowledged')"""
+_CLEAR = f"""
+UPDATE alerts SET state = 'cleared', cleared_at = {_TS}, updated_at = now()
+WHERE rule_id = $2 AND device = $3 AND metric = $4 AND state IN ('active', 'acknowledged')
+RETURNING id"""
+_EVENT = ("INSERT INTO alert_events (alert_id, event, actor, value, event_time)"
+          f" VALUES ($2, $3, $5, $4, {_TS})")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTarget:
+    """Where an alert belongs: the rule and the device's registry identity; metric '' for device-level."""
+
+    rule_id: int
+    device: int
+    device_id: str
+    region: str
+    stream: str
+    metric: str
+    severity: str
+    title: str
+
+
+def _num(v: float | None) -> float | None:
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
+
+
+def _event(alert_id: int, event: str, state: str, t: AlertTarget, value: float | None) -> dict:
+    return {"id": alert_id, "event": event, "state": state, "region": t.region, "stream": t.stream,
+            "device_id": t.device_id, "rule_id": t.rule_id, "metric": t.metric, "severity": t.severity,
+            "title": t.title, "last_value": value}
+
+
+async def _notify(con: asyncpg.Connection, ev: dict) -> None:
+    await con.execute("SELECT pg_notify($1, $2)", CHANNEL, orjson.dumps(ev).decode())
+
+
+async def raise_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value: float | None,
+                      actor: str = "engine") -> dict | None:
+    """Open an alert (or count a repeated trigger of the open one). Returns the event if one was opened."""
+    v = _num(value)
+    row = await con.fetchrow(_RAISE, ts_ns, t.rule_id, t.device, t.device_id, t.region, t.stream, t.metric,
+                             t.severity, t.title, v)
+    if not row["inserted"]:
+        return None
+    await con.execute(_EVENT, ts_ns, row["id"], "raised", v, actor)
+    ev = _event(row["id"], "raised", "active", t, v)
+    await _notify(con, ev)
+    return ev
+
+
+async def update_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value: float | None,
+                       lower_is_worse: bool = False) -> None:
+    await con.execute(_UPDATE, ts_ns, t.rule_id, t.device, t.metric, _num(value), lower_is_worse)
+
+
+async def clear_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value: float | None,
+                      actor: str = "engine") -> dict | None:
+    """Clear the open alert of ``t`` if there is one. Returns the event if one was cleared."""
+    v = _num(value)
+    row = await con.fetchrow(_CLEAR, ts_ns, t.rule_id, t.device, t.metric)
+    if row is None:
+        return None
+    await con.execute(_EVENT, ts_ns, row["id"], "cleared", v, actor)
+    ev = _event(row["id"], "cleared", "cleared", t, v)
+    await _notify(con, ev)
+    return ev

@@ -1,0 +1,1 @@
+"""Derived-data jobs run by ``wulian derive``: one module per job defining ``create(settings) -> Job``."""

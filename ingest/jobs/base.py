@@ -1,0 +1,43 @@
+"""What a derived-data job is, and its watermark helpers.
+
+A job turns raw hypertables into derived ones (hourly source values, AQI, water classes, forecasts,
+vehicle violations, ...). It runs every ``interval_s``; each run processes the time range from its
+watermark to a safe end (``now - lag_s``, so late data still arrives first), writes results
+idempotently (upserts keyed by time), raises or clears alerts through ``ingest.alert_store``, and
+advances the watermark in the same transaction.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Protocol
+
+import asyncpg
+
+
+class Job(Protocol):
+    name: str
+    interval_s: float
+
+    async def run_once(self, pool: asyncpg.Pool, now_ns: int) -> dict:
+        """Process what is due; returns figures for the log (rows written, alerts raised, ...)."""
+
+
+async def get_watermark(con: asyncpg.Connection, job: str, default: datetime) -> datetime:
+    upto = await con.fetchval("SELECT upto FROM job_watermarks WHERE job = $1", job)
+    return upto or default
+
+
+async def set_watermark(con: asyncpg.Connection, job: str, upto: datetime, stats: str | None = None) -> None:
+    await con.execute(
+        "INSERT INTO job_watermarks (job, upto, stats) VALUES ($1, $2, $3::jsonb)"
+        " ON CONFLICT (job) DO UPDATE SET upto = EXCLUDED.upto, stats = EXCLUDED.stats, updated_at = now()",
+        job, upto, stats)
+
+
+def ns_to_dt(ts_ns: int) -> datetime:
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc)
+
+
+def dt_to_ns(dt: datetime) -> int:
+    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000

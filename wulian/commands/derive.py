@@ -1,0 +1,27 @@
+"""``wulian derive [--once] [--job NAME ...]``: derived-data jobs (hourly values, AQI, classes, forecasts...)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from wulian.settings import get_settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from ingest.derive_service import run_derive
+
+    try:
+        out = asyncio.run(run_derive(get_settings(), set(args.job) if args.job else None, once=args.once))
+    except KeyboardInterrupt:
+        return 0
+    if args.once:
+        print(json.dumps(out, default=str))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("derive", help="run the derived-data jobs (on a schedule, or --once)")
+    p.add_argument("--once", action="store_true", help="run each job once and print its figures")
+    p.add_argument("--job", action="append", help="only this job (repeatable)")
+    p.set_defaults(func=run)
