@@ -12,17 +12,19 @@ from core.model import Decoded
 from ingest.codecs.errors import CodecError
 from ingest.payload import PayloadLimits, check_times, decode_telemetry
 
-# kind -> "module" exposing decode(bytes) and to_decoded(message)
+# kind -> "module" exposing decode(bytes) and to_decoded(message[, received_ns])
 _BINARY = {
     Kind.HJ212: "ingest.codecs.hj212",
     Kind.JT808: "ingest.codecs.jt808",
     Kind.DLT645: "ingest.codecs.dlt645",
     Kind.CJT188: "ingest.codecs.cjt188",
 }
-_cache: dict[Kind, Callable[[bytes], Decoded]] = {}
+# Meter frames carry no (reliable) time of their own: their readings are stamped with the receive time.
+_RECEIVE_TIMED = frozenset({Kind.DLT645, Kind.CJT188})
+_cache: dict[Kind, Callable[[bytes, int], Decoded]] = {}
 
 
-def _binary_decoder(kind: Kind) -> Callable[[bytes], Decoded]:
+def _binary_decoder(kind: Kind) -> Callable[[bytes, int], Decoded]:
     fn = _cache.get(kind)
     if fn is None:
         try:
@@ -30,8 +32,12 @@ def _binary_decoder(kind: Kind) -> Callable[[bytes], Decoded]:
         except ImportError:
             raise CodecError("unsupported_kind", f"no codec for {kind.value}") from None
 
-        def fn(payload: bytes, _m=mod) -> Decoded:
-            return _m.to_decoded(_m.decode(payload))
+        if kind in _RECEIVE_TIMED:
+            def fn(payload: bytes, now_ns: int, _m=mod) -> Decoded:
+                return _m.to_decoded(_m.decode(payload), now_ns)
+        else:
+            def fn(payload: bytes, now_ns: int, _m=mod) -> Decoded:
+                return _m.to_decoded(_m.decode(payload))
 
         _cache[kind] = fn
     return fn
@@ -44,6 +50,6 @@ def decode_message(stream: Stream, kind: Kind, payload: bytes, now_ns: int, limi
     else:
         if len(payload) > limits.max_bytes:
             raise CodecError("too_large", f"{len(payload)} bytes > {limits.max_bytes}")
-        decoded = _binary_decoder(kind)(payload)
+        decoded = _binary_decoder(kind)(payload, now_ns)
     check_times(decoded, now_ns, limits)
     return decoded

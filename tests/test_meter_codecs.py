@@ -159,3 +159,20 @@ def test_decode_cli_command_table_reaches_codecs():
     for kind in ("dlt645", "cjt188"):
         module, func = DECODERS[kind].split(":")
         assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_missing_time_policy():
+    # DL/T 645 replies carry no time: refused without one; requests still give their event.
+    reply = dlt645.decode(dlt645.encode_reply("000000000161", 0x00010000, 1.0))
+    with pytest.raises(CodecError) as exc:
+        dlt645.to_decoded(reply)
+    assert exc.value.reason == "no_time"
+    assert dlt645.to_decoded(dlt645.decode(dlt645.encode_read("000000000161", 0x00010000))).events
+    # CJ/T 188 falls back to the meter clock (China time) and refuses an unset clock.
+    sc = cjt188.decode(cjt188.parse_hex(next(f for f in CJT if f["id"] == "cjt188-sc-read-resp")["hex"]))
+    dec = cjt188.to_decoded(sc)
+    expect = int(datetime(2015, 5, 11, 22, 1, 31, tzinfo=timezone(timedelta(hours=8))).timestamp()) * 10**9
+    assert dec.readings[0].ts_ns == expect
+    aixi = cjt188.decode(cjt188.parse_hex(next(f for f in CJT if f["id"] == "cjt188-aixi-read-resp")["hex"]))
+    with pytest.raises(CodecError):
+        cjt188.to_decoded(aixi)

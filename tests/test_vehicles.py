@@ -9,7 +9,7 @@ import pytest
 
 from core.kernels import vehicle_rules as k
 from core.vehicles import jt808_bits
-from core.vehicles.kpi import KpiParams, day_stats, day_stats_numpy, group_kpis
+from core.vehicles.kpi import day_stats, day_stats_numpy, group_kpis
 from core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect
 
 S = 10**9
@@ -69,6 +69,9 @@ def run(builders, fleet=None, geometry=None, **params) -> Events:
 def test_haversine_one_degree_of_latitude():
     assert k.haversine_km(30.0, 120.0, 31.0, 120.0) == pytest.approx(111.195, abs=0.01)
     assert k.haversine_km(0.0, 0.0, 0.0, 0.0) == 0.0
+    many = k.haversine_many(np.array([30.0, 0.0]), np.array([120.0, 0.0]), np.array([31.0, 0.0]),
+                            np.array([120.0, 1.0]))
+    assert many == pytest.approx([111.195, 111.195], abs=0.01)
     # Beijing - Shanghai, about 1067 km.
     assert k.haversine_km(39.9042, 116.4074, 31.2304, 121.4737) == pytest.approx(1067, rel=0.01)
 
@@ -237,6 +240,15 @@ def test_offline_displacement():
     assert o.value[0] == pytest.approx(0.05 * KM_PER_DEG + 60 * 10 / 3600, rel=0.01)
 
 
+def test_unusable_fixes_and_duplicates_are_skipped():
+    b = Builder(at(9)).seg(5 * MIN, 60)
+    b.rows.append((b.t + 15 * MIN, 0.0, 0.0, 60.0, 0))  # (0, 0) after a silence: not a jump to the equator
+    b.rows.append((b.rows[-2][0], 45.0, 125.0, 60.0, 0))  # same time as an earlier point: ignored
+    b.jump(20 * MIN).seg(5 * MIN, 60)
+    ev = run([b])
+    assert len(ev.of(Rule.OFFLINE_JUMP)) == 0
+
+
 def test_geofence_breach_only_for_hazmat():
     poly = [(30.02, 119.9), (30.02, 120.1), (30.04, 120.1), (30.04, 119.9)]
     g = Geometry.build([poly])
@@ -379,3 +391,97 @@ def test_day_stats_kernel_matches_numpy_on_clean_tracks():
         assert np.array_equal(getattr(a, f), getattr(b, f)), f
     assert np.allclose(a.km_total, b.km_total) and np.allclose(a.km_complete, b.km_complete)
     assert a.n_points.sum() == len(tr)
+
+
+def test_event_records_name_rules_and_alarm_clear_rules():
+    b = Builder(at(9)).seg(MIN, 60, alarm=1 << 28).seg(MIN, 60)
+    rows = run([b]).records(vehicle_ids=["粤B12345"])
+    assert rows == [{"vehicle": "粤B12345", "rule": "terminal_alarm", "start_ns": at(9), "end_ns": at(9, 1),
+                     "value": 0.0, "aux": 28, "open": False, "alarm": "illegal_displacement",
+                     "clear": "cleared_after_answer"}]
+
+
+# ---------------------------------------------------------------- kernel vs a plain-Python reading of the rules
+
+def _reference(ts, speed, night_ban, limit_day, p: RuleParams):
+    """Overspeed, 02:00-05:00 and overtime parking, written directly from the rule text (no gaps)."""
+    out = []
+    tod = [(t + p.utc_offset_ns) % (24 * H) for t in ts]
+    is_night = [x >= 22 * H or x < 6 * H for x in tod]
+    over = [s > limit_day * (p.night_factor if n else 1.0) for s, n in zip(speed, is_night)]
+    i = 0
+    while i < len(ts):
+        if over[i]:
+            j = i
+            mx = speed[i]
+            while j + 1 < len(ts) and over[j + 1]:
+                j += 1
+                mx = max(mx, speed[j])
+            if ts[j] - ts[i] >= p.overspeed_min_ns:
+                out.append((Rule.OVERSPEED, ts[i], ts[j]))
+            i = j + 1
+        else:
+            i += 1
+    if night_ban:
+        win = [p.night_ban_from_ns <= x < p.night_ban_to_ns for x in tod]
+        i = 0
+        while i < len(ts):
+            if win[i] and speed[i] > p.moving_kmh:
+                j, last = i, i
+                while j + 1 < len(ts) and win[j + 1]:
+                    j += 1
+                    if speed[j] > p.moving_kmh:
+                        last = j
+                out.append((Rule.NIGHT_COACH, ts[i], ts[last]))
+                i = j + 1
+            else:
+                i += 1
+    i = 0  # parking: maximal runs of stopped intervals (an interval takes its start point's state)
+    while i < len(ts) - 1:
+        if speed[i] <= p.moving_kmh:
+            j = i
+            while j + 1 < len(ts) - 1 and speed[j + 1] <= p.moving_kmh:
+                j += 1
+            if ts[j + 1] - ts[i] > p.parking_max_ns:
+                out.append((Rule.OVERTIME_PARKING, ts[i], ts[j + 1]))
+            i = j + 1
+        else:
+            i += 1
+    return sorted(out)
+
+
+def test_kernel_matches_plain_python_reference_on_random_days():
+    rng = np.random.default_rng(11)
+    p = RuleParams(parking_max_ns=40 * MIN)
+    bs, bans = [], []
+    for _ in range(12):
+        b = Builder(at(0) + int(rng.integers(0, 600)) * S, step_s=30)
+        while b.t < at(0, day=1):
+            b.seg(int(rng.integers(1, 90)) * MIN, float(rng.choice([0.0, 3.0, 60.0, 79.0, 85.0, 101.0])))
+        bs.append(b)
+        bans.append(bool(rng.random() < 0.5))
+    fleet = Fleet.uniform(len(bs))
+    fleet.night_ban[:] = bans
+    ev = detect(tracks_of(*bs), fleet, None, p)
+    checked = 0
+    for v, b in enumerate(bs):
+        ts = [r[0] for r in b.rows]
+        sp = [r[3] for r in b.rows]
+        want = _reference(ts, sp, bans[v], 100.0, p)
+        mine = ev.vehicle == v
+        got = sorted((Rule(int(r)), int(s), int(e)) for r, s, e in
+                     zip(ev.rule[mine], ev.start_ns[mine], ev.end_ns[mine])
+                     if r in (Rule.OVERSPEED, Rule.NIGHT_COACH, Rule.OVERTIME_PARKING))
+        assert got == want, v
+        checked += len(want)
+    assert checked > 20  # the random days do exercise the rules
+
+
+def test_kpi_records_rows():
+    from core.vehicles.kpi import kpi_records
+    tr, fleet = _kpi_fleet()
+    day = (at(0) // S + 8 * 3600) // 86400
+    rows = kpi_records(group_kpis(day_stats(tr, day, 1), fleet, None), ["E0", "E1"])
+    assert [r["group"] for r in rows] == ["E0", "E1"]
+    assert rows[0]["online"] == 2 and rows[0]["online_rate"] == pytest.approx(2 / 3)
+    assert rows[1]["online_rate"] is None and rows[1]["network_rate"] == 0.0

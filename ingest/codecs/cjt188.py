@@ -175,11 +175,12 @@ def _metric_prefix(meter_type: int) -> str:
     return "gas" if meter_type == 0x30 else "water"
 
 
-def to_decoded(msg: Cjt188Frame, ts_ns: int) -> Decoded:
-    """Readings from a 901F reply, stamped with the receive time ``ts_ns``.
+def to_decoded(msg: Cjt188Frame, ts_ns: int | None = None) -> Decoded:
+    """Readings from a 901F reply, stamped with the receive time ``ts_ns`` when given (meter clocks drift
+    and are often unset), else with the meter's own clock; a reply with neither is refused (``no_time``).
 
-    The meter clock is reported in the event (it drifts and is often unset), not used as the reading
-    time. Other frames produce one event so collectors' traffic stays visible.
+    The meter clock is always reported in the event. Other frames produce one event so collectors'
+    traffic stays visible.
     """
     out = Decoded()
     event: dict = {"kind": "cjt188", "ts_ns": ts_ns, "address": msg.address,
@@ -188,6 +189,11 @@ def to_decoded(msg: Cjt188Frame, ts_ns: int) -> Decoded:
         event["di"] = f"{msg.di:04X}"
     rep = volume_reply(msg)
     if rep is not None:
+        if ts_ns is None:
+            if rep.meter_time is None:
+                raise CodecError("no_time", "no receive time and the meter clock is unset")
+            ts_ns = int(rep.meter_time.timestamp()) * 1_000_000_000
+            event["ts_ns"] = ts_ns
         prefix = _metric_prefix(msg.meter_type)
         unit = UNITS.get(rep.current_unit, f"unit{rep.current_unit:02X}")
         out.readings.append(Reading(ts_ns=ts_ns, metric=f"{prefix}_volume_{unit}", value=rep.current))

@@ -215,8 +215,9 @@ def value_of(msg: Dlt645Frame) -> tuple[Quantity, float] | None:
     return q, bcd_value(raw[: q.nbytes], q.decimals, q.signed)
 
 
-def to_decoded(msg: Dlt645Frame, ts_ns: int) -> Decoded:
-    """Readings from a read reply, stamped with ``ts_ns`` (the frame carries no time of its own).
+def to_decoded(msg: Dlt645Frame, ts_ns: int | None = None) -> Decoded:
+    """Readings from a read reply, stamped with ``ts_ns``: the frame carries no time of its own, so the
+    caller passes the receive (or collector) time; without one a reply is refused (``no_time``).
 
     Requests, address replies and error replies carry no measurement and give an event instead, so a
     collector's traffic is still visible.
@@ -224,6 +225,8 @@ def to_decoded(msg: Dlt645Frame, ts_ns: int) -> Decoded:
     out = Decoded()
     got = value_of(msg)
     if got is not None and got[0].metric is not None:
+        if ts_ns is None:
+            raise CodecError("no_time", "DL/T 645 frames carry no time; pass the receive time")
         out.readings.append(Reading(ts_ns=ts_ns, metric=got[0].metric, value=got[1]))
         return out
     event: dict = {"kind": "dlt645", "ts_ns": ts_ns, "address": msg.address, "control": msg.control}

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("aqi", help="compute IAQI/AQI per HJ 633 (2012 or 2026 edition) from concentrations")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--edition", choices=sorted(_EDITIONS), help="HJ 633 edition")
-    which.add_argument("--at", help="ISO time of the data (China time if no offset); picks the edition in force then")
+    which.add_argument("--at", help="ISO time of the data (China time without an offset); "
+                       "picks the edition in force then")
     p.add_argument("--daily", action="store_true", help="daily report (default: hourly / real-time)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("values", nargs="+", metavar="NAME=VALUE", help=f"one of {', '.join(INDICATORS)}")

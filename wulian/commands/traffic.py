@@ -27,9 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="local time of the first row (default the Los-loop week)")
     ev.add_argument("--utc-offset-h", type=float, default=-8.0, help="UTC offset of the roads (default -8)")
     ev.add_argument("--step-s", type=int, default=300, help="seconds between rows (default 300)")
-    ev.add_argument("--incidents", type=int, default=20, help="incidents to inject (0 skips)")
+    ev.add_argument("--incidents", type=int, default=40, help="incidents to inject (0 skips)")
     ev.add_argument("--per-step", action="store_true", help="also print RMSE/MAE per 5-minute step")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--check", action="store_true", help="exit 1 unless the issue's targets are all met")
     ev.set_defaults(func=run)
 
 
@@ -50,9 +51,10 @@ def run(args: argparse.Namespace) -> int:
     report["data"] = str(args.data)
     if not args.per_step:
         report.pop("per_step", None)
+    rc = 1 if args.check and not all(report["checks"].values()) else 0
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
+        return rc
     print(f"train {report['train_rows']} rows, test {report['test_rows']} rows, {report['sensors']} sensors")
     print(f"{'horizon':>8} {'method':<20} {'RMSE':>8} {'MAE':>8} {'Accuracy':>9} {'R2':>8}")
     for minutes, res in report["horizons"].items():
@@ -65,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
               f"persistence RMSE {res['persistence']['rmse']:.3f} MAE {res['persistence']['mae']:.3f}")
     print(f"fit {report['fit_s']:.2f} s (cpu {report['fit_cpu_s']:.2f} s); "
           f"forecast all sensors x 12 steps {report['forecast_ms']:.3f} ms (p99 {report['forecast_ms_p99']:.3f})")
+    failed = [k for k, ok in report["checks"].items() if not ok]
+    print("targets: " + ("all met" if not failed else "NOT met: " + ", ".join(failed)))
     if "incidents" in report:
         inc = report["incidents"]
         print(f"incidents: detected {inc['detected']}/{inc['injected']} ({inc['detection_rate']:.0%}), "
               f"false alarms {inc['false_alarms_per_day']:.2f}/day, "
               f"mean time to detect {inc['mean_time_to_detect_min']:.1f} min")
-    return 0
+    return rc

@@ -1,0 +1,275 @@
+"""Numba kernels for the traffic forecaster (``core.traffic.forecaster``).
+
+The model is linear in a small set of features per segment and horizon, all expressed relative to the
+segment's last value ``x`` so one pooled coefficient vector means the same thing on every road:
+
+    own lags      x[t-j] - x                       j = 1 .. L-1
+    neighbours    nb[t-l] - x                      l = 0 .. 2   (nb = adjacency-weighted mean)
+    profile       p[t+h] - x,  p[t] - x            time-of-day profile, target and now
+    nb anomaly    nb[t] - pnb[t]                   neighbours against their own profile
+    top-k         x_k[t] - x                       the K most strongly linked neighbours, one by one
+    hinges        min(p[t+h] - x, 0), min(nb[t] - x, 0)
+    intercept     1
+
+and each segment has two coefficient sets, picked by regime: congested (``x - p[t] < -regime_drop``)
+or not. Data are struct-of-arrays: values float64 [T, N], time slots and day types int64 per row,
+the neighbour graph in CSR form (int64 pointers, int32 indices, float64 row-normalised weights).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+N_NEIGHBOUR_LAGS = 3  # number of nb[t-l] features; a layout fact, not a tunable
+
+
+@njit(cache=True, nogil=True)
+def n_features(n_lags, top_k):
+    """Feature count for a lag window and a top-k neighbour count (see the module docstring)."""
+    return (n_lags - 1) + N_NEIGHBOUR_LAGS + 2 + 1 + top_k + 2 + 1
+
+
+@njit(cache=True, nogil=True)
+def tod_profile(values, slot, day_type, n_slots, smooth):
+    """Time-of-day profile per day type, plus a leave-one-day-out profile for every row.
+
+    values [T, N] are consecutive rows (row k+1 is one slot after row k) and may hold NaN (skipped);
+    slot/day_type are int64 per row (0 weekday, 1 weekend). Each slot averages a circular window of
+    +-smooth slots. A day type with no data at a slot falls back to all days, and a sensor never seen
+    at a slot to its overall mean. Returns (profile [2, n_slots, N], loo [T, N]); loo[t] leaves out
+    row t's own day, so features built from it during fitting do not contain the target they predict.
+    Memory is O(slots x N) whatever the history length.
+    """
+    t_len, n = values.shape
+    tsum = np.zeros((3, n_slots, n))  # index 2 = all days
+    tcnt = np.zeros((3, n_slots, n))
+    for t in range(t_len):
+        ty = day_type[t]
+        for k in range(-smooth, smooth + 1):
+            j = (slot[t] + k) % n_slots
+            for i in range(n):
+                v = values[t, i]
+                if np.isfinite(v):
+                    tsum[ty, j, i] += v
+                    tcnt[ty, j, i] += 1.0
+                    tsum[2, j, i] += v
+                    tcnt[2, j, i] += 1.0
+    prof = np.empty((2, n_slots, n))
+    for i in range(n):
+        a = 0.0
+        c = 0.0
+        for s in range(n_slots):
+            a += tsum[2, s, i]
+            c += tcnt[2, s, i]
+        overall = a / c if c > 0 else np.nan
+        for ty in range(2):
+            for s in range(n_slots):
+                if tcnt[ty, s, i] > 0:
+                    prof[ty, s, i] = tsum[ty, s, i] / tcnt[ty, s, i]
+                elif tcnt[2, s, i] > 0:
+                    prof[ty, s, i] = tsum[2, s, i] / tcnt[2, s, i]
+                else:
+                    prof[ty, s, i] = overall
+    loo = np.empty((t_len, n))
+    own = np.empty(n)
+    own_n = np.empty(n)
+    for t in range(t_len):
+        s = slot[t]
+        ty = day_type[t]
+        own[:] = 0.0
+        own_n[:] = 0.0
+        for k in range(-smooth, smooth + 1):
+            r = t + (s + k) % n_slots - s  # the same day's row at the smoothed slot
+            if r < 0 or r >= t_len:
+                continue
+            for i in range(n):
+                v = values[r, i]
+                if np.isfinite(v):
+                    own[i] += v
+                    own_n[i] += 1.0
+        for i in range(n):
+            if tcnt[ty, s, i] - own_n[i] > 0:
+                loo[t, i] = (tsum[ty, s, i] - own[i]) / (tcnt[ty, s, i] - own_n[i])
+            elif tcnt[2, s, i] - own_n[i] > 0:
+                loo[t, i] = (tsum[2, s, i] - own[i]) / (tcnt[2, s, i] - own_n[i])
+            else:
+                loo[t, i] = prof[ty, s, i]
+    return prof, loo
+
+
+@njit(cache=True, nogil=True)
+def neighbour_mean(x, nb_ptr, nb_idx, nb_w, out):
+    """out[i] = adjacency-weighted mean of x over i's neighbours with a finite value, weights renormalised
+    over those; x[i] itself when it has none."""
+    n = x.shape[0]
+    for i in range(n):
+        acc = 0.0
+        wsum = 0.0
+        for e in range(nb_ptr[i], nb_ptr[i + 1]):
+            v = x[nb_idx[e]]
+            if np.isfinite(v):
+                acc += nb_w[e] * v
+                wsum += nb_w[e]
+        out[i] = acc / wsum if wsum > 0.0 else x[i]
+
+
+@njit(cache=True, nogil=True)
+def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, feats, regime, work):
+    """Features of one input window for every segment and horizon.
+
+    xw [L, N] is the raw window (NaN allowed: a gap takes the segment's last earlier value, leading gaps
+    its first value, an all-missing segment its profile). p_now [N], p_tgt [H, N]; a missing profile
+    value stands at the current level. Missing neighbours are left out of the means. Only a segment with
+    neither data nor profile gets NaN features. Fills feats [N, H, F] and regime [N] (1 congested);
+    work [L + 2, N] is scratch.
+    """
+    n_lags, n = xw.shape
+    n_h = p_tgt.shape[0]
+    k_top = top_k.shape[1]
+    xc = work[:n_lags]
+    nb = work[n_lags]
+    pnb = work[n_lags + 1]
+    for i in range(n):
+        first = np.nan
+        for t in range(n_lags):
+            if np.isfinite(xw[t, i]):
+                first = xw[t, i]
+                break
+        if not np.isfinite(first):
+            first = p_now[i]
+        last = first
+        for t in range(n_lags):
+            v = xw[t, i]
+            if np.isfinite(v):
+                last = v
+            xc[t, i] = last
+    neighbour_mean(p_now, nb_ptr, nb_idx, nb_w, pnb)
+    base_nb = n_lags - 1
+    for lag in range(N_NEIGHBOUR_LAGS):
+        neighbour_mean(xc[n_lags - 1 - lag], nb_ptr, nb_idx, nb_w, nb)
+        for i in range(n):
+            x = xc[n_lags - 1, i]
+            for h in range(n_h):
+                feats[i, h, base_nb + lag] = nb[i] - x
+    # nb now holds lag N_NEIGHBOUR_LAGS-1; recompute the current neighbour mean for the anomaly/hinge
+    neighbour_mean(xc[n_lags - 1], nb_ptr, nb_idx, nb_w, nb)
+    for i in range(n):
+        x = xc[n_lags - 1, i]
+        pn = p_now[i] if np.isfinite(p_now[i]) else x
+        regime[i] = 1 if x - pn < -regime_drop else 0
+        for h in range(n_h):
+            f = feats[i, h]
+            for j in range(1, n_lags):
+                f[j - 1] = xc[n_lags - 1 - j, i] - x
+            c = base_nb + N_NEIGHBOUR_LAGS
+            d_tgt = (p_tgt[h, i] if np.isfinite(p_tgt[h, i]) else x) - x
+            f[c] = d_tgt
+            f[c + 1] = pn - x
+            f[c + 2] = nb[i] - pnb[i] if np.isfinite(pnb[i]) else 0.0
+            c += 3
+            for k in range(k_top):
+                v = xc[n_lags - 1, top_k[i, k]]
+                f[c + k] = v - x if np.isfinite(v) else 0.0
+            c += k_top
+            f[c] = min(d_tgt, 0.0)
+            f[c + 1] = min(nb[i] - x, 0.0)
+            f[c + 2] = 1.0
+
+
+@njit(cache=True, nogil=True)
+def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_ptr, nb_idx, nb_w, top_k,
+                                regime_drop, gram, rhs):
+    """Add every training window ending in rows [t_first, t_last] to the per-segment normal equations.
+
+    values [T, N] are both inputs (gaps allowed) and targets (a missing target is skipped); prof_rows
+    [T, N] is the profile to use per row (leave-one-day-out when fitting). A horizon whose target row
+    falls past the end of the arrays is skipped. gram [H, N, 2, F, F] and rhs [H, N, 2, F] accumulate
+    in place.
+    """
+    t_len, n = values.shape
+    n_h = gram.shape[0]
+    n_f = gram.shape[3]
+    feats = np.empty((n, n_h, n_f))
+    regime = np.empty(n, np.int64)
+    work = np.empty((n_lags + 2, n))
+    p_tgt = np.empty((n_h, n))
+    for t in range(max(t_first, n_lags - 1), t_last + 1):
+        for h in range(n_h):
+            r = min(t + 1 + h, t_len - 1)
+            for i in range(n):
+                p_tgt[h, i] = prof_rows[r, i]
+        window_features(values[t - n_lags + 1:t + 1], prof_rows[t], p_tgt, nb_ptr, nb_idx, nb_w, top_k,
+                        regime_drop, feats, regime, work)
+        for h in range(n_h):
+            r = t + 1 + h
+            if r >= t_len:
+                break
+            for i in range(n):
+                y = values[r, i]
+                if not np.isfinite(y):
+                    continue
+                g = regime[i]
+                x = feats[i, h]
+                dy = y - work[n_lags - 1, i]  # change from the gap-filled current level
+                if not np.isfinite(dy):
+                    continue
+                gm = gram[h, i, g]
+                rv = rhs[h, i, g]
+                for a in range(n_f):
+                    xa = x[a]
+                    rv[a] += xa * dy
+                    row = gm[a]
+                    for b in range(n_f):  # the full square: contiguous, so it vectorises
+                        row[b] += xa * x[b]
+
+
+@njit(
+    "void(f8[:, :], f8[:], f8[:, :], i8[:], i4[:], f8[:], i4[:, :], f8, f8[:, :, :, :], f8, f8, f8[:, :], "
+    "f8[:, :, :], i8[:], f8[:, :])",
+    cache=True, nogil=True,
+)
+def forecast_window(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, coef, lo, hi, out,
+                    feats, regime, work):
+    """Forecast every segment 1..H steps after the window xw [L, N]; out [H, N].
+
+    coef [H, N, 2, F] predicts the change from the segment's current level; forecasts are clipped to
+    the [lo, hi] range seen in training. A segment with neither data in the window nor a profile gets NaN. feats/regime/work are scratch (see window_features).
+    """
+    n_lags, n = xw.shape
+    n_h, _, _, n_f = coef.shape
+    window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, feats, regime, work)
+    for i in range(n):
+        x = work[n_lags - 1, i]  # the gap-filled current level
+        g = regime[i]
+        for h in range(n_h):
+            acc = x
+            f = feats[i, h]
+            c = coef[h, i, g]
+            for a in range(n_f):
+                acc += c[a] * f[a]
+            out[h, i] = min(max(acc, lo), hi) if np.isfinite(acc) else np.nan
+
+
+@njit(cache=True, nogil=True)
+def forecast_rows(values, ends, slot, day_type, prof, nb_ptr, nb_idx, nb_w, top_k, regime_drop, coef, lo, hi,
+                  n_lags):
+    """Forecasts from every window ending at the rows ``ends``; returns [len(ends), H, N].
+
+    slot/day_type are per row and must extend H rows past the last end (rows beyond the data).
+    """
+    n = values.shape[1]
+    n_h, _, _, n_f = coef.shape
+    out = np.empty((ends.shape[0], n_h, n))
+    feats = np.empty((n, n_h, n_f))
+    regime = np.empty(n, np.int64)
+    work = np.empty((n_lags + 2, n))
+    p_tgt = np.empty((n_h, n))
+    for w in range(ends.shape[0]):
+        t = ends[w]
+        for h in range(n_h):
+            r = t + 1 + h
+            for i in range(n):
+                p_tgt[h, i] = prof[day_type[r], slot[r], i]
+        forecast_window(values[t - n_lags + 1:t + 1], prof[day_type[t], slot[t]], p_tgt, nb_ptr, nb_idx, nb_w,
+                        top_k, regime_drop, coef, lo, hi, out[w], feats, regime, work)
+    return out

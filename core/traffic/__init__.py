@@ -1,0 +1,1 @@
+"""Traffic domain: segment speed forecasting, its published evaluation protocol, incident detection."""

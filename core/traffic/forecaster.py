@@ -1,0 +1,307 @@
+"""Segment speed forecaster: 1..H steps ahead from recent values, neighbours and the time-of-day profile.
+
+Closed form. For each horizon the change from a segment's current level is linear in the features of
+``core.kernels.traffic_forecast`` with two coefficient sets per segment (free-flowing / congested).
+A pooled least-squares fit over all segments gives the prior; each segment's own ridge fit is shrunk
+towards it with a strength chosen per horizon on a validation slice cut from the end of the training
+rows. Fitting features use a leave-one-day-out profile, so the model does not learn to trust a profile
+that already contains the value it predicts. The same class fits flow, or any other per-segment series
+sampled on a fixed step.
+
+Stateful in river's manner: parameters in ``__init__``, ``fit`` learns, ``forecast`` answers, and the
+fitted state round-trips through plain numpy arrays (``to_arrays`` / ``from_arrays``) or bytes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from core.kernels import traffic_forecast as kern
+
+NS_PER_S = 1_000_000_000
+SECONDS_PER_DAY = 86_400
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficForecastParams:
+    """Model settings. ``regime_drop`` is in the series' own units: the default was chosen on Los-loop
+    speeds in mph (5 mph); for km/h use about 8."""
+
+    n_lags: int = 12  # input window (12 x 5 min = 1 h)
+    horizons: int = 12  # steps forecast (12 x 5 min = 1 h)
+    top_k: int = 4  # strongest neighbours used one by one, besides the weighted mean of all
+    smooth_slots: int = 2  # profile averages +-this many time-of-day slots
+    regime_drop: float = 5.0  # below profile by more than this = congested coefficient set
+    weekend_profile: bool = True  # separate weekday / weekend profiles (falls back when a type is missing)
+    val_fraction: float = 0.2  # tail of the training rows used to choose the shrinkage
+    lambdas: tuple[float, ...] = (1e2, 1e3, 1e4, 1e5, 1e6)  # shrinkage grid towards the pooled fit
+    utc_offset_s: int = 8 * 3600  # local time of the roads (China, CHINA_TZ has no DST)
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """Row-normalised neighbour weights in CSR form plus each segment's top-k neighbours."""
+
+    ptr: np.ndarray  # int64 [N + 1]
+    idx: np.ndarray  # int32 [E]
+    w: np.ndarray  # float64 [E]
+    top_k: np.ndarray  # int32 [N, K]; a segment with fewer neighbours is padded with itself
+
+
+def build_graph(adjacency: np.ndarray, top_k: int) -> Graph:
+    """Neighbours from a (weighted) adjacency matrix; the diagonal and non-positive weights are ignored."""
+    a = np.array(adjacency, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"adjacency must be square, got {a.shape}")
+    np.fill_diagonal(a, 0.0)
+    a[~np.isfinite(a) | (a < 0)] = 0.0
+    n = a.shape[0]
+    rows, cols = np.nonzero(a)
+    w = a[rows, cols]
+    sums = np.bincount(rows, weights=w, minlength=n)
+    ptr = np.zeros(n + 1, np.int64)
+    ptr[1:] = np.cumsum(np.bincount(rows, minlength=n))
+    tk = np.repeat(np.arange(n, dtype=np.int32)[:, None], top_k, axis=1)
+    for i in range(n):
+        lo, hi = ptr[i], ptr[i + 1]
+        best = cols[lo:hi][np.argsort(-w[lo:hi], kind="stable")][:top_k]
+        tk[i, : len(best)] = best
+    return Graph(ptr=ptr, idx=cols.astype(np.int32), w=w / sums[rows], top_k=np.ascontiguousarray(tk))
+
+
+def time_slots(ts_ns: np.ndarray, step_s: int, utc_offset_s: int, weekend_profile: bool = True):
+    """(slot of day, local day number, day type 0 weekday / 1 weekend) for int64 ns times."""
+    if SECONDS_PER_DAY % step_s:
+        raise ValueError(f"step {step_s} s does not divide a day")
+    local_s = np.asarray(ts_ns, dtype=np.int64) // NS_PER_S + utc_offset_s
+    day = local_s // SECONDS_PER_DAY
+    slot = (local_s - day * SECONDS_PER_DAY) // step_s
+    weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    day_type = (weekday >= 5).astype(np.int64) if weekend_profile else np.zeros_like(day)
+    return slot.astype(np.int64), day.astype(np.int64), day_type
+
+
+def robust_sigma(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """1.4826 x median absolute deviation, ignoring NaN: a spread that a few jams do not inflate.
+    NaN where a slice has no finite value."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slice: NaN is the answer
+        med = np.nanmedian(x, axis=axis, keepdims=True)
+        return 1.4826 * np.nanmedian(np.abs(x - med), axis=axis)
+
+
+class TrafficForecaster:
+    """Direct multi-horizon forecaster for N segments sampled every ``step_s`` seconds.
+
+    ``fit(values[T, N], adjacency[N, N], t0_ns, step_s)`` then ``forecast(recent[L, N], t_last_ns)``.
+    Not thread-safe: ``forecast`` reuses scratch buffers so it does not allocate per call.
+    """
+
+    def __init__(self, params: TrafficForecastParams | None = None) -> None:
+        self.params = params or TrafficForecastParams()
+        self.step_s: int = 0
+        self.graph: Graph | None = None
+        self.profile: np.ndarray | None = None  # [2, slots, N]
+        self.coef: np.ndarray | None = None  # [H, N, 2, F]
+        self.lam: np.ndarray | None = None  # [H] chosen shrinkage
+        self.resid_sigma: np.ndarray | None = None  # [H, N] robust spread of in-sample residuals
+        self.bounds = (0.0, np.inf)
+        self._scratch = None
+
+    # -- fitting -------------------------------------------------------------------------------
+    @property
+    def n_segments(self) -> int:
+        return 0 if self.coef is None else self.coef.shape[1]
+
+    def fit(self, values: np.ndarray, adjacency: np.ndarray, t0_ns: int, step_s: int) -> "TrafficForecaster":
+        """Learn from values [T, N] (NaN = missing) whose row k is at t0_ns + k * step_s."""
+        p = self.params
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        t_len, n = values.shape
+        if adjacency.shape != (n, n):
+            raise ValueError(f"adjacency {adjacency.shape} does not match {n} segments")
+        n_val = int(p.val_fraction * t_len)
+        if t_len - n_val < p.n_lags + p.horizons + 1 or (n_val and n_val < p.n_lags + 2):
+            raise ValueError(f"{t_len} rows are too few to fit and validate")
+        self.step_s = int(step_s)
+        self.graph = build_graph(adjacency, p.top_k)
+        ts = int(t0_ns) + np.arange(t_len + p.horizons, dtype=np.int64) * (self.step_s * NS_PER_S)
+        slot, _, day_type = time_slots(ts, self.step_s, p.utc_offset_s, p.weekend_profile)
+        finite = values[np.isfinite(values)]
+        self.bounds = (float(finite.min()), float(finite.max())) if finite.size else (0.0, np.inf)
+
+        lams = np.asarray(p.lambdas, dtype=np.float64)
+        if lams.size == 0 or np.any(lams <= 0):
+            raise ValueError("lambdas must be positive")
+        if n_val and len(lams) > 1:
+            # choose the shrinkage per horizon: fit on the head of the training rows, score on its tail
+            cut = t_len - n_val
+            prof, loo = self._profile(values[:cut], slot[:cut], day_type[:cut])
+            gram, rhs = self._normal_equations(values[:cut], loo)
+            val = values[cut:]
+            ends = np.arange(p.n_lags - 1, n_val - 1, dtype=np.int64)
+            score = np.full((len(lams), p.horizons), np.inf)
+            for k, lam in enumerate(lams):
+                coef = self._solve(gram, rhs, np.full(p.horizons, lam))
+                pred = self._forecast_rows(val, ends, slot[cut:], day_type[cut:], coef, prof)
+                err = self._targets(val, ends) - pred
+                seen = np.isfinite(err).any(axis=(0, 2))
+                score[k, seen] = np.nanmean(err[:, seen] ** 2, axis=(0, 2))
+            # a horizon the validation slice cannot reach gets the strongest shrinkage
+            self.lam = np.where(np.isfinite(score).any(axis=0), lams[np.argmin(score, axis=0)], lams.max())
+        else:
+            self.lam = np.full(p.horizons, lams[0])
+
+        self.profile, loo = self._profile(values, slot[:t_len], day_type[:t_len])
+        gram, rhs = self._normal_equations(values, loo)
+        self.coef = self._solve(gram, rhs, self.lam)
+        ends = np.arange(p.n_lags - 1, t_len - 1, dtype=np.int64)
+        pred = self._forecast_rows(values, ends, slot, day_type, self.coef, self.profile)
+        self.resid_sigma = robust_sigma(self._targets(values, ends) - pred, axis=0)
+        self._scratch = None
+        return self
+
+    def _profile(self, values, slot, day_type):
+        n_slots = SECONDS_PER_DAY // self.step_s
+        return kern.tod_profile(values, slot, day_type, n_slots, self.params.smooth_slots)
+
+    def _normal_equations(self, values, prof_rows):
+        p, g = self.params, self.graph
+        n = values.shape[1]
+        n_f = kern.n_features(p.n_lags, p.top_k)
+        gram = np.zeros((p.horizons, n, 2, n_f, n_f))
+        rhs = np.zeros((p.horizons, n, 2, n_f))
+        kern.accumulate_normal_equations(values, prof_rows, p.n_lags - 1, values.shape[0] - 2, p.n_lags,
+                                         g.ptr, g.idx, g.w, g.top_k, float(p.regime_drop), gram, rhs)
+        return gram, rhs
+
+    @staticmethod
+    def _solve(gram, rhs, lam_by_h):
+        """Pooled fit per (horizon, regime), then each segment's ridge fit shrunk towards it."""
+        n_h, n, _, n_f, _ = gram.shape
+        eye = np.eye(n_f)
+        coef = np.empty((n_h, n, 2, n_f))
+        for h in range(n_h):
+            for r in range(2):
+                g = gram[h, :, r].sum(axis=0)
+                jitter = 1e-8 * (np.trace(g) / n_f + 1.0)
+                prior = np.linalg.solve(g + jitter * eye, rhs[h, :, r].sum(axis=0))
+                lam = lam_by_h[h]
+                shrunk = np.linalg.solve(gram[h, :, r] + lam * eye, (rhs[h, :, r] + lam * prior)[..., None])
+                coef[h, :, r] = shrunk[..., 0]
+        return coef
+
+    def _forecast_rows(self, values, ends, slot, day_type, coef, profile):
+        p, g = self.params, self.graph
+        return kern.forecast_rows(values, ends, slot, day_type, profile, g.ptr, g.idx, g.w, g.top_k,
+                                  float(p.regime_drop), coef, self.bounds[0], self.bounds[1], p.n_lags)
+
+    def _targets(self, values, ends):
+        rows = ends[:, None] + 1 + np.arange(self.params.horizons)[None, :]
+        inside = rows < values.shape[0]
+        y = values[np.minimum(rows, values.shape[0] - 1)]  # [W, H, N]
+        y[~inside] = np.nan
+        return y
+
+    # -- forecasting ---------------------------------------------------------------------------
+    def forecast(self, recent: np.ndarray, t_last_ns: int) -> np.ndarray:
+        """Forecasts [H, N] for steps 1..H after t_last_ns from the last L rows recent [L, N] (NaN allowed).
+
+        A segment with gaps uses its last reported value; one with no value at all in the window starts
+        from its time-of-day profile.
+        """
+        if self.coef is None:
+            raise RuntimeError("forecaster is not fitted")
+        p, g = self.params, self.graph
+        recent = np.ascontiguousarray(recent, dtype=np.float64)
+        if recent.shape != (p.n_lags, self.n_segments):
+            raise ValueError(f"recent must be {(p.n_lags, self.n_segments)}, got {recent.shape}")
+        ts = int(t_last_ns) + np.arange(p.horizons + 1, dtype=np.int64) * (self.step_s * NS_PER_S)
+        slot, _, day_type = time_slots(ts, self.step_s, p.utc_offset_s, p.weekend_profile)
+        if self._scratch is None:
+            n, n_f = self.n_segments, self.coef.shape[3]
+            self._scratch = (np.empty((n, p.horizons, n_f)), np.empty(n, np.int64),
+                             np.empty((p.n_lags + 2, n)))
+        feats, regime, work = self._scratch
+        p_tgt = self.profile[day_type[1:], slot[1:]]
+        out = np.empty((p.horizons, self.n_segments))
+        kern.forecast_window(recent, self.profile[day_type[0], slot[0]], p_tgt, g.ptr, g.idx, g.w, g.top_k,
+                             float(p.regime_drop), self.coef, self.bounds[0], self.bounds[1], out, feats, regime, work)
+        return out
+
+    def forecast_series(self, values: np.ndarray, t0_ns: int, ends: np.ndarray) -> np.ndarray:
+        """Forecasts [W, H, N] from every window of values [T, N] (row k at t0_ns + k step) ending at ``ends``."""
+        p = self.params
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        ends = np.asarray(ends, dtype=np.int64)
+        if ends.size and (ends.min() < p.n_lags - 1 or ends.max() >= values.shape[0]):
+            raise ValueError("window ends out of range")
+        ts = int(t0_ns) + np.arange(values.shape[0] + p.horizons, dtype=np.int64) * (self.step_s * NS_PER_S)
+        slot, _, day_type = time_slots(ts, self.step_s, p.utc_offset_s, p.weekend_profile)
+        return self._forecast_rows(values, ends, slot, day_type, self.coef, self.profile)
+
+    def profile_at(self, ts_ns: np.ndarray) -> np.ndarray:
+        """Time-of-day profile values [len(ts), N] at the given times (the historical-average forecast)."""
+        slot, _, day_type = time_slots(np.asarray(ts_ns, np.int64), self.step_s, self.params.utc_offset_s,
+                                       self.params.weekend_profile)
+        return self.profile[day_type, slot]
+
+    # -- persistence ---------------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted state as plain arrays (no pickles), e.g. for ``np.savez`` or a bytea column."""
+        if self.coef is None:
+            raise RuntimeError("forecaster is not fitted")
+        meta = {"version": FORMAT_VERSION, "step_s": self.step_s, "bounds": list(self.bounds),
+                "params": asdict(self.params)}
+        g = self.graph
+        return {
+            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            "coef": self.coef, "profile": self.profile, "lam": self.lam, "resid_sigma": self.resid_sigma,
+            "graph_ptr": g.ptr, "graph_idx": g.idx, "graph_w": g.w, "graph_top_k": g.top_k,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "TrafficForecaster":
+        meta = json.loads(bytes(np.asarray(arrays["meta"], dtype=np.uint8)).decode())
+        if meta["version"] != FORMAT_VERSION:
+            raise ValueError(f"unsupported forecaster format {meta['version']}")
+        params = meta["params"]
+        params["lambdas"] = tuple(params["lambdas"])
+        model = cls(TrafficForecastParams(**params))
+        model.step_s = int(meta["step_s"])
+        model.bounds = (float(meta["bounds"][0]), float(meta["bounds"][1]))
+        model.coef = np.ascontiguousarray(arrays["coef"], dtype=np.float64)
+        model.profile = np.ascontiguousarray(arrays["profile"], dtype=np.float64)
+        model.lam = np.asarray(arrays["lam"], dtype=np.float64)
+        model.resid_sigma = np.asarray(arrays["resid_sigma"], dtype=np.float64)
+        model.graph = Graph(ptr=np.asarray(arrays["graph_ptr"], np.int64), idx=np.asarray(arrays["graph_idx"], np.int32),
+                            w=np.asarray(arrays["graph_w"], np.float64),
+                            top_k=np.ascontiguousarray(arrays["graph_top_k"], dtype=np.int32))
+        return model
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **self.to_arrays())
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "TrafficForecaster":
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return cls.from_arrays({k: z[k] for k in z.files})
+
+
+def warm_up(params: TrafficForecastParams | None = None, step_s: int = 300) -> None:
+    """Compile (or load from cache) every forecaster kernel on a tiny problem, so timings and first
+    live batches do not pay for it."""
+    params = params or TrafficForecastParams()
+    rng = np.random.default_rng(0)
+    n, rows = 3, 3 * 86_400 // step_s
+    values = 50.0 + rng.normal(0.0, 1.0, (rows, n))
+    adjacency = np.ones((n, n))
+    model = TrafficForecaster(params).fit(values, adjacency, 0, step_s)
+    model.forecast(values[-params.n_lags:], 0)

@@ -1,0 +1,249 @@
+"""两客一危 vehicle rules: parameters, fleet and geometry tables, and the call into the numba kernel.
+
+``detect(tracks, fleet, geometry, params)`` runs every rule over a batch of positions (typically the last
+day or more per vehicle) and returns ``Events``, struct-of-arrays, one row per violation/alert.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from core.kernels import vehicle_rules as k
+from core.vehicles.jt808_bits import BY_BIT, mask_for
+
+_MIN = 60 * 10**9
+_HOUR = 3600 * 10**9
+CHINA_UTC_OFFSET_NS = 8 * _HOUR  # core.const.CHINA_TZ (Asia/Shanghai): fixed +8 h, no DST since 1991
+
+
+class Rule(IntEnum):
+    OVERSPEED = k.R_OVERSPEED
+    FATIGUE = k.R_FATIGUE
+    FATIGUE_24H = k.R_FATIGUE_24H
+    NIGHT_COACH = k.R_NIGHT_COACH
+    OFFLINE_JUMP = k.R_OFFLINE_JUMP
+    GEOFENCE = k.R_GEOFENCE
+    ROUTE_DEVIATION = k.R_ROUTE_DEVIATION
+    OVERTIME_PARKING = k.R_OVERTIME_PARKING
+    TERMINAL_ALARM = k.R_TERMINAL_ALARM
+
+
+class VehicleClass(IntEnum):
+    """Regulated classes; the overspeed limit is looked up by class."""
+
+    COACH_LINE = 0  # 班线客车
+    COACH_CHARTER = 1  # 旅游包车
+    HAZMAT = 2  # 危险货物运输车
+
+
+@dataclass(frozen=True, slots=True)
+class RuleParams:
+    """Thresholds. Defaults follow the regulations quoted in issue 6; change them per deployment."""
+
+    class_limit_kmh: tuple[tuple[int, float], ...] = (
+        (VehicleClass.COACH_LINE, 100.0), (VehicleClass.COACH_CHARTER, 100.0), (VehicleClass.HAZMAT, 80.0))
+    night_factor: float = 0.8  # 22:00-06:00 China time the limit is 80 % of the day limit
+    overspeed_min_ns: int = 60 * 10**9  # sustained over the limit at least this long
+    moving_kmh: float = 5.0  # above this the vehicle is driving (GNSS jitter stays below)
+    max_gap_ns: int = 5 * _MIN  # longer silences are judged by displacement, and break runs
+    fatigue_day_ns: int = 4 * _HOUR  # more than 4 h continuous driving by day
+    fatigue_night_ns: int = 2 * _HOUR  # more than 2 h at night (22:00-06:00)
+    rest_min_ns: int = 20 * _MIN  # a rest of at least 20 min resets continuous driving
+    drive_24h_ns: int = 8 * _HOUR  # more than 8 h of driving in any 24 h
+    night_ban_from_ns: int = 2 * _HOUR  # long-distance coaches stop 02:00 ...
+    night_ban_to_ns: int = 5 * _HOUR  # ... until 05:00 (exclusive)
+    offline_ns: int = 10 * _MIN  # silence longer than this ...
+    offline_km: float = 2.0  # ... ending this far away is an offline displacement
+    route_tol_km: float = 0.5  # farther than this from the route is a deviation ...
+    route_min_ns: int = 2 * _MIN  # ... when it lasts at least this long
+    parking_max_ns: int = 2 * _HOUR  # stopped for longer is overtime parking
+    alarm_edition: int = 2019  # JT/T 808 edition whose alarm bits become alerts
+    utc_offset_ns: int = CHINA_UTC_OFFSET_NS
+
+    def limit_for(self, vclass: int) -> float:
+        return dict(self.class_limit_kmh).get(int(vclass), 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """Per-vehicle registry columns, aligned with the dense vehicle index used by the tracks.
+
+    ``night_ban`` marks long-distance coaches under the 02:00-05:00 ban; an exemption (接驳运输 or a
+    permit) is the window [exempt_from_ns, exempt_to_ns) during which the ban does not apply.
+    ``route`` is an index into ``Geometry.routes`` or -1.
+    """
+
+    vclass: np.ndarray  # int32
+    night_ban: np.ndarray  # bool
+    route: np.ndarray  # int32
+    exempt_from_ns: np.ndarray  # int64
+    exempt_to_ns: np.ndarray  # int64
+    enterprise: np.ndarray  # int32 dense keys, for KPIs
+    region: np.ndarray  # int32 dense keys, for KPIs
+    networked: np.ndarray  # bool: terminal registered on the platform (入网)
+
+    @classmethod
+    def uniform(cls, n: int, vclass: int = VehicleClass.COACH_LINE, night_ban: bool = False) -> Fleet:
+        return cls(
+            vclass=np.full(n, vclass, np.int32), night_ban=np.full(n, night_ban, bool),
+            route=np.full(n, -1, np.int32), exempt_from_ns=np.zeros(n, np.int64),
+            exempt_to_ns=np.zeros(n, np.int64), enterprise=np.zeros(n, np.int32),
+            region=np.zeros(n, np.int32), networked=np.ones(n, bool))
+
+    def __len__(self) -> int:
+        return len(self.vclass)
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """Restricted polygons (hazardous goods) and fixed routes (coaches) as flat vertex arrays."""
+
+    poly_off: np.ndarray
+    poly_lat: np.ndarray
+    poly_lon: np.ndarray
+    poly_bbox: np.ndarray  # (n, 4): lat_min, lat_max, lon_min, lon_max
+    route_off: np.ndarray
+    route_lat: np.ndarray
+    route_lon: np.ndarray
+    route_kx: np.ndarray  # km per degree of longitude at each route's mean latitude
+
+    @classmethod
+    def build(cls, polygons: list[list[tuple[float, float]]] = (), routes: list[list[tuple[float, float]]] = ()
+              ) -> Geometry:
+        """``polygons`` and ``routes`` as lists of (lat, lon) vertex lists (polygons implicitly closed)."""
+        def flat(items):
+            off = np.zeros(len(items) + 1, np.int64)
+            off[1:] = np.cumsum([len(x) for x in items]) if items else []
+            pts = np.array([p for x in items for p in x], np.float64).reshape(-1, 2)
+            return off, np.ascontiguousarray(pts[:, 0]), np.ascontiguousarray(pts[:, 1])
+
+        p_off, p_lat, p_lon = flat(list(polygons))
+        r_off, r_lat, r_lon = flat(list(routes))
+        bbox = np.array([[min(a for a, _ in x), max(a for a, _ in x), min(b for _, b in x), max(b for _, b in x)]
+                         for x in polygons], np.float64).reshape(-1, 4)
+        kx = np.array([6371.0088 * np.pi / 180 * np.cos(np.radians(np.mean([a for a, _ in x]))) for x in routes],
+                      np.float64)
+        return cls(p_off, p_lat, p_lon, bbox, r_off, r_lat, r_lon, kx)
+
+
+@dataclass(frozen=True, slots=True)
+class Tracks:
+    """Positions sorted by (vehicle, time); vehicle v owns rows starts[v]:starts[v + 1]."""
+
+    starts: np.ndarray  # int64, n_vehicles + 1
+    ts_ns: np.ndarray  # int64
+    lat: np.ndarray
+    lon: np.ndarray
+    speed_kmh: np.ndarray
+    alarm_bits: np.ndarray  # int64 (JT/T 808 DWORD)
+    status_bits: np.ndarray  # int64
+
+    @property
+    def n_vehicles(self) -> int:
+        return len(self.starts) - 1
+
+    def __len__(self) -> int:
+        return len(self.ts_ns)
+
+    @classmethod
+    def from_unsorted(cls, vehicle: np.ndarray, n_vehicles: int, ts_ns, lat, lon, speed_kmh,
+                      alarm_bits=None, status_bits=None) -> Tracks:
+        """Group rows by dense vehicle index (stable sort by vehicle, then time)."""
+        order = np.lexsort((ts_ns, vehicle))
+        counts = np.bincount(vehicle, minlength=n_vehicles)
+        starts = np.zeros(n_vehicles + 1, np.int64)
+        np.cumsum(counts, out=starts[1:])
+        zeros = np.zeros(len(ts_ns), np.int64)
+        return cls(starts, np.asarray(ts_ns, np.int64)[order], np.asarray(lat, np.float64)[order],
+                   np.asarray(lon, np.float64)[order], np.asarray(speed_kmh, np.float64)[order],
+                   np.asarray(zeros if alarm_bits is None else alarm_bits, np.int64)[order],
+                   np.asarray(zeros if status_bits is None else status_bits, np.int64)[order])
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    """Violations and alerts as parallel arrays. ``open`` is True when the condition still held at the
+    end of the batch (the event may continue in later data). ``value`` depends on the rule (see
+    core.kernels.vehicle_rules); ``aux`` is the polygon, route or alarm bit."""
+
+    vehicle: np.ndarray
+    rule: np.ndarray
+    start_ns: np.ndarray
+    end_ns: np.ndarray
+    value: np.ndarray
+    aux: np.ndarray
+    open: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.vehicle)
+
+    def records(self, vehicle_ids=None, edition: int = 2019) -> list[dict]:
+        """Plain rows for storage/API: rule name, times, value, and for terminal alarms the bit's name
+        and clear rule (``cleared_after_answer`` alerts need the platform's answer to close)."""
+        out = []
+        for v, r, t0, t1, val, aux, op in zip(self.vehicle.tolist(), self.rule.tolist(), self.start_ns.tolist(),
+                                              self.end_ns.tolist(), self.value.tolist(), self.aux.tolist(),
+                                              self.open.tolist()):
+            row = {"vehicle": vehicle_ids[v] if vehicle_ids is not None else v, "rule": Rule(r).name.lower(),
+                   "start_ns": t0, "end_ns": t1, "value": val, "aux": aux, "open": op}
+            if r == Rule.TERMINAL_ALARM:
+                bit = BY_BIT.get(aux)
+                row["alarm"] = bit.name if bit else f"bit{aux}"
+                row["clear"] = str(bit.clear) if bit else None
+            out.append(row)
+        return out
+
+    def of(self, rule: Rule) -> Events:
+        m = self.rule == rule
+        return Events(*(getattr(self, f)[m] for f in ("vehicle", "rule", "start_ns", "end_ns", "value", "aux",
+                                                      "open")))
+
+
+def _empty_geometry() -> Geometry:
+    return Geometry.build()
+
+
+def detect(tracks: Tracks, fleet: Fleet, geometry: Geometry | None = None,
+           params: RuleParams = RuleParams(), capacity: int | None = None) -> Events:
+    """Run all vehicle rules over ``tracks``; see core.kernels.vehicle_rules.vehicle_rules."""
+    g = geometry if geometry is not None else _empty_geometry()
+    nv = tracks.n_vehicles
+    if len(fleet) != nv:
+        raise ValueError(f"fleet has {len(fleet)} vehicles, tracks {nv}")
+    limits = np.array([params.limit_for(c) for c in range(3)], np.float64)
+    vclass = np.asarray(fleet.vclass, np.int64)
+    day_limit = np.where((vclass >= 0) & (vclass < 3), limits[np.clip(vclass, 0, 2)], 0.0)
+    vflags = (np.where(fleet.night_ban, k.VF_NIGHT_BAN, 0) |
+              np.where(vclass == VehicleClass.HAZMAT, k.VF_HAZMAT, 0)).astype(np.int32)
+    route = np.asarray(fleet.route, np.int32)
+    cap = capacity if capacity is not None else max(1024, len(tracks) // 200)
+    while True:
+        out = (np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(cap, np.int64),
+               np.empty(cap, np.int64), np.empty(cap, np.float64), np.empty(cap, np.int64),
+               np.empty(cap, np.int8))
+        n = k.vehicle_rules(
+            tracks.starts, tracks.ts_ns, tracks.lat, tracks.lon, tracks.speed_kmh, tracks.alarm_bits,
+            day_limit, vflags, np.asarray(fleet.exempt_from_ns, np.int64),
+            np.asarray(fleet.exempt_to_ns, np.int64), route,
+            g.poly_off, g.poly_lat, g.poly_lon, g.poly_bbox, g.route_off, g.route_lat, g.route_lon, g.route_kx,
+            params.utc_offset_ns, params.moving_kmh, params.max_gap_ns, params.night_factor,
+            params.overspeed_min_ns, params.fatigue_day_ns, params.fatigue_night_ns, params.rest_min_ns,
+            params.drive_24h_ns, params.night_ban_from_ns, params.night_ban_to_ns, params.offline_ns,
+            params.offline_km, params.route_tol_km, params.route_min_ns, params.parking_max_ns,
+            mask_for(params.alarm_edition), *out)
+        if n <= cap:
+            v, r, t0, t1, val, aux, op = (a[:n] for a in out)
+            return Events(v, r, t0, t1, val, aux, op.astype(bool))
+        cap = n
+
+
+def warm() -> None:
+    """Compile the kernels on tiny inputs so the first real batch does not pay for it."""
+    t = np.array([0, 10 * 10**9], np.int64)
+    tr = Tracks(np.array([0, 2], np.int64), t, np.array([30.0, 30.001]), np.array([120.0, 120.0]),
+                np.array([50.0, 50.0]), np.zeros(2, np.int64), np.zeros(2, np.int64))
+    f = Fleet.uniform(1)
+    g = Geometry.build([[(0.0, 0.0), (0.0, 1.0), (1.0, 1.0)]], [[(30.0, 120.0), (30.1, 120.1)]])
+    detect(tr, f, g)
