@@ -12,7 +12,8 @@ their 2017 successor by ``hj212_codes.lookup`` (``011-Rtd`` from a 2005 water lo
 one that does not start with a letter gets an ``x`` prefix (``x999-Rtd``) so it is a valid metric name.
 Fields that become readings: Rtd, Min, Avg, Max, Cou, ZsRtd, ZsMin, ZsAvg, ZsMax, the noise fields
 Data/DayData/NightData, and any vendor field with a numeric value. Each reading carries its code's
-``-Flag`` (upper-cased; a bare ``Flag=`` in the CP is the default; none means N).
+``-Flag`` (any case; 2005 air-station digits mapped to letters; unknown flags become D so they are
+never taken as valid; a bare ``Flag=`` in the CP is the packet's default; none means N).
 Times: DataTime (or the code's SampleTime) is China time, UTC+8 with no DST since 1991, converted to
 UTC ns. For 2051/2061/2031 it is the start of the period (HJ 212-2017 Table 4), stored as-is.
 """
@@ -56,10 +57,12 @@ _NS = 1_000_000_000
 _CHINA_OFFSET_NS = 8 * 3600 * _NS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hj212Packet:
     """One validated packet. ``fields`` holds every header field by name as sent (QN, ST, CN, PW, MN,
-    Flag, PNUM, PNO and any unknown ones); ``cp_raw`` the CP text, ``cp`` its items."""
+    Flag, PNUM, PNO and any unknown ones); ``cp_raw`` the CP text, ``cp`` its items. Slotted, not
+    frozen: it is built once per packet on the hot path, like core.model's per-record types; treat
+    it as immutable."""
 
     cn: str
     st: str | None
@@ -267,23 +270,28 @@ def split_packets(buffer: bytes, *, max_length: int = MAX_LENGTH) -> tuple[list[
     """Cut a TCP byte stream into packets; return (packets, unconsumed rest).
 
     A packet is ``##`` + LLLL + LLLL bytes + 4 hex digits, plus CR LF when present (some devices send
-    none). Whitespace between packets is dropped; other bytes before a ``##`` come out (stripped) as
-    their own item so that ``decode`` rejects them (bad_frame) and the gateway can dead-letter them. When the
-    declared length does not land on a CRC, or exceeds ``max_length``, the packet runs to its line
-    end and ``decode`` applies its length fallback or rejects it. CodecError ``too_large`` only when
-    the rest holds more than ``max_length`` + 12 bytes without a complete packet.
+    none). Whitespace between packets is dropped. Other bytes (ending at a line end or at the next
+    ``##``) come out stripped as their own item, so that ``decode`` rejects them (bad_frame) and the
+    gateway can dead-letter them. When the declared length does not land on a CRC, or exceeds
+    ``max_length``, the packet runs to its line end and ``decode`` applies its length fallback or
+    rejects it. CodecError ``too_large`` only when the rest holds more than ``max_length`` + 12 bytes
+    without a complete packet; packets before it are returned first.
     """
     out: list[bytes] = []
     pos, n = 0, len(buffer)
     while True:
         start = buffer.find(b"##", pos)
         if start < 0:
+            # Junk ends at a line end or at the next "##"; until then it stays in the rest.
             tail = buffer[pos:]
-            keep = 1 if tail.endswith(b"#") else 0  # may be the first half of the next "##"
-            junk = tail[:len(tail) - keep].strip()
-            if junk:
-                out.append(junk)
-            return out, tail[len(tail) - keep:]
+            nl = tail.rfind(b"\n")
+            if nl >= 0 or len(tail) > max_length + 12:
+                cut = nl + 1 if nl >= 0 else len(tail)
+                junk = tail[:cut].strip()
+                if junk:
+                    out.append(junk)
+                tail = tail[cut:]
+            return out, tail
         junk = buffer[pos:start].strip()
         if junk:
             out.append(junk)
@@ -433,12 +441,6 @@ def _number(text: str) -> float | None:
     return value if isfinite(value) else None
 
 
-def _packet_time(packet: Hj212Packet) -> int | None:
-    value = packet.param("DataTime")
-    ts = china_time_ns(value) if value is not None else None
-    return ts if ts is not None else qn_time_ns(packet.qn)
-
-
 def to_decoded(packet: Hj212Packet) -> Decoded:
     """Readings of a data upload (CN 2011/2051/2061/2031), events for equipment state and run time
     (CN 2021/2041), nothing for other commands. Values that are not numbers are left out and listed
@@ -582,7 +584,8 @@ def encode(
 ) -> bytes:
     """One complete packet with CR LF. Header order as in HJ 212-2017 Appendix C: QN ST CN PW MN Flag
     PNUM PNO CP; fields that are None are left out (2005 uploads have no QN and no Flag)."""
-    head = [("QN", qn), ("ST", st), ("CN", cn), ("PW", pw), ("MN", mn), ("Flag", flag), ("PNUM", pnum), ("PNO", pno)]
+    head = [("QN", qn), ("ST", st), ("CN", cn), ("PW", pw), ("MN", mn), ("Flag", flag),
+            ("PNUM", pnum), ("PNO", pno)]
     text = "".join(f"{name}={value};" for name, value in head if value is not None)
     segment = f"{text}CP=&&{format_cp(cp)}&&".encode("utf-8")
     if len(segment) > MAX_LENGTH:
@@ -671,7 +674,8 @@ def decode_cli(text: str) -> dict:
         if dash and code not in codes:
             hit = hj212_codes.lookup(code, packet.st, packet.version)
             codes[code] = (
-                {"known": True, "code_2017": hit.code, "name": hit.name, "unit": hit.unit, "table": hit.table}
+                {"known": True, "code_2017": hit.code, "name": hit.name, "unit": hit.unit,
+                 "table": "2005" if code != hit.code else hit.table}
                 if hit is not None else {"known": False}
             )
     return {
@@ -692,7 +696,8 @@ def decode_cli(text: str) -> dict:
         "cp": [list(item) for item in packet.cp],
         "codes": codes,
         "readings": [
-            {"ts_ns": r.ts_ns, "time_utc": _iso(r.ts_ns), "metric": r.metric, "value": r.value, "flag": r.flag}
+            {"ts_ns": r.ts_ns, "time_utc": _iso(r.ts_ns), "metric": r.metric, "value": r.value,
+             "flag": r.flag}
             for r in decoded.readings
         ],
         "events": decoded.events,

@@ -9,7 +9,7 @@ layout does, the frame is read as 2013 (``Jt808Message.edition`` says which was 
 Bodies decoded: 0x0001/0x8001 general answers, 0x0002 heartbeat, 0x0100 register (2011/2013/2019
 layouts), 0x8100 register answer, 0x0102 authentication (2013/2019), 0x0200 location with its
 additional items, 0x0704 location batch. Others are kept as raw bytes. Sub-packaged and encrypted
-bodies are not parsed (``payload`` is None).
+bodies are not parsed (``payload`` is None); ``join_packages`` reassembles and decodes the former.
 
 ``to_decoded``: 0x0200/0x0704 become ``Position`` records (time BCD in China time, UTC+8, to UTC ns;
 latitude/longitude signed by status bits 2/3; ``extra`` holds the decoded additional items by name
@@ -24,6 +24,7 @@ from functools import lru_cache
 
 from core.kernels.checksums import xor_bytes
 from core.model import Decoded, Position
+from core.vehicles.jt808_bits import ALARM_BITS
 from ingest.codecs.errors import CodecError
 
 MAX_FRAME = 2 + 2 * (17 + 4 + 1023 + 1)  # longest legal frame with every byte escaped
@@ -38,21 +39,10 @@ _LOCATION = struct.Struct(">IIIIHHH6s")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 
-# Alarm flag word (0x0200 DWORD 0), bit -> name; 2019 redefines bits 15-17 and frees bit 31.
-_ALARMS = {
-    0: "emergency", 1: "overspeed", 2: "fatigue_driving", 3: "danger_warning", 4: "gnss_fault",
-    5: "gnss_antenna_cut", 6: "gnss_antenna_short", 7: "power_undervoltage", 8: "power_lost",
-    9: "display_fault", 10: "tts_fault", 11: "camera_fault", 12: "ic_card_fault",
-    13: "overspeed_warning", 14: "fatigue_warning", 18: "driving_time_exceeded", 19: "overtime_parking",
-    20: "area_in_out", 21: "route_in_out", 22: "route_time_abnormal", 23: "route_deviation",
-    24: "vss_fault", 25: "fuel_abnormal", 26: "stolen", 27: "illegal_ignition",
-    28: "illegal_displacement", 29: "collision_warning", 30: "rollover_warning",
-}
-ALARM_NAMES_2013 = {**_ALARMS, 31: "illegal_door_open"}
-ALARM_NAMES_2019 = {**_ALARMS, 15: "violation_driving", 16: "tyre_pressure_warning", 17: "right_turn_blind_zone"}
-# Alarm bits the platform must confirm (0x8203, or result 4 in 0x8001) before the terminal clears them.
-ALARMS_CLEARED_BY_ANSWER_2013 = (1 << 20) | (1 << 21) | (1 << 22) | (1 << 28) | (1 << 31)
-ALARMS_CLEARED_BY_ANSWER_2019 = (1 << 20) | (1 << 21) | (1 << 22) | (1 << 28)
+# Alarm flag word (0x0200 DWORD 0), bit -> name, per edition; the names and clear rules are defined
+# once in core.vehicles.jt808_bits (2019 redefines bits 15-17 and frees bit 31).
+ALARM_NAMES_2013 = {b.bit: b.name for b in ALARM_BITS if 2013 in b.editions}
+ALARM_NAMES_2019 = {b.bit: b.name for b in ALARM_BITS if 2019 in b.editions}
 
 # Status word (0x0200 DWORD 1), bit -> name of the state when the bit is 1. Bits 8-9 are the load.
 _STATUS = {
@@ -87,12 +77,16 @@ def status_flags(bits: int, edition: str = "2013") -> list[str]:
 
 # --- body records --------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+# Location and Jt808Message are built once per frame on the hot path, so like core.model's per-record
+# types they are slotted but not frozen (a frozen __init__ costs about 4x); treat them as immutable.
+
+
+@dataclass(slots=True)
 class Location:
     """0x0200 body. Raw units as sent; ``lat``/``lon``/``speed_kmh`` give degrees and km/h.
     ``items``: every additional item (id, value bytes) in order; ``extra`` the decoded ones by name,
-    unknown or malformed ones under ``raw`` as hex; ``tail_error`` when the item list was cut short
-    (the basic part is still good)."""
+    unknown or malformed ones under ``raw`` as hex, and ``tail_error`` when the item list was cut
+    short (the basic part is still good)."""
 
     alarm_bits: int
     status_bits: int
@@ -101,11 +95,18 @@ class Location:
     altitude_m: int
     speed_raw: int  # 1/10 km/h
     heading: int
-    time_bcd: str
     ts_ns: int
     items: tuple = ()
     extra: dict = field(default_factory=dict)
-    tail_error: str | None = None
+
+    @property
+    def time_bcd(self) -> str:
+        """The time as sent, BCD YYMMDDhhmmss China time."""
+        return _bcd_time(self.ts_ns).hex()
+
+    @property
+    def tail_error(self) -> str | None:
+        return self.extra.get("tail_error")
 
     @property
     def lat(self) -> float:
@@ -172,7 +173,7 @@ class RegisterAnswer:
     auth_code: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Jt808Message:
     """One validated frame. ``edition`` is the header layout used: ``2019`` or ``2013`` (2011 and 2013
     headers are the same); ``version_flag`` is what props bit 14 said. ``body`` is the unescaped body;
@@ -190,8 +191,15 @@ class Jt808Message:
     seq: int | None = None
 
     @property
+    def terminal_phone(self) -> str:
+        """The phone number without its zero padding: the same terminal id under 2013 and 2019 headers
+        (what the device registry should key on)."""
+        return self.phone.lstrip("0") or "0"
+
+    @property
     def body_len(self) -> int:
-        return self.props & 0x3FF
+        """Equal to props bits 0-9 for a frame; a message joined from packages may be longer."""
+        return len(self.body)
 
     @property
     def encryption(self) -> int:
@@ -303,9 +311,11 @@ def _decode_item(item_id: int, value: bytes, extra: dict) -> None:
     elif item_id == 0x06 and n == 2:
         extra["carriage_temp_c"] = _signed_magnitude16(_U16.unpack(value)[0])
     elif item_id == 0x11 and n in (1, 5):
-        extra["overspeed"] = {"area_type": value[0], "area_id": _U32.unpack_from(value, 1)[0] if n == 5 else None}
+        area_id = _U32.unpack_from(value, 1)[0] if n == 5 else None
+        extra["overspeed"] = {"area_type": value[0], "area_id": area_id}
     elif item_id == 0x12 and n == 6:
-        extra["area_in_out"] = {"area_type": value[0], "area_id": _U32.unpack_from(value, 1)[0], "out": value[5]}
+        extra["area_in_out"] = {
+            "area_type": value[0], "area_id": _U32.unpack_from(value, 1)[0], "out": value[5]}
     elif item_id == 0x13 and n == 7:
         extra["route_time"] = {
             "segment_id": _U32.unpack_from(value, 0)[0],
@@ -351,7 +361,7 @@ def _location(body: bytes) -> Location:
         i = end
     if tail_error:
         extra["tail_error"] = tail_error
-    return Location(alarm, status, lat, lon, alt, speed, heading, bcd.hex(), ts, tuple(items), extra, tail_error)
+    return Location(alarm, status, lat, lon, alt, speed, heading, ts, tuple(items), extra)
 
 
 def _batch(body: bytes) -> LocationBatch:
@@ -442,7 +452,9 @@ def decode(frame: bytes, *, strict_escape: bool = True) -> Jt808Message:
         frame = bytes(frame)
     if len(frame) < 2 or frame[0] != 0x7E or frame[-1] != 0x7E:
         raise CodecError("bad_frame", "frame must start and end with 0x7E")
-    payload = unescape(frame[1:-1], strict=strict_escape)
+    payload = frame[1:-1]
+    if b"\x7d" in payload or b"\x7e" in payload:
+        payload = unescape(payload, strict=strict_escape)
     size = len(payload) - 1  # without the check code
     if size < 12:
         raise CodecError("truncated", f"{size} bytes of header and body, header alone is 12")
@@ -472,8 +484,32 @@ def decode(frame: bytes, *, strict_escape: bool = True) -> Jt808Message:
     body = payload[start:start + body_len]
     parsed = None
     if not package and not props & 0x1C00:
-        parsed = _payload(msg_id, body, edition)
-    return Jt808Message(msg_id, props, _phone(phone), serial, edition, body, parsed, protocol_version, total, seq)
+        parsed = _location(body) if msg_id == 0x0200 else _payload(msg_id, body, edition)
+    return Jt808Message(msg_id, props, _phone(phone), serial, edition, body, parsed, protocol_version,
+                        total, seq)
+
+
+def join_packages(parts: Iterable[Jt808Message]) -> Jt808Message:
+    """One message from all the packages of a sub-packaged message (props bit 13), in any order:
+    bodies joined by sequence number (1..total) and then decoded. The result has the first package's
+    serial and no package header. CodecError ``bad_package`` when the packages are not exactly one
+    complete set of the same message id from the same terminal."""
+    parts = sorted(parts, key=lambda m: m.seq or 0)
+    if not parts:
+        raise CodecError("bad_package", "no packages")
+    first = parts[0]
+    for part in parts:
+        key = (part.msg_id, part.phone, part.total)
+        if part.total is None or key != (first.msg_id, first.phone, first.total):
+            raise CodecError("bad_package", f"0x{part.msg_id:04X} package {part.seq}/{part.total} does not belong")
+    seqs = [part.seq for part in parts]
+    if seqs != list(range(1, (first.total or 0) + 1)):
+        raise CodecError("bad_package", f"have packages {seqs} of {first.total}")
+    body = b"".join(part.body for part in parts)
+    props = (first.props & ~0x23FF) | (len(body) & 0x3FF)
+    payload = None if props & 0x1C00 else _payload(first.msg_id, body, first.edition)
+    return Jt808Message(first.msg_id, props, first.phone, first.serial, first.edition, body, payload,
+                        first.protocol_version)
 
 
 def split_frames(buffer: bytes, *, max_size: int = MAX_FRAME) -> tuple[list[bytes], bytes]:
@@ -510,15 +546,16 @@ def split_frames(buffer: bytes, *, max_size: int = MAX_FRAME) -> tuple[list[byte
 # --- to records ----------------------------------------------------------------------------------
 
 def _position(loc: Location) -> Position:
+    status = loc.status_bits
     return Position(
         loc.ts_ns,
-        loc.lat,
-        loc.lon,
+        -loc.lat_raw / 1e6 if status & STATUS_SOUTH else loc.lat_raw / 1e6,
+        -loc.lon_raw / 1e6 if status & STATUS_WEST else loc.lon_raw / 1e6,
         loc.speed_raw / 10,
         float(loc.heading),
         float(loc.altitude_m),
         loc.alarm_bits,
-        loc.status_bits,
+        status,
         loc.extra.get("mileage_km"),
         loc.extra,
     )
@@ -527,14 +564,15 @@ def _position(loc: Location) -> Position:
 def to_decoded(msg: Jt808Message) -> Decoded:
     """Positions of 0x0200/0x0704; a ``jt808_register`` event for 0x0100 and a ``jt808_auth`` event
     (IMEI and software version, never the code) for 0x0102; nothing for other messages."""
-    out = Decoded()
     payload = msg.payload
-    if isinstance(payload, Location):
-        out.positions.append(_position(payload))
-    elif isinstance(payload, LocationBatch):
+    if type(payload) is Location:
+        return Decoded(positions=[_position(payload)])
+    out = Decoded()
+    if isinstance(payload, LocationBatch):
         out.positions.extend(_position(loc) for loc in payload.locations)
         if payload.kind == 1:
-            out.events.append({"kind": "jt808_backfill", "serial": msg.serial, "count": len(payload.locations)})
+            out.events.append(
+                {"kind": "jt808_backfill", "serial": msg.serial, "count": len(payload.locations)})
     elif isinstance(payload, Register):
         out.events.append({
             "kind": "jt808_register", "phone": msg.phone, "province": payload.province, "city": payload.city,
@@ -674,7 +712,8 @@ def platform_answer(msg: Jt808Message, result: int = 0, *, serial: int) -> bytes
 def register_answer(msg: Jt808Message, result: int = 0, auth_code: str = "", *, serial: int) -> bytes:
     """0x8100 frame answering a 0x0100 registration; the auth code is sent only on success (result 0)."""
     body = _U16.pack(msg.serial) + bytes((result,)) + (auth_code.encode("gbk") if result == 0 else b"")
-    return encode(0x8100, msg.phone, serial, body, edition=msg.edition, protocol_version=msg.protocol_version or 1)
+    return encode(0x8100, msg.phone, serial, body, edition=msg.edition,
+                  protocol_version=msg.protocol_version or 1)
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -706,6 +745,7 @@ def decode_cli(hex_text: str) -> dict:
     body = _record(msg.payload)
     for loc_body, loc in _locations(msg.payload, body):
         loc_body["lat"], loc_body["lon"], loc_body["speed_kmh"] = loc.lat, loc.lon, loc.speed_kmh
+        loc_body["time_bcd"] = loc.time_bcd
         loc_body["alarms"] = alarm_flags(loc.alarm_bits, msg.edition)
         loc_body["status"] = status_flags(loc.status_bits, msg.edition)
         loc_body["items"] = [{"id": f"0x{i:02X}", "value": v.hex().upper()} for i, v in loc.items]
