@@ -98,7 +98,12 @@ class AlarmService:
         self.engine = AlarmEngine(rules)
         self.engine.warmup()
         if snap is not None:
-            self._restore(bytes(snap["state"]))
+            try:
+                self._restore(bytes(snap["state"]))
+            except (ValueError, KeyError) as exc:  # e.g. a snapshot from an older state version
+                log.warning("alarm engine snapshot not usable (%s): starting with fresh state", exc)
+                self.engine = AlarmEngine(rules)
+                self.meta, self._index = [], {}
         self._tasks = [asyncio.create_task(self._timer(), name="alarm-timer")]
         log.info("alarm engine: %d rules, %d series restored", len(rules), len(self.meta))
 
