@@ -168,7 +168,9 @@ class AlarmService:
             rule = self._rules.get(rule_id)
             if rule is None:
                 continue
-            metric = "" if rule.kind is RuleKind.MISSING_DATA else meta.metric
+            # Keyed by metric for every kind: a missing-data rule watches each series it binds to, so
+            # "device offline" is a rule scoped to the device's heartbeat metric (README).
+            metric = meta.metric
             target = AlertTarget(rule_id, meta.device, meta.device_id, meta.region, meta.stream, metric,
                                  rule.severity.value, _title(rule, metric))
             if kind is TransitionKind.RAISE:

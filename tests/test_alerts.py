@@ -130,7 +130,7 @@ async def test_missing_data_raised_by_timer_without_incoming_data(settings, pool
         assert len(late.transitions) == 1
     r = await api.get("/v1/alerts", params={"device": dev}, headers=h(keys["operator"]))
     (alert,) = r.json()["data"]
-    assert alert["title"] == "station offline" and alert["metric"] == "" and alert["severity"] == "minor"
+    assert alert["title"] == "station offline (DO)" and alert["metric"] == "DO" and alert["severity"] == "minor"
 
 
 async def test_restart_in_the_middle_of_a_pending_period(settings, pool, api, keys):

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from core.alarms import AlarmEngine, Rule, RuleKind, SeriesKey, Transitions
+from wulian.benches import alarm_latency
 
 _NS = 1_000_000_000
 _MINUTE = 60 * _NS
@@ -33,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="100k series, 3 rounds, 5k Python series")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end latency part (needs the stack)")
+    alarm_latency.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -163,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
                        "calling thread's CPU time, which leaves out time the shared machine gave to others",
         "target_numba_readings_per_s": 20_000_000,
     }
+    if not args.no_e2e:
+        log(f"  end to end: publish -> alert in the API under {args.load:,.0f} readings/s ...")
+        result.update(alarm_latency.run_latency(args))
     if args.json:
         print(json.dumps(result))
     else:
