@@ -11,8 +11,9 @@ import pkgutil
 import asyncpg
 from fastapi import FastAPI
 
-from api import errors, routes
+from api import errors, observability, routes
 from api.alert_feed import AlertFeed
+from api.rate_limit import TokenBuckets
 from wulian.settings import Settings, get_settings
 
 
@@ -39,7 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Wulian API", version="0.1.0", lifespan=lifespan,
                   description="Telemetry, devices and alerts for city monitoring (物联)")
     app.state.settings = settings
+    app.state.rate_limits = TokenBuckets(settings.api.rate_limit_per_s, settings.api.rate_limit_burst)
     errors.install(app)
+    observability.install(app)
     for router in _routers():
         app.include_router(router)
     return app

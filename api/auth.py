@@ -16,10 +16,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 import asyncpg
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 
 from api.deps import PoolDep
 from api.errors import ApiError
+from api.observability import AUTH_FAILURES, RATE_LIMITED
 
 ROLES = ("regulator", "operator", "admin")
 _RANK = {r: i for i, r in enumerate(ROLES)}
@@ -29,10 +30,23 @@ class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"
 
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason  # metric label: missing, malformed, unknown, revoked, expired
+
 
 class Forbidden(ApiError):
     status = 403
     code = "forbidden"
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many requests for this key; retry after {retry_after:.1f}s")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,26 +107,35 @@ async def revoke_key(con: asyncpg.Connection, key_id: str) -> bool:
 def _parse(raw: str) -> tuple[str, str]:
     parts = raw.split("_", 2)
     if len(parts) != 3 or parts[0] != "wl" or len(parts[1]) != 12 or not parts[2]:
-        raise Unauthorized("malformed API key")
+        raise Unauthorized("malformed API key", "malformed")
     return parts[1], parts[2]
 
 
 async def authenticate(pool: asyncpg.Pool, raw: str) -> Principal:
+    try:
+        return await _authenticate(pool, raw)
+    except Unauthorized as exc:
+        AUTH_FAILURES.labels(exc.reason).inc()
+        raise
+
+
+async def _authenticate(pool: asyncpg.Pool, raw: str) -> Principal:
     key_id, secret = _parse(raw)
     async with pool.acquire() as con:
         row = await con.fetchrow(
             "UPDATE api_keys SET last_used_at = now() WHERE key_id = $1"
             " RETURNING secret_hash, name, role, regions, expires_at, revoked_at", key_id)
     if row is None or not hmac.compare_digest(row["secret_hash"], _hash(secret)):
-        raise Unauthorized("unknown API key")
+        raise Unauthorized("unknown API key", "unknown")
     if row["revoked_at"] is not None:
-        raise Unauthorized("API key revoked")
+        raise Unauthorized("API key revoked", "revoked")
     if row["expires_at"] is not None and row["expires_at"] <= datetime.now(timezone.utc):
-        raise Unauthorized("API key expired")
+        raise Unauthorized("API key expired", "expired")
     return Principal(key_id, row["name"], row["role"], frozenset(row["regions"]))
 
 
 async def current_user(
+    request: Request,
     pool: PoolDep,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
@@ -121,11 +144,17 @@ async def current_user(
     if raw is None and authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "bearer" or not value:
-            raise Unauthorized("use 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+            raise Unauthorized("use 'Authorization: Bearer <key>' or 'X-API-Key: <key>'", "malformed")
         raw = value.strip()
     if not raw:
-        raise Unauthorized("API key required ('Authorization: Bearer <key>' or 'X-API-Key')")
-    return await authenticate(pool, raw)
+        AUTH_FAILURES.labels("missing").inc()
+        raise Unauthorized("API key required ('Authorization: Bearer <key>' or 'X-API-Key')", "missing")
+    principal = await authenticate(pool, raw)
+    wait = request.app.state.rate_limits.take(principal.key_id)
+    if wait:
+        RATE_LIMITED.inc()
+        raise RateLimited(wait)
+    return principal
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]

@@ -28,7 +28,13 @@ class BadQuery(ApiError):
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status)
+        headers = {}
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        retry = getattr(exc, "retry_after", None)
+        if retry is not None:
+            headers["Retry-After"] = str(max(1, round(retry)))
+        return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,7 +12,7 @@ import logging
 import pkgutil
 import sys
 
-from wulian import commands
+from wulian import commands, log_redaction
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         level=get_settings().log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    log_redaction.install()
     rc = args.func(args)
     return int(rc or 0)
 

@@ -6,6 +6,7 @@ The README lists every field.
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
+# Service-account passwords written by ``wulian stack up`` (deploy/local/stack.sh); read as an env file,
+# so variables set in the environment win.
+SECRETS_FILE = Path(os.environ.get("WULIAN_STACK__DIR") or ROOT / ".stack") / "secrets.env"
 
 
 class StackSettings(BaseModel):
@@ -74,6 +78,10 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
     max_rows: int = 10000
+    rate_limit_per_s: float = 20.0  # per API key, sustained (0: off)
+    rate_limit_burst: float = 100.0
+    tls_certfile: Path | None = None  # serve HTTPS when both are set
+    tls_keyfile: Path | None = None
 
 
 class SimSettings(BaseModel):
@@ -82,8 +90,64 @@ class SimSettings(BaseModel):
     duration_s: float = 0.0  # 0: until stopped
 
 
+class GatewaySettings(BaseModel):
+    """TCP gateways for field devices (``wulian gateway hj212|jt808``)."""
+
+    host: str = "127.0.0.1"
+    hj212_port: int = 9212
+    jt808_port: int = 9808
+    region: str = "shantou"  # region of auto-provisioned devices
+    auto_provision: bool = False  # unknown devices are refused unless this is on
+    max_connections: int = 20000
+    idle_timeout_s: float = 300.0  # no bytes for this long: the connection is closed
+    max_frame_bytes: int = 4096
+    answer_timeout_s: float = 10.0  # no PUBACK in time: the device gets no answer and resends
+    auth_fail_limit: int = 5  # auth failures per IP within the window before it is refused outright
+    auth_fail_window_s: float = 60.0
+    hj212_metrics_port: int = 9109  # Prometheus /metrics (0: off)
+    jt808_metrics_port: int = 9110
+    mqtt_username: str | None = None  # the gateway's service account (default: the mqtt section's)
+    mqtt_password: str | None = None
+    mqtt_client_id: str = "wulian-gateway"
+
+
+class TrafficSettings(BaseModel):
+    """Traffic forecasting and incident job (``ingest/jobs/traffic.py``); speeds in km/h."""
+
+    interval_s: float = 300.0  # how often the job runs (one 5-minute bin)
+    lag_s: int = 60  # a bin is processed this long after it ends, so late messages land first
+    history_days: float = 7.0  # training window of a refit
+    min_fit_bins: int = 288  # 5-minute bins of history needed before the first fit
+    refit_every_h: float = 24.0  # data time between refits
+    backfill_bins: int = 36  # bins forecast on a region's first run
+    utc_offset_h: float = 8.0  # local time of the roads (time-of-day profile)
+    min_drop_kmh: float = 24.0  # an incident needs the speed at least this far below the forecast
+    data_dir: Path | None = None  # Los-loop replay data (default <repo>/../shared/data/traffic)
+
+
+class EnvironmentSettings(BaseModel):
+    """Environment jobs (issue 7): schedule and the configurable rule parameters."""
+
+    interval_s: float = 300.0  # how often each environment job runs
+    lag_s: float = 900.0  # an hour is processed this long after it ended (late data first)
+    backfill_h: int = 48  # first run: start this far back (at a China midnight)
+    max_span_h: int = 168  # most hours one run processes
+    min_valid_rate: float = 0.9  # daily valid-data rate below which a completeness alert is raised
+    exceedance_min_hours: int = 1  # consecutive exceeding hours that make an episode
+    heavy_pollution_hours: int = 4  # hours of AQI >= 201 that raise the heavy-pollution warning
+    below_target_hours: int = 6  # hours worse than the target class that raise an alert
+    water_min_daily_hours: int = 6  # hourly means a daily water class needs
+    pulse_items: list[str] = Field(default_factory=lambda: ["NH3_N", "CODMn", "TP"])
+    pulse_step_min: int = 10  # grid step of pulse tracing
+    pulse_threshold: float = 5.0  # robust z-score of a pulse
+    pulse_lookback_h: int = 12  # history before the new periods (baseline and upstream arrivals)
+    o2_ceiling: float | None = None  # cap on measured O2 before conversion, where a local rule sets one
+    reference_o2: dict[str, float] = Field(default_factory=dict)  # per source type, overrides the defaults
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WULIAN_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="WULIAN_", env_nested_delimiter="__", extra="ignore",
+                                      env_file=SECRETS_FILE)
 
     log_level: str = "INFO"
     stack: StackSettings = Field(default_factory=StackSettings)
@@ -93,6 +157,9 @@ class Settings(BaseSettings):
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     sim: SimSettings = Field(default_factory=SimSettings)
+    environment: EnvironmentSettings = Field(default_factory=EnvironmentSettings)
+    traffic: TrafficSettings = Field(default_factory=TrafficSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @model_validator(mode="after")
     def _default_to_local_stack(self) -> "Settings":

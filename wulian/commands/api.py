@@ -12,7 +12,12 @@ def run(args: argparse.Namespace) -> int:
     from api.app import create_app
 
     s = get_settings()
-    uvicorn.run(create_app(s), host=s.api.host, port=s.api.port, log_level=s.log_level.lower())
+    tls = {}
+    if s.api.tls_certfile and s.api.tls_keyfile:
+        tls = {"ssl_certfile": str(s.api.tls_certfile), "ssl_keyfile": str(s.api.tls_keyfile)}
+    # log_config=None: uvicorn logs through the root handlers, so the secret-redacting filter applies
+    uvicorn.run(create_app(s), host=s.api.host, port=s.api.port, log_level=s.log_level.lower(), log_config=None,
+                **tls)
     return 0
 
 

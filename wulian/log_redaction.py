@@ -1,0 +1,36 @@
+"""Keep secrets out of every log line: API keys, HJ 212 passwords, MQTT/DSN passwords are masked by a
+filter on the root handlers, whatever module logged them."""
+from __future__ import annotations
+
+import logging
+import re
+
+_PATTERNS = [
+    (re.compile(r"\bwl_([0-9a-f]{12})_[A-Za-z0-9_\-]+"), r"wl_\1_***"),  # API keys: keep the public id
+    (re.compile(r"(PW=)[^;&\s]*"), r"\1***"),  # HJ 212 access password in a header
+    (re.compile(r"(?i)(password[\"']?\s*[=:]\s*[\"']?)[^\s\"',;&]+"), r"\1***"),
+    (re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),  # DSN with a password
+    (re.compile(r"(?i)(auth[_ ]?code[\"']?\s*[=:]\s*[\"']?)[^\s\"',;&]+"), r"\1***"),  # JT/T 808 auth code
+]
+
+
+def redact(text: str) -> str:
+    for pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
+def install() -> None:
+    """Attach the filter to every root handler (call after logging.basicConfig)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
