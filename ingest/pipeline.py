@@ -153,7 +153,7 @@ class Ingestor:
                 batch.dead.append(_dead(msg, topic, exc.reason, exc.detail))
                 continue
             except Exception as exc:  # a codec bug must not take the pipeline down
-                log.exception("decoder crashed on topic %s", msg.topic)
+                log.exception("decoder crashed on topic %s", msg.topic, extra={"topic": msg.topic})
                 batch.dead.append(_dead(msg, topic, "decoder_error", repr(exc)))
                 continue
             batch.items.append(Item(msg, topic, decoded))
@@ -210,7 +210,8 @@ class Ingestor:
                 raise
             if len(items) == 1:
                 it = items[0]
-                log.warning("database refused message from %s: %s", it.topic.device_id, exc)
+                log.warning("database refused message from %s: %s", it.topic.device_id, exc,
+                            extra={"device": it.topic.device_id, "topic": it.msg.topic})
                 dead = dead + [_dead(it.msg, it.topic, "db_rejected", str(exc))]
                 return await self._write_isolating([], dead, devices, metric_ids, also)
             mid = len(items) // 2
@@ -263,7 +264,8 @@ class Ingestor:
             m.RECORDS_WRITTEN.labels(table).inc(n)
         for d in batch.dead:
             m.DEAD_LETTERS.labels(d.reason).inc()
-            log.info("dead letter: topic=%s device=%s reason=%s %s", d.topic, d.device_id, d.reason, d.detail)
+            log.info("dead letter: topic=%s device=%s reason=%s %s", d.topic, d.device_id, d.reason, d.detail,
+                     extra={"topic": d.topic, "device": d.device_id, "reason": d.reason})
         s = self.stats
         s.messages += len(batch.messages)
         s.records += res.inserted

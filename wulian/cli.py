@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import pkgutil
 import sys
 
@@ -30,11 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from wulian.settings import get_settings
 
-    logging.basicConfig(
-        level=get_settings().log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    log_redaction.install()
+    settings = get_settings()
+    log_redaction.configure(settings.log_level, settings.log_format)
     rc = args.func(args)
     return int(rc or 0)
 

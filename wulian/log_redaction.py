@@ -34,3 +34,39 @@ def install() -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the context fields ingest attaches (device, topic, reason...)."""
+
+    CONTEXT = ("device", "topic", "reason", "region", "stream", "batch", "job")
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        doc = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in self.CONTEXT:
+            if key in record.__dict__:
+                doc[key] = record.__dict__[key]
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+def configure(level: str, fmt: str = "text") -> None:
+    """Root logging for every entry point: text or JSON lines, UTC times, secrets redacted."""
+    import time
+
+    logging.Formatter.converter = time.gmtime
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    install()

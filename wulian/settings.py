@@ -150,6 +150,7 @@ class Settings(BaseSettings):
                                       env_file=SECRETS_FILE)
 
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object per line with device/topic context
     stack: StackSettings = Field(default_factory=StackSettings)
     db: DbSettings = Field(default_factory=DbSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
