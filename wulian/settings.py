@@ -145,6 +145,24 @@ class EnvironmentSettings(BaseModel):
     reference_o2: dict[str, float] = Field(default_factory=dict)  # per source type, overrides the defaults
 
 
+class EnergySettings(BaseModel):
+    """Energy and transport jobs (issue 6: ``ingest/jobs/{vehicles,grid,meters}.py``)."""
+
+    vehicles_interval_s: float = 60.0
+    grid_interval_s: float = 60.0
+    meters_interval_s: float = 300.0
+    lag_s: float = 120.0  # data this recent is left to the next run (late messages land first)
+    backfill_h: float = 48.0  # first run: start this far back
+    max_span_h: float = 24.0  # most data time one run advances
+    vehicle_context_h: float = 25.0  # track history re-read before the watermark (fatigue, 24 h rule)
+    outage_silence_min: float = 15.0  # a feeder with no live meter this long is out
+    forecast_horizon_h: float = 6.0  # feeder load forecast ahead
+    zero_consumption_days: int = 7  # consecutive zero-use days that raise an anomaly
+    leak_threshold_m3_h: float = 0.02  # minimum night flow (02:00-04:00) above this is a leak night
+    leak_nights: int = 3  # consecutive leak nights that raise the alert
+    meter_slots_per_day: int = 96  # expected register readings a day (collection rate)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WULIAN_", env_nested_delimiter="__", extra="ignore",
                                       env_file=SECRETS_FILE)
@@ -161,6 +179,7 @@ class Settings(BaseSettings):
     environment: EnvironmentSettings = Field(default_factory=EnvironmentSettings)
     traffic: TrafficSettings = Field(default_factory=TrafficSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    energy: EnergySettings = Field(default_factory=EnergySettings)
 
     @model_validator(mode="after")
     def _default_to_local_stack(self) -> "Settings":

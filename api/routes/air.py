@@ -1,0 +1,100 @@
+"""Air quality: station and city AQI (HJ 633, edition per period), hourly or daily."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query
+
+from api.auth import CurrentUser
+from api.deps import PoolDep, SettingsDep
+from api.errors import BadQuery, NotFound
+from api.schemas_environment import AqiListPublic, AqiPublic
+from core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
+
+router = APIRouter(prefix="/v1/air", tags=["air"])
+_STATION_COLS = ("time, edition, aqi, level, category, color, primary_pollutants, iaqi::text AS iaqi,"
+                 " concentrations::text AS concentrations, missing, publishable")
+_CITY_COLS = "time, edition, aqi, level, category, color, primary_pollutants, iaqi::text AS iaqi, stations"
+
+
+class Report(StrEnum):
+    HOURLY = "hourly"
+    DAILY = "daily"
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
+
+
+def _aqi(row, station: str, report: str) -> AqiPublic:
+    d = dict(row)
+    d["iaqi"] = orjson.loads(d["iaqi"])
+    if "concentrations" in d:
+        d["concentrations"] = orjson.loads(d["concentrations"])
+    return AqiPublic(station=station, report=report, **d)
+
+
+@router.get("/aqi", response_model=AqiListPublic)
+async def aqi(
+    pool: PoolDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+    from_: Annotated[datetime, Query(alias="from", description="ISO 8601; naive means UTC")],
+    to: Annotated[datetime, Query(description="ISO 8601, exclusive")],
+    station: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN, description="air station device_id")] = None,
+    city: Annotated[str | None, Query(pattern=REGION_PATTERN, description="city AQI instead of a station")] = None,
+    report: Report = Report.HOURLY,
+):
+    """AQI of one station (or one city) over ``[from, to)``; each row names its HJ 633 edition."""
+    if (station is None) == (city is None):
+        raise BadQuery("give exactly one of 'station' or 'city'")
+    start, end = _utc(from_), _utc(to)
+    if end <= start:
+        raise BadQuery("'to' must be after 'from'")
+    step_h = 1 if report is Report.HOURLY else 24
+    if (end - start).total_seconds() / 3600 / step_h > settings.api.max_rows:
+        raise BadQuery(f"more than {settings.api.max_rows} rows: narrow the range")
+    table = "env_aqi_hourly" if report is Report.HOURLY else "env_aqi_daily"
+    async with pool.acquire() as con:
+        if station is not None:
+            dev = await con.fetchrow("SELECT id, region, stream FROM devices WHERE device_id = $1", station)
+            if dev is None or not user.can_see(dev["region"]):
+                raise NotFound(f"station {station!r} not found")
+            if dev["stream"] != Stream.AIR:
+                raise BadQuery(f"{station!r} is not an air-quality station")
+            rows = await con.fetch(f"SELECT {_STATION_COLS} FROM {table} WHERE device = $1 AND time >= $2"
+                                   " AND time < $3 ORDER BY time", dev["id"], start, end)
+            data = [_aqi(r, station, report.value) for r in rows]
+        else:
+            if not user.can_see(city):
+                raise NotFound(f"city {city!r} not found")
+            rows = await con.fetch(f"SELECT {_CITY_COLS} FROM env_city_aqi WHERE city = $1 AND report = $2"
+                                   " AND time >= $3 AND time < $4 ORDER BY time", city, report.value, start, end)
+            data = [_aqi(r, city, report.value) for r in rows]
+    return AqiListPublic(data=data, count=len(data))
+
+
+@router.get("/aqi/latest", response_model=AqiListPublic)
+async def aqi_latest(
+    pool: PoolDep,
+    user: CurrentUser,
+    region: Annotated[str | None, Query(pattern=REGION_PATTERN)] = None,
+    report: Report = Report.HOURLY,
+):
+    """The newest AQI of every air station in scope (stations without one are left out)."""
+    table = "env_aqi_hourly" if report is Report.HOURLY else "env_aqi_daily"
+    async with pool.acquire() as con:
+        rows = await con.fetch(
+            f"SELECT d.device_id, a.* FROM devices d CROSS JOIN LATERAL"
+            f" (SELECT {_STATION_COLS} FROM {table} x WHERE x.device = d.id ORDER BY time DESC LIMIT 1) a"
+            " WHERE d.stream = 'air' AND ($1::text IS NULL OR d.region = $1)"
+            " AND ($2::text[] IS NULL OR d.region = ANY($2)) ORDER BY d.device_id",
+            region, user.region_filter())
+    data = []
+    for r in rows:
+        d = dict(r)
+        data.append(_aqi({k: v for k, v in d.items() if k != "device_id"}, d["device_id"], report.value))
+    return AqiListPublic(data=data, count=len(data))
