@@ -46,16 +46,18 @@ def env_fleet(tag: str = "", city: str | None = None) -> list[EnvDeviceSpec]:
     t = f"{tag}-" if tag else ""
     return [
         EnvDeviceSpec(f"PS-{t}STACK1", Stream.POLLUTION, "燃煤锅炉 1# 排口", "cems",
-                      {"source_kind": "stack", "source_type": "coal_boiler",
+                      {"source_kind": "stack", "source_type": "coal_boiler", "lat": 23.41, "lon": 116.62,
                        "limits": {"SO2": 35, "NOx": 50, "PM": 10}}),
         EnvDeviceSpec(f"PS-{t}WW1", Stream.POLLUTION, "污水总排口", "wastewater",
                       {"source_kind": "outlet", "limits": {"COD": 50, "NH3_N": 5}}),
         EnvDeviceSpec(f"PB-{t}PLANT1", Stream.POLLUTION, "石化厂界 东", "boundary",
                       {"source_kind": "boundary", "plant": "PLANT1", "limits": {"NMHC": 4.0, "benzene": 0.4}}),
-        *[EnvDeviceSpec(f"AQ-{t}{k}", Stream.AIR, f"空气站 {k}", "air_station", {"city": city} if city else {})
-          for k in (1, 2, 3)],
+        *[EnvDeviceSpec(f"AQ-{t}{k}", Stream.AIR, f"空气站 {k}", "air_station",
+                        {**({"city": city} if city else {}), "lat": lat, "lon": lon})
+          for k, (lat, lon) in enumerate([(23.371, 116.708), (23.354, 116.681), (23.392, 116.655)], start=1)],
         *[EnvDeviceSpec(f"LJ-{t}{k:02d}", Stream.WATER, f"练江 {k}# 断面", "water_station",
-                        {"river": RIVER, "km": km, "target_class": tgt, "flow_m3s": 30.0})
+                        {"river": RIVER, "km": km, "target_class": tgt, "flow_m3s": 30.0,
+                         "lat": 23.30 + 0.002 * km, "lon": 116.30 + 0.009 * km})
           for k, (km, tgt) in enumerate([(0.0, "III"), (12.0, "III"), (25.0, "III"), (40.0, "III")], start=1)],
     ]
 
