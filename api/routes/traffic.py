@@ -1,0 +1,124 @@
+"""Traffic forecasts and incidents (written every 5 minutes by the ``traffic`` derive job)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Annotated
+
+import asyncpg
+from fastapi import APIRouter, Query
+
+from api.auth import CurrentUser, Principal
+from api.deps import PoolDep
+from api.errors import BadQuery, NotFound
+from api.schemas_traffic import (
+    TrafficForecastPublic, TrafficForecastsPublic, TrafficIncidentPublic, TrafficIncidentsPublic,
+)
+from core.const import DEVICE_ID_PATTERN, Stream
+
+router = APIRouter(prefix="/v1/traffic", tags=["traffic"])
+STEP_MIN = 5  # forecasts are on 5-minute bins, horizons 1..12 bins
+MAX_HORIZON_MIN = 60
+DEFAULT_HORIZON_MIN = 15
+Segment = Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN, description="the segment's detector id")]
+
+_F_COLS = "f.issued_at, f.time, f.horizon_min, f.speed_kmh, f.flow_vph, f.model_id"
+_I_COLS = """i.id, d.device_id AS segment, i.region, i.state, i.started_at, i.detected_at, i.ended_at, i.expected_kmh,
+             i.observed_kmh, i.min_speed_kmh, i.min_residual AS min_residual_kmh, i.band_kmh, i.alert_id"""
+
+
+class IncidentState(StrEnum):
+    OPEN = "open"
+    CLEARED = "cleared"
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+
+
+def _horizon_steps(minutes: int) -> int:
+    if minutes % STEP_MIN or not STEP_MIN <= minutes <= MAX_HORIZON_MIN:
+        raise BadQuery(f"horizon must be a multiple of {STEP_MIN} minutes from {STEP_MIN} to {MAX_HORIZON_MIN}, "
+                       f"got {minutes}")
+    return minutes // STEP_MIN
+
+
+async def _segment(con: asyncpg.Connection, device_id: str, user: Principal):
+    dev = await con.fetchrow("SELECT id, region, stream FROM devices WHERE device_id = $1", device_id)
+    if dev is None or not user.can_see(dev["region"]):
+        raise NotFound(f"segment {device_id!r} not found")
+    if dev["stream"] != Stream.TRAFFIC:
+        raise NotFound(f"device {device_id!r} is not a traffic segment (stream {dev['stream']})")
+    return dev
+
+
+@router.get("/forecast", response_model=TrafficForecastsPublic)
+async def forecast(
+    pool: PoolDep,
+    user: CurrentUser,
+    segment: Segment = None,
+    horizon: Annotated[int | None, Query(description="minutes ahead: 5, 10, ..., 60")] = None,
+    region: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+):
+    """The latest forecast. With ``segment``: at ``horizon`` minutes, or every horizon of its latest issue
+    when ``horizon`` is left out. Without: every visible segment's latest forecast at ``horizon``
+    (default 15 minutes), by segment id."""
+    steps = _horizon_steps(horizon) if horizon is not None else None
+    async with pool.acquire() as con:
+        if segment is not None:
+            dev = await _segment(con, segment, user)
+            if steps is not None:
+                rows = await con.fetch(
+                    f"SELECT {_F_COLS} FROM traffic_forecasts f WHERE f.device = $1 AND f.horizon_steps = $2"
+                    " ORDER BY f.issued_at DESC LIMIT 1", dev["id"], steps)
+            else:
+                rows = await con.fetch(
+                    f"SELECT {_F_COLS} FROM traffic_forecasts f WHERE f.device = $1 AND f.issued_at ="
+                    " (SELECT max(issued_at) FROM traffic_forecasts WHERE device = $1) ORDER BY f.horizon_steps",
+                    dev["id"])
+            if not rows:
+                raise NotFound(f"no forecast for segment {segment!r} yet")
+            data = [TrafficForecastPublic(segment=segment, region=dev["region"], **dict(r)) for r in rows]
+        else:
+            rows = await con.fetch(
+                f"SELECT d.device_id AS segment, d.region, {_F_COLS} FROM devices d CROSS JOIN LATERAL"
+                " (SELECT * FROM traffic_forecasts f WHERE f.device = d.id AND f.horizon_steps = $1"
+                "  ORDER BY f.issued_at DESC LIMIT 1) f"
+                " WHERE d.stream = 'traffic' AND ($2::text[] IS NULL OR d.region = ANY($2))"
+                " AND ($3::text IS NULL OR d.region = $3) ORDER BY d.device_id LIMIT $4",
+                steps or DEFAULT_HORIZON_MIN // STEP_MIN, user.region_filter(), region, limit)
+            data = [TrafficForecastPublic(**dict(r)) for r in rows]
+    return TrafficForecastsPublic(data=data, count=len(data))
+
+
+@router.get("/incidents", response_model=TrafficIncidentsPublic)
+async def incidents(
+    pool: PoolDep,
+    user: CurrentUser,
+    region: str | None = None,
+    segment: Segment = None,
+    state: IncidentState | None = None,
+    since: Annotated[datetime | None, Query(description="still open at or after (ISO 8601; naive = UTC)")] = None,
+    until: Annotated[datetime | None, Query(description="started before (ISO 8601; naive = UTC)")] = None,
+    cursor: Annotated[int | None, Query(ge=0, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+):
+    """Incidents overlapping [since, until), newest first; page with ``cursor=<next_cursor>``."""
+    since, until = _utc(since), _utc(until)
+    if since is not None and until is not None and until <= since:
+        raise BadQuery("'until' must be after 'since'")
+    async with pool.acquire() as con:
+        dev_id = (await _segment(con, segment, user))["id"] if segment is not None else None
+        rows = await con.fetch(
+            f"SELECT {_I_COLS} FROM traffic_incidents i JOIN devices d ON d.id = i.device"
+            " WHERE ($1::text[] IS NULL OR i.region = ANY($1)) AND ($2::text IS NULL OR i.region = $2)"
+            " AND ($3::int IS NULL OR i.device = $3) AND ($4::text IS NULL OR i.state = $4)"
+            " AND ($5::timestamptz IS NULL OR coalesce(i.ended_at, 'infinity') >= $5)"
+            " AND ($6::timestamptz IS NULL OR i.started_at < $6) AND ($7::bigint IS NULL OR i.id < $7)"
+            " ORDER BY i.id DESC LIMIT $8",
+            user.region_filter(), region, dev_id, state and state.value, since, until, cursor, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return TrafficIncidentsPublic(data=[TrafficIncidentPublic(**dict(r)) for r in rows], count=len(rows),
+                                  next_cursor=rows[-1]["id"] if more else None)

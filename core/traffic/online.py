@@ -1,0 +1,158 @@
+"""The online traffic service's pure parts: its parameters in km/h, the 5-minute grid, the road graph as
+a matrix, and carrying incident-detector state across a refit.
+
+The forecaster and detector defaults were tuned on Los-loop in mph; live detectors report km/h, so the
+speed thresholds here are the mph ones converted (5 mph regime drop ~ 8 km/h, 15 mph band floor ~ 24 km/h).
+Nothing here touches the database or the clock: ``ingest.jobs.traffic`` feeds it rows and times.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.const import SYSTEM_RULE_BASE
+from core.traffic.forecaster import NS_PER_S, TrafficForecaster, TrafficForecastParams
+from core.traffic.incidents import IncidentDetector, IncidentParams, learn_bands
+
+# Alert rule id of "traffic incident" (system rules sit above the user rules' identity range).
+TRAFFIC_INCIDENT_RULE_ID = SYSTEM_RULE_BASE + 1
+TRAFFIC_INCIDENT_TITLE = "traffic incident"
+MPH_TO_KMH = 1.609344
+# Flow has no congested regime of its own in the model: one coefficient set (a drop no series reaches).
+_ONE_REGIME = 1e12
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineParams:
+    """How the service forecasts, refits and detects. Speeds in km/h."""
+
+    step_s: int = 300  # grid step (5-minute bins)
+    horizons: int = 12  # forecast 1..12 steps (5..60 min)
+    history_days: float = 7.0  # training window of a refit
+    min_fit_bins: int = 288  # no model before a day of history (the model needs a day profile)
+    min_segment_bins: int = 24  # a segment with fewer observed bins in the window is left out of a fit
+    refit_every_s: int = 86_400  # data time between refits
+    new_segment_refit_s: int = 3_600  # earliest refit after an unknown segment starts reporting
+    backfill_bins: int = 36  # bins forecast on a region's first run (3 h: the detector needs a past)
+    max_bins_per_run: int = 288  # catch-up bound after an outage: only the newest day is forecast
+    lag_s: int = 60  # a bin is complete this long after its end (late messages first)
+    utc_offset_s: int = 8 * 3600  # local time of the roads for the time-of-day profile (China)
+    regime_drop_kmh: float = 8.0
+    min_drop_kmh: float = 24.0
+    incident_horizon: int = 3  # residual against the forecast issued this many steps earlier
+
+    @property
+    def step_ns(self) -> int:
+        return self.step_s * NS_PER_S
+
+    def forecaster_params(self) -> TrafficForecastParams:
+        return TrafficForecastParams(horizons=self.horizons, regime_drop=self.regime_drop_kmh,
+                                     utc_offset_s=self.utc_offset_s)
+
+    def flow_params(self) -> TrafficForecastParams:
+        return TrafficForecastParams(horizons=self.horizons, regime_drop=_ONE_REGIME, utc_offset_s=self.utc_offset_s)
+
+    def incident_params(self) -> IncidentParams:
+        return IncidentParams(horizon=self.incident_horizon, min_drop=self.min_drop_kmh, step_s=self.step_s)
+
+
+def last_complete_bin(now_ns: int, step_s: int, lag_s: int) -> int:
+    """Start (ns) of the newest bin [t, t + step) that ended at least ``lag_s`` before ``now_ns``."""
+    step_ns = step_s * NS_PER_S
+    return (now_ns - lag_s * NS_PER_S) // step_ns * step_ns - step_ns
+
+
+def dense_grid(bin_ns: np.ndarray, column: np.ndarray, values: np.ndarray, t0_ns: int, n_bins: int,
+               n_cols: int, step_s: int) -> np.ndarray:
+    """[n_bins, n_cols] float64 grid (NaN = no data) from per-bin rows: row (bin_ns - t0) / step, column
+    ``column``. Rows outside the grid, negative columns and NULL values (NaN) are dropped."""
+    out = np.full((n_bins, n_cols), np.nan)
+    row = (np.asarray(bin_ns, np.int64) - int(t0_ns)) // (step_s * NS_PER_S)
+    col = np.asarray(column, np.int64)
+    val = np.asarray(values, np.float64)
+    keep = (row >= 0) & (row < n_bins) & (col >= 0) & (col < n_cols) & np.isfinite(val)
+    out[row[keep], col[keep]] = val[keep]
+    return out
+
+
+def adjacency_matrix(segments: np.ndarray, a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """[N, N] weights for segments (device ids in model order) from directed links a -> b (row a lists b
+    as a neighbour); links to segments outside the list are ignored, the diagonal is 1."""
+    segments = np.asarray(segments, np.int64)
+    pos = {int(s): k for k, s in enumerate(segments)}
+    out = np.eye(segments.shape[0])
+    for x, y, w in zip(np.asarray(a).tolist(), np.asarray(b).tolist(), np.asarray(weight, np.float64).tolist()):
+        i, j = pos.get(int(x)), pos.get(int(y))
+        if i is not None and j is not None and i != j and w > 0:
+            out[i, j] = w
+    return out
+
+
+def carry_detector(old: IncidentDetector | None, old_segments, new_segments, bands: np.ndarray,
+                   params: IncidentParams) -> IncidentDetector:
+    """A detector for a refitted model: new bands, but open runs and incidents of segments that were in
+    the old model are kept (matched by device id), so a refit neither forgets nor re-raises one."""
+    new = IncidentDetector(bands, params)
+    if old is None:
+        return new
+    old_pos = {int(s): k for k, s in enumerate(old_segments)}
+    src, dst = [], []
+    for k, s in enumerate(new_segments):
+        j = old_pos.get(int(s))
+        if j is not None and j < old.threshold.shape[0]:
+            src.append(j)
+            dst.append(k)
+    if not src:
+        return new
+    old_arrays, arrays = old.to_arrays(), new.to_arrays()
+    for name in ("low_run", "ok_run", "active", "last_ts", "expected"):
+        arrays[name][dst] = old_arrays[name][src]
+    return IncidentDetector.from_arrays(arrays)
+
+
+def parse_incident_spec(text: str) -> tuple[str, int]:
+    """``SEGMENT@STEP`` (segment as sensor id or column index, step a row of the replay)."""
+    seg, sep, step = text.rpartition("@")
+    if not sep or not seg or not step.strip().lstrip("-").isdigit():
+        raise ValueError(f"incident must look like SEGMENT@STEP, got {text!r}")
+    if int(step) < 0:
+        raise ValueError(f"incident step must be >= 0, got {step}")
+    return seg.strip(), int(step)
+
+
+def detector_to_bytes(det: IncidentDetector) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **det.to_arrays())
+    return buf.getvalue()
+
+
+def detector_from_bytes(data: bytes) -> IncidentDetector:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return IncidentDetector.from_arrays({k: z[k] for k in z.files})
+
+
+@dataclass(frozen=True, slots=True)
+class FittedModels:
+    """What a refit produces: the speed forecaster, a flow forecaster when flow was reported, and the
+    incident band of every segment."""
+
+    speed: TrafficForecaster
+    flow: TrafficForecaster | None
+    bands: np.ndarray  # float64 [N], km/h below the forecast
+
+
+def fit_online(speed: np.ndarray, flow: np.ndarray | None, adjacency: np.ndarray, t0_ns: int,
+               params: OnlineParams) -> FittedModels:
+    """Fit the speed (and, with at least a day of flow values, the flow) forecaster on grids [T, N] whose
+    row k is the bin at t0_ns + k step, and learn the incident bands from the same rows."""
+    model = TrafficForecaster(params.forecaster_params()).fit(speed, adjacency, t0_ns, params.step_s)
+    bands = learn_bands(model, speed, t0_ns, params.incident_params())
+    flow_model = None
+    if flow is not None and np.isfinite(flow).sum() >= params.min_fit_bins:
+        try:
+            flow_model = TrafficForecaster(params.flow_params()).fit(flow, adjacency, t0_ns, params.step_s)
+        except ValueError:
+            flow_model = None  # too sparse to fit: speed forecasts only
+    return FittedModels(speed=model, flow=flow_model, bands=np.asarray(bands, np.float64))

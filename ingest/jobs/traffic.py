@@ -1,0 +1,388 @@
+"""``traffic`` job: every 5 minutes, forecast every road segment 5..60 minutes ahead and detect incidents.
+
+The job's clock is the newest complete bin, ``lag_s`` after its end; when the data lag further behind
+(a time-compressed replay stamped in the past), the bin before the newest observation instead.
+Per region with traffic detectors, each run
+1. refits when due (no model yet and a day of history, a day of data since the last fit, or a new
+   segment reporting for an hour): the 5-minute grid of the last ``history_days`` from
+   ``traffic_observations``, the road graph from ``road_links``, a new ``traffic_models`` row;
+2. builds the grid of the bins completed since its watermark (bins [t, t + 5 min), labelled t, processed
+   once ``lag_s`` has passed after their end), forecasts 1..12 steps from every bin into
+   ``traffic_forecasts`` (issued_at = the bin, upserted, so a re-run is a no-op);
+3. feeds each bin's observed speeds with the forecasts issued ``incident_horizon`` bins earlier (from
+   this run or from the table) to the incident detector; raises and clears ``traffic_incidents`` rows
+   and their alerts (system rule ``TRAFFIC_INCIDENT_RULE_ID``);
+4. saves the detector's state with the model and advances the region's watermark
+   (``job_watermarks.job = 'traffic/<region>'``), all in the transaction that wrote the forecasts.
+A restart reloads the newest model and its detector state from the database; nothing is refitted.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+import orjson
+
+from core.const import Stream
+from core.traffic.forecaster import TrafficForecaster
+from core.traffic.incidents import CLEAR, RAISE, IncidentDetector
+from core.traffic.online import (
+    TRAFFIC_INCIDENT_RULE_ID, TRAFFIC_INCIDENT_TITLE, OnlineParams, adjacency_matrix, carry_detector, dense_grid,
+    detector_from_bytes, detector_to_bytes, fit_online, last_complete_bin,
+)
+from ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
+from ingest.jobs.base import dt_to_ns, ns_to_dt, set_watermark
+from wulian.settings import Settings
+
+log = logging.getLogger(__name__)
+JOB = "traffic"
+_US = 1000  # ns per microsecond
+_TS = "timestamptz 'epoch' + ({}::bigint) * interval '1 microsecond'"
+
+# Per (bin, segment) means over a region's detectors; row = bin index from $2, at step $4 seconds.
+_GRID = """
+SELECT floor(extract(epoch FROM (o.time - $2))::float8 / $4::float8)::bigint AS row, o.device,
+       avg(o.speed_kmh)::float8 AS speed, avg(o.flow_vph)::float8 AS flow
+FROM traffic_observations o JOIN devices d ON d.id = o.device
+WHERE d.region = $1 AND d.stream = 'traffic' AND o.time >= $2 AND o.time < $3
+  AND ($5::int[] IS NULL OR o.device = ANY($5))
+GROUP BY 1, 2"""
+_STAGE = """CREATE TEMP TABLE traffic_forecast_stage (issued_us bigint, target_us bigint, device integer,
+    horizon_steps smallint, horizon_min smallint, speed_kmh real, flow_vph real, model_id bigint) ON COMMIT DROP"""
+_FROM_STAGE = f"""
+INSERT INTO traffic_forecasts (issued_at, time, device, horizon_steps, horizon_min, speed_kmh, flow_vph, model_id)
+SELECT {_TS.format('issued_us')}, {_TS.format('target_us')}, device, horizon_steps, horizon_min, speed_kmh,
+       flow_vph, model_id FROM traffic_forecast_stage
+ON CONFLICT (device, horizon_steps, issued_at) DO NOTHING"""
+_OPEN = f"""
+INSERT INTO traffic_incidents (device, region, state, started_at, detected_at, expected_kmh, observed_kmh,
+                               min_speed_kmh, min_residual, band_kmh, model_id)
+VALUES ($1, $2, 'open', {_TS.format('$3')}, {_TS.format('$4')}, $5, $6, $6, $7, $8, $9)
+ON CONFLICT DO NOTHING RETURNING id"""
+_TOUCH = """
+UPDATE traffic_incidents SET min_residual = LEAST(min_residual, $2), min_speed_kmh = LEAST(min_speed_kmh, $3),
+       updated_at = now() WHERE device = $1 AND state = 'open'"""
+_CLOSE = f"""
+UPDATE traffic_incidents SET state = 'cleared', ended_at = {_TS.format('$2')}, updated_at = now()
+WHERE device = $1 AND state = 'open'"""
+
+
+@dataclass(slots=True)
+class _Model:
+    id: int
+    segments: np.ndarray  # int64 device ids, model column order
+    speed: TrafficForecaster
+    flow: TrafficForecaster | None
+    bands: np.ndarray
+    data_to_ns: int
+
+
+def _us(ts_ns: int) -> int:
+    return int(ts_ns) // _US
+
+
+class TrafficJob:
+    """See the module docstring. One instance per ``wulian derive`` process; state lives in the database,
+    the instance only caches the newest model per region by its id."""
+
+    name = JOB
+
+    def __init__(self, params: OnlineParams | None = None, interval_s: float = 300.0) -> None:
+        self.params = params or OnlineParams()
+        self.interval_s = interval_s
+        self._models: dict[str, _Model] = {}
+
+    async def run_once(self, pool: asyncpg.Pool, now_ns: int) -> dict:
+        last_bin = last_complete_bin(now_ns, self.params.step_s, self.params.lag_s)
+        async with pool.acquire() as con:
+            regions = [r["region"] for r in await con.fetch(
+                "SELECT DISTINCT region FROM devices WHERE stream = $1 ORDER BY 1", Stream.TRAFFIC.value)]
+        out = {}
+        for region in regions:
+            out[region] = await self._run_region(pool, region, last_bin, now_ns)
+        totals = {k: sum(r.get(k, 0) for r in out.values()) for k in ("forecasts", "fitted", "raised", "cleared")}
+        return {**totals, "regions": out}
+
+    # -- one region ---------------------------------------------------------------------------------
+    async def _run_region(self, pool: asyncpg.Pool, region: str, wall_last_bin: int, now_ns: int) -> dict:
+        p = self.params
+        key = f"{JOB}/{region}"
+        stats: dict = {"fitted": 0, "forecasts": 0, "raised": 0, "cleared": 0, "bins": 0}
+        async with pool.acquire() as con:
+            last_bin = await self._data_last_bin(con, region, wall_last_bin, now_ns)
+            if last_bin is None:
+                stats["waiting"] = "no recent observations"
+                return stats
+            stats["upto"] = ns_to_dt(last_bin).isoformat()
+            head = await con.fetchrow(
+                "SELECT id, data_to, segments, detector FROM traffic_models WHERE region = $1 ORDER BY id DESC LIMIT 1",
+                region)
+            if await self._refit_due(con, region, head, last_bin):
+                t = time.perf_counter()
+                if await self._refit(con, region, head, last_bin):
+                    stats["fitted"] = 1
+                    stats["fit_s"] = round(time.perf_counter() - t, 3)
+            model = await self._load(con, region)
+            if model is None:
+                stats["waiting"] = "not enough history for a first fit"
+                return stats
+            stats["model_id"] = model.id
+            wm = await con.fetchval("SELECT upto FROM job_watermarks WHERE job = $1", key)
+            if wm is None:
+                start = last_bin - (p.backfill_bins - 1) * p.step_ns
+            else:
+                start = max(dt_to_ns(wm) + p.step_ns, last_bin - (p.max_bins_per_run - 1) * p.step_ns)
+            if start > last_bin:
+                return stats
+            await self._forecast_and_detect(con, region, model, start, last_bin, key, stats)
+        return stats
+
+    async def _data_last_bin(self, con: asyncpg.Connection, region: str, wall_last_bin: int, now_ns: int):
+        """The newest complete bin by the clock (``lag_s`` after its end), unless the data lag behind it
+        by more than a bin (a replay stamped in the past, or detectors gone silent): then the bin before
+        the newest observation, so a replay is processed as it arrives. None when the region sent
+        nothing within ``max_bins_per_run`` bins."""
+        p = self.params
+        newest = await con.fetchval(
+            "SELECT max(o.time) FROM traffic_observations o JOIN devices d ON d.id = o.device"
+            " WHERE d.region = $1 AND d.stream = 'traffic' AND o.time >= $2 AND o.time < $3",
+            region, ns_to_dt(wall_last_bin - p.max_bins_per_run * p.step_ns), ns_to_dt(now_ns))
+        if newest is None:
+            return None
+        data_bin = dt_to_ns(newest) // p.step_ns * p.step_ns - p.step_ns
+        return wall_last_bin if wall_last_bin - data_bin <= p.step_ns else data_bin
+
+    async def _refit_due(self, con: asyncpg.Connection, region: str, head, last_bin: int) -> bool:
+        p = self.params
+        if head is None:
+            first = await con.fetchval(
+                "SELECT min(o.time) FROM traffic_observations o JOIN devices d ON d.id = o.device"
+                " WHERE d.region = $1 AND d.stream = 'traffic' AND o.time >= $2 AND o.time < $3",
+                region, ns_to_dt(self._history_start(last_bin)), ns_to_dt(last_bin + p.step_ns))
+            return first is not None and (last_bin - dt_to_ns(first)) // p.step_ns + 1 >= p.min_fit_bins
+        age_ns = last_bin - dt_to_ns(head["data_to"])
+        if age_ns >= p.refit_every_s * 1_000_000_000:
+            return True
+        if age_ns < p.new_segment_refit_s * 1_000_000_000:
+            return False
+        since = last_bin + p.step_ns - p.new_segment_refit_s * 1_000_000_000
+        new = await con.fetchval(
+            "SELECT count(DISTINCT o.device) FROM traffic_observations o JOIN devices d ON d.id = o.device"
+            " WHERE d.region = $1 AND d.stream = 'traffic' AND o.time >= $2 AND NOT (o.device = ANY($3))",
+            region, ns_to_dt(since), list(head["segments"]))
+        return new > 0
+
+    def _history_start(self, last_bin: int) -> int:
+        p = self.params
+        n_bins = int(p.history_days * 86_400 // p.step_s)
+        return last_bin - (n_bins - 1) * p.step_ns
+
+    async def _refit(self, con: asyncpg.Connection, region: str, head, last_bin: int) -> bool:
+        """Fit on the region's history; insert the model row (its own small transaction). False when the
+        history is still too short."""
+        p = self.params
+        t0 = self._history_start(last_bin)
+        rows = await con.fetch(_GRID, region, ns_to_dt(t0), ns_to_dt(last_bin + p.step_ns), float(p.step_s), None)
+        if not rows:
+            return False
+        row = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        dev = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+        speed = np.fromiter((r[2] for r in rows), np.float64, len(rows))
+        flow = np.fromiter((np.nan if r[3] is None else r[3] for r in rows), np.float64, len(rows))
+        devices, counts = np.unique(dev, return_counts=True)
+        segments = devices[counts >= p.min_segment_bins]
+        first = int(row.min())
+        n_bins = int(row.max()) + 1 - first
+        if segments.size == 0 or n_bins < p.min_fit_bins:
+            return False
+        col = np.searchsorted(segments, dev)
+        col[(col >= segments.size) | (segments[np.minimum(col, segments.size - 1)] != dev)] = -1
+        t_first = t0 + first * p.step_ns
+        bins = t_first + (row - first) * p.step_ns
+        speed_grid = dense_grid(bins, col, speed, t_first, n_bins, segments.size, p.step_s)
+        flow_grid = dense_grid(bins, col, flow, t_first, n_bins, segments.size, p.step_s)
+        links = await con.fetch("SELECT a, b, weight FROM road_links WHERE a = ANY($1) AND b = ANY($1)",
+                                segments.tolist())
+        adjacency = adjacency_matrix(segments, np.array([r[0] for r in links], np.int64),
+                                     np.array([r[1] for r in links], np.int64),
+                                     np.array([r[2] for r in links], np.float64))
+        t = time.perf_counter()
+        try:
+            fitted = await asyncio.to_thread(fit_online, speed_grid, flow_grid, adjacency, t_first, p)
+        except ValueError as exc:  # e.g. min_fit_bins configured below what the model needs
+            log.warning("traffic %s: cannot fit on %d bins: %s", region, n_bins, exc)
+            return False
+        fit_s = time.perf_counter() - t
+        detector = carry_detector(
+            detector_from_bytes(head["detector"]) if head is not None and head["detector"] else None,
+            head["segments"] if head is not None else [], segments, fitted.bands, p.incident_params())
+        stats = {"bins": n_bins, "segments": int(segments.size), "links": len(links),
+                 "observed": int(np.isfinite(speed_grid).sum()), "flow": fitted.flow is not None,
+                 "band_median_kmh": float(np.median(fitted.bands))}
+        model_id = await con.fetchval(
+            "INSERT INTO traffic_models (region, data_from, data_to, step_s, segments, adjacency_source, speed_model,"
+            " flow_model, bands, detector, fit_seconds, stats) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+            " $12::jsonb) RETURNING id",
+            region, ns_to_dt(t_first), ns_to_dt(last_bin), p.step_s, segments.tolist(),
+            "road_links" if links else "none", fitted.speed.to_bytes(),
+            fitted.flow.to_bytes() if fitted.flow is not None else None, fitted.bands.tolist(),
+            detector_to_bytes(detector), fit_s, orjson.dumps(stats).decode())
+        log.info("traffic %s: fitted model %d on %d segments x %d bins in %.2fs", region, model_id,
+                 segments.size, n_bins, fit_s)
+        return True
+
+    async def _load(self, con: asyncpg.Connection, region: str) -> _Model | None:
+        """The region's newest model, from the cache when its id has not changed."""
+        model_id = await con.fetchval("SELECT max(id) FROM traffic_models WHERE region = $1", region)
+        if model_id is None:
+            return None
+        cached = self._models.get(region)
+        if cached is not None and cached.id == model_id:
+            return cached
+        row = await con.fetchrow("SELECT segments, speed_model, flow_model, bands, data_to FROM traffic_models"
+                                 " WHERE id = $1", model_id)
+        model = _Model(
+            id=model_id, segments=np.asarray(row["segments"], np.int64),
+            speed=TrafficForecaster.from_bytes(row["speed_model"]),
+            flow=TrafficForecaster.from_bytes(row["flow_model"]) if row["flow_model"] is not None else None,
+            bands=np.asarray(row["bands"], np.float64), data_to_ns=dt_to_ns(row["data_to"]))
+        self._models[region] = model
+        return model
+
+    # -- forecasts and incidents --------------------------------------------------------------------
+    async def _forecast_and_detect(self, con: asyncpg.Connection, region: str, m: _Model, start: int,
+                                   last_bin: int, key: str, stats: dict) -> None:
+        p = self.params
+        step = p.step_ns
+        n_lags = m.speed.params.n_lags
+        n_h = m.speed.params.horizons
+        n_seg = m.segments.size
+        n_bins = (last_bin - start) // step + 1
+        g0 = start - (n_lags - 1) * step
+        rows = await con.fetch(_GRID, region, ns_to_dt(g0), ns_to_dt(last_bin + step), float(p.step_s),
+                               m.segments.tolist())
+        row = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        col = np.searchsorted(m.segments, np.fromiter((r[1] for r in rows), np.int64, len(rows)))
+        bins = g0 + row * step
+        size = n_bins + n_lags - 1
+        speed = dense_grid(bins, col, np.fromiter((r[2] for r in rows), np.float64, len(rows)), g0, size, n_seg,
+                           p.step_s)
+        flow = dense_grid(bins, col, np.fromiter((np.nan if r[3] is None else r[3] for r in rows), np.float64,
+                                                 len(rows)), g0, size, n_seg, p.step_s)
+
+        # forecasts issued at every bin, for segments that reported within the input window
+        fc = np.full((n_bins, n_h, n_seg), np.nan)
+        ffc = np.full((n_bins, n_h, n_seg), np.nan)
+        for k in range(n_bins):
+            t = start + k * step
+            window = speed[k:k + n_lags]
+            seen = np.isfinite(window).any(axis=0)
+            if seen.any():
+                fc[k] = m.speed.forecast(window, t)
+                fc[k][:, ~seen] = np.nan
+            if m.flow is not None:
+                fwin = flow[k:k + n_lags]
+                fseen = np.isfinite(fwin).any(axis=0) & seen
+                if fseen.any():
+                    ffc[k] = m.flow.forecast(fwin, t)
+                    ffc[k][:, ~fseen] = np.nan
+        kk, hh, ss = np.nonzero(np.isfinite(fc))
+        issued = start + kk * step
+        flow_vals = ffc[kk, hh, ss]
+        records = [
+            (i // _US, (i + (h + 1) * step) // _US, d, h + 1, (h + 1) * p.step_s // 60, v, None if f != f else f, m.id)
+            for i, h, d, v, f in zip(issued.tolist(), hh.tolist(), m.segments[ss].tolist(), fc[kk, hh, ss].tolist(),
+                                     flow_vals.tolist())
+        ]
+        stats["bins"] = int(n_bins)
+
+        # the detector: each bin's observation against the forecast issued incident_horizon bins before
+        hz = p.incident_horizon
+        fc_h = np.full((n_bins, n_seg), np.nan)
+        fc_h[hz:] = fc[: max(n_bins - hz, 0), hz - 1]
+        earlier = await con.fetch(
+            "SELECT round(extract(epoch FROM (issued_at - $4))::float8 / $5::float8)::bigint AS k, device,"
+            " speed_kmh::float8 FROM traffic_forecasts"
+            " WHERE horizon_steps = $1 AND device = ANY($2) AND issued_at >= $3 AND issued_at < $4",
+            hz, m.segments.tolist(), ns_to_dt(start - hz * step), ns_to_dt(start), float(p.step_s))
+        for k_rel, dev, v in earlier:
+            target = int(k_rel) + hz  # issued at start + k_rel bins: targets bin k_rel + hz of this run
+            c = int(np.searchsorted(m.segments, dev))
+            if 0 <= target < n_bins and c < n_seg and m.segments[c] == dev:
+                fc_h[target, c] = v
+        observed = speed[n_lags - 1:]
+        resid = observed - fc_h
+        blob = await con.fetchval("SELECT detector FROM traffic_models WHERE id = $1", m.id)
+        ip = p.incident_params()
+        det = detector_from_bytes(blob) if blob else IncidentDetector(m.bands, ip)
+        ops: list[tuple] = []
+        for k in range(n_bins):
+            t = start + k * step
+            ok = np.flatnonzero(np.isfinite(resid[k]))
+            ev = det.update_many(ok.astype(np.int32), np.full(ok.size, t, np.int64), observed[k, ok], fc_h[k, ok])
+            raised = set()
+            for s, kind, r in zip(ev.segment.tolist(), ev.kind.tolist(), ev.residual.tolist()):
+                if kind == RAISE:
+                    low = resid[max(0, k - ip.raise_after + 1):k + 1, s]
+                    ops.append(("raise", s, t, float(np.nanmin(low)), float(observed[k, s]), float(fc_h[k, s])))
+                    raised.add(s)
+                elif kind == CLEAR:
+                    ops.append(("clear", s, t, r, float(observed[k, s]), float(fc_h[k, s])))
+            for s in np.flatnonzero(det.active[:n_seg]).tolist():
+                if s not in raised and np.isfinite(resid[k, s]):
+                    ops.append(("touch", s, t, float(resid[k, s]), float(observed[k, s]), float(fc_h[k, s])))
+
+        async with con.transaction():
+            if records:
+                await con.execute(_STAGE)
+                await con.copy_records_to_table("traffic_forecast_stage", records=records)
+                status = await con.execute(_FROM_STAGE)
+                stats["forecasts"] = int(status.split()[-1])
+            if ops:
+                await self._apply(con, region, m, ops, det, stats)
+            await con.execute("UPDATE traffic_models SET detector = $2, detector_upto = $3 WHERE id = $1",
+                              m.id, detector_to_bytes(det), ns_to_dt(last_bin))
+            await set_watermark(con, key, ns_to_dt(last_bin), orjson.dumps(stats).decode())
+
+    async def _apply(self, con: asyncpg.Connection, region: str, m: _Model, ops: list[tuple],
+                     det: IncidentDetector, stats: dict) -> None:
+        """Incident rows and alerts for the detector's events, in event order."""
+        ids = sorted({int(m.segments[op[1]]) for op in ops})
+        names = {r["id"]: r["device_id"] for r in await con.fetch(
+            "SELECT id, device_id FROM devices WHERE id = ANY($1)", ids)}
+        ip = det.params
+        for kind, s, t, r, obs, fc in ops:
+            dev = int(m.segments[s])
+            target = AlertTarget(rule_id=TRAFFIC_INCIDENT_RULE_ID, device=dev, device_id=names[dev], region=region,
+                                 stream=Stream.TRAFFIC.value, metric="speed_kmh", severity="major",
+                                 title=TRAFFIC_INCIDENT_TITLE)
+            if kind == "raise":
+                started = t - (ip.raise_after - 1) * ip.step_s * 1_000_000_000
+                inc = await con.fetchval(_OPEN, dev, region, _us(started), _us(t), fc, obs, r,
+                                         float(det.threshold[s]), m.id)
+                if inc is None:
+                    continue  # already recorded (a re-run) or one is open
+                ev = await raise_alert(con, target, t, obs)
+                if ev is not None:
+                    await con.execute("UPDATE traffic_incidents SET alert_id = $2 WHERE id = $1", inc, ev["id"])
+                stats["raised"] += 1
+            elif kind == "touch":
+                await con.execute(_TOUCH, dev, r, obs)
+                await update_alert(con, target, t, obs, lower_is_worse=True)
+            else:
+                status = await con.execute(_CLOSE, dev, _us(t))
+                await clear_alert(con, target, t, obs)
+                stats["cleared"] += int(status.split()[-1])
+
+
+def create(settings: Settings) -> TrafficJob:
+    t = settings.traffic
+    params = OnlineParams(
+        history_days=t.history_days, min_fit_bins=t.min_fit_bins, refit_every_s=int(t.refit_every_h * 3600),
+        backfill_bins=t.backfill_bins, lag_s=t.lag_s, utc_offset_s=int(round(t.utc_offset_h * 3600)),
+        min_drop_kmh=t.min_drop_kmh)
+    return TrafficJob(params, interval_s=t.interval_s)
