@@ -12,6 +12,7 @@ import numpy as np
 from core.const import Stream
 
 _DAY_S = 86400.0
+_REGISTER_EPOCH_S = 1_767_196_800.0  # 2026-01-01 00:00 +08:00: simulated meters were installed then
 _CHINA_OFFSET_S = 8 * 3600
 
 
@@ -50,10 +51,12 @@ class DeviceSim:
             return {"ts": ts_ms, "speed": round(speed, 1), "flow": round(1800 * demand + r.normal(0, 40), 0),
                     "occupancy": round(min(1.0, 0.05 + 0.5 * demand**2), 3)}
         if self.stream is Stream.METER:
-            values = {}
-            for name, rate in self.base.items():  # registers only go up
-                self.state[name] = self.state.get(name, r.uniform(100, 5000)) + max(0.0, rate * (1 + r.normal(0, 0.3)))
-                values[name] = round(self.state[name], 3)
+            # Registers are a function of time, never of the process: a restarted simulator must not make
+            # them go backwards. Use follows a daily cycle: d/dt = rate * (1 + 0.6 cos(...)) > 0.
+            elapsed = ts_ns / 1e9 - _REGISTER_EPOCH_S
+            cycle = 0.6 * math.sin(2 * math.pi * elapsed / _DAY_S) * _DAY_S / (2 * math.pi)
+            values = {name: round(self.state[name] + rate_h / 3600.0 * (elapsed + cycle), 3)
+                      for name, rate_h in self.base.items()}
             return {"ts": ts_ms, "values": values}
         peak = {Stream.POLLUTION: 14.0, Stream.AIR: 8.0, Stream.WATER: 15.0, Stream.GRID: 19.0}[self.stream]
         depth = 0.0 if self.stream is Stream.GRID else 0.25
@@ -99,7 +102,7 @@ _PROFILES: dict[Stream, dict[str, float]] = {
     Stream.WATER: {"DO": 6.0, "CODMn": 5.0, "NH3_N": 0.8, "TP": 0.15, "pH": 7.4, "temp": 24.0},
     Stream.GRID: {"Ua": 220.0, "Ub": 220.0, "Uc": 220.0, "Ia": 80.0, "Ib": 78.0, "Ic": 82.0, "P": 52.0,
                   "PF": 0.93, "freq": 50.0},
-    Stream.METER: {"elec_kwh": 0.05, "water_m3": 0.002, "gas_m3": 0.001, "heat_kwh": 0.04},
+    Stream.METER: {"elec_kwh": 1.2, "water_m3": 0.03, "gas_m3": 0.05, "heat_kwh": 2.0},  # per hour
 }
 
 DEFAULT_FLEET = {
@@ -126,6 +129,9 @@ def build_city(counts: dict[Stream, int] | None = None, seed: int = 7) -> list[D
                              "heading": rng.uniform(0, 360), "speed": rng.uniform(30, 80), "mileage": 0.0}
             elif stream is Stream.TRAFFIC:
                 dev.base = {"free_speed": float(rng.uniform(45, 90))}
+            elif stream is Stream.METER:
+                dev.base = {k: v * float(rng.uniform(0.5, 1.5)) for k, v in _PROFILES[stream].items()}
+                dev.state = {k: float(rng.uniform(100, 5000)) for k in dev.base}  # register at installation
             else:
                 dev.base = {k: v * float(rng.uniform(0.7, 1.3)) for k, v in _PROFILES[stream].items()}
             fleet.append(dev)

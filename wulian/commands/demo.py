@@ -25,16 +25,27 @@ SELECT d.stream, count(*) FROM (
 JOIN devices d ON d.id = x.device GROUP BY 1 ORDER BY 1"""
 
 
+_DERIVED_SQL = """
+SELECT (SELECT count(*) FROM env_aqi_hourly) AS aqi_hours,
+       (SELECT count(*) FROM env_water_hourly) AS water_hours,
+       (SELECT count(*) FROM traffic_forecasts WHERE issued_at > now() - interval '1 day') AS forecasts,
+       (SELECT count(*) FROM vehicle_violations) AS violations,
+       (SELECT count(*) FROM meter_consumption_daily) AS meter_days"""
+
+
 def _scrape(port: int) -> dict[str, float]:
+    """Ingest's Prometheus counters: ``name`` (summed over labels) and ``name{labels}``."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
         return {}
     out: dict[str, float] = {}
     for line in text.splitlines():
-        m = re.match(r"^(wulian_ingest_\w+?)(?:\{[^}]*\})? ([0-9.e+-]+)$", line)
+        m = re.match(r"^(wulian_ingest_\w+?)(\{[^}]*\})? ([0-9.e+-]+)$", line)
         if m:
-            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
+            if m.group(2):
+                out[m.group(1) + m.group(2)] = float(m.group(3))
     return out
 
 
@@ -55,10 +66,15 @@ async def _summary_loop(start_wall, duration: float, every: float, metrics_port:
             last_n, last_t = n, now
             per_stream = await con.fetch(_SUMMARY_SQL, start_wall)
             dead = await con.fetchval("SELECT count(*) FROM dead_letters WHERE time >= $1", start_wall)
+            alerts = await con.fetchval("SELECT count(*) FROM alerts WHERE state IN ('active', 'acknowledged')")
+            derived = await con.fetchrow(_DERIVED_SQL)
             streams = " ".join(f"{r['stream']}={r['count']}" for r in per_stream)
-            print(f"[{time.strftime('%H:%M:%S')}] {rate:8.0f} records/s | totals {streams} | "
-                  f"dead letters {dead} | acked msgs {m.get('wulian_ingest_messages_acked_total', 0):.0f} | "
-                  f"API {api_url}", flush=True)
+            written = {t: m.get('wulian_ingest_records_written_total{table="%s"}' % t, 0.0)
+                       for t in ("readings", "vehicle_positions", "traffic_observations")}
+            tables = " ".join(f"{t}={n:.0f}" for t, n in written.items())
+            print(f"[{time.strftime('%H:%M:%S')}] {rate:8.0f} records/s | stored {tables} | live now: {streams} | "
+                  f"dead letters {dead} | open alerts {alerts} | "
+                  + " ".join(f"{k}={v}" for k, v in derived.items()) + f" | API {api_url}", flush=True)
     finally:
         await con.close()
 
@@ -74,14 +90,32 @@ def run(args: argparse.Namespace) -> int:
     subprocess.run(exe + ["db", "migrate"], check=True)
     start_wall = datetime.now(timezone.utc)
     env = dict(os.environ)
-    procs = [
-        subprocess.Popen(exe + ["ingest"], env=env),
-        subprocess.Popen(exe + ["api"], env=env),
-        subprocess.Popen(exe + ["derive"], env=env),
-    ]
-    time.sleep(2.0)
-    procs.append(subprocess.Popen(exe + ["simulate", "--rate", str(args.rate), "--scale", str(args.scale),
-                                         "--duration", "0"], env=env, stderr=subprocess.DEVNULL))
+    # derived-data jobs run more often than in production so the demo shows results within a minute
+    for var, val in {"WULIAN_TRAFFIC__INTERVAL_S": "30", "WULIAN_ENVIRONMENT__INTERVAL_S": "30",
+                     "WULIAN_ENERGY__VEHICLES_INTERVAL_S": "30", "WULIAN_ENERGY__GRID_INTERVAL_S": "30",
+                     "WULIAN_ENERGY__METERS_INTERVAL_S": "60"}.items():
+        env.setdefault(var, val)
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen(exe + ["ingest"], env=env), subprocess.Popen(exe + ["api"], env=env)]
+    try:
+        time.sleep(3.0)
+        # History first: time-compressed scenarios stamped in the recent past (an exceedance, an AQI
+        # episode, a river pulse, fatigue, a geofence breach, an outage, a leak, a tampered meter), and
+        # the Los-loop replay in its own region. The jobs start once it is stored, so they see it whole.
+        print("[demo] publishing a day of history (environment, energy and transport scenarios) ...", flush=True)
+        history = [subprocess.Popen(exe + ["simulate-env", "--hours", "24"], **quiet),
+                   subprocess.Popen(exe + ["simulate-energy"], **quiet)]
+        procs.append(subprocess.Popen(exe + ["simulate-traffic", "--region", "losloop", "--sensors", "40",
+                                             "--history-days", "1.5", "--speedup", "1"], **quiet))
+        for p in history:
+            p.wait()
+        _wait_drained(s.ingest.metrics_port)
+        procs.append(subprocess.Popen(exe + ["derive"], env=env))
+        procs.append(subprocess.Popen(exe + ["simulate", "--rate", str(args.rate), "--scale", str(args.scale),
+                                             "--duration", "0"], **quiet))
+    except BaseException:
+        _stop(procs)
+        raise
     api_url = f"http://{s.api.host}:{s.api.port}"
     print(f"Wulian demo: ingest, API ({api_url}/docs) and simulators running; Ctrl-C to stop.", flush=True)
     try:
@@ -89,14 +123,31 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGINT)
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
     return 0
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _wait_drained(metrics_port: int, quiet_s: float = 3.0, limit_s: float = 300.0) -> None:
+    """Until ingest has acknowledged nothing new for ``quiet_s`` (the published history is stored)."""
+    last, since, t0 = -1.0, time.monotonic(), time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        n = _scrape(metrics_port).get("wulian_ingest_messages_acked_total", 0.0)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.5)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
