@@ -94,7 +94,7 @@ async def run_ingest(settings: Settings) -> None:
         tune_gc()
         if settings.ingest.metrics_port:
             start_http_server(settings.ingest.metrics_port, addr="127.0.0.1")
-        async with running_ingestor(settings, pool) as ingestor:
+        async with running_ingestor(settings, pool):
             log.info("ingest running: mqtt %s:%s, batch %d", settings.mqtt.host, settings.mqtt.port,
                      settings.ingest.batch_size)
             await asyncio.Event().wait()

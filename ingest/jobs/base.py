@@ -41,3 +41,31 @@ def ns_to_dt(ts_ns: int) -> datetime:
 def dt_to_ns(dt: datetime) -> int:
     delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
     return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+class WindowedJob:
+    """A job that processes ``[watermark, now - lag)`` in spans of at most ``max_span_ns``, in one
+    transaction with the watermark's advance. Subclasses set ``name``, ``interval_s``, ``lag_ns``,
+    ``backfill_ns`` (how far back a job with no watermark starts), ``max_span_ns`` and implement ``_run``."""
+
+    name: str
+    interval_s: float
+    lag_ns: int
+    backfill_ns: int
+    max_span_ns: int
+
+    async def run_once(self, pool: asyncpg.Pool, now_ns: int) -> dict:
+        import orjson
+
+        end_ns = now_ns - self.lag_ns
+        async with pool.acquire() as con, con.transaction():
+            wm_ns = dt_to_ns(await get_watermark(con, self.name, ns_to_dt(end_ns - self.backfill_ns)))
+            end_ns = min(end_ns, wm_ns + self.max_span_ns)
+            if end_ns <= wm_ns:
+                return {"skipped": "nothing new"}
+            stats = await self._run(con, wm_ns, end_ns)
+            await set_watermark(con, self.name, ns_to_dt(end_ns), orjson.dumps(stats).decode())
+        return stats
+
+    async def _run(self, con: asyncpg.Connection, wm_ns: int, end_ns: int) -> dict:
+        raise NotImplementedError

@@ -21,7 +21,7 @@ from core.grid.quality import Bit, GridMeters, GridParams, GridSamples, VoltageC
 from core.grid.transformer import trend_warnings
 from ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, day_date,
                                        day_start_ns, existing_open, fetch_columns, finite, sync_alert, us)
-from ingest.jobs.base import dt_to_ns, get_watermark, ns_to_dt, set_watermark
+from ingest.jobs.base import WindowedJob
 
 _MIN = 60 * 10**9
 _HOUR = 60 * _MIN
@@ -103,7 +103,7 @@ def _num(a: dict, key: str, default: float) -> float:
         return default
 
 
-class GridJob:
+class GridJob(WindowedJob):
     name = "grid"
 
     def __init__(self, interval_s: float = 60.0, lag_s: float = 120.0, backfill_h: float = 48.0,
@@ -120,17 +120,6 @@ class GridJob:
         self.history_days = forecast_history_days
         self.horizon_ns = int(forecast_horizon_h * _HOUR)
         self.params = params
-
-    async def run_once(self, pool: asyncpg.Pool, now_ns: int) -> dict:
-        end_ns = now_ns - self.lag_ns
-        async with pool.acquire() as con, con.transaction():
-            wm_ns = dt_to_ns(await get_watermark(con, self.name, ns_to_dt(end_ns - self.backfill_ns)))
-            end_ns = min(end_ns, wm_ns + self.max_span_ns)
-            if end_ns <= wm_ns:
-                return {"skipped": "nothing new"}
-            stats = await self._run(con, wm_ns, end_ns)
-            await set_watermark(con, self.name, ns_to_dt(end_ns), orjson.dumps(stats).decode())
-        return stats
 
     async def _run(self, con: asyncpg.Connection, wm_ns: int, end_ns: int) -> dict:
         rows = await con.fetch("SELECT id, device_id, region, stream, attrs FROM devices WHERE stream = 'grid'"

@@ -24,7 +24,7 @@ from core.meters.consumption import (Code, Consumption, ConsumptionParams, Meter
                                      consumption, daily_records)
 from ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, date_day,
                                        day_date, day_start_ns, fetch_columns, finite, sync_alert, us)
-from ingest.jobs.base import dt_to_ns, get_watermark, ns_to_dt, set_watermark
+from ingest.jobs.base import WindowedJob
 
 _HOUR = 3600 * 10**9
 
@@ -81,7 +81,7 @@ def _num(a: dict, key: str, default: float) -> float:
         return default
 
 
-class MeterJob:
+class MeterJob(WindowedJob):
     name = "meters"
 
     def __init__(self, interval_s: float = 300.0, lag_s: float = 300.0, backfill_h: float = 48.0,
@@ -99,17 +99,6 @@ class MeterJob:
         self.gas_min_slots = gas_min_slots
         self.slots_per_day = slots_per_day
         self.params = params
-
-    async def run_once(self, pool: asyncpg.Pool, now_ns: int) -> dict:
-        end_ns = now_ns - self.lag_ns
-        async with pool.acquire() as con, con.transaction():
-            wm_ns = dt_to_ns(await get_watermark(con, self.name, ns_to_dt(end_ns - self.backfill_ns)))
-            end_ns = min(end_ns, wm_ns + self.max_span_ns)
-            if end_ns <= wm_ns:
-                return {"skipped": "nothing new"}
-            stats = await self._run(con, wm_ns, end_ns)
-            await set_watermark(con, self.name, ns_to_dt(end_ns), orjson.dumps(stats).decode())
-        return stats
 
     async def _run(self, con: asyncpg.Connection, wm_ns: int, end_ns: int) -> dict:
         rows = await con.fetch("SELECT id, device_id, region, stream, attrs FROM devices WHERE stream = 'meter'"

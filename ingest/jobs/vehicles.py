@@ -20,7 +20,7 @@ from core.vehicles.kpi import KpiParams, day_stats, group_kpis, kpi_records
 from core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect
 from ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, day_date,
                                        day_start_ns, existing_open, fetch_columns, finite, sync_alert, us)
-from ingest.jobs.base import dt_to_ns, get_watermark, ns_to_dt, set_watermark
+from ingest.jobs.base import WindowedJob, dt_to_ns
 
 _HOUR = 3600 * 10**9
 _CHINA_TZ = timezone(timedelta(hours=8))  # core.const.CHINA_TZ, fixed +8 h
@@ -109,7 +109,7 @@ def build_fleet(rows: list, routes: dict[str, int]) -> tuple[Fleet, list[tuple[s
     return fleet, list(ent_keys), list(reg_keys)
 
 
-class VehicleJob:
+class VehicleJob(WindowedJob):
     name = "vehicles"
 
     def __init__(self, interval_s: float = 60.0, lag_s: float = 120.0, context_h: float = 25.0,
@@ -122,17 +122,6 @@ class VehicleJob:
         self.max_span_ns = int(max_span_h * _HOUR)
         self.params = params
         self.kpi_params = kpi_params
-
-    async def run_once(self, pool: asyncpg.Pool, now_ns: int) -> dict:
-        end_ns = now_ns - self.lag_ns
-        async with pool.acquire() as con, con.transaction():
-            wm_ns = dt_to_ns(await get_watermark(con, self.name, ns_to_dt(end_ns - self.backfill_ns)))
-            end_ns = min(end_ns, wm_ns + self.max_span_ns)
-            if end_ns <= wm_ns:
-                return {"skipped": "nothing new"}
-            stats = await self._run(con, wm_ns, end_ns)
-            await set_watermark(con, self.name, ns_to_dt(end_ns), orjson.dumps(stats).decode())
-        return stats
 
     async def _run(self, con: asyncpg.Connection, wm_ns: int, end_ns: int) -> dict:
         rows = await con.fetch("SELECT id, device_id, region, stream, attrs FROM devices WHERE stream = 'vehicle'"

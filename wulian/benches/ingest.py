@@ -25,7 +25,7 @@ import orjson
 from ingest.batch_writer import init_connection
 from ingest.migrations import migrate
 from ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
-from ingest.service import ingest_config, mqtt_params, tune_gc
+from ingest.service import mqtt_params, tune_gc
 from ingest.topics import subscriptions
 from wulian.settings import Settings, get_settings
 
@@ -34,7 +34,11 @@ def _progress(msg: str) -> None:
     print(f"[bench ingest] {msg}", file=sys.stderr, flush=True)
 
 
-def make_messages(n_msgs: int, per_msg: int, n_devices: int, region: str) -> list[tuple[str, bytes]]:
+BENCH_PREFIX = "wlbench"  # its own topic tree: no other persistent session on the broker gets copies
+
+
+def make_messages(n_msgs: int, per_msg: int, n_devices: int, region: str,
+                  prefix: str = BENCH_PREFIX) -> list[tuple[str, bytes]]:
     base = time.time_ns() // 1_000_000 - 86_400_000
     names = [f"m{j}" for j in range(per_msg)]
     out = []
@@ -42,7 +46,7 @@ def make_messages(n_msgs: int, per_msg: int, n_devices: int, region: str) -> lis
         d = k % n_devices
         ts = base + (k // n_devices) * 1000
         vals = {name: round(20.0 + (k * 7 + j) % 100 * 0.1, 2) for j, name in enumerate(names)}
-        out.append((f"wl/{region}/grid/B{d:05d}/telemetry", orjson.dumps({"ts": ts, "values": vals})))
+        out.append((f"{prefix}/{region}/grid/B{d:05d}/telemetry", orjson.dumps({"ts": ts, "values": vals})))
     return out
 
 
@@ -72,6 +76,21 @@ def preload(params: MqttParams, consumer_id: str, messages: list[tuple[str, byte
         if not pub.wait_acked(600):
             raise RuntimeError("broker did not acknowledge every message")
     _progress(f"preloaded {len(messages)} messages for {consumer_id} in {time.perf_counter() - t0:.1f}s")
+
+
+def drop_session(params: MqttParams, client_id: str) -> None:
+    """End a consumer's persistent session (clean start, expiry 0), so the broker keeps nothing of it."""
+    from paho.mqtt.client import CallbackAPIVersion, Client
+    from paho.mqtt.enums import MQTTProtocolVersion
+
+    c = Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+    connected = threading.Event()
+    c.on_connect = lambda *a: connected.set()
+    c.connect(params.host, params.port, clean_start=True)
+    c.loop_start()
+    connected.wait(10)
+    c.disconnect()
+    c.loop_stop()
 
 
 async def run_bare_stock(params: MqttParams, n: int, prefix: str) -> float:
@@ -159,26 +178,15 @@ async def run_naive(params: MqttParams, dsn: str, n: int, prefix: str) -> float:
 
 
 async def run_wulian(settings: Settings, params: MqttParams, n: int) -> tuple[float, dict]:
-    from ingest.batch_writer import BatchWriter
-    from ingest.pipeline import Ingestor
+    """The production assembly (``ingest.service.running_ingestor``): pipeline, writer and alarm engine."""
+    from ingest.service import running_ingestor
 
     async with asyncpg.create_pool(settings.db.dsn, min_size=2, max_size=4, init=init_connection) as pool:
-        consumer = MqttConsumer(params, subscriptions(settings.mqtt.topic_prefix))
-        ing = Ingestor(consumer, BatchWriter(pool), ingest_config(settings))
-        await consumer.start()
-        task = asyncio.create_task(ing.run())
-        t_first = None
-        try:
+        async with running_ingestor(settings, pool, client_id=params.client_id) as ing:
             while ing.stats.messages < n:
                 ing.committed.clear()
                 await asyncio.wait_for(ing.committed.wait(), 120)
-                if t_first is None:
-                    t_first = time.perf_counter()  # refined below from the first batch
-        finally:
             elapsed = time.perf_counter()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            consumer.stop()
         return ing.stats, elapsed
 
 
@@ -194,8 +202,12 @@ async def bench(args: argparse.Namespace) -> dict:
     s = s.model_copy(update={"db": s.db.model_copy(update={"dsn": dsn})})
     con = await asyncpg.connect(dsn)
     await migrate(con)
+    # every reading passes through the alarm engine, as in production (this rule never fires)
+    await con.execute("INSERT INTO rules (definition) VALUES ($1::jsonb)", orjson.dumps(
+        {"id": 0, "name": "bench ceiling", "kind": "upper", "stream": "grid", "threshold": 1e12}).decode())
     await con.close()
-    region, prefix = "bench", s.mqtt.topic_prefix
+    region, prefix = "bench", BENCH_PREFIX
+    s = s.model_copy(update={"mqtt": s.mqtt.model_copy(update={"topic_prefix": prefix})})
     messages = make_messages(n_msgs, per_msg, args.devices, region)
     tune_gc()  # as the ingest service does; applies to every consumer measured here
     run_id = uuid.uuid4().hex[:6]
@@ -204,16 +216,19 @@ async def bench(args: argparse.Namespace) -> dict:
         bare_p = mqtt_params(s, client_id=f"bench-bare-{run_id}")
         preload(bare_p, bare_p.client_id, messages, prefix)
         bare = await run_bare_stock(bare_p, n_msgs, prefix)
+        drop_session(bare_p, bare_p.client_id)
         _progress(f"bare receive (stock paho): {bare:,.0f} msgs/s")
         buf_p = mqtt_params(s, client_id=f"bench-bare-buffered-{run_id}")
         preload(buf_p, buf_p.client_id, messages, prefix)
         bare_buffered = await run_bare(buf_p, n_msgs, prefix)
+        drop_session(buf_p, buf_p.client_id)
         _progress(f"bare receive (wulian transport): {bare_buffered:,.0f} msgs/s")
         # wulian pipeline (first, so the naive run later finds devices registered)
         ours_p = mqtt_params(s, client_id=f"bench-wulian-{run_id}")
         preload(ours_p, ours_p.client_id, messages, prefix)
         t0 = time.perf_counter()
         stats, t_end = await run_wulian(s, ours_p, n_msgs)
+        drop_session(ours_p, ours_p.client_id)
         elapsed = t_end - t0
         ours_msgs = n_msgs / elapsed
         _progress(f"wulian ingest: {ours_msgs:,.0f} msgs/s, {ours_msgs * per_msg:,.0f} readings/s")
@@ -227,6 +242,7 @@ async def bench(args: argparse.Namespace) -> dict:
         naive_p = mqtt_params(s, client_id=f"bench-naive-{run_id}")
         preload(naive_p, naive_p.client_id, messages[:n_naive], prefix)
         naive = await run_naive(naive_p, dsn, n_naive, prefix)
+        drop_session(naive_p, naive_p.client_id)
         _progress(f"naive per-message insert: {naive:,.0f} msgs/s on {n_naive} messages")
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
