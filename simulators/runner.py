@@ -22,6 +22,7 @@ class RunConfig:
     duration_s: float = 0.0  # 0 = until interrupted
     prefix: str = "wl"
     progress_s: float = 5.0
+    bad_rate: float = 0.0  # share of messages sent corrupted, as a faulty device in the field would
 
 
 def run_fleet(fleet: list[DeviceSim], params: MqttParams, cfg: RunConfig) -> dict:
@@ -36,7 +37,10 @@ def run_fleet(fleet: list[DeviceSim], params: MqttParams, cfg: RunConfig) -> dic
             while cfg.duration_s <= 0 or time.monotonic() - start < cfg.duration_s:
                 ts = time.time_ns()
                 for dev, topic in zip(fleet, topics):
-                    pub.publish(topic, orjson.dumps(dev.sample(ts)))
+                    payload = orjson.dumps(dev.sample(ts))
+                    if cfg.bad_rate and dev.rng.random() < cfg.bad_rate:
+                        payload = payload[: len(payload) // 2]  # cut short: lands in dead letters
+                    pub.publish(topic, payload)
                 next_tick += period
                 now = time.monotonic()
                 if now >= next_progress:

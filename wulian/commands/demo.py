@@ -101,18 +101,19 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(3.0)
         # History first: time-compressed scenarios stamped in the recent past (an exceedance, an AQI
         # episode, a river pulse, fatigue, a geofence breach, an outage, a leak, a tampered meter), and
-        # the Los-loop replay in its own region. The jobs start once it is stored, so they see it whole.
+        # then the Los-loop replay in its own region. The jobs start once the history is stored.
         print("[demo] publishing a day of history (environment, energy and transport scenarios) ...", flush=True)
         history = [subprocess.Popen(exe + ["simulate-env", "--hours", "24"], **quiet),
                    subprocess.Popen(exe + ["simulate-energy"], **quiet)]
-        procs.append(subprocess.Popen(exe + ["simulate-traffic", "--region", "losloop", "--sensors", "40",
-                                             "--history-days", "1.5", "--speedup", "1"], **quiet))
         for p in history:
             p.wait()
         _wait_drained(s.ingest.metrics_port)
         procs.append(subprocess.Popen(exe + ["derive"], env=env))
+        # the traffic job follows the newest observation of each region, so the replay may start now
+        procs.append(subprocess.Popen(exe + ["simulate-traffic", "--region", "losloop", "--sensors", "40",
+                                             *_traffic_replay_args()], **quiet))
         procs.append(subprocess.Popen(exe + ["simulate", "--rate", str(args.rate), "--scale", str(args.scale),
-                                             "--duration", "0"], **quiet))
+                                             "--duration", "0", "--bad-rate", "0.002"], **quiet))
     except BaseException:
         _stop(procs)
         raise
@@ -125,6 +126,21 @@ def run(args: argparse.Namespace) -> int:
     finally:
         _stop(procs)
     return 0
+
+
+def _traffic_replay_args(history_rows: int = 432, replay_rows: int = 150, step_s: int = 300) -> list[str]:
+    """Los-loop stamped so that 1.5 days of history end 150 five-minute rows before now, replayed at one
+    row a second: the forecaster fits on the history, forecasts and detects as the replay arrives, with
+    an injected incident 40 rows in, and the last row lands just before now (never in the future)."""
+    from datetime import datetime, timedelta, timezone
+
+    china = timezone(timedelta(hours=8))
+    now = datetime.now(china).replace(second=0, microsecond=0)
+    now -= timedelta(minutes=now.minute % 5)
+    start = now - timedelta(seconds=(history_rows + replay_rows + 1) * step_s)
+    return ["--start", start.strftime("%Y-%m-%dT%H:%M"), "--rows", str(history_rows + replay_rows),
+            "--history-days", f"{history_rows * step_s / 86400:g}", "--speedup", "1",
+            "--incident", f"0@{history_rows + 40}"]
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     fleet = build_city(counts, seed=args.seed)
     cfg = RunConfig(region=s.sim.region, rate_hz=args.rate or s.sim.rate_hz,
                     duration_s=args.duration if args.duration is not None else s.sim.duration_s,
-                    prefix=s.mqtt.topic_prefix)
+                    prefix=s.mqtt.topic_prefix, bad_rate=args.bad_rate)
     out = run_fleet(fleet, mqtt_params(s, client_id=f"wulian-sim-{args.seed}"), cfg)
     print(json.dumps(out))
     return 0
@@ -34,4 +34,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiply the default fleet size")
     p.add_argument("--streams", default="", help="comma-separated subset of streams")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--bad-rate", type=float, default=0.0, help="share of messages sent corrupted (dead letters)")
     p.set_defaults(func=run)
