@@ -54,6 +54,7 @@ class InMessage:
 
 
 _READ_CHUNK = 256 * 1024
+MAX_OUTSTANDING = 30_000  # published but not yet acknowledged, per publisher (see MqttPublisher.publish)
 
 
 class _BufferedClient(Client):
@@ -296,7 +297,14 @@ class MqttPublisher:
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1):
         """Queue a message; the returned info's ``is_published()`` turns true on the broker's PUBACK
-        (``rc`` is MQTT_ERR_PAYLOAD_SIZE, and it counts as refused, when it exceeds the broker's limit)."""
+        (``rc`` is MQTT_ERR_PAYLOAD_SIZE, and it counts as refused, when it exceeds the broker's limit).
+
+        Blocks while ``MAX_OUTSTANDING`` messages await their PUBACK: paho numbers messages with 16-bit
+        ids when they are queued, so more than 65,535 outstanding would reuse ids and lose messages."""
+        if self.published - self.acked - self.refused >= MAX_OUTSTANDING:
+            with self._acked:
+                while self.published - self.acked - self.refused >= MAX_OUTSTANDING:
+                    self._acked.wait(1.0)
         self.published += 1
         if self._oversize(topic, payload):
             return self._refuse()
@@ -311,7 +319,10 @@ class MqttPublisher:
         fut = self._loop.create_future()
         info = self._refuse() if self._oversize(topic, payload) else self._client.publish(topic, payload, qos=qos)
         self.published += 1
-        if info.rc != 0:  # not queued (e.g. payload over the client's limit)
+        # not queued (e.g. over the broker's packet limit); NO_CONN means queued until the reconnect,
+        # so wait for its PUBACK rather than tell the device "failure" for data that will arrive
+        # (found by wulian chaos: JT/T 808 reports refused during a broker restart, then stored)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             fut.set_result(False)
             return fut
         with self._lock:

@@ -165,7 +165,7 @@ class EnergySettings(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WULIAN_", env_nested_delimiter="__", extra="ignore",
-                                      env_file=SECRETS_FILE)
+                                      env_file=SECRETS_FILE if os.access(SECRETS_FILE, os.R_OK) else None)
 
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one object per line with device/topic context

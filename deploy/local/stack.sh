@@ -2,6 +2,9 @@
 # Project-local PostgreSQL (+TimescaleDB) and Mosquitto under $STACK_DIR: `stack.sh up|down|status`.
 # Driven by `wulian stack ...`, which passes the settings as environment variables:
 #   STACK_DIR, PG_PORT, MQTT_PORT, PG_MAJOR, STACK_USER
+# Broker security is on by default (MQTT_AUTH=0 turns it off): service accounts (ingest, api, simulator,
+# gateway) get generated passwords in $STACK_DIR/secrets.env (0600, read by wulian/settings.py), the
+# broker a password_file and an acl_file under $STACK_DIR/mosquitto/ (devices: `wulian device add`).
 # PostgreSQL refuses to run as root, so when run as root both servers run as $STACK_USER (created
 # if missing). Nothing here touches the machine's own PostgreSQL or Mosquitto instances.
 set -euo pipefail
@@ -12,6 +15,8 @@ PG_PORT="${PG_PORT:-55432}"
 MQTT_PORT="${MQTT_PORT:-51883}"
 PG_MAJOR="${PG_MAJOR:-15}"
 STACK_USER="${STACK_USER:-wulian}"
+MQTT_AUTH="${MQTT_AUTH:-1}"
+ROOT_DIR="$(cd "$HERE/../.." && pwd)"
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
 PGDATA="$STACK_DIR/pg"
 RUN="$STACK_DIR/run"
@@ -61,11 +66,25 @@ pg_up() {
   log "postgresql up on 127.0.0.1:$PG_PORT (data $PGDATA)"
 }
 
+# Service accounts, password file and ACL (ingest/provisioning.py), then the lines that enable them
+# (they come after the template's allow_anonymous, and the last occurrence wins).
+mq_auth() {
+  local py="$ROOT_DIR/.venv/bin/python"
+  if [ ! -x "$py" ]; then log "no $py: mosquitto runs WITHOUT authentication (run make install)"; return; fi
+  (cd "$ROOT_DIR" && "$py" -m ingest.provisioning bootstrap "$MQ" "$STACK_DIR/secrets.env")
+  if [ "$(id -u)" -eq 0 ]; then chown "$STACK_USER" "$MQ/passwd" "$MQ/acl"; fi
+  chmod 0600 "$STACK_DIR/secrets.env" "$MQ/passwd"
+  printf '\n# broker security (deploy/local/stack.sh)\nallow_anonymous false\npassword_file %s\nacl_file %s\n' \
+    "$MQ/passwd" "$MQ/acl" >> "$MQ/mosquitto.conf"
+  log "mosquitto: authentication on (service accounts in $STACK_DIR/secrets.env, devices: wulian device add)"
+}
+
 mq_up() {
   if mq_running; then log "mosquitto already running on $MQTT_PORT"; return; fi
   if port_busy "$MQTT_PORT"; then log "port $MQTT_PORT is taken by another process: set WULIAN_STACK__MQTT_PORT"; exit 1; fi
   sed -e "s#@PORT@#$MQTT_PORT#g" -e "s#@DATA@#$MQ/data/#g" -e "s#@PID@#$MQ/mosquitto.pid#g" \
       -e "s#@LOG@#$MQ/mosquitto.log#g" "$HERE/mosquitto.conf" > "$MQ/mosquitto.conf"
+  if [ "$MQTT_AUTH" != "0" ]; then mq_auth; fi
   if [ -f "$MQ/extra.conf" ]; then cat "$MQ/extra.conf" >> "$MQ/mosquitto.conf"; fi
   [ "$(id -u)" -eq 0 ] && chown "$STACK_USER" "$MQ/mosquitto.conf"
   as_user /usr/sbin/mosquitto -d -c "$MQ/mosquitto.conf"

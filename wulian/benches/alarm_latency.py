@@ -9,6 +9,7 @@ publish time (poll interval 5 ms).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import json
 import multiprocessing as mp
@@ -25,6 +26,7 @@ import orjson
 
 from ingest.migrations import migrate
 from ingest.mqtt_client import MqttParams, MqttPublisher
+from ingest.service import mqtt_params
 from wulian.settings import get_settings
 
 
@@ -32,11 +34,11 @@ def _progress(msg: str) -> None:
     print(f"[bench alarm-latency] {msg}", file=sys.stderr, flush=True)
 
 
-def _load(host: str, port: int, rate: float, seconds: float, stop) -> None:
+def _load(params: MqttParams, rate: float, seconds: float, stop) -> None:
     """Background publisher: ``rate`` readings/s in messages of 10, normal values (no alerts)."""
     per_msg = 10
     msgs_per_s = rate / per_msg
-    with MqttPublisher(MqttParams(host, port, f"bench-load-{os.getpid()}"), max_inflight=5000) as pub:
+    with MqttPublisher(dataclasses.replace(params, client_id=f"bench-load-{os.getpid()}"), max_inflight=5000) as pub:
         t0 = time.monotonic()
         k = 0
         while not stop.is_set() and time.monotonic() - t0 < seconds:
@@ -74,7 +76,7 @@ async def bench(args: argparse.Namespace) -> dict:
     exe = [sys.executable, "-m", "wulian"]
     procs = [subprocess.Popen(exe + ["ingest"], env=env), subprocess.Popen(exe + ["api"], env=env)]
     stop = mp.Event()
-    loader = mp.Process(target=_load, args=(s.mqtt.host, int(s.mqtt.port), args.load, args.seconds + 30, stop))
+    loader = mp.Process(target=_load, args=(mqtt_params(s), args.load, args.seconds + 30, stop))
     latencies: list[float] = []
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=5,
@@ -90,7 +92,7 @@ async def bench(args: argparse.Namespace) -> dict:
             loader.start()
             await asyncio.sleep(2.0)
             _progress(f"load running at {args.load:,.0f} readings/s; probing every {args.every}s")
-            pub = MqttPublisher(MqttParams(s.mqtt.host, int(s.mqtt.port), f"bench-probe-{uuid.uuid4().hex[:6]}"))
+            pub = MqttPublisher(mqtt_params(s, client_id=f"bench-probe-{uuid.uuid4().hex[:6]}"))
             pub.connect()
             t_end = time.monotonic() + args.seconds
             n = 0

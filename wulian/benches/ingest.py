@@ -12,6 +12,7 @@ Lost and duplicated readings are counted in the database afterwards.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import json
 import sys
@@ -58,6 +59,8 @@ def preload(params: MqttParams, consumer_id: str, messages: list[tuple[str, byte
     from paho.mqtt.properties import Properties
 
     c = Client(CallbackAPIVersion.VERSION2, client_id=consumer_id, protocol=MQTTProtocolVersion.MQTTv5)
+    if params.username:
+        c.username_pw_set(params.username, params.password)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
     subscribed = threading.Event()
@@ -68,7 +71,7 @@ def preload(params: MqttParams, consumer_id: str, messages: list[tuple[str, byte
     subscribed.wait(10)
     c.disconnect()
     c.loop_stop()
-    pub_params = MqttParams(params.host, params.port, f"bench-pub-{uuid.uuid4().hex[:6]}")
+    pub_params = dataclasses.replace(params, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
     t0 = time.perf_counter()
     with MqttPublisher(pub_params, max_inflight=5000) as pub:
         for topic, payload in messages:
@@ -84,6 +87,8 @@ def drop_session(params: MqttParams, client_id: str) -> None:
     from paho.mqtt.enums import MQTTProtocolVersion
 
     c = Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+    if params.username:
+        c.username_pw_set(params.username, params.password)
     connected = threading.Event()
     c.on_connect = lambda *a: connected.set()
     c.connect(params.host, params.port, clean_start=True)
@@ -111,6 +116,8 @@ async def run_bare_stock(params: MqttParams, n: int, prefix: str) -> float:
             done.set()
 
     c = Client(CallbackAPIVersion.VERSION2, client_id=params.client_id, protocol=MQTTProtocolVersion.MQTTv5)
+    if params.username:
+        c.username_pw_set(params.username, params.password)
     c.on_message = on_message
     c.on_connect = lambda cl, u, f, rc, p: cl.subscribe([(t, 1) for t in subscriptions(prefix)])
     props = Properties(PacketTypes.CONNECT)

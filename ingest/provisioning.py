@@ -1,0 +1,283 @@
+"""Device provisioning and broker security: registry rows, per-device MQTT credentials, the ACL.
+
+Every device gets its own MQTT account named by its device id; the broker's ACL (rendered once by
+:func:`render_acl`) lets an account publish only under its own id (``wl/+/{stream}/%u/+`` for each
+stream), while service accounts (ingest, api, simulator, gateway) may do anything. Credentials live
+in a Mosquitto ``password_file``: PBKDF2-SHA512 hashes in the format ``mosquitto_passwd`` writes
+(``$7$101$salt$hash``, Mosquitto >= 2.0), so no subprocess is needed. Mosquitto rereads both files on
+SIGHUP (:func:`reload_broker`). The files are replaced atomically, keeping owner and mode.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import signal
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import asyncpg
+
+from core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
+
+SERVICE_ACCOUNTS = ("ingest", "api", "simulator", "gateway")
+PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses
+_DEVICE_RE = re.compile(DEVICE_ID_PATTERN)
+_REGION_RE = re.compile(REGION_PATTERN)
+
+
+# --- passwords -----------------------------------------------------------------------------------
+
+def generate_password(nbytes: int = 18) -> str:
+    """A random URL-safe password (24 characters for the default 18 bytes)."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def generate_hj212_pw() -> str:
+    """A 6-character HJ 212 access password (PW is C6 in HJ 212-2017 Table 3)."""
+    return "".join(secrets.choice(string.digits) for _ in range(6))
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """Mosquitto 2.0 password-file hash: ``$7$iterations$b64(salt)$b64(PBKDF2-SHA512)``."""
+    salt = salt if salt is not None else os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, PBKDF2_ITERATIONS)
+    return f"$7${PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """True if ``password`` matches a ``$7$`` entry (tests and ``wulian device check``)."""
+    try:
+        _, alg, iterations, salt, digest = hashed.split("$")
+        if alg != "7":
+            return False
+        got = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), base64.b64decode(salt), int(iterations))
+        return hmac.compare_digest(base64.b64encode(got).decode(), digest)
+    except (ValueError, TypeError):
+        return False
+
+
+def read_password_file(path: Path) -> dict[str, str]:
+    """user -> hash, in file order; a missing file is empty."""
+    out: dict[str, str] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        user, sep, hashed = line.strip().partition(":")
+        if sep and user and not user.startswith("#"):
+            out[user] = hashed
+    return out
+
+
+def _replace_file(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write ``text`` to ``path`` atomically, keeping the old file's owner and mode if there was one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        if path.exists():
+            st = path.stat()
+            os.chmod(tmp, st.st_mode & 0o777)
+            if os.geteuid() == 0:
+                os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_password_file(path: Path, entries: dict[str, str]) -> None:
+    _replace_file(path, "".join(f"{user}:{hashed}\n" for user, hashed in entries.items()))
+
+
+def set_credentials_many(path: Path, accounts: dict[str, str]) -> None:
+    """Add or replace accounts (user -> clear password) in the password file."""
+    for user in accounts:
+        if not user or ":" in user or any(c.isspace() for c in user):
+            raise ValueError(f"invalid MQTT user name {user!r}")
+    entries = read_password_file(path)
+    for user, password in accounts.items():
+        entries[user] = hash_password(password)
+    write_password_file(path, entries)
+
+
+def remove_credentials(path: Path, user: str) -> bool:
+    entries = read_password_file(path)
+    if entries.pop(user, None) is None:
+        return False
+    write_password_file(path, entries)
+    return True
+
+
+# --- ACL -----------------------------------------------------------------------------------------
+
+def render_acl(prefix: str = "wl", service_accounts: Iterable[str] = SERVICE_ACCOUNTS) -> str:
+    """Mosquitto ``acl_file`` text. Devices: publish under their own id, one pattern per stream (so a
+    device named like a stream can never write into ``{prefix}/{region}/alerts/...``); no reads."""
+    lines = ["# Rendered by Wulian (ingest/provisioning.py); reloaded by SIGHUP.", ""]
+    for user in service_accounts:
+        lines += [f"user {user}", "topic readwrite #", ""]
+    lines.append("# every other account is a device: it may publish only under its own id")
+    lines += [f"pattern write {prefix}/+/{s.value}/%u/+" for s in Stream]
+    return "\n".join(lines) + "\n"
+
+
+def write_acl(path: Path, prefix: str = "wl", service_accounts: Iterable[str] = SERVICE_ACCOUNTS) -> None:
+    _replace_file(path, render_acl(prefix, service_accounts), mode=0o644)
+
+
+def reload_broker(pid_file: Path) -> bool:
+    """SIGHUP the broker so it rereads password and ACL files; False if it is not running."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """What ``wulian device add`` (or a gateway's auto-provisioning) registers."""
+
+    device_id: str
+    region: str
+    stream: str
+    device_type: str | None = None
+    name: str | None = None
+    attrs: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not _DEVICE_RE.match(self.device_id):
+            raise ValueError(f"invalid device id {self.device_id!r}")
+        if not _REGION_RE.match(self.region):
+            raise ValueError(f"invalid region {self.region!r}")
+        if self.stream not in {s.value for s in Stream}:
+            raise ValueError(f"unknown stream {self.stream!r}")
+
+
+_UPSERT = """
+INSERT INTO devices (device_id, region, stream, device_type, name, attrs, auto_registered)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
+ON CONFLICT (device_id) DO UPDATE SET
+    region = EXCLUDED.region, stream = EXCLUDED.stream,
+    device_type = COALESCE(EXCLUDED.device_type, devices.device_type),
+    name = COALESCE(EXCLUDED.name, devices.name),
+    attrs = devices.attrs || EXCLUDED.attrs
+RETURNING id, (xmax = 0) AS created"""
+
+
+async def upsert_device(con: asyncpg.Connection, spec: DeviceSpec, *, auto: bool = False) -> tuple[int, bool]:
+    """Insert or update one registry row (attrs merged); returns (id, created)."""
+    spec.validate()
+    row = await con.fetchrow(_UPSERT, spec.device_id, spec.region, spec.stream, spec.device_type, spec.name,
+                             json.dumps(spec.attrs), auto)
+    return row["id"], row["created"]
+
+
+async def upsert_devices_many(con: asyncpg.Connection, specs: Iterable[DeviceSpec]) -> None:
+    """Bulk variant (benchmarks provision thousands of terminals)."""
+    rows = []
+    for spec in specs:
+        spec.validate()
+        rows.append((spec.device_id, spec.region, spec.stream, spec.device_type, spec.name,
+                     json.dumps(spec.attrs), False))
+    await con.executemany(_UPSERT, rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioned:
+    device_id: str
+    registry_id: int
+    created: bool
+    mqtt_username: str
+    mqtt_password: str | None  # None when broker credentials were not written
+    attrs: dict
+
+
+async def provision_device(
+    con: asyncpg.Connection,
+    spec: DeviceSpec,
+    *,
+    password_file: Path | None,
+    mqtt_password: str | None = None,
+    pid_file: Path | None = None,
+) -> Provisioned:
+    """Registry row + broker credentials (+ HJ 212 PW for pollution/air/water devices of type hj212).
+    Without ``password_file`` only the registry row is written."""
+    attrs = dict(spec.attrs)
+    if spec.device_type == "hj212" and "hj212_pw" not in attrs:
+        attrs["hj212_pw"] = generate_hj212_pw()
+    attrs["mqtt_user"] = spec.device_id
+    spec = DeviceSpec(spec.device_id, spec.region, spec.stream, spec.device_type, spec.name, attrs)
+    registry_id, created = await upsert_device(con, spec)
+    password = None
+    if password_file is not None:
+        password = mqtt_password or generate_password()
+        set_credentials_many(password_file, {spec.device_id: password})
+        if pid_file is not None:
+            reload_broker(pid_file)
+    return Provisioned(spec.device_id, registry_id, created, spec.device_id, password, attrs)
+
+
+# --- local stack bootstrap -----------------------------------------------------------------------
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.startswith("#"):
+                out[key.strip()] = value.strip()
+    return out
+
+
+def bootstrap_stack_auth(mq_dir: Path, secrets_file: Path, prefix: str = "wl") -> dict[str, str]:
+    """Service accounts for the local stack: passwords generated once into ``secrets_file`` (0600,
+    read by wulian/settings.py as an env file), hashed into ``mq_dir/passwd`` (device entries kept),
+    and the ACL rendered to ``mq_dir/acl``. Idempotent; returns account -> password."""
+    env = _read_env_file(secrets_file)
+    keys = {
+        "ingest": "WULIAN_MQTT__PASSWORD",
+        "gateway": "WULIAN_GATEWAY__MQTT_PASSWORD",
+        "api": "WULIAN_SERVICE_ACCOUNTS__API_PASSWORD",
+        "simulator": "WULIAN_SERVICE_ACCOUNTS__SIMULATOR_PASSWORD",
+    }
+    accounts = {user: env.get(key) or generate_password() for user, key in keys.items()}
+    text = [
+        "# Local stack MQTT service accounts, written by `wulian stack up` (deploy/local/stack.sh).",
+        "# wulian/settings.py reads this file; variables set in the environment take precedence.",
+        "# ingest, the API and the simulators use the first account; gateways their own.",
+        "WULIAN_MQTT__USERNAME=ingest",
+        f"WULIAN_MQTT__PASSWORD={accounts['ingest']}",
+        "WULIAN_GATEWAY__MQTT_USERNAME=gateway",
+        f"WULIAN_GATEWAY__MQTT_PASSWORD={accounts['gateway']}",
+        f"WULIAN_SERVICE_ACCOUNTS__API_PASSWORD={accounts['api']}",
+        f"WULIAN_SERVICE_ACCOUNTS__SIMULATOR_PASSWORD={accounts['simulator']}",
+    ]
+    _replace_file(secrets_file, "\n".join(text) + "\n", mode=0o600)
+    os.chmod(secrets_file, 0o600)
+    entries = read_password_file(mq_dir / "passwd")
+    changed = {u: p for u, p in accounts.items() if not check_password(p, entries.get(u, ""))}
+    if changed or not (mq_dir / "passwd").exists():
+        set_credentials_many(mq_dir / "passwd", changed)
+    write_acl(mq_dir / "acl", prefix)
+    return accounts
+
+
+if __name__ == "__main__":  # deploy/local/stack.sh: python -m ingest.provisioning bootstrap MQ_DIR SECRETS
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "bootstrap":
+        raise SystemExit("usage: python -m ingest.provisioning bootstrap MQ_DIR SECRETS_FILE")
+    bootstrap_stack_auth(Path(sys.argv[2]), Path(sys.argv[3]))

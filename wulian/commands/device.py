@@ -1,0 +1,84 @@
+"""``wulian device add|remove``: provision a device (registry row + its own MQTT credentials).
+
+The MQTT password is printed once (generated unless ``--mqtt-password`` is given); the broker keeps
+only its hash. HJ 212 stations (``--type hj212``) also get their access password PW (``--hj212-pw``
+or a generated one); JT/T 808 terminals get their auth code when they register with the gateway.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from wulian.settings import Settings, get_settings
+
+
+def broker_files(settings: Settings) -> tuple[Path, Path, Path]:
+    """(password file, ACL file, pid file) of the local stack's broker."""
+    mq = settings.stack.dir / "mosquitto"
+    return mq / "passwd", mq / "acl", mq / "mosquitto.pid"
+
+
+async def _add(args: argparse.Namespace, s: Settings) -> dict:
+    import asyncpg
+
+    from ingest.provisioning import DeviceSpec, provision_device
+
+    attrs: dict = {}
+    if args.hj212_pw:
+        attrs["hj212_pw"] = args.hj212_pw
+    if args.hj212_crc:
+        attrs["hj212_crc"] = args.hj212_crc
+    passwd, _acl, pid = broker_files(s)
+    password_file = None if args.no_broker else Path(args.password_file) if args.password_file else passwd
+    spec = DeviceSpec(args.device_id, args.region or s.sim.region, args.stream, args.type, args.name, attrs)
+    con = await asyncpg.connect(s.db.dsn)
+    try:
+        p = await provision_device(con, spec, password_file=password_file, mqtt_password=args.mqtt_password,
+                                   pid_file=pid)
+    finally:
+        await con.close()
+    out = {"device_id": p.device_id, "id": p.registry_id, "created": p.created,
+           "mqtt_username": p.mqtt_username, "mqtt_password": p.mqtt_password,
+           "topic": f"{s.mqtt.topic_prefix}/{spec.region}/{spec.stream}/{p.device_id}/+"}
+    if "hj212_pw" in p.attrs:
+        out["hj212_pw"] = p.attrs["hj212_pw"]
+    return out
+
+
+async def _remove(args: argparse.Namespace, s: Settings) -> dict:
+    from ingest.provisioning import reload_broker, remove_credentials
+
+    passwd, _acl, pid = broker_files(s)
+    removed = remove_credentials(Path(args.password_file) if args.password_file else passwd, args.device_id)
+    if removed:
+        reload_broker(pid)
+    return {"device_id": args.device_id, "credentials_removed": removed}
+
+
+def run(args: argparse.Namespace) -> int:
+    s = get_settings()
+    try:
+        out = asyncio.run(_add(args, s) if args.action == "add" else _remove(args, s))
+    except ValueError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 2
+    print(json.dumps(out, ensure_ascii=False))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("device", help="provision a device: registry row + its own MQTT credentials")
+    p.add_argument("action", choices=["add", "remove"], help="remove: revoke the broker credentials")
+    p.add_argument("device_id")
+    p.add_argument("--region", default=None, help="default: the simulator region setting")
+    p.add_argument("--stream", default="pollution")
+    p.add_argument("--type", default=None, help="hj212, jt808, dlt645, cjt188, telemetry...")
+    p.add_argument("--name", default=None)
+    p.add_argument("--mqtt-password", default=None, help="default: generated and printed once")
+    p.add_argument("--hj212-pw", default=None, help="HJ 212 access password (PW); generated for --type hj212")
+    p.add_argument("--hj212-crc", default=None, help="extra CRC variants tolerated: modbus, modbus_le")
+    p.add_argument("--password-file", default=None, help="default: the local stack's .stack/mosquitto/passwd")
+    p.add_argument("--no-broker", action="store_true", help="registry row only (no MQTT credentials)")
+    p.set_defaults(func=run)
