@@ -1,6 +1,7 @@
 """Domain errors, mapped once to clean JSON responses (never a 500 for a client's mistake)."""
 from __future__ import annotations
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -35,6 +36,15 @@ def install(app: FastAPI) -> None:
         if retry is not None:
             headers["Retry-After"] = str(max(1, round(retry)))
         return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status, headers=headers)
+
+    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        # A parameter the database cannot take (an id beyond int64, a NUL in a string) or date arithmetic
+        # on a client's extreme date (year 1 minus 30 days): the client's mistake, not a server error
+        # (found by schemathesis).
+        return JSONResponse({"error": "invalid_query", "message": str(exc).split("\n")[0][:300]}, status_code=422)
+
+    app.add_exception_handler(asyncpg.DataError, _out_of_range)
+    app.add_exception_handler(OverflowError, _out_of_range)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -16,6 +16,7 @@ in the same transaction as the data, publish them to MQTT after the commit.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import logging
 import time
@@ -29,6 +30,7 @@ import orjson
 from core.alarms.compiler import SeriesKey
 from core.alarms.engine import AlarmEngine, Transitions
 from core.alarms.rules import Rule, RuleKind, TransitionKind
+from core.kernels.alarm_kernels import NO_TS
 from ingest import metrics as m
 from ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
 
@@ -69,6 +71,7 @@ class AlarmService:
         self.engine = AlarmEngine([])
         self.meta: list[SeriesMeta] = []
         self._index: dict[tuple[str, str], int] = {}
+        self._by_device: dict[str, dict[str, int]] = {}  # device_id -> metric -> series (hot-path cache)
         self._rules: dict[int, Rule] = {}
         self._rules_version: tuple | None = None
         self._tasks: list[asyncio.Task] = []
@@ -93,7 +96,7 @@ class AlarmService:
         async with self.pool.acquire() as con:
             rules = await self._load_rules(con)
             self._rules_version = await self._rules_version_now(con)
-            snap = await con.fetchrow("SELECT state FROM alarm_engine_state WHERE name = 'ingest'")
+            snap = await con.fetchrow("SELECT state, saved_at FROM alarm_engine_state WHERE name = 'ingest'")
         self._rules = {r.id: r for r in rules}
         self.engine = AlarmEngine(rules)
         self.engine.warmup()
@@ -103,7 +106,9 @@ class AlarmService:
             except (ValueError, KeyError) as exc:  # e.g. a snapshot from an older state version
                 log.warning("alarm engine snapshot not usable (%s): starting with fresh state", exc)
                 self.engine = AlarmEngine(rules)
-                self.meta, self._index = [], {}
+                self.meta, self._index, self._by_device = [], {}, {}
+        async with self.pool.acquire() as con:
+            await self._reconcile(con, snap["saved_at"] if snap is not None else None)
         self._tasks = [asyncio.create_task(self._timer(), name="alarm-timer")]
         log.info("alarm engine: %d rules, %d series restored", len(rules), len(self.meta))
 
@@ -117,6 +122,47 @@ class AlarmService:
         except Exception:
             log.exception("could not save alarm engine state on shutdown")
 
+    async def _reconcile(self, con, saved_at) -> None:
+        """The alerts table, not the snapshot, says which alerts are open.
+
+        The snapshot can be up to ``save_interval_s`` older than what was committed and acknowledged
+        before a crash, and acknowledged messages are never redelivered: an alert cleared since the
+        snapshot would still fire here and the next raise would be lost (found by ``wulian chaos``).
+        Every (rule, series) with an open alert or a transition since the snapshot takes the database's
+        state, and its series ignores readings up to that alert's latest event time (evaluated before
+        the crash; redelivered ones are replays)."""
+        since = saved_at - datetime.timedelta(seconds=60) if saved_at is not None else datetime.datetime.min.replace(
+            tzinfo=datetime.timezone.utc)
+        rows = await con.fetch(
+            "SELECT a.rule_id, a.device, a.device_id, a.region, a.stream, a.metric, d.device_type,"
+            " a.state IN ('active', 'acknowledged') AS open,"
+            " (extract(epoch FROM CASE WHEN a.state IN ('active', 'acknowledged') THEN a.last_seen"
+            "  ELSE coalesce(a.cleared_at, a.last_seen) END) * 1000000)::bigint * 1000 AS t_ns"
+            " FROM alerts a JOIN devices d ON d.id = a.device"
+            " WHERE a.rule_id = ANY($2::bigint[]) AND (a.state IN ('active', 'acknowledged') OR a.updated_at >= $1)"
+            " ORDER BY a.id", since, list(self._rules))
+        if not rows:
+            return
+        want: dict[tuple[int, int], tuple[bool, int]] = {}
+        for r in rows:  # the latest alert of each (rule, series) wins
+            s = self._series(r["device"], r["device_id"], r["region"], r["stream"], r["metric"], r["device_type"])
+            want[(s, r["rule_id"])] = (r["open"], r["t_ns"])
+        st = self.engine.state_arrays()
+        pos = {k: i for i, k in enumerate(zip(st["binding_series"].tolist(), st["binding_rule_id"].tolist()))}
+        seen, count, since_ns = st["seen_ts_ns"], st["count"], st["since_ns"]
+        fixed = 0
+        for (s, rule_id), (is_open, t_ns) in want.items():
+            i = pos.get((s, rule_id))
+            if i is None:  # the rule no longer binds this series
+                continue
+            if is_open != (count[i] > 0):
+                count[i] = 1 if is_open else -abs(count[i])
+                since_ns[i] = NO_TS
+                fixed += 1
+            seen[s] = max(seen[s], t_ns)
+        self.engine.load_state(st)
+        log.info("alarm engine reconciled with %d alerts (%d states corrected)", len(want), fixed)
+
     # -- series -----------------------------------------------------------------------------------
     def _series(self, dev, device_id: str, region: str, stream: str, metric: str, device_type: str | None) -> int:
         key = (device_id, metric)
@@ -129,32 +175,47 @@ class AlarmService:
 
     def evaluate(self, items, devices) -> PendingAlerts:
         """Run the engine over a batch of decoded items (``ingest.pipeline.Item``); no I/O."""
+        if not self._rules:
+            return PendingAlerts(Transitions.empty())
         s_idx: list[int] = []
         ts: list[int] = []
         vals: list[float] = []
-        flags: list[str] = []
+        flags: list[int] = []
+        by_device = self._by_device
+        normal = ord("N")
         for it in items:
             t = it.topic
-            info = devices[t.device_id]
-            series = self._series
             d = it.decoded
+            known = by_device.get(t.device_id)
+            if known is None:
+                known = by_device[t.device_id] = {}
+            info = devices[t.device_id]
+
+            def idx(metric: str) -> int:
+                i = known.get(metric)
+                if i is None:
+                    i = known[metric] = self._series(info.id, t.device_id, t.region, t.stream.value, metric,
+                                                     info.device_type)
+                return i
+
             for r in d.readings:
-                s_idx.append(series(info.id, t.device_id, t.region, t.stream.value, r.metric, info.device_type))
-                ts.append(r.ts_ns); vals.append(r.value); flags.append(r.flag)
+                i = known.get(r.metric)
+                s_idx.append(idx(r.metric) if i is None else i)
+                ts.append(r.ts_ns)
+                vals.append(r.value)
+                flags.append(ord(r.flag[0]) if r.flag else 0)
             for p in d.positions:
                 for name, v in (("speed_kmh", p.speed_kmh), ("alarm_bits", float(p.alarm_bits)),
                                 ("status_bits", float(p.status_bits))):
-                    s_idx.append(series(info.id, t.device_id, t.region, t.stream.value, name, info.device_type))
-                    ts.append(p.ts_ns); vals.append(v); flags.append("N")
+                    s_idx.append(idx(name)); ts.append(p.ts_ns); vals.append(v); flags.append(normal)
             for o in d.traffic:
                 for name, v in (("speed_kmh", o.speed_kmh), ("flow_vph", o.flow_vph), ("occupancy", o.occupancy)):
                     if v is not None:
-                        s_idx.append(series(info.id, t.device_id, t.region, t.stream.value, name, info.device_type))
-                        ts.append(o.ts_ns); vals.append(v); flags.append("N")
+                        s_idx.append(idx(name)); ts.append(o.ts_ns); vals.append(v); flags.append(normal)
         if not s_idx or not self._rules:
             return PendingAlerts(Transitions.empty())
         return PendingAlerts(self.engine.update_many(np.asarray(s_idx, np.int32), np.asarray(ts, np.int64),
-                                                     np.asarray(vals, np.float64), flags))
+                                                     np.asarray(vals, np.float64), np.asarray(flags, np.uint8)))
 
     # -- writing ----------------------------------------------------------------------------------
     async def write(self, con: asyncpg.Connection, *, pending: PendingAlerts) -> None:
@@ -252,6 +313,7 @@ class AlarmService:
         self.engine.add_series(keys)
         self.meta = meta
         self._index = {(x.device_id, x.metric): i for i, x in enumerate(meta)}
+        self._by_device = {}
         self.engine.load_state(data)
 
     async def save_state(self) -> None:

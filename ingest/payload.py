@@ -39,9 +39,10 @@ def parse_ts(raw: object) -> int:
     if isinstance(raw, int):
         return raw * 1_000_000
     if isinstance(raw, float):
-        if not math.isfinite(raw):
+        ns = raw * 1_000_000
+        if not math.isfinite(ns):  # 1e303 ms is finite, its ns are not (found by wulian fuzz)
             raise CodecError("bad_ts", "non-finite timestamp")
-        return int(round(raw * 1_000_000))
+        return int(round(ns))
     if isinstance(raw, str):
         try:
             dt = datetime.fromisoformat(raw)

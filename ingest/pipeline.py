@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Callable
 import asyncpg
 import orjson
 
-from core.const import Stream
 from core.model import Decoded
 from ingest import metrics as m
 from ingest.batch_writer import BatchWriter, DeviceInfo, WriteResult
@@ -81,13 +80,21 @@ def _transient(exc: BaseException) -> bool:
     return state[:2] in ("08", "53", "57", "58", "40")
 
 
+def _text(s: str) -> str:
+    """A string PostgreSQL can store: no NUL, no lone surrogates (a refused message's topic or the
+    detail quoting its bytes must not make the dead-letter insert fail and stop the pipeline)."""
+    if "\x00" in s:
+        s = s.replace("\x00", "\ufffd")
+    return s.encode("utf-8", "replace").decode("utf-8")
+
+
 def _dead(msg: InMessage, topic: Topic | None, reason: str, detail: str) -> DeadLetter:
     return DeadLetter(
-        topic=msg.topic,
+        topic=_text(msg.topic),
         device_id=topic.device_id if topic else None,
         kind=topic.kind.value if topic else None,
         reason=reason,
-        detail=detail[:500],
+        detail=_text(detail[:500]),
         payload=msg.payload,
     )
 

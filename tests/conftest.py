@@ -70,7 +70,9 @@ def settings(test_dsn: str, broker: Broker) -> Settings:
     """Settings pointing at the test database and broker, with a unique ingest session per test."""
     return Settings(
         db=DbSettings(dsn=test_dsn),
-        mqtt=MqttSettings(port=broker.port, client_id=f"test-ingest-{uuid.uuid4().hex[:8]}"),
+        # sessions outlive a test by seconds only: a shared test broker must not keep copying every message
+        # into the queues of hundreds of finished tests' ingest sessions
+        mqtt=MqttSettings(port=broker.port, client_id=f"test-ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=20),
         ingest=IngestSettings(batch_size=2000, batch_delay_ms=5, metrics_port=0),
     )
 

@@ -59,7 +59,8 @@ async def world(test_dsn, broker, pool):
     region = f"e{uuid.uuid4().hex[:6]}"
     tag = f"X{uuid.uuid4().hex[:4]}"
     settings = Settings(db=DbSettings(dsn=test_dsn),
-                        mqtt=MqttSettings(port=broker.port, client_id=f"test-et-{uuid.uuid4().hex[:8]}"),
+                        mqtt=MqttSettings(port=broker.port, client_id=f"test-et-{uuid.uuid4().hex[:8]}",
+                                          session_expiry_s=20),
                         ingest=IngestSettings(batch_size=2000, batch_delay_ms=5, metrics_port=0))
     async with pool.acquire() as con:
         await con.execute("DELETE FROM job_watermarks WHERE job = ANY($1::text[])", list(JOB_NAMES))

@@ -58,15 +58,30 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (test runners swap and close it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure(level: str, fmt: str = "text") -> None:
-    """Root logging for every entry point: text or JSON lines, UTC times, secrets redacted."""
+    """Root logging for every entry point: text or JSON lines, UTC times, secrets redacted.
+    Idempotent; handlers others installed (a test runner's capture) are left in place."""
     import time
 
     logging.Formatter.converter = time.gmtime
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StderrHandler)] + [handler]
     root.setLevel(level)
     install()
