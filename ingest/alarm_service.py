@@ -32,7 +32,7 @@ from core.alarms.engine import AlarmEngine, Transitions
 from core.alarms.rules import Rule, RuleKind, TransitionKind
 from core.kernels.alarm_kernels import NO_TS
 from ingest import metrics as m
-from ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
+from ingest.alert_store import AlertTarget, UpdateCoalescer, clear_alert, raise_alert
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ class AlarmService:
         if len(tr) == 0:
             return
         events = pending.events = []
+        updates = UpdateCoalescer()
         for s, rule_id, kind, ts, value, _flag, _count in tr.rows():
             meta = self.meta[s]
             rule = self._rules.get(rule_id)
@@ -234,17 +235,19 @@ class AlarmService:
             metric = meta.metric
             target = AlertTarget(rule_id, meta.device, meta.device_id, meta.region, meta.stream, metric,
                                  rule.severity.value, _title(rule, metric))
+            if kind is TransitionKind.UPDATE:
+                updates.add(target, ts, value, rule.kind is RuleKind.LOWER)
+                continue
+            await updates.flush_one(con, target)  # this alert's repeated triggers come before its change
             if kind is TransitionKind.RAISE:
                 ev = await raise_alert(con, target, ts, value)
                 self.raised += ev is not None
-            elif kind is TransitionKind.UPDATE:
-                await update_alert(con, target, ts, value, lower_is_worse=rule.kind is RuleKind.LOWER)
-                ev = None
             else:
                 ev = await clear_alert(con, target, ts, value)
                 self.cleared += ev is not None
             if ev is not None:
                 events.append(ev)
+        await updates.flush(con)
 
     def after_commit(self, pending: PendingAlerts) -> None:
         for ev in pending.events:

@@ -25,8 +25,8 @@ DO UPDATE SET last_seen = GREATEST(alerts.last_seen, EXCLUDED.last_seen), last_v
               count = alerts.count + 1, updated_at = now()
 RETURNING id, (xmax = 0) AS inserted"""
 _UPDATE = f"""
-UPDATE alerts SET last_seen = GREATEST(last_seen, {_TS}), last_value = $5, count = count + 1, updated_at = now(),
-       peak_value = CASE WHEN $6 THEN LEAST(peak_value, $5) ELSE GREATEST(peak_value, $5) END
+UPDATE alerts SET last_seen = GREATEST(last_seen, {_TS}), last_value = $5, count = count + $8, updated_at = now(),
+       peak_value = CASE WHEN $6 THEN LEAST(peak_value, $7) ELSE GREATEST(peak_value, $7) END
 WHERE rule_id = $2 AND device = $3 AND metric = $4 AND state IN ('active', 'acknowledged')"""
 _CLEAR = f"""
 UPDATE alerts SET state = 'cleared', cleared_at = {_TS}, updated_at = now()
@@ -80,7 +80,45 @@ async def raise_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value
 
 async def update_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value: float | None,
                        lower_is_worse: bool = False) -> None:
-    await con.execute(_UPDATE, ts_ns, t.rule_id, t.device, t.metric, _num(value), lower_is_worse)
+    v = _num(value)
+    await con.execute(_UPDATE, ts_ns, t.rule_id, t.device, t.metric, v, lower_is_worse, v, 1)
+
+
+class UpdateCoalescer:
+    """Repeated triggers of open alerts, folded per alert and written with one ``executemany``.
+
+    In an alarm storm nearly every transition is an UPDATE (an open alert triggered again); writing them
+    one statement each made a batch's transaction last seconds. Per alert only the newest time and
+    value, the extreme value and the number of triggers matter. A RAISE or CLEAR of the same alert must
+    see its pending update first: call :meth:`flush_one` before it."""
+
+    def __init__(self) -> None:
+        # (rule, device, metric) -> [ts_ns, last value, peak value, count, lower_is_worse]
+        self._pending: dict[tuple[int, int, str], list] = {}
+
+    def add(self, t: AlertTarget, ts_ns: int, value: float | None, lower_is_worse: bool) -> None:
+        v = _num(value)
+        key = (t.rule_id, t.device, t.metric)
+        cur = self._pending.get(key)
+        if cur is None:
+            self._pending[key] = [ts_ns, v, v, 1, lower_is_worse]
+            return
+        if ts_ns >= cur[0]:
+            cur[0], cur[1] = ts_ns, v
+        if v is not None:
+            cur[2] = v if cur[2] is None else (min(cur[2], v) if lower_is_worse else max(cur[2], v))
+        cur[3] += 1
+
+    async def flush_one(self, con: asyncpg.Connection, t: AlertTarget) -> None:
+        cur = self._pending.pop((t.rule_id, t.device, t.metric), None)
+        if cur is not None:
+            await con.execute(_UPDATE, cur[0], t.rule_id, t.device, t.metric, cur[1], cur[4], cur[2], cur[3])
+
+    async def flush(self, con: asyncpg.Connection) -> None:
+        if self._pending:
+            await con.executemany(_UPDATE, [(c[0], r, d, m, c[1], c[4], c[2], c[3])
+                                            for (r, d, m), c in self._pending.items()])
+            self._pending.clear()
 
 
 async def clear_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value: float | None,

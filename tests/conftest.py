@@ -3,6 +3,7 @@ session) and a real Mosquitto subprocess. If they cannot be started the tests fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import threading
@@ -33,10 +34,10 @@ def pg_stack() -> Settings:
     shutil.rmtree(stack.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-async def test_dsn(pg_stack: Settings):
-    """A fresh database with TimescaleDB and all migrations, dropped at the end of the session."""
-    name = f"wulian_test_{uuid.uuid4().hex[:10]}"
+@contextlib.asynccontextmanager
+async def fresh_database(pg_stack: Settings, prefix: str = "wulian_test"):
+    """A new database with TimescaleDB and all migrations; dropped on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin_dsn = pg_stack.db.dsn.rsplit("/", 1)[0] + "/postgres"
     admin = await asyncpg.connect(admin_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -46,9 +47,18 @@ async def test_dsn(pg_stack: Settings):
         await migrate(con)
     finally:
         await con.close()
-    yield dsn
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    try:
+        yield dsn
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def test_dsn(pg_stack: Settings):
+    """The session's database (tests that would disturb others take a fresh_database of their own)."""
+    async with fresh_database(pg_stack) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -289,7 +289,7 @@ async def _fill_derived(con, fleet, ids, now: datetime) -> None:
     await _insert(con, "env_pulse_events", [
         {"time": hours[1], "device": by[Stream.WATER][0], "river": "Lianjiang", "item": "NH3_N", "peak_value": 2.4,
          "peak_score": 6.1, "entry_upstream": None, "entry_downstream": "DT-LJ0001", "entry_km_from": None,
-         "entry_km_to": 40.0, "confidence": 0.7, "evidence": "{}"}])
+         "entry_km_to": 40.0, "confidence": 0.7, "evidence": "[]"}])
     await _insert(con, "grid_quality_daily", [
         {"device": dev, "day": day, "samples": 1440, "interruptions": 0, "voltage_rate": 0.99, "frequency_rate": 1.0,
          "unbalance_rate": 0.98, "dev_max_pct": 3.1, "dev_min_pct": -2.2}

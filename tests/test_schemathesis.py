@@ -5,6 +5,7 @@ import threading
 import time
 import uuid
 
+import asyncpg
 import httpx
 import pytest
 import schemathesis
@@ -15,6 +16,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from api.app import create_app
 from api.auth import create_key
+from tests.conftest import fresh_database
 from tests.services import free_port
 from wulian.settings import ApiSettings, DbSettings, Settings
 
@@ -35,8 +37,22 @@ def _send(client: httpx.Client, kw: dict) -> httpx.Response:
 
 
 @pytest.fixture(scope="module")
-def api_url(test_dsn):
-    settings = Settings(db=DbSettings(dsn=test_dsn, pool_min=1, pool_max=4),
+async def own_dsn(pg_stack):
+    """Its own database: the rules it creates (hundreds, some matching everything) must not reach other
+    tests' alarm engines."""
+    async with fresh_database(pg_stack, "wulian_schemathesis") as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="module")
+async def own_pool(own_dsn):
+    async with asyncpg.create_pool(own_dsn, min_size=1, max_size=2) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def api_url(own_dsn):
+    settings = Settings(db=DbSettings(dsn=own_dsn, pool_min=1, pool_max=4),
                         api=ApiSettings(rate_limit_per_s=0))  # rate limits have their own tests
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
@@ -52,8 +68,8 @@ def api_url(test_dsn):
 
 
 @pytest.fixture
-async def admin_key(pool):
-    async with pool.acquire() as con:
+async def admin_key(own_pool):
+    async with own_pool.acquire() as con:
         # a device and an alert, so generated ids sometimes hit real rows
         dev = await con.fetchval("INSERT INTO devices (device_id, region, stream) VALUES ($1, 'stx', 'air')"
                                  " ON CONFLICT (device_id) DO UPDATE SET region = 'stx' RETURNING id",

@@ -101,6 +101,7 @@ async def events(
     data = []
     for r in rows:
         d = dict(r)
-        d["evidence"] = orjson.loads(d["evidence"])
+        ev = orjson.loads(d["evidence"]) if d["evidence"] else []
+        d["evidence"] = ev if isinstance(ev, list) else [ev]  # the job writes a list; tolerate older rows
         data.append(PulseEventPublic(**d))
     return PulseEventsPublic(data=data, count=count)
