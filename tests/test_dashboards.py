@@ -240,7 +240,7 @@ async def demo(pool) -> TimeRange:
         await con.copy_records_to_table(
             "traffic_forecasts", columns=["issued_at", "time", "device", "horizon_steps", "horizon_min", "speed_kmh",
                                           "model_id"],
-            records=[(t, t + timedelta(minutes=5), seg, 1, 5, 50.0, 1) for t in times[::5] for seg in segments])
+            records=[(t, t + timedelta(minutes=5), seg, 1, 5, 50.0, -1) for t in times[::5] for seg in segments])
         await con.execute(
             "INSERT INTO traffic_incidents (device, region, state, started_at, detected_at, expected_kmh, observed_kmh,"
             " min_speed_kmh, min_residual) VALUES ($1, $2, 'open', $3, $4, 60, 12, 10, -48)",
