@@ -72,7 +72,8 @@ async def bench(args: argparse.Namespace) -> dict:
     api_port = args.api_port
     env = {**os.environ, "WULIAN_DB__DSN": dsn, "WULIAN_API__PORT": str(api_port),
            "WULIAN_MQTT__CLIENT_ID": f"bench-ingest-{uuid.uuid4().hex[:6]}", "WULIAN_INGEST__METRICS_PORT": "0",
-           "WULIAN_LOG_LEVEL": "WARNING"}
+           "WULIAN_LOG_LEVEL": "WARNING",
+           "WULIAN_API__RATE_LIMIT_PER_S": "0"}  # the probe polls every 5 ms: measure the pipeline, not 429s
     exe = [sys.executable, "-m", "wulian"]
     procs = [subprocess.Popen(exe + ["ingest"], env=env), subprocess.Popen(exe + ["api"], env=env)]
     stop = mp.Event()
@@ -90,6 +91,7 @@ async def bench(args: argparse.Namespace) -> dict:
                 await asyncio.sleep(0.1)
             await asyncio.sleep(3.0)  # ingest connected and warmed up
             loader.start()
+            t_load = time.monotonic()
             await asyncio.sleep(2.0)
             _progress(f"load running at {args.load:,.0f} readings/s; probing every {args.every}s")
             pub = MqttPublisher(mqtt_params(s, client_id=f"bench-probe-{uuid.uuid4().hex[:6]}"))
@@ -113,9 +115,13 @@ async def bench(args: argparse.Namespace) -> dict:
                     await asyncio.sleep(0.005)
                 await asyncio.sleep(max(0.0, args.every - (time.perf_counter() - t0)))
             pub.close()
+            stop.set()
+            loader.join(30)
+            load_s = time.monotonic() - t_load
+            await asyncio.sleep(2.0)  # the last batches commit
             con = await asyncpg.connect(dsn)
-            flowed = await con.fetchval("SELECT count(*) FROM readings WHERE time > now() - make_interval(secs => $1)",
-                                        float(args.seconds + 5))
+            flowed = await con.fetchval(
+                "SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device WHERE d.device_id LIKE 'L%'")
             await con.close()
     finally:
         stop.set()
@@ -137,7 +143,7 @@ async def bench(args: argparse.Namespace) -> dict:
         "alarm_latency_p99_ms": round(float(np.percentile(lat, 99)), 1),
         "alarm_latency_max_ms": round(float(lat.max()), 1),
         "background_readings_per_s_target": args.load,
-        "background_readings_per_s_stored": round(flowed / (args.seconds + 5), 1),
+        "background_readings_per_s_stored": round(flowed / load_s, 1),
     }
 
 
