@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from core.model import Decoded, Reading
-from ingest.codecs.errors import CodecError
+from ingest.codecs.errors import CodecError, parse_hex
 
 METER_TYPES = {
     0x10: "cold_water",
@@ -239,13 +239,6 @@ def encode_volume_reply(meter_type: int, address: str, current: float, settlemen
     payload = (_to_bcd(round(current * 100), 4) + b"\x2c" + _to_bcd(round(settlement * 100), 4)
                + b"\x2c" + clock + bytes(status[:2]))
     return encode(meter_type, address, 0x81, bytes([0x90, 0x1F, ser]) + payload, preamble)
-
-
-def parse_hex(text: str) -> bytes:
-    try:
-        return bytes.fromhex("".join(text.split()))
-    except ValueError as exc:
-        raise CodecError("bad_hex", text[:40]) from exc
 
 
 def decode_cli(hex_text: str) -> dict:

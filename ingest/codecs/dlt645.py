@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.model import Decoded, Reading
-from ingest.codecs.errors import CodecError
+from ingest.codecs.errors import CodecError, parse_hex
 
 BROADCAST_ADDRESS = "999999999999"  # time sync / freeze, no reply
 WILDCARD_ADDRESS = "AAAAAAAAAAAA"  # read/write-address commands
@@ -238,13 +238,6 @@ def to_decoded(msg: Dlt645Frame, ts_ns: int | None = None) -> Decoded:
         event["di"] = f"{msg.di:08X}"
     out.events.append(event)
     return out
-
-
-def parse_hex(text: str) -> bytes:
-    try:
-        return bytes.fromhex("".join(text.split()))
-    except ValueError as exc:
-        raise CodecError("bad_hex", text[:40]) from exc
 
 
 def decode_cli(hex_text: str) -> dict:

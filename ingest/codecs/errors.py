@@ -9,3 +9,14 @@ class CodecError(ValueError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def parse_hex(text: str) -> bytes:
+    """Hex as people paste it (``0x``, spaces, line breaks, ``:``/``-``/``,`` separators) -> bytes;
+    ``bad_hex`` otherwise."""
+    clean = text.replace("0x", "").replace("0X", "")
+    clean = "".join(ch for ch in clean if ch not in " \t\r\n:-,")
+    try:
+        return bytes.fromhex(clean)
+    except ValueError as exc:
+        raise CodecError("bad_hex", str(exc)) from None

@@ -25,7 +25,7 @@ from functools import lru_cache
 from core.kernels.checksums import xor_bytes
 from core.model import Decoded, Position
 from core.vehicles.jt808_bits import ALARM_BITS
-from ingest.codecs.errors import CodecError
+from ingest.codecs.errors import CodecError, parse_hex
 
 MAX_FRAME = 2 + 2 * (17 + 4 + 1023 + 1)  # longest legal frame with every byte escaped
 _NS = 1_000_000_000
@@ -733,12 +733,7 @@ def _record(value: object) -> object:
 def decode_cli(hex_text: str) -> dict:
     """``wulian decode jt808 HEX``: the frame's header, body and named flags, and what ingest stores.
     Spaces, ``0x`` and ``:``/``-`` separators are ignored; missing 0x7E flags are added."""
-    text = hex_text.replace("0x", "").replace("0X", "")
-    text = "".join(ch for ch in text if ch not in " \t\r\n:-,")
-    try:
-        frame = bytes.fromhex(text)
-    except ValueError as exc:
-        raise CodecError("bad_hex", str(exc)) from None
+    frame = parse_hex(hex_text)
     if frame[:1] != b"\x7e" and frame[-1:] != b"\x7e":
         frame = b"\x7e" + frame + b"\x7e"
     msg = decode(frame, strict_escape=False)
