@@ -10,14 +10,13 @@ are independent). Rates are readings per second of ``update_many`` wall time, on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
 
 from core.alarms import AlarmEngine, Rule, RuleKind, SeriesKey, Transitions
-from wulian.benches import alarm_latency
+from wulian.benches import alarm_latency, emit
 
 _NS = 1_000_000_000
 _MINUTE = 60 * _NS
@@ -169,11 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_e2e:
         log(f"  end to end: publish -> alert in the API under {args.load:,.0f} readings/s ...")
         result.update(alarm_latency.run_latency(args))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, val in result.items():
-            print(f"{k:>28}: {val}")
+    emit(result, args.json)
     if not (np_same and py_same):
         log("alarms: implementations DISAGREE")
         return 1

@@ -7,7 +7,6 @@ subset in the same process and is scaled per reading for the ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -16,6 +15,7 @@ import numpy as np
 from core.meters import anomalies, collection
 from core.meters.consumption import (ConsumptionParams, MeterKind, MeterReadings, MeterTable, china_day,
                                      consumption, consumption_numpy, warm)
+from wulian.benches import emit
 
 _S = 10**9
 _DAY_START = 1_764_086_400 * _S  # 2025-11-26 00:00 China time
@@ -115,11 +115,7 @@ def run(args: argparse.Namespace) -> int:
                   "gas_never_stops_meters": gas_meters},
         "collection_rate_mean": float(np.nanmean(rate[:, 0])),
     }
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for key, val in out.items():
-            print(f"{key}: {val}")
+    emit(out, args.json)
     return 0
 
 

@@ -7,7 +7,6 @@ numpy) run on a subset in the same process and are scaled per position for the r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -16,6 +15,7 @@ import numpy as np
 from core.kernels import vehicle_rules as vk
 from core.vehicles import kpi as vkpi
 from core.vehicles.rules import Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect, warm
+from wulian.benches import emit
 
 _S = 10**9
 _DAY_START = 1_764_086_400 * _S  # 2025-11-26 00:00 China time, a fixed synthetic day
@@ -170,11 +170,7 @@ def run(args: argparse.Namespace) -> int:
         "targets": {"positions_per_s": 5_000_000, "kpi_seconds": 10},
         "met": {"positions_per_s": pps >= 5_000_000, "kpi_seconds": kpi_s <= 10},
     }
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for key, val in out.items():
-            print(f"{key}: {val}")
+    emit(out, args.json)
     return 0
 
 
