@@ -91,6 +91,26 @@ class _BufferedClient(Client):
         self._rbuf, self._rpos = b"", 0
         super()._sock_close()
 
+    def ack_batch(self, acks: list[tuple[int, int]]) -> None:
+        """PUBACK many messages with one wake-up of the network thread instead of one per ack.
+
+        ``_packet_queue`` writes a byte to paho's wake-up socket pair for every packet queued from
+        another thread; thousands of acks per batch meant thousands of syscalls and thread switches.
+        The network thread itself never needs the wake (it selects for writing while packets are
+        queued), so it is held back while the batch is queued and sent once after."""
+        wake = self._sockpairW
+        self._sockpairW = None
+        try:
+            for mid, qos in acks:
+                self.ack(mid, qos)
+        finally:
+            self._sockpairW = wake
+        if wake is not None and acks:
+            try:
+                wake.send(b"0")
+            except BlockingIOError:
+                pass
+
 
 def _client(params: MqttParams, *, manual_ack: bool) -> Client:
     c = _BufferedClient(
@@ -204,18 +224,17 @@ class MqttConsumer:
     def ack_many(self, messages: Iterable[InMessage]) -> int:
         """PUBACK messages in arrival order; those from an older connection are skipped (redelivered)."""
         gen = self._gen
-        ack = self._client.ack
-        n = 0
+        acks = []
         for m in messages:
             if m.qos == 0:
                 continue
             if m.gen != gen:
                 self.stale_acks += 1
                 continue
-            ack(m.mid, m.qos)
-            n += 1
-        self.acked += n
-        return n
+            acks.append((m.mid, m.qos))
+        self._client.ack_batch(acks)
+        self.acked += len(acks)
+        return len(acks)
 
 
 class MqttPublisher:
