@@ -112,6 +112,38 @@ class _BufferedClient(Client):
                 pass
 
 
+def _install_fast_publish_decode() -> None:
+    """Skip building a paho ``Properties`` object for MQTT 5 PUBLISH packets that carry none.
+
+    paho constructs one per received message (two dicts of ~30 entries, then ``clear()``): about a sixth
+    of ingest's CPU at 15,000 msg/s (py-spy). Packets with a zero property length get a shared empty
+    instance (paho only reads it to log); anything else goes through paho's own decoder unchanged."""
+    from paho.mqtt import _packet
+
+    if getattr(_packet.decode_publish, "_wulian_fast", False):
+        return
+    original = _packet.decode_publish
+    empty = Properties(PacketTypes.PUBLISH)
+
+    def decode_publish(header: int, packet, protocol):
+        if protocol == MQTTProtocolVersion.MQTTv5 and len(packet) >= 2:
+            qos = (header & 0x06) >> 1
+            slen = (packet[0] << 8) | packet[1]
+            pos = 2 + slen + (2 if qos else 0)
+            if slen and len(packet) > pos and packet[pos] == 0:  # property length 0
+                mid = ((packet[pos - 2] << 8) | packet[pos - 1]) if qos else 0
+                return _packet.PublishPacket(dup=bool(header & 0x08), qos=qos, retain=bool(header & 0x01),
+                                             topic=bytes(packet[2:2 + slen]), mid=mid, properties=empty,
+                                             payload=bytes(packet[pos + 1:]))
+        return original(header, packet, protocol)
+
+    decode_publish._wulian_fast = True
+    _packet.decode_publish = decode_publish
+
+
+_install_fast_publish_decode()
+
+
 def _client(params: MqttParams, *, manual_ack: bool) -> Client:
     c = _BufferedClient(
         CallbackAPIVersion.VERSION2,
