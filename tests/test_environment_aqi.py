@@ -2,7 +2,6 @@
 edition choice by timestamp, the numba grid path against the exact path, warnings and the CLI."""
 from __future__ import annotations
 
-import argparse
 import json
 from decimal import Decimal
 from fractions import Fraction
@@ -32,15 +31,9 @@ from core.environment.tables import (
     INDICATORS,
 )
 from wulian.commands import aqi as aqi_cmd
+from tests.cli import run_command as _cli
 
 
-def _cli(module, argv: list[str]) -> int:
-    """Run one command module the way ``wulian`` does (register + parse + func), without importing the
-    other engineers' commands, so these tests only depend on this area."""
-    parser = argparse.ArgumentParser(prog="wulian")
-    module.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "standards" / "aqi_examples.json"
 

@@ -2,19 +2,12 @@
 paths agree (the ratio it reports compares equal work)."""
 from __future__ import annotations
 
-import argparse
 import json
 
 from wulian.benches import environment as env_bench
+from tests.cli import run_command as _cli
 
 
-def _cli(module, argv: list[str]) -> int:
-    """Run one command module the way ``wulian`` does (register + parse + func), without importing the
-    other engineers' commands, so these tests only depend on this area."""
-    parser = argparse.ArgumentParser(prog="wulian")
-    module.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def test_bench_environment_tiny(capsys):

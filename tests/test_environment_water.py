@@ -2,7 +2,6 @@
 worst-item rule, the kernel against the exact path, target episodes and the CLI."""
 from __future__ import annotations
 
-import argparse
 import json
 from decimal import Decimal
 
@@ -20,15 +19,9 @@ from core.environment.water import (
     item_class_exact,
 )
 from wulian.commands import water_class as water_cmd
+from tests.cli import run_command as _cli
 
 
-def _cli(module, argv: list[str]) -> int:
-    """Run one command module the way ``wulian`` does (register + parse + func), without importing the
-    other engineers' commands, so these tests only depend on this area."""
-    parser = argparse.ArgumentParser(prog="wulian")
-    module.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 HOUR = 3_600_000_000_000
 

@@ -46,6 +46,15 @@ class KillIngest:
             env.progress("ingest restarted")
 
 
+async def _outage(env: "ChaosEnv", stop, start, down_s: float, what: str) -> None:
+    """Stop a server (blocking call, off the loop), keep it down ``down_s``, start it again."""
+    await asyncio.to_thread(stop)
+    env.progress(f"{what} stopped for {down_s:.0f}s")
+    await asyncio.sleep(down_s)
+    await asyncio.to_thread(start)
+    env.progress(f"{what} started")
+
+
 @dataclass
 class RestartBroker:
     """Graceful Mosquitto restart with persistence on; publishers and ingest reconnect to their sessions."""
@@ -54,11 +63,7 @@ class RestartBroker:
     name: str = "restart_broker"
 
     async def inject(self, env: ChaosEnv) -> None:
-        await asyncio.to_thread(env.stack.stop_broker)
-        env.progress("mosquitto stopped")
-        await asyncio.sleep(self.down_s)
-        await asyncio.to_thread(env.stack.start_broker)
-        env.progress("mosquitto started")
+        await _outage(env, env.stack.stop_broker, env.stack.start_broker, self.down_s, "mosquitto")
 
 
 @dataclass
@@ -69,11 +74,7 @@ class StopDatabase:
     name: str = "stop_database"
 
     async def inject(self, env: ChaosEnv) -> None:
-        await asyncio.to_thread(env.stack.stop_pg)
-        env.progress(f"postgresql stopped for {self.down_s:.0f}s")
-        await asyncio.sleep(self.down_s)
-        await asyncio.to_thread(env.stack.start_pg)
-        env.progress("postgresql started")
+        await _outage(env, env.stack.stop_pg, env.stack.start_pg, self.down_s, "postgresql")
 
 
 @dataclass

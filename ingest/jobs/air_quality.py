@@ -29,14 +29,11 @@ from core.environment.online import episode_actions
 from core.environment.system_rules import HEAVY_POLLUTION
 from core.environment.tables import AQI_CATEGORIES, INDICATORS
 from ingest.jobs.env_common import (
+    windowed_run,
     apply_actions,
-    close_window,
     hourly_grid,
     jdump,
-    load_devices,
-    load_samples,
     ns_to_dt,
-    open_window,
     target,
 )
 from wulian.settings import Settings
@@ -82,22 +79,11 @@ class AirQualityJob:
         self.interval_s = cfg.interval_s
 
     async def run_once(self, pool, now_ns: int) -> dict:
-        cfg = self.cfg
-        async with pool.acquire() as con, con.transaction():
-            await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.name)
-            lookback = 24 + max(cfg.heavy_hours, 1)  # 24-h moving means, then the warning's hours
-            window = await open_window(con, self.name, now_ns, cfg, lookback_h=lookback)
-            if window is None:
-                return {"due": False}
-            devices = await load_devices(con, Stream.AIR.value)
-            samples = await load_samples(con, devices, lambda m, d: air_metric(m), window.load_from_ns(lookback),
-                                         window.end_ns)
-            stats = {"from": str(ns_to_dt(window.new_from_ns)), "to": str(ns_to_dt(window.end_ns)), "stations": 0,
-                     "hourly_rows": 0, "daily_rows": 0, "city_rows": 0, "alerts_raised": 0, "alerts_cleared": 0}
-            if samples.series:
-                await self._compute(con, devices, samples, window, stats)
-            await close_window(con, self.name, window, stats)
-            return stats
+        lookback = 24 + max(self.cfg.heavy_hours, 1)  # 24-h moving means, then the warning's hours
+        return await windowed_run(pool, self.name, now_ns, self.cfg, lookback_h=lookback, stream=Stream.AIR.value,
+                                  mapper=lambda m, d: air_metric(m), compute=self._compute,
+                                  counters=("stations", "hourly_rows", "daily_rows", "city_rows", "alerts_raised",
+                                            "alerts_cleared"))
 
     async def _compute(self, con, devices, samples, window, stats) -> None:
         grid, uploaded = hourly_grid(samples, window)

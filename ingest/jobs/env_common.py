@@ -167,4 +167,25 @@ def jdump(obj) -> str:
 
 
 __all__ = ["EnvDevice", "Samples", "load_devices", "load_samples", "hourly_grid", "open_window", "close_window",
-           "target", "apply_actions", "fnum", "jdump", "ns_to_dt", "get_watermark"]
+           "target", "apply_actions", "fnum", "jdump", "ns_to_dt", "get_watermark", "windowed_run"]
+
+
+async def windowed_run(pool, job: str, now_ns: int, cfg, *, lookback_h: float, stream: str, mapper,
+                       counters: tuple[str, ...], compute) -> dict:
+    """The shape every environment job runs in: one transaction under the job's advisory lock, the window
+    from its watermark, the stream's devices and samples (with ``lookback_h`` of context), the figures
+    (``counters`` start at 0), ``await compute(con, devices, samples, window, stats)`` when there is data,
+    and the watermark's advance in the same transaction."""
+    async with pool.acquire() as con, con.transaction():
+        await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", job)
+        window = await open_window(con, job, now_ns, cfg, lookback_h=lookback_h)
+        if window is None:
+            return {"due": False}
+        devices = await load_devices(con, stream)
+        samples = await load_samples(con, devices, mapper, window.load_from_ns(lookback_h), window.end_ns)
+        stats = {"from": str(ns_to_dt(window.new_from_ns)), "to": str(ns_to_dt(window.end_ns)),
+                 **dict.fromkeys(counters, 0)}
+        if samples.series:
+            await compute(con, devices, samples, window, stats)
+        await close_window(con, job, window, stats)
+        return stats

@@ -28,15 +28,12 @@ from core.environment.system_rules import BOUNDARY_EXCEEDANCE, LOW_VALID_RATE, S
 from core.environment.validity import HourlyGrid, aggregate_daily, compare_uploaded_hourly
 from ingest.alert_store import clear_alert
 from ingest.jobs.env_common import (
+    windowed_run,
     EnvDevice,
     apply_actions,
-    close_window,
     fnum,
     hourly_grid,
-    load_devices,
-    load_samples,
     ns_to_dt,
-    open_window,
     raise_once,
     target,
 )
@@ -123,34 +120,26 @@ class SourceHourlyJob:
         self.ref_defaults = {**DEFAULT_REFERENCE_O2, **cfg.reference_o2}
 
     async def run_once(self, pool, now_ns: int) -> dict:
+        return await windowed_run(pool, self.name, now_ns, self.cfg, lookback_h=max(self.cfg.min_hours, 1),
+                                  stream=Stream.POLLUTION.value, mapper=lambda m, d: source_metric(m, medium(d)),
+                                  compute=self._compute,
+                                  counters=("devices", "hourly_rows", "daily_rows", "episodes", "alerts_raised",
+                                            "alerts_cleared", "uploaded_compared", "uploaded_mismatches"))
+
+    async def _compute(self, con, devices, samples, window, stats) -> None:
         cfg = self.cfg
-        async with pool.acquire() as con, con.transaction():
-            await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.name)
-            lookback = max(cfg.min_hours, 1)
-            window = await open_window(con, self.name, now_ns, cfg, lookback_h=lookback)
-            if window is None:
-                return {"due": False}
-            devices = await load_devices(con, Stream.POLLUTION.value)
-            samples = await load_samples(con, devices, lambda m, d: source_metric(m, medium(d)),
-                                         window.load_from_ns(lookback), window.end_ns)
-            stats = {"from": str(ns_to_dt(window.new_from_ns)), "to": str(ns_to_dt(window.end_ns)),
-                     "devices": 0, "hourly_rows": 0, "daily_rows": 0, "episodes": 0, "alerts_raised": 0,
-                     "alerts_cleared": 0, "uploaded_compared": 0, "uploaded_mismatches": 0}
-            if samples.series:
-                ours, uploaded = hourly_grid(samples, window)
-                cmp = compare_uploaded_hourly(ours, uploaded, rel_tol=cfg.uploaded_rel_tol)
-                stats["uploaded_compared"], stats["uploaded_mismatches"] = cmp.compared, cmp.mismatches
-                first = np.full(len(samples.series), np.iinfo(np.int64).max)
-                np.minimum.at(first, samples.keys, samples.ts)
-                by_dev: dict[int, list[int]] = {}
-                for k, (i, _name) in enumerate(samples.series):
-                    by_dev.setdefault(i, []).append(k)
-                for i, keys in by_dev.items():
-                    await self._device(con, devices[i], keys, samples.series, ours, uploaded, cmp.mismatch,
-                                       window, stats, int(first[keys].min()))
-                    stats["devices"] += 1
-            await close_window(con, self.name, window, stats)
-            return stats
+        ours, uploaded = hourly_grid(samples, window)
+        cmp = compare_uploaded_hourly(ours, uploaded, rel_tol=cfg.uploaded_rel_tol)
+        stats["uploaded_compared"], stats["uploaded_mismatches"] = cmp.compared, cmp.mismatches
+        first = np.full(len(samples.series), np.iinfo(np.int64).max)
+        np.minimum.at(first, samples.keys, samples.ts)
+        by_dev: dict[int, list[int]] = {}
+        for k, (i, _name) in enumerate(samples.series):
+            by_dev.setdefault(i, []).append(k)
+        for i, keys in by_dev.items():
+            await self._device(con, devices[i], keys, samples.series, ours, uploaded, cmp.mismatch,
+                               window, stats, int(first[keys].min()))
+            stats["devices"] += 1
 
     async def _device(self, con, dev: EnvDevice, keys: list[int], series, ours: HourlyGrid, uploaded: np.ndarray,
                       mismatch: np.ndarray, window, stats: dict, first_ns: int) -> None:

@@ -25,15 +25,12 @@ from core.environment.tables import ROUTINE_WATER_ITEMS
 from core.environment.water import below_target_episodes, class_name, class_number, classify_grid
 from core.kernels.hourly_validity import hourly_to_daily
 from ingest.jobs.env_common import (
+    windowed_run,
     EnvDevice,
     apply_actions,
-    close_window,
     hourly_grid,
     jdump,
-    load_devices,
-    load_samples,
     ns_to_dt,
-    open_window,
     raise_once,
     target,
 )
@@ -96,22 +93,16 @@ class WaterQualityJob:
 
     async def run_once(self, pool, now_ns: int) -> dict:
         cfg = self.cfg
-        look = max(cfg.below_target_hours, cfg.pulse_lookback_h, 1)
-        async with pool.acquire() as con, con.transaction():
-            await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.name)
-            window = await open_window(con, self.name, now_ns, cfg, lookback_h=look)
-            if window is None:
-                return {"due": False}
-            devices = await load_devices(con, Stream.WATER.value)
-            samples = await load_samples(con, devices, lambda m, d: water_metric(m), window.load_from_ns(look),
-                                         window.end_ns)
-            stats = {"from": str(ns_to_dt(window.new_from_ns)), "to": str(ns_to_dt(window.end_ns)), "stations": 0,
-                     "hourly_rows": 0, "daily_rows": 0, "pulses": 0, "alerts_raised": 0, "alerts_cleared": 0}
-            if samples.series:
-                await self._classes(con, devices, samples, window, stats)
-                await self._pulses(con, devices, samples, window, stats)
-            await close_window(con, self.name, window, stats)
-            return stats
+        return await windowed_run(pool, self.name, now_ns, cfg,
+                                  lookback_h=max(cfg.below_target_hours, cfg.pulse_lookback_h, 1),
+                                  stream=Stream.WATER.value, mapper=lambda m, d: water_metric(m),
+                                  compute=self._compute,
+                                  counters=("stations", "hourly_rows", "daily_rows", "pulses", "alerts_raised",
+                                            "alerts_cleared"))
+
+    async def _compute(self, con, devices, samples, window, stats) -> None:
+        await self._classes(con, devices, samples, window, stats)
+        await self._pulses(con, devices, samples, window, stats)
 
     async def _classes(self, con, devices, samples, window, stats) -> None:
         cfg = self.cfg
