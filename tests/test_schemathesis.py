@@ -18,7 +18,7 @@ from api.app import create_app
 from api.auth import create_key
 from tests.conftest import fresh_database
 from tests.services import free_port
-from wulian.settings import ApiSettings, DbSettings, Settings
+from wulian.settings import ApiSettings, DbSettings, MqttSettings, Settings
 
 EXAMPLES = 40
 SKIP = {"/v1/alerts/stream"}  # an endless SSE stream (covered by tests/test_alerts.py)
@@ -51,8 +51,9 @@ async def own_pool(own_dsn):
 
 
 @pytest.fixture(scope="module")
-def api_url(own_dsn):
-    settings = Settings(db=DbSettings(dsn=own_dsn, pool_min=1, pool_max=4),
+def api_url(own_dsn, broker):
+    # /healthz must see the suite's own broker, never whatever listens on the default port
+    settings = Settings(db=DbSettings(dsn=own_dsn, pool_min=1, pool_max=4), mqtt=MqttSettings(port=broker.port),
                         api=ApiSettings(rate_limit_per_s=0))  # rate limits have their own tests
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
