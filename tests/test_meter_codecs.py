@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from ingest.codecs import cjt188, dlt645
 from ingest.codecs.errors import CodecError
@@ -176,3 +177,71 @@ def test_missing_time_policy():
     aixi = cjt188.decode(cjt188.parse_hex(next(f for f in CJT if f["id"] == "cjt188-aixi-read-resp")["hex"]))
     with pytest.raises(CodecError):
         cjt188.to_decoded(aixi)
+
+
+# DL/T 645-2007 Table A.1 note: combined active / reactive energies (组合有功, 组合无功1/2; totals, tariffs,
+# per phase, settlement days) carry the sign in the top bit of the highest byte, range +/-799999.99.
+COMBINED_DIS = [0x00000000, 0x00030000, 0x00040000, 0x00000100, 0x00030400, 0x00043F00,
+                0x00000001, 0x0003000C, 0x00170000, 0x00180000, 0x002B0000, 0x002C0000, 0x003F0000, 0x00400000]
+UNSIGNED_ENERGY_DIS = [0x00010000, 0x00020000, 0x00010100, 0x00150000, 0x00160000, 0x002A0000]
+
+
+@pytest.mark.parametrize("di", COMBINED_DIS, ids=[f"{d:08X}" for d in COMBINED_DIS])
+def test_dlt645_combined_energy_is_signed(di):
+    # The meter's reply for -1.26: data 26 01 00 80 after subtracting 0x33 (was read as 800001.26).
+    frame = dlt645.encode("000000000161", 0x91, di.to_bytes(4, "little") + bytes.fromhex("26010080"))
+    q, value = dlt645.value_of(dlt645.decode(frame))
+    assert q.signed and value == -1.26
+    assert dlt645.encode_reply("000000000161", di, -1.26) == frame  # was written as +1.26 (26 01 00 00)
+    assert dlt645.decode_cli(frame.hex())["value"] == -1.26
+    dec = dlt645.to_decoded(dlt645.decode(frame), 9)
+    if q.metric is not None:
+        assert [(r.metric, r.value) for r in dec.readings] == [(q.metric, -1.26)]
+    else:  # a settlement-day register: frozen at a date the frame does not carry, so an event
+        assert dec.readings == [] and dec.events[0]["value"] == -1.26
+
+
+def test_dlt645_combined_energy_range_and_unsigned_energies():
+    addr = "000000000161"
+    for v in (799999.99, -799999.99):
+        assert dlt645.value_of(dlt645.decode(dlt645.encode_reply(addr, 0x00000000, v)))[1] == v
+    with pytest.raises(CodecError) as exc:
+        dlt645.encode_reply(addr, 0x00000000, 800000.0)  # would set the sign bit
+    assert exc.value.reason == "value_out_of_range"
+    for di in UNSIGNED_ENERGY_DIS:  # forward/reverse energies are unsigned: 0..999999.99, the top bit is a digit
+        frame = dlt645.encode(addr, 0x91, di.to_bytes(4, "little") + bytes.fromhex("26010080"))
+        assert dlt645.value_of(dlt645.decode(frame))[1] == 800001.26
+        with pytest.raises(CodecError) as exc:
+            dlt645.encode_reply(addr, di, -1.26)  # was silently written as +1.26
+        assert exc.value.reason == "value_out_of_range"
+    assert dlt645.QUANTITIES[0x00000000].metric == "energy_active_combined_kwh"
+    assert dlt645.QUANTITIES[0x00170000].name_zh == "A相组合无功1电能"
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(cents=st.integers(-79_999_999, 79_999_999), di=st.sampled_from(COMBINED_DIS))
+def test_dlt645_combined_energy_value_roundtrip(cents, di):
+    v = cents / 100
+    msg = dlt645.decode(dlt645.encode_reply("000000000161", di, v))
+    assert dlt645.value_of(msg)[1] == v
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(magnitude=st.integers(0, 79_999_999), negative=st.booleans(), di=st.sampled_from(COMBINED_DIS))
+def test_dlt645_combined_energy_bytes_roundtrip(magnitude, negative, di):
+    # Reference BCD built independently: 8 decimal digits, low byte first, sign in bit 7 of the last byte.
+    raw = bytearray(bytes.fromhex(f"{magnitude:08d}")[::-1])
+    if negative:
+        raw[-1] |= 0x80
+    frame = dlt645.encode("000000000161", 0x91, di.to_bytes(4, "little") + bytes(raw))
+    value = dlt645.value_of(dlt645.decode(frame))[1]
+    assert value == (-magnitude if negative else magnitude) / 100
+    assert dlt645.encode_reply("000000000161", di, value) == frame  # -0.00 keeps its sign bit too
+
+
+def test_dlt645_error_reply_is_an_event():
+    # C = D1 (reply + error bit), DATA = ERR: an event with the error byte, no reading.
+    msg = dlt645.decode(dlt645.encode("000000000161", 0xD1, b"\x02"))
+    dec = dlt645.to_decoded(msg, 3)
+    assert dec.readings == [] and dec.events[0]["error"] is True and dec.events[0]["error_code"] == 2
+

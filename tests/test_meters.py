@@ -207,3 +207,19 @@ def test_daily_records_rows():
     rows = daily_records(consumption(rd, mt, DAY0, 1), ["W1"])
     assert rows == [{"meter": "W1", "day": DAY0, "consumption": 1.0, "readings": 4, "complete": False,
                      "backwards": 1, "min_rate_per_h": 2.0, "min_night_rate_per_h": None}]
+
+
+def test_signed_dlt645_registers_are_not_consumption_registers():
+    """Combined energies (组合有功, 组合无功1/2) count down when export or capacitive reactive dominates and
+    may go negative (DL/T 645-2007 Table A.1 note). The register kernel would read a fall below zero as a
+    meter reset, so the meters job reads only registers that never count down; a negative combined
+    register is stored as a reading and nothing else."""
+    from ingest.codecs.dlt645 import QUANTITIES
+    from ingest.jobs.meters import REGISTERS
+    signed = {q.metric for q in QUANTITIES.values() if q.signed and q.metric}
+    assert {"energy_active_combined_kwh", "energy_reactive1_kvarh", "energy_reactive2_kvarh"} <= signed
+    assert not signed & set(REGISTERS)
+    assert all(not q.signed for q in QUANTITIES.values() if q.metric in REGISTERS)
+    assert "energy_active_import_kwh" in REGISTERS
+    rd, mt = one_meter([0.5, -1.26, -1.0])  # what the kernel would make of a combined register
+    assert consumption(rd, mt, DAY0, 1).code.tolist() == [Code.FIRST, Code.RESET, Code.OK]

@@ -7,6 +7,7 @@ first); a normal reply (C = 0x91) carries the DI followed by the value, BCD low 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from core.model import Decoded, Reading
@@ -40,24 +41,62 @@ class Quantity:
     metric: str | None  # None: identifier known but not stored as a reading
     nbytes: int
     decimals: int
-    signed: bool = False  # DL/T 645-2007 A.1: currents, powers and power factor carry the sign in bit 7
+    # DL/T 645-2007 Appendix A: the top bit of the highest byte is the sign (0 +, 1 -) for currents, powers,
+    # power factor (Table A.3) and the combined active / reactive energies (Table A.1 note).
+    signed: bool = False
+
+
+# Energy types by DI2 (DL/T 645-2007 Table A.1): name, metric stem, unit, signed. 组合有功 = +/- import and
+# export as the meter's combination word sets them; 组合无功1/2 = sums of signed quadrant registers: these
+# three can run negative ("最高位是符号位，0正1负", range -799999.99..799999.99).
+ENERGY_TYPES: dict[int, tuple[str, str, str, bool]] = {
+    0x00: ("组合有功", "energy_active_combined", "kwh", True),
+    0x01: ("正向有功", "energy_active_import", "kwh", False),
+    0x02: ("反向有功", "energy_active_export", "kwh", False),
+    0x03: ("组合无功1", "energy_reactive1", "kvarh", True),
+    0x04: ("组合无功2", "energy_reactive2", "kvarh", True),
+}
+# Per-phase energies: DI2 of the phase's first register (正向有功); then 反向有功, 组合无功1, 组合无功2 follow.
+# Table A.1 defines them for the total only (DI1 = 00), no tariffs.
+PHASE_ENERGY_BASE = {"A": 0x15, "B": 0x29, "C": 0x3D}
+MAX_TARIFF = 63  # DI1 01..3F: tariff 1..63 (00 total, FF block read)
+MAX_SETTLEMENT = 12  # DI0 01..0C: the 1st..12th last settlement day (00 current, FF block read)
+
+
+def _energy_quantities() -> dict[int, Quantity]:
+    """Every current and settlement-day energy DI of the types above, totals and tariffs.
+
+    Only current values become readings: a settlement-day register is frozen at a past date the frame
+    does not carry, so stamping it with the receive time would be wrong (it stays an event)."""
+    q: dict[int, Quantity] = {}
+
+    def add(di2: int, di1: int, name: str, stem: str, unit: str, signed: bool) -> None:
+        for di0 in range(MAX_SETTLEMENT + 1):
+            prefix = f"（上{di0}结算日）" if di0 else ""
+            q[(di2 << 16) | (di1 << 8) | di0] = Quantity(prefix + name, f"{stem}_{unit}" if di0 == 0 else None,
+                                                          4, 2, signed)
+
+    for di2, (name, stem, unit, signed) in ENERGY_TYPES.items():
+        add(di2, 0, f"{name}总电能", stem, unit, signed)
+        for t in range(1, MAX_TARIFF + 1):
+            add(di2, t, f"{name}费率{t}电能", f"{stem}_t{t}", unit, signed)
+    for phase, base in PHASE_ENERGY_BASE.items():
+        for k, di2 in enumerate(range(1, 5)):
+            name, stem, unit, signed = ENERGY_TYPES[di2]
+            add(base + k, 0, f"{phase}相{name}电能", f"{stem}_{phase.lower()}", unit, signed)
+    return q
 
 
 def _quantities() -> dict[int, Quantity]:
-    q: dict[int, Quantity] = {
-        # Energy (DI3 = 00): DI2 energy type, DI1 rate (00 total), DI0 settlement period (00 current).
-        0x00000000: Quantity("组合有功总电能", "energy_active_combined_kwh", 4, 2),
-        0x00010000: Quantity("正向有功总电能", "energy_active_import_kwh", 4, 2),
-        0x00020000: Quantity("反向有功总电能", "energy_active_export_kwh", 4, 2),
-        0x00030000: Quantity("组合无功1总电能", "energy_reactive1_kvarh", 4, 2),
-        0x00040000: Quantity("组合无功2总电能", "energy_reactive2_kvarh", 4, 2),
+    q = _energy_quantities()  # DI3 = 00: DI2 energy type, DI1 rate (00 total), DI0 settlement period
+    q.update({
         # Variables (DI3 = 02).
         0x02030000: Quantity("总有功功率", "power_active_kw", 3, 4, True),
         0x02040000: Quantity("总无功功率", "power_reactive_kvar", 3, 4, True),
         0x02050000: Quantity("总视在功率", "power_apparent_kva", 3, 4, True),
         0x02060000: Quantity("总功率因数", "power_factor", 2, 3, True),
         0x02800002: Quantity("电网频率", "frequency_hz", 2, 2),
-    }
+    })
     for k, phase in enumerate("ABC", start=1):
         p = phase.lower()
         q[0x02010000 | (k << 8)] = Quantity(f"{phase}相电压", f"voltage_{p}_v", 2, 1)
@@ -132,6 +171,11 @@ def bcd_value(raw: bytes, decimals: int, signed: bool = False) -> float:
 
 
 def _to_bcd(value: float, nbytes: int, decimals: int, signed: bool) -> bytes:
+    """Little-endian BCD; with ``signed`` the top bit of the last byte carries the sign, so the magnitude
+    must leave it free (e.g. 799999.99 for a 4-byte energy). Unsigned fields refuse negative values."""
+    negative = math.copysign(1.0, value) < 0  # -0.0 keeps its sign bit: bytes round-trip exactly
+    if negative and not signed and value != 0:
+        raise CodecError("value_out_of_range", f"{value} in an unsigned field")
     scaled = round(abs(value) * 10**decimals)
     if scaled >= 10 ** (2 * nbytes):
         raise CodecError("value_out_of_range", f"{value} in {nbytes} bytes")
@@ -139,10 +183,11 @@ def _to_bcd(value: float, nbytes: int, decimals: int, signed: bool) -> bytes:
     for _ in range(nbytes):
         scaled, two = divmod(scaled, 100)
         out.append(((two // 10) << 4) | (two % 10))
-    if signed and value < 0:
+    if signed:
         if out[-1] & 0x80:
             raise CodecError("value_out_of_range", f"{value} leaves no sign bit")
-        out[-1] |= 0x80
+        if negative:
+            out[-1] |= 0x80
     return bytes(out)
 
 
@@ -232,10 +277,15 @@ def to_decoded(msg: Dlt645Frame, ts_ns: int | None = None) -> Decoded:
     event: dict = {"kind": "dlt645", "ts_ns": ts_ns, "address": msg.address, "control": msg.control}
     if msg.function == 0x13 and msg.is_reply and len(msg.data) == 6:
         event["reported_address"] = msg.data[::-1].hex().upper()
-    if msg.is_error and msg.data:
-        event["error_code"] = msg.data[0]
+    if msg.is_error:
+        event["error"] = True
+        if msg.data:
+            event["error_code"] = msg.data[0]
     if msg.di is not None:
         event["di"] = f"{msg.di:08X}"
+    if got is not None:  # a known value not stored as a reading (e.g. a settlement-day register)
+        event["di_name"] = got[0].name_zh
+        event["value"] = got[1]
     out.events.append(event)
     return out
 
