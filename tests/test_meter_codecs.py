@@ -245,3 +245,38 @@ def test_dlt645_error_reply_is_an_event():
     dec = dlt645.to_decoded(msg, 3)
     assert dec.readings == [] and dec.events[0]["error"] is True and dec.events[0]["error_code"] == 2
 
+
+# CJ/T 188 abnormal replies: control D7 = 1 (from the meter) and D6 = 1 (通讯异常), DATA = SER ST ST (L = 03);
+# some meters put the DI first. They are the meter's error answer, not a short 901F reply.
+@pytest.mark.parametrize("data,di", [(bytes([0x05, 0x00, 0x04]), None),
+                                     (bytes([0x1F, 0x90, 0x05, 0x00, 0x04]), "901F"),
+                                     (bytes([0x90, 0x1F, 0x05, 0x00, 0x04]), "901F")],
+                         ids=["ser-st", "di-swapped-ser-st", "di-ser-st"])
+def test_cjt188_abnormal_reply_is_an_error_event(data, di):
+    frame = cjt188.encode(0x10, "78330011223344", 0xC1, data)
+    msg = cjt188.decode(frame)  # the DI form was refused as length_mismatch (read as a 901F reply)
+    assert msg.is_abnormal and msg.function == 0x01 and msg.ser == 0x05 and msg.status == b"\x00\x04"
+    assert cjt188.volume_reply(msg) is None
+    dec = cjt188.to_decoded(msg, 11)
+    assert dec.readings == []
+    assert len(dec.events) == 1
+    ev = dec.events[0]
+    assert (ev["error"], ev["status"], ev["ser"], ev["control"], ev["ts_ns"]) == (True, "0004", 5, 0xC1, 11)
+    assert ev.get("di") == di
+    cli = cjt188.decode_cli(frame.hex())
+    assert cli["abnormal"] is True and cli["status_ST"] == "00 04" and cli["SER"] == "05" and cli["DI"] == di
+    assert "current_cumulative" not in cli
+
+
+def test_cjt188_abnormal_reply_encoder_and_rejections():
+    frame = cjt188.encode_abnormal_reply(0x30, "78330011223344", 0x15, b"\x01\x00", ser=7, preamble=0)
+    assert frame.hex(" ").upper() == "68 30 44 33 22 11 00 33 78 D5 03 07 01 00 " + \
+        f"{sum(frame[:-2]) & 0xFF:02X} 16"
+    msg = cjt188.decode(frame)
+    assert msg.is_abnormal and msg.function == 0x15 and msg.status == b"\x01\x00"
+    # Normal replies are not abnormal; an abnormal reply of any other shape is refused with its own reason.
+    assert not cjt188.decode(cjt188.parse_hex(CJT[0]["hex"])).is_abnormal
+    for bad in (b"", b"\x05\x00", bytes([0x12, 0x34, 0x05, 0x00, 0x04]), bytes(22)):
+        with pytest.raises(CodecError) as exc:
+            cjt188.decode(cjt188.encode(0x10, "78330011223344", 0xC1, bad))
+        assert exc.value.reason == "bad_abnormal_reply"

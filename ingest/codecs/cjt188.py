@@ -4,6 +4,11 @@ Frame: optional FE wake-up bytes, then ``68 T A0..A6 C L DATA CS 16``; T is the 
 is 7 bytes sent low byte first, DATA starts with the 2-byte data identifier and the 1-byte sequence
 number SER, and CS is the byte sum mod 256 from 68 to the end of DATA. Unlike DL/T 645 there is no 0x33
 offset. Field devices send DI 901F both as ``1F 90`` and ``90 1F``; both are accepted and normalised.
+
+Control code C: D7 direction (1 = from the meter), D6 communication status (1 = abnormal), D5..D0 the
+function. An abnormal reply (e.g. C1 to a read) carries no data, only SER and the 2-byte status ST
+(``C1 03 SER ST ST``); some meters put the DI first (``C1 05 DI DI SER ST ST``). Both are decoded as the
+meter's error reply, never as a short data reply.
 """
 from __future__ import annotations
 
@@ -34,6 +39,10 @@ KNOWN_DIS = frozenset({DI_READ_DATA, DI_READ_ADDRESS, DI_WRITE_ADDRESS})
 # Unit codes: only 2C (m3) is confirmed from worked frames; others are kept as their hex code.
 UNITS = {0x2C: "m3"}
 
+REPLY_BIT = 0x80  # D7: frame from the meter
+ABNORMAL_BIT = 0x40  # D6: 通讯异常, the meter could not carry out the request
+FUNCTION_MASK = 0x3F  # D5..D0
+
 _CHINA = timezone(timedelta(hours=8))  # meter clocks run on China time (Asia/Shanghai, no DST)
 
 
@@ -60,18 +69,28 @@ class Cjt188Frame:
     ser: int | None
     preamble: int
     checksum: int
+    status: bytes | None = None  # ST of an abnormal reply (2 bytes, as sent); None for other frames
 
     @property
     def is_reply(self) -> bool:
-        return bool(self.control & 0x80)
+        return bool(self.control & REPLY_BIT)
+
+    @property
+    def is_abnormal(self) -> bool:
+        """An abnormal reply from the meter (D7 and D6 set): an error, not a measurement."""
+        return _is_abnormal(self.control)
 
     @property
     def function(self) -> int:
-        return self.control & 0x3F
+        return self.control & FUNCTION_MASK
 
     @property
     def payload(self) -> bytes:
         return self.data[3:]
+
+
+def _is_abnormal(control: int) -> bool:
+    return control & (REPLY_BIT | ABNORMAL_BIT) == REPLY_BIT | ABNORMAL_BIT
 
 
 def _bcd(raw: bytes) -> int:
@@ -123,18 +142,38 @@ def decode(frame: bytes) -> Cjt188Frame:
     if cs != body[11 + length]:
         raise CodecError("bad_checksum", f"computed {cs:02x}, frame {body[11 + length]:02x}")
     data = bytes(body[11 : 11 + length])
-    di, swapped = (None, False) if len(data) < 2 else _normalise_di(data[0], data[1])
+    control = body[9]
+    status = None
+    if _is_abnormal(control):
+        di, swapped, ser, status = _abnormal_fields(data)
+    else:
+        di, swapped = (None, False) if len(data) < 2 else _normalise_di(data[0], data[1])
+        ser = data[2] if len(data) >= 3 else None
     return Cjt188Frame(
         meter_type=body[1],
         address=body[2:9][::-1].hex().upper(),
-        control=body[9],
+        control=control,
         data=data,
         di=di,
         di_swapped=swapped,
-        ser=data[2] if len(data) >= 3 else None,
+        ser=ser,
         preamble=i,
         checksum=cs,
+        status=status,
     )
+
+
+def _abnormal_fields(data: bytes) -> tuple[int | None, bool, int, bytes]:
+    """DI, DI swapped, SER and ST of an abnormal reply: ``SER ST ST`` (the standard's L = 03), or
+    ``DI DI SER ST ST`` from meters that echo a known DI. Anything else is refused."""
+    if len(data) == 3:
+        return None, False, data[0], bytes(data[1:3])
+    if len(data) == 5:
+        di, swapped = _normalise_di(data[0], data[1])
+        if di in KNOWN_DIS:
+            return di, swapped, data[2], bytes(data[3:5])
+    raise CodecError("bad_abnormal_reply", f"abnormal reply needs SER ST ST (3 bytes) or DI SER ST ST "
+                                           f"(5 bytes), got {data.hex(' ').upper() or 'no data'}")
 
 
 def _meter_time(raw: bytes) -> datetime | None:
@@ -154,7 +193,7 @@ def volume_reply(msg: Cjt188Frame) -> VolumeReply | None:
     cumulative volume + unit, real time (7 bytes), status ST (2 bytes). Heat meters use a different 901F
     payload and are not decoded here.
     """
-    if not (msg.is_reply and msg.function == 0x01 and msg.di == DI_READ_DATA):
+    if not (msg.is_reply and not msg.is_abnormal and msg.function == 0x01 and msg.di == DI_READ_DATA):
         return None
     if msg.meter_type not in WATER_TYPES and msg.meter_type != 0x30:
         return None
@@ -180,13 +219,17 @@ def to_decoded(msg: Cjt188Frame, ts_ns: int | None = None) -> Decoded:
     and are often unset), else with the meter's own clock; a reply with neither is refused (``no_time``).
 
     The meter clock is always reported in the event. Other frames produce one event so collectors'
-    traffic stays visible.
+    traffic stays visible; an abnormal reply's event has ``error`` set and the meter's status ST.
     """
     out = Decoded()
     event: dict = {"kind": "cjt188", "ts_ns": ts_ns, "address": msg.address,
                    "meter_type": f"{msg.meter_type:02X}", "control": msg.control}
     if msg.di is not None:
         event["di"] = f"{msg.di:04X}"
+    if msg.is_abnormal:
+        event["error"] = True
+        event["ser"] = msg.ser
+        event["status"] = msg.status.hex().upper()
     rep = volume_reply(msg)
     if rep is not None:
         if ts_ns is None:
@@ -226,6 +269,15 @@ def encode_read(meter_type: int, address: str, ser: int = 0, preamble: int = 4) 
     return encode(meter_type, address, 0x01, bytes([0x90, 0x1F, ser]), preamble)
 
 
+def encode_abnormal_reply(meter_type: int, address: str, function: int = 0x01, status: bytes = b"\x00\x00",
+                          ser: int = 0, preamble: int = 4) -> bytes:
+    """The meter's abnormal reply to ``function`` (C = 0xC0 | function, DATA = SER ST ST); for simulators."""
+    if len(status) != 2:
+        raise CodecError("bad_status", f"ST is 2 bytes, got {len(status)}")
+    control = REPLY_BIT | ABNORMAL_BIT | (function & FUNCTION_MASK)
+    return encode(meter_type, address, control, bytes([ser]) + bytes(status), preamble)
+
+
 def encode_volume_reply(meter_type: int, address: str, current: float, settlement: float,
                         meter_time: datetime | None = None, status: bytes = b"\x00\x00",
                         ser: int = 0, preamble: int = 4) -> bytes:
@@ -252,12 +304,15 @@ def decode_cli(hex_text: str) -> dict:
         "address": msg.address,
         "control": f"{msg.control:02X}",
         "reply": msg.is_reply,
+        "abnormal": msg.is_abnormal,
         "length": len(msg.data),
         "DI": f"{msg.di:04X}" if msg.di is not None else None,
-        "DI_bytes_as_sent": msg.data[:2].hex(" ").upper(),
+        "DI_bytes_as_sent": msg.data[:2].hex(" ").upper() if msg.di is not None else None,
         "SER": f"{msg.ser:02X}" if msg.ser is not None else None,
         "checksum": f"{msg.checksum:02X}",
     }
+    if msg.is_abnormal:
+        out["status_ST"] = msg.status.hex(" ").upper()
     rep = volume_reply(msg)
     if rep is not None:
         out["current_cumulative"] = {"value": rep.current, "unit": UNITS.get(rep.current_unit),
