@@ -10,7 +10,11 @@ import pytest
 
 from core.grid.forecast import fit_profile, forecast
 from core.grid.outage import feeder_outages
-from core.grid.quality import (Bit, GridMeters, GridSamples, VoltageClass, day_quality, violation_runs)
+from hypothesis import given, settings as hsettings, strategies as st
+
+from core.grid.limits import KV35_DEFAULT_BAND, check_kv35_band
+from core.grid.quality import (Bit, GridMeters, GridParams, GridSamples, VoltageClass, day_quality,
+                               quality_records, violation_runs)
 from core.grid.transformer import trend_warnings
 from core.kernels.grid_quality import unbalance_line_pct, unbalance_phase_pct
 
@@ -47,14 +51,68 @@ def test_10kv_three_phase_plus_minus_7(u, expect):
     assert b[0] & (Bit.V_HIGH | Bit.V_LOW) == expect
 
 
-@pytest.mark.parametrize("hi,lo,ok", [(6.0, -4.0, True), (5.0, -5.0, True), (6.0, -4.1, False),
-                                      (9.0, 2.0, True), (-3.0, -9.5, True), (10.5, 1.0, False)])
-def test_35kv_day_sum_of_deviations(hi, lo, ok):
+KV35 = GridMeters.uniform(1, u_nom=35_000.0, vclass=VoltageClass.KV35_AND_ABOVE)
+
+
+@pytest.mark.parametrize("band,hi,lo,ok", [
+    (None, 7.0, -3.0, True), (None, 7.1, 0.0, False), (None, 0.0, -3.1, False),
+    (None, 6.0, -4.0, False),  # 6 + 4 <= 10, but -4 % is below the -3 % end of the band
+    (None, 9.0, 2.0, False),  # same sign: judged by the larger, 9 % > +7 %
+    ((5.0, -5.0), 5.0, -5.0, True), ((5.0, -5.0), 6.0, -4.0, False),
+    ((10.0, 0.0), 9.0, 2.0, True), ((4.0, -6.0), -3.0, -5.9, True), ((4.0, -6.0), 1.0, -6.1, False)])
+def test_35kv_band_one_rule_for_samples_and_day(band, hi, lo, ok):
+    """GB/T 12325-2008 §4.1: for 35 kV and above the band's ends add up to at most 10 %; each sample and
+    the day verdict are judged against that same band (was: samples +/-10 %, day by the sum rule)."""
+    params = GridParams() if band is None else GridParams(kv35_upper_pct=band[0], kv35_lower_pct=band[1])
     un = 35_000.0
-    m = GridMeters.uniform(1, u_nom=un, vclass=VoltageClass.KV35_AND_ABOVE)
-    s = samples(ua=[un * (1 + hi / 100), un * (1 + lo / 100)])
-    q = day_quality(s, m, DAY0, 1)
+    q = day_quality(samples(ua=[un * (1 + hi / 100), un * (1 + lo / 100)]), KV35, DAY0, 1, params)
     assert q.kv35_day_ok()[0, 0] == ok
+    assert (q.voltage_rate[0, 0] == 1.0) == ok
+
+
+def test_35kv_rate_and_verdict_agree():
+    # +6 % and -5 %: 11 % in all. The old code gave voltage_rate 1.0 (each within +/-10 %) and verdict fail.
+    un = 35_000.0
+    q = day_quality(samples(ua=[un * 1.06, un * 0.95, un]), KV35, DAY0, 1)
+    assert q.voltage_rate[0, 0] == pytest.approx(2 / 3)  # -5 % is below the default -3 % end
+    assert q.bits[1] & Bit.V_LOW and not q.bits[0] & Bit.V_HIGH
+    assert not q.kv35_day_ok()[0, 0]
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(devs=st.lists(st.floats(-15.0, 15.0), min_size=1, max_size=12),
+       upper=st.floats(0.0, 10.0), vclass=st.sampled_from(list(VoltageClass)))
+def test_day_verdict_holds_exactly_when_every_sample_qualifies(devs, upper, vclass):
+    params = GridParams(kv35_upper_pct=upper, kv35_lower_pct=upper - 10.0)
+    m = GridMeters.uniform(1, u_nom=35_000.0, vclass=vclass)
+    q = day_quality(samples(ua=[35_000.0 * (1 + d / 100) for d in devs]), m, DAY0, 1, params)
+    rate = q.voltage_rate[0, 0]
+    assert q.kv35_day_ok()[0, 0] == (rate == 1.0)
+    hi, lo = params.voltage_bands()
+    if all(lo[vclass] + 1e-6 < d < hi[vclass] - 1e-6 for d in devs):  # clear of the band's ends
+        assert rate == 1.0
+    elif all(d < lo[vclass] - 1e-6 or d > hi[vclass] + 1e-6 for d in devs):
+        assert rate == 0.0
+
+
+@pytest.mark.parametrize("upper,lower", [(8.0, -3.0), (10.5, 0.0), (-1.0, -3.0), (7.0, 1.0), (float("nan"), -3.0)])
+def test_35kv_band_refused_at_settings_load(upper, lower):
+    from pydantic import ValidationError
+    from wulian.settings import EnergySettings
+    with pytest.raises(ValueError):
+        check_kv35_band(upper, lower)
+    with pytest.raises(ValueError):
+        GridParams(kv35_upper_pct=upper, kv35_lower_pct=lower)
+    with pytest.raises(ValidationError):
+        EnergySettings(kv35_upper_pct=upper, kv35_lower_pct=lower)
+
+
+def test_35kv_band_from_settings_reaches_the_job():
+    from ingest.jobs.grid import create
+    from wulian.settings import EnergySettings, Settings
+    assert (EnergySettings().kv35_upper_pct, EnergySettings().kv35_lower_pct) == KV35_DEFAULT_BAND
+    job = create(Settings(energy=EnergySettings(kv35_upper_pct=5.0, kv35_lower_pct=-5.0)))
+    assert (job.params.kv35_upper_pct, job.params.kv35_lower_pct) == (5.0, -5.0)
 
 
 @pytest.mark.parametrize("f,bad", [(50.2, False), (49.8, False), (50.21, True), (49.79, True)])
@@ -201,10 +259,9 @@ def test_forecast_weekend_profile_is_separate():
 
 
 def test_quality_records_rows():
-    from core.grid.quality import quality_records
     m = GridMeters.uniform(2, u_nom=35_000.0, vclass=VoltageClass.KV35_AND_ABOVE)
     s = samples(n_meters=2, ua=[35_000.0 * 1.06, 35_000.0 * 0.95], meter=[0, 0])
     rows = quality_records(day_quality(s, m, DAY0, 1), ["M1", "M2"], m.vclass)
     assert len(rows) == 1 and rows[0]["meter"] == "M1" and rows[0]["day"] == DAY0
-    assert rows[0]["voltage_rate"] == 1.0 and rows[0]["kv35_day_ok"] is False  # 6 % + 5 % > 10 %
+    assert rows[0]["voltage_rate"] == 0.5 and rows[0]["kv35_day_ok"] is False  # -5 % is outside +7 % / -3 %
     assert rows[0]["frequency_rate"] is None

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.grid.limits import KV35_DEFAULT_BAND, check_kv35_band
+
 ROOT = Path(__file__).resolve().parent.parent
 # Service-account passwords written by ``wulian stack up`` (deploy/local/stack.sh); read as an env file,
 # so variables set in the environment win.
@@ -161,6 +163,14 @@ class EnergySettings(BaseModel):
     leak_threshold_m3_h: float = 0.02  # minimum night flow (02:00-04:00) above this is a leak night
     leak_nights: int = 3  # consecutive leak nights that raise the alert
     meter_slots_per_day: int = 96  # expected register readings a day (collection rate)
+    # 35 kV and above supply voltage band, % of nominal: |upper| + |lower| <= 10 (GB/T 12325-2008 §4.1).
+    kv35_upper_pct: float = KV35_DEFAULT_BAND[0]
+    kv35_lower_pct: float = KV35_DEFAULT_BAND[1]
+
+    @model_validator(mode="after")
+    def _kv35_band(self) -> "EnergySettings":
+        check_kv35_band(self.kv35_upper_pct, self.kv35_lower_pct)
+        return self
 
 
 class Settings(BaseSettings):

@@ -1,9 +1,9 @@
 """Power-quality rules and qualification rates per meter and China day.
 
 Limits (2008 editions, in force 2009-05-01):
-* GB/T 12325 supply voltage deviation: 220 V single-phase +7 % / -10 %; 20 kV and below three-phase
-  +/-7 %; 35 kV and above, the absolute positive and negative deviations add up to at most 10 % (if both
-  have the same sign, the larger one is judged).
+* GB/T 12325 supply voltage deviation: one band per class (core.grid.limits): 220 V single-phase +7 % /
+  -10 %; 20 kV and below three-phase +/-7 %; 35 kV and above a configured band whose ends add up to at
+  most 10 % (default +7 % / -3 %). Each sample and the day verdict are judged against the same band.
 * GB/T 15945 frequency deviation: +/-0.2 Hz (may be relaxed to +/-0.5 Hz for small systems).
 * GB/T 15543 negative-sequence unbalance at the PCC: 2 % normally, 4 % short-time.
 
@@ -18,6 +18,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from core.grid.limits import KV20_BAND, KV35_DEFAULT_BAND, V220_BAND, check_kv35_band
 from core.kernels import grid_quality as k
 
 _MIN = 60 * 10**9
@@ -52,6 +53,21 @@ class GridParams:
     pf_min: float = 0.9  # typical 力调 assessment threshold for large users (0.85 for agriculture)
     collapse_frac: float = 0.1  # every phase below 10 % of nominal: interruption
     utc_offset_ns: int = CHINA_UTC_OFFSET_NS
+    kv35_upper_pct: float = KV35_DEFAULT_BAND[0]  # 35 kV band: |upper| + |lower| <= 10 % (GB/T 12325 §4.1)
+    kv35_lower_pct: float = KV35_DEFAULT_BAND[1]
+
+    def __post_init__(self) -> None:
+        check_kv35_band(self.kv35_upper_pct, self.kv35_lower_pct)
+
+    def voltage_bands(self) -> tuple[np.ndarray, np.ndarray]:
+        """(upper, lower) deviation limits in %, indexed by VoltageClass."""
+        bands = {VoltageClass.V220: V220_BAND, VoltageClass.KV20_AND_BELOW: KV20_BAND,
+                 VoltageClass.KV35_AND_ABOVE: (self.kv35_upper_pct, self.kv35_lower_pct)}
+        hi = np.zeros(len(VoltageClass))
+        lo = np.zeros(len(VoltageClass))
+        for vc, (up, low) in bands.items():
+            hi[vc], lo[vc] = up, low
+        return hi, lo
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +157,11 @@ class DayQuality:
         return (self.n_unb > 0) & (self.n_unb - self.n_unb_ok <= 0.05 * self.n_unb) & (self.n_unb_over_max == 0)
 
     def kv35_day_ok(self) -> np.ndarray:
-        """35 kV and above over the day: |max positive| + |max negative| deviation <= 10 %, or the
-        larger absolute deviation when both have the same sign."""
-        hi = np.nan_to_num(self.dev_max, nan=0.0)
-        lo = np.nan_to_num(self.dev_min, nan=0.0)
-        spread = np.where((hi > 0) & (lo < 0), hi - lo, np.maximum(np.abs(hi), np.abs(lo)))
-        return ~np.isnan(self.dev_max) & (spread <= 10.0 + 1e-9)
+        """Day verdict for 35 kV and above: every judged sample within the class band (GridParams
+        kv35_upper_pct / kv35_lower_pct, ends adding up to <= 10 %, GB/T 12325-2008 §4.1). The same band
+        as ``voltage_rate``, so the verdict holds exactly when the rate is 1.0. False where there was no
+        voltage to judge."""
+        return (self.n_v > 0) & (self.n_v_ok == self.n_v)
 
 
 def quality_records(q: DayQuality, meter_ids=None, vclass=None) -> list[dict]:
@@ -190,7 +205,7 @@ def day_quality(samples: GridSamples, meters: GridMeters, day0: int, n_days: int
                    np.asarray(meters.vclass, np.int8), np.asarray(meters.rated_a, np.float64),
                    np.asarray(meters.line_voltages, bool), params.utc_offset_ns, day0, n_days, params.freq_nom,
                    params.freq_tol, params.unb_limit_pct, params.unb_short_limit_pct, params.overload_factor,
-                   params.pf_min, params.collapse_frac, bits, *counts, *ext)
+                   params.pf_min, params.collapse_frac, *params.voltage_bands(), bits, *counts, *ext)
     return DayQuality(day0, bits, *counts, *ext)
 
 

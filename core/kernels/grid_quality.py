@@ -11,10 +11,10 @@ import math
 import numpy as np
 from numba import njit
 
-# Nominal voltage classes (GB/T 12325-2008).
-VC_220V = 0  # 220 V single-phase: +7 % / -10 %
-VC_20KV = 1  # 20 kV and below, three-phase: +/-7 %
-VC_35KV = 2  # 35 kV and above: |positive| + |negative| deviation <= 10 % (same sign: the larger)
+# Nominal voltage classes (GB/T 12325-2008); their deviation bands are core.grid.limits.
+VC_220V = 0  # 220 V single-phase
+VC_20KV = 1  # 20 kV and below, three-phase
+VC_35KV = 2  # 35 kV and above
 
 # Per-sample violation bits.
 B_V_HIGH = 1
@@ -64,12 +64,8 @@ _EPS = 1e-9  # limits are inclusive; absorbs the rounding of e.g. (235.4 - 220) 
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _dev_ok(dev, vclass):
-    if vclass == VC_220V:
-        return -10.0 - _EPS <= dev <= 7.0 + _EPS
-    if vclass == VC_20KV:
-        return -7.0 - _EPS <= dev <= 7.0 + _EPS
-    return -10.0 - _EPS <= dev <= 10.0 + _EPS  # per sample; the day's +/- sum is judged from dev_max/dev_min
+def _dev_ok(dev, vclass, dev_hi, dev_lo):
+    return dev_lo[vclass] - _EPS <= dev <= dev_hi[vclass] + _EPS
 
 
 @njit(cache=True, nogil=True)
@@ -77,14 +73,15 @@ def grid_quality(
     starts, ts, ua, ub, uc, freq, ia, ib, ic, pf,
     u_nom, vclass, rated_a, line_voltages,
     utc_offset_ns, day0, n_days, freq_nom, freq_tol, unb_limit, unb_short_limit, overload_factor, pf_min,
-    collapse_frac,
+    collapse_frac, dev_hi, dev_lo,
     bits, n_samples, n_v, n_v_ok, n_f, n_f_ok, n_unb, n_unb_ok, n_unb_over_max, n_overload, n_pf, n_pf_low,
     n_collapse, dev_max, dev_min, unb_max,
 ):
     """Classify every sample (``bits``) and accumulate per meter x China day counts (in place).
 
     Voltage deviation is (U - U_nom) / U_nom x 100 per present phase; a sample is voltage-qualified when
-    every present phase is within its class limits. Collapsed samples (interruptions) are left out of
+    every present phase is within its class band [``dev_lo[class]``, ``dev_hi[class]``] (%, indexed by
+    VC_*). Collapsed samples (interruptions) are left out of
     voltage, frequency and unbalance statistics. Unbalance is computed for three-phase meters with all
     phases present, from line voltages when ``line_voltages[m]`` else by the phase approximation.
     Overload: the largest phase current above ``rated_a[m] x overload_factor``. Low power factor:
@@ -114,9 +111,9 @@ def grid_quality(
             if collapsed:
                 b |= B_COLLAPSE
             elif present > 0:
-                if not _dev_ok(vmax, vc) and vmax > 0.0:
+                if not _dev_ok(vmax, vc, dev_hi, dev_lo) and vmax > 0.0:
                     b |= B_V_HIGH
-                if not _dev_ok(vmin, vc) and vmin < 0.0:
+                if not _dev_ok(vmin, vc, dev_hi, dev_lo) and vmin < 0.0:
                     b |= B_V_LOW
             f = freq[i]
             f_present = not math.isnan(f) and not collapsed

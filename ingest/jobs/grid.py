@@ -345,4 +345,5 @@ class GridJob(WindowedJob):
 def create(settings) -> GridJob:
     e = settings.energy
     return GridJob(interval_s=e.grid_interval_s, lag_s=e.lag_s, backfill_h=e.backfill_h, max_span_h=e.max_span_h,
-                   outage_silence_min=e.outage_silence_min, forecast_horizon_h=e.forecast_horizon_h)
+                   outage_silence_min=e.outage_silence_min, forecast_horizon_h=e.forecast_horizon_h,
+                   params=GridParams(kv35_upper_pct=e.kv35_upper_pct, kv35_lower_pct=e.kv35_lower_pct))
