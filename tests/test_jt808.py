@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,11 +12,9 @@ from hypothesis import strategies as st
 from core.kernels.checksums import xor_bytes
 from ingest.codecs import jt808
 from ingest.codecs.errors import CodecError
+from tests.data import load_json
 
-VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "vectors" / "jt808.json"
-if not VECTORS.is_file():  # in CI the clone sits next to shared/: a missing file is a failure, not a skip
-    raise RuntimeError(f"JT/T 808 vectors not found at {VECTORS}")
-ENTRIES = json.loads(VECTORS.read_text(encoding="utf-8"))["entries"]
+ENTRIES = load_json("vectors/jt808.json")["entries"]
 CHINA = timezone(timedelta(hours=8))
 
 
