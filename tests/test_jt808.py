@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from core.kernels.checksums import xor_bytes
@@ -350,6 +350,8 @@ _items = st.lists(
     serial=st.integers(0, 65535), phone=st.from_regex(r"[0-9]{1,12}", fullmatch=True),
     edition=st.sampled_from(["2013", "2019"]), items=_items,
 )
+@example(ts=946_656_000 * 10**9, lat=0.0, lon=0.0, speed=0.35, heading=0, altitude=0, alarm=0, status=0, serial=0,
+         phone="0", edition="2013", items=[])  # 3.5 tenths rounds to 4: 0.05 away, plus float error
 def test_location_round_trip(ts, lat, lon, speed, heading, altitude, alarm, status, serial, phone, edition, items):
     body = jt808.location_body(ts_ns=ts, lat=lat, lon=lon, speed_kmh=speed, heading=heading, altitude_m=altitude,
                                alarm_bits=alarm, status_bits=status, items=items)
