@@ -24,14 +24,12 @@ import numpy as np
 import orjson
 
 from core.const import Stream
-from core.traffic.evaluation import load_dataset
 from core.traffic.incidents import inject_incident
 from core.traffic.online import MPH_TO_KMH
 from ingest.mqtt_client import MqttParams, MqttPublisher
 from ingest.topics import topic_for
+from simulators.los_loop import load_los_loop
 
-# <repo root>/../shared/data/traffic, where the shared reference data sits next to the clone
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traffic"
 SEGMENT_PREFIX = "los-"
 STEP_S = 300
 NS = 1_000_000_000
@@ -93,12 +91,12 @@ def neighbourhood(adjacency: np.ndarray, seed: int, size: int) -> np.ndarray:
     return np.array(sorted(picked), dtype=np.int64)
 
 
-def load_replay(data_dir: str | Path = DEFAULT_DATA, sensors: int = 0, around: str | None = None,
+def load_replay(data_dir: str | Path | None = None, sensors: int = 0, around: str | None = None,
                 prefix: str = SEGMENT_PREFIX) -> Replay:
-    """Los-loop in km/h, segment ids ``prefix + sensor id`` (device ids are global: a second replay in
-    another region needs another prefix); ``sensors`` > 0 keeps a connected subset of that many grown
-    from ``around`` (a sensor id; default the best-connected sensor)."""
-    data = load_dataset(data_dir)
+    """Los-loop in km/h (the packaged week unless ``data_dir`` is given), segment ids ``prefix + sensor id``
+    (device ids are global: a second replay in another region needs another prefix); ``sensors`` > 0 keeps
+    a connected subset of that many grown from ``around`` (a sensor id; default the best-connected sensor)."""
+    data = load_los_loop(data_dir)
     speeds = data.speeds * MPH_TO_KMH
     adjacency = data.adjacency
     ids = data.sensor_ids

@@ -20,7 +20,6 @@ from wulian.commands.stack import run_stack
 from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings, StackSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,16 +31,11 @@ from core.environment.tables import (
 )
 from wulian.commands import aqi as aqi_cmd
 from tests.cli import run_command as _cli
-
-
-
-EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "standards" / "aqi_examples.json"
+from tests.data import load_json
 
 
 def _examples() -> list[dict]:
-    if not EXAMPLES.exists():
-        pytest.fail(f"worked AQI examples missing: {EXAMPLES}")
-    return json.loads(EXAMPLES.read_text(encoding="utf-8"))["examples"]
+    return load_json("standards/aqi_examples.json")["examples"]
 
 
 def _report(example: dict) -> str:

@@ -1,26 +1,16 @@
-"""DL/T 645-2007 and CJ/T 188 codecs against every sample frame in shared/reference/standards."""
+"""DL/T 645-2007 and CJ/T 188 codecs against every sample frame in tests/data/standards."""
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from ingest.codecs import cjt188, dlt645
 from ingest.codecs.errors import CodecError
+from tests.data import load_json
 
-FRAMES_PATH = Path(__file__).resolve().parents[1].parent / "shared/reference/standards/meter_frames.json"
-
-
-def _frames() -> list[dict]:
-    if not FRAMES_PATH.is_file():  # a missing reference must fail, not skip
-        raise FileNotFoundError(FRAMES_PATH)
-    return json.loads(FRAMES_PATH.read_text(encoding="utf-8"))["frames"]
-
-
-FRAMES = _frames()
+FRAMES = load_json("standards/meter_frames.json")["frames"]
 DLT = [f for f in FRAMES if f["protocol"].startswith("DL/T 645")]
 CJT = [f for f in FRAMES if f["protocol"].startswith("CJ/T 188")]
 

@@ -26,8 +26,8 @@ from core.traffic.incidents import (
     learn_bands,
     replay,
 )
+from simulators.los_loop import load_los_loop
 
-LOS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traffic"
 STEP_S = 300
 NS = 1_000_000_000
 
@@ -259,9 +259,8 @@ def test_incident_evaluation_on_the_synthetic_road(road):
 
 # -- the real check: the published protocol on Los-loop ----------------------------------------
 
-@pytest.mark.skipif(not (LOS_DIR / "los_speed.csv").exists(), reason="shared Los-loop data not present")
 def test_los_loop_15_min_beats_persistence_and_tgcn():
-    data = load_dataset(LOS_DIR)
+    data = load_los_loop()  # the packaged week: missing data fails here, never skips
     assert data.speeds.shape == (2016, 207) and len(data.sensor_ids) == 207
     n_train = split_rows(2016)
     t0 = los_start_ns()
@@ -295,3 +294,44 @@ def test_cli_evaluates_any_directory_with_the_two_files(tmp_path, capsys):
     assert report["horizons"]["60"]["model"]["rmse"] < report["horizons"]["60"]["persistence"]["rmse"]
     assert len(report["per_step"]) == 12 and report["incidents"]["injected"] == 3
     assert main(["traffic", "evaluate", "--data", str(tmp_path / "missing")]) == 2
+
+
+def test_dataset_reads_xz_files_and_says_what_is_missing(tmp_path):
+    """A directory may hold the two files plain or xz-compressed (as the packaged week is); a missing or
+    corrupt file is a clear error, not a silent fallback."""
+    import lzma
+
+    values, adjacency = synthetic_road(days=1, n=3)
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    plain.mkdir(), packed.mkdir()
+    np.savetxt(plain / "los_speed.csv", values, delimiter=",", header="a,b,c", comments="", fmt="%.4f")
+    np.savetxt(plain / "los_adj.csv", adjacency, delimiter=",", fmt="%.6f")
+    for name in ("los_speed.csv", "los_adj.csv"):
+        (packed / (name + ".xz")).write_bytes(lzma.compress((plain / name).read_bytes()))
+    a, b = load_dataset(plain), load_dataset(packed)
+    assert a.sensor_ids == b.sensor_ids == ("a", "b", "c")
+    assert np.array_equal(a.speeds, b.speeds) and np.array_equal(a.adjacency, b.adjacency)
+    assert a.speeds.shape == (288, 3)
+    (packed / "los_adj.csv.xz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"neither los_adj\.csv nor los_adj\.csv\.xz"):
+        load_dataset(packed)
+    (packed / "los_adj.csv.xz").write_bytes(b"not xz at all")
+    with pytest.raises(ValueError, match="los_adj.csv.xz"):
+        load_dataset(packed)
+
+
+def test_los_loop_week_ships_as_package_data():
+    """The week is installed with the wheel: every file beside the loader matches pyproject's package-data
+    globs for ``simulators``, and the loader finds it through importlib.resources."""
+    import fnmatch
+    import tomllib
+
+    from simulators.los_loop import PACKAGED
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "package-data"]["simulators"]
+    names = {f.name for f in PACKAGED.iterdir()}
+    assert {"los_speed.csv.xz", "los_adj.csv.xz", "README.md"} <= names
+    for name in names:
+        assert any(fnmatch.fnmatch(f"data/los_loop/{name}", g) for g in globs), name

@@ -25,11 +25,10 @@ from simulators.traffic_replay import (
     HISTORY_CHUNK, ReplayPlan, default_start_ns, history_messages, load_replay, neighbourhood, register_segments,
     resolve_segment, run_replay, with_incident,
 )
-from tests.conftest import SHARED, wait_until
+from tests.conftest import wait_until
 
 NS = 1_000_000_000
 STEP = 300 * NS
-DATA = SHARED / "data" / "traffic"
 N_SEG = 24
 HIST = 2 * 288  # two days of history before the live rows (row 576 = Saturday 00:00 in the data)
 INC_ROW = HIST + 20  # the injected incident starts here...
@@ -86,7 +85,7 @@ def test_incident_spec():
 
 @pytest.fixture(scope="module")
 def replay():
-    return load_replay(DATA, sensors=N_SEG)
+    return load_replay(sensors=N_SEG)  # the packaged Los-loop week
 
 
 def test_replay_subset_is_connected_in_kmh(replay):
@@ -315,7 +314,7 @@ async def test_simulate_traffic_cli_registers_and_replays(settings, pool, monkey
     settings.traffic.min_drop_kmh = 30.0
     monkeypatch.setattr(simulate_traffic, "get_settings", lambda: settings)
     assert discover(settings, {"traffic"})[0].params.min_drop_kmh == 30.0
-    args = ["simulate-traffic", "--data", str(DATA), "--region", region, "--prefix", f"{region}-", "--sensors", "3",
+    args = ["simulate-traffic", "--region", region, "--prefix", f"{region}-", "--sensors", "3",
             "--rows", "2",
             "--first-row", "10", "--speedup", "0", "--start", "2026-11-20T00:00", "--incident", "0@11",
             "--incident-duration", "1"]
@@ -331,7 +330,7 @@ async def test_simulate_traffic_cli_registers_and_replays(settings, pool, monkey
             return await _count(pool, "SELECT count(*) FROM traffic_observations o JOIN devices d ON d.id = o.device"
                                       " WHERE d.region = $1", region) == 6
         await wait_until(landed, timeout=30)
-    replay = load_replay(DATA, sensors=3, prefix=f"{region}-")
+    replay = load_replay(sensors=3, prefix=f"{region}-")
     async with pool.acquire() as con:
         rows = await con.fetch(
             "SELECT d.device_id, d.attrs->>'sensor' AS sensor, o.time, o.speed_kmh FROM traffic_observations o"

@@ -124,7 +124,7 @@ class TrafficSettings(BaseModel):
     backfill_bins: int = 36  # bins forecast on a region's first run
     utc_offset_h: float = 8.0  # local time of the roads (time-of-day profile)
     min_drop_kmh: float = 24.0  # an incident needs the speed at least this far below the forecast
-    data_dir: Path | None = None  # Los-loop replay data (default <repo>/../shared/data/traffic)
+    data_dir: Path | None = None  # Los-loop replay data (None: the week packaged in simulators/data/los_loop)
 
 
 class EnvironmentSettings(BaseModel):

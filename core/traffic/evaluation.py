@@ -10,8 +10,11 @@ Our model chooses its hyper-parameters on the tail of the training rows only.
 from __future__ import annotations
 
 import datetime as dt
+import lzma
+import os
 import time
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ LOS_UTC_OFFSET_S = -8 * 3600  # Los Angeles, PST (the week precedes the 2012 DST
 LOS_START_LOCAL = dt.datetime(2012, 3, 1)  # row 0 = 2012-03-01 00:00 local time
 SPEED_FILE = "los_speed.csv"
 ADJACENCY_FILE = "los_adj.csv"
+PACKED_SUFFIX = ".xz"  # either file may also be stored xz-compressed (the packaged week is)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +50,29 @@ class Metrics:
         return {"rmse": self.rmse, "mae": self.mae, "accuracy": self.accuracy, "r2": self.r2}
 
 
-def load_dataset(directory: str | Path) -> TrafficDataset:
-    """Read ``los_speed.csv`` (header of sensor ids, then one row per step) and ``los_adj.csv`` (N x N)."""
-    d = Path(directory)
-    with open(d / SPEED_FILE, encoding="utf-8") as f:
-        ids = tuple(s.strip() for s in f.readline().strip().split(","))
-    speeds = np.loadtxt(d / SPEED_FILE, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
-    adjacency = np.loadtxt(d / ADJACENCY_FILE, delimiter=",", dtype=np.float64, ndmin=2)
+def _read_text(directory: Path | Traversable, name: str) -> str:
+    """``name`` or ``name.xz`` from ``directory`` (a path or package resources), decoded as UTF-8."""
+    plain, packed = directory / name, directory / (name + PACKED_SUFFIX)
+    if plain.is_file():
+        return plain.read_bytes().decode("utf-8")
+    if packed.is_file():
+        try:
+            return lzma.decompress(packed.read_bytes()).decode("utf-8")
+        except lzma.LZMAError as exc:
+            raise ValueError(f"{packed}: {exc}") from exc
+    raise FileNotFoundError(f"neither {name} nor {name}{PACKED_SUFFIX} in {directory}")
+
+
+def load_dataset(directory: str | os.PathLike | Traversable) -> TrafficDataset:
+    """Read ``los_speed.csv`` (header of sensor ids, then one row per step) and ``los_adj.csv`` (N x N),
+    each plain or xz-compressed, from a directory or a package's resources."""
+    d = Path(directory) if isinstance(directory, (str, os.PathLike)) else directory
+    lines = _read_text(d, SPEED_FILE).splitlines()
+    if len(lines) < 2:
+        raise ValueError(f"{SPEED_FILE} needs a header of sensor ids and at least one row")
+    ids = tuple(s.strip() for s in lines[0].strip().split(","))
+    speeds = np.loadtxt(lines[1:], delimiter=",", dtype=np.float64, ndmin=2)
+    adjacency = np.loadtxt(_read_text(d, ADJACENCY_FILE).splitlines(), delimiter=",", dtype=np.float64, ndmin=2)
     if speeds.shape[1] != len(ids) or adjacency.shape != (len(ids), len(ids)):
         raise ValueError(f"{len(ids)} sensor ids, speeds {speeds.shape}, adjacency {adjacency.shape}")
     return TrafficDataset(speeds=speeds, adjacency=adjacency, sensor_ids=ids)

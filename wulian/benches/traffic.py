@@ -20,9 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-# <repo root>/../shared/data/traffic
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traffic"
-TGCN_15 = {"rmse": 5.1264, "mae": 3.1802}  # the authors' own 15-minute predictions (data README)
+TGCN_15 = {"rmse": 5.1264, "mae": 3.1802}  # the authors' own 15-minute predictions (simulators/data/los_loop/README.md)
 
 
 def _log(msg: str) -> None:
@@ -75,13 +73,14 @@ def tick_ms(model, band, values: np.ndarray, t0_ns: int, params, repeats: int) -
 def run(args: argparse.Namespace) -> int:
     from core.traffic.evaluation import (
         LOS_UTC_OFFSET_S, TARGET_FIT_S, TARGET_FORECAST_MS, TARGET_MAE_15, TARGET_RMSE_15, TrafficDataset, evaluate,
-        load_dataset, los_start_ns, split_rows,
+        los_start_ns, split_rows,
     )
     from core.traffic.forecaster import TrafficForecaster
     from core.traffic.incidents import learn_bands
     from core.traffic.online import MPH_TO_KMH, OnlineParams
+    from simulators.los_loop import load_los_loop
 
-    data = load_dataset(args.data)
+    data = load_los_loop(args.data)
     kmh = TrafficDataset(speeds=data.speeds * MPH_TO_KMH, adjacency=data.adjacency, sensor_ids=data.sensor_ids)
     params = OnlineParams(utc_offset_s=LOS_UTC_OFFSET_S)
     n_incidents = 10 if args.quick else args.incidents
@@ -157,7 +156,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("traffic", help="traffic forecaster and incident detection on Los-loop, as run online")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="10 incidents and 50 timing repeats")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory with los_speed.csv and los_adj.csv")
+    p.add_argument("--data", type=Path, default=None,
+                   help="directory with los_speed.csv and los_adj.csv (default: the Los-loop week shipped with wulian)")
     p.add_argument("--incidents", type=int, default=40, help="incidents injected one at a time into the test days")
     p.add_argument("--repeats", type=int, default=200, help="timing repeats of forecast and tick")
     p.set_defaults(func=run)

@@ -36,11 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from core.traffic.online import parse_incident_spec
     from ingest.service import mqtt_params
     from simulators.traffic_replay import (
-        DEFAULT_DATA, ReplayPlan, default_start_ns, load_replay, resolve_segment, run_replay, with_incident,
+        ReplayPlan, default_start_ns, load_replay, resolve_segment, run_replay, with_incident,
     )
 
     s = get_settings()
-    data_dir = args.data or s.traffic.data_dir or DEFAULT_DATA
+    data_dir = args.data or s.traffic.data_dir  # None: the packaged Los-loop week
     try:
         replay = load_replay(data_dir, sensors=args.sensors, prefix=args.prefix)
         for spec in args.incident or []:
@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate-traffic", help="replay the Los-loop detectors over MQTT (time-compressed)")
-    p.add_argument("--data", type=Path, default=None, help="directory with los_speed.csv and los_adj.csv")
+    p.add_argument("--data", type=Path, default=None, help="directory with los_speed.csv and los_adj.csv, plain or .xz "
+                        "(default WULIAN_TRAFFIC__DATA_DIR, else the Los-loop week shipped with wulian)")
     p.add_argument("--region", default=None, help="region of the segments (default WULIAN_SIM__REGION)")
     p.add_argument("--prefix", default="los-", help="segment id = prefix + sensor id (default 'los-')")
     p.add_argument("--sensors", type=int, default=0, help="a connected subset of this many sensors (0: all 207)")

@@ -11,8 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-# <repo root>/../shared/data/traffic: where CI puts the shared reference data next to the clone.
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traffic"
 METHODS = ("model", "persistence", "historical_average")
 
 
@@ -20,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("traffic", help="traffic forecasting tools")
     tsub = p.add_subparsers(dest="traffic_command", required=True, metavar="ACTION")
     ev = tsub.add_parser("evaluate", help="fit and score the forecaster on the published protocol")
-    ev.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                    help=f"directory with los_speed.csv and los_adj.csv (default {DEFAULT_DATA})")
+    ev.add_argument("--data", type=Path, default=None,
+                    help="directory with los_speed.csv and los_adj.csv, plain or .xz "
+                         "(default: the Los-loop week shipped with wulian)")
     ev.add_argument("--train-fraction", type=float, default=0.8, help="chronological split (default 0.8)")
     ev.add_argument("--start", default="2012-03-01T00:00",
                     help="local time of the first row (default the Los-loop week)")
@@ -35,12 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.traffic.evaluation import evaluate, load_dataset, los_start_ns
+    from core.traffic.evaluation import evaluate, los_start_ns
+    from simulators.los_loop import PACKAGED_LABEL, load_los_loop
 
+    source = str(args.data) if args.data is not None else PACKAGED_LABEL
     try:
-        data = load_dataset(args.data)
+        data = load_los_loop(args.data)
     except (OSError, ValueError) as exc:
-        print(f"cannot load {args.data}: {exc}", file=sys.stderr)
+        print(f"cannot load {source}: {exc}", file=sys.stderr)
         return 2
     offset_s = int(round(args.utc_offset_h * 3600))
     t0_ns = los_start_ns(dt.datetime.fromisoformat(args.start), offset_s)
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     report = evaluate(data, train_fraction=args.train_fraction, t0_ns=t0_ns, step_s=args.step_s,
                       utc_offset_s=offset_s, n_incidents=args.incidents)
-    report["data"] = str(args.data)
+    report["data"] = source
     if not args.per_step:
         report.pop("per_step", None)
     rc = 1 if args.check and not all(report["checks"].values()) else 0
