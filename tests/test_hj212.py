@@ -528,3 +528,15 @@ def test_decode_cli_and_command(capsys):
     assert json.loads(capsys.readouterr().out) == {
         "ok": False, "reason": "bad_crc", "detail": "packet says 4981, Appendix A gives 4980"}
 
+
+def test_decode_cli_says_which_values_count_as_valid(capsys):
+    raw = _packet(f"{HEAD_2005};CP=&&DataTime=20160824003817000;B01-Rtd=36.91;011-Rtd=231.0,011-Flag=N;"
+                  "060-Rtd=1.803,060-Flag=P;101-Rtd=7,101-Flag=z&&").decode()
+    from wulian.commands import decode as command
+
+    assert command.run(argparse.Namespace(kind="hj212", data=raw)) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {r["metric"]: (r["flag"], r["valid"]) for r in out["readings"]} == {
+        "w00000-Rtd": ("N", True), "w01018-Rtd": ("N", True), "w21003-Rtd": ("P", False),
+        "w21011-Rtd": ("D", False)}
+    assert all(type(r["valid"]) is bool for r in out["readings"])

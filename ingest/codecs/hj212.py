@@ -683,8 +683,9 @@ def answer(packet: Hj212Packet) -> bytes | None:
 # --- CLI -----------------------------------------------------------------------------------------
 
 def decode_cli(text: str) -> dict:
-    """``wulian decode hj212 PACKET``: the packet, its codes marked known/unknown and what ingest stores.
-    All CRC variants are tried so that the output names the one the device uses."""
+    """``wulian decode hj212 PACKET``: the packet, its codes marked known/unknown and what ingest stores,
+    each value with ``valid``: whether its flag lets it count as valid data. All CRC variants are tried
+    so that the output names the one the device uses."""
     packet = decode(text, crc_modes=CRC_MODES)
     decoded = to_decoded(packet)
     codes = {}
@@ -716,7 +717,7 @@ def decode_cli(text: str) -> dict:
         "codes": codes,
         "readings": [
             {"ts_ns": r.ts_ns, "time_utc": _iso(r.ts_ns), "metric": r.metric, "value": r.value,
-             "flag": r.flag}
+             "flag": r.flag, "valid": flag_is_valid(r.flag)}
             for r in decoded.readings
         ],
         "events": decoded.events,
