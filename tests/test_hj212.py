@@ -154,6 +154,10 @@ def test_terminator_variants_accepted():
 def test_length_fallback_accepts_only_a_closed_cp_with_right_crc():
     packet = hj212.decode(_packet(SEGMENT, length=len(SEGMENT) + 7))
     assert not packet.length_ok and packet.param("a21026-Rtd") == "12.5"
+    # accepted, but never passed off as well-formed: ingest counts the repair, the CLI prints it
+    assert hj212.to_decoded(packet).repairs == (hj212.REPAIR_LENGTH,) == ("length_mismatch",)
+    assert hj212.decode_cli(_packet(SEGMENT, length=len(SEGMENT) + 7).decode())["repairs"] == ["length_mismatch"]
+    assert hj212.to_decoded(hj212.decode(_packet(SEGMENT))).repairs == ()
     with pytest.raises(CodecError) as err:  # CP not closed: the bytes cannot be trusted
         hj212.decode(_packet(SEGMENT[:-2], length=len(SEGMENT)))
     assert err.value.reason == "length_mismatch"

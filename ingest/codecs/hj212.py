@@ -3,7 +3,8 @@
 A packet is ``##`` + 4-digit length + data segment + 4 hex CRC + CR LF (HJ 212-2017 §6.3.2 Table 2).
 The length counts the data segment's UTF-8 bytes. When the declared length does not fit but the
 packet still ends ``&&`` + CRC and that CRC is right, the length is the only thing wrong: the packet is
-accepted with ``length_ok=False``. Anything else that does not fit is rejected.
+accepted with ``length_ok=False``, named in ``Decoded.repairs`` (REPAIR_LENGTH) so that ingest counts it.
+Anything else that does not fit is rejected.
 
 Metric names (``to_decoded``): ``{code}-{field}`` as the standard writes them (``a21026-Rtd``,
 ``a21026-ZsAvg``, ``w00000-Cou``), where ``code`` is the HJ 212-2017 code: 2005 codes are mapped to
@@ -40,6 +41,7 @@ from ingest.codecs.errors import CodecError
 #   modbus_le  plain CRC-16/MODBUS printed low byte first (seen in a receiver log)
 CRC_MODES = ("hj212", "modbus", "modbus_le")
 MAX_LENGTH = 9999  # what 4 digits can declare; HJ 212-2017 caps at 1024 but real packets exceed it
+REPAIR_LENGTH = "length_mismatch"  # LLLL was wrong; the packet was framed by its closing && and CRC
 DATA_CNS = frozenset({"2011", "2051", "2061", "2031"})
 STATE_CNS = frozenset({"2021", "2041"})
 READING_FIELDS = frozenset(
@@ -75,6 +77,11 @@ class Hj212Packet:
     crc_mode: str = "hj212"  # which of CRC_MODES matched
     length_ok: bool = True  # False: accepted by the &&+CRC fallback although LLLL lied
     cp_closed: bool = True  # CP ended with its closing "&&"
+
+    @property
+    def repairs(self) -> tuple[str, ...]:
+        """What had to be repaired to read the packet (the tolerated CRC variants are in ``crc_mode``)."""
+        return () if self.length_ok else (REPAIR_LENGTH,)
 
     @property
     def cp(self) -> tuple[tuple[str, str], ...]:
@@ -462,8 +469,8 @@ def to_decoded(packet: Hj212Packet) -> Decoded:
     """Readings of a data upload (CN 2011/2051/2061/2031), events for equipment state and run time
     (CN 2021/2041), nothing for other commands. Values that are not numbers are left out and listed
     in one ``hj212_bad_values`` event. Raises CodecError ``bad_time`` when a data upload has no usable
-    DataTime (nor QN to fall back on)."""
-    out = Decoded()
+    DataTime (nor QN to fall back on). The packet's ``repairs`` go along."""
+    out = Decoded(repairs=packet.repairs)
     if packet.cn in DATA_CNS:
         _readings(packet, out)
     elif packet.cn in STATE_CNS:
@@ -702,6 +709,7 @@ def decode_cli(text: str) -> dict:
         "ok": True,
         "crc_mode": packet.crc_mode,
         "length_ok": packet.length_ok,
+        "repairs": list(packet.repairs),
         "cp_closed": packet.cp_closed,
         "fields": packet.fields,
         "flag": None if packet.flag is None else {
