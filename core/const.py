@@ -29,12 +29,27 @@ class Kind(StrEnum):
 # Streams whose JSON payloads are scalar metric sets stored in ``readings``.
 SCALAR_STREAMS = frozenset({Stream.POLLUTION, Stream.AIR, Stream.WATER, Stream.GRID, Stream.METER})
 
-# Data flags. HJ 212-2017 §6.6 (数据标记): N normal, F stopped, M maintenance, S manual input,
-# D fault, C calibration, T over the instrument range, B communication abnormal.
+# HJ 212 data flags (``xxxxxx-Flag``), one table per edition.
+# HJ 212-2017 Table 8 (§6.6 数据标记): N normal, F instrument stopped, M maintenance, S manually entered
+# set value, D instrument fault, C calibrating, T above the measuring upper limit, B instrument-logger
+# communication abnormal.
+HJ212_2017_FLAGS = frozenset("NFMSDCTB")
+# HJ/T 212-2005 p.10 (pollution sources): P power fault (电源故障), F source stopped, C calibration,
+# M maintenance, T above the upper limit, D fault, S set value, N normal. It has no B.
+HJ212_2005_FLAGS = frozenset("NFMSDCTP")
+# HJ/T 212-2005 air stations send digits: 0 calibration data, 1 meteorological parameter, 2 abnormal,
+# 3 normal. 2017 defines no digits. Stored as the letter of the same meaning.
+HJ212_2005_AIR_FLAGS = {"0": "C", "1": "N", "2": "D", "3": "N"}
 FLAG_NORMAL = "N"
-DATA_FLAGS = frozenset("NFMSDCTBHPV")  # N..B per HJ 212; H/P/V kept for device-specific extensions
-# Flags whose data is excluded from exceedance rules and validity counts (HJ 75/76 practice).
-INVALID_FLAGS = frozenset("FMSDCTB")
+# What a reading may be stored with: the letters of either edition (a 2005 P or a 2017 B keeps its
+# meaning whichever edition a device claims). Nothing else: a flag no edition defines (H, V, Z...) is
+# unknown, stored by the HJ 212 codec as UNKNOWN_FLAG and refused in JSON payloads.
+DATA_FLAGS = HJ212_2017_FLAGS | HJ212_2005_FLAGS
+UNKNOWN_FLAG = "D"  # an unknown flag says nothing about the instrument being normal: never valid
+# Valid data (exceedance rules, hourly validity, valid-data rates): in both editions only N marks an
+# instrument working normally; every other flag, P included, marks data that does not count.
+VALID_FLAGS = frozenset({FLAG_NORMAL})
+INVALID_FLAGS = DATA_FLAGS - VALID_FLAGS
 
 CHINA_TZ = "Asia/Shanghai"  # day buckets and DataTime are China time; storage is UTC
 

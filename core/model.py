@@ -59,3 +59,7 @@ class Decoded:
     traffic: list[TrafficObservation] = field(default_factory=list)
     # Device-level records that are not time series (HJ 212 CN 2021/2041 state, JT/T 808 registration):
     events: list[dict] = field(default_factory=list)
+    # What the codec had to repair to read the message (a tolerated field deviation, e.g. JT/T 808
+    # "bare_7d_check"): the data is good, but ingest counts and logs it so a repaired frame never passes
+    # for a well-formed one.
+    repairs: tuple[str, ...] = ()

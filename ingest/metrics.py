@@ -8,6 +8,10 @@ MESSAGES_ACKED = Counter("wulian_ingest_messages_acked_total", "MQTT messages ac
 RECORDS_WRITTEN = Counter("wulian_ingest_records_written_total", "rows inserted", ["table"])
 DUPLICATES = Counter("wulian_ingest_duplicates_total", "redelivered records skipped by the unique index")
 DEAD_LETTERS = Counter("wulian_ingest_dead_letters_total", "messages refused", ["reason"])
+REPAIRED = Counter(
+    "wulian_ingest_repaired_messages_total",
+    "messages the codec read only after repairing a tolerated deviation (core.model.Decoded.repairs)",
+    ["kind", "reason"])
 BATCH_SIZE = Histogram(
     "wulian_ingest_batch_messages", "messages per batch", buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000)
 )

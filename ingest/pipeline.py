@@ -99,6 +99,14 @@ def _dead(msg: InMessage, topic: Topic | None, reason: str, detail: str) -> Dead
     )
 
 
+def _repaired(msg: InMessage, topic: Topic, repairs: tuple[str, ...]) -> None:
+    """A message the codec could read only after a repair: accepted, but counted and logged by reason."""
+    for reason in repairs:
+        m.REPAIRED.labels(topic.kind.value, reason).inc()
+    log.info("repaired message: topic=%s device=%s repairs=%s", msg.topic, topic.device_id, ",".join(repairs),
+             extra={"topic": msg.topic, "device": topic.device_id, "repairs": list(repairs)})
+
+
 def build_rows(items: list[Item], devices: dict[str, DeviceInfo], metric_ids: dict[str, int]) -> BatchRows:
     rows = BatchRows()
     readings, positions, traffic, seen = rows.readings, rows.positions, rows.traffic, rows.last_seen
@@ -163,6 +171,8 @@ class Ingestor:
                 log.exception("decoder crashed on topic %s", msg.topic, extra={"topic": msg.topic})
                 batch.dead.append(_dead(msg, topic, "decoder_error", repr(exc)))
                 continue
+            if decoded.repairs:
+                _repaired(msg, topic, decoded.repairs)
             batch.items.append(Item(msg, topic, decoded))
         return batch
 

@@ -211,6 +211,14 @@ def test_data_flag_rule_and_flag_exclusion(impl):
     assert got == [(1, R, 1, "D"), (1, C, 2, "N"), (2, R, 2, "N"), (2, U, 4, "N")]
 
 
+def test_power_fault_readings_never_raise_exceedance(impl):
+    # HJ/T 212-2005 P (电源故障, power fault) is invalid data: a default rule must not see it, in either case.
+    eng = make(impl, Rule(1, "hi", "upper", threshold=100))
+    assert "P" in Rule(2, "x", "upper", threshold=1).exclude_flags
+    assert feed(eng, (0, 150, "P"), (1, 999, "p"), (2, 10, "N")) == []
+    assert kinds(feed(eng, (3, 150, "N"))) == [(R, 3)]
+
+
 def test_bit_rule(impl):
     eng = make(impl, Rule(1, "overspeed", "bit", bit=1, bit_name="overspeed"))
     rows = feed(eng, (0, 0b01), (1, 0b10), (2, 0b11), (3, float("nan")), (4, -2.0), (5, 2.0 ** 40 + 1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.const import INVALID_FLAGS
+from core.const import INVALID_FLAGS, VALID_FLAGS
 from core.environment.editions import EDITION_2026_START_NS, NS_PER_DAY, NS_PER_HOUR
 from core.environment.sources import (
     DEFAULT_BOUNDARY_LIMITS,
@@ -60,15 +60,29 @@ def test_flagged_minutes_do_not_count():
 
 
 def test_valid_mask_forms_agree():
-    flags = list("NMCDFBSTHPV") + ["n", "", "c"]
+    flags = list("NMCDFBSTHPVZ") + ["n", "", "c", "p"]
     vals = np.ones(len(flags))
     vals[0] = np.nan
     as_str = valid_mask(np.array(flags, dtype=object), vals)
     as_bytes = valid_mask(np.frombuffer("".join(f or "N" for f in flags).encode(), dtype=np.uint8), vals)
     assert as_str.tolist() == as_bytes.tolist()
-    expected = [f.upper() not in INVALID_FLAGS for f in flags]
+    expected = [(f or "N").upper() in VALID_FLAGS for f in flags]  # only N: flags no edition defines too
     expected[0] = False  # NaN value
     assert as_str.tolist() == expected
+    assert valid_mask(np.zeros(1, np.uint8), np.ones(1)).tolist() == [True]  # code 0: no flag sent
+
+
+def test_power_fault_minutes_do_not_make_a_valid_hour():
+    # A 2005 logger flags a power fault P (电源故障) for 20 minutes of the hour: 40 valid minutes < 45.
+    keys, ts, vals = _minutes(60)
+    flags = np.array(["N"] * 60, dtype=object)
+    flags[:20] = "P"
+    ok = valid_mask(flags, vals)
+    assert ok.sum() == 40 and not set(INVALID_FLAGS) & set(flags[ok])
+    g = aggregate_hourly(keys, ts, vals, ok, T0, 1, 1)
+    assert not g.valid[0, 0] and g.n_valid_minutes[0, 0] == 40
+    codes = np.frombuffer("".join(flags).encode(), dtype=np.uint8)
+    assert valid_mask(codes, vals).sum() == 40  # the uint8 form the jobs use agrees
 
 
 def test_sub_minute_samples_count_minutes_not_samples():

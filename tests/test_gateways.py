@@ -17,6 +17,7 @@ from ingest.provisioning import DeviceSpec, upsert_device
 from ingest.service import mqtt_params, running_ingestor
 from simulators.field_devices import Hj212Station, Jt808Terminal
 from tests.conftest import wait_until
+from tests.test_jt808 import bare_7d_frame
 
 REGION = "gwcity"
 NS = 1_000_000_000
@@ -372,6 +373,26 @@ async def test_malformed_input_dead_lettered_and_gateway_survives(pool, fake_gat
     await wait_until(lambda: len(pub.sent) == 1, event=pub.event)
     pub.sent[0][2].set_result(True)
     assert hj212.decode(await _read_line(reader)).cn == "9014"
+    writer.close()
+
+
+async def test_jt808_bare_7d_check_code_accepted_and_counted(pool, fake_gateways):
+    gws, pub, sink = fake_gateways
+    gj = gws["jt808"]
+    phone = _phone()
+    await _add(pool, phone, "vehicle", "jt808", jt808_auth="ok")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gj.port)
+    writer.write(jt808.encode(0x0102, phone, 1, jt808.auth_body("ok")))
+    assert (await _read_frame(reader)).payload.result == 0
+    body = jt808.location_body(ts_ns=time.time_ns(), lat=23.3, lon=116.6)
+    frame, serial = bare_7d_frame(0x0200, body, phone.rjust(12, "0"))
+    writer.write(frame)
+    await wait_until(lambda: len(pub.sent) == 1, event=pub.event)
+    assert pub.sent[0][1] == frame  # published as the terminal sent it: ingest repairs and counts it too
+    pub.sent[0][2].set_result(True)
+    ans = await _read_frame(reader)
+    assert (ans.payload.serial, ans.payload.result) == (serial, 0)
+    assert dict(gj.stats.repaired) == {"bare_7d_check": 1} and gj.stats.frames["accepted"] == 1
     writer.close()
 
 

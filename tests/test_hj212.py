@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.const import DATA_FLAGS
+from core.const import DATA_FLAGS, INVALID_FLAGS, VALID_FLAGS
 from core.kernels.checksums import crc_hj212, crc_modbus
 from ingest.codecs import hj212, hj212_codes
 from ingest.codecs.errors import CodecError
@@ -151,6 +151,10 @@ def test_terminator_variants_accepted():
 def test_length_fallback_accepts_only_a_closed_cp_with_right_crc():
     packet = hj212.decode(_packet(SEGMENT, length=len(SEGMENT) + 7))
     assert not packet.length_ok and packet.param("a21026-Rtd") == "12.5"
+    # accepted, but never passed off as well-formed: ingest counts the repair, the CLI prints it
+    assert hj212.to_decoded(packet).repairs == (hj212.REPAIR_LENGTH,) == ("length_mismatch",)
+    assert hj212.decode_cli(_packet(SEGMENT, length=len(SEGMENT) + 7).decode())["repairs"] == ["length_mismatch"]
+    assert hj212.to_decoded(hj212.decode(_packet(SEGMENT))).repairs == ()
     with pytest.raises(CodecError) as err:  # CP not closed: the bytes cannot be trusted
         hj212.decode(_packet(SEGMENT[:-2], length=len(SEGMENT)))
     assert err.value.reason == "length_mismatch"
@@ -270,13 +274,42 @@ def test_every_value_field_and_flag():
     assert ts["a01012-Rtd"] == _china_ns("20240101120000")
 
 
+HEAD_2017 = "QN=20240101120000000;ST=31;CN=2011;Flag=4"
+HEAD_2005 = "ST=32;CN=2011;PW=123456;MN=LD130133000015"  # 2005 uploads carry no QN and no Flag
+
+
 @pytest.mark.parametrize(
-    ("flag", "stored"),
-    [("N", "N"), ("n", "N"), ("T", "T"), ("B", "B"), ("P", "P"), ("0", "C"), ("3", "N"), ("Z", "D"), ("", "D")],
+    ("head", "flag", "stored"),
+    [
+        # HJ 212-2017 Table 8 letters, any case; P and B are kept whichever edition the device claims
+        (HEAD_2017, "N", "N"), (HEAD_2017, "n", "N"), (HEAD_2017, "T", "T"), (HEAD_2017, "B", "B"),
+        (HEAD_2017, "P", "P"), (HEAD_2005, "P", "P"), (HEAD_2005, "p", "P"), (HEAD_2005, "B", "B"),
+        # HJ/T 212-2005 air-station digits: 0 calibration, 1 meteorological, 2 abnormal, 3 normal ...
+        (HEAD_2005, "0", "C"), (HEAD_2005, "1", "N"), (HEAD_2005, "2", "D"), (HEAD_2005, "3", "N"),
+        # ... which 2017 does not define: unknown there, never "normal"
+        (HEAD_2017, "0", "D"), (HEAD_2017, "3", "D"), (HEAD_2017.replace("Flag=4", "Flag=8"), "3", "D"),
+        # no edition defines H, V, Z or an empty flag
+        (HEAD_2017, "H", "D"), (HEAD_2017, "V", "D"), (HEAD_2005, "H", "D"), (HEAD_2017, "Z", "D"),
+        (HEAD_2017, "", "D"),
+    ],
 )
-def test_data_flags_normalised(flag, stored):
-    (reading,) = _decode_cp(f"DataTime=20240101120000;w01018-Rtd=1,w01018-Flag={flag}").readings
+def test_data_flags_normalised_per_edition(head, flag, stored):
+    (reading,) = _decode_cp(f"DataTime=20240101120000;w01018-Rtd=1,w01018-Flag={flag}", head=head).readings
     assert reading.flag == stored and reading.flag in DATA_FLAGS
+    assert (reading.flag in VALID_FLAGS) == (stored == "N") and (reading.flag in INVALID_FLAGS) == (stored != "N")
+
+
+def test_2005_power_fault_flag_is_invalid_data():
+    # HJ/T 212-2005: P = 电源故障 (power fault). It used to be stored as a flag outside INVALID_FLAGS and so
+    # counted as valid data (hourly validity, exceedance rules, valid-data rates).
+    packet = hj212.decode(_packet(
+        f"{HEAD_2005};CP=&&DataTime=20160824003817000;B01-Rtd=36.91;011-Rtd=231.0,011-Flag=N;"
+        "060-Rtd=1.803,060-Flag=P&&"))
+    assert packet.edition == "2005"
+    got = {r.metric: r.flag for r in hj212.to_decoded(packet).readings}
+    assert got == {"w00000-Rtd": "N", "w01018-Rtd": "N", "w21003-Rtd": "P"}
+    assert "P" in INVALID_FLAGS and "P" not in VALID_FLAGS
+    assert not hj212.flag_is_valid(got["w21003-Rtd"]) and hj212.flag_is_valid(got["w01018-Rtd"])
 
 
 def test_bare_flag_in_cp_is_the_packet_default():
@@ -495,3 +528,16 @@ def test_decode_cli_and_command(capsys):
     assert main(["decode", "hj212", _vector("hj-bad-xy-crc-4981")]) == 2
     assert json.loads(capsys.readouterr().out) == {
         "ok": False, "reason": "bad_crc", "detail": "packet says 4981, Appendix A gives 4980"}
+
+
+def test_decode_cli_says_which_values_count_as_valid(capsys):
+    raw = _packet(f"{HEAD_2005};CP=&&DataTime=20160824003817000;B01-Rtd=36.91;011-Rtd=231.0,011-Flag=N;"
+                  "060-Rtd=1.803,060-Flag=P;101-Rtd=7,101-Flag=z&&").decode()
+    from wulian.commands import decode as command
+
+    assert command.run(argparse.Namespace(kind="hj212", data=raw)) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {r["metric"]: (r["flag"], r["valid"]) for r in out["readings"]} == {
+        "w00000-Rtd": ("N", True), "w01018-Rtd": ("N", True), "w21003-Rtd": ("P", False),
+        "w21011-Rtd": ("D", False)}
+    assert all(type(r["valid"]) is bool for r in out["readings"])

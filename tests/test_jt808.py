@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import struct
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from core.kernels.checksums import xor_bytes
 from ingest.codecs import jt808
 from ingest.codecs.errors import CodecError
+from ingest.mqtt_client import InMessage
+from ingest.pipeline import Ingestor
 from tests.data import load_json
 
 ENTRIES = load_json("vectors/jt808.json")["entries"]
@@ -152,18 +157,47 @@ def test_bad_escapes(inner, reason):
         jt808.decode(b"\x7e" + inner + b"\x7e")
 
 
-def test_bare_7d_check_code_only_when_tolerated():
-    # a heartbeat whose check code is 0x7D, sent unescaped by some terminals
+def bare_7d_frame(msg_id: int = 0x0002, body: bytes = b"", phone: str = "013800138000") -> tuple[bytes, int]:
+    """(frame, serial): a frame whose check code is 0x7D sent unescaped, as some terminals do
+    (protocols.md ``jt-bad-gj-unescaped-7d``); the serial is chosen so that the check comes out 0x7D."""
     for serial in range(65536):
-        payload = b"\x00\x02\x00\x00" + bytes.fromhex("013800138000") + serial.to_bytes(2, "big")
+        payload = struct.pack(">HH", msg_id, len(body)) + bytes.fromhex(phone) + serial.to_bytes(2, "big") + body
         if xor_bytes(payload) == 0x7D and b"\x7d" not in payload and b"\x7e" not in payload:
-            break
-    frame = b"\x7e" + payload + b"\x7d\x7e"
+            return b"\x7e" + payload + b"\x7d\x7e", serial
+    raise AssertionError("no serial gives a 0x7D check code")
+
+
+def test_bare_7d_check_code_is_repaired_and_says_so():
+    frame, serial = bare_7d_frame()
+    msg = jt808.decode(frame)
+    assert msg.serial == serial and msg.repairs == (jt808.REPAIR_BARE_7D_CHECK,) == ("bare_7d_check",)
+    assert jt808.to_decoded(msg).repairs == ("bare_7d_check",)
     with pytest.raises(CodecError) as err:
-        jt808.decode(frame)
+        jt808.decode(frame, strict_escape=True)
     assert err.value.reason == "bad_escape"
-    assert jt808.decode(frame, strict_escape=False).serial == serial
-    assert jt808.decode(_frame(payload)).serial == serial  # the properly escaped form
+    good = jt808.decode(_frame(frame[1:-2]))  # the properly escaped form: 7D 01
+    assert good.serial == serial and good.repairs == () and jt808.to_decoded(good).repairs == ()
+    # a location report carries the repair along with its position
+    body = jt808.location_body(ts_ns=_china_ns("2024-05-01T08:00:00"), lat=23.3, lon=116.6)
+    frame, _ = bare_7d_frame(0x0200, body)
+    decoded = jt808.to_decoded(jt808.decode(frame))
+    assert decoded.repairs == ("bare_7d_check",) and decoded.positions[0].lat == 23.3
+
+
+def test_repaired_frame_is_counted_and_logged_by_ingest(caplog):
+    body = jt808.location_body(ts_ns=_china_ns("2024-05-01T08:00:00"), lat=23.3, lon=116.6)
+    frame, _ = bare_7d_frame(0x0200, body)
+    labels = {"kind": "jt808", "reason": "bare_7d_check"}
+    before = REGISTRY.get_sample_value("wulian_ingest_repaired_messages_total", labels) or 0.0
+    ingestor = Ingestor(None, None, clock_ns=lambda: _china_ns("2024-05-01T08:00:05"))  # type: ignore[arg-type]
+    topic = "wl/test/vehicle/13800138000/jt808"
+    with caplog.at_level(logging.INFO, logger="ingest.pipeline"):
+        batch = ingestor.decode_batch([InMessage(1, 1, 1, topic, frame),
+                                       InMessage(1, 2, 1, topic, _frame(frame[1:-2]))])
+    assert not batch.dead and [it.decoded.repairs for it in batch.items] == [("bare_7d_check",), ()]
+    assert REGISTRY.get_sample_value("wulian_ingest_repaired_messages_total", labels) == before + 1
+    assert [r.getMessage() for r in caplog.records if "repaired" in r.getMessage()] == [
+        f"repaired message: topic={topic} device=13800138000 repairs=bare_7d_check"]
 
 
 @given(st.binary(max_size=200))
@@ -485,6 +519,10 @@ def test_decode_cli_and_command(capsys):
         return command.run(argparse.Namespace(kind=argv[1], data=argv[2]))
 
     assert main(["decode", "jt808", raw_hex]) == 0
-    assert json.loads(capsys.readouterr().out)["phone"] == "123456789012"
+    out = json.loads(capsys.readouterr().out)
+    assert out["phone"] == "123456789012" and out["repairs"] == []
+    assert main(["decode", "jt808", bare_7d_frame()[0].hex()]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and out["repairs"] == ["bare_7d_check"] and out["msg_id"] == "0x0002"
     assert main(["decode", "jt808", _entry("jt-bad-fy-check")["raw_hex"]]) == 2
     assert json.loads(capsys.readouterr().out)["reason"] == "bad_checksum"

@@ -1,6 +1,9 @@
 import asyncpg
+import orjson
 
-from ingest.migrations import available, migrate
+from core.alarms.rules import Rule
+from core.const import INVALID_FLAGS
+from ingest.migrations import SQL_DIR, available, migrate
 
 
 async def test_migrate_twice_is_idempotent(test_dsn):
@@ -48,3 +51,21 @@ async def test_retention_drops_old_chunks_only(pool):
         assert dropped["traffic_observations"] >= 1
         left = await con.fetch("SELECT speed_kmh FROM traffic_observations WHERE device = $1", dev)
         assert [r["speed_kmh"] for r in left] == [20.0]
+
+
+async def test_stored_rules_with_the_old_default_exclude_the_power_fault_flag(pool):
+    # Rules are stored with their exclude_flags spelled out, so the former default (without HJ/T 212-2005
+    # P, power fault) would stay in force for every rule saved before P became invalid.
+    old_default = {**Rule(1, "hi", "upper", threshold=1).to_dict(), "exclude_flags": "BCDFMST"}
+    custom = {**old_default, "exclude_flags": "D"}
+    async with pool.acquire() as con:
+        ids = [await con.fetchval("INSERT INTO rules (definition) VALUES ($1::jsonb) RETURNING id",
+                                  orjson.dumps(d).decode()) for d in (old_default, custom)]
+        try:
+            await con.execute((SQL_DIR / "0103_rules_exclude_power_fault.sql").read_text(encoding="utf-8"))
+            got = [Rule.from_dict({**orjson.loads(await con.fetchval(
+                "SELECT definition::text FROM rules WHERE id = $1", i)), "id": i}) for i in ids]
+        finally:
+            await con.execute("DELETE FROM rules WHERE id = ANY($1::bigint[])", ids)
+    assert got[0].exclude_flags == INVALID_FLAGS and "P" in got[0].exclude_flags
+    assert got[1].exclude_flags == frozenset("D")  # chosen by hand: left alone

@@ -54,6 +54,9 @@ def test_vehicle_and_traffic_records():
         (Stream.POLLUTION, b'{"ts": 1795658400000, "values": {}}', "bad_values"),
         (Stream.POLLUTION, b'{"ts": 1795658400000, "values": {"x\'; DROP TABLE readings;--": 1}}', "bad_metric"),
         (Stream.POLLUTION, b'{"ts": 1795658400000, "values": {"SO2": {"value": 1, "flag": "Q"}}}', "bad_flag"),
+        # no HJ 212 edition defines H or V (2017 Table 8, 2005 flag list): unknown, not stored as valid
+        (Stream.POLLUTION, b'{"ts": 1795658400000, "values": {"SO2": {"value": 1, "flag": "H"}}}', "bad_flag"),
+        (Stream.POLLUTION, b'{"ts": 1795658400000, "flag": "V", "values": {"SO2": 1}}', "bad_flag"),
         (Stream.POLLUTION, b"[]", "empty"),
         (Stream.POLLUTION, b"[1, 2]", "bad_record"),
         (Stream.VEHICLE, b'{"ts": 1795658400000, "lat": 91, "lon": 10}', "bad_position"),

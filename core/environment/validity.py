@@ -1,8 +1,9 @@
 """HJ 76 data validity: minute samples -> valid hourly means -> valid daily means, and completeness.
 
-* A sample is valid when its flag is not one of ``core.const.INVALID_FLAGS`` (maintenance, calibration,
-  fault, stopped, manual set value, over range, communication fault; case-insensitive) and the value is
-  finite.
+* A sample is valid when its flag is one of ``core.const.VALID_FLAGS`` (N, case-insensitive; no flag
+  counts as N) and the value is finite. Every other flag is invalid: maintenance, calibration, fault,
+  stopped, manual set value, over range, communication fault, the 2005 power fault P, and any flag no
+  HJ 212 edition defines.
 * An hour is valid with at least 45 distinct valid minutes, a day with at least 20 valid hours
   (CEMS data validity of HJ 75-2017 / HJ 76-2017; GB 3095 Table 4 uses the same 45 min / 20 h).
 * The daily valid-data rate is valid hours / 24 (HJ 75 有效数据率 on the hourly basis).
@@ -14,17 +15,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.const import INVALID_FLAGS
+from core.const import VALID_FLAGS
 from core.environment.editions import CHINA_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR, china_day_start_ns
 from core.kernels.hourly_validity import hourly_to_daily, minute_to_hourly
 
 MIN_VALID_MINUTES = 45
 MIN_VALID_HOURS = 20
 
-_INVALID_BYTE = np.zeros(256, dtype=np.bool_)
-for _f in INVALID_FLAGS:
-    _INVALID_BYTE[ord(_f)] = True
-    _INVALID_BYTE[ord(_f.lower())] = True
+# Valid by flag code (ASCII; 0 = no flag, as core.alarms.flag_code gives it). A positive table, so that a
+# flag outside the tables (H, V, a stray byte) can never count as valid.
+_VALID_BYTE = np.zeros(256, dtype=np.bool_)
+_VALID_BYTE[0] = True
+for _f in VALID_FLAGS:
+    _VALID_BYTE[ord(_f)] = True
+    _VALID_BYTE[ord(_f.lower())] = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,7 @@ def valid_mask(flags: np.ndarray | list, values: np.ndarray) -> np.ndarray:
         codes = np.frombuffer(
             "".join((f or "N")[0] for f in flags.tolist()).encode("ascii", "replace"), dtype=np.uint8
         )
-    return ~_INVALID_BYTE[codes] & np.isfinite(values)
+    return _VALID_BYTE[codes] & np.isfinite(values)
 
 
 def day_aligned_start(ts_ns: int) -> int:

@@ -1,7 +1,7 @@
 """Minute -> hour -> day aggregation with HJ 76 / GB 3095 validity counts.
 
 Input is struct-of-arrays of minute (or real-time) samples: int32 dense series keys, int64 ns times,
-float64 values and a bool "valid" mask (flag not in INVALID_FLAGS and value finite), in any order.
+float64 values and a bool "valid" mask (flag in VALID_FLAGS and value finite), in any order.
 The output is a dense (n_keys, n_hours) grid starting at ``t0_ns`` (an hour boundary).
 
 Validity counts distinct valid *minutes*, not samples: a device reporting every 30 s does not reach

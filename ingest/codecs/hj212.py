@@ -3,7 +3,8 @@
 A packet is ``##`` + 4-digit length + data segment + 4 hex CRC + CR LF (HJ 212-2017 §6.3.2 Table 2).
 The length counts the data segment's UTF-8 bytes. When the declared length does not fit but the
 packet still ends ``&&`` + CRC and that CRC is right, the length is the only thing wrong: the packet is
-accepted with ``length_ok=False``. Anything else that does not fit is rejected.
+accepted with ``length_ok=False``, named in ``Decoded.repairs`` (REPAIR_LENGTH) so that ingest counts it.
+Anything else that does not fit is rejected.
 
 Metric names (``to_decoded``): ``{code}-{field}`` as the standard writes them (``a21026-Rtd``,
 ``a21026-ZsAvg``, ``w00000-Cou``), where ``code`` is the HJ 212-2017 code: 2005 codes are mapped to
@@ -12,8 +13,10 @@ their 2017 successor by ``hj212_codes.lookup`` (``011-Rtd`` from a 2005 water lo
 one that does not start with a letter gets an ``x`` prefix (``x999-Rtd``) so it is a valid metric name.
 Fields that become readings: Rtd, Min, Avg, Max, Cou, ZsRtd, ZsMin, ZsAvg, ZsMax, the noise fields
 Data/DayData/NightData, and any vendor field with a numeric value. Each reading carries its code's
-``-Flag`` (any case; 2005 air-station digits mapped to letters; unknown flags become D so they are
-never taken as valid; a bare ``Flag=`` in the CP is the packet's default; none means N).
+``-Flag``, read with the packet's edition (``normalise_flag``): any case; the letters of either edition
+(2005 P, 2017 B) kept; 2005 air-station digits mapped to letters in 2005 packets only; anything else
+becomes D so it is never taken as valid data. A bare ``Flag=`` in the CP is the packet's default; none
+means N. Only N counts as valid data (``core.const.VALID_FLAGS``).
 Times: DataTime (or the code's SampleTime) is China time, UTC+8 with no DST since 1991, converted to
 UTC ns. For 2051/2061/2031 it is the start of the period (HJ 212-2017 Table 4), stored as-is.
 """
@@ -26,7 +29,7 @@ from decimal import Decimal
 from functools import lru_cache
 from math import isfinite
 
-from core.const import DATA_FLAGS, FLAG_NORMAL
+from core.const import DATA_FLAGS, FLAG_NORMAL, HJ212_2005_AIR_FLAGS, UNKNOWN_FLAG, VALID_FLAGS
 from core.kernels.checksums import crc_hj212, crc_modbus
 from core.model import Decoded, Reading
 from ingest.codecs import hj212_codes
@@ -38,6 +41,7 @@ from ingest.codecs.errors import CodecError
 #   modbus_le  plain CRC-16/MODBUS printed low byte first (seen in a receiver log)
 CRC_MODES = ("hj212", "modbus", "modbus_le")
 MAX_LENGTH = 9999  # what 4 digits can declare; HJ 212-2017 caps at 1024 but real packets exceed it
+REPAIR_LENGTH = "length_mismatch"  # LLLL was wrong; the packet was framed by its closing && and CRC
 DATA_CNS = frozenset({"2011", "2051", "2061", "2031"})
 STATE_CNS = frozenset({"2021", "2041"})
 READING_FIELDS = frozenset(
@@ -45,10 +49,6 @@ READING_FIELDS = frozenset(
 )
 # Fields that describe a value rather than being one; never readings even when numeric.
 META_FIELDS = frozenset({"Flag", "EFlag", "SampleTime", "Info", "InfoId", "SN", "RS", "RT"})
-# HJ/T 212-2005 air-station flags are digits: 0 calibration, 1 meteorological parameter, 2 abnormal,
-# 3 normal. Mapped onto the 2017 letters.
-FLAG_2005_AIR = {"0": "C", "1": "N", "2": "D", "3": "N"}
-UNKNOWN_FLAG = "D"  # an unrecognised data flag is treated as a fault: excluded, never silently normal
 
 _HEX4 = re.compile(rb"[0-9A-Fa-f]{4}")
 _DIGITS4 = re.compile(rb"[0-9]{4}")
@@ -77,6 +77,11 @@ class Hj212Packet:
     crc_mode: str = "hj212"  # which of CRC_MODES matched
     length_ok: bool = True  # False: accepted by the &&+CRC fallback although LLLL lied
     cp_closed: bool = True  # CP ended with its closing "&&"
+
+    @property
+    def repairs(self) -> tuple[str, ...]:
+        """What had to be repaired to read the packet (the tolerated CRC variants are in ``crc_mode``)."""
+        return () if self.length_ok else (REPAIR_LENGTH,)
 
     @property
     def cp(self) -> tuple[tuple[str, str], ...]:
@@ -422,13 +427,32 @@ def metric_code(code: str, st: str | None, version: int | None) -> str:
     return clean if clean[0].isascii() and clean[0].isalpha() else "x" + clean
 
 
-_FLAG_MAP = {**{f: f for f in DATA_FLAGS}, **{f.lower(): f for f in DATA_FLAGS}, **FLAG_2005_AIR}
+# Flag text -> stored flag, by edition. Letters: those of either edition, any case (the two tables
+# differ only in 2005 P and 2017 B, both invalid, so a device that claims the wrong edition loses no
+# meaning). Digits: HJ/T 212-2005 air stations only; HJ 212-2017 defines none, so in a 2017 (or later)
+# packet a digit is unknown, and "3" there must not pass as "normal".
+_FLAG_LETTERS = {**{f: f for f in DATA_FLAGS}, **{f.lower(): f for f in DATA_FLAGS}}
+_FLAG_MAP_2005 = {**_FLAG_LETTERS, **HJ212_2005_AIR_FLAGS}
+_FLAG_MAP_2017 = _FLAG_LETTERS
 
 
-def normalise_flag(text: str) -> str:
-    """A data flag as stored: HJ 212-2017 letters (any case), 2005 air-station digits mapped to
-    letters, anything else UNKNOWN_FLAG."""
-    return _FLAG_MAP.get(text) or _FLAG_MAP.get(text.strip().upper(), UNKNOWN_FLAG)
+def _flag_map(version: int | None) -> dict[str, str]:
+    """The flag table of a packet's edition (Flag bits V5..V0: none or 0 is HJ/T 212-2005)."""
+    return _FLAG_MAP_2005 if not version else _FLAG_MAP_2017
+
+
+def normalise_flag(text: str, version: int | None) -> str:
+    """A data flag as stored, read with the table of the packet's edition (``version`` as
+    ``Hj212Packet.version``: None or 0 for HJ/T 212-2005): letters of either edition in any case,
+    2005 air-station digits mapped to letters in 2005 packets, anything else UNKNOWN_FLAG."""
+    table = _flag_map(version)
+    return table.get(text) or table.get(text.strip().upper(), UNKNOWN_FLAG)
+
+
+def flag_is_valid(flag: str) -> bool:
+    """Whether data with this stored flag counts as valid data (exceedance rules, hourly validity,
+    valid-data rates): only N does, in both editions."""
+    return flag in VALID_FLAGS
 
 
 def _number(text: str) -> float | None:
@@ -445,8 +469,8 @@ def to_decoded(packet: Hj212Packet) -> Decoded:
     """Readings of a data upload (CN 2011/2051/2061/2031), events for equipment state and run time
     (CN 2021/2041), nothing for other commands. Values that are not numbers are left out and listed
     in one ``hj212_bad_values`` event. Raises CodecError ``bad_time`` when a data upload has no usable
-    DataTime (nor QN to fall back on)."""
-    out = Decoded()
+    DataTime (nor QN to fall back on). The packet's ``repairs`` go along."""
+    out = Decoded(repairs=packet.repairs)
     if packet.cn in DATA_CNS:
         _readings(packet, out)
     elif packet.cn in STATE_CNS:
@@ -463,6 +487,8 @@ def _readings(packet: Hj212Packet, out: Decoded) -> None:
     flags: dict[str, str] = {}
     samples: dict[str, str] = {}
     default_flag = FLAG_NORMAL
+    version = packet.version
+    flag_map = _flag_map(version)
     for part in packet.cp_raw.replace(",", ";").split(";"):
         name, _, text = part.partition("=")
         code, dash, field = name.partition("-")
@@ -475,7 +501,7 @@ def _readings(packet: Hj212Packet, out: Decoded) -> None:
                 if ts is None:
                     raise CodecError("bad_time", f"DataTime={text!r}")
             elif name == "Flag":  # a bare Flag in the CP (vendor form): the default for the packet
-                default_flag = normalise_flag(text)
+                default_flag = normalise_flag(text, version)
             continue
         if field == "Flag":
             flags[code] = text
@@ -484,7 +510,7 @@ def _readings(packet: Hj212Packet, out: Decoded) -> None:
         elif field not in META_FIELDS:
             values.append((name, code, field, text))
     sections.append((ts, values, flags, samples))
-    st, version = packet.st, packet.version
+    st = packet.st
     metrics = _metric_cache(st, version)
     readings = out.readings
     bad: list[list[str]] = []
@@ -508,7 +534,7 @@ def _readings(packet: Hj212Packet, out: Decoded) -> None:
             if flag is None:
                 flag = default_flag
             else:
-                flag = _FLAG_MAP.get(flag) or normalise_flag(flag)
+                flag = flag_map.get(flag) or normalise_flag(flag, version)
             when = ts
             if samples and code in samples:
                 sample_ts = china_time_ns(samples[code])
@@ -664,8 +690,9 @@ def answer(packet: Hj212Packet) -> bytes | None:
 # --- CLI -----------------------------------------------------------------------------------------
 
 def decode_cli(text: str) -> dict:
-    """``wulian decode hj212 PACKET``: the packet, its codes marked known/unknown and what ingest stores.
-    All CRC variants are tried so that the output names the one the device uses."""
+    """``wulian decode hj212 PACKET``: the packet, its codes marked known/unknown and what ingest stores,
+    each value with ``valid``: whether its flag lets it count as valid data. All CRC variants are tried
+    so that the output names the one the device uses."""
     packet = decode(text, crc_modes=CRC_MODES)
     decoded = to_decoded(packet)
     codes = {}
@@ -682,6 +709,7 @@ def decode_cli(text: str) -> dict:
         "ok": True,
         "crc_mode": packet.crc_mode,
         "length_ok": packet.length_ok,
+        "repairs": list(packet.repairs),
         "cp_closed": packet.cp_closed,
         "fields": packet.fields,
         "flag": None if packet.flag is None else {
@@ -697,7 +725,7 @@ def decode_cli(text: str) -> dict:
         "codes": codes,
         "readings": [
             {"ts_ns": r.ts_ns, "time_utc": _iso(r.ts_ns), "metric": r.metric, "value": r.value,
-             "flag": r.flag}
+             "flag": r.flag, "valid": flag_is_valid(r.flag)}
             for r in decoded.readings
         ],
         "events": decoded.events,

@@ -11,6 +11,13 @@ layouts), 0x8100 register answer, 0x0102 authentication (2013/2019), 0x0200 loca
 additional items, 0x0704 location batch. Others are kept as raw bytes. Sub-packaged and encrypted
 bodies are not parsed (``payload`` is None); ``join_packages`` reassembles and decodes the former.
 
+Repairs: a frame whose check code is a bare 0x7D (not escaped as ``7D 01``; some terminals send it, see
+``jt-bad-gj-unescaped-7d``) is accepted by default, because nothing is guessed: that 0x7D is the last
+byte before the closing flag, so it cannot start an escape pair, and the frame must still pass the XOR
+check. It is never silent: ``Jt808Message.repairs`` (and ``Decoded.repairs``) name the repair
+(``REPAIR_BARE_7D_CHECK``), ingest and the gateway count it by reason, and ``decode_cli`` prints it,
+as the HJ 212 codec names the CRC variant that matched. ``strict_escape=True`` refuses such frames.
+
 ``to_decoded``: 0x0200/0x0704 become ``Position`` records (time BCD in China time, UTC+8, to UTC ns;
 latitude/longitude signed by status bits 2/3; ``extra`` holds the decoded additional items by name
 and unknown ones as hex under ``raw``); 0x0100 and 0x0102 become events (without the auth code).
@@ -28,6 +35,7 @@ from core.vehicles.jt808_bits import ALARM_BITS
 from ingest.codecs.errors import CodecError, parse_hex
 
 MAX_FRAME = 2 + 2 * (17 + 4 + 1023 + 1)  # longest legal frame with every byte escaped
+REPAIR_BARE_7D_CHECK = "bare_7d_check"  # the check code 0x7D sent as is, not escaped as 7D 01
 _NS = 1_000_000_000
 _CHINA_OFFSET_NS = 8 * 3600 * _NS
 
@@ -189,6 +197,7 @@ class Jt808Message:
     protocol_version: int | None = None  # 2019 header only
     total: int | None = None  # sub-package header, when props bit 13 is set
     seq: int | None = None
+    repairs: tuple[str, ...] = ()  # what had to be repaired to read the frame (REPAIR_BARE_7D_CHECK)
 
     @property
     def terminal_phone(self) -> str:
@@ -224,20 +233,26 @@ def escape(payload: bytes) -> bytes:
 def unescape(inner: bytes, *, strict: bool = True) -> bytes:
     """Reverse ``escape`` on the bytes between the flags. Every 0x7D must start ``7D 01`` or ``7D 02``
     (CodecError ``bad_escape``); with ``strict=False`` a bare 0x7D as the very last byte (the check
-    code, as some terminals send it) is taken as 0x7D."""
+    code, as some terminals send it) is taken as 0x7D. ``unescape_repairing`` also says whether it was."""
+    return unescape_repairing(inner, strict=strict)[0]
+
+
+def unescape_repairing(inner: bytes, *, strict: bool = True) -> tuple[bytes, str | None]:
+    """``unescape`` and the repair it made: None, or REPAIR_BARE_7D_CHECK (only with ``strict=False``)."""
     if b"\x7e" in inner:
         raise CodecError("bad_escape", "0x7E inside the frame")
     n = inner.count(b"\x7d")
     if not n:
-        return inner
+        return inner, None
     # Every 0x7D in a well-escaped frame starts a pair, so pairs never overlap and replace is exact.
     if inner.count(b"\x7d\x01") + inner.count(b"\x7d\x02") != n:
         if not strict and inner[-1] == 0x7D and inner[-2:-1] != b"\x7d":
             head = inner[:-1]
             if head.count(b"\x7d\x01") + head.count(b"\x7d\x02") == n - 1:
-                return head.replace(b"\x7d\x02", b"\x7e").replace(b"\x7d\x01", b"\x7d") + b"\x7d"
+                unescaped = head.replace(b"\x7d\x02", b"\x7e").replace(b"\x7d\x01", b"\x7d") + b"\x7d"
+                return unescaped, REPAIR_BARE_7D_CHECK
         raise CodecError("bad_escape", "0x7D not followed by 01 or 02")
-    return inner.replace(b"\x7d\x02", b"\x7e").replace(b"\x7d\x01", b"\x7d")
+    return inner.replace(b"\x7d\x02", b"\x7e").replace(b"\x7d\x01", b"\x7d"), None
 
 
 def xor_check(data: bytes) -> int:
@@ -442,10 +457,10 @@ def _phone(raw: bytes) -> str:
     return text
 
 
-def decode(frame: bytes, *, strict_escape: bool = True) -> Jt808Message:
+def decode(frame: bytes, *, strict_escape: bool = False) -> Jt808Message:
     """Validate and parse one frame including its 0x7E flags. Raises CodecError: bad_frame,
-    bad_escape, truncated, bad_checksum, length_mismatch, bad_bcd, bad_time. ``strict_escape=False``
-    tolerates a bare 0x7D check code (a per-device setting)."""
+    bad_escape, truncated, bad_checksum, length_mismatch, bad_bcd, bad_time. A bare 0x7D check code
+    is repaired and named in ``repairs`` (module docstring); ``strict_escape=True`` refuses it."""
     if type(frame) is not bytes:
         if not isinstance(frame, (bytes, bytearray, memoryview)):
             raise CodecError("bad_frame", f"expected bytes, got {type(frame).__name__}")
@@ -453,8 +468,9 @@ def decode(frame: bytes, *, strict_escape: bool = True) -> Jt808Message:
     if len(frame) < 2 or frame[0] != 0x7E or frame[-1] != 0x7E:
         raise CodecError("bad_frame", "frame must start and end with 0x7E")
     payload = frame[1:-1]
+    repair = None
     if b"\x7d" in payload or b"\x7e" in payload:
-        payload = unescape(payload, strict=strict_escape)
+        payload, repair = unescape_repairing(payload, strict=strict_escape)
     size = len(payload) - 1  # without the check code
     if size < 12:
         raise CodecError("truncated", f"{size} bytes of header and body, header alone is 12")
@@ -486,7 +502,7 @@ def decode(frame: bytes, *, strict_escape: bool = True) -> Jt808Message:
     if not package and not props & 0x1C00:
         parsed = _location(body) if msg_id == 0x0200 else _payload(msg_id, body, edition)
     return Jt808Message(msg_id, props, _phone(phone), serial, edition, body, parsed, protocol_version,
-                        total, seq)
+                        total, seq, () if repair is None else (repair,))
 
 
 def join_packages(parts: Iterable[Jt808Message]) -> Jt808Message:
@@ -508,8 +524,9 @@ def join_packages(parts: Iterable[Jt808Message]) -> Jt808Message:
     body = b"".join(part.body for part in parts)
     props = (first.props & ~0x23FF) | (len(body) & 0x3FF)
     payload = None if props & 0x1C00 else _payload(first.msg_id, body, first.edition)
+    repairs = tuple(dict.fromkeys(r for part in parts for r in part.repairs))
     return Jt808Message(first.msg_id, props, first.phone, first.serial, first.edition, body, payload,
-                        first.protocol_version)
+                        first.protocol_version, repairs=repairs)
 
 
 def split_frames(buffer: bytes, *, max_size: int = MAX_FRAME) -> tuple[list[bytes], bytes]:
@@ -563,11 +580,12 @@ def _position(loc: Location) -> Position:
 
 def to_decoded(msg: Jt808Message) -> Decoded:
     """Positions of 0x0200/0x0704; a ``jt808_register`` event for 0x0100 and a ``jt808_auth`` event
-    (IMEI and software version, never the code) for 0x0102; nothing for other messages."""
+    (IMEI and software version, never the code) for 0x0102; nothing for other messages. The frame's
+    ``repairs`` go along."""
     payload = msg.payload
     if type(payload) is Location:
-        return Decoded(positions=[_position(payload)])
-    out = Decoded()
+        return Decoded(positions=[_position(payload)], repairs=msg.repairs)
+    out = Decoded(repairs=msg.repairs)
     if isinstance(payload, LocationBatch):
         out.positions.extend(_position(loc) for loc in payload.locations)
         if payload.kind == 1:
@@ -731,12 +749,13 @@ def _record(value: object) -> object:
 
 
 def decode_cli(hex_text: str) -> dict:
-    """``wulian decode jt808 HEX``: the frame's header, body and named flags, and what ingest stores.
+    """``wulian decode jt808 HEX``: the frame's header, body and named flags, what ingest stores, and
+    ``repairs``: what had to be repaired to read it (empty for a well-formed frame).
     Spaces, ``0x`` and ``:``/``-`` separators are ignored; missing 0x7E flags are added."""
     frame = parse_hex(hex_text)
     if frame[:1] != b"\x7e" and frame[-1:] != b"\x7e":
         frame = b"\x7e" + frame + b"\x7e"
-    msg = decode(frame, strict_escape=False)
+    msg = decode(frame)
     body = _record(msg.payload)
     for loc_body, loc in _locations(msg.payload, body):
         loc_body["lat"], loc_body["lon"], loc_body["speed_kmh"] = loc.lat, loc.lon, loc.speed_kmh
@@ -747,6 +766,7 @@ def decode_cli(hex_text: str) -> dict:
     decoded = to_decoded(msg)
     return {
         "ok": True,
+        "repairs": list(msg.repairs),
         "msg_id": f"0x{msg.msg_id:04X}",
         "edition": msg.edition,
         "version_flag": msg.version_flag,

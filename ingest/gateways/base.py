@@ -64,6 +64,7 @@ class GatewayStats:
     connections_total: int = 0
     refused: dict = field(default_factory=lambda: defaultdict(int))
     frames: dict = field(default_factory=lambda: defaultdict(int))
+    repaired: dict = field(default_factory=lambda: defaultdict(int))  # by repair reason
     auth_failures: int = 0
     published: int = 0
     answered: int = 0
@@ -160,6 +161,12 @@ class Gateway:
     def frame(self, outcome: str) -> None:
         self.stats.frames[outcome] += 1
         m.FRAMES.labels(self.protocol, outcome).inc()
+
+    def repaired(self, reasons: tuple[str, ...]) -> None:
+        """A frame the codec read only after a tolerated repair (its ``repairs``): counted by reason."""
+        for reason in reasons:
+            self.stats.repaired[reason] += 1
+            m.FRAMES_REPAIRED.labels(self.protocol, reason).inc()
 
     def dead_letter(self, ip: str, reason: str, detail: str, frame: bytes, device_id: str | None) -> None:
         self.stats.dead_letters += 1

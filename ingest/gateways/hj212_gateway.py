@@ -75,6 +75,8 @@ class Hj212Session(Session):
             self.dead_letter(exc.reason, exc.detail, frame, _text(_MN.search(frame)))
             gw.frame(exc.reason)
             return reject_answer(frame, QNRTN_CRC_ERROR) if exc.reason == "bad_crc" else None
+        if packet.repairs:  # a wrong declared length, framed by && + CRC: tolerated and counted
+            gw.repaired(packet.repairs)
         if not packet.mn or not _DEVICE_RE.match(packet.mn):
             self.dead_letter("bad_mn", f"MN={packet.mn!r}", frame)
             gw.frame("bad_mn")

@@ -4,7 +4,9 @@ Identity is the terminal's phone number without its zero padding (the same devic
 headers). 0x0100 registration of a terminal the registry knows (or any, with auto-provisioning) gets
 0x8100 with a fresh auth code, stored in ``attrs.jt808_auth`` before the answer goes out; 0x0102 must
 present that code before any 0x0200/0x0704 on the connection is accepted (until then they are answered
-0x8001 "failed" and dead-lettered). An accepted location frame is published raw to
+0x8001 "failed" and dead-lettered). Frames the codec reads only after a repair (a bare 0x7D check
+code) are accepted and counted (``wulian_gateway_frames_repaired_total``). An accepted location frame
+is published raw to
 ``wl/{region}/{stream}/{phone}/jt808`` and answered 0x8001 "ok" only after the broker's PUBACK.
 Sub-packaged location batches are collected and republished as whole 0x0704 frames (each fitting the
 1023-byte body limit) so that ingest decodes every position; each package is answered once all are in.
@@ -80,6 +82,8 @@ class Jt808Session(Session):
             self.dead_letter(exc.reason, exc.detail, frame)
             gw.frame(exc.reason)
             return None
+        if msg.repairs:  # a bare 0x7D check code: tolerated, counted, published as the terminal sent it
+            gw.repaired(msg.repairs)
         mid = msg.msg_id
         if mid in LOCATION_IDS:
             return await self._location(msg, frame)

@@ -8,6 +8,9 @@ CONNECTIONS_TOTAL = Counter("wulian_gateway_connections_total", "accepted device
 CONNECTIONS_REFUSED = Counter(
     "wulian_gateway_connections_refused_total", "connections refused or closed early", ["protocol", "reason"])
 FRAMES = Counter("wulian_gateway_frames_total", "frames received, by outcome", ["protocol", "outcome"])
+FRAMES_REPAIRED = Counter(
+    "wulian_gateway_frames_repaired_total", "frames read only after the codec repaired a tolerated deviation",
+    ["protocol", "reason"])
 AUTH_FAILURES = Counter("wulian_gateway_auth_failures_total", "identity checks failed", ["protocol", "reason"])
 ANSWER_SECONDS = Histogram(
     "wulian_gateway_answer_seconds", "frame received -> answer written (includes the broker's PUBACK)",
