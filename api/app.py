@@ -45,4 +45,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     observability.install(app)
     for router in _routers():
         app.include_router(router)
+    errors.install_openapi(app)
     return app
