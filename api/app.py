@@ -11,7 +11,7 @@ import pkgutil
 import asyncpg
 from fastapi import FastAPI
 
-from api import errors, observability, routes
+from api import docs, errors, observability, routes
 from api.alert_feed import AlertFeed
 from api.rate_limit import TokenBuckets
 from wulian.settings import Settings, get_settings
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 await app.state.alert_feed.close()
 
-    app = FastAPI(title="Wulian API", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Wulian API", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Telemetry, devices and alerts for city monitoring (物联)")
     app.state.settings = settings
     app.state.rate_limits = TokenBuckets(settings.api.rate_limit_per_s, settings.api.rate_limit_burst)
@@ -45,4 +45,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     observability.install(app)
     for router in _routers():
         app.include_router(router)
+    errors.install_openapi(app)
+    docs.install(app)
     return app

@@ -16,13 +16,22 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 import asyncpg
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import PoolDep
 from api.errors import ApiError
 from api.observability import AUTH_FAILURES, RATE_LIMITED
 
 ROLES = ("regulator", "operator", "admin")
+API_KEY_HEADER = "X-API-Key"
+KEY_FORMAT = "wl_<key_id>_<secret>"
+# The two ways a key is sent, declared as OpenAPI security schemes (either one satisfies a route), so
+# /docs has an Authorize button and every protected operation lists them.
+API_KEY_SCHEME = APIKeyHeader(name=API_KEY_HEADER, scheme_name="ApiKey", auto_error=False,
+                              description=f"API key `{KEY_FORMAT}` in the `{API_KEY_HEADER}` header")
+BEARER_SCHEME = HTTPBearer(scheme_name="Bearer", bearerFormat=KEY_FORMAT, auto_error=False,
+                           description=f"API key `{KEY_FORMAT}` as `Authorization: Bearer <key>`")
 _RANK = {r: i for i, r in enumerate(ROLES)}
 
 
@@ -137,18 +146,17 @@ async def _authenticate(pool: asyncpg.Pool, raw: str) -> Principal:
 async def current_user(
     request: Request,
     pool: PoolDep,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Security(API_KEY_SCHEME)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)] = None,
 ) -> Principal:
     raw = x_api_key
-    if raw is None and authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not value:
-            raise Unauthorized("use 'Authorization: Bearer <key>' or 'X-API-Key: <key>'", "malformed")
-        raw = value.strip()
+    if raw is None and bearer is not None:
+        raw = bearer.credentials.strip()
+    elif raw is None and request.headers.get("authorization"):  # another scheme, or Bearer without a key
+        raise Unauthorized(f"use 'Authorization: Bearer <key>' or '{API_KEY_HEADER}: <key>'", "malformed")
     if not raw:
         AUTH_FAILURES.labels("missing").inc()
-        raise Unauthorized("API key required ('Authorization: Bearer <key>' or 'X-API-Key')", "missing")
+        raise Unauthorized(f"API key required ('Authorization: Bearer <key>' or '{API_KEY_HEADER}')", "missing")
     principal = await authenticate(pool, raw)
     wait = request.app.state.rate_limits.take(principal.key_id)
     if wait:

@@ -2,11 +2,13 @@
 Mosquitto subprocess per session on a free port with its own config and persistence dir."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,3 +70,24 @@ class Broker:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+@contextlib.contextmanager
+def serving(app, start_timeout_s: float = 30.0):
+    """A real uvicorn server of ``app`` (lifespan run) on a free loopback port, in a thread; yields its
+    base URL and stops it on exit."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "API server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)

@@ -2,8 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from wulian.settings import get_settings
+
+
+async def _check_database(dsn: str) -> None:
+    """Fail before serving when the database is unreachable: one clear line from the CLI instead of
+    uvicorn's logged lifespan traceback."""
+    import asyncpg
+
+    con = await asyncpg.connect(dsn, timeout=10)
+    await con.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -12,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from api.app import create_app
 
     s = get_settings()
+    asyncio.run(_check_database(s.db.dsn))
     tls = {}
     if s.api.tls_certfile and s.api.tls_keyfile:
         tls = {"ssl_certfile": str(s.api.tls_certfile), "ssl_keyfile": str(s.api.tls_keyfile)}

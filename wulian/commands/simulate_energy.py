@@ -33,11 +33,11 @@ def run(args: argparse.Namespace) -> int:
     region = args.region or s.sim.region
     sc = build_scenario(time.time_ns(), tag=args.tag, seed=args.seed, vehicle_step_s=args.vehicle_step,
                         meter_days=args.meter_days)
-    print(f"[simulate-energy] {len(sc.devices)} devices, {sc.count()} records", file=sys.stderr, flush=True)
     if args.dry_run:
         print(json.dumps({"devices": len(sc.devices), "records": sc.count(), "expect": sc.expect}))
         return 0
     asyncio.run(_register(s.db.dsn, sc, region))
+    print(f"[simulate-energy] {len(sc.devices)} devices, {sc.count()} records", file=sys.stderr, flush=True)
     out = publish(sc, mqtt_params(s, client_id=f"wulian-sim-energy-{args.tag}"), region, s.mqtt.topic_prefix)
     out["expect"] = sc.expect
     print(json.dumps(out))
