@@ -46,6 +46,20 @@ class LatestPublic(BaseModel):
     traffic: dict[str, Any] | None = None
 
 
+class DeviceEventPublic(BaseModel):
+    time: datetime
+    kind: str
+    code: str | None = None
+    detail: dict[str, Any]
+
+
+class DeviceEventsPublic(BaseModel):
+    device_id: str
+    data: list[DeviceEventPublic]
+    count: int
+    next_cursor: str | None = None
+
+
 class ReadingBucket(BaseModel):
     time: datetime
     avg: float

@@ -62,3 +62,6 @@ ALERT_CHANNEL = "wulian_alerts"  # PostgreSQL NOTIFY channel announcing every co
 # Rule ids of built-in domain rules that derived-data jobs raise alerts for (user rules come from the
 # ``rules`` table's identity, far below this range).
 SYSTEM_RULE_BASE = 1_000_000_000
+
+# ``device_events.kind``: what codecs put in an event's "kind" (hj212_equipment_state, jt808_register, ...).
+EVENT_KIND_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"

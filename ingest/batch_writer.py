@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from ingest.rows import BatchRows
+from ingest.rows import BatchRows, EventRow
 
 log = logging.getLogger(__name__)
 
 _TS = "(timestamptz 'epoch' + (s.ts_ns / 1000) * interval '1 microsecond')"
+
+EVENT_STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS stage_device_events
+    (ts_ns bigint, device_id text, kind text, code text, detail jsonb) ON COMMIT DELETE ROWS;
+"""
 
 STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_readings
@@ -28,7 +33,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_positions
     ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_traffic
     (ts_ns bigint, device integer, speed_kmh real, flow_vph real, occupancy real) ON COMMIT DELETE ROWS;
-"""
+""" + EVENT_STAGING_DDL
 
 _INSERT_READINGS = f"""
 INSERT INTO readings (time, device, metric, value, flag)
@@ -44,6 +49,14 @@ _INSERT_TRAFFIC = f"""
 INSERT INTO traffic_observations (time, device, speed_kmh, flow_vph, occupancy)
 SELECT {_TS}, s.device, s.speed_kmh, s.flow_vph, s.occupancy FROM stage_traffic s
 ON CONFLICT DO NOTHING"""
+# The device's region and stream come from the registry (ingest has checked they match the topic);
+# the digest of the detail is part of the unique key, so a redelivered event is a no-op while two
+# different events of one kind at the same time are both kept.
+_INSERT_EVENTS = f"""
+INSERT INTO device_events (time, device, region, stream, kind, code, detail, digest)
+SELECT {_TS}, d.id, d.region, d.stream, s.kind, s.code, s.detail, md5(s.detail::text)::uuid
+FROM stage_device_events s JOIN devices d ON d.device_id = s.device_id
+ON CONFLICT DO NOTHING"""
 _LAST_SEEN = """
 UPDATE devices d SET last_seen = GREATEST(d.last_seen, timestamptz 'epoch' + (v.ts_ns / 1000) * interval '1 microsecond')
 FROM unnest($1::integer[], $2::bigint[]) AS v(id, ts_ns) WHERE d.id = v.id"""
@@ -52,6 +65,7 @@ _READING_COLS = ["ts_ns", "device", "metric", "value", "flag"]
 _POSITION_COLS = ["ts_ns", "device", "lat", "lon", "speed_kmh", "heading", "altitude_m", "alarm_bits",
                   "status_bits", "mileage_km", "extra"]
 _TRAFFIC_COLS = ["ts_ns", "device", "speed_kmh", "flow_vph", "occupancy"]
+_EVENT_COLS = ["ts_ns", "device_id", "kind", "code", "detail"]
 _DEAD_COLS = ["topic", "device_id", "kind", "reason", "detail", "payload"]
 
 
@@ -89,6 +103,14 @@ class WriteResult:
 
 def _inserted(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def write_events(con: asyncpg.Connection, events: list[EventRow]) -> int:
+    """Stage and insert ``device_events`` rows inside the caller's transaction; returns rows inserted
+    (redelivered ones are skipped). The one statement that writes the table: ingest calls it in each
+    batch's transaction, the JT/T 808 gateway for what it answers itself (registration, authentication)."""
+    await con.copy_records_to_table("stage_device_events", records=events, columns=_EVENT_COLS)
+    return _inserted(await con.execute(_INSERT_EVENTS))
 
 
 class BatchWriter:
@@ -157,6 +179,9 @@ class BatchWriter:
                 if rows.traffic:
                     await con.copy_records_to_table("stage_traffic", records=rows.traffic, columns=_TRAFFIC_COLS)
                     res.per_table["traffic_observations"] = n = _inserted(await con.execute(_INSERT_TRAFFIC))
+                    res.inserted += n
+                if rows.events:
+                    res.per_table["device_events"] = n = await write_events(con, rows.events)
                     res.inserted += n
                 if rows.dead_letters:
                     await con.copy_records_to_table(

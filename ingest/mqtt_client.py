@@ -170,10 +170,12 @@ class MqttConsumer:
         self._queue: deque[InMessage] = deque()
         self._gen = 0
         self._connected = threading.Event()
+        self._subscribed = threading.Event()  # the broker's SUBACK for the first connection's subscribe
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._client = _client(params, manual_ack=True)
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self.received = 0
@@ -192,6 +194,9 @@ class MqttConsumer:
             "mqtt connected to %s:%s as %s (session present: %s, generation %d)",
             self.params.host, self.params.port, self.params.client_id, flags.session_present, self._gen,
         )
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
@@ -217,7 +222,8 @@ class MqttConsumer:
             self.params.host, self.params.port, self.params.keepalive, clean_start=False, properties=props
         )
         self._client.loop_start()
-        if not await asyncio.to_thread(self._connected.wait, timeout):
+        # Connected is not yet subscribed: a new session misses what is published before its SUBACK.
+        if not await asyncio.to_thread(self._subscribed.wait, timeout):
             raise ConnectionError(f"cannot connect to MQTT broker {self.params.host}:{self.params.port}")
 
     def stop(self) -> None:

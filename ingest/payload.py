@@ -75,11 +75,18 @@ def check_times(decoded: Decoded, now_ns: int, limits: PayloadLimits) -> None:
     lo = now_ns - limits.past_limit_ns
     for records in (decoded.readings, decoded.positions, decoded.traffic):
         for r in records:
-            t = r.ts_ns
-            if t > hi:
-                raise CodecError("ts_in_future", f"{(t - now_ns) / _NS:.0f}s ahead")
-            if t < lo:
-                raise CodecError("ts_too_old", f"{(now_ns - t) / _NS / 86400:.0f} days old")
+            _check_time(r.ts_ns, now_ns, lo, hi)
+    for ev in decoded.events:  # an event's own time (HJ 212 DataTime of a CN 2021 state) as well
+        t = ev.get("ts_ns") if isinstance(ev, dict) else None
+        if type(t) is int:
+            _check_time(t, now_ns, lo, hi)
+
+
+def _check_time(t: int, now_ns: int, lo: int, hi: int) -> None:
+    if t > hi:
+        raise CodecError("ts_in_future", f"{(t - now_ns) / _NS:.0f}s ahead")
+    if t < lo:
+        raise CodecError("ts_too_old", f"{(now_ns - t) / _NS / 86400:.0f} days old")
 
 
 def _flag(raw: object) -> str:

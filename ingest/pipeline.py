@@ -27,7 +27,7 @@ from ingest.decoders import decode_message
 from ingest.mqtt_client import InMessage, MqttConsumer
 from ingest.payload import PayloadLimits
 from ingest.retention import apply_retention
-from ingest.rows import BatchRows, DeadLetter
+from ingest.rows import BatchRows, DeadLetter, EventRow, event_rows, pg_text
 from ingest.topics import Topic, parse_topic
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class Item:
     msg: InMessage
     topic: Topic
     decoded: Decoded
+    events: list[EventRow] = field(default_factory=list)  # decoded.events as device_events rows
 
 
 @dataclass(slots=True)
@@ -80,21 +81,13 @@ def _transient(exc: BaseException) -> bool:
     return state[:2] in ("08", "53", "57", "58", "40")
 
 
-def _text(s: str) -> str:
-    """A string PostgreSQL can store: no NUL, no lone surrogates (a refused message's topic or the
-    detail quoting its bytes must not make the dead-letter insert fail and stop the pipeline)."""
-    if "\x00" in s:
-        s = s.replace("\x00", "\ufffd")
-    return s.encode("utf-8", "replace").decode("utf-8")
-
-
 def _dead(msg: InMessage, topic: Topic | None, reason: str, detail: str) -> DeadLetter:
     return DeadLetter(
-        topic=_text(msg.topic),
+        topic=pg_text(msg.topic),  # quoted bytes must not make the dead-letter insert fail
         device_id=topic.device_id if topic else None,
         kind=topic.kind.value if topic else None,
         reason=reason,
-        detail=_text(detail[:500]),
+        detail=pg_text(detail[:500]),
         payload=msg.payload,
     )
 
@@ -111,6 +104,8 @@ def build_rows(items: list[Item], devices: dict[str, DeviceInfo], metric_ids: di
     rows = BatchRows()
     readings, positions, traffic, seen = rows.readings, rows.positions, rows.traffic, rows.last_seen
     for it in items:
+        if it.events:
+            rows.events.extend(it.events)
         dev = devices[it.topic.device_id].id
         d = it.decoded
         newest = 0
@@ -164,6 +159,8 @@ class Ingestor:
                     if len(topics) < 1_000_000:
                         topics[msg.topic] = topic
                 decoded = decode_message(topic.stream, topic.kind, msg.payload, now, limits)
+                # an event that cannot be stored refuses its message here, not the batch's transaction
+                events = event_rows(topic.device_id, decoded, now) if decoded.events else []
             except CodecError as exc:
                 batch.dead.append(_dead(msg, topic, exc.reason, exc.detail))
                 continue
@@ -173,7 +170,7 @@ class Ingestor:
                 continue
             if decoded.repairs:
                 _repaired(msg, topic, decoded.repairs)
-            batch.items.append(Item(msg, topic, decoded))
+            batch.items.append(Item(msg, topic, decoded, events))
         return batch
 
     async def _decoder(self) -> None:

@@ -41,6 +41,7 @@ class DbSettings(BaseModel):
             "vehicle_positions": 180,
             "traffic_observations": 400,
             "dead_letters": 90,
+            "device_events": 400,
         }
     )
     retention_interval_s: float = 3600.0

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 import orjson
@@ -7,9 +8,10 @@ from fastapi import APIRouter, Path, Query
 
 from api.auth import CurrentUser
 from api.deps import PoolDep
-from api.errors import NotFound
-from api.schemas import DevicePublic, DevicesPublic, LatestPublic, LatestValue
-from core.const import DEVICE_ID_PATTERN, Stream
+from api.errors import BadQuery, NotFound
+from api.routes.meters import _utc
+from api.schemas import DeviceEventPublic, DeviceEventsPublic, DevicePublic, DevicesPublic, LatestPublic, LatestValue
+from core.const import DEVICE_ID_PATTERN, EVENT_KIND_PATTERN, Stream
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
@@ -79,3 +81,53 @@ async def latest(device_id: DeviceId, pool: PoolDep, user: CurrentUser):
                 "  ORDER BY time DESC LIMIT 1) r ORDER BY m.name", dev["id"])
             out.values = [LatestValue(**dict(r)) for r in rows]
     return out
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+_EVENT_CURSOR = r"^-?[0-9]{1,19}_[0-9]{1,19}$"  # "<time, epoch microseconds>_<id>" of the last row
+
+
+@router.get("/{device_id}/events", response_model=DeviceEventsPublic)
+async def device_events(
+    device_id: DeviceId,
+    pool: PoolDep,
+    user: CurrentUser,
+    from_: Annotated[datetime | None, Query(alias="from", description="at or after (ISO 8601; naive means UTC)")]
+    = None,
+    to: Annotated[datetime | None, Query(description="before (ISO 8601, exclusive; naive means UTC)")] = None,
+    kind: Annotated[str | None, Query(pattern=EVENT_KIND_PATTERN, description="e.g. jt808_register")] = None,
+    cursor: Annotated[str | None, Query(pattern=_EVENT_CURSOR, description="next_cursor of the previous page")]
+    = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+):
+    """What the device reported besides time series (registration, equipment state, meter errors, ...),
+    newest first; page with ``cursor=<next_cursor>`` until ``next_cursor`` is null."""
+    start, end = _utc(from_), _utc(to)
+    if start is not None and end is not None and end <= start:
+        raise BadQuery("'to' must be after 'from'")
+    after_time = after_id = None
+    if cursor is not None:
+        us, after_id = (int(x) for x in cursor.split("_"))
+        try:
+            after_time = _EPOCH + us * _US
+        except OverflowError:
+            raise BadQuery("cursor is not a next_cursor of this route") from None
+    async with pool.acquire() as con:
+        dev = await con.fetchrow("SELECT id, region FROM devices WHERE device_id = $1", device_id)
+        if dev is None or not user.can_see(dev["region"]):
+            raise NotFound(f"device {device_id!r} not found")
+        rows = await con.fetch(
+            "SELECT id, time, kind, code, detail::text AS detail FROM device_events WHERE device = $1"
+            " AND ($2::timestamptz IS NULL OR time >= $2) AND ($3::timestamptz IS NULL OR time < $3)"
+            " AND ($4::text IS NULL OR kind = $4)"
+            " AND ($5::timestamptz IS NULL OR (time <= $5 AND (time, id) < ($5, $6::bigint)))"
+            " ORDER BY time DESC, id DESC LIMIT $7",
+            dev["id"], start, end, kind, after_time, after_id, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    data = [DeviceEventPublic(time=r["time"], kind=r["kind"], code=r["code"], detail=orjson.loads(r["detail"]))
+            for r in rows]
+    last = rows[-1] if more else None
+    return DeviceEventsPublic(device_id=device_id, data=data, count=len(data),
+                              next_cursor=f"{(last['time'] - _EPOCH) // _US}_{last['id']}" if last else None)

@@ -20,6 +20,7 @@ from typing import Callable, Protocol
 from ingest.codecs.errors import CodecError
 from ingest.gateways import metrics as m
 from ingest.gateways.registry import DeadLetterSink, DeviceRegistry
+from ingest.rows import event_row
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,18 @@ class Gateway:
         self.stats.dead_letters += 1
         self.dead_letters.add(f"gateway/{self.protocol}/{ip}", device_id, self.protocol, f"gateway:{reason}",
                               detail, frame)
+
+    def device_events(self, ip: str, device_id: str, events: list[dict], frame: bytes) -> None:
+        """Record events the gateway answers itself (they never reach MQTT), stamped with the time they
+        arrived; one that cannot be stored becomes a dead letter instead."""
+        now = time.time_ns()
+        for ev in events:
+            try:
+                row = event_row(device_id, ev, now)
+            except CodecError as exc:
+                self.dead_letter(ip, exc.reason, exc.detail, frame, device_id)
+                continue
+            self.dead_letters.add_event(row)
 
     def publish(self, topic: str, frame: bytes) -> asyncio.Future:
         self.stats.published += 1

@@ -10,6 +10,8 @@ is published raw to
 ``wl/{region}/{stream}/{phone}/jt808`` and answered 0x8001 "ok" only after the broker's PUBACK.
 Sub-packaged location batches are collected and republished as whole 0x0704 frames (each fitting the
 1023-byte body limit) so that ingest decodes every position; each package is answered once all are in.
+Registration, authentication (either result, for a known device) and logout never reach MQTT: they are
+recorded as ``device_events`` through the dead-letter sink, with the gateway's answer as their code.
 """
 from __future__ import annotations
 
@@ -99,6 +101,8 @@ class Jt808Session(Session):
             return None
         if mid == 0x0003:  # logout
             gw.frame("control")
+            if self.device is not None:
+                self._event(msg, frame, "jt808_logout", "ok")
             self.closing = True
             return self.answer(msg, RESULT_OK)
         gw.frame("unsupported")
@@ -123,6 +127,7 @@ class Jt808Session(Session):
                                        "plate": reg.plate, "plate_color": reg.plate_color,
                                        "province": reg.province, "city": reg.city}
         await gw.registry.set_attrs(phone, patch)
+        self._event(msg, frame, "jt808_register", "ok")
         gw.frame("register")
         return jt808.register_answer(msg, 0, code, serial=self.next_serial())
 
@@ -134,6 +139,8 @@ class Jt808Session(Session):
         got = msg.payload.code if isinstance(msg.payload, jt808.Auth) else ""
         if want is None or not hmac.compare_digest(str(want).encode(), got.encode("utf-8", "replace")):
             reason = "unknown_device" if device is None else "bad_auth_code"
+            if device is not None:
+                self._event(msg, frame, "jt808_auth", reason)
             self.auth_failed(reason)
             self.dead_letter(reason, f"0x0102 from {phone}", frame, phone)
             gw.frame(reason)
@@ -142,8 +149,16 @@ class Jt808Session(Session):
         self.authenticated = True
         self.device_id = phone
         self.device = device
+        self._event(msg, frame, "jt808_auth", "ok")
         gw.frame("auth")
         return self.answer(msg, RESULT_OK)
+
+    def _event(self, msg: jt808.Jt808Message, frame: bytes, kind: str, result: str) -> None:
+        """A device event for a message the gateway answers itself: the codec's event (never the auth
+        code) with the gateway's answer as ``result``."""
+        events = jt808.to_decoded(msg).events or [{"kind": kind, "phone": msg.phone}]
+        self.gateway.device_events(self.ip, msg.terminal_phone, [{**ev, "result": result} for ev in events],
+                                   frame)
 
     async def _location(self, msg: jt808.Jt808Message, frame: bytes) -> bytes | Pending | None:
         gw = self.gateway

@@ -1,5 +1,5 @@
 """What gateways need from the database: device identity lookups (cached), per-device attributes
-(JT/T 808 auth codes), auto-provisioning, and a buffered dead-letter sink.
+(JT/T 808 auth codes), auto-provisioning, and a buffered sink for dead letters and device events.
 
 Lookups are cached for ``ttl_s`` so a reconnect storm of thousands of terminals costs one query per
 device, not one per frame; a changed attribute written through this registry updates the cache.
@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from ingest.batch_writer import EVENT_STAGING_DDL, write_events
 from ingest.provisioning import DeviceSpec, upsert_device
-from ingest.rows import DeadLetter
+from ingest.rows import DeadLetter, EventRow
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ class DeviceRegistry:
 
 
 class DeadLetterSink:
-    """Buffers gateway dead letters and writes them in the background (one COPY per flush), so a
+    """Buffers gateway dead letters, and the device events a gateway answers itself (JT/T 808
+    registration, authentication), and writes them in the background (one transaction per flush), so a
     flood of garbage costs the gateway an append per frame, not a round trip."""
 
     def __init__(self, pool: asyncpg.Pool, *, flush_s: float = 0.2, max_buffer: int = 100_000) -> None:
@@ -100,9 +102,11 @@ class DeadLetterSink:
         self.flush_s = flush_s
         self.max_buffer = max_buffer
         self._buf: list[DeadLetter] = []
+        self._events: list[EventRow] = []
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self.written = 0
+        self.events_written = 0  # rows inserted (an event retried after an unclear commit counts once)
         self.dropped = 0
 
     def add(self, topic: str, device_id: str | None, kind: str, reason: str, detail: str, payload: bytes) -> None:
@@ -110,6 +114,13 @@ class DeadLetterSink:
             self.dropped += 1
             return
         self._buf.append(DeadLetter(topic, device_id, kind, reason, detail[:1000], bytes(payload[:65536])))
+        self._wake.set()
+
+    def add_event(self, row: EventRow) -> None:
+        if len(self._events) >= self.max_buffer:
+            self.dropped += 1
+            return
+        self._events.append(row)
         self._wake.set()
 
     async def start(self) -> None:
@@ -136,15 +147,34 @@ class DeadLetterSink:
                 await asyncio.sleep(1.0)
 
     async def flush(self) -> None:
-        if not self._buf:
+        if not self._buf and not self._events:
             return
         batch, self._buf = self._buf, []
+        events, self._events = self._events, []
         try:
-            async with self.pool.acquire() as con:
-                await con.copy_records_to_table(
-                    "dead_letters", columns=["topic", "device_id", "kind", "reason", "detail", "payload"],
-                    records=[(d.topic, d.device_id, d.kind, d.reason, d.detail, d.payload) for d in batch])
+            async with self.pool.acquire() as con, con.transaction():
+                if batch:
+                    await con.copy_records_to_table(
+                        "dead_letters", columns=["topic", "device_id", "kind", "reason", "detail", "payload"],
+                        records=[(d.topic, d.device_id, d.kind, d.reason, d.detail, d.payload) for d in batch])
+                if events:
+                    inserted = await self._write_events(con, events)
         except BaseException:
             self._buf[:0] = batch
+            self._events[:0] = events
             raise
         self.written += len(batch)
+        if events:
+            self.events_written += inserted
+
+    async def _write_events(self, con: asyncpg.Connection, events: list[EventRow]) -> int:
+        """Events in a savepoint: rows the database refuses for their data are dropped (logged), never
+        retried for ever ahead of the dead letters."""
+        try:
+            async with con.transaction():
+                await con.execute(EVENT_STAGING_DDL)  # a gateway's pool has no init hook; idempotent
+                return await write_events(con, events)
+        except asyncpg.DataError as exc:
+            log.error("gateway device events refused by the database, %d dropped: %s", len(events), exc)
+            self.dropped += len(events)
+            return 0
