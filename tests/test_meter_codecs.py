@@ -142,6 +142,15 @@ def test_cjt188_encode_volume_reply_roundtrip():
     assert rep.meter_time == t and rep.status == b"\x00\x04"
     dec = cjt188.to_decoded(msg, 5)
     assert dec.readings[0].metric == "gas_volume_m3"
+    assert [(e["status"], e["meter_time"]) for e in dec.events] == [("0004", t.isoformat())]
+
+
+def test_cjt188_routine_read_with_clear_status_is_readings_only():
+    # one device_events row per meter per collection cycle would outgrow the readings themselves
+    t = datetime(2026, 11, 26, 19, 5, 7, tzinfo=timezone(timedelta(hours=8)))
+    msg = cjt188.decode(cjt188.encode_volume_reply(0x10, "78330011223344", 12.5, 10.0, t, b"\x00\x00"))
+    dec = cjt188.to_decoded(msg, 5)
+    assert len(dec.readings) == 2 and dec.events == []
 
 
 def test_decode_cli_command_table_reaches_codecs():

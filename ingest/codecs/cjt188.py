@@ -218,8 +218,11 @@ def to_decoded(msg: Cjt188Frame, ts_ns: int | None = None) -> Decoded:
     """Readings from a 901F reply, stamped with the receive time ``ts_ns`` when given (meter clocks drift
     and are often unset), else with the meter's own clock; a reply with neither is refused (``no_time``).
 
-    The meter clock is always reported in the event. Other frames produce one event so collectors'
-    traffic stays visible; an abnormal reply's event has ``error`` set and the meter's status ST.
+    A 901F reply whose status ST is all clear gives readings only: an event per routine read would be one
+    ``device_events`` row per meter every collection cycle (1.5 M households every 15 min in a city). A
+    reply with any ST bit set (valve, battery, ...) carries an event with ST and the meter clock; other
+    frames produce one event so collectors' traffic stays visible; an abnormal reply's event has
+    ``error`` set and the meter's status ST.
     """
     out = Decoded()
     event: dict = {"kind": "cjt188", "ts_ns": ts_ns, "address": msg.address,
@@ -244,6 +247,8 @@ def to_decoded(msg: Cjt188Frame, ts_ns: int | None = None) -> Decoded:
         out.readings.append(
             Reading(ts_ns=ts_ns, metric=f"{prefix}_volume_settlement_{unit_s}", value=rep.settlement)
         )
+        if not any(rep.status):
+            return out
         event["meter_time"] = rep.meter_time.isoformat() if rep.meter_time else None
         event["status"] = rep.status.hex().upper()
     out.events.append(event)
