@@ -12,7 +12,7 @@ import logging
 import asyncpg
 import orjson
 
-from core.const import ALERT_CHANNEL as CHANNEL
+from wulian.core.const import ALERT_CHANNEL as CHANNEL
 log = logging.getLogger(__name__)
 
 

@@ -11,9 +11,9 @@ import pkgutil
 import asyncpg
 from fastapi import FastAPI
 
-from api import docs, errors, observability, routes
-from api.alert_feed import AlertFeed
-from api.rate_limit import TokenBuckets
+from wulian.api import docs, errors, observability, routes
+from wulian.api.alert_feed import AlertFeed
+from wulian.api.rate_limit import TokenBuckets
 from wulian.settings import Settings, get_settings
 
 

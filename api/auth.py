@@ -19,9 +19,9 @@ import asyncpg
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from api.deps import PoolDep
-from api.errors import ApiError
-from api.observability import AUTH_FAILURES, RATE_LIMITED
+from wulian.api.deps import PoolDep
+from wulian.api.errors import ApiError
+from wulian.api.observability import AUTH_FAILURES, RATE_LIMITED
 
 ROLES = ("regulator", "operator", "admin")
 API_KEY_HEADER = "X-API-Key"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.const import FLAG_NORMAL
+from wulian.core.const import FLAG_NORMAL
 
 
 @dataclass(slots=True)

@@ -6,10 +6,10 @@ hour, the colour and the primary pollutants it decided. Station coordinates are 
 """
 from __future__ import annotations
 
-from core.const import Stream
-from dashboards.common import AQI_THRESHOLDS, PM25_THRESHOLDS, READINGS, READINGS_TABLES, REGION, device_filter
-from dashboards.common import device_var, metric_var, readings_where
-from dashboards.model import Dashboard, Panel, Query
+from wulian.core.const import Stream
+from wulian.dashboards.common import AQI_THRESHOLDS, PM25_THRESHOLDS, READINGS, READINGS_TABLES, REGION, device_filter
+from wulian.dashboards.common import device_var, metric_var, readings_where
+from wulian.dashboards.model import Dashboard, Panel, Query
 
 _STATIONS = device_filter(Stream.AIR)
 _AQI = ("env_aqi_hourly", "devices")

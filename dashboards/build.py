@@ -5,9 +5,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dashboards import air, grid, meters, overview, pollution, traffic, vehicles, water
-from dashboards.model import Dashboard
-from dashboards.render import render, to_json_text
+from wulian.dashboards import air, grid, meters, overview, pollution, traffic, vehicles, water
+from wulian.dashboards.model import Dashboard
+from wulian.dashboards.render import render, to_json_text
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "deploy" / "grafana" / "dashboards"  # the provider in deploy/grafana/provisioning reads here

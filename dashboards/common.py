@@ -10,9 +10,9 @@ SQL conventions (Grafana PostgreSQL datasource, expanded by ``verify.expand``):
 """
 from __future__ import annotations
 
-from core.const import CHINA_TZ, INVALID_FLAGS, Stream
-from core.environment.tables import AQI_CATEGORIES, BREAKPOINTS, EDITION_2012, WATER_CLASSES
-from dashboards.model import Threshold, ValueText, Variable
+from wulian.core.const import CHINA_TZ, INVALID_FLAGS, Stream
+from wulian.core.environment.tables import AQI_CATEGORIES, BREAKPOINTS, EDITION_2012, WATER_CLASSES
+from wulian.dashboards.model import Threshold, ValueText, Variable
 
 REGION = Variable(
     "region", "Region", "SELECT DISTINCT region FROM devices ORDER BY 1", tables=("devices",),

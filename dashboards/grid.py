@@ -6,11 +6,11 @@ Daily qualification rates, power-quality events and feeder outages come from the
 """
 from __future__ import annotations
 
-from core.const import Stream
-from dashboards.common import CHINA_DAYS_IN_RANGE, NO_COMPLETE_DAY, READINGS, READINGS_TABLES, REGION, device_filter
-from dashboards.common import device_var
-from dashboards.common import overlaps_range, readings_where
-from dashboards.model import Dashboard, Override, Panel, Query, Threshold
+from wulian.core.const import Stream
+from wulian.dashboards.common import CHINA_DAYS_IN_RANGE, NO_COMPLETE_DAY, READINGS, READINGS_TABLES, REGION, device_filter
+from wulian.dashboards.common import device_var
+from wulian.dashboards.common import overlaps_range, readings_where
+from wulian.dashboards.model import Dashboard, Override, Panel, Query, Threshold
 
 # Simulated and most metered supply points are 220 V single-phase. GB/T 12325-2008: +7 % / -10 % of the
 # nominal (198.0 V .. 235.4 V). GB/T 15945-2008: frequency within 50 +- 0.2 Hz.

@@ -7,10 +7,10 @@ meter; a negative step is counted as a rollback, never subtracted.
 """
 from __future__ import annotations
 
-from core.const import Stream
-from dashboards.common import CHINA_DAYS_IN_RANGE, NO_COMPLETE_DAY, READINGS, READINGS_TABLES, REGION, device_filter
-from dashboards.common import device_var, metric_var, overlaps_range, readings_where
-from dashboards.model import Dashboard, Override, Panel, Query, Threshold
+from wulian.core.const import Stream
+from wulian.dashboards.common import CHINA_DAYS_IN_RANGE, NO_COMPLETE_DAY, READINGS, READINGS_TABLES, REGION, device_filter
+from wulian.dashboards.common import device_var, metric_var, overlaps_range, readings_where
+from wulian.dashboards.model import Dashboard, Override, Panel, Query, Threshold
 
 _STEPS = f"""WITH s AS (
     SELECT r.time, d.device_id AS meter, m.name AS register,

@@ -1,8 +1,8 @@
 """City overview: what operators look at first — alerts, ingest, devices, dead letters."""
 from __future__ import annotations
 
-from dashboards.common import REGION
-from dashboards.model import Dashboard, Panel, Query, Threshold
+from wulian.dashboards.common import REGION
+from wulian.dashboards.model import Dashboard, Panel, Query, Threshold
 
 _SEVERITIES = ("critical", "major", "minor", "warning")
 _SEVERITY_COLOURS = tuple(zip(_SEVERITIES, ("dark-red", "orange", "yellow", "blue")))

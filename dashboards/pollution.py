@@ -6,10 +6,10 @@ below them show what the analysers sent.
 """
 from __future__ import annotations
 
-from core.const import Stream
-from dashboards.common import INVALID_FLAGS_SQL, READINGS, READINGS_TABLES, REGION, device_filter, device_var
-from dashboards.common import metric_var, overlaps_range, readings_where
-from dashboards.model import Dashboard, Override, Panel, Query, Threshold
+from wulian.core.const import Stream
+from wulian.dashboards.common import INVALID_FLAGS_SQL, READINGS, READINGS_TABLES, REGION, device_filter, device_var
+from wulian.dashboards.common import metric_var, overlaps_range, readings_where
+from wulian.dashboards.model import Dashboard, Override, Panel, Query, Threshold
 
 _WHERE = readings_where(Stream.POLLUTION, metric=True)
 _SOURCES = device_filter(Stream.POLLUTION)

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from dashboards.build import DASHBOARDS, rendered
+from wulian.dashboards.build import DASHBOARDS, rendered
 
 
 def folder_uid(title: str) -> str:

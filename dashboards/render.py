@@ -18,7 +18,7 @@ from grafana_foundation_sdk.models import common as common_m
 from grafana_foundation_sdk.models import dashboard as dash_m
 from grafana_foundation_sdk.models import geomap as geomap_m
 
-from dashboards.model import DATASOURCE_TYPE, DATASOURCE_UID, Dashboard, Panel, Query, Variable
+from wulian.dashboards.model import DATASOURCE_TYPE, DATASOURCE_UID, Dashboard, Panel, Query, Variable
 
 DATASOURCE = dash_m.DataSourceRef(type_val=DATASOURCE_TYPE, uid=DATASOURCE_UID)
 

@@ -5,9 +5,9 @@ every step for several horizons; the panel compares observations with the next-s
 """
 from __future__ import annotations
 
-from core.const import Stream
-from dashboards.common import REGION, device_var
-from dashboards.model import Dashboard, Panel, Query, Threshold
+from wulian.core.const import Stream
+from wulian.dashboards.common import REGION, device_var
+from wulian.dashboards.model import Dashboard, Panel, Query, Threshold
 
 _SEGMENTS = "d.stream = 'traffic' AND d.region IN ($region) AND d.device_id IN ($device)"
 _FROM = "traffic_observations o JOIN devices d ON d.id = o.device"

@@ -5,9 +5,9 @@ class limits, fatigue and night-ban rules; the activity table is computed from p
 """
 from __future__ import annotations
 
-from core.const import Stream
-from dashboards.common import CHINA_DAYS_IN_RANGE, NO_COMPLETE_DAY, REGION, device_var, overlaps_range
-from dashboards.model import Dashboard, Override, Panel, Query, Threshold
+from wulian.core.const import Stream
+from wulian.dashboards.common import CHINA_DAYS_IN_RANGE, NO_COMPLETE_DAY, REGION, device_var, overlaps_range
+from wulian.dashboards.model import Dashboard, Override, Panel, Query, Threshold
 
 # Dangerous-goods vehicles are limited to 80 km/h on expressways (道路危险货物运输管理规定); coaches to
 # 100 km/h. The raw panels flag the stricter limit; the violations table applies each vehicle's own.

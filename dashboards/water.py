@@ -6,10 +6,10 @@ method, the station class being its worst item. Stations are ordered along the r
 """
 from __future__ import annotations
 
-from core.const import Stream
-from dashboards.common import READINGS, READINGS_TABLES, REGION, WATER_CLASS_MAPPINGS, device_filter, device_var
-from dashboards.common import metric_var, readings_where
-from dashboards.model import Dashboard, Panel, Query
+from wulian.core.const import Stream
+from wulian.dashboards.common import READINGS, READINGS_TABLES, REGION, WATER_CLASS_MAPPINGS, device_filter, device_var
+from wulian.dashboards.common import metric_var, readings_where
+from wulian.dashboards.model import Dashboard, Panel, Query
 
 _STATIONS = device_filter(Stream.WATER)
 _KM = "(d.attrs->>'km')::float8"

@@ -27,12 +27,12 @@ import asyncpg
 import numpy as np
 import orjson
 
-from core.alarms.compiler import SeriesKey
-from core.alarms.engine import AlarmEngine, Transitions
-from core.alarms.rules import Rule, RuleKind, TransitionKind
-from core.kernels.alarm_kernels import NO_TS
-from ingest import metrics as m
-from ingest.alert_store import AlertTarget, UpdateCoalescer, clear_alert, raise_alert
+from wulian.core.alarms.compiler import SeriesKey
+from wulian.core.alarms.engine import AlarmEngine, Transitions
+from wulian.core.alarms.rules import Rule, RuleKind, TransitionKind
+from wulian.core.kernels.alarm_kernels import NO_TS
+from wulian.ingest import metrics as m
+from wulian.ingest.alert_store import AlertTarget, UpdateCoalescer, clear_alert, raise_alert
 
 log = logging.getLogger(__name__)
 

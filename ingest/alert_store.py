@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 
-from core.const import ALERT_CHANNEL as CHANNEL
+from wulian.core.const import ALERT_CHANNEL as CHANNEL
 _TS = "timestamptz 'epoch' + ($1::bigint / 1000) * interval '1 microsecond'"
 
 _RAISE = f"""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from ingest.rows import BatchRows, EventRow
+from wulian.ingest.rows import BatchRows, EventRow
 
 log = logging.getLogger(__name__)
 

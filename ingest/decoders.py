@@ -7,17 +7,17 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from core.const import Kind, Stream
-from core.model import Decoded
-from ingest.codecs.errors import CodecError
-from ingest.payload import PayloadLimits, check_times, decode_telemetry
+from wulian.core.const import Kind, Stream
+from wulian.core.model import Decoded
+from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.payload import PayloadLimits, check_times, decode_telemetry
 
 # kind -> "module" exposing decode(bytes) and to_decoded(message[, received_ns])
 _BINARY = {
-    Kind.HJ212: "ingest.codecs.hj212",
-    Kind.JT808: "ingest.codecs.jt808",
-    Kind.DLT645: "ingest.codecs.dlt645",
-    Kind.CJT188: "ingest.codecs.cjt188",
+    Kind.HJ212: "wulian.ingest.codecs.hj212",
+    Kind.JT808: "wulian.ingest.codecs.jt808",
+    Kind.DLT645: "wulian.ingest.codecs.dlt645",
+    Kind.CJT188: "wulian.ingest.codecs.cjt188",
 }
 # Meter frames carry no (reliable) time of their own: their readings are stamped with the receive time.
 _RECEIVE_TIMED = frozenset({Kind.DLT645, Kind.CJT188})

@@ -10,8 +10,8 @@ import time
 import asyncpg
 from prometheus_client import Counter, Histogram
 
-from ingest import jobs
-from ingest.jobs.base import Job
+from wulian.ingest import jobs
+from wulian.ingest.jobs.base import Job
 from wulian.settings import Settings
 
 log = logging.getLogger(__name__)

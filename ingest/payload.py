@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 
 import orjson
 
-from core.const import DATA_FLAGS, FLAG_NORMAL, METRIC_PATTERN, SCALAR_STREAMS, Stream
-from core.model import Decoded, Position, Reading, TrafficObservation
-from ingest.codecs.errors import CodecError
+from wulian.core.const import DATA_FLAGS, FLAG_NORMAL, METRIC_PATTERN, SCALAR_STREAMS, Stream
+from wulian.core.model import Decoded, Position, Reading, TrafficObservation
+from wulian.ingest.codecs.errors import CodecError
 
 _METRIC_RE = re.compile(METRIC_PATTERN)
 _valid_metrics: set[str] = set()  # names already checked against METRIC_PATTERN (names repeat)

@@ -19,19 +19,19 @@ from typing import TYPE_CHECKING, Callable
 import asyncpg
 import orjson
 
-from core.model import Decoded
-from ingest import metrics as m
-from ingest.batch_writer import BatchWriter, DeviceInfo, WriteResult
-from ingest.codecs.errors import CodecError
-from ingest.decoders import decode_message
-from ingest.mqtt_client import InMessage, MqttConsumer
-from ingest.payload import PayloadLimits
-from ingest.retention import apply_retention
-from ingest.rows import BatchRows, DeadLetter, EventRow, event_rows, pg_text
-from ingest.topics import Topic, parse_topic
+from wulian.core.model import Decoded
+from wulian.ingest import metrics as m
+from wulian.ingest.batch_writer import BatchWriter, DeviceInfo, WriteResult
+from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.decoders import decode_message
+from wulian.ingest.mqtt_client import InMessage, MqttConsumer
+from wulian.ingest.payload import PayloadLimits
+from wulian.ingest.retention import apply_retention
+from wulian.ingest.rows import BatchRows, DeadLetter, EventRow, event_rows, pg_text
+from wulian.ingest.topics import Topic, parse_topic
 
 if TYPE_CHECKING:
-    from ingest.alarm_service import AlarmService
+    from wulian.ingest.alarm_service import AlarmService
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Iterable
 
 import asyncpg
 
-from core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
+from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
 
 SERVICE_ACCOUNTS = ("ingest", "api", "simulator", "gateway")
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses
@@ -275,9 +275,9 @@ def bootstrap_stack_auth(mq_dir: Path, secrets_file: Path, prefix: str = "wl") -
     return accounts
 
 
-if __name__ == "__main__":  # deploy/local/stack.sh: python -m ingest.provisioning bootstrap MQ_DIR SECRETS
+if __name__ == "__main__":  # deploy/local/stack.sh: python -m wulian.ingest.provisioning bootstrap MQ_DIR SECRETS
     import sys
 
     if len(sys.argv) != 4 or sys.argv[1] != "bootstrap":
-        raise SystemExit("usage: python -m ingest.provisioning bootstrap MQ_DIR SECRETS_FILE")
+        raise SystemExit("usage: python -m wulian.ingest.provisioning bootstrap MQ_DIR SECRETS_FILE")
     bootstrap_stack_auth(Path(sys.argv[2]), Path(sys.argv[3]))

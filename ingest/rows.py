@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from core.const import EVENT_KIND_PATTERN
-from core.model import Decoded
-from ingest.codecs.errors import CodecError
+from wulian.core.const import EVENT_KIND_PATTERN
+from wulian.core.model import Decoded
+from wulian.ingest.codecs.errors import CodecError
 
 _EVENT_KIND_RE = re.compile(EVENT_KIND_PATTERN)
 # The event's short code, when it has one: the gateway's answer (JT/T 808), the meter's error byte

@@ -9,14 +9,14 @@ import logging
 import asyncpg
 from prometheus_client import start_http_server
 
-from ingest.alarm_service import AlarmService
-from ingest.batch_writer import BatchWriter, init_connection
-from ingest.migrations import migrate
-from ingest.mqtt_client import MqttConsumer, MqttParams
-from ingest.payload import PayloadLimits
-from ingest.pipeline import IngestConfig, Ingestor
-from ingest.retention import set_retention
-from ingest.topics import subscriptions
+from wulian.ingest.alarm_service import AlarmService
+from wulian.ingest.batch_writer import BatchWriter, init_connection
+from wulian.ingest.migrations import migrate
+from wulian.ingest.mqtt_client import MqttConsumer, MqttParams
+from wulian.ingest.payload import PayloadLimits
+from wulian.ingest.pipeline import IngestConfig, Ingestor
+from wulian.ingest.retention import set_retention
+from wulian.ingest.topics import subscriptions
 from wulian.settings import Settings
 
 log = logging.getLogger(__name__)

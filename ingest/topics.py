@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Kind, Stream
-from ingest.codecs.errors import CodecError
+from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Kind, Stream
+from wulian.ingest.codecs.errors import CodecError
 
 _DEVICE_RE = re.compile(DEVICE_ID_PATTERN)
 _REGION_RE = re.compile(REGION_PATTERN)

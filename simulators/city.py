@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.const import Stream
+from wulian.core.const import Stream
 
 _DAY_S = 86400.0
 _REGISTER_EPOCH_S = 1_767_196_800.0  # 2026-01-01 00:00 +08:00: simulated meters were installed then

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.const import Stream
+from wulian.core.const import Stream
 
 _S = 10**9
 _MIN = 60 * _S
@@ -243,7 +243,7 @@ def build_scenario(end_ns: int, tag: str = "ET", seed: int = 6, vehicle_step_s: 
 
 def messages(sc: Scenario, region: str, prefix: str = "wl", per_message: int = 500):
     """(topic, payload dict) pairs: each device's records in batches of ``per_message``."""
-    from ingest.topics import topic_for
+    from wulian.ingest.topics import topic_for
 
     stream_of = {d.device_id: d.stream for d in sc.devices}
     for dev, recs in sc.records.items():
@@ -273,7 +273,7 @@ def publish(sc: Scenario, params, region: str, prefix: str = "wl", timeout_s: fl
     """Publish every record over MQTT (QoS 1); returns published/acked counts."""
     import orjson
 
-    from ingest.mqtt_client import MqttPublisher
+    from wulian.ingest.mqtt_client import MqttPublisher
 
     with MqttPublisher(params, max_inflight=2000) as pub:
         for topic, doc in messages(sc, region, prefix):

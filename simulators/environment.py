@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from core.const import Stream
-from core.environment.editions import NS_PER_HOUR, NS_PER_MIN
-from core.environment.river import River, RiverStation
+from wulian.core.const import Stream
+from wulian.core.environment.editions import NS_PER_HOUR, NS_PER_MIN
+from wulian.core.environment.river import River, RiverStation
 
 RIVER = "lianjiang"
 _DAY_NS = 24 * NS_PER_HOUR
@@ -182,7 +182,7 @@ async def register_devices(con, region: str, fleet: list[EnvDeviceSpec]) -> None
 def publish_records(publisher, region: str, fleet: list[EnvDeviceSpec], records: dict[str, list[dict]],
                     prefix: str = "wl", per_message: int = 60) -> int:
     """Publish each device's records as ``{"batch": [...]}`` messages; returns the message count."""
-    from ingest.topics import topic_for
+    from wulian.ingest.topics import topic_for
 
     sent = 0
     for dev in fleet:

@@ -19,8 +19,8 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from ingest.codecs import hj212, jt808
-from ingest.codecs.errors import CodecError
+from wulian.ingest.codecs import hj212, jt808
+from wulian.ingest.codecs.errors import CodecError
 
 # CN 2011 of a flue-gas outlet: HJ 212-2017 codes -> (typical value, spread)
 HJ212_POLLUTANTS = {

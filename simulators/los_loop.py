@@ -7,7 +7,7 @@ import os
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
-from core.traffic.evaluation import TrafficDataset, load_dataset
+from wulian.core.traffic.evaluation import TrafficDataset, load_dataset
 
 PACKAGED = files("simulators") / "data" / "los_loop"
 PACKAGED_LABEL = "packaged Los-loop week"  # what reports print as the data source when no directory is given

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import orjson
 
-from ingest.mqtt_client import MqttParams, MqttPublisher
-from ingest.topics import topic_for
-from simulators.city import DeviceSim
+from wulian.ingest.mqtt_client import MqttParams, MqttPublisher
+from wulian.ingest.topics import topic_for
+from wulian.simulators.city import DeviceSim
 
 log = logging.getLogger(__name__)
 

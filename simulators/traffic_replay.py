@@ -23,12 +23,12 @@ import asyncpg
 import numpy as np
 import orjson
 
-from core.const import Stream
-from core.traffic.incidents import inject_incident
-from core.traffic.online import MPH_TO_KMH
-from ingest.mqtt_client import MqttParams, MqttPublisher
-from ingest.topics import topic_for
-from simulators.los_loop import load_los_loop
+from wulian.core.const import Stream
+from wulian.core.traffic.incidents import inject_incident
+from wulian.core.traffic.online import MPH_TO_KMH
+from wulian.ingest.mqtt_client import MqttParams, MqttPublisher
+from wulian.ingest.topics import topic_for
+from wulian.simulators.los_loop import load_los_loop
 
 SEGMENT_PREFIX = "los-"
 STEP_S = 300

@@ -13,8 +13,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ingest.batch_writer import init_connection
-from ingest.migrations import migrate
+from wulian.ingest.batch_writer import init_connection
+from wulian.ingest.migrations import migrate
 from tests.services import Broker, free_port
 from wulian.commands.stack import run_stack
 from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings, StackSettings

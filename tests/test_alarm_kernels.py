@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.alarms import (AlarmEngine, Rule, RuleError, RuleKind, SeriesCatalogue, SeriesKey, Severity,
+from wulian.core.alarms import (AlarmEngine, Rule, RuleError, RuleKind, SeriesCatalogue, SeriesKey, Severity,
                          TransitionKind, Transitions, flag_code, flag_codes)
-from core.alarms.compiler import bind_series, compile_rules
-from core.const import INVALID_FLAGS
-from core.kernels import alarm_kernels as K
+from wulian.core.alarms.compiler import bind_series, compile_rules
+from wulian.core.const import INVALID_FLAGS
+from wulian.core.kernels import alarm_kernels as K
 
 S = 1_000_000_000
 MIN = 60 * S

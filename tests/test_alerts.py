@@ -9,10 +9,10 @@ import orjson
 import pytest
 import uvicorn
 
-from api.app import create_app
-from api.auth import create_key
-from ingest.mqtt_client import MqttConsumer, MqttPublisher
-from ingest.service import mqtt_params, running_ingestor
+from wulian.api.app import create_app
+from wulian.api.auth import create_key
+from wulian.ingest.mqtt_client import MqttConsumer, MqttPublisher
+from wulian.ingest.service import mqtt_params, running_ingestor
 from tests.conftest import wait_until
 from tests.services import free_port
 

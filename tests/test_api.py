@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from api.app import create_app
-from api.auth import create_key
+from wulian.api.app import create_app
+from wulian.api.auth import create_key
 
 
 @pytest.fixture

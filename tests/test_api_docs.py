@@ -5,8 +5,8 @@ import httpx
 import jsonschema_rs  # schemathesis' validator
 import pytest
 
-from api.app import create_app
-from api.auth import API_KEY_HEADER, create_key
+from wulian.api.app import create_app
+from wulian.api.auth import API_KEY_HEADER, create_key
 
 PROTECTED_ERRORS = ("401", "403", "404", "422", "429")
 

@@ -10,8 +10,8 @@ import pytest
 from paho.mqtt.client import CallbackAPIVersion, Client
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
-from ingest.provisioning import (
+from wulian.ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
+from wulian.ingest.provisioning import (
     DeviceSpec, bootstrap_stack_auth, check_password, hash_password, provision_device, read_password_file,
     remove_credentials, render_acl, set_credentials_many, write_acl,
 )

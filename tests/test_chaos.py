@@ -4,10 +4,10 @@ report through the gateways; nothing the broker (or a gateway) acknowledged may 
 twice, and the alerts of a sawtooth rule must match the reference transitions exactly."""
 import numpy as np
 
-from ingest.chaos.faults import KillIngest, RestartBroker, RestartGateway, StopDatabase
-from ingest.chaos.run import ChaosConfig, run_chaos
-from ingest.chaos.sources import SAW_PERIOD, expected_transitions, saw_value
-from ingest.chaos.verify import alerts_consistent, count_loss
+from wulian.ingest.chaos.faults import KillIngest, RestartBroker, RestartGateway, StopDatabase
+from wulian.ingest.chaos.run import ChaosConfig, run_chaos
+from wulian.ingest.chaos.sources import SAW_PERIOD, expected_transitions, saw_value
+from wulian.ingest.chaos.verify import alerts_consistent, count_loss
 
 
 def test_sawtooth_reference_raises_and_clears_once_per_tooth():

@@ -58,8 +58,8 @@ def nothing_listening(monkeypatch, tmp_path):
     monkeypatch.setenv("WULIAN_MQTT__PORT", str(free_port()))
     monkeypatch.setenv("WULIAN_API__PORT", str(free_port()))
     monkeypatch.delenv("WULIAN_DEBUG", raising=False)
-    monkeypatch.setattr("ingest.service.tune_gc", lambda: None)  # gateway: gc.freeze() in the test process
-    pipeline = logging.getLogger("ingest.pipeline")
+    monkeypatch.setattr("wulian.ingest.service.tune_gc", lambda: None)  # gateway: gc.freeze() in the test process
+    pipeline = logging.getLogger("wulian.ingest.pipeline")
     level = pipeline.level
     get_settings.cache_clear()
     yield

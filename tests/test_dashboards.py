@@ -10,16 +10,16 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from core.const import Stream
-from dashboards.build import DASHBOARDS, GRANTS_SQL, OUT_DIR, READONLY_ROLE, file_name, granted_tables
-from dashboards.build import grants_migrations, grants_sql, readonly_tables, rendered, write_grants
-from dashboards.model import DATASOURCE_UID
-from dashboards.render import to_json_text
-from dashboards.verify import (
+from wulian.core.const import Stream
+from wulian.dashboards.build import DASHBOARDS, GRANTS_SQL, OUT_DIR, READONLY_ROLE, file_name, granted_tables
+from wulian.dashboards.build import grants_migrations, grants_sql, readonly_tables, rendered, write_grants
+from wulian.dashboards.model import DATASOURCE_UID
+from wulian.dashboards.render import to_json_text
+from wulian.dashboards.verify import (
     MacroError, TimeRange, VarValue, builtin_vars, check_shape, expand, expand_macros, format_interval,
     interpolate_variables, panel_interval_ms, parse_interval, resolve_variables, verify, verify_dashboard,
 )
-from simulators.city import build_city
+from wulian.simulators.city import build_city
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "dashtest"
@@ -469,7 +469,7 @@ class _FakeGrafana:
 
 
 def test_push_creates_a_folder_per_stream_and_overwrites_by_uid():
-    from dashboards.push import folder_uid, push
+    from wulian.dashboards.push import folder_uid, push
 
     fake = _FakeGrafana()
     try:
@@ -502,9 +502,9 @@ async def test_demo_pipeline_feeds_every_panel(settings, pool):
 
     import orjson
 
-    from ingest.derive_service import discover, run_job_once
-    from ingest.mqtt_client import MqttPublisher
-    from ingest.service import mqtt_params, running_ingestor
+    from wulian.ingest.derive_service import discover, run_job_once
+    from wulian.ingest.mqtt_client import MqttPublisher
+    from wulian.ingest.service import mqtt_params, running_ingestor
     from tests.conftest import wait_until
 
     region = "dashdemo"

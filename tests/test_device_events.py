@@ -9,19 +9,19 @@ import httpx
 import orjson
 import pytest
 
-from api.app import create_app
-from api.auth import create_key
-from ingest import pipeline
-from ingest.batch_writer import write_events
-from ingest.codecs import hj212, jt808
-from ingest.codecs.errors import CodecError
-from ingest.gateways.base import GatewayConfig, GatewayLimits
-from ingest.gateways.jt808_gateway import Jt808Gateway
-from ingest.gateways.registry import DeadLetterSink, DeviceRegistry
-from ingest.mqtt_client import MqttPublisher
-from ingest.provisioning import DeviceSpec, upsert_device
-from ingest.rows import event_row, event_rows
-from ingest.service import mqtt_params, running_ingestor
+from wulian.api.app import create_app
+from wulian.api.auth import create_key
+from wulian.ingest import pipeline
+from wulian.ingest.batch_writer import write_events
+from wulian.ingest.codecs import hj212, jt808
+from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.gateways.base import GatewayConfig, GatewayLimits
+from wulian.ingest.gateways.jt808_gateway import Jt808Gateway
+from wulian.ingest.gateways.registry import DeadLetterSink, DeviceRegistry
+from wulian.ingest.mqtt_client import MqttPublisher
+from wulian.ingest.provisioning import DeviceSpec, upsert_device
+from wulian.ingest.rows import event_row, event_rows
+from wulian.ingest.service import mqtt_params, running_ingestor
 from tests.conftest import wait_until
 
 REGION, OTHER = "evcity", "evother"
@@ -290,7 +290,7 @@ def test_event_rows_time_code_and_refusals():
     assert event_row("D1", {"kind": "cjt188", "ts_ns": ts, "status": "0400"}, 5)[0:4] == (ts, "D1", "cjt188", "0400")
     assert event_row("D1", {"kind": "dlt645", "ts_ns": None, "error_code": 4}, 5)[0::3] == (5, "04")
     assert event_row("D1", {"kind": "jt808_auth", "result": "ok", "error_code": 1}, 5)[3] == "ok"
-    from core.model import Decoded, Position
+    from wulian.core.model import Decoded, Position
     decoded = Decoded(positions=[Position(ts, 23.0, 116.0), Position(ts + NS, 23.0, 116.0)],
                       events=[{"kind": "jt808_backfill", "count": 2}])
     assert [r[0] for r in event_rows("D1", decoded, 7)] == [ts + NS]

@@ -8,8 +8,8 @@ import tomllib
 import httpx
 import pytest
 
-from api.app import create_app
-from api.docs import STATIC_DIR
+from wulian.api.app import create_app
+from wulian.api.docs import STATIC_DIR
 from tests.browser import dump_dom, screenshot
 from tests.conftest import ROOT
 from tests.services import serving

@@ -8,15 +8,15 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from api.app import create_app
-from api.auth import create_key
-from core.const import SYSTEM_RULE_BASE
-from ingest.derive_service import run_job_once
-from ingest.jobs.grid import GridJob
-from ingest.jobs.meters import MeterJob
-from ingest.jobs.vehicles import VehicleJob
-from ingest.service import mqtt_params, running_ingestor
-from simulators.energy_transport import build_scenario, messages, publish, register
+from wulian.api.app import create_app
+from wulian.api.auth import create_key
+from wulian.core.const import SYSTEM_RULE_BASE
+from wulian.ingest.derive_service import run_job_once
+from wulian.ingest.jobs.grid import GridJob
+from wulian.ingest.jobs.meters import MeterJob
+from wulian.ingest.jobs.vehicles import VehicleJob
+from wulian.ingest.service import mqtt_params, running_ingestor
+from wulian.simulators.energy_transport import build_scenario, messages, publish, register
 from tests.conftest import wait_until
 from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings
 
@@ -316,7 +316,7 @@ async def test_incremental_runs_find_the_same_episodes(world, pool):
 
 
 def test_fleet_from_registry_attrs():
-    from ingest.jobs.vehicles import build_fleet
+    from wulian.ingest.jobs.vehicles import build_fleet
 
     rows = [{"region": "a", "attrs": {"vehicle_class": "hazmat", "enterprise": "E1"}},
             {"region": "a", "attrs": {"vehicle_class": "coach_line", "route": "R", "networked": False,
@@ -336,7 +336,7 @@ def test_fleet_from_registry_attrs():
 
 
 async def test_fetch_columns_binary_copy(pool):
-    from ingest.jobs.energy_common import fetch_columns
+    from wulian.ingest.jobs.energy_common import fetch_columns
 
     async with pool.acquire() as con:
         cols = await fetch_columns(

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.environment.aqi import category_for, city_aqi, compute_aqi, iaqi_exact
-from core.environment.aqi_series import (
+from wulian.core.environment.aqi import category_for, city_aqi, compute_aqi, iaqi_exact
+from wulian.core.environment.aqi_series import (
     POLLUTANTS,
     aqi_many,
     city_indicators,
@@ -20,8 +20,8 @@ from core.environment.aqi_series import (
     heavy_pollution_warnings,
     hourly_aqi,
 )
-from core.environment.editions import EDITION_2026_START_NS, NS_PER_DAY, NS_PER_HOUR, aqi_edition_for
-from core.environment.tables import (
+from wulian.core.environment.editions import EDITION_2026_START_NS, NS_PER_DAY, NS_PER_HOUR, aqi_edition_for
+from wulian.core.environment.tables import (
     BREAKPOINTS,
     EDITION_2012,
     EDITION_2026,

@@ -8,13 +8,13 @@ import httpx
 import numpy as np
 import pytest
 
-from api.app import create_app
-from api.auth import create_key
-from core.environment.editions import NS_PER_DAY, NS_PER_HOUR, NS_PER_MIN, china_day_start_ns
-from core.environment.episodes import Episode
-from core.environment.metric_names import AVG, SAMPLE, air_metric, source_metric, water_metric
-from core.environment.online import episode_actions, plan_window, split_avg
-from core.environment.system_rules import (
+from wulian.api.app import create_app
+from wulian.api.auth import create_key
+from wulian.core.environment.editions import NS_PER_DAY, NS_PER_HOUR, NS_PER_MIN, china_day_start_ns
+from wulian.core.environment.episodes import Episode
+from wulian.core.environment.metric_names import AVG, SAMPLE, air_metric, source_metric, water_metric
+from wulian.core.environment.online import episode_actions, plan_window, split_avg
+from wulian.core.environment.system_rules import (
     BOUNDARY_EXCEEDANCE,
     HEAVY_POLLUTION,
     LOW_VALID_RATE,
@@ -23,10 +23,10 @@ from core.environment.system_rules import (
     SYSTEM_RULES,
     WATER_BELOW_TARGET,
 )
-from ingest.derive_service import discover, run_job_once
-from ingest.mqtt_client import MqttPublisher
-from ingest.service import mqtt_params, running_ingestor
-from simulators.environment import Scenario, env_fleet, publish_records, register_devices, scenario_records
+from wulian.ingest.derive_service import discover, run_job_once
+from wulian.ingest.mqtt_client import MqttPublisher
+from wulian.ingest.service import mqtt_params, running_ingestor
+from wulian.simulators.environment import Scenario, env_fleet, publish_records, register_devices, scenario_records
 from tests.conftest import wait_until
 
 JOBS = ("source_hourly", "air_quality", "water_quality")
@@ -284,7 +284,7 @@ async def test_simulated_day_through_ingest_jobs_and_api(settings, pool, api):
 async def test_hj212_source_with_uploaded_hourly_values(settings, pool):
     """An HJ 212 stack: real-time minutes (CN 2011) and its own hourly values (CN 2061), which are
     compared with ours where both exist and taken as they come where ours are not valid."""
-    from ingest.codecs.hj212 import encode_data
+    from wulian.ingest.codecs.hj212 import encode_data
 
     region = f"h{uuid.uuid4().hex[:6]}"
     mn = f"88888880{uuid.uuid4().hex[:8].upper()}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.environment.pulse import PulseParams, trace_pulses
-from core.environment.river import River, RiverStation
+from wulian.core.environment.pulse import PulseParams, trace_pulses
+from wulian.core.environment.river import River, RiverStation
 
 HOUR = 3_600_000_000_000
 KMS = (0.0, 12.0, 25.0, 40.0, 58.0, 70.0, 85.0)
@@ -80,6 +80,6 @@ def test_stations_must_be_ordered():
 
 
 def test_warmup_runs():
-    from core.environment.warmup import warmup
+    from wulian.core.environment.warmup import warmup
 
     assert warmup() is None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.const import INVALID_FLAGS, VALID_FLAGS
-from core.environment.editions import EDITION_2026_START_NS, NS_PER_DAY, NS_PER_HOUR
-from core.environment.sources import (
+from wulian.core.const import INVALID_FLAGS, VALID_FLAGS
+from wulian.core.environment.editions import EDITION_2026_START_NS, NS_PER_DAY, NS_PER_HOUR
+from wulian.core.environment.sources import (
     DEFAULT_BOUNDARY_LIMITS,
     SourceSpec,
     boundary_exceedances,
@@ -17,7 +17,7 @@ from core.environment.sources import (
     exceedance_episodes,
     o2_convert,
 )
-from core.environment.validity import (
+from wulian.core.environment.validity import (
     HourlyGrid,
     aggregate_daily,
     aggregate_hourly,
@@ -26,7 +26,7 @@ from core.environment.validity import (
     day_aligned_start,
     valid_mask,
 )
-from core.kernels.hourly_validity import daily_max_8h, moving_mean
+from wulian.core.kernels.hourly_validity import daily_max_8h, moving_mean
 
 T0 = EDITION_2026_START_NS  # a China midnight
 

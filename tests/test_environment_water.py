@@ -8,8 +8,8 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from core.environment.tables import ROUTINE_WATER_ITEMS, TP_LAKE_LIMITS, WATER_CLASSES, WATER_ITEMS
-from core.environment.water import (
+from wulian.core.environment.tables import ROUTINE_WATER_ITEMS, TP_LAKE_LIMITS, WATER_CLASSES, WATER_ITEMS
+from wulian.core.environment.water import (
     below_target_episodes,
     class_name,
     class_number,
@@ -134,7 +134,7 @@ def test_cli_water_class(capsys):
 
 
 def test_hj212_water_codes_map_to_items():
-    from core.environment.codes import AIR_CODES, water_item
+    from wulian.core.environment.codes import AIR_CODES, water_item
 
     assert water_item("w21003-Avg") == ("NH3_N", 1.0)
     assert water_item("w20111-Rtd") == ("Hg", 1e-3)  # µg/L -> mg/L

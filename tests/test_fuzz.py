@@ -13,16 +13,16 @@ import asyncpg
 import orjson
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Kind, Stream
-from ingest.batch_writer import init_connection
-from ingest.chaos.fuzz import (CODECS, LIMITS, SQL_META, FuzzRunner, Packet, control_packets, fuzz_batch,
+from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Kind, Stream
+from wulian.ingest.batch_writer import init_connection
+from wulian.ingest.chaos.fuzz import (CODECS, LIMITS, SQL_META, FuzzRunner, Packet, control_packets, fuzz_batch,
                                fuzz_packet, mutate, seed_payload)
-from ingest.codecs.errors import CodecError
-from ingest.decoders import decode_message
-from ingest.mqtt_client import InMessage, MqttPublisher
-from ingest.pipeline import Ingestor
-from ingest.service import mqtt_params, running_ingestor
-from ingest.topics import parse_topic
+from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.decoders import decode_message
+from wulian.ingest.mqtt_client import InMessage, MqttPublisher
+from wulian.ingest.pipeline import Ingestor
+from wulian.ingest.service import mqtt_params, running_ingestor
+from wulian.ingest.topics import parse_topic
 from tests.conftest import wait_until
 
 NOW_NS = time.time_ns()
@@ -271,9 +271,9 @@ async def test_gateway_ports_survive_garbage_and_still_answer(settings, pool):
     """Every gateway port, over TCP: mutated and truncated frames, junk without delimiters, frames over
     the size limit, half-written frames left hanging. The gateway keeps serving: a real station and a
     real terminal connecting afterwards are answered, and the junk left dead letters."""
-    from ingest.gateways.base import GatewayConfig, GatewayLimits
-    from ingest.gateways.service import running_gateway
-    from simulators.field_devices import Hj212Station, Jt808Terminal
+    from wulian.ingest.gateways.base import GatewayConfig, GatewayLimits
+    from wulian.ingest.gateways.service import running_gateway
+    from wulian.simulators.field_devices import Hj212Station, Jt808Terminal
 
     tag = uuid.uuid4().hex[:6]
     cfg = GatewayConfig(region="fzgw", auto_provision=True,

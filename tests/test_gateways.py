@@ -5,17 +5,17 @@ import uuid
 
 import pytest
 
-from core.kernels.checksums import crc_hj212
-from ingest.codecs import hj212, jt808
-from ingest.gateways.base import AuthThrottle, GatewayConfig, GatewayLimits
-from ingest.gateways.hj212_gateway import Hj212Gateway, crc_modes, restamp
-from ingest.gateways.jt808_gateway import Jt808Gateway, batch_frames
-from ingest.gateways.registry import DeadLetterSink, DeviceRegistry
-from ingest.gateways.service import running_gateway
-from ingest.mqtt_client import MqttPublisher
-from ingest.provisioning import DeviceSpec, upsert_device
-from ingest.service import mqtt_params, running_ingestor
-from simulators.field_devices import Hj212Station, Jt808Terminal
+from wulian.core.kernels.checksums import crc_hj212
+from wulian.ingest.codecs import hj212, jt808
+from wulian.ingest.gateways.base import AuthThrottle, GatewayConfig, GatewayLimits
+from wulian.ingest.gateways.hj212_gateway import Hj212Gateway, crc_modes, restamp
+from wulian.ingest.gateways.jt808_gateway import Jt808Gateway, batch_frames
+from wulian.ingest.gateways.registry import DeadLetterSink, DeviceRegistry
+from wulian.ingest.gateways.service import running_gateway
+from wulian.ingest.mqtt_client import MqttPublisher
+from wulian.ingest.provisioning import DeviceSpec, upsert_device
+from wulian.ingest.service import mqtt_params, running_ingestor
+from wulian.simulators.field_devices import Hj212Station, Jt808Terminal
 from tests.conftest import wait_until
 from tests.test_jt808 import bare_7d_frame
 
@@ -445,7 +445,7 @@ def test_auth_throttle_window():
 async def test_mutated_frames_never_raise_in_a_session(pool):
     import random
 
-    from ingest.gateways.base import Pending
+    from wulian.ingest.gateways.base import Pending
 
     pub = FakePublisher()
     sink = DeadLetterSink(pool)

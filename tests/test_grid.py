@@ -8,15 +8,15 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from core.grid.forecast import fit_profile, forecast
-from core.grid.outage import feeder_outages
+from wulian.core.grid.forecast import fit_profile, forecast
+from wulian.core.grid.outage import feeder_outages
 from hypothesis import given, settings as hsettings, strategies as st
 
-from core.grid.limits import KV35_DEFAULT_BAND, check_kv35_band
-from core.grid.quality import (Bit, GridMeters, GridParams, GridSamples, VoltageClass, day_quality,
+from wulian.core.grid.limits import KV35_DEFAULT_BAND, check_kv35_band
+from wulian.core.grid.quality import (Bit, GridMeters, GridParams, GridSamples, VoltageClass, day_quality,
                                quality_records, violation_runs)
-from core.grid.transformer import trend_warnings
-from core.kernels.grid_quality import unbalance_line_pct, unbalance_phase_pct
+from wulian.core.grid.transformer import trend_warnings
+from wulian.core.kernels.grid_quality import unbalance_line_pct, unbalance_phase_pct
 
 S = 10**9
 MIN = 60 * S
@@ -108,7 +108,7 @@ def test_35kv_band_refused_at_settings_load(upper, lower):
 
 
 def test_35kv_band_from_settings_reaches_the_job():
-    from ingest.jobs.grid import create
+    from wulian.ingest.jobs.grid import create
     from wulian.settings import EnergySettings, Settings
     assert (EnergySettings().kv35_upper_pct, EnergySettings().kv35_lower_pct) == KV35_DEFAULT_BAND
     job = create(Settings(energy=EnergySettings(kv35_upper_pct=5.0, kv35_lower_pct=-5.0)))

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.const import DATA_FLAGS, INVALID_FLAGS, VALID_FLAGS
-from core.kernels.checksums import crc_hj212, crc_modbus
-from ingest.codecs import hj212, hj212_codes
-from ingest.codecs.errors import CodecError
+from wulian.core.const import DATA_FLAGS, INVALID_FLAGS, VALID_FLAGS
+from wulian.core.kernels.checksums import crc_hj212, crc_modbus
+from wulian.ingest.codecs import hj212, hj212_codes
+from wulian.ingest.codecs.errors import CodecError
 from tests.data import load_json
 
 ENTRIES = load_json("vectors/hj212.json")["entries"]

@@ -6,8 +6,8 @@ import uuid
 import asyncpg
 import orjson
 
-from ingest.mqtt_client import MqttPublisher
-from ingest.service import mqtt_params, running_ingestor
+from wulian.ingest.mqtt_client import MqttPublisher
+from wulian.ingest.service import mqtt_params, running_ingestor
 from tests.conftest import wait_until
 
 REGION = "testcity"

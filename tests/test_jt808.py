@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from core.kernels.checksums import xor_bytes
-from ingest.codecs import jt808
-from ingest.codecs.errors import CodecError
-from ingest.mqtt_client import InMessage
-from ingest.pipeline import Ingestor
+from wulian.core.kernels.checksums import xor_bytes
+from wulian.ingest.codecs import jt808
+from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.mqtt_client import InMessage
+from wulian.ingest.pipeline import Ingestor
 from tests.data import load_json
 
 ENTRIES = load_json("vectors/jt808.json")["entries"]
@@ -191,7 +191,7 @@ def test_repaired_frame_is_counted_and_logged_by_ingest(caplog):
     before = REGISTRY.get_sample_value("wulian_ingest_repaired_messages_total", labels) or 0.0
     ingestor = Ingestor(None, None, clock_ns=lambda: _china_ns("2024-05-01T08:00:05"))  # type: ignore[arg-type]
     topic = "wl/test/vehicle/13800138000/jt808"
-    with caplog.at_level(logging.INFO, logger="ingest.pipeline"):
+    with caplog.at_level(logging.INFO, logger="wulian.ingest.pipeline"):
         batch = ingestor.decode_batch([InMessage(1, 1, 1, topic, frame),
                                        InMessage(1, 2, 1, topic, _frame(frame[1:-2]))])
     assert not batch.dead and [it.decoded.repairs for it in batch.items] == [("bare_7d_check",), ()]

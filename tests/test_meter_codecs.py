@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from ingest.codecs import cjt188, dlt645
-from ingest.codecs.errors import CodecError
+from wulian.ingest.codecs import cjt188, dlt645
+from wulian.ingest.codecs.errors import CodecError
 from tests.data import load_json
 
 FRAMES = load_json("standards/meter_frames.json")["frames"]

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from core.meters.anomalies import gas_never_stops, night_leak, register_events, zero_consumption
-from core.meters.collection import success_rate
-from core.meters.consumption import (Code, MeterReadings, MeterTable, china_day, consumption,
+from wulian.core.meters.anomalies import gas_never_stops, night_leak, register_events, zero_consumption
+from wulian.core.meters.collection import success_rate
+from wulian.core.meters.consumption import (Code, MeterReadings, MeterTable, china_day, consumption,
                                      consumption_numpy)
 
 S = 10**9
@@ -80,7 +80,7 @@ def test_flagged_replacement_with_and_without_start_value():
 def test_jitter_duplicates_missing_and_jump():
     times = [T0, T0 + 15 * MIN, T0 + 15 * MIN, T0 + 30 * MIN, T0 + 45 * MIN, T0 + 60 * MIN]
     rd, mt = one_meter([10.0, 9.99, 11.0, np.nan, 10.5, 500.0], times=times, max_rate_per_h=20.0)
-    from core.meters.consumption import ConsumptionParams
+    from wulian.core.meters.consumption import ConsumptionParams
     c = consumption(rd, mt, DAY0, 1, ConsumptionParams(jitter=0.02))
     assert c.code.tolist() == [Code.FIRST, Code.OK, Code.DUPLICATE, Code.MISSING, Code.OK, Code.JUMP]
     assert c.delta[1] == 0.0  # -0.01 is within the jitter
@@ -202,7 +202,7 @@ def test_collection_success_rate_per_concentrator():
 
 
 def test_daily_records_rows():
-    from core.meters.consumption import daily_records
+    from wulian.core.meters.consumption import daily_records
     rd, mt = one_meter([100.0, 100.5, 99.5, 100.0], max_rate_per_h=10.0)
     rows = daily_records(consumption(rd, mt, DAY0, 1), ["W1"])
     assert rows == [{"meter": "W1", "day": DAY0, "consumption": 1.0, "readings": 4, "complete": False,
@@ -214,8 +214,8 @@ def test_signed_dlt645_registers_are_not_consumption_registers():
     may go negative (DL/T 645-2007 Table A.1 note). The register kernel would read a fall below zero as a
     meter reset, so the meters job reads only registers that never count down; a negative combined
     register is stored as a reading and nothing else."""
-    from ingest.codecs.dlt645 import QUANTITIES
-    from ingest.jobs.meters import REGISTERS
+    from wulian.ingest.codecs.dlt645 import QUANTITIES
+    from wulian.ingest.jobs.meters import REGISTERS
     signed = {q.metric for q in QUANTITIES.values() if q.signed and q.metric}
     assert {"energy_active_combined_kwh", "energy_reactive1_kvarh", "energy_reactive2_kvarh"} <= signed
     assert not signed & set(REGISTERS)

@@ -1,9 +1,9 @@
 import asyncpg
 import orjson
 
-from core.alarms.rules import Rule
-from core.const import INVALID_FLAGS
-from ingest.migrations import SQL_DIR, available, migrate
+from wulian.core.alarms.rules import Rule
+from wulian.core.const import INVALID_FLAGS
+from wulian.ingest.migrations import SQL_DIR, available, migrate
 
 
 async def test_migrate_twice_is_idempotent(test_dsn):
@@ -39,7 +39,7 @@ async def test_fresh_database_migrates_from_zero(pg_stack):
 
 
 async def test_retention_drops_old_chunks_only(pool):
-    from ingest.retention import apply_retention
+    from wulian.ingest.retention import apply_retention
 
     async with pool.acquire() as con:
         dev = await con.fetchval("INSERT INTO devices (device_id, region, stream) VALUES ('RET1', 'test', 'traffic')"

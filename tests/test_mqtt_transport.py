@@ -5,7 +5,7 @@ import struct
 from paho.mqtt import _packet
 from paho.mqtt.enums import MQTTProtocolVersion
 
-import ingest.mqtt_client  # noqa: F401  (installs the fast decoder)
+import wulian.ingest.mqtt_client  # noqa: F401  (installs the fast decoder)
 
 
 def _paho_decoder():

@@ -3,11 +3,11 @@ import time
 import orjson
 import pytest
 
-from core.const import Kind, Stream
-from ingest.codecs.errors import CodecError
-from ingest.decoders import decode_message
-from ingest.payload import PayloadLimits, decode_telemetry, parse_ts
-from ingest.topics import parse_topic
+from wulian.core.const import Kind, Stream
+from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.decoders import decode_message
+from wulian.ingest.payload import PayloadLimits, decode_telemetry, parse_ts
+from wulian.ingest.topics import parse_topic
 
 NOW = time.time_ns()
 LIM = PayloadLimits()

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings as hsettings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from api.app import create_app
-from api.auth import API_KEY_HEADER, create_key
+from wulian.api.app import create_app
+from wulian.api.auth import API_KEY_HEADER, create_key
 from tests.conftest import fresh_database
 from tests.services import serving
 from wulian.settings import ApiSettings, DbSettings, MqttSettings, Settings

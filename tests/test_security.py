@@ -10,9 +10,9 @@ import httpx
 import pytest
 import uvicorn
 
-from api.app import create_app
-from api.auth import create_key
-from ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
+from wulian.api.app import create_app
+from wulian.api.auth import create_key
+from wulian.ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
 from tests.conftest import ROOT, wait_until
 from tests.services import Broker, free_port
 from wulian import log_redaction

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.traffic.evaluation import (
+from wulian.core.traffic.evaluation import (
     historical_average,
     load_dataset,
     los_start_ns,
@@ -15,8 +15,8 @@ from core.traffic.evaluation import (
     protocol_windows,
     split_rows,
 )
-from core.traffic.forecaster import TrafficForecaster, TrafficForecastParams, build_graph, time_slots
-from core.traffic.incidents import (
+from wulian.core.traffic.forecaster import TrafficForecaster, TrafficForecastParams, build_graph, time_slots
+from wulian.core.traffic.incidents import (
     CLEAR,
     RAISE,
     IncidentDetector,
@@ -26,7 +26,7 @@ from core.traffic.incidents import (
     learn_bands,
     replay,
 )
-from simulators.los_loop import load_los_loop
+from wulian.simulators.los_loop import load_los_loop
 
 STEP_S = 300
 NS = 1_000_000_000
@@ -326,7 +326,7 @@ def test_los_loop_week_ships_as_package_data():
     import fnmatch
     import tomllib
 
-    from simulators.los_loop import PACKAGED
+    from wulian.simulators.los_loop import PACKAGED
 
     root = Path(__file__).resolve().parents[1]
     globs = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][

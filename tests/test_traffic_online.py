@@ -10,18 +10,18 @@ import httpx
 import numpy as np
 import pytest
 
-from api.app import create_app
-from api.auth import create_key
-from core.traffic.incidents import IncidentDetector, IncidentParams
-from core.traffic.online import (
+from wulian.api.app import create_app
+from wulian.api.auth import create_key
+from wulian.core.traffic.incidents import IncidentDetector, IncidentParams
+from wulian.core.traffic.online import (
     TRAFFIC_INCIDENT_RULE_ID, OnlineParams, adjacency_matrix, carry_detector, dense_grid, detector_from_bytes,
     detector_to_bytes, fit_online, last_complete_bin, parse_incident_spec,
 )
-from ingest.derive_service import discover, run_job_once
-from ingest.jobs.base import ns_to_dt
-from ingest.jobs.traffic import TrafficJob
-from ingest.service import mqtt_params, running_ingestor
-from simulators.traffic_replay import (
+from wulian.ingest.derive_service import discover, run_job_once
+from wulian.ingest.jobs.base import ns_to_dt
+from wulian.ingest.jobs.traffic import TrafficJob
+from wulian.ingest.service import mqtt_params, running_ingestor
+from wulian.simulators.traffic_replay import (
     HISTORY_CHUNK, ReplayPlan, default_start_ns, history_messages, load_replay, neighbourhood, register_segments,
     resolve_segment, run_replay, with_incident,
 )

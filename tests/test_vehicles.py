@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from core.kernels import vehicle_rules as k
-from core.vehicles import jt808_bits
-from core.vehicles.kpi import day_stats, day_stats_numpy, group_kpis
-from core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect
+from wulian.core.kernels import vehicle_rules as k
+from wulian.core.vehicles import jt808_bits
+from wulian.core.vehicles.kpi import day_stats, day_stats_numpy, group_kpis
+from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect
 
 S = 10**9
 MIN = 60 * S
@@ -478,7 +478,7 @@ def test_kernel_matches_plain_python_reference_on_random_days():
 
 
 def test_kpi_records_rows():
-    from core.vehicles.kpi import kpi_records
+    from wulian.core.vehicles.kpi import kpi_records
     tr, fleet = _kpi_fleet()
     day = (at(0) // S + 8 * 3600) // 86400
     rows = kpi_records(group_kpis(day_stats(tr, day, 1), fleet, None), ["E0", "E1"])

@@ -25,7 +25,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 DEBUG_ENV = "WULIAN_DEBUG"
 _MAX_MESSAGE = 500
 # Where an exception was raised says what could not be reached (module name prefixes of its frames).
-_COMPONENTS = (("asyncpg", "database"), ("paho", "MQTT broker"), ("ingest.mqtt_client", "MQTT broker"))
+_COMPONENTS = (("asyncpg", "database"), ("paho", "MQTT broker"), ("wulian.ingest.mqtt_client", "MQTT broker"))
 
 
 class Parser(argparse.ArgumentParser):

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.grid.limits import KV35_DEFAULT_BAND, check_kv35_band
+from wulian.core.grid.limits import KV35_DEFAULT_BAND, check_kv35_band
 
 ROOT = Path(__file__).resolve().parent.parent
 # Service-account passwords written by ``wulian stack up`` (deploy/local/stack.sh); read as an env file,

@@ -8,11 +8,11 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Query
 
-from api.auth import CurrentUser
-from api.deps import PoolDep, SettingsDep
-from api.errors import BadQuery, NotFound
-from api.schemas_environment import AqiListPublic, AqiPublic
-from core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
+from wulian.api.auth import CurrentUser
+from wulian.api.deps import PoolDep, SettingsDep
+from wulian.api.errors import BadQuery, NotFound
+from wulian.api.schemas_environment import AqiListPublic, AqiPublic
+from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
 
 router = APIRouter(prefix="/v1/air", tags=["air"])
 _STATION_COLS = ("time, edition, aqi, level, category, color, primary_pollutants, iaqi::text AS iaqi,"

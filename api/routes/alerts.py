@@ -9,14 +9,14 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.alert_feed import event_payload, notify_sql
-from api.auth import CurrentUser
-from api.deps import PoolDep
-from api.errors import ApiError, NotFound
-from api.schemas import AlertAction, AlertDetail, AlertEventPublic, AlertPublic, AlertsPublic
-from core.alarms.lifecycle import Action, AlertState, IllegalTransition, allowed_from, apply
-from core.alarms.rules import Severity
-from core.const import DEVICE_ID_PATTERN, Stream
+from wulian.api.alert_feed import event_payload, notify_sql
+from wulian.api.auth import CurrentUser
+from wulian.api.deps import PoolDep
+from wulian.api.errors import ApiError, NotFound
+from wulian.api.schemas import AlertAction, AlertDetail, AlertEventPublic, AlertPublic, AlertsPublic
+from wulian.core.alarms.lifecycle import Action, AlertState, IllegalTransition, allowed_from, apply
+from wulian.core.alarms.rules import Severity
+from wulian.core.const import DEVICE_ID_PATTERN, Stream
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 

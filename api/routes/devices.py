@@ -6,12 +6,12 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Path, Query
 
-from api.auth import CurrentUser
-from api.deps import PoolDep
-from api.errors import BadQuery, NotFound
-from api.routes.meters import _utc
-from api.schemas import DeviceEventPublic, DeviceEventsPublic, DevicePublic, DevicesPublic, LatestPublic, LatestValue
-from core.const import DEVICE_ID_PATTERN, EVENT_KIND_PATTERN, Stream
+from wulian.api.auth import CurrentUser
+from wulian.api.deps import PoolDep
+from wulian.api.errors import BadQuery, NotFound
+from wulian.api.routes.meters import _utc
+from wulian.api.schemas import DeviceEventPublic, DeviceEventsPublic, DevicePublic, DevicesPublic, LatestPublic, LatestValue
+from wulian.core.const import DEVICE_ID_PATTERN, EVENT_KIND_PATTERN, Stream
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]

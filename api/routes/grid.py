@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.auth import CurrentUser
-from api.deps import PoolDep
-from api.errors import BadQuery
-from api.schemas_energy import (FeederForecastPublic, FeederForecastsPublic, ForecastPoint, GridQualityListPublic,
+from wulian.api.auth import CurrentUser
+from wulian.api.deps import PoolDep
+from wulian.api.errors import BadQuery
+from wulian.api.schemas_energy import (FeederForecastPublic, FeederForecastsPublic, ForecastPoint, GridQualityListPublic,
                                 GridQualityPublic)
-from core.const import DEVICE_ID_PATTERN, REGION_PATTERN
+from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN
 
 router = APIRouter(prefix="/v1/grid", tags=["grid"])
 

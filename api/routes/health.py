@@ -5,8 +5,8 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import PoolDep, SettingsDep
-from api.schemas import Health
+from wulian.api.deps import PoolDep, SettingsDep
+from wulian.api.schemas import Health
 
 router = APIRouter(tags=["health"])
 

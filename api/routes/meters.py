@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from api.auth import CurrentUser
-from api.deps import PoolDep
-from api.errors import BadQuery, NotFound
-from api.schemas_energy import ConsumptionDay, ConsumptionPublic, MeterAnomaliesPublic, MeterAnomalyPublic
-from core.const import DEVICE_ID_PATTERN, METRIC_PATTERN, REGION_PATTERN, Stream
+from wulian.api.auth import CurrentUser
+from wulian.api.deps import PoolDep
+from wulian.api.errors import BadQuery, NotFound
+from wulian.api.schemas_energy import ConsumptionDay, ConsumptionPublic, MeterAnomaliesPublic, MeterAnomalyPublic
+from wulian.core.const import DEVICE_ID_PATTERN, METRIC_PATTERN, REGION_PATTERN, Stream
 
 router = APIRouter(prefix="/v1/meters", tags=["meters"])
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]

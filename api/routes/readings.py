@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.auth import CurrentUser
-from api.deps import PoolDep, SettingsDep
-from api.errors import BadQuery, NotFound
-from api.schemas import ReadingBucket, ReadingsPublic
-from core.const import CHINA_TZ, DEVICE_ID_PATTERN, METRIC_PATTERN
+from wulian.api.auth import CurrentUser
+from wulian.api.deps import PoolDep, SettingsDep
+from wulian.api.errors import BadQuery, NotFound
+from wulian.api.schemas import ReadingBucket, ReadingsPublic
+from wulian.core.const import CHINA_TZ, DEVICE_ID_PATTERN, METRIC_PATTERN
 
 router = APIRouter(prefix="/v1/readings", tags=["readings"])
 _BUCKET_RE = re.compile(r"^(\d{1,4})(s|m|h|d)$")

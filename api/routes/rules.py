@@ -6,11 +6,11 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Body, Response
 
-from api.auth import CurrentUser
-from api.deps import PoolDep
-from api.errors import BadQuery, NotFound
-from api.schemas import RulePublic, RulesPublic
-from core.alarms.rules import Rule, RuleError
+from wulian.api.auth import CurrentUser
+from wulian.api.deps import PoolDep
+from wulian.api.errors import BadQuery, NotFound
+from wulian.api.schemas import RulePublic, RulesPublic
+from wulian.core.alarms.rules import Rule, RuleError
 
 router = APIRouter(prefix="/v1/rules", tags=["rules"])
 _COLS = "id, enabled, definition::text AS definition, updated_at, updated_by"

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from api.auth import CurrentUser
-from api.deps import PoolDep, SettingsDep
-from api.errors import BadQuery, NotFound
-from api.schemas_environment import ExceedancePublic, ExceedancesPublic, SourceHourPublic, SourceHoursPublic
-from core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
+from wulian.api.auth import CurrentUser
+from wulian.api.deps import PoolDep, SettingsDep
+from wulian.api.errors import BadQuery, NotFound
+from wulian.api.schemas_environment import ExceedancePublic, ExceedancesPublic, SourceHourPublic, SourceHoursPublic
+from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 _HOUR_COLS = ("time, pollutant, measured, converted, reference_o2, valid_minutes, minutes, valid, uploaded,"

@@ -8,13 +8,13 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Query
 
-from api.auth import CurrentUser, Principal
-from api.deps import PoolDep
-from api.errors import BadQuery, NotFound
-from api.schemas_traffic import (
+from wulian.api.auth import CurrentUser, Principal
+from wulian.api.deps import PoolDep
+from wulian.api.errors import BadQuery, NotFound
+from wulian.api.schemas_traffic import (
     TrafficForecastPublic, TrafficForecastsPublic, TrafficIncidentPublic, TrafficIncidentsPublic,
 )
-from core.const import DEVICE_ID_PATTERN, Stream
+from wulian.core.const import DEVICE_ID_PATTERN, Stream
 
 router = APIRouter(prefix="/v1/traffic", tags=["traffic"])
 STEP_MIN = 5  # forecasts are on 5-minute bins, horizons 1..12 bins

@@ -8,12 +8,12 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Path, Query
 
-from api.auth import CurrentUser
-from api.deps import PoolDep
-from api.errors import BadQuery, NotFound
-from api.schemas_energy import (TrackPoint, TrackPublic, VehicleKpiPublic, VehicleKpisPublic, ViolationPublic,
+from wulian.api.auth import CurrentUser
+from wulian.api.deps import PoolDep
+from wulian.api.errors import BadQuery, NotFound
+from wulian.api.schemas_energy import (TrackPoint, TrackPublic, VehicleKpiPublic, VehicleKpisPublic, ViolationPublic,
                                 ViolationsPublic)
-from core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
+from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
 
 router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"])
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]

@@ -7,17 +7,17 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Query
 
-from api.auth import CurrentUser
-from api.deps import PoolDep
-from api.errors import BadQuery
-from api.schemas_environment import (
+from wulian.api.auth import CurrentUser
+from wulian.api.deps import PoolDep
+from wulian.api.errors import BadQuery
+from wulian.api.schemas_environment import (
     PulseEventPublic,
     PulseEventsPublic,
     WaterClassNow,
     WaterStationPublic,
     WaterStationsPublic,
 )
-from core.const import REGION_PATTERN
+from wulian.core.const import REGION_PATTERN
 
 router = APIRouter(prefix="/v1/water", tags=["water"])
 _CLASS = "time, overall_class, item_class::text AS item_class, means::text AS means, compliant"

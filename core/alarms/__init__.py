@@ -3,9 +3,9 @@
 Pure: no I/O, no clock. The lifecycle (alert rows, acknowledgements), persistence and the API live outside
 ``core`` and consume ``Transitions``.
 """
-from core.alarms.compiler import SeriesCatalogue, SeriesKey
-from core.alarms.engine import AlarmEngine, Transitions, flag_codes, warmup
-from core.alarms.rules import Rule, RuleError, RuleKind, Severity, TransitionKind, flag_code
+from wulian.core.alarms.compiler import SeriesCatalogue, SeriesKey
+from wulian.core.alarms.engine import AlarmEngine, Transitions, flag_codes, warmup
+from wulian.core.alarms.rules import Rule, RuleError, RuleKind, Severity, TransitionKind, flag_code
 
 __all__ = [
     "AlarmEngine",

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.alarms.rules import Rule, RuleError, RuleKind, VALUE_KINDS, flag_mask
-from core.kernels import alarm_kernels as K
+from wulian.core.alarms.rules import Rule, RuleError, RuleKind, VALUE_KINDS, flag_mask
+from wulian.core.kernels import alarm_kernels as K
 
 _NS = 1_000_000_000
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.alarms.compiler import SeriesCatalogue, SeriesKey, bind_series, compile_rules
-from core.alarms.rules import Rule, TransitionKind, flag_code
-from core.kernels import alarm_kernels as K
+from wulian.core.alarms.compiler import SeriesCatalogue, SeriesKey, bind_series, compile_rules
+from wulian.core.alarms.rules import Rule, TransitionKind, flag_code
+from wulian.core.kernels import alarm_kernels as K
 
 STATE_VERSION = 2  # 2: per-binding state is (count, since_ns, ref_ts_ns); 1 had five columns
 # Per-binding state columns as persisted; meanings in core.kernels.alarm_kernels.
@@ -80,7 +80,7 @@ def flag_codes(flags: Sequence[str | None] | np.ndarray) -> np.ndarray:
 def _implementation(impl: str):
     if impl == "numba":
         return K.evaluate_batch, K.evaluate_timers
-    from core.alarms import reference
+    from wulian.core.alarms import reference
 
     if impl == "numpy":
         return reference.evaluate_batch_numpy, reference.evaluate_timers_numpy
@@ -288,7 +288,7 @@ class AlarmEngine:
 
 def warmup() -> None:
     """Compile the numba alarm kernels with the exact argument types the engine passes."""
-    from core.alarms.rules import RuleKind
+    from wulian.core.alarms.rules import RuleKind
 
     rules = [Rule(1, "hi", RuleKind.UPPER, threshold=1.0), Rule(2, "gone", RuleKind.MISSING_DATA, duration_s=1.0)]
     eng = AlarmEngine(rules, [SeriesKey("air", "d", "m")])

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from core.kernels import alarm_kernels as K
+from wulian.core.kernels import alarm_kernels as K
 
 NO_TS = K.NO_TS
 _NS_PER_MIN = 60e9

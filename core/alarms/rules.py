@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, fields
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from core.const import INVALID_FLAGS
-from core.kernels import alarm_kernels as K
+from wulian.core.const import INVALID_FLAGS
+from wulian.core.kernels import alarm_kernels as K
 
 
 class RuleKind(StrEnum):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from fractions import Fraction
 
-from core.environment.tables import (
+from wulian.core.environment.tables import (
     AQI_CATEGORIES,
     BREAKPOINTS,
     EDITION_2012,

@@ -22,9 +22,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from core.environment.editions import CHINA_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR, edition_index_many
-from core.environment.episodes import Episode, episodes_from_grid
-from core.environment.tables import (
+from wulian.core.environment.editions import CHINA_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR, edition_index_many
+from wulian.core.environment.episodes import Episode, episodes_from_grid
+from wulian.core.environment.tables import (
     AQI_CATEGORIES,
     BREAKPOINTS,
     EDITIONS,
@@ -33,8 +33,8 @@ from core.environment.tables import (
     POLLUTANT_LABEL,
     REPORT_INDICATORS,
 )
-from core.kernels.aqi_kernels import aqi_grid
-from core.kernels.hourly_validity import daily_max_1h, daily_max_8h, hourly_to_daily, moving_mean
+from wulian.core.kernels.aqi_kernels import aqi_grid
+from wulian.core.kernels.hourly_validity import daily_max_1h, daily_max_8h, hourly_to_daily, moving_mean
 
 POLLUTANTS = ("SO2", "NO2", "CO", "O3", "PM10", "PM2.5")
 _IDX = {k: i for i, k in enumerate(INDICATORS)}

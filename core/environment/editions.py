@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.environment.tables import EDITION_2012, EDITION_2026
+from wulian.core.environment.tables import EDITION_2012, EDITION_2026
 
 NS_PER_S = 1_000_000_000
 NS_PER_MIN = 60 * NS_PER_S

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.kernels.runs import find_runs
+from wulian.core.kernels.runs import find_runs
 
 
 @dataclass(frozen=True, slots=True)

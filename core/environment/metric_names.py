@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
-from core.environment.codes import AIR_CODES, SOURCE_CODES, split_metric, water_item
-from core.environment.tables import WATER_ITEMS
+from wulian.core.environment.codes import AIR_CODES, SOURCE_CODES, split_metric, water_item
+from wulian.core.environment.tables import WATER_ITEMS
 
 SAMPLE = "sample"
 AVG = "avg"

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.environment.river import River
-from core.kernels.pulse_trace import robust_scores, window_peak
-from core.kernels.runs import find_runs
+from wulian.core.environment.river import River
+from wulian.core.kernels.pulse_trace import robust_scores, window_peak
+from wulian.core.kernels.runs import find_runs
 
 
 @dataclass(frozen=True, slots=True)

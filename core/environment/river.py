@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.environment.water import class_number
+from wulian.core.environment.water import class_number
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.environment.editions import NS_PER_HOUR
-from core.environment.episodes import Episode, episodes_from_grid
-from core.environment.validity import HourlyGrid
+from wulian.core.environment.editions import NS_PER_HOUR
+from wulian.core.environment.episodes import Episode, episodes_from_grid
+from wulian.core.environment.validity import HourlyGrid
 
 # Default reference O2 (%) per source type, from the emission standards that set them. Each source in
 # the registry may override it (``SourceSpec.reference_o2``).

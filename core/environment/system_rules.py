@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.const import SYSTEM_RULE_BASE
+from wulian.core.const import SYSTEM_RULE_BASE
 
 
 @dataclass(frozen=True, slots=True)

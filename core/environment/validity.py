@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.const import VALID_FLAGS
-from core.environment.editions import CHINA_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR, china_day_start_ns
-from core.kernels.hourly_validity import hourly_to_daily, minute_to_hourly
+from wulian.core.const import VALID_FLAGS
+from wulian.core.environment.editions import CHINA_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR, china_day_start_ns
+from wulian.core.kernels.hourly_validity import hourly_to_daily, minute_to_hourly
 
 MIN_VALID_MINUTES = 45
 MIN_VALID_HOURS = 20

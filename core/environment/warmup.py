@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.environment.aqi_series import POLLUTANTS, daily_aqi, heavy_pollution_warnings, hourly_aqi
-from core.environment.editions import EDITION_2026_START_NS, NS_PER_MIN
-from core.environment.pulse import trace_pulses
-from core.environment.river import River, RiverStation
-from core.environment.sources import exceedance_episodes
-from core.environment.validity import aggregate_daily, aggregate_hourly, valid_mask
-from core.environment.water import classify_grid
+from wulian.core.environment.aqi_series import POLLUTANTS, daily_aqi, heavy_pollution_warnings, hourly_aqi
+from wulian.core.environment.editions import EDITION_2026_START_NS, NS_PER_MIN
+from wulian.core.environment.pulse import trace_pulses
+from wulian.core.environment.river import River, RiverStation
+from wulian.core.environment.sources import exceedance_episodes
+from wulian.core.environment.validity import aggregate_daily, aggregate_hourly, valid_mask
+from wulian.core.environment.water import classify_grid
 
 
 def warmup() -> None:

@@ -16,16 +16,16 @@ from functools import lru_cache
 
 import numpy as np
 
-from core.environment.aqi import to_decimal
-from core.environment.episodes import Episode, episodes_from_grid
-from core.environment.tables import (
+from wulian.core.environment.aqi import to_decimal
+from wulian.core.environment.episodes import Episode, episodes_from_grid
+from wulian.core.environment.tables import (
     ROUTINE_WATER_ITEMS,
     TP_LAKE_LIMITS,
     WATER_CLASSES,
     WATER_ITEMS,
     WATER_QUALITY_LABEL,
 )
-from core.kernels.water_class import CMP_GE, CMP_LE, CMP_RANGE, classify_matrix
+from wulian.core.kernels.water_class import CMP_GE, CMP_LE, CMP_RANGE, classify_matrix
 
 _CMP = {"le": CMP_LE, "ge": CMP_GE, "range": CMP_RANGE}
 # Heavy metals and cyanide come first among main pollutants when they exceed (2011 method).

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.grid.quality import Bit, GridMeters, GridSamples
+from wulian.core.grid.quality import Bit, GridMeters, GridSamples
 
 
 @dataclass(frozen=True, slots=True)

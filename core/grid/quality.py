@@ -18,8 +18,8 @@ from enum import IntEnum
 
 import numpy as np
 
-from core.grid.limits import KV20_BAND, KV35_DEFAULT_BAND, V220_BAND, check_kv35_band
-from core.kernels import grid_quality as k
+from wulian.core.grid.limits import KV20_BAND, KV35_DEFAULT_BAND, V220_BAND, check_kv35_band
+from wulian.core.kernels import grid_quality as k
 
 _MIN = 60 * 10**9
 _HOUR = 3600 * 10**9
@@ -240,5 +240,5 @@ def warm() -> None:
     m = GridMeters.uniform(1, vclass=VoltageClass.KV20_AND_BELOW, rated_a=10.0)
     q = day_quality(s, m, 0, 1)
     violation_runs(s, q.bits, Bit.COLLAPSE)
-    from core.grid.transformer import trend_warnings
+    from wulian.core.grid.transformer import trend_warnings
     trend_warnings(s.starts, s.ts_ns, s.ua, np.array([250.0]))

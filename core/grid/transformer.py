@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.kernels.grid_quality import trend_to_limit
+from wulian.core.kernels.grid_quality import trend_to_limit
 
 _HOUR = 3600 * 10**9
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.kernels.meter_registers import runs_of_true
-from core.meters.consumption import Code, Consumption, MeterReadings
+from wulian.core.kernels.meter_registers import runs_of_true
+from wulian.core.meters.consumption import Code, Consumption, MeterReadings
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.meters.consumption import Consumption, MeterTable
+from wulian.core.meters.consumption import Consumption, MeterTable
 
 
 def success_rate(c: Consumption, meters: MeterTable, expected_per_day: int = 96) -> np.ndarray:

@@ -11,7 +11,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from core.kernels import meter_registers as k
+from wulian.core.kernels import meter_registers as k
 
 _MIN = 60 * 10**9
 _HOUR = 3600 * 10**9

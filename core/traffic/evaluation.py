@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.traffic.forecaster import NS_PER_S, TrafficForecaster, TrafficForecastParams, time_slots, warm_up
-from core.traffic.incidents import IncidentParams, evaluate_incidents, learn_bands
+from wulian.core.traffic.forecaster import NS_PER_S, TrafficForecaster, TrafficForecastParams, time_slots, warm_up
+from wulian.core.traffic.incidents import IncidentParams, evaluate_incidents, learn_bands
 
 N_IN = 12
 HORIZON_STEPS = {15: 3, 30: 6, 45: 9, 60: 12}

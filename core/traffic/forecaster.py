@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from core.kernels import traffic_forecast as kern
+from wulian.core.kernels import traffic_forecast as kern
 
 NS_PER_S = 1_000_000_000
 SECONDS_PER_DAY = 86_400

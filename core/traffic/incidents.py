@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.kernels import traffic_incidents as kern
-from core.traffic.forecaster import NS_PER_S, SECONDS_PER_DAY, TrafficForecaster, build_graph
+from wulian.core.kernels import traffic_incidents as kern
+from wulian.core.traffic.forecaster import NS_PER_S, SECONDS_PER_DAY, TrafficForecaster, build_graph
 
 RAISE = kern.RAISE
 CLEAR = kern.CLEAR

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.const import SYSTEM_RULE_BASE
-from core.traffic.forecaster import NS_PER_S, TrafficForecaster, TrafficForecastParams
-from core.traffic.incidents import IncidentDetector, IncidentParams, learn_bands
+from wulian.core.const import SYSTEM_RULE_BASE
+from wulian.core.traffic.forecaster import NS_PER_S, TrafficForecaster, TrafficForecastParams
+from wulian.core.traffic.incidents import IncidentDetector, IncidentParams, learn_bands
 
 # Alert rule id of "traffic incident" (system rules sit above the user rules' identity range).
 TRAFFIC_INCIDENT_RULE_ID = SYSTEM_RULE_BASE + 1

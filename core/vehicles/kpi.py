@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.kernels.vehicle_rules import vehicle_day_stats
-from core.vehicles.rules import CHINA_UTC_OFFSET_NS, Events, Fleet, Rule, Tracks
+from wulian.core.kernels.vehicle_rules import vehicle_day_stats
+from wulian.core.vehicles.rules import CHINA_UTC_OFFSET_NS, Events, Fleet, Rule, Tracks
 
 _DAY = 86_400 * 10**9
 
@@ -198,7 +198,7 @@ def group_kpis(stats: DayStats, fleet: Fleet, events: Events | None, by: str = "
 
 def warm() -> None:
     """Compile the rule and statistics kernels on tiny inputs before the first real batch."""
-    from core.vehicles.rules import warm as warm_rules
+    from wulian.core.vehicles.rules import warm as warm_rules
 
     warm_rules()
     t = np.array([0, 10 * 10**9], np.int64)

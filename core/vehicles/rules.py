@@ -10,8 +10,8 @@ from enum import IntEnum
 
 import numpy as np
 
-from core.kernels import vehicle_rules as k
-from core.vehicles.jt808_bits import BY_BIT, mask_for
+from wulian.core.kernels import vehicle_rules as k
+from wulian.core.vehicles.jt808_bits import BY_BIT, mask_for
 
 _MIN = 60 * 10**9
 _HOUR = 3600 * 10**9

@@ -71,7 +71,7 @@ pg_up() {
 mq_auth() {
   local py="$ROOT_DIR/.venv/bin/python"
   if [ ! -x "$py" ]; then log "no $py: mosquitto runs WITHOUT authentication (run make install)"; return; fi
-  (cd "$ROOT_DIR" && "$py" -m ingest.provisioning bootstrap "$MQ" "$STACK_DIR/secrets.env")
+  (cd "$ROOT_DIR" && "$py" -m wulian.ingest.provisioning bootstrap "$MQ" "$STACK_DIR/secrets.env")
   if [ "$(id -u)" -eq 0 ]; then chown "$STACK_USER" "$MQ/passwd" "$MQ/acl"; fi
   chmod 0600 "$STACK_DIR/secrets.env" "$MQ/passwd"
   printf '\n# broker security (deploy/local/stack.sh)\nallow_anonymous false\npassword_file %s\nacl_file %s\n' \

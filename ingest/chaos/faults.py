@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from ingest.chaos.stack import ChaosStack, IngestProcess
+from wulian.ingest.chaos.stack import ChaosStack, IngestProcess
 
 
 @dataclass

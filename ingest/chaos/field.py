@@ -20,8 +20,8 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
-from ingest.chaos.stack import ChaosStack, free_port, port_open
-from simulators.field_devices import Hj212Station, Jt808Terminal
+from wulian.ingest.chaos.stack import ChaosStack, free_port, port_open
+from wulian.simulators.field_devices import Hj212Station, Jt808Terminal
 from wulian.settings import ROOT
 
 _NS = 1_000_000_000

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
-from ingest.batch_writer import BatchWriter
-from ingest.codecs import cjt188, dlt645, hj212, jt808
-from ingest.mqtt_client import InMessage
-from ingest.payload import PayloadLimits
-from ingest.pipeline import IngestConfig, Ingestor
+from wulian.ingest.batch_writer import BatchWriter
+from wulian.ingest.codecs import cjt188, dlt645, hj212, jt808
+from wulian.ingest.mqtt_client import InMessage
+from wulian.ingest.payload import PayloadLimits
+from wulian.ingest.pipeline import IngestConfig, Ingestor
 
 # codec name -> (stream, kind) of its topic
 CODECS = {

@@ -17,13 +17,13 @@ import asyncpg
 import numpy as np
 import orjson
 
-from ingest.chaos import verify
-from ingest.chaos.faults import ChaosEnv, Fault, standard_faults
-from ingest.chaos.field import FieldFleet, GatewayProcess, stored_seconds
-from ingest.chaos.sources import SAW_CLEAR, SAW_THRESHOLD, SeqSource, SourceSpec
-from ingest.chaos.stack import ChaosStack, IngestProcess
-from ingest.migrations import migrate
-from ingest.mqtt_client import MqttPublisher
+from wulian.ingest.chaos import verify
+from wulian.ingest.chaos.faults import ChaosEnv, Fault, standard_faults
+from wulian.ingest.chaos.field import FieldFleet, GatewayProcess, stored_seconds
+from wulian.ingest.chaos.sources import SAW_CLEAR, SAW_THRESHOLD, SeqSource, SourceSpec
+from wulian.ingest.chaos.stack import ChaosStack, IngestProcess
+from wulian.ingest.migrations import migrate
+from wulian.ingest.mqtt_client import MqttPublisher
 
 REGION = "chaos"
 

@@ -23,11 +23,11 @@ import asyncpg
 import numpy as np
 import orjson
 
-from ingest.chaos import verify
-from ingest.chaos.run import REGION, create_rule, progress_stderr, wait_ingest_ready
-from ingest.chaos.sources import SeqSource, SourceSpec
-from ingest.chaos.stack import ChaosStack, IngestProcess, free_port
-from ingest.mqtt_client import MqttPublisher
+from wulian.ingest.chaos import verify
+from wulian.ingest.chaos.run import REGION, create_rule, progress_stderr, wait_ingest_ready
+from wulian.ingest.chaos.sources import SeqSource, SourceSpec
+from wulian.ingest.chaos.stack import ChaosStack, IngestProcess, free_port
+from wulian.ingest.mqtt_client import MqttPublisher
 
 PROBE_RULE = {"id": 0, "name": "soak probe", "kind": "upper", "stream": "air", "metric": "probe",
               "threshold": 100.0, "clear_threshold": 50.0, "severity": "warning"}
@@ -168,7 +168,7 @@ async def run_soak(cfg: SoakConfig, progress=_progress) -> dict:
     try:
         con = await asyncpg.connect(stack.dsn)
         try:
-            from ingest.migrations import migrate
+            from wulian.ingest.migrations import migrate
 
             await migrate(con)
             rule_id = await create_rule(con)

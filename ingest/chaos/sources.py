@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from ingest.mqtt_client import MqttParams, MqttPublisher
+from wulian.ingest.mqtt_client import MqttParams, MqttPublisher
 
 SAW_PERIOD = 20  # messages per sawtooth tooth
 SAW_THRESHOLD = 100.0  # the chaos rule raises above this ...

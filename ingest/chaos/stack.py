@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.mqtt_client import MqttParams
+from wulian.ingest.mqtt_client import MqttParams
 from wulian.commands.stack import run_stack
 from wulian.settings import ROOT, Settings, StackSettings
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 import asyncpg
 import numpy as np
 
-from ingest.chaos.sources import expected_transitions
+from wulian.ingest.chaos.sources import expected_transitions
 
 _SEQ_ROWS = """
 SELECT d.device_id, r.value FROM readings r JOIN devices d ON d.id = r.device JOIN metrics m ON m.id = r.metric

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from core.model import Decoded, Reading
-from ingest.codecs.errors import CodecError, parse_hex
+from wulian.core.model import Decoded, Reading
+from wulian.ingest.codecs.errors import CodecError, parse_hex
 
 METER_TYPES = {
     0x10: "cold_water",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from core.model import Decoded, Reading
-from ingest.codecs.errors import CodecError, parse_hex
+from wulian.core.model import Decoded, Reading
+from wulian.ingest.codecs.errors import CodecError, parse_hex
 
 BROADCAST_ADDRESS = "999999999999"  # time sync / freeze, no reply
 WILDCARD_ADDRESS = "AAAAAAAAAAAA"  # read/write-address commands

@@ -29,11 +29,11 @@ from decimal import Decimal
 from functools import lru_cache
 from math import isfinite
 
-from core.const import DATA_FLAGS, FLAG_NORMAL, HJ212_2005_AIR_FLAGS, UNKNOWN_FLAG, VALID_FLAGS
-from core.kernels.checksums import crc_hj212, crc_modbus
-from core.model import Decoded, Reading
-from ingest.codecs import hj212_codes
-from ingest.codecs.errors import CodecError
+from wulian.core.const import DATA_FLAGS, FLAG_NORMAL, HJ212_2005_AIR_FLAGS, UNKNOWN_FLAG, VALID_FLAGS
+from wulian.core.kernels.checksums import crc_hj212, crc_modbus
+from wulian.core.model import Decoded, Reading
+from wulian.ingest.codecs import hj212_codes
+from wulian.ingest.codecs.errors import CodecError
 
 # Per-device CRC tolerance (the gateway passes what the device registry says):
 #   hj212      HJ 212-2017 Appendix A, what the standard prints (always the default)

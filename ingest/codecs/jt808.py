@@ -29,10 +29,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from core.kernels.checksums import xor_bytes
-from core.model import Decoded, Position
-from core.vehicles.jt808_bits import ALARM_BITS
-from ingest.codecs.errors import CodecError, parse_hex
+from wulian.core.kernels.checksums import xor_bytes
+from wulian.core.model import Decoded, Position
+from wulian.core.vehicles.jt808_bits import ALARM_BITS
+from wulian.ingest.codecs.errors import CodecError, parse_hex
 
 MAX_FRAME = 2 + 2 * (17 + 4 + 1023 + 1)  # longest legal frame with every byte escaped
 REPAIR_BARE_7D_CHECK = "bare_7d_check"  # the check code 0x7D sent as is, not escaped as 7D 01

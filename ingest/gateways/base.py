@@ -17,10 +17,10 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from ingest.codecs.errors import CodecError
-from ingest.gateways import metrics as m
-from ingest.gateways.registry import DeadLetterSink, DeviceRegistry
-from ingest.rows import event_row
+from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.gateways import metrics as m
+from wulian.ingest.gateways.registry import DeadLetterSink, DeviceRegistry
+from wulian.ingest.rows import event_row
 
 log = logging.getLogger(__name__)
 

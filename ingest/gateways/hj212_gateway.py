@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import re
 
-from core.const import DEVICE_ID_PATTERN
-from core.kernels.checksums import crc_hj212
-from ingest.codecs import hj212
-from ingest.codecs.errors import CodecError
-from ingest.gateways.base import Gateway, Pending, Session
-from ingest.provisioning import DeviceSpec
+from wulian.core.const import DEVICE_ID_PATTERN
+from wulian.core.kernels.checksums import crc_hj212
+from wulian.ingest.codecs import hj212
+from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.gateways.base import Gateway, Pending, Session
+from wulian.ingest.provisioning import DeviceSpec
 
 _MN = re.compile(rb"(?:^|[;#0-9])MN=([^;&]*)")
 _QN = re.compile(rb"QN=([^;&]*)")

@@ -20,10 +20,10 @@ import hmac
 import secrets
 import struct
 
-from ingest.codecs import jt808
-from ingest.codecs.errors import CodecError
-from ingest.gateways.base import Gateway, Pending, Session
-from ingest.provisioning import DeviceSpec
+from wulian.ingest.codecs import jt808
+from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.gateways.base import Gateway, Pending, Session
+from wulian.ingest.provisioning import DeviceSpec
 
 RESULT_OK, RESULT_FAILED, RESULT_MSG_ERROR, RESULT_NOT_SUPPORTED = 0, 1, 2, 3
 REGISTER_NO_TERMINAL = 4  # 0x8100 result: terminal not in the database

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from ingest.batch_writer import EVENT_STAGING_DDL, write_events
-from ingest.provisioning import DeviceSpec, upsert_device
-from ingest.rows import DeadLetter, EventRow
+from wulian.ingest.batch_writer import EVENT_STAGING_DDL, write_events
+from wulian.ingest.provisioning import DeviceSpec, upsert_device
+from wulian.ingest.rows import DeadLetter, EventRow
 
 log = logging.getLogger(__name__)
 

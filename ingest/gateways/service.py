@@ -8,11 +8,11 @@ import logging
 import asyncpg
 from prometheus_client import start_http_server
 
-from ingest.gateways.base import Gateway, GatewayConfig, GatewayLimits
-from ingest.gateways.hj212_gateway import Hj212Gateway
-from ingest.gateways.jt808_gateway import Jt808Gateway
-from ingest.gateways.registry import DeadLetterSink, DeviceRegistry
-from ingest.mqtt_client import MqttParams, MqttPublisher
+from wulian.ingest.gateways.base import Gateway, GatewayConfig, GatewayLimits
+from wulian.ingest.gateways.hj212_gateway import Hj212Gateway
+from wulian.ingest.gateways.jt808_gateway import Jt808Gateway
+from wulian.ingest.gateways.registry import DeadLetterSink, DeviceRegistry
+from wulian.ingest.mqtt_client import MqttParams, MqttPublisher
 from wulian.settings import Settings
 
 log = logging.getLogger(__name__)

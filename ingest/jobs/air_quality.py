@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.const import Stream
-from core.environment.aqi_series import (
+from wulian.core.const import Stream
+from wulian.core.environment.aqi_series import (
     POLLUTANTS,
     AqiGrid,
     aqi_many,
@@ -23,12 +23,12 @@ from core.environment.aqi_series import (
     heavy_pollution_warnings,
     hourly_indicators,
 )
-from core.environment.editions import NS_PER_DAY, NS_PER_HOUR
-from core.environment.metric_names import air_metric
-from core.environment.online import episode_actions
-from core.environment.system_rules import HEAVY_POLLUTION
-from core.environment.tables import AQI_CATEGORIES, INDICATORS
-from ingest.jobs.env_common import (
+from wulian.core.environment.editions import NS_PER_DAY, NS_PER_HOUR
+from wulian.core.environment.metric_names import air_metric
+from wulian.core.environment.online import episode_actions
+from wulian.core.environment.system_rules import HEAVY_POLLUTION
+from wulian.core.environment.tables import AQI_CATEGORIES, INDICATORS
+from wulian.ingest.jobs.env_common import (
     windowed_run,
     apply_actions,
     hourly_grid,

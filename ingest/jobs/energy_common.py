@@ -22,8 +22,8 @@ from datetime import date, timedelta
 import asyncpg
 import numpy as np
 
-from core.const import SYSTEM_RULE_BASE
-from ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
+from wulian.core.const import SYSTEM_RULE_BASE
+from wulian.ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
 
 DAY_NS = 86_400 * 10**9
 CHINA_OFFSET_NS = 8 * 3600 * 10**9  # Asia/Shanghai, no DST since 1991

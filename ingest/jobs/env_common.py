@@ -9,12 +9,12 @@ import asyncpg
 import numpy as np
 import orjson
 
-from core.environment.metric_names import AVG, MetricRole
-from core.environment.online import AlertAction, RunWindow, plan_window, split_avg, uploaded_hourly
-from core.environment.system_rules import SystemRule
-from core.environment.validity import HourlyGrid, aggregate_hourly, valid_mask
-from ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
-from ingest.jobs.base import dt_to_ns, get_watermark, ns_to_dt, set_watermark
+from wulian.core.environment.metric_names import AVG, MetricRole
+from wulian.core.environment.online import AlertAction, RunWindow, plan_window, split_avg, uploaded_hourly
+from wulian.core.environment.system_rules import SystemRule
+from wulian.core.environment.validity import HourlyGrid, aggregate_hourly, valid_mask
+from wulian.ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
+from wulian.ingest.jobs.base import dt_to_ns, get_watermark, ns_to_dt, set_watermark
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,15 +13,15 @@ import asyncpg
 import numpy as np
 import orjson
 
-from core.const import INVALID_FLAGS
-from core.grid.forecast import fit_profile, forecast
-from core.grid.outage import feeder_outages
-from core.grid.quality import Bit, GridMeters, GridParams, GridSamples, VoltageClass, day_quality, \
+from wulian.core.const import INVALID_FLAGS
+from wulian.core.grid.forecast import fit_profile, forecast
+from wulian.core.grid.outage import feeder_outages
+from wulian.core.grid.quality import Bit, GridMeters, GridParams, GridSamples, VoltageClass, day_quality, \
     quality_records, violation_runs
-from core.grid.transformer import trend_warnings
-from ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, day_date,
+from wulian.core.grid.transformer import trend_warnings
+from wulian.ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, day_date,
                                        day_start_ns, existing_open, fetch_columns, finite, sync_alert, us)
-from ingest.jobs.base import WindowedJob
+from wulian.ingest.jobs.base import WindowedJob
 
 _MIN = 60 * 10**9
 _HOUR = 60 * _MIN

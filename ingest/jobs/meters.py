@@ -18,13 +18,13 @@ import asyncpg
 import numpy as np
 import orjson
 
-from core.const import INVALID_FLAGS
-from core.meters.anomalies import gas_never_stops, night_leak, register_events, zero_consumption
-from core.meters.consumption import (Code, Consumption, ConsumptionParams, MeterKind, MeterReadings, MeterTable,
+from wulian.core.const import INVALID_FLAGS
+from wulian.core.meters.anomalies import gas_never_stops, night_leak, register_events, zero_consumption
+from wulian.core.meters.consumption import (Code, Consumption, ConsumptionParams, MeterKind, MeterReadings, MeterTable,
                                      consumption, daily_records)
-from ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, date_day,
+from wulian.ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, date_day,
                                        day_date, day_start_ns, fetch_columns, finite, sync_alert, us)
-from ingest.jobs.base import WindowedJob
+from wulian.ingest.jobs.base import WindowedJob
 
 _HOUR = 3600 * 10**9
 

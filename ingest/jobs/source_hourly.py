@@ -14,20 +14,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.const import Stream
-from core.environment.editions import NS_PER_DAY, NS_PER_HOUR
-from core.environment.metric_names import source_metric
-from core.environment.online import episode_actions
-from core.environment.sources import (
+from wulian.core.const import Stream
+from wulian.core.environment.editions import NS_PER_DAY, NS_PER_HOUR
+from wulian.core.environment.metric_names import source_metric
+from wulian.core.environment.online import episode_actions
+from wulian.core.environment.sources import (
     DEFAULT_BOUNDARY_LIMITS,
     DEFAULT_REFERENCE_O2,
     SourceSpec,
     evaluate_source,
 )
-from core.environment.system_rules import BOUNDARY_EXCEEDANCE, LOW_VALID_RATE, SOURCE_EXCEEDANCE
-from core.environment.validity import HourlyGrid, aggregate_daily, compare_uploaded_hourly
-from ingest.alert_store import clear_alert
-from ingest.jobs.env_common import (
+from wulian.core.environment.system_rules import BOUNDARY_EXCEEDANCE, LOW_VALID_RATE, SOURCE_EXCEEDANCE
+from wulian.core.environment.validity import HourlyGrid, aggregate_daily, compare_uploaded_hourly
+from wulian.ingest.alert_store import clear_alert
+from wulian.ingest.jobs.env_common import (
     windowed_run,
     EnvDevice,
     apply_actions,

@@ -27,15 +27,15 @@ import asyncpg
 import numpy as np
 import orjson
 
-from core.const import Stream
-from core.traffic.forecaster import TrafficForecaster
-from core.traffic.incidents import CLEAR, RAISE, IncidentDetector
-from core.traffic.online import (
+from wulian.core.const import Stream
+from wulian.core.traffic.forecaster import TrafficForecaster
+from wulian.core.traffic.incidents import CLEAR, RAISE, IncidentDetector
+from wulian.core.traffic.online import (
     TRAFFIC_INCIDENT_RULE_ID, TRAFFIC_INCIDENT_TITLE, OnlineParams, adjacency_matrix, carry_detector, dense_grid,
     detector_from_bytes, detector_to_bytes, fit_online, last_complete_bin,
 )
-from ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
-from ingest.jobs.base import dt_to_ns, ns_to_dt, set_watermark
+from wulian.ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
+from wulian.ingest.jobs.base import dt_to_ns, ns_to_dt, set_watermark
 from wulian.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -15,12 +15,12 @@ import asyncpg
 import numpy as np
 import orjson
 
-from core.vehicles.jt808_bits import BY_BIT, Clear
-from core.vehicles.kpi import KpiParams, day_stats, group_kpis, kpi_records
-from core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect
-from ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, day_date,
+from wulian.core.vehicles.jt808_bits import BY_BIT, Clear
+from wulian.core.vehicles.kpi import KpiParams, day_stats, group_kpis, kpi_records
+from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect
+from wulian.ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, day_date,
                                        day_start_ns, existing_open, fetch_columns, finite, sync_alert, us)
-from ingest.jobs.base import WindowedJob, dt_to_ns
+from wulian.ingest.jobs.base import WindowedJob, dt_to_ns
 
 _HOUR = 3600 * 10**9
 _CHINA_TZ = timezone(timedelta(hours=8))  # core.const.CHINA_TZ, fixed +8 h

@@ -14,17 +14,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.const import Stream
-from core.environment.editions import NS_PER_DAY, NS_PER_HOUR, NS_PER_MIN
-from core.environment.metric_names import water_metric
-from core.environment.online import episode_actions
-from core.environment.pulse import PulseParams, trace_pulses
-from core.environment.river import River, RiverStation
-from core.environment.system_rules import POLLUTION_PULSE, WATER_BELOW_TARGET
-from core.environment.tables import ROUTINE_WATER_ITEMS
-from core.environment.water import below_target_episodes, class_name, class_number, classify_grid
-from core.kernels.hourly_validity import hourly_to_daily
-from ingest.jobs.env_common import (
+from wulian.core.const import Stream
+from wulian.core.environment.editions import NS_PER_DAY, NS_PER_HOUR, NS_PER_MIN
+from wulian.core.environment.metric_names import water_metric
+from wulian.core.environment.online import episode_actions
+from wulian.core.environment.pulse import PulseParams, trace_pulses
+from wulian.core.environment.river import River, RiverStation
+from wulian.core.environment.system_rules import POLLUTION_PULSE, WATER_BELOW_TARGET
+from wulian.core.environment.tables import ROUTINE_WATER_ITEMS
+from wulian.core.environment.water import below_target_episodes, class_name, class_number, classify_grid
+from wulian.core.kernels.hourly_validity import hourly_to_daily
+from wulian.ingest.jobs.env_common import (
     windowed_run,
     EnvDevice,
     apply_actions,

@@ -24,9 +24,9 @@ import httpx
 import numpy as np
 import orjson
 
-from ingest.migrations import migrate
-from ingest.mqtt_client import MqttParams, MqttPublisher
-from ingest.service import mqtt_params
+from wulian.ingest.migrations import migrate
+from wulian.ingest.mqtt_client import MqttParams, MqttPublisher
+from wulian.ingest.service import mqtt_params
 from wulian.settings import get_settings
 
 
@@ -61,7 +61,7 @@ async def bench(args: argparse.Namespace) -> dict:
     dsn = admin_dsn.rsplit("/", 1)[0] + f"/{db}"
     con = await asyncpg.connect(dsn)
     await migrate(con)
-    from api.auth import create_key
+    from wulian.api.auth import create_key
 
     key = await create_key(con, name="bench", role="admin", regions=[])
     await con.execute(

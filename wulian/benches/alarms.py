@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from core.alarms import AlarmEngine, Rule, RuleKind, SeriesKey, Transitions
+from wulian.core.alarms import AlarmEngine, Rule, RuleKind, SeriesKey, Transitions
 from wulian.benches import alarm_latency, emit
 
 _NS = 1_000_000_000

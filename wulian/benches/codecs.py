@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _hj212_packets(n: int) -> list[bytes]:
-    from ingest.codecs import hj212
+    from wulian.ingest.codecs import hj212
 
     base = 1_764_000_000 * 10**9
     out = []
@@ -52,7 +52,7 @@ def _hj212_packets(n: int) -> list[bytes]:
 
 
 def _jt808_frames(n: int) -> list[bytes]:
-    from ingest.codecs import jt808
+    from wulian.ingest.codecs import jt808
 
     base = 1_764_000_000 * 10**9
     out = []
@@ -119,7 +119,7 @@ def _rate(fn, items: list, repeat: int) -> tuple[float, float]:
 def run(args: argparse.Namespace) -> int:
     import orjson
 
-    from ingest.codecs import hj212, jt808
+    from wulian.ingest.codecs import hj212, jt808
 
     n, repeat = (5_000, 2) if args.quick else (args.packets, args.repeat)
 

@@ -17,13 +17,13 @@ import time
 
 import numpy as np
 
-from core.environment.aqi_series import POLLUTANTS, aqi_arrays, hourly_aqi
-from core.environment.editions import EDITION_2026_START_NS, NS_PER_HOUR, NS_PER_MIN
-from core.environment.tables import INDICATORS, ROUTINE_WATER_ITEMS, WATER_ITEMS
-from core.environment.validity import aggregate_hourly, valid_mask
-from core.environment.warmup import warmup
-from core.environment.water import classify_many, water_arrays
-from core.kernels.aqi_kernels import SCALE
+from wulian.core.environment.aqi_series import POLLUTANTS, aqi_arrays, hourly_aqi
+from wulian.core.environment.editions import EDITION_2026_START_NS, NS_PER_HOUR, NS_PER_MIN
+from wulian.core.environment.tables import INDICATORS, ROUTINE_WATER_ITEMS, WATER_ITEMS
+from wulian.core.environment.validity import aggregate_hourly, valid_mask
+from wulian.core.environment.warmup import warmup
+from wulian.core.environment.water import classify_many, water_arrays
+from wulian.core.kernels.aqi_kernels import SCALE
 
 _LEVELS = {"SO2": 12.0, "NO2": 45.0, "CO": 0.9, "O3": 90.0, "PM10": 80.0, "PM2.5": 45.0}
 _HOURLY_KEYS = ("SO2_1H", "NO2_1H", "CO_1H", "O3_1H", "PM10_24H", "PM25_24H")  # 2026 real-time set

@@ -80,8 +80,8 @@ class _AutoAck:
 async def _serve(args: argparse.Namespace) -> None:
     import asyncpg
 
-    from ingest.gateways.registry import DeadLetterSink, DeviceRegistry
-    from ingest.gateways.service import gateway_config, running_gateway
+    from wulian.ingest.gateways.registry import DeadLetterSink, DeviceRegistry
+    from wulian.ingest.gateways.service import gateway_config, running_gateway
     from wulian.settings import get_settings
 
     s = get_settings()
@@ -91,7 +91,7 @@ async def _serve(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     async with asyncpg.create_pool(args.dsn, min_size=1, max_size=4) as pool:
         if args.bare:
-            from ingest.gateways.jt808_gateway import Jt808Gateway
+            from wulian.ingest.gateways.jt808_gateway import Jt808Gateway
 
             sink = DeadLetterSink(pool)
             await sink.start()
@@ -147,7 +147,7 @@ def _gc_pauses() -> list[float]:
 # --- the terminals process -------------------------------------------------------------------------
 
 async def _terminals(args: argparse.Namespace) -> dict:
-    from simulators.field_devices import Jt808Terminal, terminal_phones
+    from wulian.simulators.field_devices import Jt808Terminal, terminal_phones
 
     phones = terminal_phones(args.n, args.seed)
     sem = asyncio.Semaphore(args.login_concurrency)
@@ -361,8 +361,8 @@ async def _with_ingest(args: argparse.Namespace, s, dsn: str, seed: int, mqtt_po
     has taken every message the gateway published."""
     import asyncpg
 
-    from ingest.batch_writer import init_connection
-    from ingest.service import running_ingestor
+    from wulian.ingest.batch_writer import init_connection
+    from wulian.ingest.service import running_ingestor
 
     async with asyncpg.create_pool(dsn, min_size=2, max_size=4, init=init_connection) as pool:
         async with running_ingestor(s, pool) as ing:
@@ -386,9 +386,9 @@ async def _with_ingest(args: argparse.Namespace, s, dsn: str, seed: int, mqtt_po
 async def bench(args: argparse.Namespace) -> dict:
     import asyncpg
 
-    from ingest.migrations import migrate
-    from ingest.provisioning import DeviceSpec, upsert_devices_many
-    from simulators.field_devices import terminal_phones
+    from wulian.ingest.migrations import migrate
+    from wulian.ingest.provisioning import DeviceSpec, upsert_devices_many
+    from wulian.simulators.field_devices import terminal_phones
     from wulian.settings import get_settings
 
     _raise_nofile()
@@ -523,7 +523,7 @@ def _main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from ingest.service import tune_gc
+    from wulian.ingest.service import tune_gc
 
     tune_gc()  # both processes hold 10,000 connections' worth of objects for the whole run
     if args.role == "serve":

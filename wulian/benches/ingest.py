@@ -23,11 +23,11 @@ import uuid
 import asyncpg
 import orjson
 
-from ingest.batch_writer import init_connection
-from ingest.migrations import migrate
-from ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
-from ingest.service import mqtt_params, tune_gc
-from ingest.topics import subscriptions
+from wulian.ingest.batch_writer import init_connection
+from wulian.ingest.migrations import migrate
+from wulian.ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
+from wulian.ingest.service import mqtt_params, tune_gc
+from wulian.ingest.topics import subscriptions
 from wulian.settings import Settings, get_settings
 
 
@@ -165,8 +165,8 @@ async def run_bare(params: MqttParams, n: int, prefix: str) -> float:
 
 async def run_naive(params: MqttParams, dsn: str, n: int, prefix: str) -> float:
     """Per message: one transaction of INSERTs, then the ack. The design we replace."""
-    from ingest.payload import decode_telemetry
-    from ingest.topics import parse_topic
+    from wulian.ingest.payload import decode_telemetry
+    from wulian.ingest.topics import parse_topic
 
     consumer = MqttConsumer(params, subscriptions(prefix))
     con = await asyncpg.connect(dsn)
@@ -197,7 +197,7 @@ async def run_naive(params: MqttParams, dsn: str, n: int, prefix: str) -> float:
 
 async def run_wulian(settings: Settings, params: MqttParams, n: int) -> tuple[float, dict]:
     """The production assembly (``ingest.service.running_ingestor``): pipeline, writer and alarm engine."""
-    from ingest.service import running_ingestor
+    from wulian.ingest.service import running_ingestor
 
     async with asyncpg.create_pool(settings.db.dsn, min_size=2, max_size=4, init=init_connection) as pool:
         async with running_ingestor(settings, pool, client_id=params.client_id) as ing:

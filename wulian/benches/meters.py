@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from core.meters import anomalies, collection
-from core.meters.consumption import (ConsumptionParams, MeterKind, MeterReadings, MeterTable, china_day,
+from wulian.core.meters import anomalies, collection
+from wulian.core.meters.consumption import (ConsumptionParams, MeterKind, MeterReadings, MeterTable, china_day,
                                      consumption, consumption_numpy, warm)
 from wulian.benches import emit
 

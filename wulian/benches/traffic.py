@@ -30,7 +30,7 @@ def _log(msg: str) -> None:
 def linreg_baseline(values: np.ndarray, n_train: int, pre: int = 3, n_in: int = 12) -> tuple[float, float, float]:
     """Per-sensor least squares of the next ``pre`` steps on the last ``n_in`` values plus an intercept,
     fitted on the training windows, scored pooled on the test windows. Returns (fit s, RMSE, MAE)."""
-    from core.traffic.evaluation import protocol_windows
+    from wulian.core.traffic.evaluation import protocol_windows
 
     train, test = values[:n_train], values[n_train:]
     x_tr, y_tr = protocol_windows(train, pre, n_in)
@@ -52,7 +52,7 @@ def linreg_baseline(values: np.ndarray, n_train: int, pre: int = 3, n_in: int = 
 def tick_ms(model, band, values: np.ndarray, t0_ns: int, params, repeats: int) -> float:
     """Median compute of one service tick for every sensor: forecast 1..12 steps from the last 12 bins
     and feed the detector the bin's speeds against the forecast issued ``incident_horizon`` bins earlier."""
-    from core.traffic.incidents import IncidentDetector
+    from wulian.core.traffic.incidents import IncidentDetector
 
     step_ns = model.step_s * 1_000_000_000
     n = values.shape[1]
@@ -71,14 +71,14 @@ def tick_ms(model, band, values: np.ndarray, t0_ns: int, params, repeats: int) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.traffic.evaluation import (
+    from wulian.core.traffic.evaluation import (
         LOS_UTC_OFFSET_S, TARGET_FIT_S, TARGET_FORECAST_MS, TARGET_MAE_15, TARGET_RMSE_15, TrafficDataset, evaluate,
         los_start_ns, split_rows,
     )
-    from core.traffic.forecaster import TrafficForecaster
-    from core.traffic.incidents import learn_bands
-    from core.traffic.online import MPH_TO_KMH, OnlineParams
-    from simulators.los_loop import load_los_loop
+    from wulian.core.traffic.forecaster import TrafficForecaster
+    from wulian.core.traffic.incidents import learn_bands
+    from wulian.core.traffic.online import MPH_TO_KMH, OnlineParams
+    from wulian.simulators.los_loop import load_los_loop
 
     data = load_los_loop(args.data)
     kmh = TrafficDataset(speeds=data.speeds * MPH_TO_KMH, adjacency=data.adjacency, sensor_ids=data.sensor_ids)

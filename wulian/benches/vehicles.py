@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from core.kernels import vehicle_rules as vk
-from core.vehicles import kpi as vkpi
-from core.vehicles.rules import Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect, warm
+from wulian.core.kernels import vehicle_rules as vk
+from wulian.core.vehicles import kpi as vkpi
+from wulian.core.vehicles.rules import Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect, warm
 from wulian.benches import emit
 
 _S = 10**9

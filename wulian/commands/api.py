@@ -19,7 +19,7 @@ async def _check_database(dsn: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from wulian.api.app import create_app
 
     s = get_settings()
     asyncio.run(_check_database(s.db.dsn))

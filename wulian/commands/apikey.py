@@ -11,7 +11,7 @@ from wulian.settings import get_settings
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from api.auth import create_key, revoke_key
+    from wulian.api.auth import create_key, revoke_key
 
     con = await asyncpg.connect(get_settings().db.dsn)
     try:

@@ -9,9 +9,9 @@ import argparse
 import json
 from datetime import datetime, timedelta, timezone
 
-from core.environment.aqi import compute_aqi
-from core.environment.editions import aqi_edition_for
-from core.environment.tables import EDITION_2012, EDITION_2026, INDICATORS, UNITS
+from wulian.core.environment.aqi import compute_aqi
+from wulian.core.environment.editions import aqi_edition_for
+from wulian.core.environment.tables import EDITION_2012, EDITION_2026, INDICATORS, UNITS
 
 _EDITIONS = {"2012": EDITION_2012, "2026": EDITION_2026}
 

@@ -10,8 +10,8 @@ import json
 
 
 def run(args: argparse.Namespace) -> int:
-    from ingest.chaos.faults import standard_faults
-    from ingest.chaos.run import ChaosConfig, run_chaos
+    from wulian.ingest.chaos.faults import standard_faults
+    from wulian.ingest.chaos.run import ChaosConfig, run_chaos
 
     base = ChaosConfig.quick() if args.quick else ChaosConfig()
     if args.rate:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 
 def _build(args: argparse.Namespace) -> int:
-    from dashboards.build import OUT_DIR, build
+    from wulian.dashboards.build import OUT_DIR, build
 
     paths = build(args.out or OUT_DIR)
     print(json.dumps({"written": [str(p) for p in paths]}, ensure_ascii=False))
@@ -26,7 +26,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from dashboards.push import push
+    from wulian.dashboards.push import push
 
     actions = push(args.url, args.token, dry_run=args.dry_run)
     print(json.dumps({"dry_run": args.dry_run, "dashboards": [asdict(a) for a in actions]}, ensure_ascii=False))
@@ -34,7 +34,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _grants(args: argparse.Namespace) -> int:
-    from dashboards.build import grants_sql, write_grants
+    from wulian.dashboards.build import grants_sql, write_grants
 
     if args.write or args.new:
         print(write_grants(new=args.new))
@@ -46,8 +46,8 @@ def _grants(args: argparse.Namespace) -> int:
 async def _verify_async(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from dashboards.build import rendered
-    from dashboards.verify import TimeRange, parse_time, verify
+    from wulian.dashboards.build import rendered
+    from wulian.dashboards.verify import TimeRange, parse_time, verify
     from wulian.settings import get_settings
 
     now = datetime.now(timezone.utc)

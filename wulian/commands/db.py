@@ -7,8 +7,8 @@ import json
 
 import asyncpg
 
-from ingest.migrations import migrate
-from ingest.retention import apply_retention
+from wulian.ingest.migrations import migrate
+from wulian.ingest.retention import apply_retention
 from wulian.settings import get_settings
 
 

@@ -5,15 +5,15 @@ import argparse
 import importlib
 import json
 
-from ingest.codecs.errors import CodecError
+from wulian.ingest.codecs.errors import CodecError
 
 # kind -> "module:function"; the function takes the packet text (HJ 212 ASCII, or hex for binary
 # protocols) and returns a JSON-serialisable dict, raising CodecError when it rejects the packet.
 DECODERS = {
-    "hj212": "ingest.codecs.hj212:decode_cli",
-    "jt808": "ingest.codecs.jt808:decode_cli",
-    "dlt645": "ingest.codecs.dlt645:decode_cli",
-    "cjt188": "ingest.codecs.cjt188:decode_cli",
+    "hj212": "wulian.ingest.codecs.hj212:decode_cli",
+    "jt808": "wulian.ingest.codecs.jt808:decode_cli",
+    "dlt645": "wulian.ingest.codecs.dlt645:decode_cli",
+    "cjt188": "wulian.ingest.codecs.cjt188:decode_cli",
 }
 
 

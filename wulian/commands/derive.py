@@ -9,7 +9,7 @@ from wulian.settings import get_settings
 
 
 def run(args: argparse.Namespace) -> int:
-    from ingest.derive_service import run_derive
+    from wulian.ingest.derive_service import run_derive
 
     try:
         out = asyncio.run(run_derive(get_settings(), set(args.job) if args.job else None, once=args.once))

@@ -23,7 +23,7 @@ def broker_files(settings: Settings) -> tuple[Path, Path, Path]:
 async def _add(args: argparse.Namespace, s: Settings) -> dict:
     import asyncpg
 
-    from ingest.provisioning import DeviceSpec, provision_device
+    from wulian.ingest.provisioning import DeviceSpec, provision_device
 
     attrs: dict = {}
     if args.hj212_pw:
@@ -48,7 +48,7 @@ async def _add(args: argparse.Namespace, s: Settings) -> dict:
 
 
 async def _remove(args: argparse.Namespace, s: Settings) -> dict:
-    from ingest.provisioning import reload_broker, remove_credentials
+    from wulian.ingest.provisioning import reload_broker, remove_credentials
 
     passwd, _acl, pid = broker_files(s)
     removed = remove_credentials(Path(args.password_file) if args.password_file else passwd, args.device_id)

@@ -16,9 +16,9 @@ import uuid
 async def fuzz(args: argparse.Namespace) -> dict:
     import asyncpg
 
-    from ingest.batch_writer import init_connection
-    from ingest.chaos.fuzz import FuzzFailure, FuzzRunner, fuzz_batch
-    from ingest.migrations import migrate
+    from wulian.ingest.batch_writer import init_connection
+    from wulian.ingest.chaos.fuzz import FuzzFailure, FuzzRunner, fuzz_batch
+    from wulian.ingest.migrations import migrate
     from wulian.settings import get_settings
 
     dsn = args.dsn or get_settings().db.dsn
@@ -57,7 +57,7 @@ async def fuzz(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.getLogger("ingest.pipeline").setLevel(logging.WARNING)  # one INFO line per dead letter
+    logging.getLogger("wulian.ingest.pipeline").setLevel(logging.WARNING)  # one INFO line per dead letter
     result = asyncio.run(fuzz(args))
     if args.json:
         print(json.dumps(result))

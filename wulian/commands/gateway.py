@@ -17,8 +17,8 @@ def raise_nofile() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ingest.gateways.service import run_gateway
-    from ingest.service import tune_gc
+    from wulian.ingest.gateways.service import run_gateway
+    from wulian.ingest.service import tune_gc
 
     s = get_settings()
     if args.port is not None:

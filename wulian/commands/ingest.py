@@ -8,7 +8,7 @@ from wulian.settings import get_settings
 
 
 def run(args: argparse.Namespace) -> int:
-    from ingest.service import run_ingest
+    from wulian.ingest.service import run_ingest
 
     try:
         asyncio.run(run_ingest(get_settings()))

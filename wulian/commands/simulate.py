@@ -8,10 +8,10 @@ from wulian.settings import get_settings
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.const import Stream
-    from ingest.service import mqtt_params
-    from simulators.city import DEFAULT_FLEET, build_city
-    from simulators.runner import RunConfig, run_fleet
+    from wulian.core.const import Stream
+    from wulian.ingest.service import mqtt_params
+    from wulian.simulators.city import DEFAULT_FLEET, build_city
+    from wulian.simulators.runner import RunConfig, run_fleet
 
     s = get_settings()
     counts = {st: max(0, int(round(n * args.scale))) for st, n in DEFAULT_FLEET.items()}

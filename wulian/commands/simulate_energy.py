@@ -15,7 +15,7 @@ from wulian.settings import get_settings
 async def _register(dsn: str, sc, region: str) -> None:
     import asyncpg
 
-    from simulators.energy_transport import register
+    from wulian.simulators.energy_transport import register
 
     con = await asyncpg.connect(dsn)
     try:
@@ -26,8 +26,8 @@ async def _register(dsn: str, sc, region: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ingest.service import mqtt_params
-    from simulators.energy_transport import build_scenario, publish
+    from wulian.ingest.service import mqtt_params
+    from wulian.simulators.energy_transport import build_scenario, publish
 
     s = get_settings()
     region = args.region or s.sim.region

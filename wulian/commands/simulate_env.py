@@ -16,9 +16,9 @@ from wulian.settings import get_settings
 def run(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from ingest.mqtt_client import MqttPublisher
-    from ingest.service import mqtt_params
-    from simulators.environment import (
+    from wulian.ingest.mqtt_client import MqttPublisher
+    from wulian.ingest.service import mqtt_params
+    from wulian.simulators.environment import (
         Scenario,
         compressed_start,
         env_fleet,

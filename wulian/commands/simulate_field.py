@@ -18,7 +18,7 @@ from wulian.settings import Settings, get_settings
 async def _provision(s: Settings, stations: list[str], phones: list[str], pw: str) -> None:
     import asyncpg
 
-    from ingest.provisioning import DeviceSpec, upsert_devices_many
+    from wulian.ingest.provisioning import DeviceSpec, upsert_devices_many
 
     region = s.gateway.region
     specs = [DeviceSpec(mn, region, "pollution", "hj212", attrs={"hj212_pw": pw}) for mn in stations]
@@ -31,7 +31,7 @@ async def _provision(s: Settings, stations: list[str], phones: list[str], pw: st
 
 
 async def _main(args: argparse.Namespace, s: Settings) -> dict:
-    from simulators.field_devices import Hj212Station, Jt808Terminal, station_ids, terminal_phones
+    from wulian.simulators.field_devices import Hj212Station, Jt808Terminal, station_ids, terminal_phones
 
     stations = station_ids(args.stations, args.seed)
     phones = terminal_phones(args.terminals, args.seed)

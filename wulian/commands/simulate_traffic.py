@@ -23,7 +23,7 @@ def _start_ns(text: str) -> int:
 async def _register(dsn: str, region: str, replay) -> dict:
     import asyncpg
 
-    from simulators.traffic_replay import register_segments
+    from wulian.simulators.traffic_replay import register_segments
 
     con = await asyncpg.connect(dsn)
     try:
@@ -33,9 +33,9 @@ async def _register(dsn: str, region: str, replay) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.traffic.online import parse_incident_spec
-    from ingest.service import mqtt_params
-    from simulators.traffic_replay import (
+    from wulian.core.traffic.online import parse_incident_spec
+    from wulian.ingest.service import mqtt_params
+    from wulian.simulators.traffic_replay import (
         ReplayPlan, default_start_ns, load_replay, resolve_segment, run_replay, with_incident,
     )
 

@@ -9,7 +9,7 @@ import json
 
 
 def run(args: argparse.Namespace) -> int:
-    from ingest.chaos.soak import SoakConfig, run_soak
+    from wulian.ingest.chaos.soak import SoakConfig, run_soak
 
     cfg = SoakConfig(minutes=args.minutes, rate_msgs=args.rate, devices=args.devices)
     if args.window:

@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.traffic.evaluation import evaluate, los_start_ns
-    from simulators.los_loop import PACKAGED_LABEL, load_los_loop
+    from wulian.core.traffic.evaluation import evaluate, los_start_ns
+    from wulian.simulators.los_loop import PACKAGED_LABEL, load_los_loop
 
     source = str(args.data) if args.data is not None else PACKAGED_LABEL
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from core.environment.tables import WATER_ITEMS
-from core.environment.water import classify_sample
+from wulian.core.environment.tables import WATER_ITEMS
+from wulian.core.environment.water import classify_sample
 from wulian.commands.aqi import parse_pairs
 
 

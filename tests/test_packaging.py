@@ -1,0 +1,50 @@
+"""Installed names are ours: the folders core/, ingest/, api/, simulators/, dashboards/ install as
+``wulian.core`` ... (pyproject's package-dir), so another project's ``core`` or ``api`` cannot shadow them."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = ("core", "ingest", "api", "simulators", "dashboards")
+PROJECT_DIRS = ("wulian", *FOLDERS, "tests")
+
+
+def _installed_name(init: Path) -> str:
+    parts = init.parent.relative_to(ROOT).parts
+    return ".".join(parts if parts[0] == "wulian" else ("wulian", *parts))
+
+
+def test_every_package_folder_is_listed_under_wulian():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    folders = {_installed_name(p) for d in ("wulian", *FOLDERS) for p in (ROOT / d).rglob("__init__.py")}
+    assert set(cfg["packages"]) == folders
+    assert cfg["package-dir"] == {"wulian": "wulian", **{f"wulian.{f}": f for f in FOLDERS}}
+
+
+def test_no_module_imports_a_bare_top_level_folder():
+    bad = []
+    for d in PROJECT_DIRS:
+        for path in (ROOT / d).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                        if n and n.split(".")[0] in FOLDERS]
+    assert not bad, "import these as wulian.<folder>...:\n" + "\n".join(bad)
+
+
+def test_wheel_holds_only_the_wulian_package(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("wulian-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"wulian"}
+    for must in ("wulian/core/sql/0001_init.sql", "wulian/api/static/swagger-ui/swagger-ui-bundle.js",
+                 "wulian/simulators/data/los_loop/los_speed.csv.xz", "wulian/ingest/codecs/hj212.py"):
+        assert must in names
