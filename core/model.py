@@ -38,6 +38,7 @@ class Position:
     status_bits: int = 0  # JT/T 808 status word
     mileage_km: float | None = None
     extra: dict = field(default_factory=dict)  # decoded additional items, kept verbatim
+    protocol_edition: int | None = None  # JT/T 808 edition of the frame (2013, 2019); None for JSON
 
 
 @dataclass(slots=True)

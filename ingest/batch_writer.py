@@ -29,8 +29,8 @@ CREATE TEMP TABLE IF NOT EXISTS stage_readings
     (ts_ns bigint, device integer, metric smallint, value double precision, flag text) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_positions
     (ts_ns bigint, device integer, lat double precision, lon double precision, speed_kmh real, heading real,
-     altitude_m real, alarm_bits bigint, status_bits bigint, mileage_km double precision, extra jsonb)
-    ON COMMIT DELETE ROWS;
+     altitude_m real, alarm_bits bigint, status_bits bigint, mileage_km double precision, extra jsonb,
+     protocol_edition smallint) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_traffic
     (ts_ns bigint, device integer, speed_kmh real, flow_vph real, occupancy real) ON COMMIT DELETE ROWS;
 """ + EVENT_STAGING_DDL
@@ -41,9 +41,9 @@ SELECT {_TS}, s.device, s.metric, s.value, s.flag FROM stage_readings s
 ON CONFLICT DO NOTHING"""
 _INSERT_POSITIONS = f"""
 INSERT INTO vehicle_positions (time, device, lat, lon, speed_kmh, heading, altitude_m, alarm_bits,
-                               status_bits, mileage_km, extra)
+                               status_bits, mileage_km, extra, protocol_edition)
 SELECT {_TS}, s.device, s.lat, s.lon, s.speed_kmh, s.heading, s.altitude_m, s.alarm_bits, s.status_bits,
-       s.mileage_km, s.extra FROM stage_positions s
+       s.mileage_km, s.extra, s.protocol_edition FROM stage_positions s
 ON CONFLICT DO NOTHING"""
 _INSERT_TRAFFIC = f"""
 INSERT INTO traffic_observations (time, device, speed_kmh, flow_vph, occupancy)
@@ -63,7 +63,7 @@ FROM unnest($1::integer[], $2::bigint[]) AS v(id, ts_ns) WHERE d.id = v.id"""
 
 _READING_COLS = ["ts_ns", "device", "metric", "value", "flag"]
 _POSITION_COLS = ["ts_ns", "device", "lat", "lon", "speed_kmh", "heading", "altitude_m", "alarm_bits",
-                  "status_bits", "mileage_km", "extra"]
+                  "status_bits", "mileage_km", "extra", "protocol_edition"]
 _TRAFFIC_COLS = ["ts_ns", "device", "speed_kmh", "flow_vph", "occupancy"]
 _EVENT_COLS = ["ts_ns", "device_id", "kind", "code", "detail"]
 _DEAD_COLS = ["topic", "device_id", "kind", "reason", "detail", "payload"]

@@ -115,7 +115,8 @@ def build_rows(items: list[Item], devices: dict[str, DeviceInfo], metric_ids: di
                 newest = r.ts_ns
         for p in d.positions:
             positions.append((p.ts_ns, dev, p.lat, p.lon, p.speed_kmh, p.heading, p.altitude_m, p.alarm_bits,
-                              p.status_bits, p.mileage_km, orjson.dumps(p.extra).decode() if p.extra else None))
+                              p.status_bits, p.mileage_km, orjson.dumps(p.extra).decode() if p.extra else None,
+                              p.protocol_edition))
             newest = max(newest, p.ts_ns)
         for t in d.traffic:
             traffic.append((t.ts_ns, dev, t.speed_kmh, t.flow_vph, t.occupancy))

@@ -44,7 +44,8 @@ EventRow = tuple[int, str, str, str | None, str]
 class BatchRows:
     # (ts_ns, device, metric, value, flag)
     readings: list[tuple[int, int, int, float, str]] = field(default_factory=list)
-    # (ts_ns, device, lat, lon, speed, heading, altitude, alarm_bits, status_bits, mileage, extra_json)
+    # (ts_ns, device, lat, lon, speed, heading, altitude, alarm_bits, status_bits, mileage, extra_json,
+    #  protocol_edition)
     positions: list[tuple] = field(default_factory=list)
     # (ts_ns, device, speed, flow, occupancy)
     traffic: list[tuple[int, int, float, float | None, float | None]] = field(default_factory=list)

@@ -14,11 +14,14 @@ from wulian.core.const import SYSTEM_RULE_BASE
 from wulian.ingest.derive_service import run_job_once
 from wulian.ingest.jobs.grid import GridJob
 from wulian.ingest.jobs.meters import MeterJob
+from wulian.ingest.codecs import jt808
 from wulian.ingest.jobs.vehicles import VehicleJob
+from wulian.ingest.jobs.vehicles import create as create_vehicle_job
+from wulian.ingest.mqtt_client import MqttPublisher
 from wulian.ingest.service import mqtt_params, running_ingestor
 from wulian.simulators.energy_transport import build_scenario, messages, publish, register
 from tests.conftest import wait_until
-from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings
+from wulian.settings import DbSettings, EnergySettings, IngestSettings, MqttSettings, Settings
 
 _MIN = 60 * 10**9
 JOB_NAMES = ("vehicles", "grid", "meters")
@@ -133,6 +136,9 @@ async def test_vehicle_violations_and_alerts(world, pool):
     assert geo["severity"] == "critical" and geo["metric"].startswith("geofence.")
     (alarm,) = await _alerts(pool, ids[f"{tag}-T1"], 109)
     assert alarm["metric"] == "jt808.emergency" and alarm["severity"] == "critical"
+    # 紧急报警 is cleared by the terminal only after the platform answers (JT/T 808 Table 24/25).
+    assert "cleared after the platform answers" in alarm["title"]
+    assert '"clear": "cleared_after_answer"' in by[(f"{tag}-T1", "terminal_alarm")]["details"]
     assert await _alerts(pool, ids[f"{tag}-C1"], 102) == []  # rested in time: no fatigue
     assert await _alerts(pool, ids[f"{tag}-C1"], 107) == []  # stayed on its route
 
@@ -374,3 +380,89 @@ async def test_episode_at_a_new_vehicles_first_point_is_kept(world, pool):
     assert [(r["rule"], r["s_us"], r["open"]) for r in rows] == [("terminal_alarm", t0_us, False)]
     (alert,) = await _alerts(pool, did, 109)
     assert alert["state"] == "cleared" and alert["metric"] == "jt808.emergency"
+
+
+async def _violations(pool, did: int) -> list:
+    async with pool.acquire() as con:
+        return await con.fetch("SELECT rule, aux, open, details::text AS details FROM vehicle_violations"
+                               " WHERE device = $1 ORDER BY rule, aux", did)
+
+
+async def test_terminal_alarm_bits_follow_each_terminals_edition(world, pool):
+    """2013 and 2019 terminals in one run: the same alarm word (bits 15 and 31) is 违规行驶 for the 2019
+    terminal and 非法开门 for the 2013 one. Raw frames go through MQTT and ingest, which keeps each
+    position's edition, to the vehicle job."""
+    region, tag = world["region"], world["tag"]
+    phones = {"2013": "1" + str(uuid.uuid4().int)[:10], "2019": "1" + str(uuid.uuid4().int)[:10]}
+    t0 = (world["end_ns"] - 30 * _MIN) // 10**9 * 10**9
+    async with pool.acquire() as con:
+        dids = {e: await con.fetchval(
+            "INSERT INTO devices (device_id, region, stream, device_type, attrs) VALUES ($1, $2, 'vehicle',"
+            " 'jt808_terminal', '{\"vehicle_class\": \"hazmat\"}') RETURNING id", phone, region)
+            for e, phone in phones.items()}
+    settings = Settings(db=world["settings"].db, ingest=world["settings"].ingest,
+                        mqtt=MqttSettings(port=world["settings"].mqtt.port, client_id=f"test-ed-{tag}",
+                                          session_expiry_s=20))
+    word = (1 << 15) | (1 << 31)
+    async with running_ingestor(settings, pool) as ing:
+        with MqttPublisher(mqtt_params(settings, client_id=f"pub-ed-{tag}")) as pub:
+            for edition, phone in phones.items():
+                for k in range(12):
+                    body = jt808.location_body(ts_ns=t0 + k * 10**10, lat=23.0 + k * 0.001, lon=116.5,
+                                               speed_kmh=40, alarm_bits=word if k < 6 else 0)
+                    pub.publish(f"wl/{region}/vehicle/{phone}/jt808",
+                                jt808.encode(0x0200, phone, k, body, edition=edition))
+            assert pub.wait_acked(10)
+        await wait_until(lambda: ing.stats.messages >= 24, timeout=30, event=ing.committed)
+        assert ing.stats.dead_letters == 0
+    async with pool.acquire() as con:
+        for edition, did in dids.items():
+            got = await con.fetch("SELECT DISTINCT protocol_edition FROM vehicle_positions WHERE device = $1", did)
+            assert [r["protocol_edition"] for r in got] == [int(edition)]
+    job = VehicleJob(backfill_h=1, max_span_h=3)
+    job.name = "vehicles_editions"
+    await run_job_once(job, pool, world["end_ns"] + job.lag_ns)
+    v13, v19 = await _violations(pool, dids["2013"]), await _violations(pool, dids["2019"])
+    assert [(r["rule"], r["aux"], r["open"]) for r in v13] == [("terminal_alarm", 31, False)]
+    assert [(r["rule"], r["aux"], r["open"]) for r in v19] == [("terminal_alarm", 15, False)]
+    assert '"alarm": "illegal_door_open"' in v13[0]["details"] and '"edition": 2013' in v13[0]["details"]
+    assert '"alarm": "violation_driving"' in v19[0]["details"] and '"edition": 2019' in v19[0]["details"]
+    (door,) = await _alerts(pool, dids["2013"], 109)
+    assert door["metric"] == "jt808.illegal_door_open" and "cleared after the platform answers" in door["title"]
+    (viol,) = await _alerts(pool, dids["2019"], 109)
+    assert viol["metric"] == "jt808.violation_driving" and "platform answers" not in viol["title"]
+
+
+async def test_night_rules_by_vehicle_class_and_local_settings(world, pool):
+    """A coach and a hazardous-goods truck drive 22:00-00:30 China time: the coach breaks the 2 h night
+    limit, the truck is held to 4 h and breaks nothing, until a city's setting bans hazmat at night."""
+    region, tag = world["region"], world["tag"]
+    day = (world["end_ns"] + 8 * 3600 * 10**9) // (86400 * 10**9) - 3  # a China day well before the scenario
+    t0_us = (day * 86400 + 14 * 3600) * 10**6  # 22:00 China = 14:00 UTC
+    dids = {}
+    async with pool.acquire() as con:
+        for cls in ("coach_charter", "hazmat"):
+            dids[cls] = await con.fetchval(
+                "INSERT INTO devices (device_id, region, stream, attrs) VALUES ($1, $2, 'vehicle', $3::jsonb)"
+                " RETURNING id", f"{tag}-N-{cls}", region, f'{{"vehicle_class": "{cls}"}}')
+            await con.execute(  # 2 h 30 min at 60 km/h, then 30 min stopped; a point every 30 s
+                "INSERT INTO vehicle_positions (time, device, lat, lon, speed_kmh)"
+                " SELECT timestamptz 'epoch' + ($2::int8 + k * 30000000::int8) * interval '1 microsecond', $1,"
+                "  22.0 + least(k, 300) * 0.0045, 115.0, CASE WHEN k < 300 THEN 60 ELSE 0 END"
+                " FROM generate_series(0, 360) k", dids[cls], t0_us)
+    now_ns = (t0_us + 4 * 3600 * 10**6) * 1000
+    job = VehicleJob(backfill_h=6, max_span_h=12)
+    job.name = "vehicles_night_scope"
+    await run_job_once(job, pool, now_ns + job.lag_ns)
+    assert [(r["rule"], r["open"]) for r in await _violations(pool, dids["coach_charter"])] == [("fatigue", False)]
+    assert await _violations(pool, dids["hazmat"]) == []
+    local = create_vehicle_job(Settings(energy=EnergySettings(backfill_h=6, max_span_h=12,
+                                                              night_bans={"hazmat": "22:00-06:00"})))
+    local.name = "vehicles_night_local"
+    await run_job_once(local, pool, now_ns + local.lag_ns)
+    # Still inside the ban window at the end of its data (parked): one episode per night, open.
+    assert [(r["rule"], r["open"]) for r in await _violations(pool, dids["hazmat"])] == [("night_ban", True)]
+    (ban,) = await _alerts(pool, dids["hazmat"], 110)
+    assert ban["state"] == "active" and ban["title"].startswith("夜间禁行")
+    with pytest.raises(ValueError, match="tractor"):
+        create_vehicle_job(Settings(energy=EnergySettings(vehicle_rule_classes={"night_fatigue": ["tractor"]})))

@@ -241,6 +241,23 @@ async def test_jt808_register_auth_then_location_answered_after_puback(pool, fak
     writer.close()
 
 
+async def test_jt808_registration_records_the_terminal_edition(pool, fake_gateways):
+    """The 0x0100 body's layout tells 2011, 2013 and 2019 apart; the registry keeps it (devices.
+    protocol_edition) so the vehicle rules read the terminal's alarm bits with its own table."""
+    gws, _, _ = fake_gateways
+    for layout in ("2011", "2013", "2019"):
+        phone = _phone()
+        await _add(pool, phone, "vehicle", "jt808")
+        reader, writer = await asyncio.open_connection("127.0.0.1", gws["jt808"].port)
+        writer.write(jt808.encode(0x0100, phone, 1, jt808.register_body(
+            province=44, city=500, maker="ACME", model="M1", terminal_id="T1", plate_color=1, plate="粤D12345",
+            layout=layout), edition="2019" if layout == "2019" else "2013"))
+        reg = await _read_frame(reader)
+        writer.close()
+        assert reg.payload.result == 0
+        assert await _fetchval(pool, "SELECT protocol_edition FROM devices WHERE device_id = $1", phone) == int(layout)
+
+
 async def test_jt808_subpackaged_batch_is_joined_and_republished(pool, fake_gateways):
     gws, pub, _ = fake_gateways
     phone = _phone()

@@ -142,6 +142,22 @@ def test_same_body_same_location_in_2013_and_2019_headers():
     assert (extra["signal_strength"], extra["satellites"]) == (30, 40)
 
 
+def test_positions_carry_the_frame_edition():
+    """The alarm word means different things in 2013 and 2019: each position keeps its frame's edition."""
+    body = jt808.location_body(ts_ns=TS, lat=23.0, lon=116.0, alarm_bits=1 << 31)
+    for edition in ("2013", "2019"):
+        msg = jt808.decode(jt808.encode(0x0200, "13800138000", 1, body, edition=edition))
+        assert [p.protocol_edition for p in jt808.to_decoded(msg).positions] == [int(edition)]
+        batch = jt808.decode(jt808.encode(0x0704, "13800138000", 2, jt808.batch_body([body, body]), edition=edition))
+        assert [p.protocol_edition for p in jt808.to_decoded(batch).positions] == [int(edition)] * 2
+    # A 2013 terminal setting the 2019 version flag anyway (the quirk) still speaks 2013.
+    raw = bytearray(jt808.unescape(jt808.encode(0x0200, "13800138000", 3, body)[1:-1]))
+    raw[2] |= 0x40
+    raw[-1] = jt808.xor_check(bytes(raw[:-1]))
+    msg = jt808.decode(jt808.escape(bytes(raw)))
+    assert msg.version_flag and [p.protocol_edition for p in jt808.to_decoded(msg).positions] == [2013]
+
+
 # --- escaping and check --------------------------------------------------------------------------
 
 @pytest.mark.parametrize(

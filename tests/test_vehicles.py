@@ -10,7 +10,8 @@ import pytest
 from wulian.core.kernels import vehicle_rules as k
 from wulian.core.vehicles import jt808_bits
 from wulian.core.vehicles.kpi import day_stats, day_stats_numpy, group_kpis
-from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect
+from wulian.core.vehicles.regulations import COACHES, REGULATIONS, VehicleClass
+from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, detect
 
 S = 10**9
 MIN = 60 * S
@@ -51,12 +52,14 @@ class Builder:
         return self
 
 
-def tracks_of(*builders: Builder) -> Tracks:
+def tracks_of(*builders: Builder, editions=None) -> Tracks:
+    """``editions``: one JT/T 808 edition per builder for all its rows (0: unknown), or None."""
     rows = [(v, *r) for v, b in enumerate(builders) for r in b.rows]
     a = np.array(rows, dtype=np.float64) if rows else np.zeros((0, 6))
     ts = np.array([r[1] for r in rows], np.int64)
+    ed = None if editions is None else np.array([editions[r[0]] for r in rows], np.int16)
     return Tracks.from_unsorted(a[:, 0].astype(np.int64), len(builders), ts, a[:, 2], a[:, 3], a[:, 4],
-                                np.array([r[5] for r in rows], np.int64))
+                                np.array([r[5] for r in rows], np.int64), None, ed)
 
 
 def run(builders, fleet=None, geometry=None, **params) -> Events:
@@ -197,6 +200,78 @@ def test_overspeed_night_edges_22_and_06():
     assert o.end_ns[0] == at(5, 59, 50)
 
 
+# ---------------------------------------------------------------- rule scope by vehicle class
+
+def test_hazmat_truck_gets_the_general_4h_rule_at_night():
+    """2 h at night is the coaches' rule (道路旅客运输企业安全管理规范 第三十八条); a hazardous-goods
+    truck is held to 4 h / 20 min (道路交通安全法实施条例 第六十二条第七项) at any hour."""
+    fleet = Fleet.uniform(4, vclass=VehicleClass.HAZMAT)
+    fleet.vclass[3] = VehicleClass.COACH_CHARTER
+    three_h = Builder(at(22)).seg(3 * H, 60).seg(30 * MIN, 0)
+    four_h = Builder(at(22)).seg(4 * H, 60).seg(30 * MIN, 0)
+    over = Builder(at(22)).seg(4 * H + MIN, 60).seg(30 * MIN, 0)
+    coach = Builder(at(22)).seg(2 * H + MIN, 60).seg(30 * MIN, 0)
+    f = _fatigue(run([three_h, four_h, over, coach], fleet))
+    assert sorted(f.vehicle.tolist()) == [2, 3]
+
+
+def test_night_speed_and_24h_rules_are_for_coaches():
+    fleet = Fleet.uniform(3, vclass=VehicleClass.HAZMAT)
+    fleet.vclass[2] = VehicleClass.COACH_LINE
+    truck_night = Builder(at(23)).seg(5 * MIN, 75)  # under the truck's 80, over 80 % of it
+    truck_over = Builder(at(23)).seg(5 * MIN, 81)
+    coach_night = Builder(at(23)).seg(5 * MIN, 85)  # over 80 % of the coach's 100
+    o = run([truck_night, truck_over, coach_night], fleet).of(Rule.OVERSPEED)
+    assert sorted(o.vehicle.tolist()) == [1, 2]
+
+    def stints(b: Builder) -> Builder:  # 9 h of driving in 3 h stints with 30 min rests
+        for _ in range(3):
+            b.seg(3 * H, 60).seg(30 * MIN, 0)
+        return b
+
+    fleet = Fleet.uniform(2, vclass=VehicleClass.HAZMAT)
+    fleet.vclass[1] = VehicleClass.COACH_CHARTER
+    d24 = run([stints(Builder(at(6))), stints(Builder(at(6)))], fleet).of(Rule.FATIGUE_24H)
+    assert d24.vehicle.tolist() == [1]
+
+
+def test_night_coach_ban_is_not_for_hazmat_trucks():
+    fleet = Fleet.uniform(2, night_ban=True)
+    fleet.vclass[0] = VehicleClass.HAZMAT  # even if its registry row says night_ban
+    ev = run([Builder(at(3)).seg(30 * MIN, 60), Builder(at(3)).seg(30 * MIN, 60)], fleet)
+    assert ev.of(Rule.NIGHT_COACH).vehicle.tolist() == [1]
+
+
+def test_local_rules_extend_the_scope():
+    """A city that also holds hazmat trucks to the 2 h night rule and bans them 22:00-06:00."""
+    p = RuleParams().with_local({"night_fatigue": ["hazmat"]}, {"hazmat": "22:00-06:00"})
+    fleet = Fleet.uniform(3, vclass=VehicleClass.HAZMAT)
+    fleet.vclass[2] = VehicleClass.COACH_LINE
+    fleet.exempt_from_ns[1], fleet.exempt_to_ns[1] = at(0, day=1), at(12, day=1)  # a permit from 00:00
+    bs = [Builder(at(23)).seg(2 * H + MIN, 60).seg(30 * MIN, 0) for _ in range(3)]
+    ev = detect(tracks_of(*bs), fleet, None, p)
+    assert sorted(ev.of(Rule.FATIGUE).vehicle.tolist()) == [0, 1, 2]
+    ban = ev.of(Rule.NIGHT_BAN)
+    assert ban.vehicle.tolist() == [0, 1]  # the coach has no local ban; the permit starts at 00:00
+    by = {int(v): (int(s), int(e)) for v, s, e in zip(ban.vehicle, ban.start_ns, ban.end_ns)}
+    assert by[0] == (at(23), at(1, 0, 50, day=1)) and by[1] == (at(23), at(23, 59, 50))
+    assert len(detect(tracks_of(*bs), fleet).of(Rule.NIGHT_BAN)) == 0  # national rules only: none
+    for bad, match in (({"fatigue": ["hazmat"]}, "cannot be extended"), ({"night_speed": ["truck"]}, "truck")):
+        with pytest.raises(ValueError, match=match):
+            RuleParams().with_local(bad)
+    for window in ("25:00-06:00", "22:00", "06:00-06:00"):
+        with pytest.raises(ValueError, match="night ban window"):
+            RuleParams().with_local(night_bans={"hazmat": window})
+
+
+def test_every_rule_has_a_scope_and_a_citation():
+    keys = {r.key: r for r in REGULATIONS}
+    assert {rule.name.lower() for rule in Rule} <= set(keys)
+    for key in ("night_fatigue", "night_speed", "fatigue_24h", "night_coach"):
+        assert keys[key].classes == COACHES and "第" in keys[key].source, key
+    assert VehicleClass.HAZMAT in keys["fatigue"].classes and "第六十二条" in keys["fatigue"].source
+
+
 # ---------------------------------------------------------------- 02:00-05:00 coaches
 
 def test_night_coach_edges():
@@ -287,20 +362,55 @@ def test_terminal_alarm_bits_rise_and_fall():
     got = {int(a): (int(s), int(e), bool(o)) for a, s, e, o in zip(ev.aux, ev.start_ns, ev.end_ns, ev.open)}
     assert got[1] == (at(9, 1), at(9, 2), False)
     assert got[20] == (at(9, 1), at(9, 2, 50), True)  # answer-cleared bit still set at end of data
-    assert jt808_bits.BY_BIT[20].clear is jt808_bits.Clear.ANSWER
-    assert jt808_bits.BY_BIT[1].clear is jt808_bits.Clear.HOLD
+    assert jt808_bits.bit_of(20, 2019).clear is jt808_bits.Clear.ANSWER
+    assert jt808_bits.bit_of(1, 2013).clear is jt808_bits.Clear.HOLD
 
 
-def test_reserved_alarm_bits_follow_edition():
-    b = Builder(at(9)).seg(MIN, 60, alarm=(1 << 15) | (1 << 31))
-    bits19 = set(run([b], alarm_edition=2019).of(Rule.TERMINAL_ALARM).aux.tolist())
-    bits13 = set(run([b], alarm_edition=2013).of(Rule.TERMINAL_ALARM).aux.tolist())
-    assert bits19 == {15} and bits13 == {31}
+def test_alarm_bits_read_with_each_rows_edition():
+    """One batch, terminals of both editions: each row's bits are read with its own edition's table
+    (2013: bit 31 非法开门, bits 15-17 reserved; 2019 the other way round), falling back to the
+    vehicle's registered edition and then to the default (2019) for JSON telemetry."""
+    word = (1 << 15) | (1 << 31)
+    bs = [Builder(at(9)).seg(MIN, 60, alarm=word) for _ in range(4)]
+    fleet = Fleet.uniform(4)
+    fleet.edition[:] = [0, 2019, 2013, 0]
+    tr = tracks_of(*bs, editions=[2013, 2019, 0, 0])
+    ev = detect(tr, fleet).of(Rule.TERMINAL_ALARM)
+    got = {int(v): (int(a), int(e)) for v, a, e in zip(ev.vehicle, ev.aux, ev.value)}
+    assert got == {0: (31, 2013), 1: (15, 2019), 2: (31, 2013), 3: (15, 2019)}
+    # A 2011 terminal (known from its registration) is read with the 2013 table.
+    fleet.edition[:] = 2011
+    ev = detect(tracks_of(*bs), fleet).of(Rule.TERMINAL_ALARM)
+    assert set(ev.aux.tolist()) == {31} and set(ev.value.tolist()) == {2011.0}
+    assert [r["alarm"] for r in ev.records()] == ["illegal_door_open"] * 4
     assert jt808_bits.names(1 | 1 << 2) == ["emergency", "fatigue_driving"]
+    assert jt808_bits.names(word, 2013) == ["illegal_door_open"]
+    with pytest.raises(ValueError, match="edition 2015"):
+        detect(tracks_of(*bs, editions=[2015, 0, 0, 0]), fleet)
+
+
+def test_clear_rules_follow_the_standard_tables():
+    """JT/T 808-2013 Table 24 / 2019 Table 25, 处理说明: 收到应答后清零 for 0, 3 (2013), 20-22, 27, 28,
+    31 (2013); every other defined bit is held while the condition lasts."""
+    def answer(edition):
+        return {b.bit for b in jt808_bits.ALARM_BITS
+                if edition in b.editions and b.clear == jt808_bits.Clear.ANSWER}
+
+    def defined(edition):
+        return {b.bit for b in jt808_bits.ALARM_BITS if edition in b.editions}
+
+    assert answer(2013) == {0, 3, 20, 21, 22, 27, 28, 31}
+    assert answer(2019) == {0, 20, 21, 22, 27, 28}
+    assert defined(2013) == set(range(32)) - {15, 16, 17}
+    assert defined(2019) == set(range(31))
+    assert all(b.clear in (jt808_bits.Clear.ANSWER, jt808_bits.Clear.HOLD) for b in jt808_bits.ALARM_BITS)
+    # 2019 redefines bit 3 (危险预警 -> 危险驾驶行为报警) and with it the clear rule.
+    assert (jt808_bits.bit_of(3, 2013).name_zh, jt808_bits.bit_of(3, 2019).clear) == ("危险预警",
+                                                                                    jt808_bits.Clear.HOLD)
 
 
 def test_rule_codes_match_kernel():
-    assert [r.value for r in Rule] == list(range(1, 10))
+    assert [r.value for r in Rule] == list(range(1, 11))
 
 
 def test_event_buffer_grows():
@@ -397,8 +507,11 @@ def test_event_records_name_rules_and_alarm_clear_rules():
     b = Builder(at(9)).seg(MIN, 60, alarm=1 << 28).seg(MIN, 60)
     rows = run([b]).records(vehicle_ids=["粤B12345"])
     assert rows == [{"vehicle": "粤B12345", "rule": "terminal_alarm", "start_ns": at(9), "end_ns": at(9, 1),
-                     "value": 0.0, "aux": 28, "open": False, "alarm": "illegal_displacement",
+                     "value": 2019.0, "aux": 28, "open": False, "alarm": "illegal_displacement",
                      "clear": "cleared_after_answer"}]
+    b = Builder(at(9)).seg(MIN, 60, alarm=1).seg(MIN, 60)
+    (row,) = run([b]).records()
+    assert (row["alarm"], row["clear"]) == ("emergency", "cleared_after_answer")  # 紧急报警: 收到应答后清零
 
 
 # ---------------------------------------------------------------- kernel vs a plain-Python reading of the rules

@@ -158,6 +158,10 @@ class EnergySettings(BaseModel):
     backfill_h: float = 48.0  # first run: start this far back
     max_span_h: float = 24.0  # most data time one run advances
     vehicle_context_h: float = 25.0  # track history re-read before the watermark (fatigue, 24 h rule)
+    # Stricter local vehicle rules (national scopes: core/vehicles/regulations.py). Classes added to a
+    # coach rule's scope: {"night_fatigue" | "night_speed" | "fatigue_24h": ["hazmat", ...]}.
+    vehicle_rule_classes: dict[str, list[str]] = Field(default_factory=dict)
+    night_bans: dict[str, str] = Field(default_factory=dict)  # class -> China time "22:00-06:00": no driving
     outage_silence_min: float = 15.0  # a feeder with no live meter this long is out
     forecast_horizon_h: float = 6.0  # feeder load forecast ahead
     zero_consumption_days: int = 7  # consecutive zero-use days that raise an anomaly

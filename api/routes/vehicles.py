@@ -30,6 +30,7 @@ class RuleName(StrEnum):
     ROUTE_DEVIATION = "route_deviation"
     OVERTIME_PARKING = "overtime_parking"
     TERMINAL_ALARM = "terminal_alarm"
+    NIGHT_BAN = "night_ban"
 
 
 class KpiScope(StrEnum):

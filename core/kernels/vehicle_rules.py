@@ -20,15 +20,15 @@ from numba import njit
 R_OVERSPEED = 1  # value: max speed km/h
 R_FATIGUE = 2  # continuous driving over the limit; value: max continuous driving h
 R_FATIGUE_24H = 3  # > limit of driving in any 24 h; value: max 24 h driving h
-R_NIGHT_COACH = 4  # coach moving 02:00-05:00 China time; value: max speed km/h
+R_NIGHT_COACH = 4  # long-distance coach moving in its ban window (02:00-05:00 China time); value: max km/h
 R_OFFLINE_JUMP = 5  # reappeared far from where it went silent; value: km
 R_GEOFENCE = 6  # hazardous-goods truck inside a restricted polygon; aux: polygon index; value: max speed
 R_ROUTE_DEVIATION = 7  # fixed-route coach off its route; aux: route index; value: max distance km
 R_OVERTIME_PARKING = 8  # stopped longer than the limit; value: stopped minutes
-R_TERMINAL_ALARM = 9  # JT/T 808 alarm bit set by the terminal; aux: bit number
+R_TERMINAL_ALARM = 9  # JT/T 808 alarm bit set by the terminal; aux: bit number; value: the edition read
+R_NIGHT_BAN = 10  # moving in a local night-ban window of its class; value: max speed km/h
 
 # Per-vehicle flag bits (``vflags``).
-VF_NIGHT_BAN = 1  # long-distance coach under the 02:00-05:00 ban
 VF_HAZMAT = 2  # hazardous-goods truck: restricted-area polygons apply
 
 _EARTH_KM = 6371.0088  # IUGG mean Earth radius
@@ -145,6 +145,14 @@ def _usable(la, lo, sp):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _in_window(tod, lo, hi):
+    """China time of day ``tod`` in [lo, hi); a window with lo > hi runs across midnight."""
+    if lo <= hi:
+        return lo <= tod < hi
+    return tod >= lo or tod < hi
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _emit(n, cap, ev_v, ev_rule, ev_start, ev_end, ev_val, ev_aux, ev_open, v, rule, t0, t1, val, aux, op):
     if n < cap:
         ev_v[n] = v
@@ -159,20 +167,30 @@ def _emit(n, cap, ev_v, ev_rule, ev_start, ev_end, ev_val, ev_aux, ev_open, v, r
 
 @njit(cache=True, nogil=True)
 def vehicle_rules(
-    starts, ts, lat, lon, speed, alarm,
+    starts, ts, lat, lon, speed, alarm, row_edition,
     # per vehicle
-    day_limit_kmh, vflags, exempt_from_ns, exempt_to_ns, route_of,
+    day_limit_kmh, vflags, exempt_from_ns, exempt_to_ns, route_of, vehicle_edition,
+    night_factor, fatigue_night_ns, drive_24h_ns, ban_from_ns, ban_to_ns, local_from_ns, local_to_ns,
     # geometry
     poly_off, poly_lat, poly_lon, poly_bbox, route_off, route_lat, route_lon, route_kx,
     # parameters
-    utc_offset_ns, moving_kmh, max_gap_ns, night_factor, overspeed_min_ns,
-    fatigue_day_ns, fatigue_night_ns, rest_min_ns, drive_24h_ns,
-    night_ban_from_ns, night_ban_to_ns, offline_ns, offline_km,
-    route_tol_km, route_min_ns, parking_max_ns, alarm_mask,
+    utc_offset_ns, moving_kmh, max_gap_ns, overspeed_min_ns,
+    fatigue_day_ns, rest_min_ns, offline_ns, offline_km,
+    route_tol_km, route_min_ns, parking_max_ns, default_edition, alarm_mask_of,
     # output
     ev_v, ev_rule, ev_start, ev_end, ev_val, ev_aux, ev_open,
 ):
     """Run every vehicle rule over every vehicle's positions; returns the number of events found.
+
+    Rules whose scope depends on the vehicle's class come as per-vehicle arrays, resolved by the caller
+    (core.vehicles.rules.detect): ``night_factor`` (1.0 where no night speed rule applies),
+    ``fatigue_night_ns`` (equal to the day limit where no night rule applies), ``drive_24h_ns`` (0: off),
+    the national coach ban window ``ban_from_ns``/``ban_to_ns`` and a local night ban
+    ``local_from_ns``/``local_to_ns`` (China time of day, -1: none; from > to crosses midnight).
+    A row's JT/T 808 edition is ``row_edition`` (0: unknown), else its vehicle's ``vehicle_edition``,
+    else ``default_edition``; only the alarm bits that edition defines (``alarm_mask_of[edition]``, -1
+    for an edition without a table: ValueError) count, and the edition is reported as the value of
+    each terminal-alarm episode (taken at its rising edge).
 
     Driving/rest state machine: the interval from the previous usable point to point i is *driving* when
     that previous point moves (speed > ``moving_kmh``) and the gap is at most ``max_gap_ns``; across a
@@ -194,6 +212,7 @@ def vehicle_rules(
     win_t = np.empty(max_len + 1, np.int64)  # driving intervals in the 24 h window (end time, length)
     win_d = np.empty(max_len + 1, np.int64)
     bit_start = np.empty(32, np.int64)
+    bit_edition = np.empty(32, np.int64)
     night_lo = 22 * _HOUR_NS
     night_hi = 6 * _HOUR_NS
 
@@ -202,9 +221,14 @@ def vehicle_rules(
         e = starts[v + 1]
         if e <= s:
             continue
+        ed_v = vehicle_edition[v] if vehicle_edition[v] > 0 else default_edition
         lim_day = day_limit_kmh[v]
+        lim_night = lim_day * night_factor[v]
+        fat_night = fatigue_night_ns[v]
+        d24_lim = drive_24h_ns[v]
         flags = vflags[v]
-        ban = (flags & VF_NIGHT_BAN) != 0
+        ban = ban_from_ns[v] >= 0
+        local_ban = local_from_ns[v] >= 0
         hazmat = (flags & VF_HAZMAT) != 0 and n_poly > 0
         r = route_of[v]
         rs = 0
@@ -239,6 +263,10 @@ def vehicle_rules(
         nb_t0 = 0
         nb_t1 = 0
         nb_max = 0.0
+        lb_in = False
+        lb_t0 = 0
+        lb_t1 = 0
+        lb_max = 0.0
         gf_id = -1
         gf_t0 = 0
         gf_t1 = 0
@@ -283,7 +311,7 @@ def vehicle_rules(
                         stopped = False
                     rested = False
                     cont += dt
-                    limit = fatigue_night_ns if night else fatigue_day_ns
+                    limit = fat_night if night else fatigue_day_ns
                     if cont > limit:
                         if not fat_in:
                             fat_in = True
@@ -312,7 +340,7 @@ def vehicle_rules(
                 while w_head < w_tail and win_t[w_head] <= t - _DAY_NS:
                     w_sum -= win_d[w_head]
                     w_head += 1
-                if w_sum > drive_24h_ns:
+                if d24_lim > 0 and w_sum > d24_lim:
                     if not d24_in:
                         d24_in = True
                         d24_t0 = t
@@ -328,7 +356,7 @@ def vehicle_rules(
 
             # ---- overspeed: over the limit in force, sustained for overspeed_min_ns
             if lim_day > 0.0:
-                lim = lim_day * night_factor if night else lim_day
+                lim = lim_night if night else lim_day
                 over = sp > lim
                 if os_in and (gap or not over):
                     if os_t1 - os_t0 >= overspeed_min_ns:
@@ -344,10 +372,10 @@ def vehicle_rules(
                     if sp > os_max:
                         os_max = sp
 
-            # ---- 02:00-05:00 ban for long-distance coaches: one event per night window
+            # ---- night bans (the coaches' national one, a local one): one event per night window
+            exempt = exempt_from_ns[v] <= t < exempt_to_ns[v]
             if ban:
-                in_win = night_ban_from_ns <= tod < night_ban_to_ns
-                exempt = exempt_from_ns[v] <= t < exempt_to_ns[v]
+                in_win = _in_window(tod, ban_from_ns[v], ban_to_ns[v])
                 if nb_in and (gap or not in_win):
                     n = _emit(n, cap, ev_v, ev_rule, ev_start, ev_end, ev_val, ev_aux, ev_open,
                               v, R_NIGHT_COACH, nb_t0, nb_t1, nb_max, 0, 0)
@@ -360,6 +388,20 @@ def vehicle_rules(
                     nb_t1 = t
                     if sp > nb_max:
                         nb_max = sp
+            if local_ban:
+                in_win = _in_window(tod, local_from_ns[v], local_to_ns[v])
+                if lb_in and (gap or not in_win):
+                    n = _emit(n, cap, ev_v, ev_rule, ev_start, ev_end, ev_val, ev_aux, ev_open,
+                              v, R_NIGHT_BAN, lb_t0, lb_t1, lb_max, 0, 0)
+                    lb_in = False
+                if in_win and moving and not exempt:
+                    if not lb_in:
+                        lb_in = True
+                        lb_t0 = t
+                        lb_max = sp
+                    lb_t1 = t
+                    if sp > lb_max:
+                        lb_max = sp
 
             # ---- restricted polygons for hazardous-goods trucks
             if hazmat:
@@ -406,7 +448,10 @@ def vehicle_rules(
                         rd_max = d
 
             # ---- the terminal's own alarm bits: rising edge opens, falling edge closes
-            bits = alarm[i] & alarm_mask
+            ed = row_edition[i] if row_edition[i] > 0 else ed_v
+            if ed >= alarm_mask_of.shape[0] or alarm_mask_of[ed] < 0:
+                raise ValueError("JT/T 808 edition without an alarm table")
+            bits = alarm[i] & alarm_mask_of[ed]
             changed = bits ^ prev_bits
             while changed != 0:
                 b = 0
@@ -415,9 +460,10 @@ def vehicle_rules(
                     b += 1
                 if (bits >> b) & 1:
                     bit_start[b] = t
+                    bit_edition[b] = ed
                 else:
                     n = _emit(n, cap, ev_v, ev_rule, ev_start, ev_end, ev_val, ev_aux, ev_open,
-                              v, R_TERMINAL_ALARM, bit_start[b], t, 0.0, b, 0)
+                              v, R_TERMINAL_ALARM, bit_start[b], t, float(bit_edition[b]), b, 0)
                 changed ^= low
             prev_bits = bits
             ip = i
@@ -438,6 +484,9 @@ def vehicle_rules(
         if nb_in:
             n = _emit(n, cap, ev_v, ev_rule, ev_start, ev_end, ev_val, ev_aux, ev_open,
                       v, R_NIGHT_COACH, nb_t0, nb_t1, nb_max, 0, 1)
+        if lb_in:
+            n = _emit(n, cap, ev_v, ev_rule, ev_start, ev_end, ev_val, ev_aux, ev_open,
+                      v, R_NIGHT_BAN, lb_t0, lb_t1, lb_max, 0, 1)
         if gf_id >= 0:
             n = _emit(n, cap, ev_v, ev_rule, ev_start, ev_end, ev_val, ev_aux, ev_open,
                       v, R_GEOFENCE, gf_t0, gf_t1, gf_max, gf_id, 1)
@@ -450,7 +499,7 @@ def vehicle_rules(
         for b in range(32):
             if (prev_bits >> b) & 1:
                 n = _emit(n, cap, ev_v, ev_rule, ev_start, ev_end, ev_val, ev_aux, ev_open,
-                          v, R_TERMINAL_ALARM, bit_start[b], t_last, 0.0, b, 1)
+                          v, R_TERMINAL_ALARM, bit_start[b], t_last, float(bit_edition[b]), b, 1)
     return n
 
 

@@ -562,7 +562,7 @@ def split_frames(buffer: bytes, *, max_size: int = MAX_FRAME) -> tuple[list[byte
 
 # --- to records ----------------------------------------------------------------------------------
 
-def _position(loc: Location) -> Position:
+def _position(loc: Location, edition: int) -> Position:
     status = loc.status_bits
     return Position(
         loc.ts_ns,
@@ -575,19 +575,22 @@ def _position(loc: Location) -> Position:
         status,
         loc.extra.get("mileage_km"),
         loc.extra,
+        edition,
     )
 
 
 def to_decoded(msg: Jt808Message) -> Decoded:
-    """Positions of 0x0200/0x0704; a ``jt808_register`` event for 0x0100 and a ``jt808_auth`` event
-    (IMEI and software version, never the code) for 0x0102; nothing for other messages. The frame's
-    ``repairs`` go along."""
+    """Positions of 0x0200/0x0704 (each with the frame's edition: its alarm word is read with that
+    edition's table); a ``jt808_register`` event for 0x0100 and a ``jt808_auth`` event (IMEI and
+    software version, never the code) for 0x0102; nothing for other messages. The frame's ``repairs``
+    go along."""
     payload = msg.payload
     if type(payload) is Location:
-        return Decoded(positions=[_position(payload)], repairs=msg.repairs)
+        return Decoded(positions=[_position(payload, int(msg.edition))], repairs=msg.repairs)
     out = Decoded(repairs=msg.repairs)
     if isinstance(payload, LocationBatch):
-        out.positions.extend(_position(loc) for loc in payload.locations)
+        edition = int(msg.edition)
+        out.positions.extend(_position(loc, edition) for loc in payload.locations)
         if payload.kind == 1:
             out.events.append(
                 {"kind": "jt808_backfill", "serial": msg.serial, "count": len(payload.locations)})

@@ -2,7 +2,8 @@
 
 Identity is the terminal's phone number without its zero padding (the same device under 2013 and 2019
 headers). 0x0100 registration of a terminal the registry knows (or any, with auto-provisioning) gets
-0x8100 with a fresh auth code, stored in ``attrs.jt808_auth`` before the answer goes out; 0x0102 must
+0x8100 with a fresh auth code, stored in ``attrs.jt808_auth`` before the answer goes out, together with
+the edition the registration body was laid out in (``devices.protocol_edition``); 0x0102 must
 present that code before any 0x0200/0x0704 on the connection is accepted (until then they are answered
 0x8001 "failed" and dead-lettered). Frames the codec reads only after a repair (a bare 0x7D check
 code) are accepted and counted (``wulian_gateway_frames_repaired_total``). An accepted location frame
@@ -122,11 +123,13 @@ class Jt808Session(Session):
         code = new_auth_code()
         patch = {"jt808_auth": code}
         reg = msg.payload
+        edition = int(msg.edition)  # header only: 2011 and 2013 look the same
         if isinstance(reg, jt808.Register):
             patch["jt808_terminal"] = {"maker": reg.maker, "model": reg.model, "terminal_id": reg.terminal_id,
                                        "plate": reg.plate, "plate_color": reg.plate_color,
                                        "province": reg.province, "city": reg.city}
-        await gw.registry.set_attrs(phone, patch)
+            edition = int(reg.layout)  # the body's field widths tell 2011, 2013 and 2019 apart
+        await gw.registry.set_attrs(phone, patch, protocol_edition=edition)
         self._event(msg, frame, "jt808_register", "ok")
         gw.frame("register")
         return jt808.register_answer(msg, 0, code, serial=self.next_serial())

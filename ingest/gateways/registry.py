@@ -72,12 +72,16 @@ class DeviceRegistry:
         finally:
             del self._inflight[device_id]
 
-    async def set_attrs(self, device_id: str, patch: dict) -> DeviceRecord | None:
-        """Merge ``patch`` into the device's attrs (committed before it returns)."""
+    async def set_attrs(self, device_id: str, patch: dict, *, protocol_edition: int | None = None
+                        ) -> DeviceRecord | None:
+        """Merge ``patch`` into the device's attrs and, if given, set the protocol edition it speaks
+        (``devices.protocol_edition``), in one statement committed before it returns."""
         async with self.pool.acquire() as con:
             row = await con.fetchrow(
-                "UPDATE devices SET attrs = attrs || $2::jsonb WHERE device_id = $1 "
-                "RETURNING device_id, region, stream, device_type, attrs", device_id, json.dumps(patch))
+                "UPDATE devices SET attrs = attrs || $2::jsonb,"
+                " protocol_edition = coalesce($3::smallint, protocol_edition) WHERE device_id = $1 "
+                "RETURNING device_id, region, stream, device_type, attrs", device_id, json.dumps(patch),
+                protocol_edition)
         rec = _record(row) if row is not None else None
         self._cache[device_id] = (time.monotonic() + self.ttl_s, rec)
         return rec

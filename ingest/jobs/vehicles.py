@@ -2,6 +2,11 @@
 start), alerts that follow each violation, JT/T 808 terminal alarm bits as alerts, and regulator KPIs per
 enterprise, region and China day.
 
+Each rule applies to the vehicle classes core.vehicles.regulations gives it, plus what the deployment's
+local rules add (settings ``vehicle_rule_classes``, ``night_bans``). Alarm bits are read with each
+position's JT/T 808 edition (``vehicle_positions.protocol_edition``), else the vehicle's
+(``devices.protocol_edition``), else the default (2019, for JSON telemetry).
+
 Each run reads positions from ``watermark - context`` to ``now - lag``: the context (25 h by default)
 gives the driving/rest state machine and the 24 h rule their history, so a violation that started before
 the watermark is found again with the same start and only updated. KPIs are recomputed for every China
@@ -15,9 +20,10 @@ import asyncpg
 import numpy as np
 import orjson
 
-from wulian.core.vehicles.jt808_bits import BY_BIT, Clear
+from wulian.core.vehicles.jt808_bits import Clear, bit_of
 from wulian.core.vehicles.kpi import KpiParams, day_stats, group_kpis, kpi_records
-from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect
+from wulian.core.vehicles.regulations import CLASS_NAMES, VehicleClass
+from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, detect
 from wulian.ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, day_date,
                                        day_start_ns, existing_open, fetch_columns, finite, sync_alert, us)
 from wulian.ingest.jobs.base import WindowedJob, dt_to_ns
@@ -29,7 +35,7 @@ _CHINA_TZ = timezone(timedelta(hours=8))  # core.const.CHINA_TZ, fixed +8 h
 RULES: dict[Rule, SystemRule] = {
     Rule.OVERSPEED: SystemRule(101, "overspeed", "major", "超速 overspeed (sustained over the class limit)"),
     Rule.FATIGUE: SystemRule(102, "fatigue_driving", "major",
-                             "疲劳驾驶 continuous driving over 4 h by day / 2 h at night without a 20 min rest"),
+                             "疲劳驾驶 continuous driving over 4 h (coaches at night: 2 h) without a 20 min rest"),
     Rule.FATIGUE_24H: SystemRule(103, "driving_24h", "major", "累计驾驶超时 more than 8 h of driving in 24 h"),
     Rule.NIGHT_COACH: SystemRule(104, "night_coach", "major", "客车凌晨2-5时运行 coach running 02:00-05:00"),
     Rule.OFFLINE_JUMP: SystemRule(105, "offline_displacement", "minor",
@@ -38,10 +44,9 @@ RULES: dict[Rule, SystemRule] = {
     Rule.ROUTE_DEVIATION: SystemRule(107, "route_deviation", "minor", "路线偏离 fixed-route coach off its route"),
     Rule.OVERTIME_PARKING: SystemRule(108, "overtime_parking", "warning", "超时停车 overtime parking"),
     Rule.TERMINAL_ALARM: SystemRule(109, "terminal_alarm", "major", "终端报警 JT/T 808 terminal alarm"),
+    Rule.NIGHT_BAN: SystemRule(110, "night_ban", "major", "夜间禁行 moving in a local night ban of its class"),
 }
-_CRITICAL_BITS = {"emergency", "rollover_warning", "collision_warning", "stolen"}
-_VCLASS = {"coach_line": VehicleClass.COACH_LINE, "coach_charter": VehicleClass.COACH_CHARTER,
-           "hazmat": VehicleClass.HAZMAT}
+_CRITICAL_BITS = {"emergency", "rollover_warning", "collision_warning", "collision_rollover", "stolen"}
 _KPI_RULES = (Rule.OVERSPEED, Rule.FATIGUE, Rule.NIGHT_COACH)
 UNASSIGNED = "(unassigned)"
 
@@ -79,8 +84,8 @@ def _iso_ns(text) -> int | None:
 
 
 def build_fleet(rows: list, routes: dict[str, int]) -> tuple[Fleet, list[tuple[str, str]], list[str]]:
-    """Fleet columns from registry rows (id, device_id, region, attrs); returns the fleet, the
-    (region, enterprise) group of each enterprise key and the region of each region key."""
+    """Fleet columns from registry rows (id, device_id, region, attrs[, protocol_edition]); returns the
+    fleet, the (region, enterprise) group of each enterprise key and the region of each region key."""
     n = len(rows)
     vclass = np.zeros(n, np.int32)
     night_ban = np.zeros(n, bool)
@@ -90,11 +95,12 @@ def build_fleet(rows: list, routes: dict[str, int]) -> tuple[Fleet, list[tuple[s
     ent = np.zeros(n, np.int32)
     reg = np.zeros(n, np.int32)
     networked = np.ones(n, bool)
+    edition = np.zeros(n, np.int16)
     ent_keys: dict[tuple[str, str], int] = {}
     reg_keys: dict[str, int] = {}
     for i, r in enumerate(rows):
         a = r["attrs"]
-        vclass[i] = _VCLASS.get(str(a.get("vehicle_class", "coach_line")), -1)
+        vclass[i] = CLASS_NAMES.get(str(a.get("vehicle_class", "coach_line")), -1)
         night_ban[i] = bool(a.get("night_ban", vclass[i] == VehicleClass.COACH_LINE))
         route[i] = routes.get(a.get("route"), -1) if a.get("route") else -1
         ex = a.get("night_exempt")
@@ -103,9 +109,10 @@ def build_fleet(rows: list, routes: dict[str, int]) -> tuple[Fleet, list[tuple[s
             if f is not None and t is not None:
                 ex_from[i], ex_to[i] = f, t
         networked[i] = bool(a.get("networked", True))
+        edition[i] = r.get("protocol_edition") or 0
         ent[i] = ent_keys.setdefault((r["region"], str(a.get("enterprise") or UNASSIGNED)), len(ent_keys))
         reg[i] = reg_keys.setdefault(r["region"], len(reg_keys))
-    fleet = Fleet(vclass, night_ban, route, ex_from, ex_to, ent, reg, networked)
+    fleet = Fleet(vclass, night_ban, route, ex_from, ex_to, ent, reg, networked, edition)
     return fleet, list(ent_keys), list(reg_keys)
 
 
@@ -124,8 +131,8 @@ class VehicleJob(WindowedJob):
         self.kpi_params = kpi_params
 
     async def _run(self, con: asyncpg.Connection, wm_ns: int, end_ns: int) -> dict:
-        rows = await con.fetch("SELECT id, device_id, region, stream, attrs FROM devices WHERE stream = 'vehicle'"
-                               " ORDER BY id")
+        rows = await con.fetch("SELECT id, device_id, region, stream, attrs, protocol_edition FROM devices"
+                               " WHERE stream = 'vehicle' ORDER BY id")
         rows = [dict(r, attrs=orjson.loads(r["attrs"]) if isinstance(r["attrs"], str) else (r["attrs"] or {}))
                 for r in rows]
         if not rows:
@@ -148,18 +155,20 @@ class VehicleJob(WindowedJob):
         t_from = min(wm_ns - self.context_ns, day_start_ns(day_first))
         cols = await fetch_columns(con, f"""
             SELECT p.device, {US_OF.format('p.time')}, p.lat, p.lon, p.speed_kmh::float8, p.alarm_bits,
-                   p.status_bits FROM vehicle_positions p JOIN devices d ON d.id = p.device
+                   p.status_bits, coalesce(p.protocol_edition, 0)::int4
+            FROM vehicle_positions p JOIN devices d ON d.id = p.device
             WHERE d.stream = 'vehicle' AND p.time >= {TS_US.format('$1::int8')} AND p.time < {TS_US.format('$2::int8')}
             """, (t_from // 1000, end_ns // 1000),
             [("device", "i4"), ("t", "i8"), ("lat", "f8"), ("lon", "f8"), ("speed", "f8"), ("alarm", "i8"),
-             ("status", "i8")])
+             ("status", "i8"), ("edition", "i4")])
         lut = np.full(max(index) + 1, -1, np.int64)
         lut[list(index)] = list(index.values())
         dev = cols["device"].astype(np.int64)
         veh = np.where(dev < len(lut), lut[np.minimum(dev, len(lut) - 1)], -1)  # devices newer than the list: -1
         keep = veh >= 0
         tracks = Tracks.from_unsorted(veh[keep], len(rows), cols["t"][keep] * 1000, cols["lat"][keep],
-                                      cols["lon"][keep], cols["speed"][keep], cols["alarm"][keep], cols["status"][keep])
+                                      cols["lon"][keep], cols["speed"][keep], cols["alarm"][keep], cols["status"][keep],
+                                      cols["edition"][keep])
         events = detect(tracks, fleet, geometry, self.params)
         counts = AlertCounts()
         # An episode at a vehicle's first point of the window may have begun before it, if the vehicle
@@ -196,10 +205,12 @@ class VehicleJob(WindowedJob):
             details: dict = {}
             metric = ""
             if rule is Rule.TERMINAL_ALARM:
-                bit = BY_BIT.get(aux)
-                details = {"bit": aux, "alarm": bit.name if bit else f"bit{aux}",
+                edition = int(val)  # the kernel's value for a terminal alarm: the edition its bit was read in
+                bit = bit_of(aux, edition)
+                details = {"bit": aux, "alarm": bit.name if bit else f"bit{aux}", "edition": edition,
                            "name_zh": bit.name_zh if bit else None, "clear": str(bit.clear) if bit else None}
                 metric = f"jt808.{details['alarm']}"
+                val = None
             elif rule is Rule.GEOFENCE:
                 aux = poly_ids[aux]
                 details = {"geofence": aux}
@@ -271,6 +282,8 @@ class VehicleJob(WindowedJob):
 
 
 def create(settings) -> VehicleJob:
+    """The job with the deployment's local rules (ValueError naming a bad rule, class or window)."""
     e = settings.energy
     return VehicleJob(interval_s=e.vehicles_interval_s, lag_s=e.lag_s, context_h=e.vehicle_context_h,
-                      backfill_h=e.backfill_h, max_span_h=e.max_span_h)
+                      backfill_h=e.backfill_h, max_span_h=e.max_span_h,
+                      params=RuleParams().with_local(e.vehicle_rule_classes, e.night_bans))
