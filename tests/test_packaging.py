@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -39,7 +40,14 @@ def test_no_module_imports_a_bare_top_level_folder():
 
 
 def test_wheel_holds_only_the_wulian_package(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+    # built from a copy: an in-tree build leaves build/ and *.egg-info in the checkout
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for d in ("wulian", *FOLDERS):
+        shutil.copytree(ROOT / d, src / d, ignore=skip)
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / f, src / f)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(src)],
                    check=True, capture_output=True)
     (wheel,) = tmp_path.glob("wulian-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
