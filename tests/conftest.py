@@ -16,7 +16,7 @@ import pytest
 from wulian.ingest.batch_writer import init_connection
 from wulian.ingest.migrations import migrate
 from tests.services import Broker, free_port
-from wulian.commands.stack import run_stack
+from wulian.cli.commands.stack import run_stack
 from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings, StackSettings
 
 ROOT = Path(__file__).resolve().parent.parent

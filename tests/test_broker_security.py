@@ -156,7 +156,7 @@ def test_stack_bootstrap_writes_secrets_once_and_settings_read_them(tmp_path):
 async def test_device_add_command_provisions_registry_and_broker(tmp_path, test_dsn):
     import argparse
 
-    from wulian.commands.device import _add
+    from wulian.cli.commands.device import _add
     from wulian.settings import DbSettings, StackSettings
 
     s = Settings(db=DbSettings(dsn=test_dsn), stack=StackSettings(dir=tmp_path))

@@ -13,7 +13,7 @@ import pytest
 from tests.cli import run_command
 from tests.conftest import ROOT
 from tests.services import free_port
-from wulian import commands
+from wulian.cli import commands
 from wulian.settings import get_settings
 
 # (module, argv): every subcommand that reads or writes the database
@@ -86,7 +86,7 @@ def _one_error_line(capsys, command: str) -> str:
 @pytest.mark.parametrize("module,argv", DB_COMMANDS, ids=[" ".join(a[:2]) for _, a in DB_COMMANDS])
 def test_database_unreachable_is_one_line(nothing_listening, tmp_path, capsys, module, argv):
     argv = [a.format(traffic_data=_traffic_data(tmp_path)) for a in argv]
-    rc = run_command(importlib.import_module(f"wulian.commands.{module}"), argv)
+    rc = run_command(importlib.import_module(f"wulian.cli.commands.{module}"), argv)
     line = _one_error_line(capsys, argv[0])
     assert rc != 0
     assert "database unreachable" in line and "not-a-secret" not in line, line
@@ -95,7 +95,7 @@ def test_database_unreachable_is_one_line(nothing_listening, tmp_path, capsys, m
 @pytest.mark.parametrize("argv", [["simulate", "--duration", "1", "--scale", "0.01"],
                                   ["simulate-env", "--no-register", "--hours", "1"]])
 def test_broker_unreachable_is_one_error_line(nothing_listening, capsys, argv):
-    module = importlib.import_module(f"wulian.commands.{argv[0].replace('-', '_')}")
+    module = importlib.import_module(f"wulian.cli.commands.{argv[0].replace('-', '_')}")
     rc = run_command(module, argv)
     err = capsys.readouterr().err
     errors = [x for x in err.splitlines() if ": error: " in x]

@@ -29,7 +29,7 @@ from wulian.core.environment.tables import (
     IAQI_LEVELS,
     INDICATORS,
 )
-from wulian.commands import aqi as aqi_cmd
+from wulian.cli.commands import aqi as aqi_cmd
 from tests.cli import run_command as _cli
 from tests.data import load_json
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from wulian.benches import environment as env_bench
+from wulian.cli.benches import environment as env_bench
 from tests.cli import run_command as _cli
 
 

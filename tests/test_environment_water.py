@@ -18,7 +18,7 @@ from wulian.core.environment.water import (
     classify_sample,
     item_class_exact,
 )
-from wulian.commands import water_class as water_cmd
+from wulian.cli.commands import water_class as water_cmd
 from tests.cli import run_command as _cli
 
 

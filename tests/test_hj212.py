@@ -518,7 +518,7 @@ def test_decode_cli_and_command(capsys):
     json.dumps(out)
 
     # the `wulian decode` command itself (not the whole CLI, whose discovery imports every command)
-    from wulian.commands import decode as command
+    from wulian.cli.commands import decode as command
 
     def main(argv: list[str]) -> int:
         return command.run(argparse.Namespace(kind=argv[1], data=argv[2]))
@@ -533,7 +533,7 @@ def test_decode_cli_and_command(capsys):
 def test_decode_cli_says_which_values_count_as_valid(capsys):
     raw = _packet(f"{HEAD_2005};CP=&&DataTime=20160824003817000;B01-Rtd=36.91;011-Rtd=231.0,011-Flag=N;"
                   "060-Rtd=1.803,060-Flag=P;101-Rtd=7,101-Flag=z&&").decode()
-    from wulian.commands import decode as command
+    from wulian.cli.commands import decode as command
 
     assert command.run(argparse.Namespace(kind="hj212", data=raw)) == 0
     out = json.loads(capsys.readouterr().out)

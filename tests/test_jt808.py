@@ -529,7 +529,7 @@ def test_decode_cli_and_command(capsys):
     assert err.value.reason == "bad_hex"
 
     # the `wulian decode` command itself (not the whole CLI, whose discovery imports every command)
-    from wulian.commands import decode as command
+    from wulian.cli.commands import decode as command
 
     def main(argv: list[str]) -> int:
         return command.run(argparse.Namespace(kind=argv[1], data=argv[2]))

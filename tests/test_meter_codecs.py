@@ -154,7 +154,7 @@ def test_cjt188_routine_read_with_clear_status_is_readings_only():
 
 
 def test_decode_cli_command_table_reaches_codecs():
-    from wulian.commands.decode import DECODERS
+    from wulian.cli.commands.decode import DECODERS
     import importlib
     for kind in ("dlt645", "cjt188"):
         module, func = DECODERS[kind].split(":")

@@ -308,7 +308,7 @@ def test_fit_online_fits_flow_only_where_there_is_enough():
 
 
 async def test_simulate_traffic_cli_registers_and_replays(settings, pool, monkeypatch, capsys):
-    from wulian.commands import simulate_traffic
+    from wulian.cli.commands import simulate_traffic
 
     region = f"t{uuid.uuid4().hex[:6]}"
     settings.traffic.min_drop_kmh = 30.0

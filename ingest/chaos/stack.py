@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wulian.ingest.mqtt_client import MqttParams
-from wulian.commands.stack import run_stack
+from wulian.cli.commands.stack import run_stack
 from wulian.settings import ROOT, Settings, StackSettings
 
 

@@ -82,7 +82,7 @@ async def _summary_loop(start_wall, duration: float, every: float, metrics_port:
 def run(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from wulian.commands.stack import run_stack
+    from wulian.cli.commands.stack import run_stack
 
     s = get_settings()
     run_stack("up", s)

@@ -11,7 +11,7 @@ import json
 
 from wulian.core.environment.tables import WATER_ITEMS
 from wulian.core.environment.water import classify_sample
-from wulian.commands.aqi import parse_pairs
+from wulian.cli.commands.aqi import parse_pairs
 
 
 def register(sub: argparse._SubParsersAction) -> None:

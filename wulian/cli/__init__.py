@@ -1,4 +1,4 @@
-"""``wulian`` console script: one subcommand per module in ``wulian.commands``.
+"""``wulian`` console script: one subcommand per module in ``wulian.cli.commands``.
 
 Each command module defines ``register(subparsers)`` which adds its parser and sets ``func`` (a
 callable taking the parsed args and returning an exit code). Modules are discovered, so adding a
@@ -17,7 +17,8 @@ import pkgutil
 import sys
 import traceback
 
-from wulian import commands, log_redaction
+from wulian import log_redaction
+from wulian.cli import commands
 
 EXIT_FAILURE = 1  # the environment failed: database, broker, files
 EXIT_USAGE = 2  # the operator's input was refused (argparse's own code for bad arguments)

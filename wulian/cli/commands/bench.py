@@ -1,12 +1,12 @@
 """``wulian bench NAME [--json]``: benchmarks that print their figures; one module per benchmark in
-``wulian.benches`` defining ``register(subparsers)``."""
+``wulian.cli.benches`` defining ``register(subparsers)``."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import pkgutil
 
-from wulian import benches
+from wulian.cli import benches
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from wulian.core.kernels import vehicle_rules as vk
 from wulian.core.vehicles import kpi as vkpi
 from wulian.core.vehicles.rules import Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect, warm
-from wulian.benches import emit
+from wulian.cli.benches import emit
 
 _S = 10**9
 _DAY_START = 1_764_086_400 * _S  # 2025-11-26 00:00 China time, a fixed synthetic day

@@ -1,7 +1,7 @@
 """``wulian bench gateway``: 10,000 concurrent JT/T 808 terminals reporting every 10 s through one
 gateway process, into the database.
 
-Three processes on loopback: the gateway (``wulian.benches.gateway serve``, the production gateway
+Three processes on loopback: the gateway (``wulian.cli.benches.gateway serve``, the production gateway
 class with its own MQTT publisher and database pool), the terminals (``... terminals``: one asyncio
 process, each terminal connects, authenticates with the code provisioned for it, then sends a 0x0200
 with 3 additional items every ``--interval`` s, spread evenly, resending unanswered reports), and this
@@ -307,7 +307,7 @@ async def _run_pair(args: argparse.Namespace, dsn: str, bare: bool, duration: fl
                     mqtt_port: int | None = None) -> dict:
     """Start a gateway process, run the terminals process against it, return both sides' figures."""
     port = _free_port()
-    exe = [sys.executable, "-m", "wulian.benches.gateway"]
+    exe = [sys.executable, "-m", "wulian.cli.benches.gateway"]
     env = dict(os.environ)
     if mqtt_port is not None:
         env["WULIAN_MQTT__PORT"] = str(mqtt_port)
@@ -501,7 +501,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _main() -> None:
     """Child processes: ``serve`` (the gateway) and ``terminals``."""
-    ap = argparse.ArgumentParser(prog="python -m wulian.benches.gateway")
+    ap = argparse.ArgumentParser(prog="python -m wulian.cli.benches.gateway")
     sub = ap.add_subparsers(dest="role", required=True)
     sv = sub.add_parser("serve")
     sv.add_argument("--port", type=int, required=True)

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from wulian.core.alarms import AlarmEngine, Rule, RuleKind, SeriesKey, Transitions
-from wulian.benches import alarm_latency, emit
+from wulian.cli.benches import alarm_latency, emit
 
 _NS = 1_000_000_000
 _MINUTE = 60 * _NS

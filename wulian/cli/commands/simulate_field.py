@@ -64,7 +64,7 @@ async def _main(args: argparse.Namespace, s: Settings) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wulian.commands.gateway import raise_nofile
+    from wulian.cli.commands.gateway import raise_nofile
 
     raise_nofile()
     try:
