@@ -40,7 +40,7 @@ def test_docs_page_references_only_its_own_assets(api_url):
 
 def test_docs_assets_are_package_data():
     """A wheel carries every file /docs serves (pyproject's package-data globs, relative to api/)."""
-    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["api"]
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["wulian.api"]
     served = [p.relative_to(STATIC_DIR.parent).as_posix() for p in STATIC_DIR.rglob("*") if p.is_file()]
     assert {"static/swagger-ui/swagger-ui-bundle.js", "static/swagger-ui/swagger-ui.css",
             "static/swagger-ui/LICENSE"} <= set(served)

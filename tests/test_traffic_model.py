@@ -330,7 +330,7 @@ def test_los_loop_week_ships_as_package_data():
 
     root = Path(__file__).resolve().parents[1]
     globs = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
-        "package-data"]["simulators"]
+        "package-data"]["wulian.simulators"]
     names = {f.name for f in PACKAGED.iterdir()}
     assert {"los_speed.csv.xz", "los_adj.csv.xz", "README.md"} <= names
     for name in names:
