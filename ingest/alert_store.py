@@ -7,13 +7,13 @@ clear is announced with ``pg_notify('wulian_alerts', ...)`` inside the caller's 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import asyncpg
 import orjson
 
 from wulian.core.const import ALERT_CHANNEL as CHANNEL
+from wulian.core.numbers import finite_or_none as _num
 _TS = "timestamptz 'epoch' + ($1::bigint / 1000) * interval '1 microsecond'"
 
 _RAISE = f"""
@@ -48,10 +48,6 @@ class AlertTarget:
     metric: str
     severity: str
     title: str
-
-
-def _num(v: float | None) -> float | None:
-    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
 
 
 def _event(alert_id: int, event: str, state: str, t: AlertTarget, value: float | None) -> dict:

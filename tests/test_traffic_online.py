@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
+from wulian.core.timebase import china_day, day_start_ns
 from wulian.api.app import create_app
 from wulian.api.auth import create_key
 from wulian.core.traffic.incidents import IncidentDetector, IncidentParams
@@ -110,8 +111,8 @@ def test_incident_injection_and_segment_names(replay):
 
 def test_replay_is_stamped_from_a_china_thursday_in_the_past(replay):
     start = default_start_ns(T_NOW, replay.rows)
-    local_day = (start // NS + 8 * 3600) // 86_400
-    assert (start // NS + 8 * 3600) % 86_400 == 0 and (local_day + 3) % 7 == 3  # Thursday midnight, China time
+    local_day = china_day(start)
+    assert start == day_start_ns(local_day) and (local_day + 3) % 7 == 3  # Thursday midnight, China time
     assert start + replay.rows * STEP <= T_NOW < start + (replay.rows * 300 + 7 * 86_400) * NS
     msgs = list(history_messages(replay, start, range(0, 1500)))
     assert {s for s, _ in msgs} == set(range(N_SEG)) and len(msgs) == 2 * N_SEG  # 1500 rows: 1000 + 500

@@ -23,7 +23,7 @@ from wulian.core.environment.aqi_series import (
     heavy_pollution_warnings,
     hourly_indicators,
 )
-from wulian.core.environment.editions import NS_PER_DAY, NS_PER_HOUR
+from wulian.core.timebase import NS_PER_DAY, NS_PER_HOUR
 from wulian.core.environment.metric_names import air_metric
 from wulian.core.environment.online import episode_actions
 from wulian.core.environment.system_rules import HEAVY_POLLUTION

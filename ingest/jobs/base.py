@@ -8,10 +8,12 @@ advances the watermark in the same transaction.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Protocol
 
 import asyncpg
+
+from wulian.core.timebase import dt_to_ns, ns_to_dt
 
 
 class Job(Protocol):
@@ -32,15 +34,6 @@ async def set_watermark(con: asyncpg.Connection, job: str, upto: datetime, stats
         "INSERT INTO job_watermarks (job, upto, stats) VALUES ($1, $2, $3::jsonb)"
         " ON CONFLICT (job) DO UPDATE SET upto = EXCLUDED.upto, stats = EXCLUDED.stats, updated_at = now()",
         job, upto, stats)
-
-
-def ns_to_dt(ts_ns: int) -> datetime:
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc)
-
-
-def dt_to_ns(dt: datetime) -> int:
-    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
 class WindowedJob:

@@ -15,19 +15,15 @@ start may be an artefact of where the run's look-back window began.
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
-from datetime import date, timedelta
 
 import asyncpg
 import numpy as np
 
 from wulian.core.const import SYSTEM_RULE_BASE
+from wulian.core.numbers import finite_or_none as finite
 from wulian.ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
 
-DAY_NS = 86_400 * 10**9
-CHINA_OFFSET_NS = 8 * 3600 * 10**9  # Asia/Shanghai, no DST since 1991
-EPOCH_DAY = date(1970, 1, 1)
 # A µs int8 as timestamptz, exactly (no float rounding): used wherever arrays of times go to SQL.
 TS_US = "(timestamptz 'epoch' + ({}) * interval '1 microsecond')"
 US_OF = "(extract(epoch FROM {}) * 1000000)::int8"
@@ -71,23 +67,6 @@ class AlertCounts:
         return {"raised": self.raised, "cleared": self.cleared, "alert_updates": self.updated}
 
 
-def china_day(ts_ns: int) -> int:
-    return (ts_ns + CHINA_OFFSET_NS) // DAY_NS
-
-
-def day_start_ns(day: int) -> int:
-    """UTC ns of 00:00 China time of day number ``day``."""
-    return day * DAY_NS - CHINA_OFFSET_NS
-
-
-def day_date(day: int) -> date:
-    return EPOCH_DAY + timedelta(days=int(day))
-
-
-def date_day(d: date) -> int:
-    return (d - EPOCH_DAY).days
-
-
 _PG_TYPES = {"i4": ">i4", "i8": ">i8", "f8": ">f8", "bool": "?"}
 _COPY_HEADER = 19  # PGCOPY\n\377\r\n\0 + flags + extension length
 
@@ -127,10 +106,6 @@ async def fetch_columns(con: asyncpg.Connection, query: str, args: tuple, cols: 
 def us(ns) -> list[int]:
     """ns -> µs ints (exact for times read from the database, which keeps µs)."""
     return (np.asarray(ns, np.int64) // 1000).tolist()
-
-
-def finite(x) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 async def sync_alert(con: asyncpg.Connection, target: AlertTarget, rule: SystemRule, *, inserted: bool,

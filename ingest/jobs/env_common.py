@@ -13,6 +13,7 @@ from wulian.core.environment.metric_names import AVG, MetricRole
 from wulian.core.environment.online import AlertAction, RunWindow, plan_window, split_avg, uploaded_hourly
 from wulian.core.environment.system_rules import SystemRule
 from wulian.core.environment.validity import HourlyGrid, aggregate_hourly, valid_mask
+from wulian.core.numbers import finite_or_none as fnum
 from wulian.ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
 from wulian.ingest.jobs.base import dt_to_ns, get_watermark, ns_to_dt, set_watermark
 
@@ -152,14 +153,6 @@ async def apply_actions(con: asyncpg.Connection, actions: Sequence[AlertAction],
         elif await clear_alert(con, t, a.ts_ns, a.value) is not None:
             cleared += 1
     return {"alerts_raised": raised, "alerts_cleared": cleared}
-
-
-def fnum(x) -> float | None:
-    """float or None for NaN/inf (what goes into nullable columns)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
 
 
 def jdump(obj) -> str:

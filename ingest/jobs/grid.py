@@ -19,12 +19,14 @@ from wulian.core.grid.outage import feeder_outages
 from wulian.core.grid.quality import Bit, GridMeters, GridParams, GridSamples, VoltageClass, day_quality, \
     quality_records, violation_runs
 from wulian.core.grid.transformer import trend_warnings
-from wulian.ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, day_date,
-                                       day_start_ns, existing_open, fetch_columns, finite, sync_alert, us)
+from wulian.core.timebase import NS_PER_HOUR as _HOUR
+from wulian.core.timebase import NS_PER_MIN as _MIN
+from wulian.ingest.jobs.energy_common import (
+    US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, existing_open, fetch_columns, finite, sync_alert, us,
+)
+from wulian.core.timebase import china_day, day_date, day_start_ns
 from wulian.ingest.jobs.base import WindowedJob
 
-_MIN = 60 * 10**9
-_HOUR = 60 * _MIN
 SLOT_NS = 15 * _MIN
 
 # Metric names per quantity: the JSON telemetry's and the DL/T 645 codec's.

@@ -19,14 +19,16 @@ import numpy as np
 import orjson
 
 from wulian.core.const import INVALID_FLAGS
+from wulian.core.timebase import NS_PER_HOUR as _HOUR
 from wulian.core.meters.anomalies import gas_never_stops, night_leak, register_events, zero_consumption
 from wulian.core.meters.consumption import (Code, Consumption, ConsumptionParams, MeterKind, MeterReadings, MeterTable,
                                      consumption, daily_records)
-from wulian.ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, date_day,
-                                       day_date, day_start_ns, fetch_columns, finite, sync_alert, us)
+from wulian.ingest.jobs.energy_common import (
+    US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, fetch_columns, finite, sync_alert, us,
+)
+from wulian.core.timebase import china_day, date_day, day_date, day_start_ns
 from wulian.ingest.jobs.base import WindowedJob
 
-_HOUR = 3600 * 10**9
 
 REGISTERS: dict[str, MeterKind] = {
     "elec_kwh": MeterKind.ELECTRICITY, "energy_active_import_kwh": MeterKind.ELECTRICITY,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wulian.core.const import Stream
-from wulian.core.environment.editions import NS_PER_DAY, NS_PER_HOUR
+from wulian.core.timebase import NS_PER_DAY, NS_PER_HOUR
 from wulian.core.environment.metric_names import source_metric
 from wulian.core.environment.online import episode_actions
 from wulian.core.environment.sources import (

@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 
 from wulian.core.const import Stream
+from wulian.core.timebase import NS_PER_US as _US
 from wulian.core.traffic.forecaster import TrafficForecaster
 from wulian.core.traffic.incidents import CLEAR, RAISE, IncidentDetector
 from wulian.core.traffic.online import (
@@ -40,7 +41,6 @@ from wulian.settings import Settings
 
 log = logging.getLogger(__name__)
 JOB = "traffic"
-_US = 1000  # ns per microsecond
 _TS = "timestamptz 'epoch' + ({}::bigint) * interval '1 microsecond'"
 
 # Per (bin, segment) means over a region's detectors; row = bin index from $2, at step $4 seconds.

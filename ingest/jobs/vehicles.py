@@ -14,22 +14,24 @@ day the run touched, from the stored violations of those days.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import asyncpg
 import numpy as np
 import orjson
 
+from wulian.core.timebase import NS_PER_HOUR as _HOUR
+from wulian.core.timebase import as_china, dt_to_ns
 from wulian.core.vehicles.jt808_bits import Clear, bit_of
 from wulian.core.vehicles.kpi import KpiParams, day_stats, group_kpis, kpi_records
 from wulian.core.vehicles.regulations import CLASS_NAMES, VehicleClass
 from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, detect
-from wulian.ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, day_date,
-                                       day_start_ns, existing_open, fetch_columns, finite, sync_alert, us)
-from wulian.ingest.jobs.base import WindowedJob, dt_to_ns
+from wulian.ingest.jobs.energy_common import (
+    US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, existing_open, fetch_columns, finite, sync_alert, us,
+)
+from wulian.core.timebase import china_day, day_date, day_start_ns
+from wulian.ingest.jobs.base import WindowedJob
 
-_HOUR = 3600 * 10**9
-_CHINA_TZ = timezone(timedelta(hours=8))  # core.const.CHINA_TZ, fixed +8 h
 
 # Alert rules of this domain (SYSTEM_RULE_BASE + 100..199), one per kernel rule.
 RULES: dict[Rule, SystemRule] = {
@@ -80,7 +82,7 @@ def _iso_ns(text) -> int | None:
         dt = datetime.fromisoformat(str(text))
     except (TypeError, ValueError):
         return None
-    return dt_to_ns(dt if dt.tzinfo else dt.replace(tzinfo=_CHINA_TZ))
+    return dt_to_ns(as_china(dt))
 
 
 def build_fleet(rows: list, routes: dict[str, int]) -> tuple[Fleet, list[tuple[str, str]], list[str]]:
