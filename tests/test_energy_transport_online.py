@@ -343,7 +343,7 @@ def test_fleet_from_registry_attrs():
 
 
 async def test_fetch_columns_binary_copy(pool):
-    from wulian.ingest.jobs.energy_common import fetch_columns
+    from wulian.ingest.jobs.binary_copy import fetch_columns
 
     async with pool.acquire() as con:
         cols = await fetch_columns(

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 
 from wulian.core.timebase import china_day, day_start_ns
+from wulian.core.traffic.system_rules import TRAFFIC_INCIDENT
 from wulian.api.app import create_app
 from wulian.api.auth import create_key
 from wulian.core.traffic.incidents import IncidentDetector, IncidentParams
 from wulian.core.traffic.online import (
-    TRAFFIC_INCIDENT_RULE_ID, OnlineParams, adjacency_matrix, carry_detector, dense_grid, detector_from_bytes,
+    OnlineParams, adjacency_matrix, carry_detector, dense_grid, detector_from_bytes,
     detector_to_bytes, fit_online, last_complete_bin, parse_incident_spec,
 )
 from wulian.ingest.derive_service import discover, run_job_once
-from wulian.ingest.jobs.base import ns_to_dt
+from wulian.core.timebase import ns_to_dt
 from wulian.ingest.jobs.traffic import TrafficJob
 from wulian.ingest.service import mqtt_params, running_ingestor
 from wulian.simulators.traffic_replay import (
@@ -232,7 +233,7 @@ async def test_replay_fit_forecast_incident_api_restart(settings, pool, api, key
             "SELECT i.*, d.device_id FROM traffic_incidents i JOIN devices d ON d.id = i.device"
             " WHERE i.region = $1 ORDER BY detected_at", region)
         alerts = await con.fetch("SELECT * FROM alerts WHERE region = $1 AND rule_id = $2", region,
-                                 TRAFFIC_INCIDENT_RULE_ID)
+                                 TRAFFIC_INCIDENT.rule_id)
     cols = {live.segment_ids.index(i["device_id"]) for i in incs}
     rows = [(i["detected_at"] - ns_to_dt(start)).total_seconds() // 300 for i in incs]
     assert all(live.affected[int(k), c] for k, c in zip(rows, [live.segment_ids.index(i["device_id"]) for i in incs]))

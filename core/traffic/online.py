@@ -12,14 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wulian.core.const import SYSTEM_RULE_BASE
 from wulian.core.timebase import CHINA_OFFSET_S, NS_PER_S
 from wulian.core.traffic.forecaster import TrafficForecaster, TrafficForecastParams
 from wulian.core.traffic.incidents import IncidentDetector, IncidentParams, learn_bands
 
-# Alert rule id of "traffic incident" (system rules sit above the user rules' identity range).
-TRAFFIC_INCIDENT_RULE_ID = SYSTEM_RULE_BASE + 1
-TRAFFIC_INCIDENT_TITLE = "traffic incident"
 MPH_TO_KMH = 1.609344
 # Flow has no congested regime of its own in the model: one coefficient set (a drop no series reaches).
 _ONE_REGIME = 1e12
