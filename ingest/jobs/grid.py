@@ -18,12 +18,12 @@ from wulian.core.grid.forecast import fit_profile, forecast
 from wulian.core.grid.outage import feeder_outages
 from wulian.core.grid.quality import GridMeters, GridParams, GridSamples, VoltageClass, day_quality, \
     quality_records, violation_runs
+from wulian.core.grid.system_rules import EPISODES, OUTAGE, TRANSFORMER
 from wulian.core.grid.transformer import trend_warnings
+from wulian.core.numbers import finite_or_none as finite
 from wulian.core.timebase import NS_PER_HOUR as _HOUR
 from wulian.core.timebase import NS_PER_MIN as _MIN
 from wulian.core.timebase import china_day, day_date, day_start_ns
-from wulian.core.grid.system_rules import EPISODES, OUTAGE, TRANSFORMER
-from wulian.core.numbers import finite_or_none as finite
 from wulian.ingest.alert_store import AlertCounts, sync_alert, target_of
 from wulian.ingest.jobs.base import DeviceRef, SpanJob
 from wulian.ingest.jobs.binary_copy import fetch_columns

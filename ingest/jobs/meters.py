@@ -19,13 +19,13 @@ import numpy as np
 import orjson
 
 from wulian.core.const import INVALID_FLAGS
-from wulian.core.timebase import NS_PER_HOUR as _HOUR
 from wulian.core.meters.anomalies import gas_never_stops, night_leak, register_events, zero_consumption
 from wulian.core.meters.consumption import (Code, Consumption, ConsumptionParams, MeterKind, MeterReadings, MeterTable,
                                      consumption, daily_records)
-from wulian.core.timebase import china_day, date_day, day_date, day_start_ns
 from wulian.core.meters.system_rules import EVENT_RULES, RUN_RULES
 from wulian.core.numbers import finite_or_none as finite
+from wulian.core.timebase import NS_PER_HOUR as _HOUR
+from wulian.core.timebase import china_day, date_day, day_date, day_start_ns
 from wulian.ingest.alert_store import AlertCounts, sync_alert, target_of
 from wulian.ingest.jobs.base import DeviceRef, SpanJob
 from wulian.ingest.jobs.binary_copy import fetch_columns

@@ -20,15 +20,15 @@ import asyncpg
 import numpy as np
 import orjson
 
+from wulian.core.numbers import finite_or_none as finite
 from wulian.core.timebase import NS_PER_HOUR as _HOUR
 from wulian.core.timebase import as_china, dt_to_ns
+from wulian.core.timebase import china_day, day_date, day_start_ns
 from wulian.core.vehicles.jt808_bits import Clear, bit_of
 from wulian.core.vehicles.kpi import KpiParams, day_stats, group_kpis, kpi_records
 from wulian.core.vehicles.regulations import CLASS_NAMES, VehicleClass
 from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, detect
-from wulian.core.timebase import china_day, day_date, day_start_ns
 from wulian.core.vehicles.system_rules import CRITICAL_BITS, RULES
-from wulian.core.numbers import finite_or_none as finite
 from wulian.ingest.alert_store import AlertCounts, sync_alert, target_of
 from wulian.ingest.jobs.base import DeviceRef, SpanJob
 from wulian.ingest.jobs.binary_copy import fetch_columns
