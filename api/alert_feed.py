@@ -2,7 +2,8 @@
 
 Every change to an alert is announced with ``pg_notify('wulian_alerts', json)`` in the transaction that
 makes it, so subscribers see only committed changes, whoever made them (ingest's engine or this API).
-One LISTEN connection per API process feeds an asyncio queue per subscriber.
+One LISTEN connection per API process feeds an asyncio queue per subscriber. The payload is
+``ingest.alert_store.event_payload``; the store announces every change.
 """
 from __future__ import annotations
 
@@ -52,14 +53,3 @@ class AlertFeed:
         if self._con is not None and not self._con.is_closed():
             await self._con.close()
 
-
-def notify_sql() -> str:
-    return f"SELECT pg_notify('{CHANNEL}', $1)"
-
-
-def event_payload(row, event: str) -> str:
-    return orjson.dumps({
-        "id": row["id"], "event": event, "state": row["state"], "region": row["region"], "stream": row["stream"],
-        "device_id": row["device_id"], "rule_id": row["rule_id"], "metric": row["metric"],
-        "severity": row["severity"], "title": row["title"], "last_value": row["last_value"],
-    }).decode()

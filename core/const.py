@@ -51,8 +51,6 @@ UNKNOWN_FLAG = "D"  # an unknown flag says nothing about the instrument being no
 VALID_FLAGS = frozenset({FLAG_NORMAL})
 INVALID_FLAGS = DATA_FLAGS - VALID_FLAGS
 
-CHINA_TZ = "Asia/Shanghai"  # day buckets and DataTime are China time; storage is UTC
-
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 METRIC_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
 REGION_PATTERN = r"^[a-z][a-z0-9_\-]{0,31}$"

@@ -10,7 +10,8 @@ SQL conventions (Grafana PostgreSQL datasource, expanded by ``verify.expand``):
 """
 from __future__ import annotations
 
-from wulian.core.const import CHINA_TZ, INVALID_FLAGS, Stream
+from wulian.core.const import INVALID_FLAGS, Stream
+from wulian.core.timebase import CHINA_TZ_NAME
 from wulian.core.environment.tables import AQI_CATEGORIES, BREAKPOINTS, EDITION_2012, WATER_CLASSES
 from wulian.dashboards.model import Threshold, ValueText, Variable
 
@@ -76,8 +77,8 @@ WATER_CLASS_MAPPINGS = tuple(
 
 # Derived daily tables hold complete China days only (a ``date`` column): the days the picked range
 # touches, and at least the last complete one, so a live "last 6 hours" still shows yesterday's figures.
-_FROM_DAY = f"($__timeFrom()::timestamptz AT TIME ZONE '{CHINA_TZ}')::date"
-_TO_DAY = f"($__timeTo()::timestamptz AT TIME ZONE '{CHINA_TZ}')::date"
+_FROM_DAY = f"($__timeFrom()::timestamptz AT TIME ZONE '{CHINA_TZ_NAME}')::date"
+_TO_DAY = f"($__timeTo()::timestamptz AT TIME ZONE '{CHINA_TZ_NAME}')::date"
 CHINA_DAYS_IN_RANGE = f"BETWEEN least({_FROM_DAY}, {_TO_DAY} - 1) AND {_TO_DAY}"
 NO_COMPLETE_DAY = "No complete China day yet"
 

@@ -1,5 +1,7 @@
-"""Alert rows in the database: raise (or update the open one), update, clear. Used by the alarm engine's
-transitions and by derived-data jobs that find episodes (exceedances, classes worse than target, ...).
+"""The one owner of alert rows: raise (or update the open one), update, clear, acknowledge, close, the
+event JSON every change announces, and the episode helpers of derived-data jobs. Used by the alarm
+engine's transitions (ingest.alarm_service), the derived-data jobs (ingest.jobs) and the API's
+acknowledge/close routes; nothing else writes ``alerts`` or ``alert_events``.
 
 The partial unique index ``alerts_one_open`` keeps one open alert per (rule, device, metric): raising
 an alert that is already open updates it, clearing one that is not open does nothing. Each raise and
@@ -7,13 +9,21 @@ clear is announced with ``pg_notify('wulian_alerts', ...)`` inside the caller's 
 """
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 import orjson
 
+from wulian.core.alarms.lifecycle import Action, AlertState, allowed_from, apply
+from wulian.core.alarms.system_rules import SystemRule
 from wulian.core.const import ALERT_CHANNEL as CHANNEL
+from wulian.core.numbers import finite_or_none as _num
+
+# The columns of an alert as the API returns it (``api.schemas.AlertPublic``).
+ALERT_COLUMNS = """id, rule_id, device_id, region, stream, metric, severity, state, title, raised_at, last_seen,
+           first_value, last_value, peak_value, count, acknowledged_at, acknowledged_by, ack_comment,
+           cleared_at, closed_at, closed_by, close_comment"""
 _TS = "timestamptz 'epoch' + ($1::bigint / 1000) * interval '1 microsecond'"
 
 _RAISE = f"""
@@ -50,18 +60,31 @@ class AlertTarget:
     title: str
 
 
-def _num(v: float | None) -> float | None:
-    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
+_EVENT_FIELDS = ("region", "stream", "device_id", "rule_id", "metric", "severity", "title")
+
+
+def event_payload(alert_id: int, event: str, state: str, *, region: str, stream: str, device_id: str, rule_id: int,
+                  metric: str, severity: str, title: str, last_value: float | None) -> dict:
+    """The JSON of one alert change, as ``pg_notify`` announces it and the SSE stream forwards it."""
+    return {"id": alert_id, "event": event, "state": state, "region": region, "stream": stream,
+            "device_id": device_id, "rule_id": rule_id, "metric": metric, "severity": severity, "title": title,
+            "last_value": last_value}
 
 
 def _event(alert_id: int, event: str, state: str, t: AlertTarget, value: float | None) -> dict:
-    return {"id": alert_id, "event": event, "state": state, "region": t.region, "stream": t.stream,
-            "device_id": t.device_id, "rule_id": t.rule_id, "metric": t.metric, "severity": t.severity,
-            "title": t.title, "last_value": value}
+    return event_payload(alert_id, event, state, last_value=value, **{f: getattr(t, f) for f in _EVENT_FIELDS})
 
 
-async def _notify(con: asyncpg.Connection, ev: dict) -> None:
+async def notify(con: asyncpg.Connection, ev: dict) -> None:
+    """Announce ``ev`` on the alert channel; delivered when (and only if) the caller's transaction commits."""
     await con.execute("SELECT pg_notify($1, $2)", CHANNEL, orjson.dumps(ev).decode())
+
+
+def target_of(rule: SystemRule, device, metric: str = "", title: str | None = None,
+              severity: str | None = None) -> AlertTarget:
+    """The target of a built-in rule's alert on ``device`` (anything with id, device_id, region, stream)."""
+    return AlertTarget(rule.rule_id, device.id, device.device_id, device.region, device.stream, metric,
+                       severity or rule.severity, title or rule.title)
 
 
 async def raise_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value: float | None,
@@ -74,7 +97,7 @@ async def raise_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value
         return None
     await con.execute(_EVENT, ts_ns, row["id"], "raised", v, actor)
     ev = _event(row["id"], "raised", "active", t, v)
-    await _notify(con, ev)
+    await notify(con, ev)
     return ev
 
 
@@ -130,5 +153,109 @@ async def clear_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value
         return None
     await con.execute(_EVENT, ts_ns, row["id"], "cleared", v, actor)
     ev = _event(row["id"], "cleared", "cleared", t, v)
-    await _notify(con, ev)
+    await notify(con, ev)
     return ev
+
+
+# --- acknowledge and close (people, through the API) -------------------------------------------------
+
+async def transition_alert(con: asyncpg.Connection, alert_id: int, state: str, action: Action, actor: str,
+                           comment: str | None) -> asyncpg.Record | None:
+    """Acknowledge or close alert ``alert_id`` whose current state is ``state`` (lifecycle.IllegalTransition
+    when the action is not allowed from it), record the event and announce it. Returns the updated row
+    (``ALERT_COLUMNS``), or None when the alert changed state meanwhile (e.g. cleared by the engine)."""
+    new_state: AlertState = apply(state, action)
+    if action is Action.ACK:
+        sets = "acknowledged_at = now(), acknowledged_by = $3, ack_comment = $4"
+    else:
+        sets = "closed_at = now(), closed_by = $3, close_comment = $4"
+    row = await con.fetchrow(
+        f"UPDATE alerts SET state = $2, {sets}, updated_at = now()"
+        f" WHERE id = $1 AND state = ANY($5::text[]) RETURNING {ALERT_COLUMNS}",
+        alert_id, new_state.value, actor, comment, [s.value for s in allowed_from(action)])
+    if row is None:
+        return None
+    await con.execute("INSERT INTO alert_events (alert_id, event, actor, comment) VALUES ($1, $2, $3, $4)",
+                      alert_id, action.value, actor, comment)
+    await notify(con, event_payload(row["id"], action.value, row["state"], last_value=row["last_value"],
+                                    **{f: row[f] for f in _EVENT_FIELDS}))
+    return row
+
+
+async def ack_alert(con: asyncpg.Connection, alert_id: int, state: str, actor: str,
+                    comment: str | None = None) -> asyncpg.Record | None:
+    return await transition_alert(con, alert_id, state, Action.ACK, actor, comment)
+
+
+async def close_alert(con: asyncpg.Connection, alert_id: int, state: str, actor: str,
+                      comment: str | None = None) -> asyncpg.Record | None:
+    return await transition_alert(con, alert_id, state, Action.CLOSE, actor, comment)
+
+
+# --- episodes of derived-data jobs ---------------------------------------------------------------------
+
+_SAME_EPISODE = ("SELECT state FROM alerts WHERE rule_id = $1 AND device = $2 AND metric = $3"
+                 " AND raised_at = timestamptz 'epoch' + ($4::bigint / 1000) * interval '1 microsecond'"
+                 " ORDER BY id DESC LIMIT 1")
+
+
+async def raise_once(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value: float | None,
+                     lower_is_worse: bool = False) -> bool:
+    """Raise the alert of an episode confirmed at ``ts_ns`` unless that very episode already has one
+    (a re-run over the same hours, or a later run of an ongoing episode: then only its peak/last value
+    is updated). Returns True if an alert was opened."""
+    state = await con.fetchval(_SAME_EPISODE, t.rule_id, t.device, t.metric, ts_ns)
+    if state is not None:
+        if state in ("active", "acknowledged"):
+            await update_alert(con, t, ts_ns, value, lower_is_worse)
+        return False
+    if await raise_alert(con, t, ts_ns, value) is not None:
+        return True
+    await update_alert(con, t, ts_ns, value, lower_is_worse)  # an older episode's alert is still open
+    return False
+
+
+async def apply_actions(con: asyncpg.Connection, actions: Sequence,
+                        target_of: Callable[..., AlertTarget], lower_is_worse: bool = False) -> dict:
+    """Raise/clear alerts for episode actions (``kind`` 'raise' | 'clear', ``ts_ns``, ``value``, as
+    core.environment.online.AlertAction); returns counts of alerts opened and cleared."""
+    raised = cleared = 0
+    for a in actions:
+        t = target_of(a)
+        if a.kind == "raise":
+            if await raise_once(con, t, a.ts_ns, a.value, lower_is_worse):
+                raised += 1
+        elif await clear_alert(con, t, a.ts_ns, a.value) is not None:
+            cleared += 1
+    return {"alerts_raised": raised, "alerts_cleared": cleared}
+
+
+@dataclass(slots=True)
+class AlertCounts:
+    raised: int = 0
+    cleared: int = 0
+    updated: int = 0
+
+    def as_dict(self) -> dict:
+        return {"raised": self.raised, "cleared": self.cleared, "alert_updates": self.updated}
+
+
+async def sync_alert(con: asyncpg.Connection, target: AlertTarget, rule: SystemRule, *, inserted: bool,
+                     was_open: bool | None, open_: bool, start_ns: int, end_ns: int, value: float | None,
+                     counts: AlertCounts) -> None:
+    """Move the alert of one upserted episode along: a new episode raises at its start (and, if already
+    over, clears at its end: the alert keeps the history); a known open one that is over clears; a known
+    open one counts an update; a known one that was over and is open again raises."""
+    v = _num(value)
+    if inserted or (open_ and not was_open):
+        if await raise_alert(con, target, start_ns, v) is not None:
+            counts.raised += 1
+        if not open_ and rule.auto_clear:
+            if await clear_alert(con, target, end_ns, v) is not None:
+                counts.cleared += 1
+    elif was_open and not open_:
+        if rule.auto_clear and await clear_alert(con, target, end_ns, v) is not None:
+            counts.cleared += 1
+    elif open_:
+        await update_alert(con, target, end_ns, v)
+        counts.updated += 1

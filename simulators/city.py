@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wulian.core.const import Stream
+from wulian.core.timebase import CHINA_OFFSET_S, NS_PER_S, S_PER_DAY
 
-_DAY_S = 86400.0
 _REGISTER_EPOCH_S = 1_767_196_800.0  # 2026-01-01 00:00 +08:00: simulated meters were installed then
-_CHINA_OFFSET_S = 8 * 3600
 
 
 def _hour_of_day(ts_ns: int) -> float:
-    return ((ts_ns // 1_000_000_000 + _CHINA_OFFSET_S) % 86400) / 3600.0
+    return ((ts_ns // NS_PER_S + CHINA_OFFSET_S) % S_PER_DAY) / 3600.0
 
 
 def _daily(ts_ns: int, peak_hour: float, depth: float) -> float:
@@ -54,7 +53,7 @@ class DeviceSim:
             # Registers are a function of time, never of the process: a restarted simulator must not make
             # them go backwards. Use follows a daily cycle: d/dt = rate * (1 + 0.6 cos(...)) > 0.
             elapsed = ts_ns / 1e9 - _REGISTER_EPOCH_S
-            cycle = 0.6 * math.sin(2 * math.pi * elapsed / _DAY_S) * _DAY_S / (2 * math.pi)
+            cycle = 0.6 * math.sin(2 * math.pi * elapsed / S_PER_DAY) * S_PER_DAY / (2 * math.pi)
             values = {name: round(self.state[name] + rate_h / 3600.0 * (elapsed + cycle), 3)
                       for name, rate_h in self.base.items()}
             return {"ts": ts_ms, "values": values}

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wulian.core.const import Stream
+from wulian.core.timebase import CHINA_OFFSET_NS as _CHINA
+from wulian.core.timebase import NS_PER_DAY as _DAY
+from wulian.core.timebase import NS_PER_HOUR as _HOUR
+from wulian.core.timebase import NS_PER_MIN as _MIN
+from wulian.core.timebase import NS_PER_S as _S
 
-_S = 10**9
-_MIN = 60 * _S
-_HOUR = 60 * _MIN
-_DAY = 24 * _HOUR
-_CHINA = 8 * _HOUR
 _KM_PER_DEG = 111.195
 
 CENTER = (23.354, 116.682)  # Shantou

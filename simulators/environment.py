@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from wulian.core.const import Stream
-from wulian.core.environment.editions import NS_PER_HOUR, NS_PER_MIN
+from wulian.core.timebase import NS_PER_HOUR, NS_PER_MIN
 from wulian.core.environment.river import River, RiverStation
 
 RIVER = "lianjiang"

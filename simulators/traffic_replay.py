@@ -27,14 +27,13 @@ from wulian.core.const import Stream
 from wulian.core.traffic.incidents import inject_incident
 from wulian.core.traffic.online import MPH_TO_KMH
 from wulian.ingest.mqtt_client import MqttParams, MqttPublisher
+from wulian.core.timebase import CHINA_OFFSET_S, S_PER_DAY
+from wulian.core.timebase import NS_PER_S as NS
 from wulian.ingest.topics import topic_for
 from wulian.simulators.los_loop import load_los_loop
 
 SEGMENT_PREFIX = "los-"
 STEP_S = 300
-NS = 1_000_000_000
-_DAY_S = 86_400
-_CHINA_OFFSET_S = 8 * 3600
 _THURSDAY = 3  # Monday = 0; 2012-03-01, the data's first day, was a Thursday
 HISTORY_CHUNK = 1000  # records per history message (the payload limit is 10,000)
 
@@ -133,9 +132,9 @@ def with_incident(replay: Replay, segment: int, row: int, duration: int = 12, se
 
 def default_start_ns(now_ns: int, n_rows: int, step_s: int = STEP_S) -> int:
     """The latest China-time Thursday midnight from which ``n_rows`` rows all lie in the past."""
-    latest = (now_ns // NS - n_rows * step_s + _CHINA_OFFSET_S) // _DAY_S  # local day number
+    latest = (now_ns // NS - n_rows * step_s + CHINA_OFFSET_S) // S_PER_DAY  # local day number
     day = latest - (latest + 3 - _THURSDAY) % 7  # 1970-01-01 (day 0) was a Thursday: (day + 3) % 7 = weekday
-    return (day * _DAY_S - _CHINA_OFFSET_S) * NS
+    return (day * S_PER_DAY - CHINA_OFFSET_S) * NS
 
 
 def record(ts_ns: int, speed_kmh: float) -> dict:

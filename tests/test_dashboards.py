@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from wulian.core.timebase import CHINA_TZ
 from wulian.core.const import Stream
 from wulian.dashboards.build import DASHBOARDS, GRANTS_SQL, OUT_DIR, READONLY_ROLE, file_name, granted_tables
 from wulian.dashboards.build import grants_migrations, grants_sql, readonly_tables, rendered, write_grants
@@ -259,8 +260,8 @@ async def _fill_derived(con, fleet, ids, now: datetime) -> None:
     """A few rows in every derived table the dashboards read, shaped as the derive jobs write them."""
     by = {s: [ids[d.device_id] for d in fleet if d.stream is s] for s in Stream}
     hours = [now.replace(minute=0, second=0) - timedelta(hours=h) for h in (2, 1)]
-    day = (now + timedelta(hours=8)).date()  # today in China
-    midnight = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) - timedelta(hours=8)
+    day = now.astimezone(CHINA_TZ).date()  # today in China
+    midnight = datetime(day.year, day.month, day.day, tzinfo=CHINA_TZ)
     await _insert(con, "env_source_hourly", [
         {"time": h, "device": dev, "pollutant": p, "measured": 30.0, "converted": 33.0 + k, "valid_minutes": 60,
          "minutes": 60, "valid": True, "limit_value": 35.0 if p == "SO2" else None, "exceeded": k == 1 and p == "SO2",

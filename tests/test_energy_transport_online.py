@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
+from wulian.core.timebase import china_day
 from wulian.api.app import create_app
 from wulian.api.auth import create_key
 from wulian.core.const import SYSTEM_RULE_BASE
@@ -342,7 +343,7 @@ def test_fleet_from_registry_attrs():
 
 
 async def test_fetch_columns_binary_copy(pool):
-    from wulian.ingest.jobs.energy_common import fetch_columns
+    from wulian.ingest.jobs.binary_copy import fetch_columns
 
     async with pool.acquire() as con:
         cols = await fetch_columns(
@@ -437,7 +438,7 @@ async def test_night_rules_by_vehicle_class_and_local_settings(world, pool):
     """A coach and a hazardous-goods truck drive 22:00-00:30 China time: the coach breaks the 2 h night
     limit, the truck is held to 4 h and breaks nothing, until a city's setting bans hazmat at night."""
     region, tag = world["region"], world["tag"]
-    day = (world["end_ns"] + 8 * 3600 * 10**9) // (86400 * 10**9) - 3  # a China day well before the scenario
+    day = china_day(world["end_ns"]) - 3  # a China day well before the scenario
     t0_us = (day * 86400 + 14 * 3600) * 10**6  # 22:00 China = 14:00 UTC
     dids = {}
     async with pool.acquire() as con:

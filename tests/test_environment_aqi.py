@@ -20,7 +20,8 @@ from wulian.core.environment.aqi_series import (
     heavy_pollution_warnings,
     hourly_aqi,
 )
-from wulian.core.environment.editions import EDITION_2026_START_NS, NS_PER_DAY, NS_PER_HOUR, aqi_edition_for
+from wulian.core.environment.editions import EDITION_2026_START_NS, aqi_edition_for
+from wulian.core.timebase import NS_PER_DAY, NS_PER_HOUR
 from wulian.core.environment.tables import (
     BREAKPOINTS,
     EDITION_2012,

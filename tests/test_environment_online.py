@@ -10,7 +10,7 @@ import pytest
 
 from wulian.api.app import create_app
 from wulian.api.auth import create_key
-from wulian.core.environment.editions import NS_PER_DAY, NS_PER_HOUR, NS_PER_MIN, china_day_start_ns
+from wulian.core.timebase import NS_PER_DAY, NS_PER_HOUR, NS_PER_MIN, china_day_start_ns
 from wulian.core.environment.episodes import Episode
 from wulian.core.environment.metric_names import AVG, SAMPLE, air_metric, source_metric, water_metric
 from wulian.core.environment.online import episode_actions, plan_window, split_avg

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from wulian.core.const import INVALID_FLAGS, VALID_FLAGS
-from wulian.core.environment.editions import EDITION_2026_START_NS, NS_PER_DAY, NS_PER_HOUR
+from wulian.core.environment.editions import EDITION_2026_START_NS
+from wulian.core.timebase import NS_PER_DAY, NS_PER_HOUR
 from wulian.core.environment.sources import (
     DEFAULT_BOUNDARY_LIMITS,
     SourceSpec,

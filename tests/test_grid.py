@@ -3,11 +3,12 @@ transformer trends and the feeder load forecast."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import numpy as np
 import pytest
 
+from wulian.core.timebase import CHINA_TZ as CN
 from wulian.core.grid.forecast import fit_profile, forecast
 from wulian.core.grid.outage import feeder_outages
 from hypothesis import given, settings as hsettings, strategies as st
@@ -21,7 +22,6 @@ from wulian.core.kernels.grid_quality import unbalance_line_pct, unbalance_phase
 S = 10**9
 MIN = 60 * S
 H = 3600 * S
-CN = timezone(timedelta(hours=8))
 T0 = int(datetime(2026, 11, 23, tzinfo=CN).timestamp()) * S  # Monday 00:00 China time
 DAY0 = (T0 + 8 * H) // (24 * H)
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from wulian.core.timebase import CHINA_TZ as CHINA
 from wulian.core.const import DATA_FLAGS, INVALID_FLAGS, VALID_FLAGS
 from wulian.core.kernels.checksums import crc_hj212, crc_modbus
 from wulian.ingest.codecs import hj212, hj212_codes
@@ -16,7 +17,6 @@ from wulian.ingest.codecs.errors import CodecError
 from tests.data import load_json
 
 ENTRIES = load_json("vectors/hj212.json")["entries"]
-CHINA = timezone(timedelta(hours=8))
 
 
 def _by_category(*categories: str) -> list:

@@ -5,13 +5,14 @@ import argparse
 import json
 import logging
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from wulian.core.timebase import CHINA_TZ as CHINA
 from wulian.core.kernels.checksums import xor_bytes
 from wulian.ingest.codecs import jt808
 from wulian.ingest.codecs.errors import CodecError
@@ -20,7 +21,6 @@ from wulian.ingest.pipeline import Ingestor
 from tests.data import load_json
 
 ENTRIES = load_json("vectors/jt808.json")["entries"]
-CHINA = timezone(timedelta(hours=8))
 
 
 def _by_category(*categories: str) -> list:

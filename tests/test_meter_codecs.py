@@ -1,11 +1,12 @@
 """DL/T 645-2007 and CJ/T 188 codecs against every sample frame in tests/data/standards."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
+from wulian.core.timebase import CHINA_TZ
 from wulian.ingest.codecs import cjt188, dlt645
 from wulian.ingest.codecs.errors import CodecError
 from tests.data import load_json
@@ -134,7 +135,7 @@ def test_cjt188_article_checksum_erratum_rejected():
 
 
 def test_cjt188_encode_volume_reply_roundtrip():
-    t = datetime(2026, 11, 26, 19, 5, 7, tzinfo=timezone(timedelta(hours=8)))
+    t = datetime(2026, 11, 26, 19, 5, 7, tzinfo=CHINA_TZ)
     frame = cjt188.encode_volume_reply(0x30, "78330011223344", 1234.56, 1200.0, t, b"\x00\x04")
     msg = cjt188.decode(frame)
     rep = cjt188.volume_reply(msg)
@@ -147,7 +148,7 @@ def test_cjt188_encode_volume_reply_roundtrip():
 
 def test_cjt188_routine_read_with_clear_status_is_readings_only():
     # one device_events row per meter per collection cycle would outgrow the readings themselves
-    t = datetime(2026, 11, 26, 19, 5, 7, tzinfo=timezone(timedelta(hours=8)))
+    t = datetime(2026, 11, 26, 19, 5, 7, tzinfo=CHINA_TZ)
     msg = cjt188.decode(cjt188.encode_volume_reply(0x10, "78330011223344", 12.5, 10.0, t, b"\x00\x00"))
     dec = cjt188.to_decoded(msg, 5)
     assert len(dec.readings) == 2 and dec.events == []
@@ -171,7 +172,7 @@ def test_missing_time_policy():
     # CJ/T 188 falls back to the meter clock (China time) and refuses an unset clock.
     sc = cjt188.decode(cjt188.parse_hex(next(f for f in CJT if f["id"] == "cjt188-sc-read-resp")["hex"]))
     dec = cjt188.to_decoded(sc)
-    expect = int(datetime(2015, 5, 11, 22, 1, 31, tzinfo=timezone(timedelta(hours=8))).timestamp()) * 10**9
+    expect = int(datetime(2015, 5, 11, 22, 1, 31, tzinfo=CHINA_TZ).timestamp()) * 10**9
     assert dec.readings[0].ts_ns == expect
     aixi = cjt188.decode(cjt188.parse_hex(next(f for f in CJT if f["id"] == "cjt188-aixi-read-resp")["hex"]))
     with pytest.raises(CodecError):

@@ -1,20 +1,20 @@
 """四表合一 register arithmetic and anomaly rules at their boundaries."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import numpy as np
 import pytest
 
+from wulian.core.timebase import CHINA_TZ as CN
 from wulian.core.meters.anomalies import gas_never_stops, night_leak, register_events, zero_consumption
 from wulian.core.meters.collection import success_rate
-from wulian.core.meters.consumption import (Code, MeterReadings, MeterTable, china_day, consumption,
-                                     consumption_numpy)
+from wulian.core.meters.consumption import Code, MeterReadings, MeterTable, consumption, consumption_numpy
+from wulian.core.timebase import china_day
 
 S = 10**9
 MIN = 60 * S
 H = 3600 * S
-CN = timezone(timedelta(hours=8))
 T0 = int(datetime(2026, 11, 20, tzinfo=CN).timestamp()) * S  # 00:00 China time
 DAY0 = int(china_day(T0))
 

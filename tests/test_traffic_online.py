@@ -10,15 +10,17 @@ import httpx
 import numpy as np
 import pytest
 
+from wulian.core.timebase import china_day, day_start_ns
+from wulian.core.traffic.system_rules import TRAFFIC_INCIDENT
 from wulian.api.app import create_app
 from wulian.api.auth import create_key
 from wulian.core.traffic.incidents import IncidentDetector, IncidentParams
 from wulian.core.traffic.online import (
-    TRAFFIC_INCIDENT_RULE_ID, OnlineParams, adjacency_matrix, carry_detector, dense_grid, detector_from_bytes,
+    OnlineParams, adjacency_matrix, carry_detector, dense_grid, detector_from_bytes,
     detector_to_bytes, fit_online, last_complete_bin, parse_incident_spec,
 )
 from wulian.ingest.derive_service import discover, run_job_once
-from wulian.ingest.jobs.base import ns_to_dt
+from wulian.core.timebase import ns_to_dt
 from wulian.ingest.jobs.traffic import TrafficJob
 from wulian.ingest.service import mqtt_params, running_ingestor
 from wulian.simulators.traffic_replay import (
@@ -110,8 +112,8 @@ def test_incident_injection_and_segment_names(replay):
 
 def test_replay_is_stamped_from_a_china_thursday_in_the_past(replay):
     start = default_start_ns(T_NOW, replay.rows)
-    local_day = (start // NS + 8 * 3600) // 86_400
-    assert (start // NS + 8 * 3600) % 86_400 == 0 and (local_day + 3) % 7 == 3  # Thursday midnight, China time
+    local_day = china_day(start)
+    assert start == day_start_ns(local_day) and (local_day + 3) % 7 == 3  # Thursday midnight, China time
     assert start + replay.rows * STEP <= T_NOW < start + (replay.rows * 300 + 7 * 86_400) * NS
     msgs = list(history_messages(replay, start, range(0, 1500)))
     assert {s for s, _ in msgs} == set(range(N_SEG)) and len(msgs) == 2 * N_SEG  # 1500 rows: 1000 + 500
@@ -231,7 +233,7 @@ async def test_replay_fit_forecast_incident_api_restart(settings, pool, api, key
             "SELECT i.*, d.device_id FROM traffic_incidents i JOIN devices d ON d.id = i.device"
             " WHERE i.region = $1 ORDER BY detected_at", region)
         alerts = await con.fetch("SELECT * FROM alerts WHERE region = $1 AND rule_id = $2", region,
-                                 TRAFFIC_INCIDENT_RULE_ID)
+                                 TRAFFIC_INCIDENT.rule_id)
     cols = {live.segment_ids.index(i["device_id"]) for i in incs}
     rows = [(i["detected_at"] - ns_to_dt(start)).total_seconds() // 300 for i in incs]
     assert all(live.affected[int(k), c] for k, c in zip(rows, [live.segment_ids.index(i["device_id"]) for i in incs]))

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
 
+from wulian.core.timebase import CHINA_TZ as CN
+from wulian.core.timebase import china_day
 from wulian.core.kernels import vehicle_rules as k
 from wulian.core.vehicles import jt808_bits
 from wulian.core.vehicles.kpi import day_stats, day_stats_numpy, group_kpis
@@ -16,7 +18,6 @@ from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams
 S = 10**9
 MIN = 60 * S
 H = 3600 * S
-CN = timezone(timedelta(hours=8))
 DAY0 = datetime(2026, 11, 26, tzinfo=CN)  # 00:00 China time
 KM_PER_DEG = 6371.0088 * math.pi / 180
 
@@ -446,7 +447,7 @@ def _kpi_fleet() -> tuple[Tracks, Fleet]:
 
 def test_kpi_formulas_hand_checked():
     tr, fleet = _kpi_fleet()
-    day = (at(0) // S + 8 * 3600) // 86400
+    day = china_day(at(0))
     st = day_stats(tr, day, 1)
     assert st.n_points[:, 0].tolist() == [5, 3, 0, 0]
     assert st.n_valid[:, 0].tolist() == [4, 3, 0, 0]
@@ -474,7 +475,7 @@ def test_kpi_event_counts_and_fatigue_hours():
     b = Builder(at(2, 30)).seg(10 * MIN, 60)
     tr = tracks_of(a, b)
     ev = detect(tr, fleet)
-    day = (at(0) // S + 8 * 3600) // 86400
+    day = china_day(at(0))
     kp = group_kpis(day_stats(tr, day, 1), fleet, ev)
     assert kp.overspeed_count[:, 0].tolist() == [1, 0]
     assert kp.night_violations[:, 0].tolist() == [0, 1]
@@ -494,7 +495,7 @@ def test_day_stats_kernel_matches_numpy_on_clean_tracks():
             b.point(300.0)  # invalid speed
         bs.append(b)
     tr = tracks_of(*bs)
-    day = (at(0) // S + 8 * 3600) // 86400
+    day = china_day(at(0))
     a = day_stats(tr, day, 2)
     b = day_stats_numpy(tr, day, 2)
     for f in ("n_points", "n_valid", "n_drift"):
@@ -593,7 +594,7 @@ def test_kernel_matches_plain_python_reference_on_random_days():
 def test_kpi_records_rows():
     from wulian.core.vehicles.kpi import kpi_records
     tr, fleet = _kpi_fleet()
-    day = (at(0) // S + 8 * 3600) // 86400
+    day = china_day(at(0))
     rows = kpi_records(group_kpis(day_stats(tr, day, 1), fleet, None), ["E0", "E1"])
     assert [r["group"] for r in rows] == ["E0", "E1"]
     assert rows[0]["online"] == 2 and rows[0]["online_rate"] == pytest.approx(2 / 3)

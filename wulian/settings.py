@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wulian.core.grid.limits import KV35_DEFAULT_BAND, check_kv35_band
+from wulian.core.timebase import CHINA_OFFSET_S
 
 ROOT = Path(__file__).resolve().parent.parent
 # Service-account passwords written by ``wulian stack up`` (deploy/local/stack.sh); read as an env file,
@@ -123,7 +124,7 @@ class TrafficSettings(BaseModel):
     min_fit_bins: int = 288  # 5-minute bins of history needed before the first fit
     refit_every_h: float = 24.0  # data time between refits
     backfill_bins: int = 36  # bins forecast on a region's first run
-    utc_offset_h: float = 8.0  # local time of the roads (time-of-day profile)
+    utc_offset_h: float = CHINA_OFFSET_S / 3600  # local time of the roads (time-of-day profile)
     min_drop_kmh: float = 24.0  # an incident needs the speed at least this far below the forecast
     data_dir: Path | None = None  # Los-loop replay data (None: the week packaged in simulators/data/los_loop)
 

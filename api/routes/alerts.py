@@ -9,21 +9,17 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from wulian.api.alert_feed import event_payload, notify_sql
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import ApiError, NotFound
 from wulian.api.schemas import AlertAction, AlertDetail, AlertEventPublic, AlertPublic, AlertsPublic
-from wulian.core.alarms.lifecycle import Action, AlertState, IllegalTransition, allowed_from, apply
+from wulian.core.alarms.lifecycle import Action, AlertState, IllegalTransition
 from wulian.core.alarms.rules import Severity
 from wulian.core.const import DEVICE_ID_PATTERN, Stream
+from wulian.ingest.alert_store import ALERT_COLUMNS as _COLS
+from wulian.ingest.alert_store import transition_alert
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
-
-_COLS = """id, rule_id, device_id, region, stream, metric, severity, state, title, raised_at, last_seen,
-           first_value, last_value, peak_value, count, acknowledged_at, acknowledged_by, ack_comment,
-           cleared_at, closed_at, closed_by, close_comment"""
-
 
 class Conflict(ApiError):
     status = 409
@@ -114,23 +110,11 @@ async def _transition(pool, user, alert_id: int, action: Action, comment: str | 
         async with con.transaction():
             row = await _visible(con, alert_id, user)
             try:
-                new_state = apply(row["state"], action)
+                updated = await transition_alert(con, alert_id, row["state"], action, user.name, comment)
             except IllegalTransition as exc:
                 raise Conflict(str(exc)) from None
-            if action is Action.ACK:
-                sets = "acknowledged_at = now(), acknowledged_by = $3, ack_comment = $4"
-            else:
-                sets = "closed_at = now(), closed_by = $3, close_comment = $4"
-            updated = await con.fetchrow(
-                f"UPDATE alerts SET state = $2, {sets}, updated_at = now()"
-                f" WHERE id = $1 AND state = ANY($5::text[]) RETURNING {_COLS}",
-                alert_id, new_state.value, user.name, comment, [s.value for s in allowed_from(action)])
             if updated is None:  # changed under us (e.g. cleared by the engine meanwhile)
                 raise Conflict(f"alert {alert_id} changed state concurrently; reload it")
-            await con.execute(
-                "INSERT INTO alert_events (alert_id, event, actor, comment) VALUES ($1, $2, $3, $4)",
-                alert_id, action.value, user.name, comment)
-            await con.execute(notify_sql(), event_payload(updated, action.value))
     return AlertPublic(**dict(updated))
 
 

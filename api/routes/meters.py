@@ -11,6 +11,7 @@ from wulian.api.deps import PoolDep
 from wulian.api.errors import BadQuery, NotFound
 from wulian.api.schemas_energy import ConsumptionDay, ConsumptionPublic, MeterAnomaliesPublic, MeterAnomalyPublic
 from wulian.core.const import DEVICE_ID_PATTERN, METRIC_PATTERN, REGION_PATTERN, Stream
+from wulian.core.timebase import china_today
 
 router = APIRouter(prefix="/v1/meters", tags=["meters"])
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
@@ -66,7 +67,7 @@ async def consumption(
                      ] = None,
     to: Annotated[date | None, Query(description="last China-time day, inclusive (default: today)")] = None,
 ):
-    last = to or (datetime.now(timezone.utc) + timedelta(hours=8)).date()
+    last = to or china_today()
     first = from_ or last - timedelta(days=30)
     if last < first:
         raise BadQuery("'to' must not be before 'from'")

@@ -10,7 +10,8 @@ from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep, SettingsDep
 from wulian.api.errors import BadQuery, NotFound
 from wulian.api.schemas import ReadingBucket, ReadingsPublic
-from wulian.core.const import CHINA_TZ, DEVICE_ID_PATTERN, METRIC_PATTERN
+from wulian.core.const import DEVICE_ID_PATTERN, METRIC_PATTERN
+from wulian.core.timebase import CHINA_TZ_NAME
 
 router = APIRouter(prefix="/v1/readings", tags=["readings"])
 _BUCKET_RE = re.compile(r"^(\d{1,4})(s|m|h|d)$")
@@ -58,6 +59,6 @@ async def readings(
             "SELECT time_bucket($1::interval, time, $6) AS time, avg(value) AS avg, min(value) AS min,"
             " max(value) AS max, count(*) AS count FROM readings"
             " WHERE device = $2 AND metric = $3 AND time >= $4 AND time < $5 GROUP BY 1 ORDER BY 1",
-            width, ids["dev"], ids["met"], start, end, CHINA_TZ)
+            width, ids["dev"], ids["met"], start, end, CHINA_TZ_NAME)
     data = [ReadingBucket(**dict(r)) for r in rows]
     return ReadingsPublic(device_id=device, metric=metric, bucket=bucket, data=data, count=len(data))

@@ -22,7 +22,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from wulian.core.environment.editions import CHINA_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR, edition_index_many
+from wulian.core.environment.editions import edition_index_many
+
+from wulian.core.timebase import CHINA_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR
 from wulian.core.environment.episodes import Episode, episodes_from_grid
 from wulian.core.environment.tables import (
     AQI_CATEGORIES,

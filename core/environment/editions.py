@@ -10,12 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from wulian.core.environment.tables import EDITION_2012, EDITION_2026
+from wulian.core.timebase import NS_PER_S
 
-NS_PER_S = 1_000_000_000
-NS_PER_MIN = 60 * NS_PER_S
-NS_PER_HOUR = 3600 * NS_PER_S
-NS_PER_DAY = 24 * NS_PER_HOUR
-CHINA_OFFSET_NS = 8 * NS_PER_HOUR  # core.const.CHINA_TZ has had a fixed +08:00 offset since 1991
 
 # 2026-03-01T00:00:00+08:00 == 2026-02-28T16:00:00Z
 EDITION_2026_START_NS = 1_772_294_400 * NS_PER_S
@@ -38,7 +34,3 @@ def edition_index_many(period_start_ns: np.ndarray) -> np.ndarray:
     """Edition index per period (0 = 2012, 1 = 2026), the form the kernels take."""
     return (np.asarray(period_start_ns, dtype=np.int64) >= EDITION_2026_START_NS).astype(np.int8)
 
-
-def china_day_start_ns(ts_ns: int) -> int:
-    """Start (UTC ns) of the China calendar day containing ``ts_ns``."""
-    return ((ts_ns + CHINA_OFFSET_NS) // NS_PER_DAY) * NS_PER_DAY - CHINA_OFFSET_NS

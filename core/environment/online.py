@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wulian.core.environment.editions import NS_PER_HOUR
+from wulian.core.timebase import NS_PER_HOUR, china_day_start_ns
 from wulian.core.environment.episodes import Episode
 
 
@@ -122,8 +122,6 @@ def plan_window(watermark_ns: int | None, now_ns: int, *, lag_s: float, backfill
                 lookback_h: int) -> RunWindow | None:
     """The window of a run: from the watermark (or ``backfill_h`` before now on a first run, at a China
     midnight) to the last whole hour older than ``lag_s``, at most ``max_span_h`` hours. None: nothing due."""
-    from wulian.core.environment.editions import china_day_start_ns
-
     end = (now_ns - int(lag_s * 1e9)) // NS_PER_HOUR * NS_PER_HOUR
     start = watermark_ns if watermark_ns is not None else china_day_start_ns(end - backfill_h * NS_PER_HOUR)
     if end <= start:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wulian.core.environment.editions import NS_PER_HOUR
+from wulian.core.timebase import NS_PER_HOUR
 from wulian.core.environment.episodes import Episode, episodes_from_grid
 from wulian.core.environment.validity import HourlyGrid
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wulian.core.const import VALID_FLAGS
-from wulian.core.environment.editions import CHINA_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR, china_day_start_ns
+from wulian.core.timebase import CHINA_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR, china_day_start_ns
 from wulian.core.kernels.hourly_validity import hourly_to_daily, minute_to_hourly
 
 MIN_VALID_MINUTES = 45

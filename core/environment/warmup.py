@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from wulian.core.environment.aqi_series import POLLUTANTS, daily_aqi, heavy_pollution_warnings, hourly_aqi
-from wulian.core.environment.editions import EDITION_2026_START_NS, NS_PER_MIN
+from wulian.core.environment.editions import EDITION_2026_START_NS
+from wulian.core.timebase import NS_PER_MIN
 from wulian.core.environment.pulse import trace_pulses
 from wulian.core.environment.river import River, RiverStation
 from wulian.core.environment.sources import exceedance_episodes

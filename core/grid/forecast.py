@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_MIN = 60 * 10**9
-_DAY = 86_400 * 10**9
-CHINA_UTC_OFFSET_NS = 8 * 3600 * 10**9
+from wulian.core.timebase import CHINA_OFFSET_NS, NS_PER_DAY, NS_PER_MIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +25,8 @@ class LoadProfile:
 
     def _index(self, ts_ns):
         local = np.asarray(ts_ns, np.int64) + self.utc_offset_ns
-        slot = (local % _DAY) // self.slot_ns
-        weekend = ((local // _DAY + 3) % 7) >= 5  # 1970-01-01 was a Thursday: +3 makes Monday 0
+        slot = (local % NS_PER_DAY) // self.slot_ns
+        weekend = ((local // NS_PER_DAY + 3) % 7) >= 5  # 1970-01-01 was a Thursday: +3 makes Monday 0
         return slot, weekend.astype(np.int64)
 
     def at(self, feeder: int, ts_ns) -> np.ndarray:
@@ -36,11 +34,11 @@ class LoadProfile:
         return self.mean[feeder, we, slot]
 
 
-def fit_profile(feeder, ts_ns, load, n_feeders: int, slot_ns: int = 15 * _MIN, split_weekend: bool = True,
-                utc_offset_ns: int = CHINA_UTC_OFFSET_NS) -> LoadProfile:
+def fit_profile(feeder, ts_ns, load, n_feeders: int, slot_ns: int = 15 * NS_PER_MIN, split_weekend: bool = True,
+                utc_offset_ns: int = CHINA_OFFSET_NS) -> LoadProfile:
     """Mean load per feeder, day type and time-of-day slot. Empty cells borrow the other day type, then
     the feeder's overall mean."""
-    slots = _DAY // slot_ns
+    slots = NS_PER_DAY // slot_ns
     prof = LoadProfile(np.zeros((n_feeders, 2, slots)), np.zeros((n_feeders, 2, slots)), slot_ns, utc_offset_ns)
     slot, we = prof._index(ts_ns)
     if not split_weekend:

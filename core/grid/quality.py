@@ -20,10 +20,8 @@ import numpy as np
 
 from wulian.core.grid.limits import KV20_BAND, KV35_DEFAULT_BAND, V220_BAND, check_kv35_band
 from wulian.core.kernels import grid_quality as k
+from wulian.core.timebase import CHINA_OFFSET_NS, NS_PER_MIN
 
-_MIN = 60 * 10**9
-_HOUR = 3600 * 10**9
-CHINA_UTC_OFFSET_NS = 8 * _HOUR  # core.const.CHINA_TZ (Asia/Shanghai): fixed +8 h, no DST since 1991
 
 
 class VoltageClass(IntEnum):
@@ -52,7 +50,7 @@ class GridParams:
     overload_factor: float = 1.0  # current above rated x this
     pf_min: float = 0.9  # typical 力调 assessment threshold for large users (0.85 for agriculture)
     collapse_frac: float = 0.1  # every phase below 10 % of nominal: interruption
-    utc_offset_ns: int = CHINA_UTC_OFFSET_NS
+    utc_offset_ns: int = CHINA_OFFSET_NS
     kv35_upper_pct: float = KV35_DEFAULT_BAND[0]  # 35 kV band: |upper| + |lower| <= 10 % (GB/T 12325 §4.1)
     kv35_lower_pct: float = KV35_DEFAULT_BAND[1]
 
@@ -221,7 +219,7 @@ class Runs:
 
 
 def violation_runs(samples: GridSamples, bits: np.ndarray, which: int, min_ns: int = 0,
-                   max_gap_ns: int = 15 * _MIN) -> Runs:
+                   max_gap_ns: int = 15 * NS_PER_MIN) -> Runs:
     """Episodes per meter where any of the ``which`` Bit flags holds (e.g. Bit.OVERLOAD, or
     Bit.COLLAPSE for a meter-level outage), lasting at least ``min_ns``."""
     cap = max(256, len(bits) // 50)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from wulian.core.kernels.grid_quality import trend_to_limit
+from wulian.core.timebase import NS_PER_HOUR
 
-_HOUR = 3600 * 10**9
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ class TrendWarning:
 
 
 def trend_warnings(starts: np.ndarray, ts_ns: np.ndarray, values: np.ndarray, limits: np.ndarray,
-                   window_ns: int = 2 * _HOUR, horizon_ns: int = 4 * _HOUR) -> TrendWarning:
+                   window_ns: int = 2 * NS_PER_HOUR, horizon_ns: int = 4 * NS_PER_HOUR) -> TrendWarning:
     """``starts``/``ts_ns``/``values``: series sorted by (transformer, time); ``limits`` per transformer."""
     n = len(starts) - 1
     level = np.empty(n)

@@ -11,6 +11,8 @@ import math
 import numpy as np
 from numba import njit
 
+from wulian.core.timebase import NS_PER_DAY as _DAY_NS  # a compile-time constant in the kernels
+
 # Nominal voltage classes (GB/T 12325-2008); their deviation bands are core.grid.limits.
 VC_220V = 0  # 220 V single-phase
 VC_20KV = 1  # 20 kV and below, three-phase
@@ -26,7 +28,6 @@ B_OVERLOAD = 32
 B_LOW_PF = 64
 B_COLLAPSE = 128  # every present phase below the collapse fraction of nominal: interruption
 
-_DAY_NS = 86_400_000_000_000
 _HOUR_NS = 3_600_000_000_000
 
 

@@ -11,6 +11,8 @@ import math
 import numpy as np
 from numba import njit
 
+from wulian.core.timebase import NS_PER_DAY as _DAY_NS  # a compile-time constant in the kernels
+
 # Per-reading classification.
 C_OK = 0
 C_FIRST = 1  # first reading of the meter in this batch: baseline only
@@ -22,7 +24,6 @@ C_DUPLICATE = 6  # same or earlier time than the previous reading: ignored
 C_JUMP = 7  # forward step beyond the meter's plausible rate: no consumption, new baseline
 C_MISSING = 8  # NaN register value: ignored
 
-_DAY_NS = 86_400_000_000_000
 _HOUR_NS = 3_600_000_000_000
 
 

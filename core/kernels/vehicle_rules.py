@@ -16,6 +16,8 @@ import math
 import numpy as np
 from numba import njit
 
+from wulian.core.timebase import NS_PER_DAY as _DAY_NS  # a compile-time constant in the kernels
+
 # Rule codes (mirrored by core.vehicles.rules.Rule).
 R_OVERSPEED = 1  # value: max speed km/h
 R_FATIGUE = 2  # continuous driving over the limit; value: max continuous driving h
@@ -32,7 +34,6 @@ R_NIGHT_BAN = 10  # moving in a local night-ban window of its class; value: max 
 VF_HAZMAT = 2  # hazardous-goods truck: restricted-area polygons apply
 
 _EARTH_KM = 6371.0088  # IUGG mean Earth radius
-_DAY_NS = 86_400_000_000_000
 _HOUR_NS = 3_600_000_000_000
 _DEG = math.pi / 180.0
 

@@ -12,11 +12,8 @@ from enum import IntEnum
 import numpy as np
 
 from wulian.core.kernels import meter_registers as k
+from wulian.core.timebase import CHINA_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR, NS_PER_MIN
 
-_MIN = 60 * 10**9
-_HOUR = 3600 * 10**9
-CHINA_UTC_OFFSET_NS = 8 * _HOUR  # core.const.CHINA_TZ (Asia/Shanghai): fixed +8 h, no DST since 1991
-DAY_NS = 24 * _HOUR
 
 
 class Code(IntEnum):
@@ -93,10 +90,10 @@ class MeterTable:
 class ConsumptionParams:
     jitter: float = 1e-3  # a backwards step this small reads as no consumption (below register resolution)
     reset_below: float = 10.0  # a register falling below this is taken as a new meter starting
-    slot_ns: int = 15 * _MIN  # collection slot: 96 readings a day
-    night_from_ns: int = 2 * _HOUR  # minimum night flow window, China time
-    night_to_ns: int = 4 * _HOUR
-    utc_offset_ns: int = CHINA_UTC_OFFSET_NS
+    slot_ns: int = 15 * NS_PER_MIN  # collection slot: 96 readings a day
+    night_from_ns: int = 2 * NS_PER_HOUR  # minimum night flow window, China time
+    night_to_ns: int = 4 * NS_PER_HOUR
+    utc_offset_ns: int = CHINA_OFFSET_NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +126,6 @@ def daily_records(c: Consumption, meter_ids=None) -> list[dict]:
     return rows
 
 
-def china_day(ts_ns, utc_offset_ns: int = CHINA_UTC_OFFSET_NS):
-    return (np.asarray(ts_ns, np.int64) + utc_offset_ns) // DAY_NS
-
-
 def consumption(readings: MeterReadings, meters: MeterTable, day0: int, n_days: int,
                 params: ConsumptionParams = ConsumptionParams()) -> Consumption:
     n = len(readings)
@@ -161,7 +154,7 @@ def consumption_numpy(readings: MeterReadings, meters: MeterTable, day0: int, n_
     code = np.full(len(r), Code.OK, np.int8)
     code[readings.starts[:-1][np.diff(readings.starts) > 0]] = Code.FIRST
     d = np.diff(r)
-    dt_h = np.diff(ts) / _HOUR
+    dt_h = np.diff(ts) / NS_PER_HOUR
     same = m[1:] == m[:-1]
     mod = np.asarray(meters.modulus, np.float64)[m[1:]]
     rate = np.asarray(meters.max_rate_per_h, np.float64)[m[1:]]
@@ -180,10 +173,10 @@ def consumption_numpy(readings: MeterReadings, meters: MeterTable, day0: int, n_
 
     local = ts + params.utc_offset_ns
     size = n_m * n_days
-    day_r = local // DAY_NS - day0
+    day_r = local // NS_PER_DAY - day0
     ok_r = ~np.isnan(r) & (day_r >= 0) & (day_r < n_days)
     slots = np.bincount(m[ok_r] * n_days + day_r[ok_r], minlength=size)
-    day_i = (ts[1:] - 1 + params.utc_offset_ns) // DAY_NS - day0
+    day_i = (ts[1:] - 1 + params.utc_offset_ns) // NS_PER_DAY - day0
     in_i = same & (day_i >= 0) & (day_i < n_days) & ~np.isnan(r[1:])
     good = in_i & ~np.isnan(delta)
     cell = m[1:] * n_days + day_i
@@ -201,8 +194,8 @@ def consumption_numpy(readings: MeterReadings, meters: MeterTable, day0: int, n_
             out[cells[first]] = np.minimum.reduceat(rt[idx], first)
         return out
 
-    t0 = local[:-1] % DAY_NS
-    night = (good & ((local[:-1] // DAY_NS - day0) == day_i) & (t0 >= params.night_from_ns)
+    t0 = local[:-1] % NS_PER_DAY
+    night = (good & ((local[:-1] // NS_PER_DAY - day0) == day_i) & (t0 >= params.night_from_ns)
              & (t0 + np.diff(ts) <= params.night_to_ns))
     shape = (n_m, n_days)
     return Consumption(day0, out_delta, code, day_sum.reshape(shape), slots.reshape(shape).astype(np.int32),

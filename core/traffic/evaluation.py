@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wulian.core.traffic.forecaster import NS_PER_S, TrafficForecaster, TrafficForecastParams, time_slots, warm_up
+from wulian.core.timebase import NS_PER_S
+from wulian.core.traffic.forecaster import TrafficForecaster, TrafficForecastParams, time_slots, warm_up
 from wulian.core.traffic.incidents import IncidentParams, evaluate_incidents, learn_bands
 
 N_IN = 12

@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from wulian.core.kernels import traffic_forecast as kern
+# NS_PER_S and SECONDS_PER_DAY are imported from here by core.traffic.incidents
+from wulian.core.timebase import CHINA_OFFSET_S, NS_PER_S
+from wulian.core.timebase import S_PER_DAY as SECONDS_PER_DAY
 
-NS_PER_S = 1_000_000_000
-SECONDS_PER_DAY = 86_400
 FORMAT_VERSION = 1
 
 
@@ -40,7 +41,7 @@ class TrafficForecastParams:
     weekend_profile: bool = True  # separate weekday / weekend profiles (falls back when a type is missing)
     val_fraction: float = 0.2  # tail of the training rows used to choose the shrinkage
     lambdas: tuple[float, ...] = (1e2, 1e3, 1e4, 1e5, 1e6)  # shrinkage grid towards the pooled fit
-    utc_offset_s: int = 8 * 3600  # local time of the roads (China, CHINA_TZ has no DST)
+    utc_offset_s: int = CHINA_OFFSET_S  # local time of the roads (China)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wulian.core.const import SYSTEM_RULE_BASE
-from wulian.core.traffic.forecaster import NS_PER_S, TrafficForecaster, TrafficForecastParams
+from wulian.core.timebase import CHINA_OFFSET_S, NS_PER_S
+from wulian.core.traffic.forecaster import TrafficForecaster, TrafficForecastParams
 from wulian.core.traffic.incidents import IncidentDetector, IncidentParams, learn_bands
 
-# Alert rule id of "traffic incident" (system rules sit above the user rules' identity range).
-TRAFFIC_INCIDENT_RULE_ID = SYSTEM_RULE_BASE + 1
-TRAFFIC_INCIDENT_TITLE = "traffic incident"
 MPH_TO_KMH = 1.609344
 # Flow has no congested regime of its own in the model: one coefficient set (a drop no series reaches).
 _ONE_REGIME = 1e12
@@ -38,7 +35,7 @@ class OnlineParams:
     backfill_bins: int = 36  # bins forecast on a region's first run (3 h: the detector needs a past)
     max_bins_per_run: int = 288  # catch-up bound after an outage: only the newest day is forecast
     lag_s: int = 60  # a bin is complete this long after its end (late messages first)
-    utc_offset_s: int = 8 * 3600  # local time of the roads for the time-of-day profile (China)
+    utc_offset_s: int = CHINA_OFFSET_S  # local time of the roads for the time-of-day profile (China)
     regime_drop_kmh: float = 8.0
     min_drop_kmh: float = 24.0
     incident_horizon: int = 3  # residual against the forecast issued this many steps earlier

@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from wulian.core.kernels.vehicle_rules import vehicle_day_stats
-from wulian.core.vehicles.rules import CHINA_UTC_OFFSET_NS, Events, Fleet, Rule, Tracks
-
-_DAY = 86_400 * 10**9
+from wulian.core.timebase import CHINA_OFFSET_NS, china_day
+from wulian.core.vehicles.rules import Events, Fleet, Rule, Tracks
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +39,7 @@ class KpiParams:
     drift_kmh: float = 160.0
     drift_relocate: int = 3
     complete_step_km: float = 1.0
-    utc_offset_ns: int = CHINA_UTC_OFFSET_NS
+    utc_offset_ns: int = CHINA_OFFSET_NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +87,6 @@ def kpi_records(k: GroupKpis, group_ids=None) -> list[dict]:
             row.update({n: (None if np.isnan(x := getattr(k, n)[g, d]) else float(x)) for n in names})
             rows.append(row)
     return rows
-
-
-def china_day(ts_ns, utc_offset_ns: int = CHINA_UTC_OFFSET_NS):
-    """Day number (since 1970-01-01) of a China-time instant; arrays or ints."""
-    return (np.asarray(ts_ns, np.int64) + utc_offset_ns) // _DAY
 
 
 def day_stats(tracks: Tracks, day0: int, n_days: int, params: KpiParams = KpiParams()) -> DayStats:
@@ -150,7 +144,7 @@ def _ratio(num, den):
 
 
 def group_kpis(stats: DayStats, fleet: Fleet, events: Events | None, by: str = "enterprise",
-               utc_offset_ns: int = CHINA_UTC_OFFSET_NS) -> GroupKpis:
+               utc_offset_ns: int = CHINA_OFFSET_NS) -> GroupKpis:
     """Aggregate ``stats`` (and ``events``) per group (``by`` = "enterprise" or "region") and day."""
     key = np.asarray(getattr(fleet, by), np.int64)
     n_groups = int(key.max()) + 1 if len(key) else 0

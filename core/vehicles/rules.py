@@ -15,11 +15,9 @@ import numpy as np
 
 from wulian.core.kernels import vehicle_rules as k
 from wulian.core.vehicles.jt808_bits import DEFAULT_EDITION, EDITIONS, bit_of, mask_for
+from wulian.core.timebase import CHINA_OFFSET_NS, NS_PER_HOUR, NS_PER_MIN
 from wulian.core.vehicles.regulations import VehicleClass, class_of, local_scope, scope
 
-_MIN = 60 * 10**9
-_HOUR = 3600 * 10**9
-CHINA_UTC_OFFSET_NS = 8 * _HOUR  # core.const.CHINA_TZ (Asia/Shanghai): fixed +8 h, no DST since 1991
 
 
 class Rule(IntEnum):
@@ -44,7 +42,7 @@ def parse_window(text: str) -> tuple[int, int]:
     if not m:
         raise ValueError(f"night ban window {text!r}: expected HH:MM-HH:MM")
     h0, m0, h1, m1 = (int(g) for g in m.groups())
-    lo, hi = (h0 * 60 + m0) * _MIN, (h1 * 60 + m1) * _MIN
+    lo, hi = (h0 * 60 + m0) * NS_PER_MIN, (h1 * 60 + m1) * NS_PER_MIN
     if lo == hi:
         raise ValueError(f"night ban window {text!r} is empty")
     return lo, hi
@@ -63,22 +61,22 @@ class RuleParams:
     night_factor: float = 0.8  # in scope, 22:00-06:00 China time the limit is 80 % of the day limit
     overspeed_min_ns: int = 60 * 10**9  # sustained over the limit at least this long
     moving_kmh: float = 5.0  # above this the vehicle is driving (GNSS jitter stays below)
-    max_gap_ns: int = 5 * _MIN  # longer silences are judged by displacement, and break runs
-    fatigue_day_ns: int = 4 * _HOUR  # more than 4 h continuous driving (every class)
-    fatigue_night_ns: int = 2 * _HOUR  # in scope, more than 2 h at night (22:00-06:00)
-    rest_min_ns: int = 20 * _MIN  # a rest of at least 20 min resets continuous driving
-    drive_24h_ns: int = 8 * _HOUR  # in scope, more than 8 h of driving in any 24 h
-    night_ban_from_ns: int = 2 * _HOUR  # long-distance coaches stop 02:00 ...
-    night_ban_to_ns: int = 5 * _HOUR  # ... until 05:00 (exclusive)
-    offline_ns: int = 10 * _MIN  # silence longer than this ...
+    max_gap_ns: int = 5 * NS_PER_MIN  # longer silences are judged by displacement, and break runs
+    fatigue_day_ns: int = 4 * NS_PER_HOUR  # more than 4 h continuous driving (every class)
+    fatigue_night_ns: int = 2 * NS_PER_HOUR  # in scope, more than 2 h at night (22:00-06:00)
+    rest_min_ns: int = 20 * NS_PER_MIN  # a rest of at least 20 min resets continuous driving
+    drive_24h_ns: int = 8 * NS_PER_HOUR  # in scope, more than 8 h of driving in any 24 h
+    night_ban_from_ns: int = 2 * NS_PER_HOUR  # long-distance coaches stop 02:00 ...
+    night_ban_to_ns: int = 5 * NS_PER_HOUR  # ... until 05:00 (exclusive)
+    offline_ns: int = 10 * NS_PER_MIN  # silence longer than this ...
     offline_km: float = 2.0  # ... ending this far away is an offline displacement
     route_tol_km: float = 0.5  # farther than this from the route is a deviation ...
-    route_min_ns: int = 2 * _MIN  # ... when it lasts at least this long
-    parking_max_ns: int = 2 * _HOUR  # stopped for longer is overtime parking
+    route_min_ns: int = 2 * NS_PER_MIN  # ... when it lasts at least this long
+    parking_max_ns: int = 2 * NS_PER_HOUR  # stopped for longer is overtime parking
     default_edition: int = DEFAULT_EDITION  # JT/T 808 table for positions and vehicles of unknown edition
     extra_scope: tuple[tuple[str, frozenset[int]], ...] = ()  # rule key -> classes a local rule adds
     local_night_bans: tuple[tuple[int, int, int], ...] = ()  # (class, from, to) China time of day, ns
-    utc_offset_ns: int = CHINA_UTC_OFFSET_NS
+    utc_offset_ns: int = CHINA_OFFSET_NS
 
     def __post_init__(self) -> None:
         if self.default_edition not in EDITIONS:

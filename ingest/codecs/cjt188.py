@@ -13,9 +13,10 @@ meter's error reply, never as a short data reply.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from wulian.core.model import Decoded, Reading
+from wulian.core.timebase import CHINA_TZ  # meter clocks run on China time
 from wulian.ingest.codecs.errors import CodecError, parse_hex
 
 METER_TYPES = {
@@ -43,7 +44,6 @@ REPLY_BIT = 0x80  # D7: frame from the meter
 ABNORMAL_BIT = 0x40  # D6: 通讯异常, the meter could not carry out the request
 FUNCTION_MASK = 0x3F  # D5..D0
 
-_CHINA = timezone(timedelta(hours=8))  # meter clocks run on China time (Asia/Shanghai, no DST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +181,7 @@ def _meter_time(raw: bytes) -> datetime | None:
     try:
         ss, mm, hh, dd, mo = (_bcd(raw[k : k + 1]) for k in range(5))
         year = _bcd(raw[5:7])
-        return datetime(year, mo, dd, hh, mm, ss, tzinfo=_CHINA)
+        return datetime(year, mo, dd, hh, mm, ss, tzinfo=CHINA_TZ)
     except (CodecError, ValueError):
         return None
 
@@ -290,7 +290,7 @@ def encode_volume_reply(meter_type: int, address: str, current: float, settlemen
     if meter_time is None:
         clock = bytes(7)
     else:
-        t = meter_time.astimezone(_CHINA)
+        t = meter_time.astimezone(CHINA_TZ)
         clock = b"".join(_to_bcd(x, 1) for x in (t.second, t.minute, t.hour, t.day, t.month))
         clock += _to_bcd(t.year, 2)
     payload = (_to_bcd(round(current * 100), 4) + b"\x2c" + _to_bcd(round(settlement * 100), 4)

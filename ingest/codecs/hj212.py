@@ -32,6 +32,7 @@ from math import isfinite
 from wulian.core.const import DATA_FLAGS, FLAG_NORMAL, HJ212_2005_AIR_FLAGS, UNKNOWN_FLAG, VALID_FLAGS
 from wulian.core.kernels.checksums import crc_hj212, crc_modbus
 from wulian.core.model import Decoded, Reading
+from wulian.core.timebase import CHINA_OFFSET_NS, NS_PER_MS, NS_PER_S, china_fields, china_midnight_ns, is_date
 from wulian.ingest.codecs import hj212_codes
 from wulian.ingest.codecs.errors import CodecError
 
@@ -53,8 +54,6 @@ META_FIELDS = frozenset({"Flag", "EFlag", "SampleTime", "Info", "InfoId", "SN", 
 _HEX4 = re.compile(rb"[0-9A-Fa-f]{4}")
 _DIGITS4 = re.compile(rb"[0-9]{4}")
 _HEAD_ITEM = re.compile(r"([^;=]+)=([^;]*)")
-_NS = 1_000_000_000
-_CHINA_OFFSET_NS = 8 * 3600 * _NS
 
 
 @dataclass(slots=True)
@@ -331,29 +330,11 @@ def split_packets(buffer: bytes, *, max_length: int = MAX_LENGTH) -> tuple[list[
 
 # --- readings ------------------------------------------------------------------------------------
 
-def _days_from_civil(y: int, m: int, d: int) -> int:
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
-    y -= m <= 2
-    era = (y if y >= 0 else y - 399) // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
-_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
 @lru_cache(maxsize=1024)
 def _china_day_ns(ymd: str) -> int:
     """UTC ns of 00:00 China time on YYYYMMDD, or -1 when not a date."""
     y, m, d = int(ymd[:4]), int(ymd[4:6]), int(ymd[6:8])
-    if not 1 <= m <= 12:
-        return -1
-    leap = m == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
-    if not 1 <= d <= _MONTH_DAYS[m - 1] + leap:
-        return -1
-    return _days_from_civil(y, m, d) * 86400 * _NS - _CHINA_OFFSET_NS
+    return china_midnight_ns(y, m, d) if is_date(y, m, d) else -1
 
 
 def china_time_ns(text: str) -> int | None:
@@ -366,26 +347,14 @@ def china_time_ns(text: str) -> int | None:
     if day < 0 or hh > 23 or mm > 59 or ss > 59:
         return None
     ms = int(text[14:17]) if len(text) == 17 else 0
-    return day + ((hh * 60 + mm) * 60 + ss) * _NS + ms * 1_000_000
+    return day + ((hh * 60 + mm) * 60 + ss) * NS_PER_S + ms * NS_PER_MS
 
 
 def format_china_time(ts_ns: int, *, millis: bool = False) -> str:
     """HJ 212 time text (YYYYMMDDhhmmss, or the 17-digit QN form with ``millis``) for UTC ns."""
-    local_ns = ts_ns + _CHINA_OFFSET_NS
-    days, rem = divmod(local_ns, 86400 * _NS)
-    # civil_from_days (inverse of _days_from_civil)
-    z = days + 719468
-    era = (z if z >= 0 else z - 146096) // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + (3 if mp < 10 else -9)
-    y = yoe + era * 400 + (m <= 2)
-    secs, sub = divmod(rem, _NS)
-    text = f"{y:04d}{m:02d}{d:02d}{secs // 3600:02d}{secs // 60 % 60:02d}{secs % 60:02d}"
-    return text + f"{sub // 1_000_000:03d}" if millis else text
+    y, m, d, hh, mm, ss, sub = china_fields(ts_ns)
+    text = f"{y:04d}{m:02d}{d:02d}{hh:02d}{mm:02d}{ss:02d}"
+    return text + f"{sub // NS_PER_MS:03d}" if millis else text
 
 
 def qn_time_ns(qn: str | None) -> int | None:
@@ -733,5 +702,5 @@ def decode_cli(text: str) -> dict:
 
 
 def _iso(ts_ns: int) -> str:
-    t = format_china_time(ts_ns - _CHINA_OFFSET_NS, millis=True)
+    t = format_china_time(ts_ns - CHINA_OFFSET_NS, millis=True)
     return f"{t[:4]}-{t[4:6]}-{t[6:8]}T{t[8:10]}:{t[10:12]}:{t[12:14]}.{t[14:]}Z"

@@ -31,13 +31,12 @@ from functools import lru_cache
 
 from wulian.core.kernels.checksums import xor_bytes
 from wulian.core.model import Decoded, Position
+from wulian.core.timebase import NS_PER_S, china_fields, china_midnight_ns, is_date
 from wulian.core.vehicles.jt808_bits import ALARM_BITS
 from wulian.ingest.codecs.errors import CodecError, parse_hex
 
 MAX_FRAME = 2 + 2 * (17 + 4 + 1023 + 1)  # longest legal frame with every byte escaped
 REPAIR_BARE_7D_CHECK = "bare_7d_check"  # the check code 0x7D sent as is, not escaped as 7D 01
-_NS = 1_000_000_000
-_CHINA_OFFSET_NS = 8 * 3600 * _NS
 
 _HEAD = struct.Struct(">HH")
 _HEAD_2013 = struct.Struct(">HH6sH")
@@ -273,16 +272,7 @@ def _bcd_day_ns(yymmdd: bytes) -> int:
     if yy < 0 or m < 0 or d < 0:
         return -2
     y = 2000 + yy
-    if not 1 <= m <= 12:
-        return -1
-    days_in = (31, 29 if y % 4 == 0 else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[m - 1]
-    if not 1 <= d <= days_in:
-        return -1
-    # days from civil (2000..2099 only, so no century rule beyond y % 4 is needed)
-    yy = y - (m <= 2)
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    days = yy * 365 + yy // 4 - yy // 100 + yy // 400 + doy - 719468
-    return days * 86400 * _NS - _CHINA_OFFSET_NS
+    return china_midnight_ns(y, m, d) if is_date(y, m, d) else -1
 
 
 def bcd_time_ns(bcd: bytes) -> int:
@@ -290,7 +280,7 @@ def bcd_time_ns(bcd: bytes) -> int:
     day = _bcd_day_ns(bcd[:3])
     hh, mm, ss = _BCD[bcd[3]], _BCD[bcd[4]], _BCD[bcd[5]]
     if day >= 0 and 0 <= hh <= 23 and 0 <= mm <= 59 and 0 <= ss <= 59:
-        return day + ((hh * 60 + mm) * 60 + ss) * _NS
+        return day + ((hh * 60 + mm) * 60 + ss) * NS_PER_S
     if day == -2 or min(hh, mm, ss) < 0:
         raise CodecError("bad_bcd", f"time {bcd.hex()}")
     raise CodecError("bad_time", f"time {bcd.hex()}")
@@ -641,20 +631,10 @@ def encode(
 
 
 def _bcd_time(ts_ns: int) -> bytes:
-    local = (ts_ns + _CHINA_OFFSET_NS) // _NS
-    days, secs = divmod(local, 86400)
-    z = days + 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + (3 if mp < 10 else -9)
-    y = yoe + era * 400 + (m <= 2)
+    y, m, d, hh, mm, ss, _ = china_fields(ts_ns)
     if not 2000 <= y <= 2099:
         raise CodecError("bad_time", f"year {y} outside BCD YY")
-    return bytes.fromhex(f"{y % 100:02d}{m:02d}{d:02d}{secs // 3600:02d}{secs // 60 % 60:02d}{secs % 60:02d}")
+    return bytes.fromhex(f"{y % 100:02d}{m:02d}{d:02d}{hh:02d}{mm:02d}{ss:02d}")
 
 
 def item(item_id: int, value: bytes) -> bytes:

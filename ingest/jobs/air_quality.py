@@ -23,19 +23,14 @@ from wulian.core.environment.aqi_series import (
     heavy_pollution_warnings,
     hourly_indicators,
 )
-from wulian.core.environment.editions import NS_PER_DAY, NS_PER_HOUR
+from wulian.core.timebase import NS_PER_DAY, NS_PER_HOUR
 from wulian.core.environment.metric_names import air_metric
 from wulian.core.environment.online import episode_actions
 from wulian.core.environment.system_rules import HEAVY_POLLUTION
 from wulian.core.environment.tables import AQI_CATEGORIES, INDICATORS
-from wulian.ingest.jobs.env_common import (
-    windowed_run,
-    apply_actions,
-    hourly_grid,
-    jdump,
-    ns_to_dt,
-    target,
-)
+from wulian.core.timebase import ns_to_dt
+from wulian.ingest.alert_store import apply_actions
+from wulian.ingest.jobs.env_common import EnvJob, hourly_grid, jdump, target
 from wulian.settings import Settings
 
 _STATION_COLS = ("time, device, edition, aqi, level, category, color, primary_pollutants, iaqi, concentrations,"
@@ -71,19 +66,20 @@ def _record(grid: AqiGrid, ind: np.ndarray, s: int, p: int) -> tuple:
             jdump(iaqi), jdump(conc), int(grid.n_missing[s, p]), bool(grid.publishable[s, p]))
 
 
-class AirQualityJob:
+class AirQualityJob(EnvJob):
     name = "air_quality"
+    stream = Stream.AIR.value
+    counters = ("stations", "hourly_rows", "daily_rows", "city_rows", "alerts_raised", "alerts_cleared")
 
     def __init__(self, cfg: AirJobConfig = AirJobConfig()) -> None:
-        self.cfg = cfg
-        self.interval_s = cfg.interval_s
+        super().__init__(cfg)
 
-    async def run_once(self, pool, now_ns: int) -> dict:
-        lookback = 24 + max(self.cfg.heavy_hours, 1)  # 24-h moving means, then the warning's hours
-        return await windowed_run(pool, self.name, now_ns, self.cfg, lookback_h=lookback, stream=Stream.AIR.value,
-                                  mapper=lambda m, d: air_metric(m), compute=self._compute,
-                                  counters=("stations", "hourly_rows", "daily_rows", "city_rows", "alerts_raised",
-                                            "alerts_cleared"))
+    @property
+    def lookback_h(self) -> int:
+        return 24 + max(self.cfg.heavy_hours, 1)  # 24-h moving means, then the warning's hours
+
+    def metric_role(self, metric, dev):
+        return air_metric(metric)
 
     async def _compute(self, con, devices, samples, window, stats) -> None:
         grid, uploaded = hourly_grid(samples, window)

@@ -1,5 +1,6 @@
-"""Database glue shared by the environment jobs (source_hourly, air_quality, water_quality): registry
-rows, raw readings as struct-of-arrays, alert actions, upserts. Not a job itself (no ``create``)."""
+"""The environment jobs' shape (source_hourly, air_quality, water_quality): ``EnvJob`` on the job framework
+(ingest.jobs.base), registry rows, raw readings as struct-of-arrays, hourly grids, alert targets. Not a
+job itself (no ``create``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -10,11 +11,12 @@ import numpy as np
 import orjson
 
 from wulian.core.environment.metric_names import AVG, MetricRole
-from wulian.core.environment.online import AlertAction, RunWindow, plan_window, split_avg, uploaded_hourly
-from wulian.core.environment.system_rules import SystemRule
+from wulian.core.alarms.system_rules import SystemRule
+from wulian.core.environment.online import RunWindow, plan_window, split_avg, uploaded_hourly
 from wulian.core.environment.validity import HourlyGrid, aggregate_hourly, valid_mask
-from wulian.ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
-from wulian.ingest.jobs.base import dt_to_ns, get_watermark, ns_to_dt, set_watermark
+from wulian.core.timebase import ns_to_dt
+from wulian.ingest.alert_store import AlertTarget, target_of
+from wulian.ingest.jobs.base import Done, WindowedJob
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,88 +106,49 @@ def hourly_grid(s: Samples, window: RunWindow, min_minutes: int = 45) -> tuple[H
     return grid, uploaded_hourly(s.keys, s.ts, s.values, s.valid, hourly, window.t0_ns, n_keys, window.n_hours)
 
 
-async def open_window(con: asyncpg.Connection, job: str, now_ns: int, cfg, lookback_h: int) -> RunWindow | None:
-    upto = await con.fetchval("SELECT upto FROM job_watermarks WHERE job = $1", job)
-    return plan_window(None if upto is None else dt_to_ns(upto), now_ns, lag_s=cfg.lag_s,
-                       backfill_h=cfg.backfill_h, max_span_h=cfg.max_span_h, lookback_h=lookback_h)
-
-
-async def close_window(con: asyncpg.Connection, job: str, window: RunWindow, stats: dict) -> None:
-    await set_watermark(con, job, ns_to_dt(window.end_ns), orjson.dumps(stats).decode())
-
-
 def target(rule: SystemRule, dev: EnvDevice, metric: str, detail: str = "") -> AlertTarget:
     title = f"{rule.title}: {dev.device_id}" + (f" {metric}" if metric else "") + (f" ({detail})" if detail else "")
-    return AlertTarget(rule.rule_id, dev.id, dev.device_id, dev.region, dev.stream, metric, rule.severity, title)
-
-
-_SAME_EPISODE = ("SELECT state FROM alerts WHERE rule_id = $1 AND device = $2 AND metric = $3"
-                 " AND raised_at = timestamptz 'epoch' + ($4::bigint / 1000) * interval '1 microsecond'"
-                 " ORDER BY id DESC LIMIT 1")
-
-
-async def raise_once(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value: float | None,
-                     lower_is_worse: bool = False) -> bool:
-    """Raise the alert of an episode confirmed at ``ts_ns`` unless that very episode already has one
-    (a re-run over the same hours, or a later run of an ongoing episode: then only its peak/last value
-    is updated). Returns True if an alert was opened."""
-    state = await con.fetchval(_SAME_EPISODE, t.rule_id, t.device, t.metric, ts_ns)
-    if state is not None:
-        if state in ("active", "acknowledged"):
-            await update_alert(con, t, ts_ns, value, lower_is_worse)
-        return False
-    if await raise_alert(con, t, ts_ns, value) is not None:
-        return True
-    await update_alert(con, t, ts_ns, value, lower_is_worse)  # an older episode's alert is still open
-    return False
-
-
-async def apply_actions(con: asyncpg.Connection, actions: Sequence[AlertAction],
-                        target_of: Callable[[AlertAction], AlertTarget], lower_is_worse: bool = False) -> dict:
-    """Raise/clear alerts for episode actions; returns counts of alerts opened and cleared."""
-    raised = cleared = 0
-    for a in actions:
-        t = target_of(a)
-        if a.kind == "raise":
-            if await raise_once(con, t, a.ts_ns, a.value, lower_is_worse):
-                raised += 1
-        elif await clear_alert(con, t, a.ts_ns, a.value) is not None:
-            cleared += 1
-    return {"alerts_raised": raised, "alerts_cleared": cleared}
-
-
-def fnum(x) -> float | None:
-    """float or None for NaN/inf (what goes into nullable columns)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
+    return target_of(rule, dev, metric, title)
 
 
 def jdump(obj) -> str:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
-__all__ = ["EnvDevice", "Samples", "load_devices", "load_samples", "hourly_grid", "open_window", "close_window",
-           "target", "apply_actions", "fnum", "jdump", "ns_to_dt", "get_watermark", "windowed_run"]
+class EnvJob(WindowedJob):
+    """An environment job: per run, the window from its watermark (``core.environment.online.plan_window``:
+    whole hours, a China midnight on a first run), the stream's devices and samples (with ``lookback_h``
+    of context), the figures (``counters`` start at 0) and ``await self._compute(con, devices, samples,
+    window, stats)`` when there is data. Subclasses set ``name``, ``stream``, ``counters``, ``cfg`` (lag_s,
+    backfill_h, max_span_h, interval_s) and implement ``lookback_h``, ``metric_role`` and ``_compute``."""
 
+    stream: str
+    counters: tuple[str, ...]
 
-async def windowed_run(pool, job: str, now_ns: int, cfg, *, lookback_h: float, stream: str, mapper,
-                       counters: tuple[str, ...], compute) -> dict:
-    """The shape every environment job runs in: one transaction under the job's advisory lock, the window
-    from its watermark, the stream's devices and samples (with ``lookback_h`` of context), the figures
-    (``counters`` start at 0), ``await compute(con, devices, samples, window, stats)`` when there is data,
-    and the watermark's advance in the same transaction."""
-    async with pool.acquire() as con, con.transaction():
-        await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", job)
-        window = await open_window(con, job, now_ns, cfg, lookback_h=lookback_h)
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.interval_s = cfg.interval_s
+
+    @property
+    def lookback_h(self) -> int:
+        raise NotImplementedError
+
+    def metric_role(self, metric: str, dev: EnvDevice) -> MetricRole | None:
+        raise NotImplementedError
+
+    async def _compute(self, con, devices: list[EnvDevice], samples: Samples, window: RunWindow, stats: dict) -> None:
+        raise NotImplementedError
+
+    async def run_key(self, con: asyncpg.Connection, key: str, watermark_ns: int | None, now_ns: int) -> Done:
+        cfg, lookback_h = self.cfg, self.lookback_h
+        window = plan_window(watermark_ns, now_ns, lag_s=cfg.lag_s, backfill_h=cfg.backfill_h,
+                             max_span_h=cfg.max_span_h, lookback_h=lookback_h)
         if window is None:
-            return {"due": False}
-        devices = await load_devices(con, stream)
-        samples = await load_samples(con, devices, mapper, window.load_from_ns(lookback_h), window.end_ns)
+            return Done(None, {"due": False})
+        devices = await load_devices(con, self.stream)
+        samples = await load_samples(con, devices, self.metric_role, window.load_from_ns(lookback_h), window.end_ns)
         stats = {"from": str(ns_to_dt(window.new_from_ns)), "to": str(ns_to_dt(window.end_ns)),
-                 **dict.fromkeys(counters, 0)}
+                 **dict.fromkeys(self.counters, 0)}
         if samples.series:
-            await compute(con, devices, samples, window, stats)
-        await close_window(con, job, window, stats)
-        return stats
+            await self._compute(con, devices, samples, window, stats)
+        return Done(window.end_ns, stats)

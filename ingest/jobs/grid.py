@@ -16,15 +16,19 @@ import orjson
 from wulian.core.const import INVALID_FLAGS
 from wulian.core.grid.forecast import fit_profile, forecast
 from wulian.core.grid.outage import feeder_outages
-from wulian.core.grid.quality import Bit, GridMeters, GridParams, GridSamples, VoltageClass, day_quality, \
+from wulian.core.grid.quality import GridMeters, GridParams, GridSamples, VoltageClass, day_quality, \
     quality_records, violation_runs
+from wulian.core.grid.system_rules import EPISODES, OUTAGE, TRANSFORMER
 from wulian.core.grid.transformer import trend_warnings
-from wulian.ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, day_date,
-                                       day_start_ns, existing_open, fetch_columns, finite, sync_alert, us)
-from wulian.ingest.jobs.base import WindowedJob
+from wulian.core.numbers import finite_or_none as finite
+from wulian.core.timebase import NS_PER_HOUR as _HOUR
+from wulian.core.timebase import NS_PER_MIN as _MIN
+from wulian.core.timebase import china_day, day_date, day_start_ns
+from wulian.ingest.alert_store import AlertCounts, sync_alert, target_of
+from wulian.ingest.jobs.base import DeviceRef, SpanJob
+from wulian.ingest.jobs.binary_copy import fetch_columns
+from wulian.ingest.jobs.sql import TS_US, US_OF, existing_open, us
 
-_MIN = 60 * 10**9
-_HOUR = 60 * _MIN
 SLOT_NS = 15 * _MIN
 
 # Metric names per quantity: the JSON telemetry's and the DL/T 645 codec's.
@@ -35,25 +39,6 @@ QUANTITIES: dict[str, tuple[str, ...]] = {
     "oil_temp": ("oil_temp",),
 }
 
-# Alert rules of this domain (SYSTEM_RULE_BASE + 200..299): quality episodes by kind with the Bit flags
-# they follow and the shortest duration worth an episode.
-EPISODES: dict[str, tuple[SystemRule, int, int]] = {
-    "voltage": (SystemRule(201, "voltage_deviation", "major", "供电电压偏差超限 supply voltage deviation (GB/T 12325)"),
-                Bit.V_HIGH | Bit.V_LOW, 15 * _MIN),
-    "frequency": (SystemRule(202, "frequency_deviation", "major", "频率偏差超限 frequency deviation (GB/T 15945)"),
-                  Bit.FREQ, 5 * _MIN),
-    "unbalance": (SystemRule(203, "voltage_unbalance", "minor", "三相电压不平衡超限 voltage unbalance (GB/T 15543)"),
-                  Bit.UNBALANCE, 15 * _MIN),
-    "overload": (SystemRule(204, "overload", "major", "过载 current above rating"), Bit.OVERLOAD, 15 * _MIN),
-    "low_pf": (SystemRule(205, "low_power_factor", "warning", "功率因数偏低 low power factor"), Bit.LOW_PF, _HOUR),
-    "collapse": (SystemRule(206, "interruption", "major", "失压 voltage collapse at the meter"), Bit.COLLAPSE, 0),
-}
-OUTAGE = SystemRule(210, "feeder_outage", "critical", "线路停电 feeder outage (all meters silent or collapsed)")
-TRANSFORMER = {
-    "oil_temp": SystemRule(211, "transformer_temperature", "major",
-                           "变压器油温趋近限值 top-oil temperature trending to its limit"),
-    "load_pct": SystemRule(212, "transformer_load", "major", "变压器负载趋近额定 transformer load trending to its rating"),
-}
 _VCLASS = {"220V": VoltageClass.V220, "20kV": VoltageClass.KV20_AND_BELOW, "35kV": VoltageClass.KV35_AND_ABOVE}
 
 _QUALITY_UPSERT = """
@@ -103,7 +88,7 @@ def _num(a: dict, key: str, default: float) -> float:
         return default
 
 
-class GridJob(WindowedJob):
+class GridJob(SpanJob):
     name = "grid"
 
     def __init__(self, interval_s: float = 60.0, lag_s: float = 120.0, backfill_h: float = 48.0,
@@ -215,7 +200,7 @@ class GridJob(WindowedJob):
                           [keys[i][2] for i in take], us([recs[i][4] for i in take]), [recs[i][5] for i in take])
         for i in sorted(take, key=lambda j: recs[j][3]):
             ref, kind, rule, t0, t1, op = recs[i]
-            await sync_alert(con, ref.target(rule), rule, inserted=keys[i] not in known, was_open=known.get(keys[i]),
+            await sync_alert(con, target_of(rule, ref), rule, inserted=keys[i] not in known, was_open=known.get(keys[i]),
                              open_=op, start_ns=t0, end_ns=t1, value=(t1 - t0) / _MIN, counts=counts)
         return len(take)
 
@@ -247,7 +232,7 @@ class GridJob(WindowedJob):
         for i in sorted(take, key=lambda j: recs[j][1]):
             f, t0, t1, op = recs[i]
             ref = refs[head[f]]
-            target = ref.target(OUTAGE, f"feeder.{names[f][1]}", f"{OUTAGE.title}: {names[f][1]}")
+            target = target_of(OUTAGE, ref, f"feeder.{names[f][1]}", f"{OUTAGE.title}: {names[f][1]}")
             await sync_alert(con, target, OUTAGE, inserted=keys[i] not in known, was_open=known.get(keys[i]),
                              open_=op, start_ns=t0, end_ns=t1, value=(t1 - t0) / _MIN, counts=counts)
         return len(take)
@@ -289,7 +274,7 @@ class GridJob(WindowedJob):
                           [r[6] for r in recs])
         for m, quantity, level, _, _, _, warn in recs:
             rule = TRANSFORMER[quantity]
-            await sync_alert(con, refs[m].target(rule, quantity), rule, inserted=False,
+            await sync_alert(con, target_of(rule, refs[m], quantity), rule, inserted=False,
                              was_open=prev.get((refs[m].id, quantity)), open_=warn, start_ns=end_ns, end_ns=end_ns,
                              value=level, counts=counts)
         return len(recs)

@@ -22,11 +22,15 @@ from wulian.core.const import INVALID_FLAGS
 from wulian.core.meters.anomalies import gas_never_stops, night_leak, register_events, zero_consumption
 from wulian.core.meters.consumption import (Code, Consumption, ConsumptionParams, MeterKind, MeterReadings, MeterTable,
                                      consumption, daily_records)
-from wulian.ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, date_day,
-                                       day_date, day_start_ns, fetch_columns, finite, sync_alert, us)
-from wulian.ingest.jobs.base import WindowedJob
+from wulian.core.meters.system_rules import EVENT_RULES, RUN_RULES
+from wulian.core.numbers import finite_or_none as finite
+from wulian.core.timebase import NS_PER_HOUR as _HOUR
+from wulian.core.timebase import china_day, date_day, day_date, day_start_ns
+from wulian.ingest.alert_store import AlertCounts, sync_alert, target_of
+from wulian.ingest.jobs.base import DeviceRef, SpanJob
+from wulian.ingest.jobs.binary_copy import fetch_columns
+from wulian.ingest.jobs.sql import TS_US, US_OF, us
 
-_HOUR = 3600 * 10**9
 
 REGISTERS: dict[str, MeterKind] = {
     "elec_kwh": MeterKind.ELECTRICITY, "energy_active_import_kwh": MeterKind.ELECTRICITY,
@@ -35,23 +39,6 @@ REGISTERS: dict[str, MeterKind] = {
     "heat_kwh": MeterKind.HEAT,
 }
 REPLACED_METRIC = "meter_replaced"
-
-# Alert rules of this domain (SYSTEM_RULE_BASE + 300..399). Register events are instants: a tamper or
-# jump alert stays open for a person to close; a reset is raised and cleared at once (history only).
-EVENT_RULES: dict[Code, tuple[str, SystemRule | None]] = {
-    Code.BACKWARDS: ("backwards", SystemRule(301, "register_backwards", "major",
-                                              "表码倒走 register went backwards (tamper or fault)", auto_clear=False)),
-    Code.RESET: ("reset", SystemRule(302, "meter_reset", "warning", "表码归零 register reset: meter replaced?")),
-    Code.JUMP: ("jump", SystemRule(303, "register_jump", "minor", "表码跳变 implausible register jump",
-                                   auto_clear=False)),
-    Code.REPLACED: ("replaced", None),
-    Code.ROLLOVER: ("rollover", None),
-}
-RUN_RULES: dict[str, SystemRule] = {
-    "zero_consumption": SystemRule(304, "zero_consumption", "warning", "连续零用量 zero consumption for days"),
-    "night_leak": SystemRule(305, "night_leak", "major", "夜间最小流量超限 water leak (minimum night flow)"),
-    "gas_never_stops": SystemRule(306, "gas_never_stops", "critical", "燃气长流 gas flow that never stops"),
-}
 
 _DAILY_UPSERT = """
 INSERT INTO meter_consumption_daily (device, metric, day, consumption, readings, complete, backwards,
@@ -81,7 +68,7 @@ def _num(a: dict, key: str, default: float) -> float:
         return default
 
 
-class MeterJob(WindowedJob):
+class MeterJob(SpanJob):
     name = "meters"
 
     def __init__(self, interval_s: float = 300.0, lag_s: float = 300.0, backfill_h: float = 48.0,
@@ -205,7 +192,7 @@ class MeterJob(WindowedJob):
             if rule is None or key not in inserted:
                 continue
             t = int(ev.ts_ns[i])
-            await sync_alert(con, refs[s_dev[m]].target(rule, s_met[m]), rule, inserted=True, was_open=None,
+            await sync_alert(con, target_of(rule, refs[s_dev[m]], s_met[m]), rule, inserted=True, was_open=None,
                              open_=False, start_ns=t, end_ns=t, value=float(ev.register[i]), counts=counts)
         return len(inserted)
 
@@ -260,7 +247,7 @@ class MeterJob(WindowedJob):
                     " ON CONFLICT (device, metric, kind, start_time) DO UPDATE SET end_time = EXCLUDED.end_time,"
                     " value = EXCLUDED.value, open = true, updated_at = now()",
                     key[0], key[1], kind, start_us, end_us, days)
-                await sync_alert(con, refs[key[0]].target(rule, key[1]), rule, inserted=inserted,
+                await sync_alert(con, target_of(rule, refs[key[0]], key[1]), rule, inserted=inserted,
                                  was_open=not inserted, open_=True, start_ns=start_us * 1000, end_ns=end_us * 1000,
                                  value=days, counts=counts)
                 n += 1
@@ -271,7 +258,7 @@ class MeterJob(WindowedJob):
                     f"UPDATE meter_anomalies SET open = false, updated_at = now() WHERE device = $1 AND metric = $2"
                     f" AND kind = $3 AND start_time = {TS_US.format('$4::int8')}"
                     f" RETURNING {US_OF.format('end_time')} AS e_us, value", dev, metric, k, start_us)
-                await sync_alert(con, refs[dev].target(rule, metric), rule, inserted=False, was_open=True,
+                await sync_alert(con, target_of(rule, refs[dev], metric), rule, inserted=False, was_open=True,
                                  open_=False, start_ns=start_us * 1000, end_ns=row["e_us"] * 1000, value=row["value"],
                                  counts=counts)
                 n += 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wulian.core.const import Stream
-from wulian.core.environment.editions import NS_PER_DAY, NS_PER_HOUR
+from wulian.core.timebase import NS_PER_DAY, NS_PER_HOUR
 from wulian.core.environment.metric_names import source_metric
 from wulian.core.environment.online import episode_actions
 from wulian.core.environment.sources import (
@@ -26,17 +26,10 @@ from wulian.core.environment.sources import (
 )
 from wulian.core.environment.system_rules import BOUNDARY_EXCEEDANCE, LOW_VALID_RATE, SOURCE_EXCEEDANCE
 from wulian.core.environment.validity import HourlyGrid, aggregate_daily, compare_uploaded_hourly
-from wulian.ingest.alert_store import clear_alert
-from wulian.ingest.jobs.env_common import (
-    windowed_run,
-    EnvDevice,
-    apply_actions,
-    fnum,
-    hourly_grid,
-    ns_to_dt,
-    raise_once,
-    target,
-)
+from wulian.core.numbers import finite_or_none as fnum
+from wulian.core.timebase import ns_to_dt
+from wulian.ingest.alert_store import apply_actions, clear_alert, raise_once
+from wulian.ingest.jobs.env_common import EnvDevice, EnvJob, hourly_grid, target
 from wulian.settings import Settings
 
 AUX = ("O2", "flow")
@@ -111,20 +104,22 @@ ON CONFLICT (device, pollutant, start_time) DO UPDATE SET
     limit_value = EXCLUDED.limit_value, basis = EXCLUDED.basis, open = EXCLUDED.open"""
 
 
-class SourceHourlyJob:
+class SourceHourlyJob(EnvJob):
     name = "source_hourly"
+    stream = Stream.POLLUTION.value
+    counters = ("devices", "hourly_rows", "daily_rows", "episodes", "alerts_raised", "alerts_cleared",
+                "uploaded_compared", "uploaded_mismatches")
 
     def __init__(self, cfg: SourceJobConfig = SourceJobConfig()) -> None:
-        self.cfg = cfg
-        self.interval_s = cfg.interval_s
+        super().__init__(cfg)
         self.ref_defaults = {**DEFAULT_REFERENCE_O2, **cfg.reference_o2}
 
-    async def run_once(self, pool, now_ns: int) -> dict:
-        return await windowed_run(pool, self.name, now_ns, self.cfg, lookback_h=max(self.cfg.min_hours, 1),
-                                  stream=Stream.POLLUTION.value, mapper=lambda m, d: source_metric(m, medium(d)),
-                                  compute=self._compute,
-                                  counters=("devices", "hourly_rows", "daily_rows", "episodes", "alerts_raised",
-                                            "alerts_cleared", "uploaded_compared", "uploaded_mismatches"))
+    @property
+    def lookback_h(self) -> int:
+        return max(self.cfg.min_hours, 1)
+
+    def metric_role(self, metric, dev):
+        return source_metric(metric, medium(dev))
 
     async def _compute(self, con, devices, samples, window, stats) -> None:
         cfg = self.cfg

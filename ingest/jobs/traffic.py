@@ -11,9 +11,11 @@ Per region with traffic detectors, each run
    ``traffic_forecasts`` (issued_at = the bin, upserted, so a re-run is a no-op);
 3. feeds each bin's observed speeds with the forecasts issued ``incident_horizon`` bins earlier (from
    this run or from the table) to the incident detector; raises and clears ``traffic_incidents`` rows
-   and their alerts (system rule ``TRAFFIC_INCIDENT_RULE_ID``);
+   and their alerts (built-in rule ``core.traffic.system_rules.TRAFFIC_INCIDENT``);
 4. saves the detector's state with the model and advances the region's watermark
-   (``job_watermarks.job = 'traffic/<region>'``), all in the transaction that wrote the forecasts.
+   (``job_watermarks.job = 'traffic/<region>'``).
+Each region is one unit of the job framework (ingest.jobs.base): steps 1-4 run in one transaction under
+the region's advisory lock.
 A restart reloads the newest model and its detector state from the database; nothing is refitted.
 """
 from __future__ import annotations
@@ -28,19 +30,21 @@ import numpy as np
 import orjson
 
 from wulian.core.const import Stream
+from wulian.core.timebase import NS_PER_US as _US
 from wulian.core.traffic.forecaster import TrafficForecaster
 from wulian.core.traffic.incidents import CLEAR, RAISE, IncidentDetector
+from wulian.core.timebase import dt_to_ns, ns_to_dt
 from wulian.core.traffic.online import (
-    TRAFFIC_INCIDENT_RULE_ID, TRAFFIC_INCIDENT_TITLE, OnlineParams, adjacency_matrix, carry_detector, dense_grid,
-    detector_from_bytes, detector_to_bytes, fit_online, last_complete_bin,
+    OnlineParams, adjacency_matrix, carry_detector, dense_grid, detector_from_bytes, detector_to_bytes, fit_online,
+    last_complete_bin,
 )
-from wulian.ingest.alert_store import AlertTarget, clear_alert, raise_alert, update_alert
-from wulian.ingest.jobs.base import dt_to_ns, ns_to_dt, set_watermark
+from wulian.core.traffic.system_rules import TRAFFIC_INCIDENT
+from wulian.ingest.alert_store import clear_alert, raise_alert, target_of, update_alert
+from wulian.ingest.jobs.base import DeviceRef, Done, WindowedJob
 from wulian.settings import Settings
 
 log = logging.getLogger(__name__)
 JOB = "traffic"
-_US = 1000  # ns per microsecond
 _TS = "timestamptz 'epoch' + ({}::bigint) * interval '1 microsecond'"
 
 # Per (bin, segment) means over a region's detectors; row = bin index from $2, at step $4 seconds.
@@ -85,7 +89,7 @@ def _us(ts_ns: int) -> int:
     return int(ts_ns) // _US
 
 
-class TrafficJob:
+class TrafficJob(WindowedJob):
     """See the module docstring. One instance per ``wulian derive`` process; state lives in the database,
     the instance only caches the newest model per region by its id."""
 
@@ -96,50 +100,48 @@ class TrafficJob:
         self.interval_s = interval_s
         self._models: dict[str, _Model] = {}
 
-    async def run_once(self, pool: asyncpg.Pool, now_ns: int) -> dict:
-        last_bin = last_complete_bin(now_ns, self.params.step_s, self.params.lag_s)
-        async with pool.acquire() as con:
-            regions = [r["region"] for r in await con.fetch(
-                "SELECT DISTINCT region FROM devices WHERE stream = $1 ORDER BY 1", Stream.TRAFFIC.value)]
-        out = {}
-        for region in regions:
-            out[region] = await self._run_region(pool, region, last_bin, now_ns)
+    async def keys(self, con: asyncpg.Connection) -> list[str]:
+        """One watermark per region with traffic detectors."""
+        return [f"{JOB}/{r['region']}" for r in await con.fetch(
+            "SELECT DISTINCT region FROM devices WHERE stream = $1 ORDER BY 1", Stream.TRAFFIC.value)]
+
+    def summary(self, by_key: dict[str, dict]) -> dict:
+        out = {key.split("/", 1)[1]: stats for key, stats in by_key.items()}
         totals = {k: sum(r.get(k, 0) for r in out.values()) for k in ("forecasts", "fitted", "raised", "cleared")}
         return {**totals, "regions": out}
 
     # -- one region ---------------------------------------------------------------------------------
-    async def _run_region(self, pool: asyncpg.Pool, region: str, wall_last_bin: int, now_ns: int) -> dict:
+    async def run_key(self, con: asyncpg.Connection, key: str, watermark_ns: int | None, now_ns: int) -> Done:
         p = self.params
-        key = f"{JOB}/{region}"
+        region = key.split("/", 1)[1]
+        wall_last_bin = last_complete_bin(now_ns, p.step_s, p.lag_s)
         stats: dict = {"fitted": 0, "forecasts": 0, "raised": 0, "cleared": 0, "bins": 0}
-        async with pool.acquire() as con:
-            last_bin = await self._data_last_bin(con, region, wall_last_bin, now_ns)
-            if last_bin is None:
-                stats["waiting"] = "no recent observations"
-                return stats
-            stats["upto"] = ns_to_dt(last_bin).isoformat()
-            head = await con.fetchrow(
-                "SELECT id, data_to, segments, detector FROM traffic_models WHERE region = $1 ORDER BY id DESC LIMIT 1",
-                region)
-            if await self._refit_due(con, region, head, last_bin):
-                t = time.perf_counter()
-                if await self._refit(con, region, head, last_bin):
-                    stats["fitted"] = 1
-                    stats["fit_s"] = round(time.perf_counter() - t, 3)
-            model = await self._load(con, region)
-            if model is None:
-                stats["waiting"] = "not enough history for a first fit"
-                return stats
-            stats["model_id"] = model.id
-            wm = await con.fetchval("SELECT upto FROM job_watermarks WHERE job = $1", key)
-            if wm is None:
-                start = last_bin - (p.backfill_bins - 1) * p.step_ns
-            else:
-                start = max(dt_to_ns(wm) + p.step_ns, last_bin - (p.max_bins_per_run - 1) * p.step_ns)
-            if start > last_bin:
-                return stats
-            await self._forecast_and_detect(con, region, model, start, last_bin, key, stats)
-        return stats
+        last_bin = await self._data_last_bin(con, region, wall_last_bin, now_ns)
+        if last_bin is None:
+            stats["waiting"] = "no recent observations"
+            return Done(None, stats)
+        stats["upto"] = ns_to_dt(last_bin).isoformat()
+        head = await con.fetchrow(
+            "SELECT id, data_to, segments, detector FROM traffic_models WHERE region = $1 ORDER BY id DESC LIMIT 1",
+            region)
+        if await self._refit_due(con, region, head, last_bin):
+            t = time.perf_counter()
+            if await self._refit(con, region, head, last_bin):
+                stats["fitted"] = 1
+                stats["fit_s"] = round(time.perf_counter() - t, 3)
+        model = await self._load(con, region)
+        if model is None:
+            stats["waiting"] = "not enough history for a first fit"
+            return Done(None, stats)
+        stats["model_id"] = model.id
+        if watermark_ns is None:
+            start = last_bin - (p.backfill_bins - 1) * p.step_ns
+        else:
+            start = max(watermark_ns + p.step_ns, last_bin - (p.max_bins_per_run - 1) * p.step_ns)
+        if start > last_bin:
+            return Done(None, stats)
+        await self._forecast_and_detect(con, region, model, start, last_bin, stats)
+        return Done(last_bin, stats)
 
     async def _data_last_bin(self, con: asyncpg.Connection, region: str, wall_last_bin: int, now_ns: int):
         """The newest complete bin by the clock (``lag_s`` after its end), unless the data lag behind it
@@ -182,8 +184,7 @@ class TrafficJob:
         return last_bin - (n_bins - 1) * p.step_ns
 
     async def _refit(self, con: asyncpg.Connection, region: str, head, last_bin: int) -> bool:
-        """Fit on the region's history; insert the model row (its own small transaction). False when the
-        history is still too short."""
+        """Fit on the region's history; insert the model row. False when the history is still too short."""
         p = self.params
         t0 = self._history_start(last_bin)
         rows = await con.fetch(_GRID, region, ns_to_dt(t0), ns_to_dt(last_bin + p.step_ns), float(p.step_s), None)
@@ -255,7 +256,7 @@ class TrafficJob:
 
     # -- forecasts and incidents --------------------------------------------------------------------
     async def _forecast_and_detect(self, con: asyncpg.Connection, region: str, m: _Model, start: int,
-                                   last_bin: int, key: str, stats: dict) -> None:
+                                   last_bin: int, stats: dict) -> None:
         p = self.params
         step = p.step_ns
         n_lags = m.speed.params.n_lags
@@ -336,17 +337,15 @@ class TrafficJob:
                 if s not in raised and np.isfinite(resid[k, s]):
                     ops.append(("touch", s, t, float(resid[k, s]), float(observed[k, s]), float(fc_h[k, s])))
 
-        async with con.transaction():
-            if records:
-                await con.execute(_STAGE)
-                await con.copy_records_to_table("traffic_forecast_stage", records=records)
-                status = await con.execute(_FROM_STAGE)
-                stats["forecasts"] = int(status.split()[-1])
-            if ops:
-                await self._apply(con, region, m, ops, det, stats)
-            await con.execute("UPDATE traffic_models SET detector = $2, detector_upto = $3 WHERE id = $1",
-                              m.id, detector_to_bytes(det), ns_to_dt(last_bin))
-            await set_watermark(con, key, ns_to_dt(last_bin), orjson.dumps(stats).decode())
+        if records:
+            await con.execute(_STAGE)
+            await con.copy_records_to_table("traffic_forecast_stage", records=records)
+            status = await con.execute(_FROM_STAGE)
+            stats["forecasts"] = int(status.split()[-1])
+        if ops:
+            await self._apply(con, region, m, ops, det, stats)
+        await con.execute("UPDATE traffic_models SET detector = $2, detector_upto = $3 WHERE id = $1",
+                          m.id, detector_to_bytes(det), ns_to_dt(last_bin))
 
     async def _apply(self, con: asyncpg.Connection, region: str, m: _Model, ops: list[tuple],
                      det: IncidentDetector, stats: dict) -> None:
@@ -357,9 +356,7 @@ class TrafficJob:
         ip = det.params
         for kind, s, t, r, obs, fc in ops:
             dev = int(m.segments[s])
-            target = AlertTarget(rule_id=TRAFFIC_INCIDENT_RULE_ID, device=dev, device_id=names[dev], region=region,
-                                 stream=Stream.TRAFFIC.value, metric="speed_kmh", severity="major",
-                                 title=TRAFFIC_INCIDENT_TITLE)
+            target = target_of(TRAFFIC_INCIDENT, DeviceRef(dev, names[dev], region, Stream.TRAFFIC.value), "speed_kmh")
             if kind == "raise":
                 started = t - (ip.raise_after - 1) * ip.step_s * 1_000_000_000
                 inc = await con.fetchval(_OPEN, dev, region, _us(started), _us(t), fc, obs, r,

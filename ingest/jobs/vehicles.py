@@ -14,39 +14,27 @@ day the run touched, from the stored violations of those days.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import asyncpg
 import numpy as np
 import orjson
 
+from wulian.core.numbers import finite_or_none as finite
+from wulian.core.timebase import NS_PER_HOUR as _HOUR
+from wulian.core.timebase import as_china, dt_to_ns
+from wulian.core.timebase import china_day, day_date, day_start_ns
 from wulian.core.vehicles.jt808_bits import Clear, bit_of
 from wulian.core.vehicles.kpi import KpiParams, day_stats, group_kpis, kpi_records
 from wulian.core.vehicles.regulations import CLASS_NAMES, VehicleClass
 from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, detect
-from wulian.ingest.jobs.energy_common import (US_OF, TS_US, AlertCounts, DeviceRef, SystemRule, china_day, day_date,
-                                       day_start_ns, existing_open, fetch_columns, finite, sync_alert, us)
-from wulian.ingest.jobs.base import WindowedJob, dt_to_ns
+from wulian.core.vehicles.system_rules import CRITICAL_BITS, RULES
+from wulian.ingest.alert_store import AlertCounts, sync_alert, target_of
+from wulian.ingest.jobs.base import DeviceRef, SpanJob
+from wulian.ingest.jobs.binary_copy import fetch_columns
+from wulian.ingest.jobs.sql import TS_US, US_OF, existing_open, us
 
-_HOUR = 3600 * 10**9
-_CHINA_TZ = timezone(timedelta(hours=8))  # core.const.CHINA_TZ, fixed +8 h
 
-# Alert rules of this domain (SYSTEM_RULE_BASE + 100..199), one per kernel rule.
-RULES: dict[Rule, SystemRule] = {
-    Rule.OVERSPEED: SystemRule(101, "overspeed", "major", "超速 overspeed (sustained over the class limit)"),
-    Rule.FATIGUE: SystemRule(102, "fatigue_driving", "major",
-                             "疲劳驾驶 continuous driving over 4 h (coaches at night: 2 h) without a 20 min rest"),
-    Rule.FATIGUE_24H: SystemRule(103, "driving_24h", "major", "累计驾驶超时 more than 8 h of driving in 24 h"),
-    Rule.NIGHT_COACH: SystemRule(104, "night_coach", "major", "客车凌晨2-5时运行 coach running 02:00-05:00"),
-    Rule.OFFLINE_JUMP: SystemRule(105, "offline_displacement", "minor",
-                                  "离线位移 reappeared far from where it went silent"),
-    Rule.GEOFENCE: SystemRule(106, "geofence_breach", "critical", "危货车辆进入禁行区 hazardous goods in a restricted area"),
-    Rule.ROUTE_DEVIATION: SystemRule(107, "route_deviation", "minor", "路线偏离 fixed-route coach off its route"),
-    Rule.OVERTIME_PARKING: SystemRule(108, "overtime_parking", "warning", "超时停车 overtime parking"),
-    Rule.TERMINAL_ALARM: SystemRule(109, "terminal_alarm", "major", "终端报警 JT/T 808 terminal alarm"),
-    Rule.NIGHT_BAN: SystemRule(110, "night_ban", "major", "夜间禁行 moving in a local night ban of its class"),
-}
-_CRITICAL_BITS = {"emergency", "rollover_warning", "collision_warning", "collision_rollover", "stolen"}
 _KPI_RULES = (Rule.OVERSPEED, Rule.FATIGUE, Rule.NIGHT_COACH)
 UNASSIGNED = "(unassigned)"
 
@@ -80,7 +68,7 @@ def _iso_ns(text) -> int | None:
         dt = datetime.fromisoformat(str(text))
     except (TypeError, ValueError):
         return None
-    return dt_to_ns(dt if dt.tzinfo else dt.replace(tzinfo=_CHINA_TZ))
+    return dt_to_ns(as_china(dt))
 
 
 def build_fleet(rows: list, routes: dict[str, int]) -> tuple[Fleet, list[tuple[str, str]], list[str]]:
@@ -116,7 +104,7 @@ def build_fleet(rows: list, routes: dict[str, int]) -> tuple[Fleet, list[tuple[s
     return fleet, list(ent_keys), list(reg_keys)
 
 
-class VehicleJob(WindowedJob):
+class VehicleJob(SpanJob):
     name = "vehicles"
 
     def __init__(self, interval_s: float = 60.0, lag_s: float = 120.0, context_h: float = 25.0,
@@ -242,10 +230,10 @@ class VehicleJob(WindowedJob):
             title, severity = None, None
             if rule is Rule.TERMINAL_ALARM:
                 name = details["alarm"]
-                severity = "critical" if name in _CRITICAL_BITS else srule.severity
+                severity = "critical" if name in CRITICAL_BITS else srule.severity
                 need = " (cleared after the platform answers)" if details["clear"] == Clear.ANSWER else ""
                 title = f"终端报警 {details['name_zh'] or name} ({name}){need}"
-            await sync_alert(con, ref.target(srule, metric, title, severity), srule, inserted=keys[i] not in known,
+            await sync_alert(con, target_of(srule, ref, metric, title, severity), srule, inserted=keys[i] not in known,
                              was_open=known.get(keys[i]), open_=bool(op), start_ns=t0, end_ns=t1,
                              value=None if rule is Rule.TERMINAL_ALARM else val, counts=counts)
         return len(take)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wulian.core.const import Stream
-from wulian.core.environment.editions import NS_PER_DAY, NS_PER_HOUR, NS_PER_MIN
+from wulian.core.timebase import NS_PER_DAY, NS_PER_HOUR, NS_PER_MIN
 from wulian.core.environment.metric_names import water_metric
 from wulian.core.environment.online import episode_actions
 from wulian.core.environment.pulse import PulseParams, trace_pulses
@@ -24,16 +24,9 @@ from wulian.core.environment.system_rules import POLLUTION_PULSE, WATER_BELOW_TA
 from wulian.core.environment.tables import ROUTINE_WATER_ITEMS
 from wulian.core.environment.water import below_target_episodes, class_name, class_number, classify_grid
 from wulian.core.kernels.hourly_validity import hourly_to_daily
-from wulian.ingest.jobs.env_common import (
-    windowed_run,
-    EnvDevice,
-    apply_actions,
-    hourly_grid,
-    jdump,
-    ns_to_dt,
-    raise_once,
-    target,
-)
+from wulian.core.timebase import ns_to_dt
+from wulian.ingest.alert_store import apply_actions, raise_once
+from wulian.ingest.jobs.env_common import EnvDevice, EnvJob, hourly_grid, jdump, target
 from wulian.settings import Settings
 
 STANDARD = "GB3838-2002"
@@ -84,21 +77,20 @@ def _classes(means: dict[str, np.ndarray], lake: np.ndarray, s: int, p: int, ite
     return int(overall[s, p]), class_name(int(overall[s, p])), jdump(item_class), jdump(vals)
 
 
-class WaterQualityJob:
+class WaterQualityJob(EnvJob):
     name = "water_quality"
+    stream = Stream.WATER.value
+    counters = ("stations", "hourly_rows", "daily_rows", "pulses", "alerts_raised", "alerts_cleared")
 
     def __init__(self, cfg: WaterJobConfig = WaterJobConfig()) -> None:
-        self.cfg = cfg
-        self.interval_s = cfg.interval_s
+        super().__init__(cfg)
 
-    async def run_once(self, pool, now_ns: int) -> dict:
-        cfg = self.cfg
-        return await windowed_run(pool, self.name, now_ns, cfg,
-                                  lookback_h=max(cfg.below_target_hours, cfg.pulse_lookback_h, 1),
-                                  stream=Stream.WATER.value, mapper=lambda m, d: water_metric(m),
-                                  compute=self._compute,
-                                  counters=("stations", "hourly_rows", "daily_rows", "pulses", "alerts_raised",
-                                            "alerts_cleared"))
+    @property
+    def lookback_h(self) -> int:
+        return max(self.cfg.below_target_hours, self.cfg.pulse_lookback_h, 1)
+
+    def metric_role(self, metric, dev):
+        return water_metric(metric)
 
     async def _compute(self, con, devices, samples, window, stats) -> None:
         await self._classes(con, devices, samples, window, stats)

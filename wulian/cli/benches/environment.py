@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 from wulian.core.environment.aqi_series import POLLUTANTS, aqi_arrays, hourly_aqi
-from wulian.core.environment.editions import EDITION_2026_START_NS, NS_PER_HOUR, NS_PER_MIN
+from wulian.core.environment.editions import EDITION_2026_START_NS
+from wulian.core.timebase import NS_PER_HOUR, NS_PER_MIN
 from wulian.core.environment.tables import INDICATORS, ROUTINE_WATER_ITEMS, WATER_ITEMS
 from wulian.core.environment.validity import aggregate_hourly, valid_mask
 from wulian.core.environment.warmup import warmup

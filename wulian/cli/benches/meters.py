@@ -13,11 +13,13 @@ import time
 import numpy as np
 
 from wulian.core.meters import anomalies, collection
-from wulian.core.meters.consumption import (ConsumptionParams, MeterKind, MeterReadings, MeterTable, china_day,
-                                     consumption, consumption_numpy, warm)
+from wulian.core.meters.consumption import (
+    ConsumptionParams, MeterKind, MeterReadings, MeterTable, consumption, consumption_numpy, warm,
+)
+from wulian.core.timebase import NS_PER_S as _S
+from wulian.core.timebase import china_day
 from wulian.cli.benches import emit
 
-_S = 10**9
 _DAY_START = 1_764_086_400 * _S  # 2025-11-26 00:00 China time
 
 

@@ -13,11 +13,12 @@ import time
 import numpy as np
 
 from wulian.core.kernels import vehicle_rules as vk
+from wulian.core.timebase import NS_PER_S as _S
+from wulian.core.timebase import china_day
 from wulian.core.vehicles import kpi as vkpi
 from wulian.core.vehicles.rules import Fleet, Geometry, Rule, RuleParams, Tracks, VehicleClass, detect, warm
 from wulian.cli.benches import emit
 
-_S = 10**9
 _DAY_START = 1_764_086_400 * _S  # 2025-11-26 00:00 China time, a fixed synthetic day
 
 
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     base_s = _interpreted_rules(base_tr, base_fleet, geom, p)
     base_pps = len(base_tr) / base_s
 
-    day0 = int(vkpi.china_day(_DAY_START))
+    day0 = int(china_day(_DAY_START))
     n_days = 2 if args.hours > 0 else 1  # offline gaps push a few points past midnight
     _log("KPIs (numba day statistics + numpy aggregation) ...")
     vkpi.day_stats(_subset(tracks, 1), day0, n_days)  # compile

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from wulian.core.environment.aqi import compute_aqi
 from wulian.core.environment.editions import aqi_edition_for
+from wulian.core.timebase import NS_PER_S, as_china
 from wulian.core.environment.tables import EDITION_2012, EDITION_2026, INDICATORS, UNITS
 
 _EDITIONS = {"2012": EDITION_2012, "2026": EDITION_2026}
@@ -46,10 +47,8 @@ def _edition(args: argparse.Namespace) -> str:
     if args.edition:
         return _EDITIONS[args.edition]
     if args.at:
-        t = datetime.fromisoformat(args.at)
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=timezone(timedelta(hours=8)))  # China time
-        return aqi_edition_for(int(t.timestamp()) * 1_000_000_000)
+        t = as_china(datetime.fromisoformat(args.at))
+        return aqi_edition_for(int(t.timestamp()) * NS_PER_S)
     raise ValueError("give --edition 2012|2026 or --at TIME")
 
 

@@ -132,10 +132,11 @@ def _traffic_replay_args(history_rows: int = 432, replay_rows: int = 150, step_s
     """Los-loop stamped so that 1.5 days of history end 150 five-minute rows before now, replayed at one
     row a second: the forecaster fits on the history, forecasts and detects as the replay arrives, with
     an injected incident 40 rows in, and the last row lands just before now (never in the future)."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    china = timezone(timedelta(hours=8))
-    now = datetime.now(china).replace(second=0, microsecond=0)
+    from wulian.core.timebase import CHINA_TZ
+
+    now = datetime.now(CHINA_TZ).replace(second=0, microsecond=0)
     now -= timedelta(minutes=now.minute % 5)
     start = now - timedelta(seconds=(history_rows + replay_rows + 1) * step_s)
     return ["--start", start.strftime("%Y-%m-%dT%H:%M"), "--rows", str(history_rows + replay_rows),

@@ -9,15 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from wulian.core.timebase import NS_PER_S, as_china
 from wulian.settings import get_settings
 
 
 def _start_ns(text: str) -> int:
     """ISO 8601; without an offset it is China time (the roads' local time)."""
-    t = dt.datetime.fromisoformat(text)
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone(dt.timedelta(hours=8)))
-    return int(t.timestamp()) * 1_000_000_000
+    return int(as_china(dt.datetime.fromisoformat(text)).timestamp()) * NS_PER_S
 
 
 async def _register(dsn: str, region: str, replay) -> dict:
