@@ -11,7 +11,7 @@ from wulian.core.environment.system_rules import HEAVY_POLLUTION
 from wulian.core.grid.system_rules import OUTAGE
 from wulian.core.meters.system_rules import RUN_RULES
 from wulian.core.timebase import NS_PER_HOUR
-from wulian.core.traffic.system_rules import TRAFFIC_INCIDENT
+from wulian.core.traffic.system_rules import TRAFFIC_DETECTOR_FAULT, TRAFFIC_INCIDENT
 from wulian.core.vehicles.rules import Rule
 from wulian.core.vehicles.system_rules import RULES
 from wulian.ingest.derive_service import discover
@@ -24,12 +24,12 @@ RANGES = {"traffic": range(1, 100), "vehicles": range(100, 200), "grid": range(2
 
 def test_builtin_rule_ids_are_stable_and_unique():
     # ids are stored in alert rows: renumbering one would orphan every alert it raised
-    assert TRAFFIC_INCIDENT.rule_id == SYSTEM_RULE_BASE + 1
+    assert TRAFFIC_INCIDENT.rule_id == SYSTEM_RULE_BASE + 1 and TRAFFIC_DETECTOR_FAULT.rule_id == SYSTEM_RULE_BASE + 2
     assert RULES[Rule.OVERSPEED].rule_id == SYSTEM_RULE_BASE + 101
     assert OUTAGE.rule_id == SYSTEM_RULE_BASE + 210
     assert RUN_RULES["night_leak"].rule_id == SYSTEM_RULE_BASE + 305
     assert HEAVY_POLLUTION.rule_id == SYSTEM_RULE_BASE + 703
-    assert len(builtin.BY_ID) == len(builtin.ALL) == len(builtin.BY_NAME) == 32
+    assert len(builtin.BY_ID) == len(builtin.ALL) == len(builtin.BY_NAME) == 33
     for domain, rules in builtin.DOMAINS.items():
         assert all(r.n in RANGES[domain] for r in rules), domain
 

@@ -1,32 +1,35 @@
 """Traffic forecaster, the published evaluation protocol, and incident detection."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from wulian.core.traffic.evaluation import (
+from wulian.core.traffic.forecaster import TrafficForecaster, TrafficForecastParams, build_graph, time_slots
+from wulian.core.traffic.incidents import (
+    CLEAR,
+    FAULT,
+    FAULT_NAMES,
+    RAISE,
+    IncidentDetector,
+    IncidentParams,
+    horizon_forecasts,
+    inject_fault,
+    inject_incident,
+    learn_detector,
+)
+from wulian.core.traffic.protocol import (
+    LOS_UTC_OFFSET_S,
     historical_average,
-    load_dataset,
     los_start_ns,
     persistence_forecast,
     pooled_metrics,
     protocol_windows,
     split_rows,
 )
-from wulian.core.traffic.forecaster import TrafficForecaster, TrafficForecastParams, build_graph, time_slots
-from wulian.core.traffic.incidents import (
-    CLEAR,
-    RAISE,
-    IncidentDetector,
-    IncidentParams,
-    evaluate_incidents,
-    inject_incident,
-    learn_bands,
-    replay,
-)
-from wulian.simulators.los_loop import load_los_loop
+from wulian.simulators.los_loop import load_dataset, load_los_loop
 
 STEP_S = 300
 NS = 1_000_000_000
@@ -180,36 +183,83 @@ def test_graph_normalises_and_ranks_neighbours():
 
 # -- incidents ---------------------------------------------------------------------------------
 
-def test_detector_raises_after_two_low_intervals_and_clears():
-    det = IncidentDetector(np.array([1.0, 1.0]), IncidentParams(band_k=3.0, min_drop=5.0, step_s=STEP_S))
-    ts = np.arange(8, dtype=np.int64) * STEP_S * NS
-    fc = np.full(8, 60.0)
-    obs = np.array([60.0, 50.0, 60.0, 40.0, 42.0, 41.0, 59.0, 58.0])  # one dip, then a jam, then recovery
-    ev = det.update_many(np.zeros(8, np.int32), ts, obs, fc)
-    assert ev.kind.tolist() == [RAISE, CLEAR]
-    assert ev.ts_ns.tolist() == [ts[4], ts[7]]
-    assert ev.residual[0] == pytest.approx(-18.0)
-    assert not det.active.any()
+def chain_detector(n=5, **kw):
+    """A detector on a chain 0-1-2-...: unit error scale, neighbours i-1 and i+1, caps far above."""
+    top = np.array([[max(i - 1, 0), min(i + 1, n - 1)] for i in range(n)], np.int32)
+    params = IncidentParams(k=5.0, k_nb=2.5, min_drop=5.0, nb_min_drop=2.0, step_s=STEP_S, utc_offset_s=0, **kw)
+    return IncidentDetector(np.ones((24, n)), np.full(n, 200.0), top, params)
 
 
-def test_detector_state_round_trip_keeps_an_open_run():
-    params = IncidentParams(band_k=1.0, min_drop=5.0, step_s=STEP_S, raise_after=3)
-    det = IncidentDetector(np.array([2.0, 7.0]), params)
-    det.update_many(np.array([1, 1]), np.array([0, STEP_S * NS]), np.array([40.0, 40.0]), np.array([60.0, 60.0]))
+def feed(det, obs_rows, fc=60.0):
+    """Feed rows of readings [R, N] against a flat forecast; all events, with their rows."""
+    obs = np.asarray(obs_rows, np.float64)
+    ts = np.arange(obs.shape[0], dtype=np.int64) * STEP_S * NS
+    return det.replay(ts, obs, np.full(obs.shape, fc))
+
+
+def wobble(level, rows, seed=0):
+    """Readings that move a little every bin, as a working detector's do."""
+    return level + np.random.default_rng(seed).uniform(-1.0, 1.0, rows)
+
+
+def test_a_flatlined_detector_is_a_fault_not_an_incident():
+    """Stuck at a low reading while its neighbours read normally: a FAULT (flatline), never an incident,
+    however far below the forecast the stuck value is. The earlier detector raised an incident here."""
+    det = chain_detector(flat_bins=4)
+    obs = np.column_stack([wobble(60.0, 10, s) for s in range(5)])
+    obs[2:, 2] = 12.0  # stuck
+    ev = feed(det, obs)
+    assert RAISE not in ev.kind.tolist()
+    faults = ev.kind == FAULT
+    assert ev.segment[faults].tolist() == [2] and FAULT_NAMES[int(ev.code[faults][0])] == "flatline"
+    assert ev.row[faults].tolist() == [5]  # the fourth identical reading
+    assert det.faulty.tolist() == [False, False, True, False, False] and not det.active.any()
+
+
+def test_zero_and_erratic_readings_are_faults():
+    det = chain_detector()
+    obs = np.column_stack([wobble(60.0, 8, s) for s in range(5)])
+    obs[2:, 1] = 0.0  # a dead loop
+    obs[2:, 3] = np.where(np.arange(6) % 2 == 0, 5.0, 70.0)  # jumps of 65 each way, every bin
+    ev = feed(det, obs)
+    assert RAISE not in ev.kind.tolist()
+    got = {int(s): FAULT_NAMES[int(c)] for s, k, c in zip(ev.segment, ev.kind, ev.code) if k == FAULT}
+    assert got == {1: "zero", 3: "erratic"}
+
+
+def test_a_lone_drop_needs_a_neighbour_or_must_last():
+    """A drop on one segment with healthy neighbours is not an incident after two low bins (the earlier
+    detector raised it there); with a neighbour slowing too it is, and alone it is only after
+    ``alone_after`` bins."""
+    rows = 8
+    base = np.column_stack([wobble(60.0, rows, s) for s in range(5)])
+    lone = base.copy()
+    lone[2:, 2] = wobble(30.0, rows - 2, 9)
+    ev = feed(chain_detector(alone_after=4), lone)
+    raised = ev.kind == RAISE
+    assert ev.segment[raised].tolist() == [2] and ev.row[raised].tolist() == [5]  # 4th low bin
+    confirmed = lone.copy()
+    confirmed[3:, 3] = wobble(45.0, rows - 3, 7)  # the upstream neighbour slows a bin later
+    ev = feed(chain_detector(alone_after=4), confirmed)
+    raised = ev.kind == RAISE
+    assert ev.row[raised & (ev.segment == 2)].tolist() == [3]  # 2nd low bin, confirmed by segment 3
+    never = chain_detector(alone_after=99)
+    assert RAISE not in feed(never, lone).kind.tolist()
+
+
+def test_incident_clears_on_recovery_and_state_round_trips():
+    det = chain_detector(alone_after=2)
+    obs = np.column_stack([wobble(60.0, 10, s) for s in range(5)])
+    obs[2:5, 0] = wobble(20.0, 3, 4)
+    first = feed(det, obs[:4])
+    assert first.kind.tolist() == [RAISE] and first.segment.tolist() == [0] and first.row.tolist() == [3]
     clone = IncidentDetector.from_arrays(det.to_arrays())
-    assert clone.params == params
-    np.testing.assert_array_equal(clone.threshold, [5.0, 7.0])
-    ev = clone.update_many(np.array([1]), np.array([2 * STEP_S * NS]), np.array([40.0]), np.array([60.0]))
-    assert ev.kind.tolist() == [RAISE]  # the third low interval, two of them seen before the restart
-
-
-def test_detector_run_is_broken_by_a_missing_interval_and_grows():
-    det = IncidentDetector(np.array([1.0]), IncidentParams(band_k=1.0, min_drop=5.0, step_s=STEP_S))
-    ts = np.array([0, 2 * STEP_S], dtype=np.int64) * NS  # the interval between was not reported
-    ev = det.update_many(np.array([3, 3]), ts, np.array([40.0, 40.0]), np.array([60.0, 60.0]))
-    assert len(ev) == 0 and det.active.shape == (4,)
-    ev = det.update_many(np.array([3]), np.array([3 * STEP_S * NS]), np.array([40.0]), np.array([60.0]))
-    assert ev.kind.tolist() == [RAISE] and ev.segment.tolist() == [3]
+    assert clone.params == det.params and clone.k == det.k and clone.active.tolist() == det.active.tolist()
+    ts = np.arange(4, 10, dtype=np.int64) * STEP_S * NS
+    ev = clone.replay(ts, obs[4:], np.full(obs[4:].shape, 60.0))
+    assert ev.kind.tolist() == [CLEAR] and ev.row.tolist() == [2]  # rows 5 and 6 recovered: cleared at 6
+    with pytest.raises(ValueError):
+        clone.replay(ts, obs[4:, :4], np.full((6, 4), 60.0))
 
 
 def test_inject_incident_collapses_and_spreads():
@@ -225,36 +275,29 @@ def test_inject_incident_collapses_and_spreads():
     assert affected[:, [0, 4, 5]].sum() == 0 and affected[110:113, 2].all() and not affected[113:, 2].any()
 
 
-def test_incident_found_and_quiet_on_clean_data(road):
+def test_learned_detector_finds_a_collapse_spreading_upstream_and_stays_quiet(road):
+    """On the synthetic road: a threshold learned on the training rows, no alarm on clean test days, the
+    collapse raised within two bins, and faults on a detector of the same road classified as faults."""
     model, values, adjacency, fit_rows = road
-    test = values[fit_rows:]
-    t0 = fit_rows * STEP_S * NS
-    params = IncidentParams(step_s=STEP_S)
-    band = learn_bands(model, values[:fit_rows], 0, params)
-    assert band.shape == (values.shape[1],) and np.all((band > 0) & (band < 10.0))  # noise sigma is 1
-    clean, rows = replay(model, band, test, t0, params)
-    assert len(clean) == 0 and rows[0] == 11 + params.horizon
+    det = learn_detector(model, values[:fit_rows], 0, IncidentParams(step_s=STEP_S, utc_offset_s=0))
+    assert det.k in det.params.k_grid and det.curve[0][1] >= det.curve[-1][1]
+    test, t0 = values[fit_rows:], fit_rows * STEP_S * NS
+    rows, fc = horizon_forecasts(model, test, t0, 3, 15)
+    ts = t0 + rows * STEP_S * NS
+    assert len(det.with_threshold(det.k).replay(ts, test[rows], fc)) == 0
     start = 150
-    injected, _ = inject_incident(test, adjacency, segment=3, start=start, duration=12)
-    ev, _ = replay(model, band, injected, t0, params)
+    hit, affected = inject_incident(test, adjacency, segment=3, start=start, duration=12)
+    _, fc_hit = horizon_forecasts(model, hit, t0, 3, 15)
+    ev = det.with_threshold(det.k).replay(ts, hit[rows], fc_hit)
     raised = ev.kind == RAISE
-    assert 3 in ev.segment[raised].tolist()
-    first = (ev.ts_ns[raised & (ev.segment == 3)].min() - t0) // (STEP_S * NS)
-    assert first == start + 1  # the second low interval
-    sigma_based = IncidentDetector.from_forecaster(model, params)
-    assert np.all(sigma_based.threshold >= params.min_drop)
-
-
-def test_incident_evaluation_on_the_synthetic_road(road):
-    model, values, adjacency, fit_rows = road
-    params = IncidentParams(step_s=STEP_S)
-    band = learn_bands(model, values[:fit_rows], 0, params)
-    report = evaluate_incidents(model, band, values[fit_rows:], adjacency, fit_rows * STEP_S * NS, params,
-                                n_incidents=6, seed=2)
-    assert report.injected == 6 and report.detected == 6 and report.detection_rate == 1.0
-    assert report.false_alarms == 0 and report.false_alarms_per_day == 0.0
-    assert report.mean_time_to_detect_min == pytest.approx(5.0)
-    assert 0 < report.injected_free_flow == report.detected_free_flow <= 6
+    first = rows[ev.row[raised]].min() - start
+    assert 3 in ev.segment[raised].tolist() and first <= 2
+    assert all(affected[rows[r], s] for r, s in zip(ev.row[raised], ev.segment[raised]))
+    for shape in ("zeros", "flatline", "erratic"):
+        bad, _ = inject_fault(test, 3, start, 12, shape, hi=70.0)
+        _, fc_bad = horizon_forecasts(model, bad, t0, 3, 15)
+        ev = det.with_threshold(det.k).replay(ts, bad[rows], fc_bad)
+        assert RAISE not in ev.kind.tolist() and 3 in ev.segment[ev.kind == FAULT].tolist(), shape
 
 
 # -- the real check: the published protocol on Los-loop ----------------------------------------
@@ -272,7 +315,12 @@ def test_los_loop_15_min_beats_persistence_and_tgcn():
     ours, persist = pooled_metrics(y, pred), pooled_metrics(y, persistence_forecast(x, 3))
     assert persist.rmse == pytest.approx(5.54, abs=0.01)  # README's persistence figure: protocol check
     assert ours.rmse < persist.rmse and ours.mae < persist.mae
-    assert ours.rmse <= 4.90 and ours.mae <= 2.95  # the issue's targets (T-GCN: 5.1264 / 3.1802)
+    assert ours.rmse <= 4.83 and ours.mae <= 2.95  # issue 5's 4.90 / 2.95 (T-GCN: 5.1264 / 3.1802); 4.84 before issue 20
+    # issue 20: further ahead. Before the neighbour-target / network features: 45 min 0.800, 60 min 0.766 of persistence
+    for pre, ratio in ((9, 0.795), (12, 0.755)):
+        x, y = protocol_windows(test, pre)
+        pred = model.forecast_series(test, t0 + n_train * STEP_S * NS, np.arange(x.shape[0]) + 11)[:, :pre]
+        assert pooled_metrics(y, pred).rmse <= ratio * pooled_metrics(y, persistence_forecast(x, pre)).rmse
 
 
 def test_cli_evaluates_any_directory_with_the_two_files(tmp_path, capsys):
@@ -292,7 +340,16 @@ def test_cli_evaluates_any_directory_with_the_two_files(tmp_path, capsys):
     assert set(report["horizons"]) == {"15", "30", "45", "60"}
     assert report["horizons"]["15"]["windows"] == report["test_rows"] - 12 - 3
     assert report["horizons"]["60"]["model"]["rmse"] < report["horizons"]["60"]["persistence"]["rmse"]
-    assert len(report["per_step"]) == 12 and report["incidents"]["injected"] == 3
+    assert len(report["per_step"]) == 12 and report["train_fraction"] == 0.75 and report["cpu"]
+    inc = report["incidents"]
+    assert inc["injected"] == 9 and set(inc["shapes"]) == {"collapse", "partial", "congestion"}
+    assert set(inc["faults"]) == {"zeros", "flatline", "erratic"} and inc["faults_injected"] == 3
+    assert inc["faults_classified"] == 3 and inc["faults_as_incidents"] == 0
+    assert {"false_alarms_per_day", "detection_rate", "mean_time_to_detect_min", "threshold_k"} <= set(inc)
+    assert inc["threshold_k"] in [c["k"] for c in inc["curve"]] and len(inc["curve"]) >= 5
+    rates = [c["detection_rate"] for c in inc["curve"]]
+    assert rates == sorted(rates, reverse=True)  # a higher threshold never detects more
+    assert {"false_alarms_per_day", "detection_rate", "rmse_45_vs_persistence"} <= set(report["checks"])
     assert main(["traffic", "evaluate", "--data", str(tmp_path / "missing")]) == 2
 
 
@@ -335,3 +392,45 @@ def test_los_loop_week_ships_as_package_data():
     assert {"los_speed.csv.xz", "los_adj.csv.xz", "README.md"} <= names
     for name in names:
         assert any(fnmatch.fnmatch(f"data/los_loop/{name}", g) for g in globs), name
+
+
+def test_a_halved_speed_raises_when_the_scale_is_unreliable_but_not_a_recurrent_slump():
+    """A scale learned from a short or quiet history can be huge: at 12 sigma of 8 mph nothing below
+    60 mph ever counts. A speed below half the forecast AND half the time-of-day profile is low whatever
+    the scale; the run then goes on against the speed expected at its start, not the forecast that
+    follows the collapse. The same drop where the profile expects it (a rush-hour slump) is not evidence.
+    The earlier detector judged by sigma only and missed the first case."""
+    n = 5
+    top = np.array([[max(i - 1, 0), min(i + 1, n - 1)] for i in range(n)], np.int32)
+    params = IncidentParams(k=12.0, min_drop=5.0, step_s=STEP_S, utc_offset_s=0, alone_after=4)
+    obs = np.column_stack([wobble(60.0, 12, s) for s in range(n)])
+    obs[3:, 2] = 20.0 + np.arange(9) * 0.3  # collapse to a third
+    fc = np.full(obs.shape, 60.0)
+    fc[6:, 2] = 30.0  # the short-horizon forecast catches up with the collapse
+    ts = np.arange(obs.shape[0], dtype=np.int64) * STEP_S * NS
+
+    def run(profile, **kw):
+        det = IncidentDetector(np.full((24, n), 8.0), np.full(n, 200.0), top, replace(params, **kw))
+        return det.replay(ts, obs, fc, profile)
+    ev = run(np.full(obs.shape, 60.0))
+    raised = ev.kind == RAISE
+    assert ev.segment[raised].tolist() == [2] and ev.row[raised].tolist() == [6]  # 4th low bin, alone
+    assert RAISE not in run(np.full(obs.shape, 60.0), rel_low=0.0).kind.tolist()  # sigma alone: missed
+    slump = np.full(obs.shape, 60.0)
+    slump[:, 2] = 25.0  # the profile expects this slowdown at this time of day
+    assert RAISE not in run(slump).kind.tolist()
+
+
+def test_a_short_history_keeps_the_default_threshold():
+    """Two days cannot show a budget of 0.01 raises per segment-day (one raise is over it): the detector
+    keeps the default k instead of climbing to the top of the grid; with enough days k is learned."""
+    data = load_los_loop()
+    n = 24
+    vals, adj = data.speeds[: 2 * 288, :n], data.adjacency[:n, :n]
+    t0 = los_start_ns()
+    model = TrafficForecaster(TrafficForecastParams(utc_offset_s=LOS_UTC_OFFSET_S)).fit(vals, adj, t0, STEP_S)
+    det = learn_detector(model, vals, t0, IncidentParams(step_s=STEP_S, utc_offset_s=LOS_UTC_OFFSET_S))
+    assert det.k == IncidentParams().k and det.params.rel_low > 0
+    long = learn_detector(model, data.speeds[: 5 * 288, :n], t0,
+                          IncidentParams(step_s=STEP_S, utc_offset_s=LOS_UTC_OFFSET_S, k=7.5))
+    assert long.k in IncidentParams().k_grid and len(long.curve) == len(IncidentParams().k_grid)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from wulian.core.timebase import china_day, day_start_ns
-from wulian.core.traffic.system_rules import TRAFFIC_INCIDENT
+from wulian.core.traffic.system_rules import TRAFFIC_DETECTOR_FAULT, TRAFFIC_INCIDENT
 from wulian.api.app import create_app
 from wulian.api.auth import create_key
-from wulian.core.traffic.incidents import IncidentDetector, IncidentParams
+from wulian.core.traffic.incidents import FAULT, RAISE, IncidentDetector, IncidentParams
 from wulian.core.traffic.online import (
     OnlineParams, adjacency_matrix, carry_detector, dense_grid, detector_from_bytes,
     detector_to_bytes, fit_online, last_complete_bin, parse_incident_spec,
@@ -60,21 +60,28 @@ def test_adjacency_matrix_keeps_direction_and_ignores_outsiders():
     assert a[0, 1] == 0.5 and a[1, 0] == 0.25 and a[0, 2] == 0.0 and np.all(np.diag(a) == 1.0)
 
 
+def _detector(n, k=5.0):
+    top = np.array([[i] for i in range(n)], np.int32)  # no neighbours: lone drops raise after alone_after
+    params = IncidentParams(k=k, min_drop=5.0, step_s=300, utc_offset_s=0, alone_after=2)
+    return IncidentDetector(np.ones((24, n)), np.full(n, 200.0), top, params)
+
+
 def test_detector_state_survives_bytes_and_a_refit_by_device_id():
-    params = IncidentParams(min_drop=5.0, step_s=300)
-    det = IncidentDetector(np.array([1.0, 1.0]), params)
+    det = _detector(2)
     for k in range(2):  # segment 1 (device 20) raises
-        det.update_many(np.array([0, 1], np.int32), np.array([k * STEP] * 2), np.array([50.0, 10.0]),
-                        np.array([50.0, 50.0]))
+        det.update_bin(k * STEP, np.array([50.0 + k, 10.0 + k]), np.array([50.0, 50.0]))
     det = detector_from_bytes(detector_to_bytes(det))
     assert det.active.tolist() == [False, True]
-    moved = carry_detector(det, [10, 20], [20, 30, 10], np.array([7.0, 8.0, 9.0]), params)
+    moved = carry_detector(det, [10, 20], [20, 30, 10], _detector(3, k=7.0))
     assert moved.active.tolist() == [True, False, False]  # device 20 is now column 0
-    assert moved.threshold.tolist() == [7.0, 8.0, 9.0]
+    assert moved.k == 7.0  # the new model's threshold
     # the carried open incident clears on recovery instead of being raised again
-    ev = moved.update_many(np.array([0, 0], np.int32), np.array([2 * STEP, 3 * STEP]), np.array([50.0, 50.0]),
-                           np.array([50.0, 50.0]))
-    assert ev.kind.tolist() == [-1]
+    kinds = []
+    for k in (2, 3):
+        kinds += moved.update_bin(k * STEP, np.array([50.0 + k, 60.0, 61.0 - k]), np.full(3, 50.0)).kind.tolist()
+    assert kinds == [-1]
+    with pytest.raises(ValueError, match="not a saved incident detector"):
+        detector_from_bytes(b"an earlier format")
 
 
 def test_incident_spec():
@@ -156,6 +163,11 @@ async def test_replay_fit_forecast_incident_api_restart(settings, pool, api, key
     seg = int(np.argmax((replay.adjacency > 0).sum(axis=1)))
     live = with_incident(replace(replay, segment_ids=tuple(f"{region}-{x}" for x in replay.sensor_ids)), seg,
                          INC_ROW, duration=INC_LEN)
+    # meanwhile a detector far from the incident dies (reads 0): a fault alert, never an incident
+    dead = int(np.flatnonzero(~live.affected.any(axis=0))[-1])
+    speeds = live.speeds_kmh.copy()
+    speeds[INC_ROW:INC_ROW + INC_LEN, dead] = 0.0
+    live = replace(live, speeds_kmh=speeds)
     async with pool.acquire() as con:
         reg = await register_segments(con, region, live)
         assert reg == await register_segments(con, region, live)  # idempotent
@@ -241,6 +253,12 @@ async def test_replay_fit_forecast_incident_api_restart(settings, pool, api, key
     first = incs[0]
     assert first["min_residual"] < -first["band_kmh"] and first["alert_id"] is not None
     assert {a["device"] for a in alerts} == {i["device"] for i in incs}
+    assert live.segment_ids[dead] not in {i["device_id"] for i in incs}
+    async with pool.acquire() as con:
+        faults = await con.fetch("SELECT a.*, d.device_id AS name FROM alerts a JOIN devices d ON d.id = a.device"
+                                 " WHERE a.region = $1 AND a.rule_id = $2", region, TRAFFIC_DETECTOR_FAULT.rule_id)
+    assert [f["name"] for f in faults] == [live.segment_ids[dead]]
+    assert faults[0]["title"] == "traffic detector fault (zero)" and faults[0]["state"] == "active"
     assert all(a["state"] == "active" and a["title"] == "traffic incident" and a["stream"] == "traffic"
                for a in alerts)
 

@@ -21,12 +21,19 @@ import numpy as np
 from numba import njit
 
 N_NEIGHBOUR_LAGS = 3  # number of nb[t-l] features; a layout fact, not a tunable
+# optional feature groups, an int64 array ``opts`` passed to every kernel:
+OPT_TOPK_LAGS = 0  # values of each top-k neighbour at t, t-1, ... (this many lags, >= 1)
+OPT_NETWORK = 1  # 1: the network-wide anomaly mean_i(x_i - p_i) (the day runs light or heavy everywhere)
+OPT_NB_TARGET = 2  # 1: the neighbours' expected change pnb[t+h] - pnb[t]
+N_OPTS = 3
 
 
 @njit(cache=True, nogil=True)
-def n_features(n_lags, top_k):
-    """Feature count for a lag window and a top-k neighbour count (see the module docstring)."""
-    return (n_lags - 1) + N_NEIGHBOUR_LAGS + 2 + 1 + top_k + 2 + 1
+def n_features(n_lags, top_k, opts):
+    """Feature count for a lag window, a top-k neighbour count and the optional feature groups ``opts``
+    (see the module docstring)."""
+    return (n_lags - 1) + N_NEIGHBOUR_LAGS + 2 + 1 + top_k * opts[OPT_TOPK_LAGS] + 2 + 1 + opts[OPT_NETWORK] \
+        + opts[OPT_NB_TARGET]
 
 
 @njit(cache=True, nogil=True)
@@ -114,14 +121,14 @@ def neighbour_mean(x, nb_ptr, nb_idx, nb_w, out):
 
 
 @njit(cache=True, nogil=True)
-def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, feats, regime, work):
+def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, opts, feats, regime, work):
     """Features of one input window for every segment and horizon.
 
     xw [L, N] is the raw window (NaN allowed: a gap takes the segment's last earlier value, leading gaps
     its first value, an all-missing segment its profile). p_now [N], p_tgt [H, N]; a missing profile
     value stands at the current level. Missing neighbours are left out of the means. Only a segment with
     neither data nor profile gets NaN features. Fills feats [N, H, F] and regime [N] (1 congested);
-    work [L + 2, N] is scratch.
+    work [L + 2 + H, N] is scratch.
     """
     n_lags, n = xw.shape
     n_h = p_tgt.shape[0]
@@ -153,6 +160,18 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
                 feats[i, h, base_nb + lag] = nb[i] - x
     # nb now holds lag N_NEIGHBOUR_LAGS-1; recompute the current neighbour mean for the anomaly/hinge
     neighbour_mean(xc[n_lags - 1], nb_ptr, nb_idx, nb_w, nb)
+    k_lags = opts[OPT_TOPK_LAGS]
+    net = 0.0
+    if opts[OPT_NETWORK]:
+        cnt = 0.0
+        for i in range(n):
+            if np.isfinite(p_now[i]) and np.isfinite(xc[n_lags - 1, i]):
+                net += xc[n_lags - 1, i] - p_now[i]
+                cnt += 1.0
+        net = net / cnt if cnt > 0 else 0.0
+    if opts[OPT_NB_TARGET]:
+        for h in range(n_h):
+            neighbour_mean(p_tgt[h], nb_ptr, nb_idx, nb_w, work[n_lags + 2 + h])
     for i in range(n):
         x = xc[n_lags - 1, i]
         pn = p_now[i] if np.isfinite(p_now[i]) else x
@@ -167,18 +186,26 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
             f[c + 1] = pn - x
             f[c + 2] = nb[i] - pnb[i] if np.isfinite(pnb[i]) else 0.0
             c += 3
-            for k in range(k_top):
-                v = xc[n_lags - 1, top_k[i, k]]
-                f[c + k] = v - x if np.isfinite(v) else 0.0
-            c += k_top
+            for lag in range(k_lags):
+                for k in range(k_top):
+                    v = xc[n_lags - 1 - lag, top_k[i, k]]
+                    f[c + k] = v - x if np.isfinite(v) else 0.0
+                c += k_top
             f[c] = min(d_tgt, 0.0)
             f[c + 1] = min(nb[i] - x, 0.0)
             f[c + 2] = 1.0
+            c += 3
+            if opts[OPT_NETWORK]:
+                f[c] = net
+                c += 1
+            if opts[OPT_NB_TARGET]:
+                d = work[n_lags + 2 + h, i] - pnb[i]
+                f[c] = d if np.isfinite(d) else 0.0
 
 
 @njit(cache=True, nogil=True)
 def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_ptr, nb_idx, nb_w, top_k,
-                                regime_drop, gram, rhs):
+                                regime_drop, opts, gram, rhs):
     """Add every training window ending in rows [t_first, t_last] to the per-segment normal equations.
 
     values [T, N] are both inputs (gaps allowed) and targets (a missing target is skipped); prof_rows
@@ -191,7 +218,7 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
     n_f = gram.shape[3]
     feats = np.empty((n, n_h, n_f))
     regime = np.empty(n, np.int64)
-    work = np.empty((n_lags + 2, n))
+    work = np.empty((n_lags + 2 + n_h, n))
     p_tgt = np.empty((n_h, n))
     for t in range(max(t_first, n_lags - 1), t_last + 1):
         for h in range(n_h):
@@ -199,7 +226,7 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
             for i in range(n):
                 p_tgt[h, i] = prof_rows[r, i]
         window_features(values[t - n_lags + 1:t + 1], prof_rows[t], p_tgt, nb_ptr, nb_idx, nb_w, top_k,
-                        regime_drop, feats, regime, work)
+                        regime_drop, opts, feats, regime, work)
         for h in range(n_h):
             r = t + 1 + h
             if r >= t_len:
@@ -224,11 +251,11 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
 
 
 @njit(
-    "void(f8[:, :], f8[:], f8[:, :], i8[:], i4[:], f8[:], i4[:, :], f8, f8[:, :, :, :], f8, f8, f8[:, :], "
+    "void(f8[:, :], f8[:], f8[:, :], i8[:], i4[:], f8[:], i4[:, :], f8, i8[:], f8[:, :, :, :], f8, f8, f8[:, :], "
     "f8[:, :, :], i8[:], f8[:, :])",
     cache=True, nogil=True,
 )
-def forecast_window(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, coef, lo, hi, out,
+def forecast_window(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, opts, coef, lo, hi, out,
                     feats, regime, work):
     """Forecast every segment 1..H steps after the window xw [L, N]; out [H, N].
 
@@ -237,7 +264,7 @@ def forecast_window(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
     """
     n_lags, n = xw.shape
     n_h, _, _, n_f = coef.shape
-    window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, feats, regime, work)
+    window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, opts, feats, regime, work)
     for i in range(n):
         x = work[n_lags - 1, i]  # the gap-filled current level
         g = regime[i]
@@ -251,7 +278,7 @@ def forecast_window(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
 
 
 @njit(cache=True, nogil=True)
-def forecast_rows(values, ends, slot, day_type, prof, nb_ptr, nb_idx, nb_w, top_k, regime_drop, coef, lo, hi,
+def forecast_rows(values, ends, slot, day_type, prof, nb_ptr, nb_idx, nb_w, top_k, regime_drop, opts, coef, lo, hi,
                   n_lags):
     """Forecasts from every window ending at the rows ``ends``; returns [len(ends), H, N].
 
@@ -262,7 +289,7 @@ def forecast_rows(values, ends, slot, day_type, prof, nb_ptr, nb_idx, nb_w, top_
     out = np.empty((ends.shape[0], n_h, n))
     feats = np.empty((n, n_h, n_f))
     regime = np.empty(n, np.int64)
-    work = np.empty((n_lags + 2, n))
+    work = np.empty((n_lags + 2 + n_h, n))
     p_tgt = np.empty((n_h, n))
     for w in range(ends.shape[0]):
         t = ends[w]
@@ -271,5 +298,5 @@ def forecast_rows(values, ends, slot, day_type, prof, nb_ptr, nb_idx, nb_w, top_
             for i in range(n):
                 p_tgt[h, i] = prof[day_type[r], slot[r], i]
         forecast_window(values[t - n_lags + 1:t + 1], prof[day_type[t], slot[t]], p_tgt, nb_ptr, nb_idx, nb_w,
-                        top_k, regime_drop, coef, lo, hi, out[w], feats, regime, work)
+                        top_k, regime_drop, opts, coef, lo, hi, out[w], feats, regime, work)
     return out

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from wulian.core.kernels import traffic_forecast as kern
-# NS_PER_S and SECONDS_PER_DAY are imported from here by core.traffic.incidents
 from wulian.core.timebase import CHINA_OFFSET_S, NS_PER_S
 from wulian.core.timebase import S_PER_DAY as SECONDS_PER_DAY
 
@@ -36,12 +35,23 @@ class TrafficForecastParams:
     n_lags: int = 12  # input window (12 x 5 min = 1 h)
     horizons: int = 12  # steps forecast (12 x 5 min = 1 h)
     top_k: int = 4  # strongest neighbours used one by one, besides the weighted mean of all
-    smooth_slots: int = 2  # profile averages +-this many time-of-day slots
+    smooth_slots: int = 4  # profile averages +-this many time-of-day slots
     regime_drop: float = 5.0  # below profile by more than this = congested coefficient set
     weekend_profile: bool = True  # separate weekday / weekend profiles (falls back when a type is missing)
     val_fraction: float = 0.2  # tail of the training rows used to choose the shrinkage
     lambdas: tuple[float, ...] = (1e2, 1e3, 1e4, 1e5, 1e6)  # shrinkage grid towards the pooled fit
     utc_offset_s: int = CHINA_OFFSET_S  # local time of the roads (China)
+    topk_lags: int = 1  # lags of each top-k neighbour used (1 = its current value only)
+    network_anomaly: bool = True  # the network-wide departure from the profile as a feature
+    neighbour_target: bool = True  # the neighbours' expected profile change as a feature
+
+    def opts(self) -> np.ndarray:
+        """The optional feature groups as the kernels' int64 ``opts`` array."""
+        out = np.zeros(kern.N_OPTS, np.int64)
+        out[kern.OPT_TOPK_LAGS] = self.topk_lags
+        out[kern.OPT_NETWORK] = int(self.network_anomaly)
+        out[kern.OPT_NB_TARGET] = int(self.neighbour_target)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,11 +184,11 @@ class TrafficForecaster:
     def _normal_equations(self, values, prof_rows):
         p, g = self.params, self.graph
         n = values.shape[1]
-        n_f = kern.n_features(p.n_lags, p.top_k)
+        n_f = kern.n_features(p.n_lags, p.top_k, p.opts())
         gram = np.zeros((p.horizons, n, 2, n_f, n_f))
         rhs = np.zeros((p.horizons, n, 2, n_f))
         kern.accumulate_normal_equations(values, prof_rows, p.n_lags - 1, values.shape[0] - 2, p.n_lags,
-                                         g.ptr, g.idx, g.w, g.top_k, float(p.regime_drop), gram, rhs)
+                                         g.ptr, g.idx, g.w, g.top_k, float(p.regime_drop), p.opts(), gram, rhs)
         return gram, rhs
 
     @staticmethod
@@ -200,7 +210,7 @@ class TrafficForecaster:
     def _forecast_rows(self, values, ends, slot, day_type, coef, profile):
         p, g = self.params, self.graph
         return kern.forecast_rows(values, ends, slot, day_type, profile, g.ptr, g.idx, g.w, g.top_k,
-                                  float(p.regime_drop), coef, self.bounds[0], self.bounds[1], p.n_lags)
+                                  float(p.regime_drop), p.opts(), coef, self.bounds[0], self.bounds[1], p.n_lags)
 
     def _targets(self, values, ends):
         rows = ends[:, None] + 1 + np.arange(self.params.horizons)[None, :]
@@ -227,12 +237,12 @@ class TrafficForecaster:
         if self._scratch is None:
             n, n_f = self.n_segments, self.coef.shape[3]
             self._scratch = (np.empty((n, p.horizons, n_f)), np.empty(n, np.int64),
-                             np.empty((p.n_lags + 2, n)))
-        feats, regime, work = self._scratch
+                             np.empty((p.n_lags + 2 + p.horizons, n)), p.opts())
+        feats, regime, work, opts = self._scratch
         p_tgt = self.profile[day_type[1:], slot[1:]]
         out = np.empty((p.horizons, self.n_segments))
         kern.forecast_window(recent, self.profile[day_type[0], slot[0]], p_tgt, g.ptr, g.idx, g.w, g.top_k,
-                             float(p.regime_drop), self.coef, self.bounds[0], self.bounds[1], out, feats, regime, work)
+                             float(p.regime_drop), opts, self.coef, self.bounds[0], self.bounds[1], out, feats, regime, work)
         return out
 
     def forecast_series(self, values: np.ndarray, t0_ns: int, ends: np.ndarray) -> np.ndarray:

@@ -1,136 +1,219 @@
-"""Incident detection from forecast residuals, incident injection, and its evaluation.
+"""Network-aware incident detection on forecast errors, with detector faults told apart.
 
-An incident is an observed speed far below what was forecast ``horizon`` steps earlier, for at least
-two intervals. Comparing with a forecast made some steps back matters: a one-step forecast already
-contains the collapse after one interval and would never see a second.
+An incident slows a segment and, within minutes, its upstream neighbours; a lone detector that drops,
+reads zero, sticks or jumps about is more often broken. So (kernel ``core.kernels.traffic_incidents``)
+each 5-minute bin is judged for all segments at once:
 
-The band is learned per segment. ``learn_bands`` replays the training rows through the fitted model and
-takes, per segment, the depth that a run of ``raise_after`` residuals exceeds in only ``band_quantile``
-of the training intervals: road residuals are heavy-tailed, and on Los-loop a quantile of the run
-itself gives about half the false alarms of a multiple of sigma at the same detection rate. ``IncidentDetector.from_forecaster`` is the
-fallback without training rows: ``band_k`` robust sigmas of the residuals stored with the model.
-Either way the band is never narrower than ``min_drop``.
+- detector health first: zeros, impossible speeds, flatlines and erratic jumps are FAULT events (an
+  alert of their own kind), and such a reading is never incident evidence nor confirms a neighbour;
+- the error against the forecast made ``horizon`` steps earlier, in robust sigmas of that segment's
+  errors at that hour of day (``learn_detector`` replays the training rows: MAD per segment and hour),
+  must stay below -k for ``raise_after`` bins and be confirmed by a neighbour on the road graph, or last
+  ``alone_after`` bins on its own.
+
+The main threshold k is chosen on the training rows only: the smallest k of ``k_grid`` whose replay of
+the training rows raises at most ``fa_budget`` incidents per segment and day (else the largest k); with
+fewer than ``min_learn_days`` of rows the default k is kept (the budget is not measurable there).
+A bin is also low, whatever the scale, below ``rel_low`` x both the forecast and the time-of-day
+profile: a scale learned from a quiet night or two days is unreliable, a halved speed is not.
 """
 from __future__ import annotations
 
+import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from wulian.core.kernels import traffic_incidents as kern
-from wulian.core.traffic.forecaster import NS_PER_S, SECONDS_PER_DAY, TrafficForecaster, build_graph
+from wulian.core.timebase import CHINA_OFFSET_S, NS_PER_S
+from wulian.core.timebase import S_PER_DAY as SECONDS_PER_DAY
+from wulian.core.traffic.forecaster import TrafficForecaster, build_graph
 
 RAISE = kern.RAISE
 CLEAR = kern.CLEAR
-_NO_TS = np.iinfo(np.int64).min
+FAULT = kern.FAULT
+FAULT_CLEAR = kern.FAULT_CLEAR
+FAULT_NAMES = {kern.FAULT_ZERO: "zero", kern.FAULT_IMPOSSIBLE: "impossible", kern.FAULT_FLATLINE: "flatline",
+               kern.FAULT_ERRATIC: "erratic"}
 
 
 @dataclass(frozen=True, slots=True)
 class IncidentParams:
-    """Detector settings; speeds in the series' units (``min_drop`` 15 was chosen for mph: ~24 km/h)."""
+    """Detector settings. Speeds are in the series' units: the defaults are mph (Los-loop);
+    ``in_units(1.609344)`` converts them for km/h."""
 
     horizon: int = 3  # compare with the forecast made this many steps earlier (3 x 5 min = 15 min)
-    band_quantile: float = 0.001  # learn_bands: share of training intervals whose run exceeds the band
-    band_k: float = 6.0  # from_forecaster: band = band_k x robust sigma of the residuals at that horizon
-    min_drop: float = 15.0  # never a narrower band than this
-    raise_after: int = 2  # consecutive low intervals to raise
-    clear_after: int = 2  # consecutive recovered intervals to clear
+    k: float = 6.0  # main threshold in robust sigmas (learn_detector chooses it from k_grid)
+    k_grid: tuple[float, ...] = (3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0)
+    fa_budget: float = 0.01  # incidents per segment and day allowed on the training rows (~2/day on 207)
+    rel_low: float = 0.5  # also low below this fraction of both the forecast and the profile (0: off)
+    prof_low: float = 0.0  # every onset also below this fraction of the time-of-day profile (0: off)
+    min_learn_days: float = 3.0  # fewer training days cannot show a budget of ~0.01/segment-day: keep k
+    k_nb: float = 2.5  # a neighbour confirms below this many sigmas...
+    min_drop: float = 10.0  # an incident is at least this far below the forecast
+    nb_min_drop: float = 5.0  # ...and this far below its own forecast
+    raise_after: int = 2  # consecutive low bins with a confirming neighbour
+    alone_after: int = 4  # consecutive low bins without one
+    clear_after: int = 2  # consecutive recovered bins to clear
+    nb_window: int = 3  # a neighbour's drop confirms for this many bins
+    zero: float = 0.5  # a reading at or below this is a dead detector
+    hi: float = 100.0  # above this is impossible
+    flat_eps: float = 1e-6  # readings closer than this are "the same"
+    flat_bins: int = 6  # this many identical readings (below the free-flow cap) are a stuck detector
+    spike_jump: float = 40.0  # two opposite jumps larger than this in a row: an erratic detector
+    fault_after: int = 2  # bins of zero / impossible / erratic evidence to raise a fault
+    fault_clear: int = 6  # clean bins to clear a fault
+    cap_fraction: float = 0.97  # free-flow cap = this x the segment's training maximum
+    scale_buckets: int = 24  # robust scale per hour of day...
+    scale_smooth: int = 1  # ...pooled with +-this many neighbouring hours
+    min_scale: float = 1.0  # floor of the robust scale
+    scale_tail: float = 0.0  # 0: MAD; else the scale is this quantile of the drops per segment and hour
     step_s: int = 300
+    utc_offset_s: int = CHINA_OFFSET_S
+
+    def in_units(self, factor: float) -> "IncidentParams":
+        """The same detector for speeds in other units (speed value x factor)."""
+        return replace(self, min_drop=self.min_drop * factor, nb_min_drop=self.nb_min_drop * factor,
+                       zero=self.zero * factor, hi=self.hi * factor, spike_jump=self.spike_jump * factor,
+                       min_scale=self.min_scale * factor)
+
+    def cfg(self, k: float | None = None) -> np.ndarray:
+        c = np.zeros(kern.N_CFG)
+        c[kern.C_K] = self.k if k is None else k
+        c[kern.C_K_NB] = self.k_nb
+        c[kern.C_MIN_DROP] = self.min_drop
+        c[kern.C_NB_MIN_DROP] = self.nb_min_drop
+        c[kern.C_RAISE_AFTER] = self.raise_after
+        c[kern.C_ALONE_AFTER] = self.alone_after
+        c[kern.C_CLEAR_AFTER] = self.clear_after
+        c[kern.C_NB_WINDOW] = self.nb_window
+        c[kern.C_ZERO] = self.zero
+        c[kern.C_HI] = self.hi
+        c[kern.C_FLAT_EPS] = self.flat_eps
+        c[kern.C_FLAT_BINS] = self.flat_bins
+        c[kern.C_SPIKE_JUMP] = self.spike_jump
+        c[kern.C_FAULT_AFTER] = self.fault_after
+        c[kern.C_FAULT_CLEAR] = self.fault_clear
+        c[kern.C_STEP_NS] = self.step_s * NS_PER_S
+        c[kern.C_REL_LOW] = self.rel_low
+        c[kern.C_PROF_LOW] = self.prof_low
+        return c
 
 
 @dataclass(frozen=True, slots=True)
-class IncidentEvents:
-    """Raise / clear events of one batch, as arrays in input order."""
+class DetectorEvents:
+    """Events of one bin or a replay, as arrays in order. ``kind``: RAISE / CLEAR (incident), FAULT /
+    FAULT_CLEAR (detector fault, ``code`` says which: FAULT_NAMES); ``value``: observed - forecast for
+    incidents, the reading for faults; ``row``: the bin's row in a replay (0 for one bin)."""
 
+    row: np.ndarray  # int64
     segment: np.ndarray  # int32
-    ts_ns: np.ndarray  # int64
-    kind: np.ndarray  # int8: RAISE (+1) or CLEAR (-1)
-    residual: np.ndarray  # float64, observed - forecast at the event
+    kind: np.ndarray  # int8
+    code: np.ndarray  # int8
+    value: np.ndarray  # float64
 
     def __len__(self) -> int:
         return int(self.segment.shape[0])
 
 
 class IncidentDetector:
-    """Stateful detector for segments 0..N-1; state grows when a larger segment index arrives."""
+    """Stateful detector over a fixed set of N segments (a new segment means a new model and detector).
 
-    def __init__(self, band: np.ndarray, params: IncidentParams | None = None) -> None:
-        """band [N]: how far below the forecast (speed units) an observation must be to count as low."""
+    ``update_bin(ts_ns, observed[N], forecast[N])`` per bin, in time order; ``replay`` for many rows.
+    """
+
+    def __init__(self, scale_table: np.ndarray, cap: np.ndarray, nb_top: np.ndarray,
+                 params: IncidentParams | None = None) -> None:
+        """scale_table [buckets, N] robust error spread per hour bucket; cap [N] free-flow cap (a flat
+        reading at or above it is not a fault); nb_top [N, K] each segment's strongest neighbours."""
         self.params = params or IncidentParams()
-        band = np.nan_to_num(np.asarray(band, dtype=np.float64), nan=0.0)
-        self.threshold = np.maximum(band, self.params.min_drop)
-        n = self.threshold.shape[0]
-        self._low_run = np.zeros(n, np.int64)
-        self._ok_run = np.zeros(n, np.int64)
-        self._active = np.zeros(n, np.int8)
-        self._last_ts = np.full(n, _NO_TS, np.int64)
-        self._expected = np.zeros(n, np.float64)
+        self.scale_table = np.ascontiguousarray(scale_table, dtype=np.float64)
+        self.cap = np.ascontiguousarray(cap, dtype=np.float64)
+        self.nb_top = np.ascontiguousarray(nb_top, dtype=np.int32)
+        n = self.cap.shape[0]
+        if self.scale_table.shape[1] != n or self.nb_top.shape[0] != n:
+            raise ValueError("scale_table, cap and nb_top disagree on the number of segments")
+        self.k = float(self.params.k)
+        self.state_i, self.state_f = kern.new_state(n)
+        self.curve: list[tuple[float, float]] = []  # (k, training false alarms / day) when learned
 
-    @classmethod
-    def from_forecaster(cls, model: TrafficForecaster, params: IncidentParams | None = None) -> "IncidentDetector":
-        """Bands of ``band_k`` robust sigmas of a fitted forecaster's residuals at the detection horizon."""
-        params = params or IncidentParams(step_s=model.step_s)
-        return cls(params.band_k * model.resid_sigma[params.horizon - 1], params)
+    @property
+    def n_segments(self) -> int:
+        return int(self.cap.shape[0])
 
     @property
     def active(self) -> np.ndarray:
         """Segments with an open incident (bool [N])."""
-        return self._active.astype(bool)
+        return self.state_i[:, kern.S_ACTIVE] == 1
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Bands and per-segment state as plain arrays, so a restarted service resumes open incidents."""
-        params = np.array([getattr(self.params, k) for k in IncidentParams.__slots__], dtype=np.float64)
-        return {"params": params, "threshold": self.threshold, "low_run": self._low_run, "ok_run": self._ok_run,
-                "active": self._active, "last_ts": self._last_ts, "expected": self._expected}
+    @property
+    def faulty(self) -> np.ndarray:
+        """Segments with an open detector fault (bool [N])."""
+        return self.state_i[:, kern.S_FAULT_ON] == 1
 
-    @classmethod
-    def from_arrays(cls, arrays) -> "IncidentDetector":
-        kinds = {k: type(getattr(IncidentParams(), k)) for k in IncidentParams.__slots__}
-        values = np.asarray(arrays["params"], dtype=np.float64)
-        params = IncidentParams(**{k: kinds[k](v) for k, v in zip(IncidentParams.__slots__, values)})
-        det = cls(np.zeros(0), params)
-        det.threshold = np.array(arrays["threshold"], dtype=np.float64)
-        det._low_run = np.array(arrays["low_run"], dtype=np.int64)
-        det._ok_run = np.array(arrays["ok_run"], dtype=np.int64)
-        det._active = np.array(arrays["active"], dtype=np.int8)
-        det._last_ts = np.array(arrays["last_ts"], dtype=np.int64)
-        det._expected = np.array(arrays["expected"], dtype=np.float64)
+    def band(self, ts_ns: int) -> np.ndarray:
+        """Speed drop [N] that counts as low at this time: max(k x scale, min_drop)."""
+        return np.maximum(self.k * self.scale_table[self.bucket(np.array([ts_ns]))[0]], self.params.min_drop)
+
+    def bucket(self, ts_ns: np.ndarray) -> np.ndarray:
+        p = self.params
+        local_s = np.asarray(ts_ns, np.int64) // NS_PER_S + p.utc_offset_s
+        return ((local_s % SECONDS_PER_DAY) * self.scale_table.shape[0] // SECONDS_PER_DAY).astype(np.int64)
+
+    def reset(self) -> None:
+        self.state_i, self.state_f = kern.new_state(self.n_segments)
+
+    def with_threshold(self, k: float) -> "IncidentDetector":
+        """A fresh detector with the same scales and another main threshold (for threshold curves)."""
+        det = IncidentDetector(self.scale_table, self.cap, self.nb_top, self.params)
+        det.k = float(k)
+        det.curve = self.curve
         return det
 
-    def _grow(self, n: int) -> None:
-        extra = n - self.threshold.shape[0]
-        if extra <= 0:
-            return
-        self.threshold = np.concatenate([self.threshold, np.full(extra, self.params.min_drop)])
-        self._low_run = np.concatenate([self._low_run, np.zeros(extra, np.int64)])
-        self._ok_run = np.concatenate([self._ok_run, np.zeros(extra, np.int64)])
-        self._active = np.concatenate([self._active, np.zeros(extra, np.int8)])
-        self._last_ts = np.concatenate([self._last_ts, np.full(extra, _NO_TS, np.int64)])
-        self._expected = np.concatenate([self._expected, np.zeros(extra)])
-
-    def update_many(self, segment_idx, ts_ns, observed, forecast) -> IncidentEvents:
-        """Feed observations with the forecast made ``horizon`` steps before each; return the events."""
-        seg = np.ascontiguousarray(segment_idx, dtype=np.int32)
+    def replay(self, ts_ns: np.ndarray, observed: np.ndarray, forecast: np.ndarray,
+               profile: np.ndarray | None = None) -> DetectorEvents:
+        """Feed rows ts [R] of observed / forecast / time-of-day profile [R, N] (NaN allowed; no profile:
+        the relative test uses the forecast alone) in order; the events."""
         ts = np.ascontiguousarray(ts_ns, dtype=np.int64)
         obs = np.ascontiguousarray(observed, dtype=np.float64)
         fc = np.ascontiguousarray(forecast, dtype=np.float64)
-        if not (seg.shape == ts.shape == obs.shape == fc.shape):
-            raise ValueError("segment_idx, ts_ns, observed and forecast must have the same length")
-        if seg.size and seg.min() < 0:
-            raise ValueError("negative segment index")
-        if seg.size:
-            self._grow(int(seg.max()) + 1)
-        m = seg.shape[0]
-        out_seg = np.empty(m, np.int32)
-        out_ts = np.empty(m, np.int64)
-        out_kind = np.empty(m, np.int8)
-        out_resid = np.empty(m, np.float64)
-        p = self.params
-        n = kern.incident_update(seg, ts, obs, fc, self.threshold, self._low_run, self._ok_run, self._active,
-                                 self._last_ts, self._expected, int(p.step_s) * NS_PER_S, int(p.raise_after), int(p.clear_after),
-                                 out_seg, out_ts, out_kind, out_resid)
-        return IncidentEvents(out_seg[:n].copy(), out_ts[:n].copy(), out_kind[:n].copy(), out_resid[:n].copy())
+        prof = np.full(obs.shape, np.nan) if profile is None else np.ascontiguousarray(profile, dtype=np.float64)
+        if obs.ndim != 2 or obs.shape != fc.shape or obs.shape != prof.shape or obs.shape[0] != ts.shape[0] \
+                or obs.shape[1] != self.n_segments:
+            raise ValueError(f"observed/forecast/profile must be [{ts.shape[0]}, {self.n_segments}], got {obs.shape},"
+                             f" {fc.shape}, {prof.shape}")
+        out = kern.detect_series(ts, obs, fc, prof, self.bucket(ts), self.scale_table, self.cap, self.nb_top,
+                                 self.params.cfg(self.k), self.state_i, self.state_f)
+        return DetectorEvents(*out)
+
+    def update_bin(self, ts_ns: int, observed: np.ndarray, forecast: np.ndarray,
+                   profile: np.ndarray | None = None) -> DetectorEvents:
+        """One bin for every segment (NaN = not reported / no forecast / no profile)."""
+        return self.replay(np.array([ts_ns], np.int64), np.asarray(observed, np.float64)[None, :],
+                           np.asarray(forecast, np.float64)[None, :],
+                           None if profile is None else np.asarray(profile, np.float64)[None, :])
+
+    # -- persistence ---------------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Scales, threshold and per-segment state as plain arrays, so a restart resumes open runs."""
+        p = asdict(self.params)
+        p["k_grid"] = list(p["k_grid"])
+        return {"params": np.frombuffer(json.dumps(p).encode(), dtype=np.uint8), "k": np.array([self.k]),
+                "scale_table": self.scale_table, "cap": self.cap, "nb_top": self.nb_top,
+                "state_i": self.state_i, "state_f": self.state_f,
+                "curve": np.asarray(self.curve, np.float64).reshape(-1, 2)}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "IncidentDetector":
+        p = json.loads(bytes(np.asarray(arrays["params"], np.uint8)).decode())
+        p["k_grid"] = tuple(p["k_grid"])
+        det = cls(arrays["scale_table"], arrays["cap"], arrays["nb_top"], IncidentParams(**p))
+        det.k = float(np.asarray(arrays["k"])[0])
+        det.state_i = np.array(arrays["state_i"], dtype=np.int64)
+        det.state_f = np.array(arrays["state_f"], dtype=np.float64)
+        det.curve = [tuple(map(float, r)) for r in np.asarray(arrays["curve"], np.float64).reshape(-1, 2)]
+        return det
 
 
 def horizon_forecasts(model: TrafficForecaster, values: np.ndarray, t0_ns: int, horizon: int,
@@ -142,25 +225,84 @@ def horizon_forecasts(model: TrafficForecaster, values: np.ndarray, t0_ns: int, 
     return ends + horizon, model.forecast_series(values, t0_ns, ends)[:, horizon - 1]
 
 
-def learn_bands(model: TrafficForecaster, values: np.ndarray, t0_ns: int,
-                params: IncidentParams | None = None) -> np.ndarray:
-    """Per-segment bands [N] from training rows values [T, N] (row k at t0_ns + k step): the depth below
-    the forecast that ``raise_after`` consecutive residuals all exceed in ``band_quantile`` of intervals.
-    A segment with too few runs falls back to ``band_k`` robust sigmas."""
-    params = params or IncidentParams(step_s=model.step_s)
-    rows, fc = horizon_forecasts(model, values, t0_ns, params.horizon)
-    resid = values[rows] - fc
-    run = resid.copy()  # the least negative residual of each run of raise_after intervals
-    for k in range(1, params.raise_after):
-        run[:-k] = np.fmax(run[:-k], resid[k:])
-    run = run[: run.shape[0] - params.raise_after + 1]
-    fallback = params.band_k * model.resid_sigma[params.horizon - 1]
-    if run.shape[0] * params.band_quantile < 0.5:
-        return fallback
+def robust_scale_table(resid: np.ndarray, bucket: np.ndarray, n_buckets: int, smooth: int,
+                       floor: float, tail: float = 0.0) -> np.ndarray:
+    """[n_buckets, N]: 1.4826 x MAD of resid [R, N] per bucket, pooling +-smooth neighbouring buckets
+    (circular); a bucket without data takes the segment's overall value, then the floor. With ``tail``
+    > 0 the scale is instead the ``tail`` quantile of the drops (-resid) there: how deep this segment's
+    forecast misses go at this hour, so routine rush-hour collapses do not count as unusual."""
+    if tail > 0:
+        resid = -np.asarray(resid, np.float64)
+    out = np.full((n_buckets, resid.shape[1]), np.nan)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a segment without data: fallback below
-        band = -np.nanquantile(run, params.band_quantile, axis=0)
-    return np.where(np.isfinite(band), band, fallback)
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: NaN, replaced below
+        for b in range(n_buckets):
+            near = np.zeros(resid.shape[0], bool)
+            for d in range(-smooth, smooth + 1):
+                near |= bucket == (b + d) % n_buckets
+            if near.any():
+                x = resid[near]
+                out[b] = np.nanquantile(x, tail, axis=0) if tail > 0 else \
+                    1.4826 * np.nanmedian(np.abs(x - np.nanmedian(x, axis=0)), axis=0)
+        overall = np.nanquantile(resid, tail, axis=0) if tail > 0 else \
+            1.4826 * np.nanmedian(np.abs(resid - np.nanmedian(resid, axis=0)), axis=0)
+    out = np.where(np.isfinite(out), out, overall[None, :])
+    return np.maximum(np.nan_to_num(out, nan=floor), floor)
+
+
+def learn_detector(model: TrafficForecaster, values: np.ndarray, t0_ns: int,
+                   params: IncidentParams | None = None) -> IncidentDetector:
+    """A detector for a fitted model from its training rows values [T, N] (row k at t0_ns + k step): the
+    robust error scale per segment and hour from the rows replayed through the model, the free-flow caps,
+    the model's strongest road links, and the main threshold: the smallest k of ``k_grid`` whose replay of
+    these rows raises at most ``fa_budget`` incidents per segment and day, first with the relative test on,
+    then off; if none does, the setting with the fewest raises (the rows are taken to be incident-free, as
+    far as anyone knows; real incidents in them only make the choice more cautious). With fewer than
+    ``min_learn_days`` of rows: the default k, relative test on."""
+    params = params or IncidentParams(step_s=model.step_s, utc_offset_s=model.params.utc_offset_s)
+    values = np.asarray(values, np.float64)
+    rows, fc = horizon_forecasts(model, values, t0_ns, params.horizon)
+    ts = t0_ns + rows * (model.step_s * NS_PER_S)
+    probe = IncidentDetector(np.ones((params.scale_buckets, values.shape[1])), np.ones(values.shape[1]),
+                             model.graph.top_k, params)
+    table = robust_scale_table(values[rows] - fc, probe.bucket(ts), params.scale_buckets, params.scale_smooth,
+                               params.min_scale, params.scale_tail)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cap = params.cap_fraction * np.nanmax(values, axis=0)
+    cap = np.where(np.isfinite(cap), cap, np.inf)
+    base = IncidentDetector(table, cap, model.graph.top_k, params)
+    prof = model.profile_at(ts)
+    days = len(rows) * model.step_s / SECONDS_PER_DAY
+    budget = params.fa_budget * values.shape[1]
+    if days < params.min_learn_days:
+        # A budget of ~0.01 raises per segment-day is not measurable on so few days (one raise is over
+        # it), and a short history's scales are themselves unsure: keep the default k and the relative
+        # test (below rel_low x forecast and profile), which needs no scale.
+        det = base.with_threshold(params.k)
+        det.curve = [(float(params.k), _raises_per_day(det, ts, values[rows], fc, prof, days))]
+        return det
+    # (relative test on, then off) x k ascending: the first within the budget, else the fewest raises
+    best = None
+    for rel in dict.fromkeys((params.rel_low, 0.0)):
+        var = IncidentDetector(table, cap, model.graph.top_k, replace(params, rel_low=rel))
+        curve = [(float(k), _raises_per_day(var.with_threshold(k), ts, values[rows], fc, prof, days))
+                 for k in sorted(params.k_grid)]
+        ok = [k for k, fa in curve if fa <= budget]
+        k, fa = (ok[0], 0.0) if ok else min(curve, key=lambda c: (c[1], c[0]))
+        if ok or best is None or fa < best[2]:
+            best = (var, k, fa if not ok else -1.0, curve)
+        if ok:
+            break
+    var, k, _, curve = best
+    det = var.with_threshold(k)
+    det.curve = curve
+    return det
+
+
+def _raises_per_day(det: IncidentDetector, ts, obs, fc, prof, days: float) -> float:
+    ev = det.replay(ts, obs, fc, prof)
+    return float((ev.kind == RAISE).sum() / days) if days else 0.0
 
 
 def inject_incident(values: np.ndarray, adjacency: np.ndarray, segment: int, start: int, duration: int,
@@ -196,79 +338,27 @@ def inject_incident(values: np.ndarray, adjacency: np.ndarray, segment: int, sta
     return out, affected
 
 
-@dataclass(frozen=True, slots=True)
-class IncidentReport:
-    """Detection on injected incidents over a test period."""
-
-    injected: int
-    detected: int
-    detection_rate: float
-    false_alarms: int  # raises on the same period without injections
-    false_alarms_per_day: float
-    mean_time_to_detect_min: float  # from the collapse to the raise, detected incidents only
-    horizon_steps: int
-    injected_free_flow: int  # incidents that struck free-flowing traffic (>= 80 % of the profile's peak)
-    detected_free_flow: int
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__slots__}
 
 
-def replay(model: TrafficForecaster, band: np.ndarray, values: np.ndarray, t0_ns: int, params: IncidentParams,
-           first_row: int = 0) -> tuple[IncidentEvents, np.ndarray]:
-    """Detector events over the rows of values [T, N] from first_row on, as the service would see them:
-    each row against the forecast made ``horizon`` steps before it. Returns (events, rows replayed)."""
-    rows, fc = horizon_forecasts(model, values, t0_ns, params.horizon, first_row)
-    n = values.shape[1]
-    seg = np.tile(np.arange(n, dtype=np.int32), len(rows))
-    ts = np.repeat(t0_ns + rows * (model.step_s * NS_PER_S), n)
-    det = IncidentDetector(band, params)
-    return det.update_many(seg, ts, values[rows].ravel(), fc.ravel()), rows
+FAULT_SHAPES = ("zeros", "flatline", "erratic")
 
 
-def evaluate_incidents(model: TrafficForecaster, band: np.ndarray, values: np.ndarray, adjacency: np.ndarray,
-                       t0_ns: int, params: IncidentParams | None = None, n_incidents: int = 20,
-                       duration: int = 12, severity: float = 0.35, seed: int = 0) -> IncidentReport:
-    """Inject incidents one at a time into values [T, N] (the test period) and score the detector.
-
-    False alarms are the raises on the clean period. An injected incident is detected when a raise
-    occurs on a segment it affects between its start and its end (and not in the clean replay at the
-    same segment and time); time to detect runs from the collapse. Incidents start at random rows and
-    segments (with neighbours) drawn from ``seed``. Those striking already slow traffic are the hard
-    ones, so the free-flowing subset is reported apart.
-    """
-    params = params or IncidentParams(step_s=model.step_s)
-    t_len = values.shape[0]
-    lead = model.params.n_lags + params.horizon  # first row with a forecast made from a full window
-    step_ns = model.step_s * NS_PER_S
-    clean, rows = replay(model, band, values, t0_ns, params, lead)
-    clean_raises = clean.kind == RAISE
-    raises = int(clean_raises.sum())
-    clean_keys = set(zip(clean.segment[clean_raises].tolist(), clean.ts_ns[clean_raises].tolist()))
-    free_flow = model.profile.max(axis=(0, 1))
-    days = len(rows) * model.step_s / SECONDS_PER_DAY
-    rng = np.random.default_rng(seed)
-    has_nb = np.flatnonzero((np.asarray(adjacency) > 0).sum(axis=1) > 1)
-    detected, delays, injected_ff, detected_ff = 0, [], 0, 0
-    for _ in range(n_incidents):
-        seg = int(rng.choice(has_nb))
-        start = int(rng.integers(lead + 1, t_len - duration - 1))
-        is_ff = bool(values[start - 1, seg] >= 0.8 * free_flow[seg])
-        injected_ff += is_ff
-        injected, affected = inject_incident(values, adjacency, seg, start, duration, severity=severity)
-        events, _ = replay(model, band, injected, t0_ns, params, lead)
-        row = (events.ts_ns - t0_ns) // step_ns
-        hit = (events.kind == RAISE) & (row >= start) & (row < start + duration)
-        hit &= affected[np.clip(row, 0, t_len - 1), events.segment]
-        hit &= np.array([(s, t) not in clean_keys for s, t in zip(events.segment.tolist(), events.ts_ns.tolist())],
-                        dtype=bool)
-        if hit.any():
-            detected += 1
-            detected_ff += is_ff
-            delays.append(float(row[hit].min() - start) * model.step_s / 60.0)
-    return IncidentReport(
-        injected=n_incidents, detected=detected, detection_rate=detected / n_incidents if n_incidents else 0.0,
-        false_alarms=raises, false_alarms_per_day=raises / days if days else 0.0,
-        mean_time_to_detect_min=float(np.mean(delays)) if delays else float("nan"), horizon_steps=params.horizon,
-        injected_free_flow=injected_ff, detected_free_flow=detected_ff,
-    )
+def inject_fault(values: np.ndarray, segment: int, start: int, duration: int, shape: str,
+                 hi: float = 70.0) -> tuple[np.ndarray, np.ndarray]:
+    """Copy of values [T, N] with a detector fault on ``segment`` for rows [start, start + duration):
+    ``zeros`` (a dead loop reads 0), ``flatline`` (stuck at the value of row start - 1) or ``erratic``
+    (alternating between 10 % and 100 % of ``hi``, the road's top speed). The road itself is unchanged,
+    so its neighbours read normally. Returns (values, faulty bool [T, N])."""
+    out = np.array(values, dtype=np.float64)
+    faulty = np.zeros(out.shape, dtype=np.bool_)
+    rows = np.arange(max(start, 0), min(start + duration, out.shape[0]))
+    if shape == "zeros":
+        out[rows, segment] = 0.0
+    elif shape == "flatline":
+        out[rows, segment] = out[max(start - 1, 0), segment]
+    elif shape == "erratic":
+        out[rows, segment] = np.where((rows - start) % 2 == 0, 0.1 * hi, hi)
+    else:
+        raise ValueError(f"unknown fault shape {shape!r}; one of {FAULT_SHAPES}")
+    faulty[rows, segment] = True
+    return out, faulty

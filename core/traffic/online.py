@@ -2,19 +2,20 @@
 a matrix, and carrying incident-detector state across a refit.
 
 The forecaster and detector defaults were tuned on Los-loop in mph; live detectors report km/h, so the
-speed thresholds here are the mph ones converted (5 mph regime drop ~ 8 km/h, 15 mph band floor ~ 24 km/h).
+speed thresholds here are the mph ones converted (5 mph regime drop ~ 8 km/h; the detector's settings
+through ``IncidentParams.in_units``, its incident floor ``min_drop_kmh``).
 Nothing here touches the database or the clock: ``ingest.jobs.traffic`` feeds it rows and times.
 """
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from wulian.core.timebase import CHINA_OFFSET_S, NS_PER_S
 from wulian.core.traffic.forecaster import TrafficForecaster, TrafficForecastParams
-from wulian.core.traffic.incidents import IncidentDetector, IncidentParams, learn_bands
+from wulian.core.traffic.incidents import IncidentDetector, IncidentParams, learn_detector
 
 MPH_TO_KMH = 1.609344
 # Flow has no congested regime of its own in the model: one coefficient set (a drop no series reaches).
@@ -52,7 +53,10 @@ class OnlineParams:
         return TrafficForecastParams(horizons=self.horizons, regime_drop=_ONE_REGIME, utc_offset_s=self.utc_offset_s)
 
     def incident_params(self) -> IncidentParams:
-        return IncidentParams(horizon=self.incident_horizon, min_drop=self.min_drop_kmh, step_s=self.step_s)
+        """The Los-loop (mph) detector settings in km/h, with the configured incident floor."""
+        return replace(IncidentParams(horizon=self.incident_horizon, step_s=self.step_s,
+                                      utc_offset_s=self.utc_offset_s).in_units(MPH_TO_KMH),
+                       min_drop=self.min_drop_kmh)
 
 
 def last_complete_bin(now_ns: int, step_s: int, lag_s: int) -> int:
@@ -87,26 +91,24 @@ def adjacency_matrix(segments: np.ndarray, a: np.ndarray, b: np.ndarray, weight:
     return out
 
 
-def carry_detector(old: IncidentDetector | None, old_segments, new_segments, bands: np.ndarray,
-                   params: IncidentParams) -> IncidentDetector:
-    """A detector for a refitted model: new bands, but open runs and incidents of segments that were in
-    the old model are kept (matched by device id), so a refit neither forgets nor re-raises one."""
-    new = IncidentDetector(bands, params)
+def carry_detector(old: IncidentDetector | None, old_segments, new_segments,
+                   new: IncidentDetector) -> IncidentDetector:
+    """The refitted model's detector ``new`` (new scales and threshold) with the open runs, incidents and
+    faults of segments that were in the old model (matched by device id), so a refit neither forgets
+    nor re-raises one."""
     if old is None:
         return new
     old_pos = {int(s): k for k, s in enumerate(old_segments)}
     src, dst = [], []
     for k, s in enumerate(new_segments):
         j = old_pos.get(int(s))
-        if j is not None and j < old.threshold.shape[0]:
+        if j is not None and j < old.n_segments:
             src.append(j)
             dst.append(k)
-    if not src:
-        return new
-    old_arrays, arrays = old.to_arrays(), new.to_arrays()
-    for name in ("low_run", "ok_run", "active", "last_ts", "expected"):
-        arrays[name][dst] = old_arrays[name][src]
-    return IncidentDetector.from_arrays(arrays)
+    if src:
+        new.state_i[dst] = old.state_i[src]
+        new.state_f[dst] = old.state_f[src]
+    return new
 
 
 def parse_incident_spec(text: str) -> tuple[str, int]:
@@ -126,30 +128,37 @@ def detector_to_bytes(det: IncidentDetector) -> bytes:
 
 
 def detector_from_bytes(data: bytes) -> IncidentDetector:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return IncidentDetector.from_arrays({k: z[k] for k in z.files})
+    """The detector saved by ``detector_to_bytes``; ValueError for anything else (e.g. the state of the
+    earlier per-segment detector, which a refit replaces)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return IncidentDetector.from_arrays({k: z[k] for k in z.files})
+    except (KeyError, TypeError, OSError, ValueError) as exc:
+        raise ValueError(f"not a saved incident detector: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
 class FittedModels:
     """What a refit produces: the speed forecaster, a flow forecaster when flow was reported, and the
-    incident band of every segment."""
+    incident detector learned on the same rows (``bands``: each segment's typical band, for the record)."""
 
     speed: TrafficForecaster
     flow: TrafficForecaster | None
-    bands: np.ndarray  # float64 [N], km/h below the forecast
+    detector: IncidentDetector
+    bands: np.ndarray  # float64 [N], km/h below the forecast (k x median hourly scale, at least min_drop)
 
 
 def fit_online(speed: np.ndarray, flow: np.ndarray | None, adjacency: np.ndarray, t0_ns: int,
                params: OnlineParams) -> FittedModels:
     """Fit the speed (and, with at least a day of flow values, the flow) forecaster on grids [T, N] whose
-    row k is the bin at t0_ns + k step, and learn the incident bands from the same rows."""
+    row k is the bin at t0_ns + k step, and learn the incident detector from the same rows."""
     model = TrafficForecaster(params.forecaster_params()).fit(speed, adjacency, t0_ns, params.step_s)
-    bands = learn_bands(model, speed, t0_ns, params.incident_params())
+    det = learn_detector(model, speed, t0_ns, params.incident_params())
+    bands = np.maximum(det.k * np.median(det.scale_table, axis=0), det.params.min_drop)
     flow_model = None
     if flow is not None and np.isfinite(flow).sum() >= params.min_fit_bins:
         try:
             flow_model = TrafficForecaster(params.flow_params()).fit(flow, adjacency, t0_ns, params.step_s)
         except ValueError:
             flow_model = None  # too sparse to fit: speed forecasts only
-    return FittedModels(speed=model, flow=flow_model, bands=np.asarray(bands, np.float64))
+    return FittedModels(speed=model, flow=flow_model, detector=det, bands=np.asarray(bands, np.float64))

@@ -32,13 +32,13 @@ import orjson
 from wulian.core.const import Stream
 from wulian.core.timebase import NS_PER_US as _US
 from wulian.core.traffic.forecaster import TrafficForecaster
-from wulian.core.traffic.incidents import CLEAR, RAISE, IncidentDetector
+from wulian.core.traffic.incidents import CLEAR, FAULT, FAULT_CLEAR, FAULT_NAMES, RAISE, IncidentDetector
 from wulian.core.timebase import dt_to_ns, ns_to_dt
 from wulian.core.traffic.online import (
     OnlineParams, adjacency_matrix, carry_detector, dense_grid, detector_from_bytes, detector_to_bytes, fit_online,
     last_complete_bin,
 )
-from wulian.core.traffic.system_rules import TRAFFIC_INCIDENT
+from wulian.core.traffic.system_rules import TRAFFIC_DETECTOR_FAULT, TRAFFIC_INCIDENT
 from wulian.ingest.alert_store import clear_alert, raise_alert, target_of, update_alert
 from wulian.ingest.jobs.base import DeviceRef, Done, WindowedJob
 from wulian.settings import Settings
@@ -167,7 +167,7 @@ class TrafficJob(WindowedJob):
                 region, ns_to_dt(self._history_start(last_bin)), ns_to_dt(last_bin + p.step_ns))
             return first is not None and (last_bin - dt_to_ns(first)) // p.step_ns + 1 >= p.min_fit_bins
         age_ns = last_bin - dt_to_ns(head["data_to"])
-        if age_ns >= p.refit_every_s * 1_000_000_000:
+        if age_ns >= p.refit_every_s * 1_000_000_000 or _readable_detector(head["detector"]) is None:
             return True
         if age_ns < p.new_segment_refit_s * 1_000_000_000:
             return False
@@ -218,9 +218,8 @@ class TrafficJob(WindowedJob):
             log.warning("traffic %s: cannot fit on %d bins: %s", region, n_bins, exc)
             return False
         fit_s = time.perf_counter() - t
-        detector = carry_detector(
-            detector_from_bytes(head["detector"]) if head is not None and head["detector"] else None,
-            head["segments"] if head is not None else [], segments, fitted.bands, p.incident_params())
+        detector = carry_detector(_readable_detector(head["detector"]) if head is not None else None,
+                                  head["segments"] if head is not None else [], segments, fitted.detector)
         stats = {"bins": n_bins, "segments": int(segments.size), "links": len(links),
                  "observed": int(np.isfinite(speed_grid).sum()), "flow": fitted.flow is not None,
                  "band_median_kmh": float(np.median(fitted.bands))}
@@ -318,16 +317,23 @@ class TrafficJob(WindowedJob):
         observed = speed[n_lags - 1:]
         resid = observed - fc_h
         blob = await con.fetchval("SELECT detector FROM traffic_models WHERE id = $1", m.id)
-        ip = p.incident_params()
-        det = detector_from_bytes(blob) if blob else IncidentDetector(m.bands, ip)
+        det = _readable_detector(blob)
+        if det is None or det.n_segments != n_seg:
+            log.warning("traffic %s: model %d has no usable detector state; refit pending", region, m.id)
+            return
+        ip = det.params
+        prof = m.speed.profile_at(start + np.arange(n_bins, dtype=np.int64) * step)
         ops: list[tuple] = []
         for k in range(n_bins):
             t = start + k * step
-            ok = np.flatnonzero(np.isfinite(resid[k]))
-            ev = det.update_many(ok.astype(np.int32), np.full(ok.size, t, np.int64), observed[k, ok], fc_h[k, ok])
+            ev = det.update_bin(t, observed[k], fc_h[k], prof[k])
             raised = set()
-            for s, kind, r in zip(ev.segment.tolist(), ev.kind.tolist(), ev.residual.tolist()):
-                if kind == RAISE:
+            for s, kind, code, r in zip(ev.segment.tolist(), ev.kind.tolist(), ev.code.tolist(), ev.value.tolist()):
+                if kind == FAULT:
+                    ops.append(("fault", s, t, FAULT_NAMES.get(code, "fault"), float(observed[k, s]), None))
+                elif kind == FAULT_CLEAR:
+                    ops.append(("fault_clear", s, t, FAULT_NAMES.get(code, "fault"), float(observed[k, s]), None))
+                elif kind == RAISE:
                     low = resid[max(0, k - ip.raise_after + 1):k + 1, s]
                     ops.append(("raise", s, t, float(np.nanmin(low)), float(observed[k, s]), float(fc_h[k, s])))
                     raised.add(s)
@@ -356,11 +362,20 @@ class TrafficJob(WindowedJob):
         ip = det.params
         for kind, s, t, r, obs, fc in ops:
             dev = int(m.segments[s])
-            target = target_of(TRAFFIC_INCIDENT, DeviceRef(dev, names[dev], region, Stream.TRAFFIC.value), "speed_kmh")
+            ref = DeviceRef(dev, names[dev], region, Stream.TRAFFIC.value)
+            if kind in ("fault", "fault_clear"):  # a broken detector: its own alert, never an incident
+                fault = target_of(TRAFFIC_DETECTOR_FAULT, ref, "speed_kmh", title=f"{TRAFFIC_DETECTOR_FAULT.title} ({r})")
+                if kind == "fault":
+                    stats["faults"] = stats.get("faults", 0) + int(await raise_alert(con, fault, t, obs) is not None)
+                else:
+                    stats["faults_cleared"] = stats.get("faults_cleared", 0) + int(
+                        await clear_alert(con, fault, t, obs) is not None)
+                continue
+            target = target_of(TRAFFIC_INCIDENT, ref, "speed_kmh")
             if kind == "raise":
                 started = t - (ip.raise_after - 1) * ip.step_s * 1_000_000_000
                 inc = await con.fetchval(_OPEN, dev, region, _us(started), _us(t), fc, obs, r,
-                                         float(det.threshold[s]), m.id)
+                                         float(det.band(t)[s]), m.id)
                 if inc is None:
                     continue  # already recorded (a re-run) or one is open
                 ev = await raise_alert(con, target, t, obs)
@@ -374,6 +389,16 @@ class TrafficJob(WindowedJob):
                 status = await con.execute(_CLOSE, dev, _us(t))
                 await clear_alert(con, target, t, obs)
                 stats["cleared"] += int(status.split()[-1])
+
+
+def _readable_detector(blob: bytes | None) -> IncidentDetector | None:
+    """The saved detector, or None when there is none or it is of an earlier format (a refit replaces it)."""
+    if not blob:
+        return None
+    try:
+        return detector_from_bytes(blob)
+    except ValueError:
+        return None
 
 
 def create(settings: Settings) -> TrafficJob:
