@@ -28,6 +28,7 @@ from wulian.ingest.alert_store import NOTIFY_WAKE_CHANNEL, escalate_due
 from wulian.ingest.notify_channels import build, response_error
 
 log = logging.getLogger(__name__)
+_RATE_LOCK = 0x4E4F5449  # advisory lock class "NOTI": one sender at a time counts a channel's window
 QUIET_BYPASS = frozenset({"critical"})  # severities sent during a channel's quiet hours
 
 
@@ -111,7 +112,7 @@ class Sender:
                     continue
                 rate = r["rate_per_window"]
                 if rate:
-                    await con.execute("SELECT pg_advisory_xact_lock(0x4e4f5449, $1)", r["channel_id"])
+                    await con.execute("SELECT pg_advisory_xact_lock($1, $2)", _RATE_LOCK, r["channel_id"])
                     edge = await con.fetchval(_RATE_EDGE, r["channel_id"], self.cfg.rate_window_s, rate)
                     if edge is not None:
                         await con.execute(_DEFER, r["id"], edge + timedelta(seconds=self.cfg.rate_window_s))

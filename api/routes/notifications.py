@@ -234,10 +234,13 @@ async def _check_channels(con, ids: list[int]) -> None:
         raise BadQuery(f"unknown channels: {missing}")
 
 
+def _values(items) -> list[str]:
+    return [getattr(x, "value", x) for x in items]
+
+
 def _route_args(body: RouteIn) -> tuple:
-    return (body.name, body.enabled, body.regions, [s.value for s in body.streams],
-            [s.value for s in body.severities], body.rule_ids, list(body.events), body.channels,
-            body.escalate_after_s, [s.value for s in body.escalate_severities])
+    return (body.name, body.enabled, body.regions, _values(body.streams), _values(body.severities), body.rule_ids,
+            list(body.events), body.channels, body.escalate_after_s, _values(body.escalate_severities))
 
 
 @router.get("/v1/routes", response_model=RoutesPublic)
