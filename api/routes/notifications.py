@@ -28,6 +28,8 @@ NotificationState = Literal["pending", "delivered", "failed"]
 _NAME = r"^[\w .:@()/-]{1,100}$"
 _URL = r"^https?://[^\s]{1,2000}$"
 _ID = Annotated[int, Field(ge=1, le=2**31 - 1)]
+# Quiet hours as China wall-clock "HH:MM" (a bare time is not an OpenAPI "time", which needs an offset).
+_HHMM = Field(None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="China time HH:MM")
 
 
 class Conflict(ApiError):
@@ -43,8 +45,9 @@ class ChannelIn(BaseModel):
                                description="HMAC key (webhook), sign secret (DingTalk/Feishu) or robot key "
                                            "(WeCom); write-only")
     enabled: bool = True
-    quiet_start: time | None = Field(None, description="China time; with quiet_end: only critical is sent")
-    quiet_end: time | None = None
+    quiet_start: str | None = Field(None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                                    description="China time HH:MM; with quiet_end: only critical is sent")
+    quiet_end: str | None = _HHMM
     rate_per_window: int = Field(0, ge=0, le=100000, description="sends per notify.rate_window_s (0: no limit)")
 
 
@@ -52,8 +55,8 @@ class ChannelPatch(BaseModel):
     url: str | None = Field(None, pattern=_URL)
     secret: str | None = Field(None, min_length=1, max_length=500, pattern=r"^[^\x00]*$")
     enabled: bool | None = None
-    quiet_start: time | None = None
-    quiet_end: time | None = None
+    quiet_start: str | None = _HHMM
+    quiet_end: str | None = _HHMM
     clear_quiet_hours: bool = False
     rate_per_window: int | None = Field(None, ge=0, le=100000)
 
@@ -64,8 +67,8 @@ class ChannelPublic(BaseModel):
     kind: str
     url: str
     enabled: bool
-    quiet_start: time | None = None
-    quiet_end: time | None = None
+    quiet_start: str | None = _HHMM
+    quiet_end: str | None = _HHMM
     rate_per_window: int
     has_secret: bool
     created_at: datetime
@@ -136,8 +139,17 @@ _NT = ("id, idempotency_key, alert_id, alert_event_id, route_id, channel_id, ste
        " next_attempt_at, last_attempt_at, last_error, created_at, delivered_at")
 
 
+def _hhmm(t: time | None) -> str | None:
+    return None if t is None else t.strftime("%H:%M")
+
+
+def _time(text: str | None) -> time | None:
+    return None if text is None else time.fromisoformat(text)
+
+
 def _channel(row) -> ChannelPublic:
-    return ChannelPublic(**{**dict(row), "url": redact_url(row["url"])})
+    return ChannelPublic(**{**dict(row), "url": redact_url(row["url"]), "quiet_start": _hhmm(row["quiet_start"]),
+                            "quiet_end": _hhmm(row["quiet_end"])})
 
 
 def _quiet_ok(start, end) -> None:
@@ -170,7 +182,7 @@ async def create_channel(body: ChannelIn, pool: PoolDep, user: CurrentUser):
             cid = await con.fetchval(
                 "INSERT INTO notify_channels (name, kind, url, enabled, quiet_start, quiet_end, rate_per_window)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id", body.name, body.kind, body.url, body.enabled,
-                body.quiet_start, body.quiet_end, body.rate_per_window)
+                _time(body.quiet_start), _time(body.quiet_end), body.rate_per_window)
         except asyncpg.UniqueViolationError:
             raise Conflict(f"a channel named {body.name!r} exists") from None
         if body.secret is not None:
@@ -195,7 +207,7 @@ async def update_channel(channel_id: int, body: ChannelPatch, pool: PoolDep, use
         if body.clear_quiet_hours:
             start = end = None
         if body.quiet_start is not None or body.quiet_end is not None:
-            start, end = body.quiet_start or start, body.quiet_end or end
+            start, end = _time(body.quiet_start) or start, _time(body.quiet_end) or end
         _quiet_ok(start, end)
         await con.execute(
             "UPDATE notify_channels SET url = COALESCE($2, url), enabled = COALESCE($3, enabled), quiet_start = $4,"
