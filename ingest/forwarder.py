@@ -235,10 +235,10 @@ async def run_forwarder(settings, stop: asyncio.Event | None = None) -> None:
 
     stop = stop or asyncio.Event()
     f = settings.forward
-    if f.metrics_port:
-        start_http_server(f.metrics_port, addr="127.0.0.1")
     consumer = MqttConsumer(mqtt_params(settings, client_id=f.client_id), [f"{settings.mqtt.topic_prefix}/+/+/+/hj212"])
     async with asyncpg.create_pool(settings.db.dsn, min_size=2, max_size=8) as pool:
+        if f.metrics_port:
+            start_http_server(f.metrics_port, addr="127.0.0.1")
         fwd = Forwarder(pool, ForwardConfig.of(f))
         await fwd.refresh(force=True)
         await consumer.start()

@@ -230,9 +230,9 @@ async def run_sender(settings) -> None:
     from prometheus_client import start_http_server
 
     cfg = SenderConfig.of(settings.notify)
-    if settings.notify.metrics_port:
-        start_http_server(settings.notify.metrics_port, addr="127.0.0.1")
     async with asyncpg.create_pool(settings.db.dsn, min_size=2, max_size=max(4, cfg.concurrency + 2)) as pool:
+        if settings.notify.metrics_port:
+            start_http_server(settings.notify.metrics_port, addr="127.0.0.1")
         async with httpx.AsyncClient(timeout=cfg.timeout_s) as client:
             log.info("notification sender running (max %d attempts, lease %.0fs)", cfg.max_attempts, cfg.lease_s)
             await Sender(pool, cfg, client).run()
