@@ -1,11 +1,14 @@
 """The one owner of alert rows: raise (or update the open one), update, clear, acknowledge, close, the
 event JSON every change announces, and the episode helpers of derived-data jobs. Used by the alarm
 engine's transitions (ingest.alarm_service), the derived-data jobs (ingest.jobs) and the API's
-acknowledge/close routes; nothing else writes ``alerts`` or ``alert_events``.
+acknowledge/close routes and the notification sender's escalation pass; nothing else writes ``alerts``,
+``alert_events`` or, for alert events, the ``notifications`` outbox.
 
 The partial unique index ``alerts_one_open`` keeps one open alert per (rule, device, metric): raising
 an alert that is already open updates it, clearing one that is not open does nothing. Each raise and
-clear is announced with ``pg_notify('wulian_alerts', ...)`` inside the caller's transaction.
+clear is announced with ``pg_notify('wulian_alerts', ...)`` inside the caller's transaction, and in that
+same transaction the notification routes that match the event write their outbox rows (:func:`notify`):
+a notification exists if and only if its alert transition committed.
 """
 from __future__ import annotations
 
@@ -43,7 +46,11 @@ UPDATE alerts SET state = 'cleared', cleared_at = {_TS}, updated_at = now()
 WHERE rule_id = $2 AND device = $3 AND metric = $4 AND state IN ('active', 'acknowledged')
 RETURNING id"""
 _EVENT = ("INSERT INTO alert_events (alert_id, event, actor, value, event_time)"
-          f" VALUES ($2, $3, $5, $4, {_TS})")
+          f" VALUES ($2, $3, $5, $4, {_TS}) RETURNING id")
+# The state an alert is in right after each event (SSE replay rebuilds payloads from the history).
+STATE_AFTER = {"raised": "active", "acknowledged": "acknowledged", "cleared": "cleared", "closed": "closed",
+               "escalated": "active"}
+NOTIFY_WAKE_CHANNEL = "wulian_notify"  # pg_notify'd when outbox rows are written: wakes the sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,24 +67,62 @@ class AlertTarget:
     title: str
 
 
-_EVENT_FIELDS = ("region", "stream", "device_id", "rule_id", "metric", "severity", "title")
+EVENT_FIELDS = ("region", "stream", "device_id", "rule_id", "metric", "severity", "title")
 
 
 def event_payload(alert_id: int, event: str, state: str, *, region: str, stream: str, device_id: str, rule_id: int,
-                  metric: str, severity: str, title: str, last_value: float | None) -> dict:
-    """The JSON of one alert change, as ``pg_notify`` announces it and the SSE stream forwards it."""
-    return {"id": alert_id, "event": event, "state": state, "region": region, "stream": stream,
-            "device_id": device_id, "rule_id": rule_id, "metric": metric, "severity": severity, "title": title,
-            "last_value": last_value}
+                  metric: str, severity: str, title: str, last_value: float | None, event_id: int | None = None,
+                  comment: str | None = None) -> dict:
+    """The JSON of one alert change, as ``pg_notify`` announces it, the SSE stream forwards it (its id is
+    ``event_id``, the ``alert_events`` row) and notifications carry it."""
+    ev = {"id": alert_id, "event_id": event_id, "event": event, "state": state, "region": region,
+          "stream": stream, "device_id": device_id, "rule_id": rule_id, "metric": metric, "severity": severity,
+          "title": title, "last_value": last_value}
+    if comment is not None:
+        ev["comment"] = comment
+    return ev
 
 
-def _event(alert_id: int, event: str, state: str, t: AlertTarget, value: float | None) -> dict:
-    return event_payload(alert_id, event, state, last_value=value, **{f: getattr(t, f) for f in _EVENT_FIELDS})
+def _event(alert_id: int, event: str, state: str, t: AlertTarget, value: float | None, event_id: int) -> dict:
+    return event_payload(alert_id, event, state, last_value=value, event_id=event_id,
+                         **{f: getattr(t, f) for f in EVENT_FIELDS})
+
+
+# The routes matching an event ($2 region, $3 stream, $4 severity, $5 rule, $6 event) write the first
+# channel's outbox row; a 'raised' event of an escalating route also schedules its escalation.
+_ROUTE = """
+WITH m AS (
+    SELECT id, channels, escalate_after_s, escalate_severities FROM notify_routes
+    WHERE enabled AND $6 = ANY(events) AND (cardinality(regions) = 0 OR $2 = ANY(regions))
+      AND (cardinality(streams) = 0 OR $3 = ANY(streams)) AND (cardinality(severities) = 0 OR $4 = ANY(severities))
+      AND (cardinality(rule_ids) = 0 OR $5 = ANY(rule_ids))
+), ins AS (
+    INSERT INTO notifications (idempotency_key, alert_id, alert_event_id, route_id, channel_id, step, severity, payload)
+    SELECT 'wl-' || $7::bigint::text || '-' || m.id || '-0', $1::bigint, $7::bigint, m.id, m.channels[1], 0,
+           $4::text, $8::jsonb FROM m
+    ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1
+), esc AS (
+    INSERT INTO alert_escalations (alert_id, route_id, next_step, due_at)
+    SELECT $1, m.id, 1, now() + m.escalate_after_s * interval '1 second' FROM m
+    WHERE $6 = 'raised' AND m.escalate_after_s IS NOT NULL AND $4 = ANY(m.escalate_severities)
+      AND cardinality(m.channels) > 1
+    ON CONFLICT DO NOTHING RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins) AS queued, (SELECT count(*) FROM esc) AS escalations"""
 
 
 async def notify(con: asyncpg.Connection, ev: dict) -> None:
-    """Announce ``ev`` on the alert channel; delivered when (and only if) the caller's transaction commits."""
+    """Announce ``ev`` on the alert channel and write the outbox rows of the notification routes it
+    matches, in the caller's transaction: both exist when (and only if) the transition commits."""
     await con.execute("SELECT pg_notify($1, $2)", CHANNEL, orjson.dumps(ev).decode())
+    if ev.get("event_id") is None:
+        return
+    queued = await con.fetchval(_ROUTE, ev["id"], ev["region"], ev["stream"], ev["severity"], ev["rule_id"],
+                                ev["event"], ev["event_id"], orjson.dumps(ev).decode())
+    if queued:
+        await con.execute("SELECT pg_notify($1, '')", NOTIFY_WAKE_CHANNEL)
+    if ev["event"] in ("acknowledged", "cleared", "closed"):  # only an active alert escalates
+        await con.execute("DELETE FROM alert_escalations WHERE alert_id = $1", ev["id"])
 
 
 def target_of(rule: SystemRule, device, metric: str = "", title: str | None = None,
@@ -95,8 +140,8 @@ async def raise_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value
                              t.severity, t.title, v)
     if not row["inserted"]:
         return None
-    await con.execute(_EVENT, ts_ns, row["id"], "raised", v, actor)
-    ev = _event(row["id"], "raised", "active", t, v)
+    eid = await con.fetchval(_EVENT, ts_ns, row["id"], "raised", v, actor)
+    ev = _event(row["id"], "raised", "active", t, v, eid)
     await notify(con, ev)
     return ev
 
@@ -151,8 +196,8 @@ async def clear_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value
     row = await con.fetchrow(_CLEAR, ts_ns, t.rule_id, t.device, t.metric)
     if row is None:
         return None
-    await con.execute(_EVENT, ts_ns, row["id"], "cleared", v, actor)
-    ev = _event(row["id"], "cleared", "cleared", t, v)
+    eid = await con.fetchval(_EVENT, ts_ns, row["id"], "cleared", v, actor)
+    ev = _event(row["id"], "cleared", "cleared", t, v, eid)
     await notify(con, ev)
     return ev
 
@@ -175,10 +220,10 @@ async def transition_alert(con: asyncpg.Connection, alert_id: int, state: str, a
         alert_id, new_state.value, actor, comment, [s.value for s in allowed_from(action)])
     if row is None:
         return None
-    await con.execute("INSERT INTO alert_events (alert_id, event, actor, comment) VALUES ($1, $2, $3, $4)",
-                      alert_id, action.value, actor, comment)
+    eid = await con.fetchval("INSERT INTO alert_events (alert_id, event, actor, comment) VALUES ($1, $2, $3, $4)"
+                             " RETURNING id", alert_id, action.value, actor, comment)
     await notify(con, event_payload(row["id"], action.value, row["state"], last_value=row["last_value"],
-                                    **{f: row[f] for f in _EVENT_FIELDS}))
+                                    event_id=eid, **{f: row[f] for f in EVENT_FIELDS}))
     return row
 
 
@@ -190,6 +235,52 @@ async def ack_alert(con: asyncpg.Connection, alert_id: int, state: str, actor: s
 async def close_alert(con: asyncpg.Connection, alert_id: int, state: str, actor: str,
                       comment: str | None = None) -> asyncpg.Record | None:
     return await transition_alert(con, alert_id, state, Action.CLOSE, actor, comment)
+
+
+# --- escalation (the notification sender's pass) ----------------------------------------------------
+
+_DUE_ESCALATIONS = f"""
+SELECT e.alert_id, e.route_id, e.next_step, r.name AS route, r.channels, r.escalate_after_s,
+       {', '.join('a.' + c.strip() for c in ALERT_COLUMNS.split(','))}
+FROM alert_escalations e JOIN notify_routes r ON r.id = e.route_id JOIN alerts a ON a.id = e.alert_id
+WHERE e.due_at <= now() ORDER BY e.due_at LIMIT $1 FOR UPDATE OF e SKIP LOCKED"""
+
+
+async def escalate_due(con: asyncpg.Connection, limit: int = 100) -> int:
+    """Escalate every due escalation of a still active (unacknowledged) alert: an ``escalated`` event in
+    the alert's history, an outbox row for the route's next channel, and the step after it scheduled.
+    Call inside a transaction. Returns the number of escalations made."""
+    made = 0
+    for e in await con.fetch(_DUE_ESCALATIONS, limit):
+        step, channels = e["next_step"], e["channels"]
+        if e["state"] != "active" or step >= len(channels):  # acknowledged or over meanwhile
+            await con.execute("DELETE FROM alert_escalations WHERE alert_id = $1 AND route_id = $2",
+                              e["alert_id"], e["route_id"])
+            continue
+        channel = channels[step]
+        comment = f"route {e['route']!r} step {step}: not acknowledged, notifying channel {channel}"
+        eid = await con.fetchval("INSERT INTO alert_events (alert_id, event, actor, comment) VALUES ($1, 'escalated',"
+                                 " 'escalation', $2) RETURNING id", e["alert_id"], comment)
+        ev = event_payload(e["alert_id"], "escalated", "active", last_value=e["last_value"], event_id=eid,
+                           comment=comment, **{f: e[f] for f in EVENT_FIELDS})
+        ev["escalation_step"] = step
+        await con.execute("SELECT pg_notify($1, $2)", CHANNEL, orjson.dumps(ev).decode())
+        await con.execute(
+            "INSERT INTO notifications (idempotency_key, alert_id, alert_event_id, route_id, channel_id, step,"
+            " severity, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) ON CONFLICT DO NOTHING",
+            f"wl-{eid}-{e['route_id']}-{step}", e["alert_id"], eid, e["route_id"], channel, step, e["severity"],
+            orjson.dumps(ev).decode())
+        if step + 1 < len(channels):
+            await con.execute("UPDATE alert_escalations SET next_step = $3,"
+                              " due_at = now() + $4 * interval '1 second' WHERE alert_id = $1 AND route_id = $2",
+                              e["alert_id"], e["route_id"], step + 1, e["escalate_after_s"])
+        else:
+            await con.execute("DELETE FROM alert_escalations WHERE alert_id = $1 AND route_id = $2",
+                              e["alert_id"], e["route_id"])
+        made += 1
+    if made:
+        await con.execute("SELECT pg_notify($1, '')", NOTIFY_WAKE_CHANNEL)
+    return made
 
 
 # --- episodes of derived-data jobs ---------------------------------------------------------------------

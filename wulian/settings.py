@@ -86,6 +86,8 @@ class ApiSettings(BaseModel):
     rate_limit_burst: float = 100.0
     tls_certfile: Path | None = None  # serve HTTPS when both are set
     tls_keyfile: Path | None = None
+    sse_replay_window_s: float = 3600.0  # Last-Event-ID: events this recent are replayed (issue 17)
+    sse_replay_max: int = 5000  # at most this many replayed events per reconnection
 
 
 class SimSettings(BaseModel):
@@ -179,6 +181,36 @@ class EnergySettings(BaseModel):
         return self
 
 
+class NotifySettings(BaseModel):
+    """Notification sender (``wulian notify``, issue 17): outbox delivery, retries, escalation."""
+
+    poll_s: float = 5.0  # outbox poll when no wake-up arrives
+    batch: int = 100  # due notifications claimed per pass
+    concurrency: int = 8  # deliveries in flight
+    timeout_s: float = 10.0  # per HTTP request
+    lease_s: float = 60.0  # a claimed notification comes due again after this (a killed sender's)
+    backoff_base_s: float = 2.0  # first retry delay; doubles per attempt (with jitter)
+    backoff_max_s: float = 600.0
+    max_attempts: int = 20  # then 'failed' (GET /v1/notifications?state=failed; POST .../retry)
+    rate_window_s: float = 60.0  # the window of a channel's rate_per_window
+    escalation_poll_s: float = 5.0  # how often due escalations are looked for
+    metrics_port: int = 9111  # Prometheus /metrics (0: off)
+
+
+class ForwardSettings(BaseModel):
+    """HJ 212 upstream forwarder (``wulian forward hj212``, issue 17)."""
+
+    client_id: str = "wulian-forward-hj212"  # persistent MQTT session: packets wait in the broker
+    poll_s: float = 2.0  # outbox poll per upstream
+    batch: int = 200  # outbox rows read per pass
+    answer_timeout_s: float = 10.0  # no 9014 in time: reconnect and resend
+    connect_timeout_s: float = 5.0
+    backoff_base_s: float = 1.0  # reconnect delay after an upstream failure; doubles, capped
+    backoff_max_s: float = 60.0
+    mapping_refresh_s: float = 10.0  # how soon new forwarded stations are picked up
+    metrics_port: int = 9112  # Prometheus /metrics (0: off)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WULIAN_", env_nested_delimiter="__", extra="ignore",
                                       env_file=SECRETS_FILE if os.access(SECRETS_FILE, os.R_OK) else None)
@@ -196,6 +228,8 @@ class Settings(BaseSettings):
     traffic: TrafficSettings = Field(default_factory=TrafficSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     energy: EnergySettings = Field(default_factory=EnergySettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    forward: ForwardSettings = Field(default_factory=ForwardSettings)
 
     @model_validator(mode="after")
     def _default_to_local_stack(self) -> "Settings":

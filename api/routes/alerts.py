@@ -6,18 +6,18 @@ from datetime import datetime
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from wulian.api.auth import CurrentUser
-from wulian.api.deps import PoolDep
+from wulian.api.deps import PoolDep, SettingsDep
 from wulian.api.errors import ApiError, NotFound
 from wulian.api.schemas import AlertAction, AlertDetail, AlertEventPublic, AlertPublic, AlertsPublic
 from wulian.core.alarms.lifecycle import Action, AlertState, IllegalTransition
 from wulian.core.alarms.rules import Severity
 from wulian.core.const import DEVICE_ID_PATTERN, Stream
 from wulian.ingest.alert_store import ALERT_COLUMNS as _COLS
-from wulian.ingest.alert_store import transition_alert
+from wulian.ingest.alert_store import EVENT_FIELDS, STATE_AFTER, event_payload, transition_alert
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 
@@ -69,16 +69,58 @@ async def _visible(con, alert_id: int, user) -> dict:
     return row
 
 
+_REPLAY = f"""
+SELECT e.id AS event_id, e.event, e.value, e.comment, a.id, a.last_value, {', '.join('a.' + f for f in EVENT_FIELDS)}
+FROM alert_events e JOIN alerts a ON a.id = e.alert_id
+WHERE e.id > $1 AND e.time > now() - $2 * interval '1 second' AND e.event <> 'updated'
+  AND ($3::text[] IS NULL OR a.region = ANY($3)) AND ($4::text IS NULL OR a.region = $4)
+ORDER BY e.id LIMIT $5"""
+
+
+def _sse(ev: dict) -> str:
+    return f"id: {ev['event_id']}\nevent: alert\ndata: {orjson.dumps(ev).decode()}\n\n"
+
+
+async def _replay(pool, settings, user, region: str | None, after: int) -> list[dict]:
+    """The events after ``after`` (within the replay window), as the live stream announced them."""
+    async with pool.acquire() as con:
+        rows = await con.fetch(_REPLAY, after, settings.api.sse_replay_window_s, user.region_filter(), region,
+                               settings.api.sse_replay_max)
+    out = []
+    for r in rows:
+        value = r["value"] if r["value"] is not None else r["last_value"]
+        out.append(event_payload(r["id"], r["event"], STATE_AFTER.get(r["event"], "active"), last_value=value,
+                                 event_id=r["event_id"], comment=r["comment"] if r["event"] == "escalated" else None,
+                                 **{f: r[f] for f in EVENT_FIELDS}))
+    return out
+
+
 @router.get("/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "alert changes as SSE"}})
-async def stream_alerts(request: Request, user: CurrentUser, region: str | None = None):
-    """Server-Sent Events: one ``alert`` event per committed change, within the key's regions."""
+async def stream_alerts(
+    request: Request, pool: PoolDep, settings: SettingsDep, user: CurrentUser, region: str | None = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=2**63 - 1, description=(
+        "resume: the id of the last event received; every later event (within api.sse_replay_window_s) is "
+        "sent first, in order, then live ones"))] = None,
+):
+    """Server-Sent Events: one ``alert`` event per committed change, within the key's regions. Each event's
+    ``id`` is its alert-history event id, so a reconnecting client (EventSource sends ``Last-Event-ID``)
+    misses nothing."""
     feed = request.app.state.alert_feed
-    queue = await feed.subscribe()
+    queue = await feed.subscribe()  # before the replay query: nothing falls between the two
+    try:
+        missed = await _replay(pool, settings, user, region, last_event_id) if last_event_id is not None else []
+    except BaseException:
+        feed.unsubscribe(queue)
+        raise
 
     async def events():
+        last = last_event_id or 0
         try:
             yield ": connected\n\n"
+            for ev in missed:
+                last = ev["event_id"]
+                yield _sse(ev)
             while True:
                 try:
                     ev = await asyncio.wait_for(queue.get(), timeout=15.0)
@@ -87,7 +129,11 @@ async def stream_alerts(request: Request, user: CurrentUser, region: str | None 
                     continue
                 if not user.can_see(ev.get("region", "")) or (region and ev.get("region") != region):
                     continue
-                yield f"id: {ev['id']}\nevent: alert\ndata: {orjson.dumps(ev).decode()}\n\n"
+                eid = ev.get("event_id")
+                if eid is None or eid <= last:  # already replayed
+                    continue
+                last = eid
+                yield _sse(ev)
         finally:
             feed.unsubscribe(queue)
 

@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
                      "WULIAN_ENERGY__METERS_INTERVAL_S": "60"}.items():
         env.setdefault(var, val)
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    procs = [subprocess.Popen(exe + ["ingest"], env=env), subprocess.Popen(exe + ["api"], env=env)]
+    procs = [subprocess.Popen(exe + ["ingest"], env=env), subprocess.Popen(exe + ["api"], env=env),
+             # the notification sender: idle until channels and routes are configured (/v1/channels, /v1/routes)
+             subprocess.Popen(exe + ["notify", "run"], env=env)]
     try:
         time.sleep(3.0)
         # History first: time-compressed scenarios stamped in the recent past (an exceedance, an AQI
@@ -118,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         _stop(procs)
         raise
     api_url = f"http://{s.api.host}:{s.api.port}"
-    print(f"Wulian demo: ingest, API ({api_url}/docs) and simulators running; Ctrl-C to stop.", flush=True)
+    print(f"Wulian demo: ingest, API ({api_url}/docs), notification sender and simulators running; Ctrl-C to stop.",
+          flush=True)
     try:
         asyncio.run(_summary_loop(start_wall, args.duration, args.every, s.ingest.metrics_port, api_url))
     except KeyboardInterrupt:
