@@ -56,6 +56,9 @@ METRIC_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
 REGION_PATTERN = r"^[a-z][a-z0-9_\-]{0,31}$"
 
 ALERT_CHANNEL = "wulian_alerts"  # PostgreSQL NOTIFY channel announcing every committed alert change
+# NOTIFY channel (payload: a device id) on which a change to a device's credentials or its removal is
+# announced by triggers (core/sql/0102_device_secrets.sql); gateways drop the device from their caches.
+DEVICE_CREDENTIALS_CHANNEL = "wulian_device_credentials"
 
 # Rule ids of built-in domain rules that derived-data jobs raise alerts for (user rules come from the
 # ``rules`` table's identity, far below this range).

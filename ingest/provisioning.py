@@ -5,7 +5,9 @@ Every device gets its own MQTT account named by its device id; the broker's ACL 
 stream), while service accounts (ingest, api, simulator, gateway) may do anything. Credentials live
 in a Mosquitto ``password_file``: PBKDF2-SHA512 hashes in the format ``mosquitto_passwd`` writes
 (``$7$101$salt$hash``, Mosquitto >= 2.0), so no subprocess is needed. Mosquitto rereads both files on
-SIGHUP (:func:`reload_broker`). The files are replaced atomically, keeping owner and mode.
+SIGHUP (:func:`reload_broker`). The files are replaced atomically, keeping owner and mode. The other
+credentials (HJ 212 PW, JT/T 808 auth code) go to the device-secret store (ingest/device_secrets.py),
+never into ``devices.attrs``; :func:`remove_device` revokes all of them.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Iterable
 import asyncpg
 
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
+from wulian.ingest import device_secrets
 
 SERVICE_ACCOUNTS = ("ingest", "api", "simulator", "gateway")
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses
@@ -148,7 +151,8 @@ def reload_broker(pid_file: Path) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
-    """What ``wulian device add`` (or a gateway's auto-provisioning) registers."""
+    """What ``wulian device add`` (or a gateway's auto-provisioning) registers. ``secrets`` (kind ->
+    secret, kinds of ingest/device_secrets.py) go to the device-secret store, never into ``attrs``."""
 
     device_id: str
     region: str
@@ -156,6 +160,7 @@ class DeviceSpec:
     device_type: str | None = None
     name: str | None = None
     attrs: dict = field(default_factory=dict)
+    secrets: dict = field(default_factory=dict, repr=False)
 
     def validate(self) -> None:
         if not _DEVICE_RE.match(self.device_id):
@@ -164,8 +169,13 @@ class DeviceSpec:
             raise ValueError(f"invalid region {self.region!r}")
         if self.stream not in {s.value for s in Stream}:
             raise ValueError(f"unknown stream {self.stream!r}")
+        leaked = sorted(device_secrets.KINDS & set(self.attrs))
+        if leaked:
+            raise ValueError(f"{', '.join(leaked)} is a secret: pass it in secrets, not attrs")
+        device_secrets.validate(self.secrets)
 
 
+# An explicit (re-)provisioning brings back a removed device; auto-provisioning ($7) never does.
 _UPSERT = """
 INSERT INTO devices (device_id, region, stream, device_type, name, attrs, auto_registered)
 VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
@@ -173,26 +183,32 @@ ON CONFLICT (device_id) DO UPDATE SET
     region = EXCLUDED.region, stream = EXCLUDED.stream,
     device_type = COALESCE(EXCLUDED.device_type, devices.device_type),
     name = COALESCE(EXCLUDED.name, devices.name),
-    attrs = devices.attrs || EXCLUDED.attrs
+    attrs = devices.attrs || EXCLUDED.attrs,
+    removed_at = CASE WHEN $7 THEN devices.removed_at END
 RETURNING id, (xmax = 0) AS created"""
 
 
 async def upsert_device(con: asyncpg.Connection, spec: DeviceSpec, *, auto: bool = False) -> tuple[int, bool]:
-    """Insert or update one registry row (attrs merged); returns (id, created)."""
+    """Insert or update one registry row (attrs merged) and its secrets; returns (id, created)."""
     spec.validate()
-    row = await con.fetchrow(_UPSERT, spec.device_id, spec.region, spec.stream, spec.device_type, spec.name,
-                             json.dumps(spec.attrs), auto)
+    async with con.transaction():
+        row = await con.fetchrow(_UPSERT, spec.device_id, spec.region, spec.stream, spec.device_type, spec.name,
+                                 json.dumps(spec.attrs), auto)
+        await device_secrets.put(con, spec.device_id, spec.secrets)
     return row["id"], row["created"]
 
 
 async def upsert_devices_many(con: asyncpg.Connection, specs: Iterable[DeviceSpec]) -> None:
     """Bulk variant (benchmarks provision thousands of terminals)."""
-    rows = []
+    rows, secret_rows = [], []
     for spec in specs:
         spec.validate()
         rows.append((spec.device_id, spec.region, spec.stream, spec.device_type, spec.name,
                      json.dumps(spec.attrs), False))
-    await con.executemany(_UPSERT, rows)
+        secret_rows += [(spec.device_id, k, v) for k, v in spec.secrets.items()]
+    async with con.transaction():
+        await con.executemany(_UPSERT, rows)
+        await device_secrets.put_many(con, secret_rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +217,9 @@ class Provisioned:
     registry_id: int
     created: bool
     mqtt_username: str
-    mqtt_password: str | None  # None when broker credentials were not written
+    mqtt_password: str | None = field(repr=False)  # None when broker credentials were not written
     attrs: dict
+    secrets: dict = field(repr=False)  # to hand to the device once (``wulian device add`` prints them)
 
 
 async def provision_device(
@@ -213,13 +230,14 @@ async def provision_device(
     mqtt_password: str | None = None,
     pid_file: Path | None = None,
 ) -> Provisioned:
-    """Registry row + broker credentials (+ HJ 212 PW for pollution/air/water devices of type hj212).
-    Without ``password_file`` only the registry row is written."""
+    """Registry row + broker credentials (+ HJ 212 PW for pollution/air/water devices of type hj212, in
+    the device-secret store). Without ``password_file`` only the registry row is written."""
     attrs = dict(spec.attrs)
-    if spec.device_type == "hj212" and "hj212_pw" not in attrs:
-        attrs["hj212_pw"] = generate_hj212_pw()
+    secrets_ = dict(spec.secrets)
+    if spec.device_type == "hj212" and device_secrets.HJ212_PW not in secrets_:
+        secrets_[device_secrets.HJ212_PW] = generate_hj212_pw()
     attrs["mqtt_user"] = spec.device_id
-    spec = DeviceSpec(spec.device_id, spec.region, spec.stream, spec.device_type, spec.name, attrs)
+    spec = DeviceSpec(spec.device_id, spec.region, spec.stream, spec.device_type, spec.name, attrs, secrets_)
     registry_id, created = await upsert_device(con, spec)
     password = None
     if password_file is not None:
@@ -227,7 +245,36 @@ async def provision_device(
         set_credentials_many(password_file, {spec.device_id: password})
         if pid_file is not None:
             reload_broker(pid_file)
-    return Provisioned(spec.device_id, registry_id, created, spec.device_id, password, attrs)
+    return Provisioned(spec.device_id, registry_id, created, spec.device_id, password, attrs, secrets_)
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    device_id: str
+    known: bool  # the registry has the device (removed now or before)
+    registry: bool  # the registry row was marked removed now (False: unknown or removed before)
+    secrets: list[str]  # kinds revoked from the device-secret store
+    mqtt: bool  # the broker account was deleted
+
+
+async def remove_device(con: asyncpg.Connection, device_id: str, *, password_file: Path | None,
+                        pid_file: Path | None = None) -> Removed:
+    """Revoke every credential of a device: the registry row is marked removed (the gateways refuse it,
+    auto-provisioning never revives it), its secrets are deleted (both announced to the gateways'
+    caches by trigger), and its MQTT account leaves the password file (the broker reloads on SIGHUP
+    and disconnects a client whose account is gone). Idempotent; the row and its data stay."""
+    if not _DEVICE_RE.match(device_id):
+        raise ValueError(f"invalid device id {device_id!r}")
+    async with con.transaction():
+        was_removed = await con.fetchval(
+            "SELECT removed_at IS NOT NULL FROM devices WHERE device_id = $1 FOR UPDATE", device_id)
+        if was_removed is False:
+            await con.execute("UPDATE devices SET removed_at = now() WHERE device_id = $1", device_id)
+        kinds = await device_secrets.revoke(con, device_id)
+    mqtt = password_file is not None and remove_credentials(password_file, device_id)
+    if mqtt and pid_file is not None:
+        reload_broker(pid_file)
+    return Removed(device_id, was_removed is not None, was_removed is False, kinds, mqtt)
 
 
 # --- local stack bootstrap -----------------------------------------------------------------------

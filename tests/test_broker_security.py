@@ -10,6 +10,7 @@ import pytest
 from paho.mqtt.client import CallbackAPIVersion, Client
 from paho.mqtt.enums import MQTTProtocolVersion
 
+from wulian.ingest import device_secrets
 from wulian.ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
 from wulian.ingest.provisioning import (
     DeviceSpec, bootstrap_stack_auth, check_password, hash_password, provision_device, read_password_file,
@@ -104,10 +105,12 @@ async def test_provisioned_device_can_connect_after_reload(secure_broker, pool):
     async with pool.acquire() as con:
         p = await provision_device(con, DeviceSpec(dev, "city", "pollution", "hj212"),
                                    password_file=secure_broker.dir / "passwd")
-        row = await con.fetchrow("SELECT region, stream, attrs->>'hj212_pw' AS pw, attrs->>'mqtt_user' AS u "
+        row = await con.fetchrow("SELECT region, stream, attrs->>'mqtt_user' AS u, attrs::text AS attrs "
                                  "FROM devices WHERE device_id = $1", dev)
+        pw = (await device_secrets.get(con, dev))[device_secrets.HJ212_PW]
     assert (row["region"], row["stream"], row["u"]) == ("city", "pollution", dev)
-    assert len(row["pw"]) == 6 and row["pw"].isdigit()
+    assert len(pw) == 6 and pw.isdigit() and pw == p.secrets[device_secrets.HJ212_PW]
+    assert device_secrets.HJ212_PW not in row["attrs"]
     assert len(p.mqtt_password) >= 20
     assert _connect_rc(secure_broker.port, dev, p.mqtt_password) == "Not authorized"  # not reloaded yet
     secure_broker.proc.send_signal(signal.SIGHUP)
@@ -181,3 +184,53 @@ def test_local_stack_broker_requires_the_generated_service_accounts(pg_stack):
     assert _connect_rc(port, s.gateway.mqtt_username, s.gateway.mqtt_password) == "Success"
     conf = (pg_stack.stack.dir / "mosquitto" / "mosquitto.conf").read_text()
     assert conf.rstrip().endswith(f"acl_file {pg_stack.stack.dir / 'mosquitto' / 'acl'}")
+
+
+async def test_device_remove_revokes_every_credential_and_disconnects_the_mqtt_client(secure_broker, pool,
+                                                                                      test_dsn):
+    """`wulian device remove`: the MQTT account, the HJ 212 PW and the JT/T 808 auth code all go, and a
+    client still connected with the removed account is disconnected by the broker's reload."""
+    import argparse
+
+    from wulian.cli.commands.device import _remove
+    from wulian.settings import DbSettings, StackSettings
+
+    dev = f"R{uuid.uuid4().hex[:8]}"
+    async with pool.acquire() as con:
+        p = await provision_device(con, DeviceSpec(dev, "city", "pollution", "hj212"),
+                                   password_file=secure_broker.dir / "passwd")
+        await device_secrets.put(con, dev, {device_secrets.JT808_AUTH: "code-7"})
+    secure_broker.proc.send_signal(signal.SIGHUP)
+    for _ in range(50):
+        if _connect_rc(secure_broker.port, dev, p.mqtt_password) == "Success":
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("provisioned device could not connect after SIGHUP")
+    c = Client(CallbackAPIVersion.VERSION2, client_id=f"{dev}-live", protocol=MQTTProtocolVersion.MQTTv5)
+    c.username_pw_set(dev, p.mqtt_password)
+    up, down = threading.Event(), threading.Event()
+    c.on_connect = lambda *a: up.set()
+    c.on_disconnect = lambda *a: down.set()
+    c.reconnect_delay_set(60, 60)  # no reconnection attempt within the test
+    c.connect("127.0.0.1", secure_broker.port)
+    c.loop_start()
+    try:
+        assert await asyncio.to_thread(up.wait, 10)
+        s = Settings(db=DbSettings(dsn=test_dsn), stack=StackSettings(dir=secure_broker.dir / "stack"))
+        pid_file = s.stack.dir / "mosquitto" / "mosquitto.pid"  # where `wulian device` finds the broker
+        pid_file.parent.mkdir(parents=True)
+        pid_file.write_text(str(secure_broker.proc.pid))
+        out = await _remove(argparse.Namespace(device_id=dev, password_file=str(secure_broker.dir / "passwd"),
+                                               no_broker=False), s)
+        assert out == {"device_id": dev, "removed": True, "secrets_revoked": ["hj212_pw", "jt808_auth"],
+                       "credentials_removed": True}
+        assert dev not in read_password_file(secure_broker.dir / "passwd")
+        assert await asyncio.to_thread(down.wait, 10)  # the broker's reload drops the revoked account
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    assert _connect_rc(secure_broker.port, dev, p.mqtt_password) == "Not authorized"
+    async with pool.acquire() as con:
+        assert await device_secrets.get(con, dev) == {}
+        assert await con.fetchval("SELECT removed_at IS NOT NULL FROM devices WHERE device_id = $1", dev)

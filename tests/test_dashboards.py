@@ -12,7 +12,8 @@ import pytest
 
 from wulian.core.timebase import CHINA_TZ
 from wulian.core.const import Stream
-from wulian.dashboards.build import DASHBOARDS, GRANTS_SQL, OUT_DIR, READONLY_ROLE, file_name, granted_tables
+from wulian.dashboards.build import DASHBOARDS, GRANTS_SQL, NEVER_GRANTED, OUT_DIR, READONLY_ROLE, file_name
+from wulian.dashboards.build import granted_tables
 from wulian.dashboards.build import grants_migrations, grants_sql, readonly_tables, rendered, write_grants
 from wulian.dashboards.model import DATASOURCE_UID
 from wulian.dashboards.render import to_json_text
@@ -110,6 +111,7 @@ def test_grants_cover_exactly_what_the_dashboards_read(tmp_path):
     assert {"readings", "devices", "metrics", "vehicle_positions", "traffic_observations"} <= set(tables)
     assert grants_migrations()[0] == GRANTS_SQL and granted_tables(grants_migrations()[-1]) == tables
     assert "retention_policies" not in tables and "api_keys" not in tables
+    assert not any(NEVER_GRANTED & set(granted_tables(m)) for m in grants_migrations())  # device_secrets...
     # a changed table set after the last migration was applied goes into a new, later migration
     (tmp_path / "0001_init.sql").write_text("")
     (tmp_path / "0090_grafana_readonly.sql").write_text(grants_sql().replace("        'alerts',\n", ""))

@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 from wulian.core.kernels.checksums import crc_hj212
+from wulian.ingest import device_secrets
 from wulian.ingest.codecs import hj212, jt808
 from wulian.ingest.gateways.base import AuthThrottle, GatewayConfig, GatewayLimits
 from wulian.ingest.gateways.hj212_gateway import Hj212Gateway, crc_modes, restamp
@@ -28,8 +29,15 @@ def _config(**limits) -> GatewayConfig:
 
 
 async def _add(pool, device_id, stream, device_type, **attrs):
+    """A registry row; ``hj212_pw=`` / ``jt808_auth=`` go to the device-secret store."""
+    secrets = {k: attrs.pop(k) for k in list(attrs) if k in device_secrets.KINDS}
     async with pool.acquire() as con:
-        await upsert_device(con, DeviceSpec(device_id, REGION, stream, device_type, attrs=attrs))
+        await upsert_device(con, DeviceSpec(device_id, REGION, stream, device_type, attrs=attrs, secrets=secrets))
+
+
+async def _secrets(pool, device_id):
+    async with pool.acquire() as con:
+        return await device_secrets.get(con, device_id)
 
 
 async def _fetchval(pool, sql, *args):
@@ -146,8 +154,9 @@ async def test_station_and_terminal_data_lands_in_database(settings, pool):
     rows = await _fetchval(pool, "SELECT count(*) FROM vehicle_positions p JOIN devices d ON d.id = p.device "
                                  "WHERE d.device_id = $1 AND p.mileage_km > 0", phone)
     assert rows == 3
-    auth = await _fetchval(pool, "SELECT attrs->>'jt808_auth' FROM devices WHERE device_id = $1", phone)
-    assert auth == terminal.auth_code
+    assert await _secrets(pool, phone) == {device_secrets.JT808_AUTH: terminal.auth_code}
+    attrs = await _fetchval(pool, "SELECT attrs::text FROM devices WHERE device_id = $1", phone)
+    assert "jt808_terminal" in attrs and terminal.auth_code not in attrs
 
 
 async def test_raw_hj212_and_jt808_over_mqtt_land_in_database(settings, pool):
@@ -346,10 +355,10 @@ async def test_auto_provisioning_registers_unknown_devices(pool, fake_gateways):
     writer.close()
     async with pool.acquire() as con:
         rows = {r["device_id"]: r for r in await con.fetch(
-            "SELECT device_id, region, stream, auto_registered, attrs->>'hj212_pw' AS pw FROM devices "
-            "WHERE device_id = ANY($1)", [phone, mn])}
+            "SELECT device_id, region, stream, auto_registered FROM devices WHERE device_id = ANY($1)", [phone, mn])}
     assert (rows[phone]["stream"], rows[phone]["auto_registered"]) == ("vehicle", True)
-    assert (rows[mn]["stream"], rows[mn]["pw"], rows[mn]["region"]) == ("air", "777777", REGION)
+    assert (rows[mn]["stream"], rows[mn]["region"]) == ("air", REGION)
+    assert await _secrets(pool, mn) == {device_secrets.HJ212_PW: "777777"}
 
 
 # --- malformed input -----------------------------------------------------------------------------
@@ -473,6 +482,7 @@ async def test_mutated_frames_never_raise_in_a_session(pool):
     jg = Jt808Gateway(DeviceRegistry(pool), pub, sink, _config())
     hs, js = hg.session("10.0.0.1"), jg.session("10.0.0.2")
     js.authenticated, js.device_id, js.device = True, phone, await jg.registry.get(phone)
+    js.auth_code = "ok"
     ts = time.time_ns()
     seeds_h = [_upload(mn, "123456", ts), _upload(mn, "123456", ts, crc_mode="modbus"),
                hj212.encode(cn="2021", mn=mn, pw="123456", cp="DataTime=20260101000000;SB1-RS=1")]
@@ -564,3 +574,142 @@ async def test_modbus_crc_refused_unless_enabled_for_the_device(pool, fake_gatew
     writer.close()
     await sink.flush()
     assert await _dead(pool, mn) == ["gateway:bad_crc"]
+
+
+# --- removal: every credential revoked, caches and open connections included ------------------------
+
+def _device_cli(s, action, device_id, **kw):
+    import argparse
+
+    from wulian.cli.commands import device as cmd
+
+    args = argparse.Namespace(device_id=device_id, password_file=None, no_broker=False, region=REGION,
+                              stream=kw.get("stream", "pollution"), type=kw.get("type"), name=None,
+                              mqtt_password=None, hj212_pw=None, hj212_crc=None)
+    return (cmd._add if action == "add" else cmd._remove)(args, s)
+
+
+async def test_removed_device_is_refused_by_gateways_with_it_cached_and_connected(pool, fake_gateways, test_dsn,
+                                                                                  tmp_path):
+    """`wulian device remove` on a station and a terminal that are connected, authenticated and in the
+    gateways' caches: their next packet on the open connection is refused and the connection closed;
+    new connections, re-registration and auto-provisioning do not bring them back."""
+    from wulian.ingest.provisioning import read_password_file
+    from wulian.settings import DbSettings, Settings, StackSettings
+
+    gws, pub, sink = fake_gateways
+    gh, gj = gws["hj212"], gws["jt808"]
+    s = Settings(db=DbSettings(dsn=test_dsn), stack=StackSettings(dir=tmp_path))
+    mn, phone = _mn(), _phone()
+    pw = (await _device_cli(s, "add", mn, type="hj212"))["hj212_pw"]
+    await _device_cli(s, "add", phone, stream="vehicle", type="jt808")
+    ts = (time.time_ns() // NS) * NS
+    # the station: one upload accepted and answered
+    hr, hw = await asyncio.open_connection("127.0.0.1", gh.port)
+    hw.write(_upload(mn, pw, ts))
+    await wait_until(lambda: len(pub.sent) == 1, event=pub.event)
+    pub.sent[0][2].set_result(True)
+    assert hj212.decode(await _read_line(hr)).cn == "9014"
+    # the terminal: registered, authenticated, one report accepted and answered
+    jr, jw = await asyncio.open_connection("127.0.0.1", gj.port)
+    jw.write(jt808.encode(0x0100, phone, 1, jt808.register_body(
+        province=44, city=500, maker="X", model="Y", terminal_id="Z", plate_color=1, plate="A")))
+    code = (await _read_frame(jr)).payload.auth_code
+    jw.write(jt808.encode(0x0102, phone, 2, jt808.auth_body(code)))
+    assert (await _read_frame(jr)).payload.result == 0
+    body = jt808.location_body(ts_ns=ts, lat=23.3, lon=116.6)
+    jw.write(jt808.encode(0x0200, phone, 3, body))
+    await wait_until(lambda: len(pub.sent) == 2, event=pub.event)
+    pub.sent[1][2].set_result(True)
+    assert (await _read_frame(jr)).payload.result == 0
+    assert gh.registry.cached(mn) and gj.registry.cached(phone) and gh.registry.listening
+
+    assert await _device_cli(s, "remove", mn) == {
+        "device_id": mn, "removed": True, "secrets_revoked": ["hj212_pw"], "credentials_removed": True}
+    assert await _device_cli(s, "remove", phone) == {
+        "device_id": phone, "removed": True, "secrets_revoked": ["jt808_auth"], "credentials_removed": True}
+    assert not {mn, phone} & set(read_password_file(tmp_path / "mosquitto" / "passwd"))
+    assert await _secrets(pool, mn) == {} and await _secrets(pool, phone) == {}
+    # NOTIFY is asynchronous: the caches drop the devices milliseconds after the commit; wait for that
+    # rather than race it (a lookup that misses the cache reads the revocation from the database anyway)
+    await wait_until(lambda: not gh.registry.cached(mn), event=gh.registry.invalidated)
+    await wait_until(lambda: not gj.registry.cached(phone), event=gj.registry.invalidated)
+
+    hw.write(_upload(mn, pw, ts + NS))  # the same open connection
+    ans = hj212.decode(await _read_line(hr))
+    assert (ans.cn, ans.param("QnRtn")) == ("9011", "4")
+    assert await asyncio.wait_for(hr.read(), 5) == b""  # and hung up
+    jw.write(jt808.encode(0x0200, phone, 4, body))
+    ans = await _read_frame(jr)
+    assert (ans.payload.serial, ans.payload.result) == (4, 1)
+    assert await asyncio.wait_for(jr.read(), 5) == b""
+    assert len(pub.sent) == 2  # nothing more was published
+    # new connections: the old PW, the old code, a fresh registration (auto-provisioning on) are refused
+    hr, hw = await asyncio.open_connection("127.0.0.1", gh.port)
+    hw.write(_upload(mn, pw, ts + 2 * NS))
+    assert hj212.decode(await _read_line(hr)).param("QnRtn") == "4"
+    gj.config = GatewayConfig(region=REGION, auto_provision=True, limits=gj.limits)
+    jr, jw = await asyncio.open_connection("127.0.0.1", gj.port)
+    jw.write(jt808.encode(0x0102, phone, 5, jt808.auth_body(code)))
+    assert (await _read_frame(jr)).payload.result == 1
+    jr, jw = await asyncio.open_connection("127.0.0.1", gj.port)
+    jw.write(jt808.encode(0x0100, phone, 6, jt808.register_body(
+        province=44, city=500, maker="X", model="Y", terminal_id="Z", plate_color=1, plate="A")))
+    assert (await _read_frame(jr)).payload.result == 4  # terminal not in the database
+    assert len(pub.sent) == 2 and await _secrets(pool, phone) == {}
+    await sink.flush()
+    assert await _dead(pool, mn) == ["gateway:removed_device"] * 2
+    assert await _dead(pool, phone) == ["gateway:removed_device"] * 3
+    # `wulian device add` brings a removed device back, with a new PW
+    pw2 = (await _device_cli(s, "add", mn, type="hj212"))["hj212_pw"]
+    await wait_until(lambda: not gh.registry.cached(mn), event=gh.registry.invalidated)
+    hr, hw = await asyncio.open_connection("127.0.0.1", gh.port)
+    hw.write(_upload(mn, pw2, ts + 3 * NS))
+    await wait_until(lambda: len(pub.sent) == 3, event=pub.event)
+    pub.sent[2][2].set_result(True)
+    assert hj212.decode(await _read_line(hr)).cn == "9014"
+    hw.close()
+
+
+async def test_registry_caches_only_while_listening_for_credential_changes(pool):
+    """No cache without the LISTEN connection (never started, or lost); changes made by hand in SQL are
+    announced by the triggers too."""
+    dev = _mn()
+    await _add(pool, dev, "pollution", "hj212", hj212_pw="123456")
+    reg = DeviceRegistry(pool)
+    assert (await reg.get(dev)).secrets == {device_secrets.HJ212_PW: "123456"}
+    assert not reg.cached(dev)  # not started: every lookup asks the database
+    await reg.start()
+    try:
+        assert reg.listening and (await reg.get(dev)).secrets and reg.cached(dev)
+        async with pool.acquire() as con:
+            await con.execute("UPDATE device_secrets SET secret = '654321' WHERE device_id = $1", dev)
+        await wait_until(lambda: not reg.cached(dev), event=reg.invalidated)
+        assert (await reg.get(dev)).secrets == {device_secrets.HJ212_PW: "654321"} and reg.cached(dev)
+        async with pool.acquire() as con:  # the LISTEN connection dies: the cache is dropped and off
+            assert await con.fetchval("SELECT pg_terminate_backend($1)", reg.listen_pid)
+        await wait_until(lambda: not reg.listening)
+        assert not reg.cached(dev)
+        async with pool.acquire() as con:
+            await con.execute("UPDATE devices SET removed_at = now() WHERE device_id = $1", dev)
+        assert (await reg.get(dev)).removed and not reg.cached(dev)
+        await wait_until(lambda: reg.listening)  # back (after RELISTEN_S): caching again
+        assert (await reg.get(dev)).removed and reg.cached(dev)
+    finally:
+        await reg.stop()
+
+
+async def test_registry_uses_the_last_known_record_while_the_database_is_away(pool, test_dsn):
+    """Stale-if-error: nobody can revoke a credential while the database is away, so a known device
+    keeps its last record (as before the registry listened); an unknown one is still refused."""
+    import asyncpg
+
+    dev = _mn()
+    await _add(pool, dev, "pollution", "hj212", hj212_pw="123456")
+    own = await asyncpg.create_pool(test_dsn, min_size=1, max_size=1)
+    reg = DeviceRegistry(own)
+    assert (await reg.get(dev)).secrets and not reg.cached(dev)  # not listening: not trusted
+    await own.close()  # the database is away for this registry
+    assert (await reg.get(dev)).secrets == {device_secrets.HJ212_PW: "123456"}
+    with pytest.raises(asyncpg.InterfaceError):
+        await reg.get(_mn())

@@ -1,5 +1,6 @@
 import asyncpg
 import orjson
+import pytest
 
 from wulian.core.alarms.rules import Rule
 from wulian.core.const import INVALID_FLAGS
@@ -69,3 +70,40 @@ async def test_stored_rules_with_the_old_default_exclude_the_power_fault_flag(po
             await con.execute("DELETE FROM rules WHERE id = ANY($1::bigint[])", ids)
     assert got[0].exclude_flags == INVALID_FLAGS and "P" in got[0].exclude_flags
     assert got[1].exclude_flags == frozenset("D")  # chosen by hand: left alone
+
+
+async def test_device_secrets_migration_moves_secrets_out_of_attrs(pg_stack):
+    """0102 on a database whose devices still hold the HJ 212 PW and the JT/T 808 auth code in attrs."""
+    admin_dsn = pg_stack.db.dsn.rsplit("/", 1)[0] + "/postgres"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute('DROP DATABASE IF EXISTS "wulian_mig_secrets" WITH (FORCE)')
+    await admin.execute('CREATE DATABASE "wulian_mig_secrets"')
+    try:
+        con = await asyncpg.connect(admin_dsn.rsplit("/", 1)[0] + "/wulian_mig_secrets")
+        try:
+            await con.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                              " applied_at timestamptz NOT NULL DEFAULT now())")
+            for version, name, path in available():
+                if version < 102:
+                    await con.execute(path.read_text(encoding="utf-8"))
+                    await con.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            await con.execute(
+                "INSERT INTO devices (device_id, region, stream, device_type, attrs) VALUES"
+                " ('ST1', 'r', 'pollution', 'hj212', '{\"hj212_pw\": \"246810\", \"hj212_crc\": \"modbus\"}'),"
+                " ('VT1', 'r', 'vehicle', 'jt808',"
+                "  '{\"jt808_auth\": \"c0de\", \"jt808_terminal\": {\"plate\": \"A\"}}'),"
+                " ('PL1', 'r', 'air', NULL, '{\"lat\": 23.1}')")
+            assert await migrate(con) == [v for v, _, _ in available() if v >= 102]
+            secrets = {(r["device_id"], r["kind"]): r["secret"]
+                       for r in await con.fetch("SELECT device_id, kind, secret FROM device_secrets")}
+            assert secrets == {("ST1", "hj212_pw"): "246810", ("VT1", "jt808_auth"): "c0de"}
+            attrs = {r["device_id"]: r["attrs"] for r in await con.fetch("SELECT device_id, attrs::text FROM devices")}
+            assert attrs == {"ST1": '{"hj212_crc": "modbus"}', "VT1": '{"jt808_terminal": {"plate": "A"}}',
+                             "PL1": '{"lat": 23.1}'}
+            with pytest.raises(asyncpg.CheckViolationError):  # never again in attrs
+                await con.execute("UPDATE devices SET attrs = attrs || '{\"hj212_pw\": \"1\"}' WHERE device_id = 'PL1'")
+        finally:
+            await con.close()
+    finally:
+        await admin.execute('DROP DATABASE IF EXISTS "wulian_mig_secrets" WITH (FORCE)')
+        await admin.close()

@@ -192,7 +192,9 @@ class Gateway:
 
     # -- server --------------------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port (``port=0`` picks a free one)."""
+        """Listen; returns the bound port (``port=0`` picks a free one). The registry starts listening
+        for credential changes first, so that its cache is never stale."""
+        await self.registry.start()
         self.server = await asyncio.start_server(self._accept, host, port, backlog=4096,
                                                  limit=self.limits.read_bytes)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -209,6 +211,7 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 5.0)
             self.server = None
+        await self.registry.stop()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -2,22 +2,25 @@
 
 Per packet: the codec validates it (every CRC variant is tried, the one that matched must be
 allowed for the device: Appendix A always, the Modbus ones when ``attrs.hj212_crc`` names them), the
-MN + PW pair is checked against the registry (``attrs.hj212_pw``), and an upload (CN 2xxx) is published
-raw to
+MN + PW pair is checked against the device-secret store (kind ``hj212_pw``), and an upload (CN 2xxx) is
+published raw to
 ``wl/{region}/{stream}/{MN}/hj212``. The 9014 data answer goes back only after the broker's PUBACK and
 only when Flag bit A asks for one (HJ 212-2017 §6.1 and Appendix C). Packets whose CRC matched a
 tolerated Modbus variant are re-stamped with the Appendix A CRC before publishing, so ingest checks
 every packet the same way. Refusals are answered with 9011 QnRtn (Table 7: 3 PW error, 4 MN error,
-9 CRC error) when the packet names its QN and MN, and always dead-lettered.
+9 CRC error) when the packet names its QN and MN, and always dead-lettered. A removed device
+(``wulian device remove``) is refused as an unknown MN and its connection closed.
 """
 from __future__ import annotations
 
+import hmac
 import re
 
 from wulian.core.const import DEVICE_ID_PATTERN
 from wulian.core.kernels.checksums import crc_hj212
 from wulian.ingest.codecs import hj212
 from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.device_secrets import HJ212_PW
 from wulian.ingest.gateways.base import Gateway, Pending, Session
 from wulian.ingest.provisioning import DeviceSpec
 
@@ -85,21 +88,24 @@ class Hj212Session(Session):
             gw.frame("answer")
             return None
         device = await gw.registry.get(packet.mn)
-        if device is None:
-            if not gw.config.auto_provision:
-                return self._refuse(packet, frame, "unknown_device", QNRTN_MN_ERROR)
-            attrs = {"hj212_pw": packet.pw or ""}
-            if packet.crc_mode != "hj212":
-                attrs["hj212_crc"] = packet.crc_mode  # trust on first use, like the PW
+        if device is None and gw.config.auto_provision:
+            # trust on first use: the PW it sent, and the CRC variant it used
+            attrs = {"hj212_crc": packet.crc_mode} if packet.crc_mode != "hj212" else {}
             device = await gw.registry.provision(DeviceSpec(
-                packet.mn, gw.config.region, ST_STREAMS.get(packet.st or "", "pollution"), "hj212", attrs=attrs))
+                packet.mn, gw.config.region, ST_STREAMS.get(packet.st or "", "pollution"), "hj212", attrs=attrs,
+                secrets={HJ212_PW: packet.pw or ""}))
+        if device is None or device.removed:
+            if device is not None:  # its credentials were revoked: hang up
+                self.closing = True
+            return self._refuse(packet, frame, "unknown_device" if device is None else "removed_device",
+                                QNRTN_MN_ERROR)
         if packet.crc_mode not in crc_modes(device.attrs):
             detail = f"CRC matches the {packet.crc_mode} variant, not enabled for this device (attrs.hj212_crc)"
             self.dead_letter("bad_crc", detail, frame, packet.mn)
             gw.frame("bad_crc")
             return hj212.request_answer(packet, QNRTN_CRC_ERROR, crc_mode="hj212")
-        want_pw = device.attrs.get("hj212_pw")
-        if want_pw is None or str(want_pw) != (packet.pw or ""):
+        want_pw = device.secrets.get(HJ212_PW)
+        if want_pw is None or not hmac.compare_digest(want_pw.encode(), (packet.pw or "").encode()):
             return self._refuse(packet, frame, "bad_pw" if want_pw is not None else "no_pw_configured",
                                 QNRTN_PW_ERROR)
         self.device_id = packet.mn

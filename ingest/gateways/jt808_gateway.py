@@ -2,13 +2,15 @@
 
 Identity is the terminal's phone number without its zero padding (the same device under 2013 and 2019
 headers). 0x0100 registration of a terminal the registry knows (or any, with auto-provisioning) gets
-0x8100 with a fresh auth code, stored in ``attrs.jt808_auth`` before the answer goes out, together with
-the edition the registration body was laid out in (``devices.protocol_edition``); 0x0102 must
-present that code before any 0x0200/0x0704 on the connection is accepted (until then they are answered
-0x8001 "failed" and dead-lettered). Frames the codec reads only after a repair (a bare 0x7D check
-code) are accepted and counted (``wulian_gateway_frames_repaired_total``). An accepted location frame
-is published raw to
-``wl/{region}/{stream}/{phone}/jt808`` and answered 0x8001 "ok" only after the broker's PUBACK.
+0x8100 with a fresh auth code, stored in the device-secret store (kind ``jt808_auth``) before the answer
+goes out, together with the edition the registration body was laid out in (``devices.protocol_edition``);
+0x0102 must present that code before any 0x0200/0x0704 on the connection is accepted (until then they are
+answered 0x8001 "failed" and dead-lettered). Every report and heartbeat of an authenticated connection is
+checked again against the registry (a cache hit: the cache is invalidated by NOTIFY): once the device is
+removed or its code replaced, it is refused and the connection closed. Frames the codec reads only after
+a repair (a bare 0x7D check code) are accepted and counted (``wulian_gateway_frames_repaired_total``). An
+accepted location frame is published raw to ``wl/{region}/{stream}/{phone}/jt808`` and answered 0x8001
+"ok" only after the broker's PUBACK.
 Sub-packaged location batches are collected and republished as whole 0x0704 frames (each fitting the
 1023-byte body limit) so that ingest decodes every position; each package is answered once all are in.
 Registration, authentication (either result, for a known device) and logout never reach MQTT: they are
@@ -23,6 +25,7 @@ import struct
 
 from wulian.ingest.codecs import jt808
 from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.device_secrets import JT808_AUTH
 from wulian.ingest.gateways.base import Gateway, Pending, Session
 from wulian.ingest.provisioning import DeviceSpec
 
@@ -67,6 +70,7 @@ class Jt808Session(Session):
         super().__init__(gateway, ip)
         self.authenticated = False
         self.device = None  # the registry record, once authenticated
+        self.auth_code: str | None = None  # the code this connection authenticated with
         self.serial = 0
         self._packages: dict[tuple[int, int], dict[int, jt808.Jt808Message]] = {}
 
@@ -91,6 +95,8 @@ class Jt808Session(Session):
         if mid in LOCATION_IDS:
             return await self._location(msg, frame)
         if mid == 0x0002:  # heartbeat
+            if self.authenticated and not await self._still_admitted(msg, frame):
+                return self.answer(msg, RESULT_FAILED)
             gw.frame("heartbeat")
             return self.answer(msg, RESULT_OK if self.authenticated else RESULT_FAILED)
         if mid == 0x0100:
@@ -115,13 +121,16 @@ class Jt808Session(Session):
         device = await gw.registry.get(phone)
         if device is None and gw.config.auto_provision:
             device = await gw.registry.provision(DeviceSpec(phone, gw.config.region, "vehicle", "jt808"))
-        if device is None:
-            self.auth_failed("unknown_device")
-            self.dead_letter("unknown_device", f"0x0100 from {phone}", frame, phone)
-            gw.frame("unknown_device")
+        if device is None or device.removed:
+            reason = "unknown_device" if device is None else "removed_device"
+            if device is not None:  # removed: its credentials were revoked, hang up
+                self.closing = True
+            self.auth_failed(reason)
+            self.dead_letter(reason, f"0x0100 from {phone}", frame, phone)
+            gw.frame(reason)
             return jt808.register_answer(msg, REGISTER_NO_TERMINAL, serial=self.next_serial())
         code = new_auth_code()
-        patch = {"jt808_auth": code}
+        patch = {}
         reg = msg.payload
         edition = int(msg.edition)  # header only: 2011 and 2013 look the same
         if isinstance(reg, jt808.Register):
@@ -129,7 +138,7 @@ class Jt808Session(Session):
                                        "plate": reg.plate, "plate_color": reg.plate_color,
                                        "province": reg.province, "city": reg.city}
             edition = int(reg.layout)  # the body's field widths tell 2011, 2013 and 2019 apart
-        await gw.registry.set_attrs(phone, patch, protocol_edition=edition)
+        await gw.registry.update(phone, attrs=patch, secrets={JT808_AUTH: code}, protocol_edition=edition)
         self._event(msg, frame, "jt808_register", "ok")
         gw.frame("register")
         return jt808.register_answer(msg, 0, code, serial=self.next_serial())
@@ -138,10 +147,13 @@ class Jt808Session(Session):
         gw = self.gateway
         phone = msg.terminal_phone
         device = await gw.registry.get(phone)
-        want = device.attrs.get("jt808_auth") if device is not None else None
+        want = device.secrets.get(JT808_AUTH) if device is not None and not device.removed else None
         got = msg.payload.code if isinstance(msg.payload, jt808.Auth) else ""
-        if want is None or not hmac.compare_digest(str(want).encode(), got.encode("utf-8", "replace")):
-            reason = "unknown_device" if device is None else "bad_auth_code"
+        if want is None or not hmac.compare_digest(want.encode(), got.encode("utf-8", "replace")):
+            reason = ("unknown_device" if device is None else "removed_device" if device.removed
+                      else "bad_auth_code")
+            if reason == "removed_device":
+                self.closing = True
             if device is not None:
                 self._event(msg, frame, "jt808_auth", reason)
             self.auth_failed(reason)
@@ -152,6 +164,7 @@ class Jt808Session(Session):
         self.authenticated = True
         self.device_id = phone
         self.device = device
+        self.auth_code = want
         self._event(msg, frame, "jt808_auth", "ok")
         gw.frame("auth")
         return self.answer(msg, RESULT_OK)
@@ -163,6 +176,20 @@ class Jt808Session(Session):
         self.gateway.device_events(self.ip, msg.terminal_phone, [{**ev, "result": result} for ev in events],
                                    frame)
 
+    async def _still_admitted(self, msg: jt808.Jt808Message, frame: bytes) -> bool:
+        """The authenticated device is still registered with the code this connection presented (a
+        cache hit unless its credentials changed); if not, the connection loses its authentication
+        and is closed after this frame's answer."""
+        device = await self.gateway.registry.get(self.device_id)
+        if device is not None and not device.removed and device.secrets.get(JT808_AUTH) == self.auth_code:
+            self.device = device
+            return True
+        reason = "removed_device" if device is None or device.removed else "auth_code_revoked"
+        self.authenticated, self.device, self.auth_code, self.closing = False, None, None, True
+        self.dead_letter(reason, f"0x{msg.msg_id:04X} from {msg.terminal_phone}", frame)
+        self.gateway.frame(reason)
+        return False
+
     async def _location(self, msg: jt808.Jt808Message, frame: bytes) -> bytes | Pending | None:
         gw = self.gateway
         phone = msg.terminal_phone
@@ -170,6 +197,8 @@ class Jt808Session(Session):
             reason = "not_authenticated" if not self.authenticated else "phone_mismatch"
             self.dead_letter(reason, f"0x{msg.msg_id:04X} from {phone}", frame, phone)
             gw.frame(reason)
+            return self.answer(msg, RESULT_FAILED)
+        if not await self._still_admitted(msg, frame):
             return self.answer(msg, RESULT_FAILED)
         device = self.device
         topic = gw.topic(device.region, device.stream, phone)

@@ -1,8 +1,19 @@
-"""What gateways need from the database: device identity lookups (cached), per-device attributes
-(JT/T 808 auth codes), auto-provisioning, and a buffered sink for dead letters and device events.
+"""What gateways need from the database: device identity lookups (cached), credentials from the
+device-secret store, auto-provisioning, and a buffered sink for dead letters and device events.
 
 Lookups are cached for ``ttl_s`` so a reconnect storm of thousands of terminals costs one query per
-device, not one per frame; a changed attribute written through this registry updates the cache.
+device, not one per frame. A cache must never keep a revoked credential or a removed device alive, so
+the registry answers from its cache only while it LISTENs on ``DEVICE_CREDENTIALS_CHANNEL``: triggers
+announce every change to ``device_secrets`` and every removal (core/sql/0102_device_secrets.sql), and the
+device is dropped from the cache as the notification arrives (within milliseconds of the commit). While
+the listening connection is down (not started, or lost), every lookup asks the database; when it comes
+back the cache starts empty. A lookup per frame instead would cost a database round trip per packet
+(README: field gateways); a short TTL alone would leave a removed device accepted for that long.
+
+When the database cannot be reached, the last known record is used (stale-if-error, as before this
+registry listened): revoking a credential needs the database, so none can be revoked while it is away;
+only a change committed in the instant before it went away, whose notification never arrived, could be
+missed until it is back. Devices never seen are refused meanwhile (the lookup raises).
 """
 from __future__ import annotations
 
@@ -11,15 +22,20 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
+from wulian.core.const import DEVICE_CREDENTIALS_CHANNEL
+from wulian.ingest import device_secrets
 from wulian.ingest.batch_writer import EVENT_STAGING_DDL, write_events
 from wulian.ingest.provisioning import DeviceSpec, upsert_device
 from wulian.ingest.rows import DeadLetter, EventRow
 
 log = logging.getLogger(__name__)
+RELISTEN_S = 1.0  # pause between attempts to re-establish a lost LISTEN connection
+DB_RETRY_S = 1.0  # after a failed lookup, known devices are answered from the cache this long without asking
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +45,8 @@ class DeviceRecord:
     stream: str
     device_type: str | None
     attrs: dict
-
-
-def _record(row: asyncpg.Record) -> DeviceRecord:
-    attrs = row["attrs"]
-    if isinstance(attrs, str):  # jsonb without a registered codec
-        attrs = json.loads(attrs)
-    return DeviceRecord(row["device_id"], row["region"], row["stream"], row["device_type"], attrs or {})
+    removed: bool = False  # ``wulian device remove``: refused, never auto-provisioned again
+    secrets: dict = field(default_factory=dict, repr=False)  # kind -> secret (ingest/device_secrets.py)
 
 
 class DeviceRegistry:
@@ -45,11 +56,85 @@ class DeviceRegistry:
         self.miss_ttl_s = miss_ttl_s
         self._cache: dict[str, tuple[float, DeviceRecord | None]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
+        self._stale: set[str] = set()  # announced while their lookup was in flight: not to be cached
+        self._db_down_until = 0.0  # monotonic time until which known devices skip the database
+        self.listening = False
+        self.listen_pid: int | None = None  # server pid of the LISTEN connection
+        self.invalidations = 0  # notifications received (tests wait on it)
+        self.invalidated = asyncio.Event()
+        self._listen_task: asyncio.Task | None = None
 
+    # -- invalidation ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen for credential changes (and cache from then on); the gateway calls it on start."""
+        if self._listen_task is None:
+            ready = asyncio.get_running_loop().create_future()
+            self._listen_task = asyncio.create_task(self._listen(ready), name="device-registry-listen")
+            await asyncio.wait({ready, self._listen_task}, return_when=asyncio.FIRST_COMPLETED)
+
+    async def stop(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listen_task
+            self._listen_task = None
+
+    async def _listen(self, ready: asyncio.Future) -> None:
+        while True:
+            lost = asyncio.Event()
+
+            def on_lost(_con) -> None:
+                lost.set()
+
+            try:
+                async with self.pool.acquire() as con:
+                    con.add_termination_listener(on_lost)
+                    await con.add_listener(DEVICE_CREDENTIALS_CHANNEL, self._on_notify)
+                    try:
+                        self._cache.clear()  # whatever changed while not listening is unknown
+                        self._stale.update(self._inflight)
+                        self.listening, self.listen_pid = True, con.get_server_pid()
+                        if not ready.done():
+                            ready.set_result(True)
+                        await lost.wait()
+                        log.warning("device registry: LISTEN connection lost; not caching until it is back")
+                    finally:
+                        self._forget_all()
+                        con.remove_termination_listener(on_lost)
+                        if not con.is_closed():
+                            with contextlib.suppress(Exception):
+                                await con.remove_listener(DEVICE_CREDENTIALS_CHANNEL, self._on_notify)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is away: retried; lookups meanwhile go to the database
+                log.warning("device registry: not listening for credential changes (%s); not caching", exc)
+            if not ready.done():
+                ready.set_result(False)
+            await asyncio.sleep(RELISTEN_S)
+
+    def _forget_all(self) -> None:
+        """Notifications may be missed from now on: the cache is no longer trusted (kept only for
+        stale-if-error), and lookups in flight must not refresh it."""
+        self.listening = False
+        self._stale.update(self._inflight)
+
+    def _on_notify(self, _con, _pid, _channel, device_id: str) -> None:
+        self._cache.pop(device_id, None)
+        if device_id in self._inflight:
+            self._stale.add(device_id)
+        self.invalidations += 1
+        self.invalidated.set()
+
+    def cached(self, device_id: str) -> bool:
+        """True while a lookup of ``device_id`` would be answered from the cache (the database being up)."""
+        hit = self._cache.get(device_id)
+        return self.listening and hit is not None and hit[0] > time.monotonic()
+
+    # -- lookups -----------------------------------------------------------------------------------
     async def get(self, device_id: str) -> DeviceRecord | None:
         now = time.monotonic()
         hit = self._cache.get(device_id)
-        if hit is not None and hit[0] > now:
+        if hit is not None and (hit[0] > now and self.listening or now < self._db_down_until):
             return hit[1]
         fut = self._inflight.get(device_id)
         if fut is not None:  # one query per device however many frames wait for it
@@ -57,12 +142,19 @@ class DeviceRegistry:
         fut = asyncio.get_running_loop().create_future()
         self._inflight[device_id] = fut
         try:
-            async with self.pool.acquire() as con:
-                row = await con.fetchrow(
-                    "SELECT device_id, region, stream, device_type, attrs FROM devices WHERE device_id = $1",
-                    device_id)
-            rec = _record(row) if row is not None else None
-            self._cache[device_id] = (now + (self.ttl_s if rec else self.miss_ttl_s), rec)
+            try:
+                async with self.pool.acquire() as con:
+                    row = await device_secrets.fetch_device(con, device_id)
+            except _DB_ERRORS:
+                self._db_down_until = time.monotonic() + DB_RETRY_S
+                hit = self._cache.get(device_id)  # not dropped by a notification meanwhile
+                if hit is None:
+                    raise
+                fut.set_result(hit[1])  # stale-if-error (module docstring)
+                return hit[1]
+            rec = DeviceRecord(**row) if row is not None else None
+            if device_id not in self._stale:
+                self._cache[device_id] = (now + (self.ttl_s if rec else self.miss_ttl_s), rec)
             fut.set_result(rec)
             return rec
         except BaseException as exc:
@@ -71,20 +163,24 @@ class DeviceRegistry:
             raise
         finally:
             del self._inflight[device_id]
+            self._stale.discard(device_id)
 
-    async def set_attrs(self, device_id: str, patch: dict, *, protocol_edition: int | None = None
-                        ) -> DeviceRecord | None:
-        """Merge ``patch`` into the device's attrs and, if given, set the protocol edition it speaks
-        (``devices.protocol_edition``), in one statement committed before it returns."""
+    async def update(self, device_id: str, *, attrs: dict | None = None, secrets: dict | None = None,
+                     protocol_edition: int | None = None) -> None:
+        """Merge ``attrs`` into the device's attributes, set ``secrets`` and, if given, the protocol
+        edition it speaks (``devices.protocol_edition``), in one transaction committed before it returns;
+        the next lookup reads them back."""
         async with self.pool.acquire() as con:
-            row = await con.fetchrow(
-                "UPDATE devices SET attrs = attrs || $2::jsonb,"
-                " protocol_edition = coalesce($3::smallint, protocol_edition) WHERE device_id = $1 "
-                "RETURNING device_id, region, stream, device_type, attrs", device_id, json.dumps(patch),
-                protocol_edition)
-        rec = _record(row) if row is not None else None
-        self._cache[device_id] = (time.monotonic() + self.ttl_s, rec)
-        return rec
+            async with con.transaction():
+                if attrs or protocol_edition is not None:
+                    await con.execute("UPDATE devices SET attrs = attrs || $2::jsonb,"
+                                      " protocol_edition = coalesce($3::smallint, protocol_edition)"
+                                      " WHERE device_id = $1", device_id, json.dumps(attrs or {}), protocol_edition)
+                if secrets:
+                    await device_secrets.put(con, device_id, secrets)
+        self._cache.pop(device_id, None)
+        if device_id in self._inflight:
+            self._stale.add(device_id)
 
     async def provision(self, spec: DeviceSpec) -> DeviceRecord:
         """Auto-provisioning: register a device the gateway did not know (``auto_registered``)."""
@@ -109,6 +205,7 @@ class DeadLetterSink:
         self._events: list[EventRow] = []
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self.written = 0
         self.events_written = 0  # rows inserted (an event retried after an unclear commit counts once)
         self.dropped = 0
@@ -151,6 +248,12 @@ class DeadLetterSink:
                 await asyncio.sleep(1.0)
 
     async def flush(self) -> None:
+        """Write what is buffered; a flush already under way is waited for first, so that when this
+        returns everything added before the call is committed (not merely taken by the other flush)."""
+        async with self._flushing:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         if not self._buf and not self._events:
             return
         batch, self._buf = self._buf, []

@@ -387,6 +387,7 @@ async def bench(args: argparse.Namespace) -> dict:
     import asyncpg
 
     from wulian.ingest.migrations import migrate
+    from wulian.ingest.device_secrets import JT808_AUTH
     from wulian.ingest.provisioning import DeviceSpec, upsert_devices_many
     from wulian.simulators.field_devices import terminal_phones
     from wulian.settings import get_settings
@@ -411,7 +412,7 @@ async def bench(args: argparse.Namespace) -> dict:
         con = await asyncpg.connect(dsn)
         await migrate(con)
         seeds = (1, 2)
-        specs = [DeviceSpec(p, REGION, "vehicle", "jt808", attrs={"jt808_auth": _auth_code(p)})
+        specs = [DeviceSpec(p, REGION, "vehicle", "jt808", secrets={JT808_AUTH: _auth_code(p)})
                  for seed in seeds for p in terminal_phones(args.terminals, seed)]
         t0 = time.perf_counter()
         await upsert_devices_many(con, specs)

@@ -1,8 +1,11 @@
-"""``wulian device add|remove``: provision a device (registry row + its own MQTT credentials).
+"""``wulian device add|remove``: provision a device (registry row + its own MQTT credentials), or
+revoke every credential it has.
 
 The MQTT password is printed once (generated unless ``--mqtt-password`` is given); the broker keeps
 only its hash. HJ 212 stations (``--type hj212``) also get their access password PW (``--hj212-pw``
-or a generated one); JT/T 808 terminals get their auth code when they register with the gateway.
+or a generated one, printed once, kept in the device-secret store); JT/T 808 terminals get their auth
+code when they register with the gateway. ``remove`` revokes the MQTT account, the PW and the auth
+code, and marks the registry row removed so that the gateways refuse the device from its next packet.
 """
 from __future__ import annotations
 
@@ -23,16 +26,17 @@ def broker_files(settings: Settings) -> tuple[Path, Path, Path]:
 async def _add(args: argparse.Namespace, s: Settings) -> dict:
     import asyncpg
 
+    from wulian.ingest.device_secrets import HJ212_PW
     from wulian.ingest.provisioning import DeviceSpec, provision_device
 
     attrs: dict = {}
-    if args.hj212_pw:
-        attrs["hj212_pw"] = args.hj212_pw
+    secrets = {HJ212_PW: args.hj212_pw} if args.hj212_pw else {}
     if args.hj212_crc:
         attrs["hj212_crc"] = args.hj212_crc
     passwd, _acl, pid = broker_files(s)
     password_file = None if args.no_broker else Path(args.password_file) if args.password_file else passwd
-    spec = DeviceSpec(args.device_id, args.region or s.sim.region, args.stream, args.type, args.name, attrs)
+    spec = DeviceSpec(args.device_id, args.region or s.sim.region, args.stream, args.type, args.name, attrs,
+                      secrets)
     con = await asyncpg.connect(s.db.dsn)
     try:
         p = await provision_device(con, spec, password_file=password_file, mqtt_password=args.mqtt_password,
@@ -42,19 +46,27 @@ async def _add(args: argparse.Namespace, s: Settings) -> dict:
     out = {"device_id": p.device_id, "id": p.registry_id, "created": p.created,
            "mqtt_username": p.mqtt_username, "mqtt_password": p.mqtt_password,
            "topic": f"{s.mqtt.topic_prefix}/{spec.region}/{spec.stream}/{p.device_id}/+"}
-    if "hj212_pw" in p.attrs:
-        out["hj212_pw"] = p.attrs["hj212_pw"]
+    if HJ212_PW in p.secrets:
+        out[HJ212_PW] = p.secrets[HJ212_PW]
     return out
 
 
 async def _remove(args: argparse.Namespace, s: Settings) -> dict:
-    from wulian.ingest.provisioning import reload_broker, remove_credentials
+    import asyncpg
+
+    from wulian.ingest.provisioning import remove_device
 
     passwd, _acl, pid = broker_files(s)
-    removed = remove_credentials(Path(args.password_file) if args.password_file else passwd, args.device_id)
-    if removed:
-        reload_broker(pid)
-    return {"device_id": args.device_id, "credentials_removed": removed}
+    password_file = None if args.no_broker else Path(args.password_file) if args.password_file else passwd
+    con = await asyncpg.connect(s.db.dsn)
+    try:
+        r = await remove_device(con, args.device_id, password_file=password_file, pid_file=pid)
+    finally:
+        await con.close()
+    if not r.known and not r.mqtt:
+        raise ValueError(f"unknown device {args.device_id!r}: not in the registry, no MQTT account")
+    return {"device_id": r.device_id, "removed": r.registry, "secrets_revoked": r.secrets,
+            "credentials_removed": r.mqtt}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("device", help="provision a device: registry row + its own MQTT credentials")
-    p.add_argument("action", choices=["add", "remove"], help="remove: revoke the broker credentials")
+    p.add_argument("action", choices=["add", "remove"],
+                   help="remove: revoke every credential (MQTT account, HJ 212 PW, JT/T 808 auth code)")
     p.add_argument("device_id")
     p.add_argument("--region", default=None, help="default: the simulator region setting")
     p.add_argument("--stream", default="pollution")
@@ -80,5 +93,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hj212-pw", default=None, help="HJ 212 access password (PW); generated for --type hj212")
     p.add_argument("--hj212-crc", default=None, help="extra CRC variants tolerated: modbus, modbus_le")
     p.add_argument("--password-file", default=None, help="default: the local stack's .stack/mosquitto/passwd")
-    p.add_argument("--no-broker", action="store_true", help="registry row only (no MQTT credentials)")
+    p.add_argument("--no-broker", action="store_true", help="registry only (MQTT password file untouched)")
     p.set_defaults(func=run)

@@ -18,10 +18,11 @@ from wulian.settings import Settings, get_settings
 async def _provision(s: Settings, stations: list[str], phones: list[str], pw: str) -> None:
     import asyncpg
 
+    from wulian.ingest.device_secrets import HJ212_PW
     from wulian.ingest.provisioning import DeviceSpec, upsert_devices_many
 
     region = s.gateway.region
-    specs = [DeviceSpec(mn, region, "pollution", "hj212", attrs={"hj212_pw": pw}) for mn in stations]
+    specs = [DeviceSpec(mn, region, "pollution", "hj212", secrets={HJ212_PW: pw}) for mn in stations]
     specs += [DeviceSpec(p, region, "vehicle", "jt808") for p in phones]
     con = await asyncpg.connect(s.db.dsn)
     try:
