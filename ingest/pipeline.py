@@ -22,10 +22,10 @@ import orjson
 from wulian.core.model import Decoded
 from wulian.ingest import metrics as m
 from wulian.ingest.batch_writer import BatchWriter, DeviceInfo, WriteResult
+from wulian.ingest.codecs.contract import PayloadLimits
 from wulian.ingest.codecs.errors import CodecError
-from wulian.ingest.decoders import decode_message
+from wulian.ingest.codecs.registry import decode_message
 from wulian.ingest.mqtt_client import InMessage, MqttConsumer
-from wulian.ingest.payload import PayloadLimits
 from wulian.ingest.retention import apply_retention
 from wulian.ingest.rows import BatchRows, DeadLetter, EventRow, event_rows, pg_text
 from wulian.ingest.topics import Topic, parse_topic

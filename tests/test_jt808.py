@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from wulian.core.kernels.checksums import xor_bytes
+from wulian.cli.commands.decode import render_jt808
 from wulian.ingest.codecs import jt808
 from wulian.ingest.codecs.errors import CodecError
 from wulian.ingest.mqtt_client import InMessage
@@ -504,7 +505,7 @@ def test_mutations_raise_only_codec_errors(raw):
         if not msg.msg_id & 0x8000:
             jt808.platform_answer(msg, serial=1)
     try:
-        json.dumps(jt808.decode_cli(raw.hex()))
+        json.dumps(render_jt808(raw.hex()))
     except CodecError:
         pass
     try:
@@ -518,14 +519,14 @@ def test_mutations_raise_only_codec_errors(raw):
 def test_decode_cli_and_command(capsys):
     raw_hex = _entry("jt-sc-0200-readme-escaped")["raw_hex"]
     spaced = " ".join(raw_hex[i:i + 2] for i in range(2, len(raw_hex) - 2, 2))  # no 7E flags, spaces
-    out = jt808.decode_cli(spaced)
+    out = render_jt808(spaced)
     assert out["msg_id"] == "0x0200" and out["serial"] == 126
     assert out["body"]["alarms"] == ["emergency"] and out["body"]["status"] == ["positioned"]
     assert out["body"]["items"] == [{"id": "0x01", "value": "00000064"}, {"id": "0x02", "value": "007D"}]
     assert out["positions"][0]["mileage_km"] == 10.0
     json.dumps(out)
     with pytest.raises(CodecError) as err:
-        jt808.decode_cli("7E zz 7E")
+        render_jt808("7E zz 7E")
     assert err.value.reason == "bad_hex"
 
     # the `wulian decode` command itself (not the whole CLI, whose discovery imports every command)
