@@ -37,14 +37,6 @@ async def keys(pool):
     return out
 
 
-@pytest.fixture
-async def api(settings):
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
-            yield c
-
-
 def h(key):
     return {"Authorization": f"Bearer {key}"}
 

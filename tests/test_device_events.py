@@ -5,7 +5,6 @@ import asyncio
 import time
 import uuid
 
-import httpx
 import orjson
 import pytest
 
@@ -23,6 +22,7 @@ from wulian.ingest.provisioning import DeviceSpec, upsert_device
 from wulian.ingest.rows import event_row, event_rows
 from wulian.ingest.service import mqtt_params, running_ingestor
 from tests.conftest import wait_until
+from tests.helpers import asgi_client
 
 REGION, OTHER = "evcity", "evother"
 NS = 1_000_000_000
@@ -65,8 +65,7 @@ async def api(settings, pool):
         async def make(role="admin", regions=()):
             async with pool.acquire() as con:
                 key = await create_key(con, name=f"ev-{role}", role=role, regions=list(regions))
-            c = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
-                                  headers={"Authorization": f"Bearer {key}"})
+            c = asgi_client(app, {"Authorization": f"Bearer {key}"})
             clients.append(c)
             return c
 

@@ -15,6 +15,7 @@ from wulian.cli.commands.decode import render_hj212
 from wulian.ingest.codecs import hj212, hj212_codes
 from wulian.ingest.codecs.errors import CodecError
 from tests.data import load_json
+from tests.helpers import mutants
 
 ENTRIES = load_json("vectors/hj212.json")["entries"]
 CHINA = timezone(timedelta(hours=8))
@@ -469,27 +470,11 @@ def test_split_packets_lying_length_and_limits():
 _SEEDS = [e["raw"].encode() for e in ENTRIES] + [_packet(SEGMENT)]
 
 
-@st.composite
-def _mutants(draw):
-    data = bytearray(draw(st.sampled_from(_SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "byte"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=4))
-        elif op == "delete" and data:
-            del data[pos:pos + draw(st.integers(1, 8))]
-        elif op == "truncate":
-            del data[pos:]
-        elif data:
-            data[pos] = draw(st.sampled_from(b"#&;,=-0123456789ABCDEF\r\n\x00\xff"))
-    return bytes(data)
+_mutants = mutants(_SEEDS, b"#&;,=-0123456789ABCDEF\r\n\x00\xff")
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=_mutants() | st.binary(max_size=300))
+@given(raw=_mutants | st.binary(max_size=300))
 def test_mutations_raise_only_codec_errors(raw):
     for modes in (("hj212",), hj212.CRC_MODES):
         try:

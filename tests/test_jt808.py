@@ -19,6 +19,7 @@ from wulian.ingest.codecs.errors import CodecError
 from wulian.ingest.mqtt_client import InMessage
 from wulian.ingest.pipeline import Ingestor
 from tests.data import load_json
+from tests.helpers import mutants
 
 ENTRIES = load_json("vectors/jt808.json")["entries"]
 CHINA = timezone(timedelta(hours=8))
@@ -453,23 +454,7 @@ def test_split_frames_limit():
 _SEEDS = [bytes.fromhex(e["raw_hex"]) for e in ENTRIES]
 
 
-@st.composite
-def _mutants(draw):
-    data = bytearray(draw(st.sampled_from(_SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "byte"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=4))
-        elif op == "delete" and data:
-            del data[pos:pos + draw(st.integers(1, 8))]
-        elif op == "truncate":
-            del data[pos:]
-        elif data:
-            data[pos] = draw(st.sampled_from(b"\x7e\x7d\x01\x02\x00\xff"))
-    return bytes(data)
+_mutants = mutants(_SEEDS, b"\x7e\x7d\x01\x02\x00\xff")
 
 
 @st.composite
@@ -494,7 +479,7 @@ def _decodes(frame: bytes) -> bool:
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=_mutants() | _refixed() | st.binary(max_size=120))
+@given(raw=_mutants | _refixed() | st.binary(max_size=120))
 def test_mutations_raise_only_codec_errors(raw):
     for strict in (True, False):
         try:
