@@ -5,6 +5,8 @@ import logging
 import random
 import socket
 import struct
+import subprocess
+import sys
 from importlib.metadata import version
 
 import pytest
@@ -20,6 +22,13 @@ def test_installed_paho_is_verified_and_has_what_the_patches_rely_on():
     assert paho_fast.internals_problems() == []
     assert paho_fast.install() is paho_fast.BufferedClient
     assert getattr(_packet.decode_publish, "_wulian_fast", False)
+
+
+def test_nothing_is_patched_at_import():
+    code = ("import wulian.ingest.mqtt_client, wulian.ingest.service; from paho.mqtt import _packet; "
+            "print(getattr(_packet.decode_publish, '_wulian_fast', False))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_stock_sock_recv_behaves_as_the_buffer_expects():
