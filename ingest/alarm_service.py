@@ -30,6 +30,7 @@ import orjson
 from wulian.core.alarms.compiler import SeriesKey
 from wulian.core.alarms.engine import AlarmEngine, Transitions
 from wulian.core.alarms.rules import Rule, RuleKind, TransitionKind
+from wulian.core.arrays import ReadingArrays
 from wulian.core.kernels.alarm_kernels import NO_TS
 from wulian.ingest import metrics as m
 from wulian.ingest.alert_store import AlertTarget, UpdateCoalescer, clear_alert, raise_alert
@@ -173,49 +174,42 @@ class AlarmService:
             self.meta.append(SeriesMeta(dev, device_id, region, stream, metric))
         return idx
 
-    def evaluate(self, items, devices) -> PendingAlerts:
-        """Run the engine over a batch of decoded items (``ingest.pipeline.Item``); no I/O."""
-        if not self._rules:
+    @property
+    def has_rules(self) -> bool:
+        """False while no rule is enabled: the caller may skip building the batch's arrays."""
+        return bool(self._rules)
+
+    def evaluate(self, batch: ReadingArrays) -> PendingAlerts:
+        """Run the engine over one batch's values; no I/O. Each distinct (device, metric) of the batch is
+        looked up (or added) as a series once, in order of first appearance, then the engine takes the
+        arrays as they are."""
+        if not self._rules or len(batch) == 0:
             return PendingAlerts(Transitions.empty())
-        s_idx: list[int] = []
-        ts: list[int] = []
-        vals: list[float] = []
-        flags: list[int] = []
+        n_metrics = max(len(batch.metrics), 1)
+        pair = batch.device.astype(np.int64) * n_metrics + batch.metric
+        uniq, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")  # series are added in the order values arrive
         by_device = self._by_device
-        normal = ord("N")
-        for it in items:
-            t = it.topic
-            d = it.decoded
-            known = by_device.get(t.device_id)
+        known_of = []
+        for dev in batch.devices:
+            known = by_device.get(dev.device_id)
             if known is None:
-                known = by_device[t.device_id] = {}
-            info = devices[t.device_id]
-
-            def idx(metric: str) -> int:
-                i = known.get(metric)
-                if i is None:
-                    i = known[metric] = self._series(info.id, t.device_id, t.region, t.stream.value, metric,
-                                                     info.device_type)
-                return i
-
-            for r in d.readings:
-                i = known.get(r.metric)
-                s_idx.append(idx(r.metric) if i is None else i)
-                ts.append(r.ts_ns)
-                vals.append(r.value)
-                flags.append(ord(r.flag[0]) if r.flag else 0)
-            for p in d.positions:
-                for name, v in (("speed_kmh", p.speed_kmh), ("alarm_bits", float(p.alarm_bits)),
-                                ("status_bits", float(p.status_bits))):
-                    s_idx.append(idx(name)); ts.append(p.ts_ns); vals.append(v); flags.append(normal)
-            for o in d.traffic:
-                for name, v in (("speed_kmh", o.speed_kmh), ("flow_vph", o.flow_vph), ("occupancy", o.occupancy)):
-                    if v is not None:
-                        s_idx.append(idx(name)); ts.append(o.ts_ns); vals.append(v); flags.append(normal)
-        if not s_idx or not self._rules:
-            return PendingAlerts(Transitions.empty())
-        return PendingAlerts(self.engine.update_many(np.asarray(s_idx, np.int32), np.asarray(ts, np.int64),
-                                                     np.asarray(vals, np.float64), np.asarray(flags, np.uint8)))
+                known = by_device[dev.device_id] = {}
+            known_of.append(known)
+        devices, metrics = batch.devices, batch.metrics
+        found: list[int] = []
+        for dk, mk in zip((uniq[order] // n_metrics).tolist(), (uniq[order] % n_metrics).tolist()):
+            known, metric = known_of[dk], metrics[mk]
+            i = known.get(metric)
+            if i is None:
+                dev = devices[dk]
+                i = known[metric] = self._series(dev.id, dev.device_id, dev.region, dev.stream, metric,
+                                                 dev.device_type)
+            found.append(i)
+        series = np.empty(len(uniq), np.int32)
+        series[order] = found
+        return PendingAlerts(self.engine.update_many(series[inverse.reshape(-1)], batch.ts_ns, batch.value,
+                                                     batch.flag))
 
     # -- writing ----------------------------------------------------------------------------------
     async def write(self, con: asyncpg.Connection, *, pending: PendingAlerts) -> None:

@@ -1,4 +1,5 @@
-"""The one module that imports paho: a manual-ack MQTT 5 consumer and a QoS 1 publisher.
+"""A manual-ack MQTT 5 consumer and a QoS 1 publisher: with ``paho_fast`` (paho's internals patched for
+speed, version-checked), the only modules that import paho.
 
 Consumer contract (ack after commit):
 - persistent session (``clean_start=False`` + ``SessionExpiryInterval``) so a restarted ingest resumes
@@ -20,10 +21,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
 
-from paho.mqtt.client import CallbackAPIVersion, Client, MQTTMessage, MQTTMessageInfo
+from paho.mqtt.client import CallbackAPIVersion, MQTTMessage, MQTTMessageInfo
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from wulian.ingest import paho_fast
 
 log = logging.getLogger(__name__)
 
@@ -53,100 +56,11 @@ class InMessage:
     payload: bytes
 
 
-_READ_CHUNK = 256 * 1024
 MAX_OUTSTANDING = 30_000  # published but not yet acknowledged, per publisher (see MqttPublisher.publish)
 
 
-class _BufferedClient(Client):
-    """paho reads every packet with two or more ``recv()`` calls (1 byte for the command, 1 per length
-    byte, then the body) and goes back to ``select()`` after each packet. Reading the socket in large
-    chunks and handing paho its bytes from the buffer, and draining the buffer before returning to
-    ``select()``, cuts the system calls per message from ~4 to ~0.01 (measured: see README, benchmarks).
-    Only the transport changes; packet parsing and acknowledgement stay paho's."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._rbuf = b""
-        self._rpos = 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._rpos >= len(self._rbuf):
-            data = super()._sock_recv(_READ_CHUNK)  # raises BlockingIOError when nothing is there
-            if not data:
-                return data  # connection closed
-            self._rbuf, self._rpos = data, 0
-        pos = self._rpos
-        out = self._rbuf[pos:pos + bufsize]
-        self._rpos = pos + len(out)
-        return out
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        # select() cannot see bytes already in our buffer: process them all before going back to it
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._rpos < len(self._rbuf):
-            rc = super().loop_read(1)
-        return rc
-
-    def _sock_close(self) -> None:
-        self._rbuf, self._rpos = b"", 0
-        super()._sock_close()
-
-    def ack_batch(self, acks: list[tuple[int, int]]) -> None:
-        """PUBACK many messages with one wake-up of the network thread instead of one per ack.
-
-        ``_packet_queue`` writes a byte to paho's wake-up socket pair for every packet queued from
-        another thread; thousands of acks per batch meant thousands of syscalls and thread switches.
-        The network thread itself never needs the wake (it selects for writing while packets are
-        queued), so it is held back while the batch is queued and sent once after."""
-        wake = self._sockpairW
-        self._sockpairW = None
-        try:
-            for mid, qos in acks:
-                self.ack(mid, qos)
-        finally:
-            self._sockpairW = wake
-        if wake is not None and acks:
-            try:
-                wake.send(b"0")
-            except BlockingIOError:
-                pass
-
-
-def _install_fast_publish_decode() -> None:
-    """Skip building a paho ``Properties`` object for MQTT 5 PUBLISH packets that carry none.
-
-    paho constructs one per received message (two dicts of ~30 entries, then ``clear()``): about a sixth
-    of ingest's CPU at 15,000 msg/s (py-spy). Packets with a zero property length get a shared empty
-    instance (paho only reads it to log); anything else goes through paho's own decoder unchanged."""
-    from paho.mqtt import _packet
-
-    if getattr(_packet.decode_publish, "_wulian_fast", False):
-        return
-    original = _packet.decode_publish
-    empty = Properties(PacketTypes.PUBLISH)
-
-    def decode_publish(header: int, packet, protocol):
-        if protocol == MQTTProtocolVersion.MQTTv5 and len(packet) >= 2:
-            qos = (header & 0x06) >> 1
-            slen = (packet[0] << 8) | packet[1]
-            pos = 2 + slen + (2 if qos else 0)
-            if slen and len(packet) > pos and packet[pos] == 0:  # property length 0
-                mid = ((packet[pos - 2] << 8) | packet[pos - 1]) if qos else 0
-                return _packet.PublishPacket(dup=bool(header & 0x08), qos=qos, retain=bool(header & 0x01),
-                                             topic=bytes(packet[2:2 + slen]), mid=mid, properties=empty,
-                                             payload=bytes(packet[pos + 1:]))
-        return original(header, packet, protocol)
-
-    decode_publish._wulian_fast = True
-    decode_publish.paho = original  # benchmarks measure stock paho against it
-    _packet.decode_publish = decode_publish
-
-
-_install_fast_publish_decode()
-
-
-def _client(params: MqttParams, *, manual_ack: bool) -> Client:
-    c = _BufferedClient(
+def _client(params: MqttParams, *, manual_ack: bool) -> paho_fast.StockClient:
+    c = paho_fast.install()(  # the buffered transport on verified paho versions, stock paho otherwise
         CallbackAPIVersion.VERSION2,
         client_id=params.client_id,
         protocol=MQTTProtocolVersion.MQTTv5,

@@ -11,9 +11,9 @@ from prometheus_client import start_http_server
 
 from wulian.ingest.alarm_service import AlarmService
 from wulian.ingest.batch_writer import BatchWriter, init_connection
+from wulian.ingest.codecs.contract import PayloadLimits
 from wulian.ingest.migrations import migrate
 from wulian.ingest.mqtt_client import MqttConsumer, MqttParams
-from wulian.ingest.payload import PayloadLimits
 from wulian.ingest.pipeline import IngestConfig, Ingestor
 from wulian.ingest.retention import set_retention
 from wulian.ingest.topics import subscriptions

@@ -15,6 +15,7 @@ import pytest
 
 from wulian.ingest.batch_writer import init_connection
 from wulian.ingest.migrations import migrate
+from tests.helpers import api_client
 from tests.services import Broker, free_port
 from wulian.cli.commands.stack import run_stack
 from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings, StackSettings
@@ -118,3 +119,10 @@ async def wait_until(predicate, timeout: float = 20.0, event: asyncio.Event | No
                 pass
         else:
             await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def api(settings):
+    """An httpx client on the real API app (lifespan run), no key: pass ``headers`` per request."""
+    async with api_client(settings) as c:
+        yield c

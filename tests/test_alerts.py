@@ -37,14 +37,6 @@ async def keys(pool):
     return out
 
 
-@pytest.fixture
-async def api(settings):
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
-            yield c
-
-
 def h(key):
     return {"Authorization": f"Bearer {key}"}
 
@@ -247,3 +239,56 @@ async def test_sse_stream_delivers_alert_changes(settings, pool, keys):
     finally:
         server.should_exit = True
         await serve
+
+
+def test_alarm_service_evaluates_typed_arrays_built_by_the_pipeline():
+    """The alarm service takes a ``ReadingArrays`` (core.arrays), not the pipeline's items: the pipeline
+    builds the arrays (readings; per position speed/alarm/status bits; per traffic observation the values
+    present) and the engine raises on them as it did on the items."""
+    import inspect
+
+    import numpy as np
+
+    from wulian.core.alarms import Rule, RuleKind
+    from wulian.core.alarms.engine import AlarmEngine
+    from wulian.core.arrays import ReadingArrays
+    from wulian.core.const import Kind, Stream
+    from wulian.core.model import Decoded, Position, Reading, TrafficObservation
+    from wulian.ingest import alarm_service
+    from wulian.ingest.batch_writer import DeviceInfo
+    from wulian.ingest.mqtt_client import InMessage
+    from wulian.ingest.pipeline import Item, reading_arrays
+    from wulian.ingest.topics import Topic
+
+    t0 = 1_767_225_600 * 10**9
+    air = Decoded(readings=[Reading(t0, "pm25", 20.0), Reading(t0, "so2", 3.0, "M"), Reading(t0 + 1, "pm25", 200.0)])
+    car = Decoded(positions=[Position(ts_ns=t0, lat=1.0, lon=2.0, speed_kmh=130.0, alarm_bits=5, status_bits=2)])
+    road = Decoded(traffic=[TrafficObservation(t0, 40.0, None, 0.3)])
+    items = [Item(InMessage(1, i, 1, "t", b""), Topic("r1", stream, dev, Kind.TELEMETRY), dec)
+             for i, (stream, dev, dec) in enumerate([(Stream.AIR, "a1", air), (Stream.VEHICLE, "v1", car),
+                                                     (Stream.TRAFFIC, "k1", road), (Stream.AIR, "a1", air)])]
+    devices = {"a1": DeviceInfo(11, "r1", "air", "station"), "v1": DeviceInfo(12, "r1", "vehicle"),
+               "k1": DeviceInfo(13, "r1", "traffic")}
+    arrays = reading_arrays(items, devices)
+    assert [d.id for d in arrays.devices] == [11, 12, 13] and arrays.devices[0].device_type == "station"
+    assert arrays.metrics == ("pm25", "so2", "speed_kmh", "alarm_bits", "status_bits", "occupancy")
+    assert arrays.device.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 0, 0, 0]
+    assert [arrays.metrics[m] for m in arrays.metric.tolist()][3:8] == [
+        "speed_kmh", "alarm_bits", "status_bits", "speed_kmh", "occupancy"]
+    assert arrays.value.tolist()[:8] == [20.0, 3.0, 200.0, 130.0, 5.0, 2.0, 40.0, 0.3]
+    assert bytes(arrays.flag).decode() == "NMNNNNNNNMN"
+    assert (arrays.device.dtype, arrays.metric.dtype, arrays.ts_ns.dtype, arrays.value.dtype, arrays.flag.dtype) == (
+        np.int32, np.int32, np.int64, np.float64, np.uint8)
+    with pytest.raises(ValueError, match="ts_ns"):
+        ReadingArrays((), (), arrays.device, arrays.metric, arrays.ts_ns.astype(np.float64), arrays.value, arrays.flag)
+
+    rules = [Rule(1, "pm25 high", RuleKind.UPPER, stream="air", metric="pm25", threshold=150.0),
+             Rule(2, "too fast", RuleKind.UPPER, stream="vehicle", metric="speed_kmh", threshold=120.0)]
+    svc = alarm_service.AlarmService(None)  # type: ignore[arg-type]  # evaluate does no I/O
+    svc._rules, svc.engine = {r.id: r for r in rules}, AlarmEngine(rules)
+    raised = {(svc.meta[s].device_id, svc.meta[s].metric, rule) for s, rule, *_ in svc.evaluate(arrays).transitions.rows()}
+    assert raised == {("a1", "pm25", 1), ("v1", "speed_kmh", 2)}
+    assert [(m.device, m.device_id, m.stream, m.metric) for m in svc.meta][:3] == [
+        (11, "a1", "air", "pm25"), (11, "a1", "air", "so2"), (12, "v1", "vehicle", "speed_kmh")]
+    assert len(svc.evaluate(ReadingArrays.empty()).transitions) == 0
+    assert "pipeline" not in inspect.getsource(alarm_service) and "Item" not in inspect.getsource(alarm_service)

@@ -3,22 +3,18 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import httpx
 import pytest
 
-from wulian.api.app import create_app
 from wulian.api.auth import create_key
+from tests.helpers import api_client
 
 
 @pytest.fixture
 async def client(settings, pool):
     async with pool.acquire() as con:
         key = await create_key(con, name="test-admin", role="admin", regions=[])
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
-                                     headers={"Authorization": f"Bearer {key}"}) as c:
-            yield c
+    async with api_client(settings, {"Authorization": f"Bearer {key}"}) as c:
+        yield c
 
 
 @pytest.fixture
@@ -48,10 +44,8 @@ async def test_healthz_degraded_when_broker_unreachable(settings, pool):
     from tests.services import free_port
 
     settings.mqtt.port = free_port()
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
-            r = await c.get("/healthz")
+    async with api_client(settings) as c:
+        r = await c.get("/healthz")
     assert r.status_code == 503 and r.json()["broker"] is False and r.json()["database"] is True
 
 

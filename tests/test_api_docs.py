@@ -1,12 +1,11 @@
 """The OpenAPI document says what the API really does: the API-key security schemes on every protected
 operation, and the one error body ``{error, message}`` for 401/403/404/422/429 - which is also what the
 router's own 404 (unknown route) and 405 (wrong method) answer."""
-import httpx
 import jsonschema_rs  # schemathesis' validator
 import pytest
 
-from wulian.api.app import create_app
 from wulian.api.auth import API_KEY_HEADER, create_key
+from tests.helpers import api_client
 
 PROTECTED_ERRORS = ("401", "403", "404", "422", "429")
 
@@ -15,11 +14,9 @@ PROTECTED_ERRORS = ("401", "403", "404", "422", "429")
 async def api(settings, pool):
     async with pool.acquire() as con:
         key = await create_key(con, name="docs-admin", role="admin", regions=[])
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
-            doc = (await c.get("/openapi.json")).json()
-            yield c, key, doc
+    async with api_client(settings) as c:
+        doc = (await c.get("/openapi.json")).json()
+        yield c, key, doc
 
 
 def _conforms(doc: dict, body, schema_name: str) -> None:

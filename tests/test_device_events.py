@@ -5,7 +5,6 @@ import asyncio
 import time
 import uuid
 
-import httpx
 import orjson
 import pytest
 
@@ -23,6 +22,7 @@ from wulian.ingest.provisioning import DeviceSpec, upsert_device
 from wulian.ingest.rows import event_row, event_rows
 from wulian.ingest.service import mqtt_params, running_ingestor
 from tests.conftest import wait_until
+from tests.helpers import asgi_client
 
 REGION, OTHER = "evcity", "evother"
 NS = 1_000_000_000
@@ -65,8 +65,7 @@ async def api(settings, pool):
         async def make(role="admin", regions=()):
             async with pool.acquire() as con:
                 key = await create_key(con, name=f"ev-{role}", role=role, regions=list(regions))
-            c = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
-                                  headers={"Authorization": f"Bearer {key}"})
+            c = asgi_client(app, {"Authorization": f"Bearer {key}"})
             clients.append(c)
             return c
 
@@ -88,7 +87,7 @@ async def _read_frame(reader) -> jt808.Jt808Message:
 async def test_hj212_state_and_jt808_registration_end_as_rows_served_by_the_api(settings, pool, api):
     mn, phone = _mn(), _phone()
     async with pool.acquire() as con:
-        await upsert_device(con, DeviceSpec(mn, REGION, "pollution", "hj212", attrs={"hj212_pw": "123456"}))
+        await upsert_device(con, DeviceSpec(mn, REGION, "pollution", "hj212", secrets={"hj212_pw": "123456"}))
         await upsert_device(con, DeviceSpec(phone, REGION, "vehicle", "jt808"))
     t0 = (time.time_ns() // NS - 600) * NS
 
@@ -203,7 +202,7 @@ async def test_redelivered_messages_and_retried_gateway_writes_write_nothing_twi
     """Commit without acking, drop the connection: the broker redelivers, the events are not doubled."""
     mn = _mn()
     async with pool.acquire() as con:
-        await upsert_device(con, DeviceSpec(mn, REGION, "pollution", "hj212", attrs={"hj212_pw": "123456"}))
+        await upsert_device(con, DeviceSpec(mn, REGION, "pollution", "hj212", secrets={"hj212_pw": "123456"}))
     t0 = (time.time_ns() // NS - 600) * NS
     packets = [_state_packet(mn, t0, 1), _state_packet(mn, t0 + 60 * NS, 4), _upload_with_bad_value(mn, t0)]
     with MqttPublisher(mqtt_params(settings, client_id=f"ev-{uuid.uuid4().hex[:6]}")) as pub:
@@ -253,7 +252,7 @@ async def test_a_malformed_event_refuses_its_message_only(settings, pool, monkey
     mn, good = _mn(), _mn()
     async with pool.acquire() as con:
         for d in (mn, good):
-            await upsert_device(con, DeviceSpec(d, REGION, "pollution", "hj212", attrs={"hj212_pw": "123456"}))
+            await upsert_device(con, DeviceSpec(d, REGION, "pollution", "hj212", secrets={"hj212_pw": "123456"}))
     real = pipeline.decode_message
 
     def with_bad_event(stream, kind, payload, now_ns, limits):

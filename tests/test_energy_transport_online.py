@@ -5,11 +5,9 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-import httpx
 import pytest
 
 from wulian.core.timebase import china_day
-from wulian.api.app import create_app
 from wulian.api.auth import create_key
 from wulian.core.const import SYSTEM_RULE_BASE
 from wulian.ingest.derive_service import run_job_once
@@ -22,6 +20,7 @@ from wulian.ingest.mqtt_client import MqttPublisher
 from wulian.ingest.service import mqtt_params, running_ingestor
 from wulian.simulators.energy_transport import build_scenario, messages, publish, register
 from tests.conftest import wait_until
+from tests.helpers import api_client
 from wulian.settings import DbSettings, EnergySettings, IngestSettings, MqttSettings, Settings
 
 _MIN = 60 * 10**9
@@ -93,10 +92,8 @@ async def world(test_dsn, broker, pool):
 
 @pytest.fixture(scope="module")
 async def api(world):
-    app = create_app(world["settings"])
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
-            yield c
+    async with api_client(world["settings"]) as c:
+        yield c
 
 
 def _iso(ns: int) -> str:

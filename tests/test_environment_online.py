@@ -4,11 +4,9 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-import httpx
 import numpy as np
 import pytest
 
-from wulian.api.app import create_app
 from wulian.api.auth import create_key
 from wulian.core.timebase import NS_PER_DAY, NS_PER_HOUR, NS_PER_MIN, china_day_start_ns
 from wulian.core.environment.episodes import Episode
@@ -102,14 +100,6 @@ def test_plan_window():
 
 
 # --- end to end -------------------------------------------------------------------------------------
-
-@pytest.fixture
-async def api(settings):
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
-            yield c
-
 
 def h(key):
     return {"Authorization": f"Bearer {key}"}

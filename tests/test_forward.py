@@ -88,7 +88,7 @@ async def test_forwarder_exactly_once_after_upstream_outage_and_kill_9(settings,
     local_mn, up_mn, pw, up_pw = "LS" + uuid.uuid4().hex[:10].upper(), "PV" + uuid.uuid4().hex[:10].upper(), \
         "123456", "654321"
     async with pool.acquire() as con:
-        await upsert_device(con, DeviceSpec(local_mn, "fwdcity", "pollution", "hj212", attrs={"hj212_pw": pw}))
+        await upsert_device(con, DeviceSpec(local_mn, "fwdcity", "pollution", "hj212", secrets={"hj212_pw": pw}))
     t0 = (time.time_ns() // NS // 60 * 60 - 6 * 3600) * NS
     seq = iter(range(10_000))
     batch = lambda n: [(t0 + (k := next(seq)) * 60 * NS, CNS[k % 4]) for _ in range(n)]  # noqa: E731
@@ -100,7 +100,7 @@ async def test_forwarder_exactly_once_after_upstream_outage_and_kill_9(settings,
                                ingest=IngestSettings(batch_size=500, batch_delay_ms=5, metrics_port=0))
         async with asyncpg.create_pool(up_dsn, min_size=1, max_size=4, init=init_connection) as up_pool:
             async with up_pool.acquire() as con:
-                await upsert_device(con, DeviceSpec(up_mn, "province", "pollution", "hj212", attrs={"hj212_pw": up_pw}))
+                await upsert_device(con, DeviceSpec(up_mn, "province", "pollution", "hj212", secrets={"hj212_pw": up_pw}))
 
             async def upstream_rows():
                 async with up_pool.acquire() as con:

@@ -18,7 +18,7 @@ from wulian.ingest.batch_writer import init_connection
 from wulian.ingest.chaos.fuzz import (CODECS, LIMITS, SQL_META, FuzzRunner, Packet, control_packets, fuzz_batch,
                                fuzz_packet, mutate, seed_payload)
 from wulian.ingest.codecs.errors import CodecError
-from wulian.ingest.decoders import decode_message
+from wulian.ingest.codecs.registry import decode_message
 from wulian.ingest.mqtt_client import InMessage, MqttPublisher
 from wulian.ingest.pipeline import Ingestor
 from wulian.ingest.service import mqtt_params, running_ingestor

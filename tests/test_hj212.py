@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from wulian.core.timebase import CHINA_TZ as CHINA
 from wulian.core.const import DATA_FLAGS, INVALID_FLAGS, VALID_FLAGS
 from wulian.core.kernels.checksums import crc_hj212, crc_modbus
+from wulian.cli.commands.decode import render_hj212
 from wulian.ingest.codecs import hj212, hj212_codes
 from wulian.ingest.codecs.errors import CodecError
 from tests.data import load_json
+from tests.helpers import mutants
 
 ENTRIES = load_json("vectors/hj212.json")["entries"]
 
@@ -122,7 +124,7 @@ def test_minute_data_keeps_o3_and_unknown_codes():
     air = hj212.decode(_vector("hj-guocay-2011-air"))
     names = {r.metric for r in hj212.to_decoded(air).readings}
     assert {"a21006-Rtd", "a21007-Rtd", "a21005-Rtd"} <= names  # unknown a21006/7 kept as sent
-    cli = hj212.decode_cli(_vector("hj-guocay-2011-air"))
+    cli = render_hj212(_vector("hj-guocay-2011-air"))
     assert cli["codes"]["a21006"] == {"known": False}
     assert cli["codes"]["a21005"]["known"] and cli["codes"]["a21005"]["name"] == "CO"
 
@@ -153,7 +155,7 @@ def test_length_fallback_accepts_only_a_closed_cp_with_right_crc():
     assert not packet.length_ok and packet.param("a21026-Rtd") == "12.5"
     # accepted, but never passed off as well-formed: ingest counts the repair, the CLI prints it
     assert hj212.to_decoded(packet).repairs == (hj212.REPAIR_LENGTH,) == ("length_mismatch",)
-    assert hj212.decode_cli(_packet(SEGMENT, length=len(SEGMENT) + 7).decode())["repairs"] == ["length_mismatch"]
+    assert render_hj212(_packet(SEGMENT, length=len(SEGMENT) + 7).decode())["repairs"] == ["length_mismatch"]
     assert hj212.to_decoded(hj212.decode(_packet(SEGMENT))).repairs == ()
     with pytest.raises(CodecError) as err:  # CP not closed: the bytes cannot be trusted
         hj212.decode(_packet(SEGMENT[:-2], length=len(SEGMENT)))
@@ -468,27 +470,11 @@ def test_split_packets_lying_length_and_limits():
 _SEEDS = [e["raw"].encode() for e in ENTRIES] + [_packet(SEGMENT)]
 
 
-@st.composite
-def _mutants(draw):
-    data = bytearray(draw(st.sampled_from(_SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "byte"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=4))
-        elif op == "delete" and data:
-            del data[pos:pos + draw(st.integers(1, 8))]
-        elif op == "truncate":
-            del data[pos:]
-        elif data:
-            data[pos] = draw(st.sampled_from(b"#&;,=-0123456789ABCDEF\r\n\x00\xff"))
-    return bytes(data)
+_mutants = mutants(_SEEDS, b"#&;,=-0123456789ABCDEF\r\n\x00\xff")
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=_mutants() | st.binary(max_size=300))
+@given(raw=_mutants | st.binary(max_size=300))
 def test_mutations_raise_only_codec_errors(raw):
     for modes in (("hj212",), hj212.CRC_MODES):
         try:
@@ -498,7 +484,7 @@ def test_mutations_raise_only_codec_errors(raw):
         try:
             hj212.to_decoded(packet)
             hj212.answer(packet)
-            json.dumps(hj212.decode_cli(raw.decode("utf-8", "replace")))
+            json.dumps(render_hj212(raw.decode("utf-8", "replace")))
         except CodecError:
             pass
     try:
@@ -510,9 +496,9 @@ def test_mutations_raise_only_codec_errors(raw):
 # --- CLI -----------------------------------------------------------------------------------------
 
 def test_decode_cli_and_command(capsys):
-    out = hj212.decode_cli(_vector("hj-hcu-modbus-2051"))  # the CLI tries every CRC variant
+    out = render_hj212(_vector("hj-hcu-modbus-2051"))  # the CLI tries every CRC variant
     assert out["ok"] and out["crc_mode"] == "modbus" and out["flag"]["version"] == 0
-    out = hj212.decode_cli(_vector("hj-xy-2011-0139").strip())
+    out = render_hj212(_vector("hj-xy-2011-0139").strip())
     assert out["readings"][0]["time_utc"] == "2016-08-23T16:38:17.000Z"
     assert out["codes"]["011"]["code_2017"] == "w01018" and out["codes"]["011"]["table"] == "2005"
     json.dumps(out)

@@ -14,11 +14,13 @@ from prometheus_client import REGISTRY
 
 from wulian.core.timebase import CHINA_TZ as CHINA
 from wulian.core.kernels.checksums import xor_bytes
+from wulian.cli.commands.decode import render_jt808
 from wulian.ingest.codecs import jt808
 from wulian.ingest.codecs.errors import CodecError
 from wulian.ingest.mqtt_client import InMessage
 from wulian.ingest.pipeline import Ingestor
 from tests.data import load_json
+from tests.helpers import mutants
 
 ENTRIES = load_json("vectors/jt808.json")["entries"]
 
@@ -452,23 +454,7 @@ def test_split_frames_limit():
 _SEEDS = [bytes.fromhex(e["raw_hex"]) for e in ENTRIES]
 
 
-@st.composite
-def _mutants(draw):
-    data = bytearray(draw(st.sampled_from(_SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "byte"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=4))
-        elif op == "delete" and data:
-            del data[pos:pos + draw(st.integers(1, 8))]
-        elif op == "truncate":
-            del data[pos:]
-        elif data:
-            data[pos] = draw(st.sampled_from(b"\x7e\x7d\x01\x02\x00\xff"))
-    return bytes(data)
+_mutants = mutants(_SEEDS, b"\x7e\x7d\x01\x02\x00\xff")
 
 
 @st.composite
@@ -493,7 +479,7 @@ def _decodes(frame: bytes) -> bool:
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=_mutants() | _refixed() | st.binary(max_size=120))
+@given(raw=_mutants | _refixed() | st.binary(max_size=120))
 def test_mutations_raise_only_codec_errors(raw):
     for strict in (True, False):
         try:
@@ -504,7 +490,7 @@ def test_mutations_raise_only_codec_errors(raw):
         if not msg.msg_id & 0x8000:
             jt808.platform_answer(msg, serial=1)
     try:
-        json.dumps(jt808.decode_cli(raw.hex()))
+        json.dumps(render_jt808(raw.hex()))
     except CodecError:
         pass
     try:
@@ -518,14 +504,14 @@ def test_mutations_raise_only_codec_errors(raw):
 def test_decode_cli_and_command(capsys):
     raw_hex = _entry("jt-sc-0200-readme-escaped")["raw_hex"]
     spaced = " ".join(raw_hex[i:i + 2] for i in range(2, len(raw_hex) - 2, 2))  # no 7E flags, spaces
-    out = jt808.decode_cli(spaced)
+    out = render_jt808(spaced)
     assert out["msg_id"] == "0x0200" and out["serial"] == 126
     assert out["body"]["alarms"] == ["emergency"] and out["body"]["status"] == ["positioned"]
     assert out["body"]["items"] == [{"id": "0x01", "value": "00000064"}, {"id": "0x02", "value": "007D"}]
     assert out["positions"][0]["mileage_km"] == 10.0
     json.dumps(out)
     with pytest.raises(CodecError) as err:
-        jt808.decode_cli("7E zz 7E")
+        render_jt808("7E zz 7E")
     assert err.value.reason == "bad_hex"
 
     # the `wulian decode` command itself (not the whole CLI, whose discovery imports every command)

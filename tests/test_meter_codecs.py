@@ -6,9 +6,10 @@ from datetime import datetime
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
+from wulian.cli.commands.decode import render_cjt188, render_dlt645
 from wulian.core.timebase import CHINA_TZ
 from wulian.ingest.codecs import cjt188, dlt645
-from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.codecs.errors import CodecError, parse_hex
 from tests.data import load_json
 
 FRAMES = load_json("standards/meter_frames.json")["frames"]
@@ -23,14 +24,14 @@ def test_sample_file_has_both_protocols():
 @pytest.mark.parametrize("sample", DLT, ids=[f["id"] for f in DLT])
 def test_dlt645_sample(sample):
     exp = sample["decoded_by_collector"]
-    msg = dlt645.decode(dlt645.parse_hex(sample["hex"]))
+    msg = dlt645.decode(parse_hex(sample["hex"]))
     assert msg.preamble == exp["preamble_FE_count"]
     assert msg.address == exp["address"]
     assert f"{msg.control:02X}" == exp["control"]
     assert len(msg.data) == exp["length"]
     assert msg.data.hex(" ").upper() == exp["data_minus_33"]
     assert f"{msg.checksum:02X}" == exp["checksum"]
-    cli = dlt645.decode_cli(sample["hex"])
+    cli = render_dlt645(sample["hex"])
     if "DI" in exp:
         assert cli["DI"] == exp["DI"]
         assert cli["DI_name"] == exp["DI_name"]
@@ -38,13 +39,13 @@ def test_dlt645_sample(sample):
         assert cli["reported_address"] == exp["reported_address"]
     # Round trip: re-encoding the parsed fields gives the same bytes.
     again = dlt645.encode(msg.address, msg.control, msg.data, preamble=msg.preamble)
-    assert again == dlt645.parse_hex(sample["hex"])
+    assert again == parse_hex(sample["hex"])
 
 
 @pytest.mark.parametrize("sample", CJT, ids=[f["id"] for f in CJT])
 def test_cjt188_sample(sample):
     exp = sample["decoded_by_collector"]
-    msg = cjt188.decode(cjt188.parse_hex(sample["hex"]))
+    msg = cjt188.decode(parse_hex(sample["hex"]))
     assert msg.preamble == exp["preamble_FE_count"]
     assert f"{msg.meter_type:02X}" == exp["meter_type"]
     assert msg.address == exp["address_reversed"]
@@ -52,7 +53,7 @@ def test_cjt188_sample(sample):
     assert len(msg.data) == exp["length"]
     assert f"{msg.checksum:02X}" == exp["checksum_computed"] == exp["checksum"]
     assert msg.di == 0x901F
-    cli = cjt188.decode_cli(sample["hex"])
+    cli = render_cjt188(sample["hex"])
     assert cli["DI_bytes_as_sent"] == exp["DI_bytes_as_sent"]
     assert cli["SER"] == exp["SER"]
     if "current_cumulative" in exp:
@@ -104,7 +105,7 @@ def test_dlt645_energy_bcd_layout():
     (lambda b: b[:5], "too_short"),
 ])
 def test_dlt645_rejections(mutate, reason):
-    good = dlt645.parse_hex(DLT[0]["hex"])
+    good = parse_hex(DLT[0]["hex"])
     with pytest.raises(CodecError) as exc:
         dlt645.decode(mutate(good))
     assert exc.value.reason == reason
@@ -112,14 +113,14 @@ def test_dlt645_rejections(mutate, reason):
 
 def test_bad_hex_is_codec_error():
     with pytest.raises(CodecError) as exc:
-        dlt645.decode_cli("68 zz")
+        render_dlt645("68 zz")
     assert exc.value.reason == "bad_hex"
     with pytest.raises(CodecError):
-        cjt188.decode_cli("xyz")
+        render_cjt188("xyz")
 
 
 def test_cjt188_bad_checksum_rejected():
-    good = cjt188.parse_hex(CJT[0]["hex"])
+    good = parse_hex(CJT[0]["hex"])
     bad = good[:-2] + bytes([(good[-2] + 1) & 0xFF]) + good[-1:]
     with pytest.raises(CodecError) as exc:
         cjt188.decode(bad)
@@ -131,7 +132,7 @@ def test_cjt188_article_checksum_erratum_rejected():
     sc = next(f for f in CJT if f["id"] == "cjt188-sc-read-resp")
     printed = sc["hex"][:-5] + "08 16"
     with pytest.raises(CodecError):
-        cjt188.decode(cjt188.parse_hex(printed))
+        cjt188.decode(parse_hex(printed))
 
 
 def test_cjt188_encode_volume_reply_roundtrip():
@@ -155,11 +156,8 @@ def test_cjt188_routine_read_with_clear_status_is_readings_only():
 
 
 def test_decode_cli_command_table_reaches_codecs():
-    from wulian.cli.commands.decode import DECODERS
-    import importlib
-    for kind in ("dlt645", "cjt188"):
-        module, func = DECODERS[kind].split(":")
-        assert callable(getattr(importlib.import_module(module), func))
+    from wulian.cli.commands.decode import RENDERERS
+    assert RENDERERS["dlt645"] is render_dlt645 and RENDERERS["cjt188"] is render_cjt188
 
 
 def test_missing_time_policy():
@@ -170,11 +168,11 @@ def test_missing_time_policy():
     assert exc.value.reason == "no_time"
     assert dlt645.to_decoded(dlt645.decode(dlt645.encode_read("000000000161", 0x00010000))).events
     # CJ/T 188 falls back to the meter clock (China time) and refuses an unset clock.
-    sc = cjt188.decode(cjt188.parse_hex(next(f for f in CJT if f["id"] == "cjt188-sc-read-resp")["hex"]))
+    sc = cjt188.decode(parse_hex(next(f for f in CJT if f["id"] == "cjt188-sc-read-resp")["hex"]))
     dec = cjt188.to_decoded(sc)
     expect = int(datetime(2015, 5, 11, 22, 1, 31, tzinfo=CHINA_TZ).timestamp()) * 10**9
     assert dec.readings[0].ts_ns == expect
-    aixi = cjt188.decode(cjt188.parse_hex(next(f for f in CJT if f["id"] == "cjt188-aixi-read-resp")["hex"]))
+    aixi = cjt188.decode(parse_hex(next(f for f in CJT if f["id"] == "cjt188-aixi-read-resp")["hex"]))
     with pytest.raises(CodecError):
         cjt188.to_decoded(aixi)
 
@@ -193,7 +191,7 @@ def test_dlt645_combined_energy_is_signed(di):
     q, value = dlt645.value_of(dlt645.decode(frame))
     assert q.signed and value == -1.26
     assert dlt645.encode_reply("000000000161", di, -1.26) == frame  # was written as +1.26 (26 01 00 00)
-    assert dlt645.decode_cli(frame.hex())["value"] == -1.26
+    assert render_dlt645(frame.hex())["value"] == -1.26
     dec = dlt645.to_decoded(dlt645.decode(frame), 9)
     if q.metric is not None:
         assert [(r.metric, r.value) for r in dec.readings] == [(q.metric, -1.26)]
@@ -263,7 +261,7 @@ def test_cjt188_abnormal_reply_is_an_error_event(data, di):
     ev = dec.events[0]
     assert (ev["error"], ev["status"], ev["ser"], ev["control"], ev["ts_ns"]) == (True, "0004", 5, 0xC1, 11)
     assert ev.get("di") == di
-    cli = cjt188.decode_cli(frame.hex())
+    cli = render_cjt188(frame.hex())
     assert cli["abnormal"] is True and cli["status_ST"] == "00 04" and cli["SER"] == "05" and cli["DI"] == di
     assert "current_cumulative" not in cli
 
@@ -275,7 +273,7 @@ def test_cjt188_abnormal_reply_encoder_and_rejections():
     msg = cjt188.decode(frame)
     assert msg.is_abnormal and msg.function == 0x15 and msg.status == b"\x01\x00"
     # Normal replies are not abnormal; an abnormal reply of any other shape is refused with its own reason.
-    assert not cjt188.decode(cjt188.parse_hex(CJT[0]["hex"])).is_abnormal
+    assert not cjt188.decode(parse_hex(CJT[0]["hex"])).is_abnormal
     for bad in (b"", b"\x05\x00", bytes([0x12, 0x34, 0x05, 0x00, 0x04]), bytes(22)):
         with pytest.raises(CodecError) as exc:
             cjt188.decode(cjt188.encode(0x10, "78330011223344", 0xC1, bad))

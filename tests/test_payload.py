@@ -1,12 +1,17 @@
+import inspect
+import sys
 import time
+from typing import get_type_hints
 
 import orjson
 import pytest
 
 from wulian.core.const import Kind, Stream
+from wulian.core.model import Decoded
+from wulian.ingest.codecs.contract import PayloadLimits
 from wulian.ingest.codecs.errors import CodecError
-from wulian.ingest.decoders import decode_message
-from wulian.ingest.payload import PayloadLimits, decode_telemetry, parse_ts
+from wulian.ingest.codecs.registry import CODECS, decode_message, decoder
+from wulian.ingest.codecs.telemetry import decode_telemetry, parse_ts
 from wulian.ingest.topics import parse_topic
 
 NOW = time.time_ns()
@@ -101,3 +106,30 @@ def test_bad_topics(topic):
 def test_good_topic():
     t = parse_topic("wl/shantou/vehicle/13800138000/jt808")
     assert (t.region, t.stream, t.device_id, t.kind) == ("shantou", Stream.VEHICLE, "13800138000", Kind.JT808)
+
+
+def test_one_codec_registry_every_kind_with_the_contract_signature():
+    """The decode contract is closed: every topic kind has exactly one codec module in ``ingest/codecs/``,
+    which declares its KIND and one ``decode_payload`` with the typed ``DecodeFn`` signature."""
+    assert set(CODECS) == set(Kind)
+    hints = {"stream": Stream, "payload": bytes, "now_ns": int, "limits": PayloadLimits, "return": Decoded}
+    for kind in Kind:
+        fn = decoder(kind)
+        module = sys.modules[fn.__module__]
+        assert module.__name__ == f"wulian.ingest.codecs.{'telemetry' if kind is Kind.TELEMETRY else kind.value}"
+        assert module.KIND is kind and module.decode_payload is fn
+        assert list(inspect.signature(fn).parameters) == ["stream", "payload", "now_ns", "limits"]
+        assert get_type_hints(fn) == hints
+        assert not hasattr(module, "decode_cli")  # rendering for `wulian decode` is the CLI's (cli/commands/decode.py)
+
+
+def test_registry_applies_size_and_time_policy_to_every_kind():
+    from wulian.ingest.codecs import dlt645
+
+    frame = dlt645.encode_reply("000000000161", 0x00010000, 12.5)
+    (reading,) = decode_message(Stream.GRID, Kind.DLT645, frame, NOW, LIM).readings
+    assert (reading.ts_ns, reading.value) == (NOW, 12.5)  # a meter frame is stamped with the receive time
+    with pytest.raises(CodecError, match="too_large"):
+        decode_message(Stream.GRID, Kind.DLT645, frame, NOW, PayloadLimits(max_bytes=len(frame) - 1))
+    with pytest.raises(CodecError, match="unsupported_kind"):
+        decode_message(Stream.GRID, "xml", frame, NOW, LIM)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from wulian.api.app import create_app
 from wulian.api.auth import create_key
 from wulian.ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
 from tests.conftest import ROOT, wait_until
+from tests.helpers import api_client
 from tests.services import Broker, free_port
 from wulian import log_redaction
 
@@ -46,14 +47,6 @@ async def world(pool):
     keys["malformed"] = "wl_nothex_123"
     keys["none"] = None
     return {"region": a, "device": dev, "alert": alert, "rule": rule, "keys": keys}
-
-
-@pytest.fixture
-async def api(settings):
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
-            yield c
 
 
 RULE = {"name": "x", "kind": "upper", "threshold": 5}
@@ -200,20 +193,18 @@ async def test_every_v1_route_requires_a_key(api, settings):
 async def test_rate_limit_per_key(settings, world):
     settings.api.rate_limit_per_s = 0.5
     settings.api.rate_limit_burst = 3
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
-            h_a = {"Authorization": f"Bearer {world['keys']['operator_a']}"}
-            codes = [(await c.get("/v1/alerts", headers=h_a)).status_code for _ in range(4)]
-            assert codes == [200, 200, 200, 429]
-            r = await c.get("/v1/alerts", headers=h_a)
-            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and r.json()["error"] == "rate_limited"
-            # another key has its own bucket
-            h_b = {"Authorization": f"Bearer {world['keys']['operator_b']}"}
-            assert (await c.get("/v1/alerts", headers=h_b)).status_code == 200
-            metrics = (await c.get("/metrics")).text
-            assert "wulian_api_rate_limited_total 2.0" in metrics
-            assert 'wulian_api_request_seconds_count{method="GET",route="/v1/alerts"}' in metrics
+    async with api_client(settings) as c:
+        h_a = {"Authorization": f"Bearer {world['keys']['operator_a']}"}
+        codes = [(await c.get("/v1/alerts", headers=h_a)).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        r = await c.get("/v1/alerts", headers=h_a)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and r.json()["error"] == "rate_limited"
+        # another key has its own bucket
+        h_b = {"Authorization": f"Bearer {world['keys']['operator_b']}"}
+        assert (await c.get("/v1/alerts", headers=h_b)).status_code == 200
+        metrics = (await c.get("/metrics")).text
+        assert "wulian_api_rate_limited_total 2.0" in metrics
+        assert 'wulian_api_request_seconds_count{method="GET",route="/v1/alerts"}' in metrics
 
 
 def test_secrets_are_redacted_from_log_lines():

@@ -6,13 +6,11 @@ import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
-import httpx
 import numpy as np
 import pytest
 
 from wulian.core.timebase import china_day, day_start_ns
 from wulian.core.traffic.system_rules import TRAFFIC_DETECTOR_FAULT, TRAFFIC_INCIDENT
-from wulian.api.app import create_app
 from wulian.api.auth import create_key
 from wulian.core.traffic.incidents import FAULT, RAISE, IncidentDetector, IncidentParams
 from wulian.core.traffic.online import (
@@ -138,14 +136,6 @@ async def keys(pool):
             "regulator": await create_key(con, name="traffic-reg", role="regulator", regions=[region]),
             "other": await create_key(con, name="traffic-other", role="operator", regions=["elsewhere"]),
         }
-
-
-@pytest.fixture
-async def api(settings):
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
-            yield c
 
 
 def h(key):

@@ -23,8 +23,8 @@ import orjson
 
 from wulian.ingest.batch_writer import BatchWriter
 from wulian.ingest.codecs import cjt188, dlt645, hj212, jt808
+from wulian.ingest.codecs.contract import PayloadLimits
 from wulian.ingest.mqtt_client import InMessage
-from wulian.ingest.payload import PayloadLimits
 from wulian.ingest.pipeline import IngestConfig, Ingestor
 
 # codec name -> (stream, kind) of its topic

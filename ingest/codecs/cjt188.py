@@ -15,9 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from wulian.core.const import Kind, Stream
 from wulian.core.model import Decoded, Reading
 from wulian.core.timebase import CHINA_TZ  # meter clocks run on China time
-from wulian.ingest.codecs.errors import CodecError, parse_hex
+from wulian.ingest.codecs.contract import PayloadLimits
+from wulian.ingest.codecs.errors import CodecError
+
+KIND = Kind.CJT188
 
 METER_TYPES = {
     0x10: "cold_water",
@@ -255,6 +259,11 @@ def to_decoded(msg: Cjt188Frame, ts_ns: int | None = None) -> Decoded:
     return out
 
 
+def decode_payload(stream: Stream, payload: bytes, now_ns: int, limits: PayloadLimits) -> Decoded:
+    """The codec entry point (``contract.DecodeFn``): readings stamped ``now_ns`` (the receive time)."""
+    return to_decoded(decode(payload), now_ns)
+
+
 def encode(meter_type: int, address: str, control: int, data: bytes = b"", preamble: int = 4) -> bytes:
     """Build a frame; ``data`` is the whole DATA field (DI bytes, SER, payload) as it goes on the wire."""
     if len(address) != 14:
@@ -296,34 +305,3 @@ def encode_volume_reply(meter_type: int, address: str, current: float, settlemen
     payload = (_to_bcd(round(current * 100), 4) + b"\x2c" + _to_bcd(round(settlement * 100), 4)
                + b"\x2c" + clock + bytes(status[:2]))
     return encode(meter_type, address, 0x81, bytes([0x90, 0x1F, ser]) + payload, preamble)
-
-
-def decode_cli(hex_text: str) -> dict:
-    """``wulian decode cjt188 HEX``: the frame's fields and, for a 901F reply, the volumes."""
-    msg = decode(parse_hex(hex_text))
-    out: dict = {
-        "ok": True,
-        "preamble_FE_count": msg.preamble,
-        "meter_type": f"{msg.meter_type:02X}",
-        "meter_type_name": METER_TYPES.get(msg.meter_type, "unknown"),
-        "address": msg.address,
-        "control": f"{msg.control:02X}",
-        "reply": msg.is_reply,
-        "abnormal": msg.is_abnormal,
-        "length": len(msg.data),
-        "DI": f"{msg.di:04X}" if msg.di is not None else None,
-        "DI_bytes_as_sent": msg.data[:2].hex(" ").upper() if msg.di is not None else None,
-        "SER": f"{msg.ser:02X}" if msg.ser is not None else None,
-        "checksum": f"{msg.checksum:02X}",
-    }
-    if msg.is_abnormal:
-        out["status_ST"] = msg.status.hex(" ").upper()
-    rep = volume_reply(msg)
-    if rep is not None:
-        out["current_cumulative"] = {"value": rep.current, "unit": UNITS.get(rep.current_unit),
-                                     "unit_code": f"{rep.current_unit:02X}"}
-        out["settlement_day_cumulative"] = {"value": rep.settlement, "unit": UNITS.get(rep.settlement_unit),
-                                            "unit_code": f"{rep.settlement_unit:02X}"}
-        out["real_time"] = rep.meter_time.strftime("%Y-%m-%d %H:%M:%S") if rep.meter_time else None
-        out["status_ST"] = rep.status.hex(" ").upper()
-    return out

@@ -10,8 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from wulian.core.const import Kind, Stream
 from wulian.core.model import Decoded, Reading
-from wulian.ingest.codecs.errors import CodecError, parse_hex
+from wulian.ingest.codecs.contract import PayloadLimits
+from wulian.ingest.codecs.errors import CodecError
+
+KIND = Kind.DLT645
 
 BROADCAST_ADDRESS = "999999999999"  # time sync / freeze, no reply
 WILDCARD_ADDRESS = "AAAAAAAAAAAA"  # read/write-address commands
@@ -290,32 +294,6 @@ def to_decoded(msg: Dlt645Frame, ts_ns: int | None = None) -> Decoded:
     return out
 
 
-def decode_cli(hex_text: str) -> dict:
-    """``wulian decode dlt645 HEX``: the frame's fields and, for a read reply, its value."""
-    msg = decode(parse_hex(hex_text))
-    out: dict = {
-        "ok": True,
-        "preamble_FE_count": msg.preamble,
-        "address": msg.address,
-        "control": f"{msg.control:02X}",
-        "function": CONTROL_NAMES.get(msg.function, f"{msg.function:02X}"),
-        "reply": msg.is_reply,
-        "error": msg.is_error,
-        "length": len(msg.data),
-        "data_minus_33": msg.data.hex(" ").upper(),
-        "checksum": f"{msg.checksum:02X}",
-    }
-    if msg.di is not None:
-        out["DI"] = f"{msg.di:08X}"
-        q = QUANTITIES.get(msg.di)
-        if q is not None:
-            out["DI_name"] = q.name_zh
-    got = value_of(msg)
-    if got is not None:
-        out["metric"] = got[0].metric
-        out["value"] = got[1]
-    if msg.function == 0x13 and msg.is_reply and len(msg.data) == 6:
-        out["reported_address"] = msg.data[::-1].hex().upper()
-    if msg.is_error and msg.data:
-        out["error_code"] = msg.data[0]
-    return out
+def decode_payload(stream: Stream, payload: bytes, now_ns: int, limits: PayloadLimits) -> Decoded:
+    """The codec entry point (``contract.DecodeFn``): readings stamped ``now_ns`` (no time in the frame)."""
+    return to_decoded(decode(payload), now_ns)

@@ -9,7 +9,7 @@ Anything else that does not fit is rejected.
 Metric names (``to_decoded``): ``{code}-{field}`` as the standard writes them (``a21026-Rtd``,
 ``a21026-ZsAvg``, ``w00000-Cou``), where ``code`` is the HJ 212-2017 code: 2005 codes are mapped to
 their 2017 successor by ``hj212_codes.lookup`` (``011-Rtd`` from a 2005 water logger becomes
-``w01018-Rtd``). Codes no table knows are kept as sent (marked ``known: false`` by ``decode_cli``);
+``w01018-Rtd``). Codes no table knows are kept as sent (marked ``known: false`` by ``wulian decode``);
 one that does not start with a letter gets an ``x`` prefix (``x999-Rtd``) so it is a valid metric name.
 Fields that become readings: Rtd, Min, Avg, Max, Cou, ZsRtd, ZsMin, ZsAvg, ZsMax, the noise fields
 Data/DayData/NightData, and any vendor field with a numeric value. Each reading carries its code's
@@ -29,12 +29,15 @@ from decimal import Decimal
 from functools import lru_cache
 from math import isfinite
 
-from wulian.core.const import DATA_FLAGS, FLAG_NORMAL, HJ212_2005_AIR_FLAGS, UNKNOWN_FLAG, VALID_FLAGS
+from wulian.core.const import DATA_FLAGS, FLAG_NORMAL, HJ212_2005_AIR_FLAGS, UNKNOWN_FLAG, VALID_FLAGS, Kind, Stream
 from wulian.core.kernels.checksums import crc_hj212, crc_modbus
 from wulian.core.model import Decoded, Reading
 from wulian.core.timebase import CHINA_OFFSET_NS, NS_PER_MS, NS_PER_S, china_fields, china_midnight_ns, is_date
 from wulian.ingest.codecs import hj212_codes
+from wulian.ingest.codecs.contract import PayloadLimits
 from wulian.ingest.codecs.errors import CodecError
+
+KIND = Kind.HJ212
 
 # Per-device CRC tolerance (the gateway passes what the device registry says):
 #   hj212      HJ 212-2017 Appendix A, what the standard prints (always the default)
@@ -447,6 +450,11 @@ def to_decoded(packet: Hj212Packet) -> Decoded:
     return out
 
 
+def decode_payload(stream: Stream, payload: bytes, now_ns: int, limits: PayloadLimits) -> Decoded:
+    """The codec entry point (``contract.DecodeFn``): times from the packet (DataTime, QN)."""
+    return to_decoded(decode(payload))
+
+
 def _readings(packet: Hj212Packet, out: Decoded) -> None:
     # One pass over the CP items, collected per DataTime section (one per packet in practice): the
     # values, and each code's Flag and SampleTime, which may come before or after its values.
@@ -654,53 +662,3 @@ def answer(packet: Hj212Packet) -> bytes | None:
     if packet.cn == "1013":
         return notice_answer(packet)
     return data_answer(packet)
-
-
-# --- CLI -----------------------------------------------------------------------------------------
-
-def decode_cli(text: str) -> dict:
-    """``wulian decode hj212 PACKET``: the packet, its codes marked known/unknown and what ingest stores,
-    each value with ``valid``: whether its flag lets it count as valid data. All CRC variants are tried
-    so that the output names the one the device uses."""
-    packet = decode(text, crc_modes=CRC_MODES)
-    decoded = to_decoded(packet)
-    codes = {}
-    for name, _ in packet.cp:
-        code, dash, _field = name.partition("-")
-        if dash and code not in codes:
-            hit = hj212_codes.lookup(code, packet.st, packet.version)
-            codes[code] = (
-                {"known": True, "code_2017": hit.code, "name": hit.name, "unit": hit.unit,
-                 "table": "2005" if code != hit.code else hit.table}
-                if hit is not None else {"known": False}
-            )
-    return {
-        "ok": True,
-        "crc_mode": packet.crc_mode,
-        "length_ok": packet.length_ok,
-        "repairs": list(packet.repairs),
-        "cp_closed": packet.cp_closed,
-        "fields": packet.fields,
-        "flag": None if packet.flag is None else {
-            "raw": packet.flag,
-            "ack_requested": packet.ack_requested,
-            "split": packet.split,
-            "version": packet.version,
-            "edition": packet.edition,
-        },
-        "pnum": packet.pnum,
-        "pno": packet.pno,
-        "cp": [list(item) for item in packet.cp],
-        "codes": codes,
-        "readings": [
-            {"ts_ns": r.ts_ns, "time_utc": _iso(r.ts_ns), "metric": r.metric, "value": r.value,
-             "flag": r.flag, "valid": flag_is_valid(r.flag)}
-            for r in decoded.readings
-        ],
-        "events": decoded.events,
-    }
-
-
-def _iso(ts_ns: int) -> str:
-    t = format_china_time(ts_ns - CHINA_OFFSET_NS, millis=True)
-    return f"{t[:4]}-{t[4:6]}-{t[6:8]}T{t[8:10]}:{t[10:12]}:{t[12:14]}.{t[14:]}Z"

@@ -15,7 +15,7 @@ Repairs: a frame whose check code is a bare 0x7D (not escaped as ``7D 01``; some
 ``jt-bad-gj-unescaped-7d``) is accepted by default, because nothing is guessed: that 0x7D is the last
 byte before the closing flag, so it cannot start an escape pair, and the frame must still pass the XOR
 check. It is never silent: ``Jt808Message.repairs`` (and ``Decoded.repairs``) name the repair
-(``REPAIR_BARE_7D_CHECK``), ingest and the gateway count it by reason, and ``decode_cli`` prints it,
+(``REPAIR_BARE_7D_CHECK``), ingest and the gateway count it by reason, and ``wulian decode`` prints it,
 as the HJ 212 codec names the CRC variant that matched. ``strict_escape=True`` refuses such frames.
 
 ``to_decoded``: 0x0200/0x0704 become ``Position`` records (time BCD in China time, UTC+8, to UTC ns;
@@ -29,11 +29,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from wulian.core.const import Kind, Stream
 from wulian.core.kernels.checksums import xor_bytes
 from wulian.core.model import Decoded, Position
 from wulian.core.timebase import NS_PER_S, china_fields, china_midnight_ns, is_date
 from wulian.core.vehicles.jt808_bits import ALARM_BITS
-from wulian.ingest.codecs.errors import CodecError, parse_hex
+from wulian.ingest.codecs.contract import PayloadLimits
+from wulian.ingest.codecs.errors import CodecError
+
+KIND = Kind.JT808
 
 MAX_FRAME = 2 + 2 * (17 + 4 + 1023 + 1)  # longest legal frame with every byte escaped
 REPAIR_BARE_7D_CHECK = "bare_7d_check"  # the check code 0x7D sent as is, not escaped as 7D 01
@@ -596,6 +600,11 @@ def to_decoded(msg: Jt808Message) -> Decoded:
     return out
 
 
+def decode_payload(stream: Stream, payload: bytes, now_ns: int, limits: PayloadLimits) -> Decoded:
+    """The codec entry point (``contract.DecodeFn``): times from the frame (BCD China time)."""
+    return to_decoded(decode(payload))
+
+
 # --- encoding ------------------------------------------------------------------------------------
 
 def _bcd(digits: str, width: int) -> bytes:
@@ -715,60 +724,3 @@ def register_answer(msg: Jt808Message, result: int = 0, auth_code: str = "", *, 
     body = _U16.pack(msg.serial) + bytes((result,)) + (auth_code.encode("gbk") if result == 0 else b"")
     return encode(0x8100, msg.phone, serial, body, edition=msg.edition,
                   protocol_version=msg.protocol_version or 1)
-
-
-# --- CLI -----------------------------------------------------------------------------------------
-
-def _record(value: object) -> object:
-    if isinstance(value, bytes):
-        return value.hex().upper()
-    if isinstance(value, (list, tuple)):
-        return [_record(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _record(v) for k, v in value.items()}
-    if hasattr(value, "__dataclass_fields__"):
-        return {name: _record(getattr(value, name)) for name in value.__dataclass_fields__}
-    return value
-
-
-def decode_cli(hex_text: str) -> dict:
-    """``wulian decode jt808 HEX``: the frame's header, body and named flags, what ingest stores, and
-    ``repairs``: what had to be repaired to read it (empty for a well-formed frame).
-    Spaces, ``0x`` and ``:``/``-`` separators are ignored; missing 0x7E flags are added."""
-    frame = parse_hex(hex_text)
-    if frame[:1] != b"\x7e" and frame[-1:] != b"\x7e":
-        frame = b"\x7e" + frame + b"\x7e"
-    msg = decode(frame)
-    body = _record(msg.payload)
-    for loc_body, loc in _locations(msg.payload, body):
-        loc_body["lat"], loc_body["lon"], loc_body["speed_kmh"] = loc.lat, loc.lon, loc.speed_kmh
-        loc_body["time_bcd"] = loc.time_bcd
-        loc_body["alarms"] = alarm_flags(loc.alarm_bits, msg.edition)
-        loc_body["status"] = status_flags(loc.status_bits, msg.edition)
-        loc_body["items"] = [{"id": f"0x{i:02X}", "value": v.hex().upper()} for i, v in loc.items]
-    decoded = to_decoded(msg)
-    return {
-        "ok": True,
-        "repairs": list(msg.repairs),
-        "msg_id": f"0x{msg.msg_id:04X}",
-        "edition": msg.edition,
-        "version_flag": msg.version_flag,
-        "protocol_version": msg.protocol_version,
-        "phone": msg.phone,
-        "serial": msg.serial,
-        "body_len": msg.body_len,
-        "encryption": msg.encryption,
-        "package": None if msg.total is None else {"total": msg.total, "seq": msg.seq},
-        "body_hex": msg.body.hex().upper(),
-        "body": body,
-        "positions": [_record(p) for p in decoded.positions],
-        "events": decoded.events,
-    }
-
-
-def _locations(payload: object, body: object) -> list[tuple[dict, Location]]:
-    if isinstance(payload, Location):
-        return [(body, payload)]
-    if isinstance(payload, LocationBatch):
-        return list(zip(body["locations"], payload.locations))
-    return []

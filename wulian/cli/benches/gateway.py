@@ -267,9 +267,10 @@ def _rss_mb(pid: int) -> float:
 @contextlib.contextmanager
 def _private_broker():
     """A throwaway Mosquitto from the stack's config template on a free port; yields the port."""
+    from wulian.ingest.chaos.stack import free_port
     from wulian.settings import ROOT
 
-    port = _free_port()
+    port = free_port()
     d = Path(tempfile.mkdtemp(prefix="wulian-bench-mq-"))
     (d / "data").mkdir()
     conf = (ROOT / "deploy" / "local" / "mosquitto.conf").read_text()
@@ -297,16 +298,12 @@ def _private_broker():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def _run_pair(args: argparse.Namespace, dsn: str, bare: bool, duration: float, seed: int,
                     mqtt_port: int | None = None) -> dict:
     """Start a gateway process, run the terminals process against it, return both sides' figures."""
-    port = _free_port()
+    from wulian.ingest.chaos.stack import free_port
+
+    port = free_port()
     exe = [sys.executable, "-m", "wulian.cli.benches.gateway"]
     env = dict(os.environ)
     if mqtt_port is not None:

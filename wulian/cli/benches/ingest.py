@@ -165,7 +165,7 @@ async def run_bare(params: MqttParams, n: int, prefix: str) -> float:
 
 async def run_naive(params: MqttParams, dsn: str, n: int, prefix: str) -> float:
     """Per message: one transaction of INSERTs, then the ack. The design we replace."""
-    from wulian.ingest.payload import decode_telemetry
+    from wulian.ingest.codecs.telemetry import decode_telemetry
     from wulian.ingest.topics import parse_topic
 
     consumer = MqttConsumer(params, subscriptions(prefix))

@@ -1,4 +1,4 @@
-"""Wulian JSON telemetry payload -> ``core.model.Decoded`` (README: payload specification).
+"""Wulian JSON telemetry (topic kind ``telemetry``) -> ``core.model.Decoded`` (README: payload specification).
 
 One message carries one record or a batch (``{"batch": [...]}`` or a JSON array). A message is
 accepted or refused whole: any invalid record refuses the message, which then goes to dead letters
@@ -8,28 +8,20 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import orjson
 
-from wulian.core.const import DATA_FLAGS, FLAG_NORMAL, METRIC_PATTERN, SCALAR_STREAMS, Stream
+from wulian.core.const import DATA_FLAGS, FLAG_NORMAL, METRIC_PATTERN, SCALAR_STREAMS, Kind, Stream
 from wulian.core.model import Decoded, Position, Reading, TrafficObservation
+from wulian.ingest.codecs.contract import PayloadLimits, check_size
 from wulian.ingest.codecs.errors import CodecError
+
+KIND = Kind.TELEMETRY
 
 _METRIC_RE = re.compile(METRIC_PATTERN)
 _valid_metrics: set[str] = set()  # names already checked against METRIC_PATTERN (names repeat)
 _NS = 1_000_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class PayloadLimits:
-    """Time policy: readings stamped outside [now - past, now + future] are refused (clock faults)."""
-
-    max_bytes: int = 256 * 1024
-    max_records: int = 10_000
-    future_tolerance_ns: int = 600 * _NS
-    past_limit_ns: int = 3650 * 86400 * _NS
 
 
 def parse_ts(raw: object) -> int:
@@ -67,26 +59,6 @@ def _number(raw: object, what: str) -> float:
 def _opt_number(rec: dict, key: str) -> float | None:
     raw = rec.get(key)
     return None if raw is None else _number(raw, key)
-
-
-def check_times(decoded: Decoded, now_ns: int, limits: PayloadLimits) -> None:
-    """The time policy, for every kind of payload: refuse the message if any record is out of range."""
-    hi = now_ns + limits.future_tolerance_ns
-    lo = now_ns - limits.past_limit_ns
-    for records in (decoded.readings, decoded.positions, decoded.traffic):
-        for r in records:
-            _check_time(r.ts_ns, now_ns, lo, hi)
-    for ev in decoded.events:  # an event's own time (HJ 212 DataTime of a CN 2021 state) as well
-        t = ev.get("ts_ns") if isinstance(ev, dict) else None
-        if type(t) is int:
-            _check_time(t, now_ns, lo, hi)
-
-
-def _check_time(t: int, now_ns: int, lo: int, hi: int) -> None:
-    if t > hi:
-        raise CodecError("ts_in_future", f"{(t - now_ns) / _NS:.0f}s ahead")
-    if t < lo:
-        raise CodecError("ts_too_old", f"{(now_ns - t) / _NS / 86400:.0f} days old")
 
 
 def _flag(raw: object) -> str:
@@ -152,8 +124,7 @@ def _traffic(rec: dict, out: list[TrafficObservation]) -> None:
 
 def decode_telemetry(stream: Stream, payload: bytes, limits: PayloadLimits = PayloadLimits()) -> Decoded:
     """Decode one message of kind ``telemetry``; raises CodecError with a stable reason."""
-    if len(payload) > limits.max_bytes:
-        raise CodecError("too_large", f"{len(payload)} bytes > {limits.max_bytes}")
+    check_size(payload, limits)
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -179,3 +150,8 @@ def decode_telemetry(stream: Stream, payload: bytes, limits: PayloadLimits = Pay
             raise CodecError("bad_record", "record is not an object")
         handle(rec, sink)
     return out
+
+
+def decode_payload(stream: Stream, payload: bytes, now_ns: int, limits: PayloadLimits) -> Decoded:
+    """The codec entry point (``contract.DecodeFn``): records carry their own times."""
+    return decode_telemetry(stream, payload, limits)
