@@ -48,12 +48,22 @@ async def _add(args: argparse.Namespace, s: Settings) -> dict:
 
 
 async def _remove(args: argparse.Namespace, s: Settings) -> dict:
+    import asyncpg
+
+    from wulian.ingest import audit
     from wulian.ingest.provisioning import reload_broker, remove_credentials
 
     passwd, _acl, pid = broker_files(s)
     removed = remove_credentials(Path(args.password_file) if args.password_file else passwd, args.device_id)
     if removed:
         reload_broker(pid)
+        con = await asyncpg.connect(s.db.dsn)
+        try:
+            await audit.record(con, actor=audit.cli_actor(), source="cli", action="device.credentials_remove",
+                               object_type="device", object_id=args.device_id,
+                               before={"mqtt_credentials": True}, after={"mqtt_credentials": False})
+        finally:
+            await con.close()
     return {"device_id": args.device_id, "credentials_removed": removed}
 
 
