@@ -179,6 +179,16 @@ class EnergySettings(BaseModel):
         return self
 
 
+class DashboardSettings(BaseModel):
+    """Grafana dashboards as built by ``wulian dashboards build`` (deploy/grafana/README.md)."""
+
+    # XYZ tile URL template of the geomaps' base map. The default is a same-origin path, served by the
+    # site's own tile server behind Grafana's reverse proxy: an isolated network never reaches the
+    # internet for tiles (without that server the maps show markers on a blank background).
+    tile_url: str = "/tiles/{z}/{x}/{y}.png"
+    tile_attribution: str = ""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WULIAN_", env_nested_delimiter="__", extra="ignore",
                                       env_file=SECRETS_FILE if os.access(SECRETS_FILE, os.R_OK) else None)
@@ -196,6 +206,7 @@ class Settings(BaseSettings):
     traffic: TrafficSettings = Field(default_factory=TrafficSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     energy: EnergySettings = Field(default_factory=EnergySettings)
+    dashboards: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @model_validator(mode="after")
     def _default_to_local_stack(self) -> "Settings":

@@ -78,7 +78,9 @@ class StatsBy(StrEnum):
 # dimension -> SQL expression, named as AlertStatPublic's field
 _DIMS = {StatsBy.REGION: "region", StatsBy.STREAM: "stream", StatsBy.SEVERITY: "severity",
          StatsBy.RULE: "rule_id", StatsBy.DAY: f"(raised_at AT TIME ZONE '{CHINA_TZ_NAME}')::date AS day"}
-_SECS = "greatest(0, extract(epoch FROM {0} - raised_at))::float8"
+# seconds from raising; NULL (left out of the percentiles) when never reached; a device clock ahead of ours
+# (raised_at is the reading's time) counts as 0, not negative
+_SECS = "(CASE WHEN {0} >= raised_at THEN extract(epoch FROM {0} - raised_at) WHEN {0} IS NOT NULL THEN 0 END)::float8"
 
 
 def _pct(q: float, col: str) -> str:
