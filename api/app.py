@@ -11,7 +11,7 @@ import pkgutil
 import asyncpg
 from fastapi import FastAPI
 
-from wulian.api import docs, errors, observability, routes
+from wulian.api import docs, errors, export, observability, routes
 from wulian.api.alert_feed import AlertFeed
 from wulian.api.rate_limit import TokenBuckets
 from wulian.settings import Settings, get_settings
@@ -46,5 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in _routers():
         app.include_router(router)
     errors.install_openapi(app)
+    export.install(app)
     docs.install(app)
     return app

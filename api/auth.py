@@ -22,6 +22,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from wulian.api.deps import PoolDep
 from wulian.api.errors import ApiError
 from wulian.api.observability import AUTH_FAILURES, RATE_LIMITED
+from wulian.ingest import audit
 
 ROLES = ("regulator", "operator", "admin")
 API_KEY_HEADER = "X-API-Key"
@@ -93,24 +94,52 @@ def generate_key() -> tuple[str, str, str]:
 
 
 async def create_key(
-    con: asyncpg.Connection, *, name: str, role: str, regions: list[str], expires_days: float | None = None
+    con: asyncpg.Connection, *, name: str, role: str, regions: list[str], expires_days: float | None = None,
+    audit_actor: str | None = None, audit_source: str = "cli",
 ) -> str:
+    """Create a key; returns it (shown once). With ``audit_actor`` the creation is audited."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
     if role != "admin" and not regions:
         raise ValueError("regulator and operator keys need at least one region")
     key, key_id, secret_hash = generate_key()
     expires = datetime.now(timezone.utc) + timedelta(days=expires_days) if expires_days else None
-    await con.execute(
-        "INSERT INTO api_keys (key_id, secret_hash, name, role, regions, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        key_id, secret_hash, name, role, sorted(set(regions)), expires)
+    async with con.transaction():
+        row = await con.fetchrow(
+            "INSERT INTO api_keys (key_id, secret_hash, name, role, regions, expires_at)"
+            f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {KEY_COLS}",
+            key_id, secret_hash, name, role, sorted(set(regions)), expires)
+        if audit_actor is not None:
+            await audit.record(con, actor=audit_actor, source=audit_source, action="key.create", object_type="api_key",
+                               object_id=key_id, after=key_public(row))
     return key
 
 
-async def revoke_key(con: asyncpg.Connection, key_id: str) -> bool:
-    status = await con.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
-                               key_id)
-    return status.endswith(" 1")
+# The columns of a key as listed and audited (never the secret's hash).
+KEY_COLS = ("key_id, name, role, regions, created_at, expires_at, revoked_at, last_used_at,"
+             " (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())) AS active")
+
+
+def key_public(row) -> dict:
+    return {k: (list(row[k]) if k == "regions" else row[k]) for k in
+            ("key_id", "name", "role", "regions", "created_at", "expires_at", "revoked_at", "last_used_at", "active")}
+
+
+async def revoke_key(con: asyncpg.Connection, key_id: str, *, actor: str | None = None, source: str = "cli",
+                     actor_key_id: str | None = None) -> bool:
+    """Revoke an active key; with ``actor``, the change is audited (before/after) in the same transaction."""
+    async with con.transaction():
+        before = await con.fetchrow(f"SELECT {KEY_COLS} FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL"
+                                    " FOR UPDATE", key_id)
+        if before is None:
+            return False
+        after = await con.fetchrow(f"UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 RETURNING {KEY_COLS}",
+                                   key_id)
+        if actor is not None:
+            await audit.record(con, actor=actor, source=source, key_id=actor_key_id, action="key.revoke",
+                               object_type="api_key", object_id=key_id, before=key_public(before),
+                               after=key_public(after))
+    return True
 
 
 def _parse(raw: str) -> tuple[str, str]:

@@ -1,10 +1,12 @@
 """Response models of the API (``XPublic``; lists as ``{data, count}``)."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from wulian.api.paging import ListPage
 
 
 class Health(BaseModel):
@@ -26,11 +28,8 @@ class DevicePublic(BaseModel):
     online: bool
 
 
-class DevicesPublic(BaseModel):
+class DevicesPublic(ListPage):
     data: list[DevicePublic]
-    count: int
-
-
 class LatestValue(BaseModel):
     metric: str
     time: datetime
@@ -53,11 +52,9 @@ class DeviceEventPublic(BaseModel):
     detail: dict[str, Any]
 
 
-class DeviceEventsPublic(BaseModel):
+class DeviceEventsPublic(ListPage):
     device_id: str
     data: list[DeviceEventPublic]
-    count: int
-    next_cursor: str | None = None
 
 
 class ReadingBucket(BaseModel):
@@ -68,14 +65,11 @@ class ReadingBucket(BaseModel):
     count: int
 
 
-class ReadingsPublic(BaseModel):
+class ReadingsPublic(ListPage):
     device_id: str
     metric: str
     bucket: str
     data: list[ReadingBucket]
-    count: int
-
-
 class AlertPublic(BaseModel):
     id: int
     rule_id: int
@@ -101,10 +95,8 @@ class AlertPublic(BaseModel):
     close_comment: str | None = None
 
 
-class AlertsPublic(BaseModel):
+class AlertsPublic(ListPage):
     data: list[AlertPublic]
-    count: int
-    next_cursor: int | None = None
 
 
 class AlertEventPublic(BaseModel):
@@ -132,6 +124,101 @@ class RulePublic(BaseModel):
     updated_by: str | None = None
 
 
-class RulesPublic(BaseModel):
+class RulesPublic(ListPage):
     data: list[RulePublic]
-    count: int
+
+
+class AlertStatPublic(BaseModel):
+    """One group of alerts: the dimensions asked for (others null), counts, and time to acknowledge / to
+    clear from ``raised_at`` in seconds (percentiles over the alerts that reached that state)."""
+
+    region: str | None = None
+    stream: str | None = None
+    severity: str | None = None
+    rule_id: int | None = None
+    day: date | None = None
+    alerts: int
+    open: int
+    acknowledged: int
+    cleared: int
+    tta_p50_s: float | None = None
+    tta_p90_s: float | None = None
+    ttc_p50_s: float | None = None
+    ttc_p90_s: float | None = None
+
+
+class AlertStatsPublic(ListPage):
+    by: list[str]
+    data: list[AlertStatPublic]
+
+
+class AuditEntryPublic(BaseModel):
+    id: int
+    time: datetime
+    actor: str
+    key_id: str | None = None
+    source: str
+    action: str
+    object_type: str
+    object_id: str | None = None
+    region: str | None = None
+    before: Any = None
+    after: Any = None
+
+
+class AuditPublic(ListPage):
+    data: list[AuditEntryPublic]
+
+
+class ApiKeyPublic(BaseModel):
+    """An API key without its secret (only a hash is stored; the key is shown once at creation)."""
+
+    key_id: str
+    name: str
+    role: str
+    regions: list[str]
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+    active: bool
+
+
+class ApiKeysPublic(ListPage):
+    data: list[ApiKeyPublic]
+
+
+class DeadLetterPublic(BaseModel):
+    id: int
+    time: datetime
+    topic: str
+    device_id: str | None = None
+    kind: str | None = None
+    reason: str
+    detail: str | None = None
+    payload_size: int
+    payload_preview: str | None = None
+    replayed_at: datetime | None = None
+    replay_result: str | None = None
+
+
+class DeadLettersPublic(ListPage):
+    data: list[DeadLetterPublic]
+
+
+class ReplayRequest(BaseModel):
+    ids: list[int] = Field(min_length=1, max_length=500, description="dead-letter ids to run through decode and "
+                                                                      "write again")
+
+
+class ReplayOutcome(BaseModel):
+    id: int
+    result: str = Field(description="ok, or the reason it was refused again (e.g. unknown_device)")
+    records: int = 0
+
+
+class ReplayPublic(BaseModel):
+    replayed: int
+    ok: int
+    failed: int
+    results: list[ReplayOutcome]

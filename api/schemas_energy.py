@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from wulian.api.paging import ListPage
+
 
 class TrackPoint(BaseModel):
     time: datetime
@@ -19,10 +21,9 @@ class TrackPoint(BaseModel):
     mileage_km: float | None = None
 
 
-class TrackPublic(BaseModel):
+class TrackPublic(ListPage):
     device_id: str
     data: list[TrackPoint]
-    count: int
     truncated: bool = False  # more points than ``limit`` in the range: narrow it
 
 
@@ -40,11 +41,8 @@ class ViolationPublic(BaseModel):
     details: dict[str, Any] = {}
 
 
-class ViolationsPublic(BaseModel):
+class ViolationsPublic(ListPage):
     data: list[ViolationPublic]
-    count: int
-
-
 class VehicleKpiPublic(BaseModel):
     day: date
     region: str
@@ -64,11 +62,8 @@ class VehicleKpiPublic(BaseModel):
     night_violations: int
 
 
-class VehicleKpisPublic(BaseModel):
+class VehicleKpisPublic(ListPage):
     data: list[VehicleKpiPublic]
-    count: int
-
-
 class GridQualityPublic(BaseModel):
     device_id: str
     region: str
@@ -88,11 +83,8 @@ class GridQualityPublic(BaseModel):
     low_pf_samples: int
 
 
-class GridQualityListPublic(BaseModel):
+class GridQualityListPublic(ListPage):
     data: list[GridQualityPublic]
-    count: int
-
-
 class ForecastPoint(BaseModel):
     time: datetime
     load_kw: float
@@ -105,11 +97,8 @@ class FeederForecastPublic(BaseModel):
     data: list[ForecastPoint]
 
 
-class FeederForecastsPublic(BaseModel):
+class FeederForecastsPublic(ListPage):
     data: list[FeederForecastPublic]
-    count: int
-
-
 class ConsumptionDay(BaseModel):
     metric: str
     day: date
@@ -121,12 +110,9 @@ class ConsumptionDay(BaseModel):
     min_night_rate_per_h: float | None = None
 
 
-class ConsumptionPublic(BaseModel):
+class ConsumptionPublic(ListPage):
     device_id: str
     data: list[ConsumptionDay]
-    count: int
-
-
 class MeterAnomalyPublic(BaseModel):
     device_id: str
     region: str
@@ -139,6 +125,5 @@ class MeterAnomalyPublic(BaseModel):
     open: bool
 
 
-class MeterAnomaliesPublic(BaseModel):
+class MeterAnomaliesPublic(ListPage):
     data: list[MeterAnomalyPublic]
-    count: int

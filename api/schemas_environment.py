@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from wulian.api.paging import ListPage
+
 
 class AqiPublic(BaseModel):
     time: datetime  # start of the hour / China day
@@ -24,11 +26,8 @@ class AqiPublic(BaseModel):
     stations: int | None = None  # city AQI: how many stations it averages
 
 
-class AqiListPublic(BaseModel):
+class AqiListPublic(ListPage):
     data: list[AqiPublic]
-    count: int
-
-
 class SourceHourPublic(BaseModel):
     time: datetime
     pollutant: str
@@ -47,12 +46,9 @@ class SourceHourPublic(BaseModel):
     rule: str
 
 
-class SourceHoursPublic(BaseModel):
+class SourceHoursPublic(ListPage):
     device_id: str
     data: list[SourceHourPublic]
-    count: int
-
-
 class ExceedancePublic(BaseModel):
     device_id: str
     region: str
@@ -69,11 +65,8 @@ class ExceedancePublic(BaseModel):
     open: bool
 
 
-class ExceedancesPublic(BaseModel):
+class ExceedancesPublic(ListPage):
     data: list[ExceedancePublic]
-    count: int
-
-
 class WaterClassNow(BaseModel):
     time: datetime
     overall_class: str
@@ -95,11 +88,8 @@ class WaterStationPublic(BaseModel):
     compliance_7d: float | None = None  # share of compliant hours in the 7 days up to ``current``
 
 
-class WaterStationsPublic(BaseModel):
+class WaterStationsPublic(ListPage):
     data: list[WaterStationPublic]
-    count: int
-
-
 class PulseEventPublic(BaseModel):
     time: datetime
     detected_at: str
@@ -116,6 +106,5 @@ class PulseEventPublic(BaseModel):
     evidence: list[dict[str, Any]]
 
 
-class PulseEventsPublic(BaseModel):
+class PulseEventsPublic(ListPage):
     data: list[PulseEventPublic]
-    count: int

@@ -5,6 +5,8 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from wulian.api.paging import ListPage
+
 
 class TrafficForecastPublic(BaseModel):
     segment: str  # the segment's detector (devices.device_id)
@@ -17,11 +19,8 @@ class TrafficForecastPublic(BaseModel):
     model_id: int
 
 
-class TrafficForecastsPublic(BaseModel):
+class TrafficForecastsPublic(ListPage):
     data: list[TrafficForecastPublic]
-    count: int
-
-
 class TrafficIncidentPublic(BaseModel):
     id: int
     segment: str
@@ -38,7 +37,5 @@ class TrafficIncidentPublic(BaseModel):
     alert_id: int | None = None
 
 
-class TrafficIncidentsPublic(BaseModel):
+class TrafficIncidentsPublic(ListPage):
     data: list[TrafficIncidentPublic]
-    count: int
-    next_cursor: int | None = None

@@ -5,7 +5,10 @@ SQL conventions (Grafana PostgreSQL datasource, expanded by ``verify.expand``):
   ``(device, metric, time)`` / ``(time)`` indexes bound the scan to the picked range;
 - series are bucketed with ``$__timeGroupAlias(<col>, $__interval)`` so a panel returns about one row
   per pixel column, whatever the range;
-- multi-value variables are used as ``IN ($var)`` (Grafana quotes and joins the values);
+- multi-value variables are used as ``IN ($var)`` (Grafana quotes and joins the values); the rendered JSON
+  turns each into a form where an empty selection means no filter, never ``IN ()`` (render.empty_safe);
+- map panels take coordinates from the registry (attrs.lat / attrs.lon, WGS-84) and their base map from
+  the ``dashboards.tile_url`` setting (a self-hosted XYZ tile server; render.basemap);
 - "latest" panels probe the ``(device, ... time DESC)`` indexes once per device with ``LATERAL ... LIMIT 1``.
 """
 from __future__ import annotations
@@ -71,6 +74,8 @@ PM25_THRESHOLDS = tuple(
 # GB 3838 class colours. The standard prescribes none; this is the scheme Chinese water bulletins
 # commonly use (I-II blue, III green, IV yellow, V orange, 劣V red).
 _WATER_COLOURS = ("#1F78D1", "#56A3F0", "#37872D", "#F2CC0C", "#FF780A", "#E02F44")
+# The same colours as thresholds on the class number (1..6), for map markers.
+WATER_CLASS_THRESHOLDS = tuple(Threshold(None if i == 0 else i + 0.5, c) for i, c in enumerate(_WATER_COLOURS))
 WATER_CLASS_MAPPINGS = tuple(
     ValueText(i + 1, name, colour) for i, (name, colour) in enumerate(zip(WATER_CLASSES, _WATER_COLOURS))
 )

@@ -89,6 +89,7 @@ class Panel:
     max: float | None = None
     interval: str = ""  # lower bound on $__interval for this panel ("1h" for hourly data)
     max_data_points: int | None = None
+    layer: str = "markers"  # geomap data layer: markers, or route (a track through the points in row order)
 
     @property
     def tables(self) -> frozenset[str]:

@@ -30,6 +30,22 @@ DASHBOARD = Dashboard(
     variables=(REGION,),
     panels=(
         Panel(
+            "Open alerts: acknowledgement", "table",
+            (Query(f"""SELECT a.id, a.raised_at, a.region, a.stream, a.device_id, a.severity, a.title, a.state,
+       a.acknowledged_by, a.acknowledged_at,
+       round(extract(epoch FROM coalesce(a.acknowledged_at, $__timeTo()::timestamptz) - a.raised_at) / 60.0)::int
+         AS minutes_to_ack
+FROM alerts a
+WHERE a.{_OPEN} AND a.region IN ($region) AND a.raised_at <= $__timeTo()
+ORDER BY (a.state = 'active') DESC, a.raised_at
+LIMIT 500""", tables=("alerts",), format="table"),),
+            description="Alerts not yet cleared: unacknowledged first, oldest first; minutes_to_ack counts until now "
+                        "for those still waiting.",
+            fields=("id", "raised_at", "region", "stream", "device_id", "severity", "title", "state",
+                    "acknowledged_by", "acknowledged_at", "minutes_to_ack"),
+            no_data="No open alerts", width=24,
+        ),
+        Panel(
             "Open alerts by stream and severity", "barchart",
             (Query(
                 "SELECT stream, "

@@ -24,6 +24,22 @@ DASHBOARD = Dashboard(
     variables=(REGION, device_var(Stream.POLLUTION, "Source"), metric_var(Stream.POLLUTION, "Pollutant")),
     panels=(
         Panel(
+            "Sources: exceedance state", "geomap",
+            (Query(f"""SELECT (coalesce(e.open_episodes, 0) > 0)::int AS exceeding, d.device_id AS name,
+       d.name AS label, (d.attrs->>'lat')::float8 AS latitude, (d.attrs->>'lon')::float8 AS longitude,
+       coalesce(e.open_episodes, 0) AS open_episodes, e.pollutants
+FROM devices d
+LEFT JOIN LATERAL (
+    SELECT count(*) AS open_episodes, string_agg(DISTINCT x.pollutant, ', ') AS pollutants FROM env_exceedances x
+    WHERE x.device = d.id AND {overlaps_range("x.start_time", "x.end_time")}
+      AND (x.open OR x.end_time >= $__timeTo()::timestamptz - interval '1 hour')) e ON true
+WHERE {_SOURCES} AND d.attrs ? 'lat' AND d.attrs ? 'lon'""", tables=("env_exceedances", "devices"), format="table"),),
+            description="Red: an exceedance episode still open (or ending in the last hour of the range); green: "
+                        "within limits. Coordinates from the registry (attrs.lat / attrs.lon).",
+            fields=("exceeding", "name", "pollutants"), thresholds=(Threshold(None, "green"), Threshold(1, "red")),
+            decimals=0, no_data="No source with coordinates", width=24, height=10,
+        ),
+        Panel(
             "Hourly concentration vs permit limit", "timeseries",
             (Query(f"""SELECT $__timeGroupAlias(h.time, $__interval), d.device_id || ' ' || h.pollutant AS metric,
        avg(h.converted) AS value

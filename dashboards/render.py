@@ -6,6 +6,7 @@ query editor writes in code mode). Layout (gridPos) is the SDK's: panels flow le
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from grafana_foundation_sdk.builders import bargauge, barchart, common as common_b
@@ -21,6 +22,25 @@ from grafana_foundation_sdk.models import geomap as geomap_m
 from wulian.dashboards.model import DATASOURCE_TYPE, DATASOURCE_UID, Dashboard, Panel, Query, Variable
 
 DATASOURCE = dash_m.DataSourceRef(type_val=DATASOURCE_TYPE, uid=DATASOURCE_UID)
+
+# ``col IN ($var)`` as written in dashboards/ (readable), rendered so that an empty selection (a variable
+# with no options, e.g. a region without such devices) is no filter instead of the syntax error ``IN ()``:
+# Grafana joins the quoted values with commas, so ``ARRAY[$var]::text[]`` is ``ARRAY[]::text[]`` then.
+_IN_VAR = re.compile(r"([\w.\->'()]+?)\s+IN\s+\(\$(\w+)\)")
+
+
+def empty_safe(sql: str) -> str:
+    """Rewrite every ``expr IN ($var)`` into a form valid (and unfiltered) for an empty selection."""
+    return _IN_VAR.sub(lambda m: f"(cardinality(ARRAY[${m.group(2)}]::text[]) = 0"
+                                 f" OR {m.group(1)} = ANY(ARRAY[${m.group(2)}]::text[]))", sql)
+
+
+def basemap() -> dict[str, Any]:
+    """The geomaps' base layer: XYZ tiles from the configured (self-hosted) server, never an online default."""
+    from wulian.settings import get_settings
+
+    s = get_settings().dashboards
+    return {"type": "xyz", "name": "Basemap", "config": {"url": s.tile_url, "attribution": s.tile_attribution}}
 
 _BUILDERS = {
     "timeseries": timeseries.Panel,
@@ -44,7 +64,7 @@ class _SqlQuery(cogvariants.Dataquery):
             "editorMode": "code",
             "format": self.query.format,
             "rawQuery": True,
-            "rawSql": self.query.sql.strip(),
+            "rawSql": empty_safe(self.query.sql.strip()),
         }
 
 
@@ -60,7 +80,7 @@ def _variable(v: Variable) -> dash_b.QueryVariable:
     b = (
         dash_b.QueryVariable(v.name)
         .label(v.label)
-        .query(v.sql.strip())
+        .query(empty_safe(v.sql.strip()))
         .datasource(DATASOURCE)
         .multi(v.multi)
         .include_all(v.include_all)
@@ -79,7 +99,7 @@ def _variable(v: Variable) -> dash_b.QueryVariable:
 def _geomap_options(b: geomap.Panel, p: Panel) -> geomap.Panel:
     markers = (
         common_b.MapLayerOptions()
-        .type("markers")
+        .type(p.layer)
         .name(p.title)
         .location(common_b.FrameGeometrySource().mode(common_m.FrameGeometrySourceMode.COORDS)
                   .latitude("latitude").longitude("longitude"))
@@ -95,7 +115,8 @@ def _geomap_options(b: geomap.Panel, p: Panel) -> geomap.Panel:
         .tooltip(True)
     )
     view = geomap.MapViewConfig().id("fit").all_layers(True).zoom(10)  # fit to the markers
-    return (b.view(view).basemap(common_b.MapLayerOptions().type("default").name("Basemap"))
+    base = basemap()
+    return (b.view(view).basemap(common_b.MapLayerOptions().type(base["type"]).name(base["name"]).config(base["config"]))
             .layers([markers]).tooltip(geomap.TooltipOptions().mode(geomap_m.TooltipMode.DETAILS)))
 
 

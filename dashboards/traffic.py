@@ -31,6 +31,27 @@ DASHBOARD = Dashboard(
     variables=(REGION, device_var(Stream.TRAFFIC, "Segment")),
     panels=(
         Panel(
+            "Segments: speed vs forecast", "geomap",
+            (Query(f"""SELECT round((o.speed_kmh / nullif(f.speed_kmh, 0))::numeric, 2)::float8 AS speed_ratio,
+       d.device_id AS name, (d.attrs->>'lat')::float8 AS latitude, (d.attrs->>'lon')::float8 AS longitude,
+       o.speed_kmh AS observed_kmh, f.speed_kmh AS forecast_kmh, o.time
+FROM devices d
+CROSS JOIN LATERAL (
+    SELECT time, speed_kmh FROM traffic_observations
+    WHERE device = d.id AND $__timeFilter(time) ORDER BY time DESC LIMIT 1) o
+LEFT JOIN LATERAL (
+    SELECT speed_kmh FROM traffic_forecasts
+    WHERE device = d.id AND horizon_steps = 1 AND $__timeFilter(issued_at) AND time <= o.time
+    ORDER BY time DESC LIMIT 1) f ON true
+WHERE {_SEGMENTS} AND d.attrs ? 'lat' AND d.attrs ? 'lon'""", tables=("traffic_observations", "traffic_forecasts",
+                                                                     "devices"), format="table"),),
+            description="Latest observed speed over the one-step forecast for the same time: below 0.5 red, below "
+                        "0.8 orange. Coordinates from the registry (attrs.lat / attrs.lon of the detector).",
+            fields=("speed_ratio", "name", "observed_kmh", "forecast_kmh"),
+            thresholds=(Threshold(None, "red"), Threshold(0.5, "orange"), Threshold(0.8, "green")), decimals=2,
+            no_data="No segment with coordinates", width=24, height=10,
+        ),
+        Panel(
             "Observed vs forecast speed", "timeseries",
             (Query(f"""SELECT $__timeGroupAlias(o.time, $__interval), d.device_id || ' observed' AS metric,
        avg(o.speed_kmh) AS value

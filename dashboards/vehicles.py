@@ -36,6 +36,18 @@ WHERE {_VEHICLES}""", tables=_TABLES, format="table"),),
             thresholds=(Threshold(None, "green"), Threshold(_OVERSPEED_KMH, "red")),
         ),
         Panel(
+            "Vehicle track", "geomap",
+            (Query(f"""SELECT p.speed_kmh AS speed, d.device_id AS name, p.lat AS latitude, p.lon AS longitude, p.time
+FROM vehicle_positions p JOIN devices d ON d.id = p.device
+WHERE $__timeFilter(p.time) AND {_VEHICLES}
+ORDER BY d.device_id, p.time
+LIMIT 20000""", tables=_TABLES, format="table"),),
+            description="The chosen vehicles' tracks over the range (pick one vehicle for a single track), coloured "
+                        "by speed; at most 20 000 points.",
+            fields=("speed", "name"), unit="velocitykmh", width=12, height=12, layer="route",
+            thresholds=(Threshold(None, "green"), Threshold(_OVERSPEED_KMH, "red")),
+        ),
+        Panel(
             "Speed", "timeseries",
             (Query(f"""SELECT $__timeGroupAlias(p.time, $__interval), d.device_id AS metric, avg(p.speed_kmh) AS value
 FROM vehicle_positions p JOIN devices d ON d.id = p.device

@@ -457,8 +457,26 @@ async def verify_dashboard(con: asyncpg.Connection, doc: dict[str, Any], rng: Ti
     return results
 
 
-async def verify(con: asyncpg.Connection, docs: list[dict[str, Any]], rng: TimeRange, **kw: Any) -> Report:
+EMPTY_MARK = " [empty ${}]"
+
+
+async def verify(con: asyncpg.Connection, docs: list[dict[str, Any]], rng: TimeRange, *,
+                 empty_selection: bool = True, **kw: Any) -> Report:
+    """Every panel of every dashboard; with ``empty_selection``, every panel again with each multi-value
+    variable selecting nothing (a region without such devices gives a device variable no options), where
+    only a failure counts: a query must never break on an empty selection (``IN ()``). Such failures are
+    reported with `` [empty $name]`` after the title."""
     results: list[PanelResult] = []
+    chosen = kw.pop("chosen", None) or {}
     for doc in docs:
-        results += await verify_dashboard(con, doc, rng, **kw)
+        results += await verify_dashboard(con, doc, rng, chosen=chosen, **kw)
+        if not empty_selection:
+            continue
+        for var in doc.get("templating", {}).get("list", []):
+            if not (var.get("multi") or var.get("includeAll")):
+                continue
+            for r in await verify_dashboard(con, doc, rng, chosen={**chosen, var["name"]: []}, **kw):
+                if r.status == "failed":
+                    r.title += EMPTY_MARK.format(var["name"])
+                    results.append(r)
     return Report(rng.start.isoformat(), rng.end.isoformat(), kw.get("role"), results)

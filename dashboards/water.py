@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from wulian.core.const import Stream
 from wulian.dashboards.common import READINGS, READINGS_TABLES, REGION, WATER_CLASS_MAPPINGS, device_filter, device_var
+from wulian.dashboards.common import WATER_CLASS_THRESHOLDS
 from wulian.dashboards.common import metric_var, readings_where
 from wulian.dashboards.model import Dashboard, Panel, Query
 
@@ -23,6 +24,21 @@ DASHBOARD = Dashboard(
                 "pulses, water-quality series.",
     variables=(REGION, device_var(Stream.WATER, "Station"), metric_var(Stream.WATER, "Parameter")),
     panels=(
+        Panel(
+            "Water stations: latest class", "geomap",
+            (Query(f"""SELECT w.overall AS class, d.device_id AS name, (d.attrs->>'lat')::float8 AS latitude,
+       (d.attrs->>'lon')::float8 AS longitude, w.overall_class, w.target, w.compliant, w.time
+FROM devices d
+CROSS JOIN LATERAL (
+    SELECT time, overall, overall_class, target, compliant FROM env_water_hourly
+    WHERE device = d.id AND $__timeFilter(time)
+    ORDER BY time DESC LIMIT 1) w
+WHERE {_STATIONS} AND d.attrs ? 'lat' AND d.attrs ? 'lon'""", tables=("env_water_hourly", "devices"), format="table"),),
+            description="Latest hourly GB 3838 class in the bulletin colours (I-II blue, III green, IV yellow, V "
+                        "orange, 劣V red); coordinates from the registry (attrs.lat / attrs.lon).",
+            fields=("class", "name", "overall_class", "time"), thresholds=WATER_CLASS_THRESHOLDS, decimals=0,
+            no_data="No station with coordinates reported in this range", width=24, height=10,
+        ),
         Panel(
             "Station class along the river", "statetimeline",
             (Query(f"""SELECT $__timeGroupAlias(w.time, $__interval), {_LABEL} AS metric, max(w.overall) AS class

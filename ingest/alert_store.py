@@ -22,6 +22,7 @@ from wulian.core.alarms.lifecycle import Action, AlertState, allowed_from, apply
 from wulian.core.alarms.system_rules import SystemRule
 from wulian.core.const import ALERT_CHANNEL as CHANNEL
 from wulian.core.numbers import finite_or_none as _num
+from wulian.ingest import audit
 
 # The columns of an alert as the API returns it (``api.schemas.AlertPublic``).
 ALERT_COLUMNS = """id, rule_id, device_id, region, stream, metric, severity, state, title, raised_at, last_seen,
@@ -205,10 +206,11 @@ async def clear_alert(con: asyncpg.Connection, t: AlertTarget, ts_ns: int, value
 # --- acknowledge and close (people, through the API) -------------------------------------------------
 
 async def transition_alert(con: asyncpg.Connection, alert_id: int, state: str, action: Action, actor: str,
-                           comment: str | None) -> asyncpg.Record | None:
+                           comment: str | None, *, key_id: str | None = None,
+                           source: str = "api") -> asyncpg.Record | None:
     """Acknowledge or close alert ``alert_id`` whose current state is ``state`` (lifecycle.IllegalTransition
-    when the action is not allowed from it), record the event and announce it. Returns the updated row
-    (``ALERT_COLUMNS``), or None when the alert changed state meanwhile (e.g. cleared by the engine)."""
+    when the action is not allowed from it), record the event, audit it and announce it. Returns the updated
+    row (``ALERT_COLUMNS``), or None when the alert changed state meanwhile (e.g. cleared by the engine)."""
     new_state: AlertState = apply(state, action)
     if action is Action.ACK:
         sets = "acknowledged_at = now(), acknowledged_by = $3, ack_comment = $4"
@@ -222,6 +224,14 @@ async def transition_alert(con: asyncpg.Connection, alert_id: int, state: str, a
         return None
     eid = await con.fetchval("INSERT INTO alert_events (alert_id, event, actor, comment) VALUES ($1, $2, $3, $4)"
                              " RETURNING id", alert_id, action.value, actor, comment)
+    after = {"state": row["state"], "comment": comment}
+    if action is Action.ACK:
+        after |= {"acknowledged_at": row["acknowledged_at"], "acknowledged_by": row["acknowledged_by"]}
+    else:
+        after |= {"closed_at": row["closed_at"], "closed_by": row["closed_by"]}
+    await audit.record(con, actor=actor, key_id=key_id, source=source, action="alert.ack" if action is Action.ACK else "alert.close",
+                       object_type="alert", object_id=alert_id, region=row["region"], before={"state": state},
+                       after=after)
     await notify(con, event_payload(row["id"], action.value, row["state"], last_value=row["last_value"],
                                     event_id=eid, **{f: row[f] for f in EVENT_FIELDS}))
     return row

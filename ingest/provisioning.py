@@ -27,7 +27,7 @@ from typing import Iterable
 import asyncpg
 
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
-from wulian.ingest import device_secrets
+from wulian.ingest import audit, device_secrets
 
 SERVICE_ACCOUNTS = ("ingest", "api", "simulator", "gateway")
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses
@@ -229,6 +229,8 @@ async def provision_device(
     password_file: Path | None,
     mqtt_password: str | None = None,
     pid_file: Path | None = None,
+    actor: str | None = None,
+    source: str = "cli",
 ) -> Provisioned:
     """Registry row + broker credentials (+ HJ 212 PW for pollution/air/water devices of type hj212, in
     the device-secret store). Without ``password_file`` only the registry row is written."""
@@ -238,7 +240,8 @@ async def provision_device(
         secrets_[device_secrets.HJ212_PW] = generate_hj212_pw()
     attrs["mqtt_user"] = spec.device_id
     spec = DeviceSpec(spec.device_id, spec.region, spec.stream, spec.device_type, spec.name, attrs, secrets_)
-    registry_id, created = await upsert_device(con, spec)
+    async with audit.device_change(con, spec.device_id, action="device.provision", actor=actor, source=source):
+        registry_id, created = await upsert_device(con, spec)
     password = None
     if password_file is not None:
         password = mqtt_password or generate_password()

@@ -207,7 +207,10 @@ async def demo(pool) -> TimeRange:
             if dev.stream is Stream.VEHICLE:
                 attrs = {"enterprise": "汕头危运" if i % 2 else "潮汕客运"}
             if dev.stream is Stream.WATER:
-                attrs = {"river": "Lianjiang", "km": 50.0 - 10 * int(dev.device_id[-4:])}  # LJ0001 at 40 km
+                attrs = {"river": "Lianjiang", "km": 50.0 - 10 * int(dev.device_id[-4:]),  # LJ0001 at 40 km
+                         "lat": 23.30 + 0.01 * i, "lon": 116.30 + 0.01 * i}
+            if dev.stream in (Stream.POLLUTION, Stream.TRAFFIC):  # outlets and detectors on the maps
+                attrs = {"lat": 23.40 + 0.01 * i, "lon": 116.60 + 0.01 * i}
             ids[dev.device_id] = await con.fetchval(
                 "INSERT INTO devices (device_id, region, stream, attrs, last_seen) VALUES ($1, $2, $3, $4::jsonb, $5)"
                 " RETURNING id", f"DT-{dev.device_id}", REGION, str(dev.stream), json.dumps(attrs), times[-1])
@@ -334,6 +337,55 @@ async def test_every_panel_runs_as_the_readonly_role_and_returns_data(pool, demo
     assert by_title["Measured concentrations (raw)"].columns == ["time", "metric", "value"]
 
 
+async def test_an_empty_selection_never_breaks_a_panel(pool, demo):
+    """A region without such devices leaves the device variable no options; Grafana then sends an empty
+    selection. Rendered panels treat it as no filter (render.empty_safe): zero failed, zero empty."""
+    async with pool.acquire() as con:
+        report = await verify(con, rendered(), demo, chosen={"region": [REGION], "device": []}, role=READONLY_ROLE)
+    bad = [(r.dashboard, r.title, r.status, r.error) for r in report.results if r.status != "ok"]
+    assert not bad, bad
+    assert report.summary()["panels"] == sum(len(d.panels) for d in DASHBOARDS)  # the empty passes all passed
+    by_title = {r.title: r for r in report.results}
+    assert by_title["Latest positions"].rows == 3 and by_title["Segments: speed vs forecast"].rows == 3
+
+
+async def test_verify_fails_a_query_that_breaks_on_an_empty_selection(pool, demo):
+    """``IN (${device:sqlstring})`` is not rewritten: with nothing selected it reads ``IN ()``. The normal
+    pass (All) is fine; the empty-selection pass must report it failed."""
+    doc = json.loads(json.dumps(next(d for d in rendered() if d["uid"] == "wulian-traffic")))
+    panel = next(p for p in doc["panels"] if p["title"] == "Flow")
+    panel["targets"][0]["rawSql"] = panel["targets"][0]["rawSql"].replace(
+        "WHERE ", "WHERE d.device_id IN (${device:sqlstring}) AND ", 1)
+    async with pool.acquire() as con:
+        report = await verify(con, [doc], demo, chosen={"region": [REGION]}, role=READONLY_ROLE)
+        plain = await verify(con, [doc], demo, chosen={"region": [REGION]}, role=READONLY_ROLE,
+                             empty_selection=False)
+    failed = [(r.title, r.error) for r in report.results if r.status == "failed"]
+    assert [t for t, _ in failed] == ["Flow [empty $device]"] and "syntax error" in failed[0][1]
+    assert plain.summary()["failed"] == 0
+
+
+def test_geomaps_use_the_configured_tile_server_never_an_online_default(monkeypatch):
+    maps = [p for d in rendered() for p in d["panels"] if p["type"] == "geomap"]
+    titles = {p["title"] for p in maps}
+    assert {"Water stations: latest class", "Sources: exceedance state", "Segments: speed vs forecast",
+            "Vehicle track", "Latest positions", "Stations: latest hourly AQI"} <= titles
+    for p in maps:
+        base = p["options"]["basemap"]
+        assert base["type"] == "xyz" and base["config"]["url"] == "/tiles/{z}/{x}/{y}.png", p["title"]
+    assert next(p for p in maps if p["title"] == "Vehicle track")["options"]["layers"][0]["type"] == "route"
+    from wulian.settings import get_settings
+
+    monkeypatch.setenv("WULIAN_DASHBOARDS__TILE_URL", "http://tiles.gov.local/{z}/{x}/{y}.png")
+    get_settings.cache_clear()
+    try:
+        url = next(p for d in rendered() for p in d["panels"] if p["type"] == "geomap")["options"]["basemap"]
+        assert url["config"]["url"] == "http://tiles.gov.local/{z}/{x}/{y}.png"
+    finally:
+        monkeypatch.delenv("WULIAN_DASHBOARDS__TILE_URL")
+        get_settings.cache_clear()
+
+
 async def _panel_rows(con, uid: str, title: str, rng: TimeRange, chosen=None):
     doc = next(d for d in rendered() if d["uid"] == uid)
     variables = await resolve_variables(con, doc, rng, chosen or {"region": [REGION]})
@@ -383,6 +435,7 @@ async def test_verify_reports_failures_and_empty_panels(pool, demo):
         old = {r.title: r.status for r in await verify_dashboard(con, doc, long_ago, chosen={"region": [REGION]},
                                                                   role=READONLY_ROLE)}
         assert old.pop("Incidents") == "quiet"  # "No incidents" is a statement, not a gap
+        assert old.pop("Segments: speed vs forecast") == "quiet"  # "No segment with coordinates"
         assert set(old.values()) == {"empty"}
 
 

@@ -211,6 +211,16 @@ class ForwardSettings(BaseModel):
     metrics_port: int = 9112  # Prometheus /metrics (0: off)
 
 
+class DashboardSettings(BaseModel):
+    """Grafana dashboards as built by ``wulian dashboards build`` (deploy/grafana/README.md)."""
+
+    # XYZ tile URL template of the geomaps' base map. The default is a same-origin path, served by the
+    # site's own tile server behind Grafana's reverse proxy: an isolated network never reaches the
+    # internet for tiles (without that server the maps show markers on a blank background).
+    tile_url: str = "/tiles/{z}/{x}/{y}.png"
+    tile_attribution: str = ""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WULIAN_", env_nested_delimiter="__", extra="ignore",
                                       env_file=SECRETS_FILE if os.access(SECRETS_FILE, os.R_OK) else None)
@@ -230,6 +240,7 @@ class Settings(BaseSettings):
     energy: EnergySettings = Field(default_factory=EnergySettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
+    dashboards: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @model_validator(mode="after")
     def _default_to_local_stack(self) -> "Settings":

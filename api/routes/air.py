@@ -6,11 +6,12 @@ from enum import StrEnum
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep, SettingsDep
 from wulian.api.errors import BadQuery, NotFound
+from wulian.api.paging import Page, paging
 from wulian.api.schemas_environment import AqiListPublic, AqiPublic
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
 
@@ -47,6 +48,7 @@ async def aqi(
     station: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN, description="air station device_id")] = None,
     city: Annotated[str | None, Query(pattern=REGION_PATTERN, description="city AQI instead of a station")] = None,
     report: Report = Report.HOURLY,
+    page: Annotated[Page, Depends(paging(default=1000, maximum=10000))] = Page(1000),
 ):
     """AQI of one station (or one city) over ``[from, to)``; each row names its HJ 633 edition."""
     if (station is None) == (city is None):
@@ -66,15 +68,19 @@ async def aqi(
             if dev["stream"] != Stream.AIR:
                 raise BadQuery(f"{station!r} is not an air-quality station")
             rows = await con.fetch(f"SELECT {_STATION_COLS} FROM {table} WHERE device = $1 AND time >= $2"
-                                   " AND time < $3 ORDER BY time", dev["id"], start, end)
+                                   " AND time < $3 ORDER BY time LIMIT $4 OFFSET $5", dev["id"], start, end,
+                                   page.fetch, page.offset)
+            rows, nxt = page.done(rows)
             data = [_aqi(r, station, report.value) for r in rows]
         else:
             if not user.can_see(city):
                 raise NotFound(f"city {city!r} not found")
             rows = await con.fetch(f"SELECT {_CITY_COLS} FROM env_city_aqi WHERE city = $1 AND report = $2"
-                                   " AND time >= $3 AND time < $4 ORDER BY time", city, report.value, start, end)
+                                   " AND time >= $3 AND time < $4 ORDER BY time LIMIT $5 OFFSET $6", city,
+                                   report.value, start, end, page.fetch, page.offset)
+            rows, nxt = page.done(rows)
             data = [_aqi(r, city, report.value) for r in rows]
-    return AqiListPublic(data=data, count=len(data))
+    return AqiListPublic(data=data, count=len(data), next_cursor=nxt)
 
 
 @router.get("/aqi/latest", response_model=AqiListPublic)
@@ -83,6 +89,7 @@ async def aqi_latest(
     user: CurrentUser,
     region: Annotated[str | None, Query(pattern=REGION_PATTERN)] = None,
     report: Report = Report.HOURLY,
+    page: Annotated[Page, Depends(paging(default=500, maximum=5000))] = Page(500),
 ):
     """The newest AQI of every air station in scope (stations without one are left out)."""
     table = "env_aqi_hourly" if report is Report.HOURLY else "env_aqi_daily"
@@ -91,10 +98,11 @@ async def aqi_latest(
             f"SELECT d.device_id, a.* FROM devices d CROSS JOIN LATERAL"
             f" (SELECT {_STATION_COLS} FROM {table} x WHERE x.device = d.id ORDER BY time DESC LIMIT 1) a"
             " WHERE d.stream = 'air' AND ($1::text IS NULL OR d.region = $1)"
-            " AND ($2::text[] IS NULL OR d.region = ANY($2)) ORDER BY d.device_id",
-            region, user.region_filter())
+            " AND ($2::text[] IS NULL OR d.region = ANY($2)) ORDER BY d.device_id LIMIT $3 OFFSET $4",
+            region, user.region_filter(), page.fetch, page.offset)
+    rows, nxt = page.done(rows)
     data = []
     for r in rows:
         d = dict(r)
         data.append(_aqi({k: v for k, v in d.items() if k != "device_id"}, d["device_id"], report.value))
-    return AqiListPublic(data=data, count=len(data))
+    return AqiListPublic(data=data, count=len(data), next_cursor=nxt)

@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep, SettingsDep
 from wulian.api.errors import ApiError, NotFound
-from wulian.api.schemas import AlertAction, AlertDetail, AlertEventPublic, AlertPublic, AlertsPublic
+from wulian.api.paging import DEPRECATED_ALIAS, Page, paging, pick
+from wulian.api.schemas import (AlertAction, AlertDetail, AlertEventPublic, AlertPublic, AlertsPublic, AlertStatPublic,
+                                AlertStatsPublic)
 from wulian.core.alarms.lifecycle import Action, AlertState, IllegalTransition
 from wulian.core.alarms.rules import Severity
 from wulian.core.const import DEVICE_ID_PATTERN, Stream
+from wulian.core.timebase import CHINA_TZ_NAME
 from wulian.ingest.alert_store import ALERT_COLUMNS as _COLS
 from wulian.ingest.alert_store import EVENT_FIELDS, STATE_AFTER, event_payload, transition_alert
 
@@ -36,17 +40,18 @@ async def list_alerts(
     rule: int | None = None,
     severity: Severity | None = None,
     state: AlertState | None = None,
-    since: Annotated[datetime | None, Query(description="raised at or after (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="raised before (ISO 8601)")] = None,
-    cursor: Annotated[int | None, Query(ge=0, description="next_cursor of the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    from_: Annotated[datetime | None, Query(alias="from", description="raised at or after (ISO 8601)")] = None,
+    to: Annotated[datetime | None, Query(description="raised before (ISO 8601)")] = None,
+    since: Annotated[datetime | None, Query(description=DEPRECATED_ALIAS.format("from"), deprecated=True)] = None,
+    until: Annotated[datetime | None, Query(description=DEPRECATED_ALIAS.format("to"), deprecated=True)] = None,
+    page: Annotated[Page, Depends(paging(maximum=500, keyset=1))] = Page(100),
 ):
-    """Newest first; page with ``cursor=<next_cursor>`` until ``next_cursor`` is null."""
-    rows = await _fetch(pool, user, region, stream, device, rule, severity, state, since, until, cursor, limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return AlertsPublic(data=[AlertPublic(**dict(r)) for r in rows], count=len(rows),
-                        next_cursor=rows[-1]["id"] if more else None)
+    """Newest first."""
+    cursor = page.after[0] if page.after else None
+    rows = await _fetch(pool, user, region, stream, device, rule, severity, state, pick(from_, since, "from"),
+                        pick(to, until, "to"), cursor, page.fetch)
+    rows, nxt = page.done(rows, key=lambda r: (r["id"],))
+    return AlertsPublic(data=[AlertPublic(**dict(r)) for r in rows], count=len(rows), next_cursor=nxt)
 
 
 async def _fetch(pool, user, region, stream, device, rule, severity, state, since, until, cursor, limit):
@@ -60,6 +65,64 @@ async def _fetch(pool, user, region, stream, device, rule, severity, state, sinc
             " AND ($10::bigint IS NULL OR id < $10) ORDER BY id DESC LIMIT $11",
             user.region_filter(), region, stream and stream.value, device, rule, severity and severity.value,
             state and state.value, since, until, cursor, limit)
+
+
+class StatsBy(StrEnum):
+    REGION = "region"
+    STREAM = "stream"
+    SEVERITY = "severity"
+    RULE = "rule"
+    DAY = "day"
+
+
+# dimension -> SQL expression, named as AlertStatPublic's field
+_DIMS = {StatsBy.REGION: "region", StatsBy.STREAM: "stream", StatsBy.SEVERITY: "severity",
+         StatsBy.RULE: "rule_id", StatsBy.DAY: f"(raised_at AT TIME ZONE '{CHINA_TZ_NAME}')::date AS day"}
+# seconds from raising; NULL (left out of the percentiles) when never reached; a device clock ahead of ours
+# (raised_at is the reading's time) counts as 0, not negative
+_SECS = "(CASE WHEN {0} >= raised_at THEN extract(epoch FROM {0} - raised_at) WHEN {0} IS NOT NULL THEN 0 END)::float8"
+
+
+def _pct(q: float, col: str) -> str:
+    return f"percentile_cont({q}) WITHIN GROUP (ORDER BY {_SECS.format(col)})"
+
+
+@router.get("/stats", response_model=AlertStatsPublic)
+async def alert_stats(
+    pool: PoolDep,
+    user: CurrentUser,
+    by: Annotated[list[StatsBy] | None, Query(description="group by (repeatable): region, stream, severity, rule, "
+                                                          "day (China day of raised_at); default region")] = None,
+    region: str | None = None,
+    stream: Stream | None = None,
+    severity: Severity | None = None,
+    rule: int | None = None,
+    from_: Annotated[datetime | None, Query(alias="from", description="raised at or after (ISO 8601)")] = None,
+    to: Annotated[datetime | None, Query(description="raised before (ISO 8601)")] = None,
+    page: Annotated[Page, Depends(paging(default=500, maximum=5000))] = Page(500),
+):
+    """Alert counts and the time to acknowledge (``tta``) and to clear (``ttc``), measured from
+    ``raised_at``, as p50/p90 in seconds, per group: the figures a bureau is assessed on. Only the
+    alerts within the key's regions count."""
+    dims = list(dict.fromkeys(by or [StatsBy.REGION]))
+    select = ", ".join(_DIMS[d] for d in dims)
+    keys = ", ".join(str(i + 1) for i in range(len(dims)))
+    async with pool.acquire() as con:
+        rows = await con.fetch(
+            f"SELECT {select}, count(*) AS alerts, count(*) FILTER (WHERE state IN ('active', 'acknowledged'))"
+            " AS open, count(acknowledged_at) AS acknowledged, count(cleared_at) AS cleared,"
+            f" {_pct(0.5, 'acknowledged_at')} AS tta_p50_s, {_pct(0.9, 'acknowledged_at')} AS tta_p90_s,"
+            f" {_pct(0.5, 'cleared_at')} AS ttc_p50_s, {_pct(0.9, 'cleared_at')} AS ttc_p90_s"
+            " FROM alerts WHERE ($1::text[] IS NULL OR region = ANY($1)) AND ($2::text IS NULL OR region = $2)"
+            " AND ($3::text IS NULL OR stream = $3) AND ($4::text IS NULL OR severity = $4)"
+            " AND ($5::bigint IS NULL OR rule_id = $5) AND ($6::timestamptz IS NULL OR raised_at >= $6)"
+            " AND ($7::timestamptz IS NULL OR raised_at < $7)"
+            f" GROUP BY {keys} ORDER BY {keys} LIMIT $8 OFFSET $9",
+            user.region_filter(), region, stream and stream.value, severity and severity.value, rule, from_, to,
+            page.fetch, page.offset)
+    rows, nxt = page.done(rows)
+    return AlertStatsPublic(by=[d.value for d in dims], data=[AlertStatPublic(**dict(r)) for r in rows],
+                            count=len(rows), next_cursor=nxt)
 
 
 async def _visible(con, alert_id: int, user) -> dict:
@@ -156,7 +219,8 @@ async def _transition(pool, user, alert_id: int, action: Action, comment: str | 
         async with con.transaction():
             row = await _visible(con, alert_id, user)
             try:
-                updated = await transition_alert(con, alert_id, row["state"], action, user.name, comment)
+                updated = await transition_alert(con, alert_id, row["state"], action, user.name, comment,
+                                                 key_id=user.key_id)
             except IllegalTransition as exc:
                 raise Conflict(str(exc)) from None
             if updated is None:  # changed under us (e.g. cleared by the engine meanwhile)

@@ -4,11 +4,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import BadQuery, NotFound
+from wulian.api.paging import Page, paging
+from wulian.api.paging import after_time as after_time_of
 from wulian.api.routes.meters import _utc
 from wulian.api.schemas import DeviceEventPublic, DeviceEventsPublic, DevicePublic, DevicesPublic, LatestPublic, LatestValue
 from wulian.core.const import DEVICE_ID_PATTERN, EVENT_KIND_PATTERN, Stream
@@ -33,18 +35,17 @@ async def list_devices(
     user: CurrentUser,
     region: str | None = None,
     stream: Stream | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: Annotated[Page, Depends(paging(keyset=1))] = Page(100),
 ):
+    """Devices by id."""
     where = ("($1::text IS NULL OR region = $1) AND ($2::text IS NULL OR stream = $2)"
-             " AND ($3::text[] IS NULL OR region = ANY($3))")
-    args = (region, stream.value if stream else None, user.region_filter())
+             " AND ($3::text[] IS NULL OR region = ANY($3)) AND ($4::text IS NULL OR device_id > $4)")
+    args = (region, stream.value if stream else None, user.region_filter(), page.after and str(page.after[0]))
     async with pool.acquire() as con:
-        rows = await con.fetch(
-            f"SELECT {_COLS} FROM devices WHERE {where} ORDER BY device_id LIMIT $4 OFFSET $5", *args, limit, offset
-        )
-        count = await con.fetchval(f"SELECT count(*) FROM devices WHERE {where}", *args)
-    return DevicesPublic(data=[_device(r) for r in rows], count=count)
+        rows = await con.fetch(f"SELECT {_COLS} FROM devices WHERE {where} ORDER BY device_id LIMIT $5", *args,
+                               page.fetch)
+    rows, nxt = page.done(rows, key=lambda r: (r["device_id"],))
+    return DevicesPublic(data=[_device(r) for r in rows], count=len(rows), next_cursor=nxt)
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
@@ -83,11 +84,6 @@ async def latest(device_id: DeviceId, pool: PoolDep, user: CurrentUser):
     return out
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_US = timedelta(microseconds=1)
-_EVENT_CURSOR = r"^-?[0-9]{1,19}_[0-9]{1,19}$"  # "<time, epoch microseconds>_<id>" of the last row
-
-
 @router.get("/{device_id}/events", response_model=DeviceEventsPublic)
 async def device_events(
     device_id: DeviceId,
@@ -97,9 +93,7 @@ async def device_events(
     = None,
     to: Annotated[datetime | None, Query(description="before (ISO 8601, exclusive; naive means UTC)")] = None,
     kind: Annotated[str | None, Query(pattern=EVENT_KIND_PATTERN, description="e.g. jt808_register")] = None,
-    cursor: Annotated[str | None, Query(pattern=_EVENT_CURSOR, description="next_cursor of the previous page")]
-    = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    page: Annotated[Page, Depends(paging(maximum=500, keyset=2))] = Page(100),
 ):
     """What the device reported besides time series (registration, equipment state, meter errors, ...),
     newest first; page with ``cursor=<next_cursor>`` until ``next_cursor`` is null."""
@@ -107,12 +101,10 @@ async def device_events(
     if start is not None and end is not None and end <= start:
         raise BadQuery("'to' must be after 'from'")
     after_time = after_id = None
-    if cursor is not None:
-        us, after_id = (int(x) for x in cursor.split("_"))
-        try:
-            after_time = _EPOCH + us * _US
-        except OverflowError:
-            raise BadQuery("cursor is not a next_cursor of this route") from None
+    if page.after is not None:
+        after_time, after_id = after_time_of(page), page.after[1]
+        if not isinstance(after_id, int) or after_time is None:
+            raise BadQuery("cursor is not a next_cursor of this route")
     async with pool.acquire() as con:
         dev = await con.fetchrow("SELECT id, region FROM devices WHERE device_id = $1", device_id)
         if dev is None or not user.can_see(dev["region"]):
@@ -123,11 +115,8 @@ async def device_events(
             " AND ($4::text IS NULL OR kind = $4)"
             " AND ($5::timestamptz IS NULL OR (time <= $5 AND (time, id) < ($5, $6::bigint)))"
             " ORDER BY time DESC, id DESC LIMIT $7",
-            dev["id"], start, end, kind, after_time, after_id, limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
+            dev["id"], start, end, kind, after_time, after_id, page.fetch)
+    rows, nxt = page.done(rows, key=lambda r: (r["time"], r["id"]))
     data = [DeviceEventPublic(time=r["time"], kind=r["kind"], code=r["code"], detail=orjson.loads(r["detail"]))
             for r in rows]
-    last = rows[-1] if more else None
-    return DeviceEventsPublic(device_id=device_id, data=data, count=len(data),
-                              next_cursor=f"{(last['time'] - _EPOCH) // _US}_{last['id']}" if last else None)
+    return DeviceEventsPublic(device_id=device_id, data=data, count=len(data), next_cursor=nxt)

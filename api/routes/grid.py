@@ -4,11 +4,12 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import BadQuery
+from wulian.api.paging import Page, paging
 from wulian.api.schemas_energy import (FeederForecastPublic, FeederForecastsPublic, ForecastPoint, GridQualityListPublic,
                                 GridQualityPublic)
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN
@@ -25,8 +26,7 @@ async def quality(
     feeder: str | None = None,
     from_: Annotated[date | None, Query(alias="from", description="first China-time day (YYYY-MM-DD)")] = None,
     to: Annotated[date | None, Query(description="last China-time day, inclusive")] = None,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: Annotated[Page, Depends(paging(default=500, maximum=5000))] = Page(500),
 ):
     if from_ and to and to < from_:
         raise BadQuery("'to' must not be before 'from'")
@@ -38,10 +38,9 @@ async def quality(
         rows = await con.fetch(
             "SELECT d.device_id, d.region, d.attrs->>'feeder' AS feeder, q.* FROM grid_quality_daily q"
             f" JOIN devices d ON d.id = q.device WHERE {where} ORDER BY q.day DESC, d.device_id LIMIT $7 OFFSET $8",
-            *args, limit, offset)
-        count = await con.fetchval(
-            f"SELECT count(*) FROM grid_quality_daily q JOIN devices d ON d.id = q.device WHERE {where}", *args)
-    return GridQualityListPublic(data=[GridQualityPublic(**dict(r)) for r in rows], count=count)
+            *args, page.fetch, page.offset)
+    rows, nxt = page.done(rows)
+    return GridQualityListPublic(data=[GridQualityPublic(**dict(r)) for r in rows], count=len(rows), next_cursor=nxt)
 
 
 @router.get("/forecast", response_model=FeederForecastsPublic)
@@ -50,6 +49,7 @@ async def forecast(
     user: CurrentUser,
     region: Annotated[str | None, Query(pattern=REGION_PATTERN)] = None,
     feeder: str | None = None,
+    page: Annotated[Page, Depends(paging())] = Page(100),
 ):
     """The latest forecast of each feeder (every target time of its newest issue)."""
     async with pool.acquire() as con:
@@ -66,4 +66,5 @@ async def forecast(
         if key not in out:
             out[key] = FeederForecastPublic(region=r["region"], feeder=r["feeder"], issued_at=r["issued_at"], data=[])
         out[key].data.append(ForecastPoint(time=r["target_time"], load_kw=r["load_kw"]))
-    return FeederForecastsPublic(data=list(out.values()), count=len(out))
+    data, nxt = page.window(list(out.values()))
+    return FeederForecastsPublic(data=data, count=len(data), next_cursor=nxt)

@@ -4,11 +4,12 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import BadQuery, NotFound
+from wulian.api.paging import Page, paging
 from wulian.api.schemas_energy import ConsumptionDay, ConsumptionPublic, MeterAnomaliesPublic, MeterAnomalyPublic
 from wulian.core.const import DEVICE_ID_PATTERN, METRIC_PATTERN, REGION_PATTERN, Stream
 from wulian.core.timebase import china_today
@@ -34,8 +35,7 @@ async def anomalies(
     open: bool | None = None,
     from_: Annotated[datetime | None, Query(alias="from", description="started at or after (ISO 8601)")] = None,
     to: Annotated[datetime | None, Query(description="started before (ISO 8601)")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: Annotated[Page, Depends(paging())] = Page(100),
 ):
     if kind is not None and kind not in KINDS:
         raise BadQuery(f"kind must be one of {', '.join(KINDS)}")
@@ -51,10 +51,10 @@ async def anomalies(
         rows = await con.fetch(
             "SELECT d.device_id, d.region, a.metric, a.kind, a.start_time, a.end_time, a.value, a.previous, a.open"
             f" FROM meter_anomalies a JOIN devices d ON d.id = a.device WHERE {where}"
-            " ORDER BY a.start_time DESC, d.device_id, a.metric, a.kind LIMIT $8 OFFSET $9", *args, limit, offset)
-        count = await con.fetchval(
-            f"SELECT count(*) FROM meter_anomalies a JOIN devices d ON d.id = a.device WHERE {where}", *args)
-    return MeterAnomaliesPublic(data=[MeterAnomalyPublic(**dict(r)) for r in rows], count=count)
+            " ORDER BY a.start_time DESC, d.device_id, a.metric, a.kind LIMIT $8 OFFSET $9", *args, page.fetch,
+            page.offset)
+    rows, nxt = page.done(rows)
+    return MeterAnomaliesPublic(data=[MeterAnomalyPublic(**dict(r)) for r in rows], count=len(rows), next_cursor=nxt)
 
 
 @router.get("/{device_id}/consumption", response_model=ConsumptionPublic)
@@ -66,6 +66,7 @@ async def consumption(
     from_: Annotated[date | None, Query(alias="from", description="first China-time day (default: 30 days back)")
                      ] = None,
     to: Annotated[date | None, Query(description="last China-time day, inclusive (default: today)")] = None,
+    page: Annotated[Page, Depends(paging(default=1000, maximum=5000))] = Page(1000),
 ):
     last = to or china_today()
     first = from_ or last - timedelta(days=30)
@@ -82,6 +83,8 @@ async def consumption(
         rows = await con.fetch(
             "SELECT metric, day, consumption, readings, complete, backwards, min_rate_per_h, min_night_rate_per_h"
             " FROM meter_consumption_daily WHERE device = $1 AND day >= $2 AND day <= $3"
-            " AND ($4::text IS NULL OR metric = $4) ORDER BY metric, day", dev["id"], first, last, metric)
+            " AND ($4::text IS NULL OR metric = $4) ORDER BY metric, day LIMIT $5 OFFSET $6", dev["id"], first, last,
+            metric, page.fetch, page.offset)
+    rows, nxt = page.done(rows)
     data = [ConsumptionDay(**dict(r)) for r in rows]
-    return ConsumptionPublic(device_id=device_id, data=data, count=len(data))
+    return ConsumptionPublic(device_id=device_id, data=data, count=len(data), next_cursor=nxt)

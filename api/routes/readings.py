@@ -4,11 +4,12 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep, SettingsDep
 from wulian.api.errors import BadQuery, NotFound
+from wulian.api.paging import Page, paging
 from wulian.api.schemas import ReadingBucket, ReadingsPublic
 from wulian.core.const import DEVICE_ID_PATTERN, METRIC_PATTERN
 from wulian.core.timebase import CHINA_TZ_NAME
@@ -40,6 +41,7 @@ async def readings(
     from_: Annotated[datetime, Query(alias="from", description="ISO 8601; naive means UTC")],
     to: Annotated[datetime, Query(description="ISO 8601, exclusive; naive means UTC")],
     bucket: Annotated[str, Query(description="30s, 5m, 1h, 1d (China-time days)")] = "5m",
+    page: Annotated[Page, Depends(paging(default=1000, maximum=10000))] = Page(1000),
 ):
     start, end = _utc(from_), _utc(to)
     if end <= start:
@@ -58,7 +60,8 @@ async def readings(
         rows = await con.fetch(
             "SELECT time_bucket($1::interval, time, $6) AS time, avg(value) AS avg, min(value) AS min,"
             " max(value) AS max, count(*) AS count FROM readings"
-            " WHERE device = $2 AND metric = $3 AND time >= $4 AND time < $5 GROUP BY 1 ORDER BY 1",
-            width, ids["dev"], ids["met"], start, end, CHINA_TZ_NAME)
+            " WHERE device = $2 AND metric = $3 AND time >= $4 AND time < $5 GROUP BY 1 ORDER BY 1 LIMIT $7 OFFSET $8",
+            width, ids["dev"], ids["met"], start, end, CHINA_TZ_NAME, page.fetch, page.offset)
+    rows, nxt = page.done(rows)
     data = [ReadingBucket(**dict(r)) for r in rows]
-    return ReadingsPublic(device_id=device, metric=metric, bucket=bucket, data=data, count=len(data))
+    return ReadingsPublic(device_id=device, metric=metric, bucket=bucket, data=data, count=len(data), next_cursor=nxt)

@@ -4,11 +4,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep, SettingsDep
 from wulian.api.errors import BadQuery, NotFound
+from wulian.api.paging import Page, paging
 from wulian.api.schemas_environment import ExceedancePublic, ExceedancesPublic, SourceHourPublic, SourceHoursPublic
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
 
@@ -31,8 +32,7 @@ async def exceedances(
     open: bool | None = None,
     from_: Annotated[datetime | None, Query(alias="from", description="episodes ending after this")] = None,
     to: Annotated[datetime | None, Query(description="episodes starting before this")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: Annotated[Page, Depends(paging())] = Page(100),
 ):
     """Exceedance episodes (sources on the converted 1-h mean, boundary monitors on the 1-h mean), newest first."""
     start, end = _utc(from_), _utc(to)
@@ -48,10 +48,9 @@ async def exceedances(
             "SELECT d.device_id, d.region, d.name, e.pollutant, e.rule, e.start_time, e.end_time, e.hours, e.peak,"
             " e.peak_time, e.limit_value, e.basis, e.open FROM env_exceedances e JOIN devices d ON d.id = e.device"
             f" WHERE {where} ORDER BY e.start_time DESC, d.device_id, e.pollutant LIMIT $8 OFFSET $9",
-            *args, limit, offset)
-        count = await con.fetchval(
-            f"SELECT count(*) FROM env_exceedances e JOIN devices d ON d.id = e.device WHERE {where}", *args)
-    return ExceedancesPublic(data=[ExceedancePublic(**dict(r)) for r in rows], count=count)
+            *args, page.fetch, page.offset)
+    rows, nxt = page.done(rows)
+    return ExceedancesPublic(data=[ExceedancePublic(**dict(r)) for r in rows], count=len(rows), next_cursor=nxt)
 
 
 @router.get("/{device_id}/hourly", response_model=SourceHoursPublic)
@@ -63,6 +62,7 @@ async def source_hourly(
     from_: Annotated[datetime, Query(alias="from", description="ISO 8601; naive means UTC")],
     to: Annotated[datetime, Query(description="ISO 8601, exclusive")],
     pollutant: str | None = None,
+    page: Annotated[Page, Depends(paging(default=1000, maximum=10000))] = Page(1000),
 ):
     """Hourly values of one source: measured and O2-converted means, validity, emission, limit, exceeded."""
     start, end = _utc(from_), _utc(to)
@@ -76,9 +76,8 @@ async def source_hourly(
             raise BadQuery(f"{device_id!r} is not a pollution source")
         rows = await con.fetch(
             f"SELECT {_HOUR_COLS} FROM env_source_hourly WHERE device = $1 AND time >= $2 AND time < $3"
-            " AND ($4::text IS NULL OR pollutant = $4) ORDER BY time, pollutant LIMIT $5",
-            dev["id"], start, end, pollutant, settings.api.max_rows + 1)
-    if len(rows) > settings.api.max_rows:
-        raise BadQuery(f"more than {settings.api.max_rows} rows: narrow the range or give a pollutant")
+            " AND ($4::text IS NULL OR pollutant = $4) ORDER BY time, pollutant LIMIT $5 OFFSET $6",
+            dev["id"], start, end, pollutant, page.fetch, page.offset)
+    rows, nxt = page.done(rows)
     data = [SourceHourPublic(**dict(r)) for r in rows]
-    return SourceHoursPublic(device_id=device_id, data=data, count=len(data))
+    return SourceHoursPublic(device_id=device_id, data=data, count=len(data), next_cursor=nxt)

@@ -6,11 +6,12 @@ from enum import StrEnum
 from typing import Annotated
 
 import asyncpg
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from wulian.api.auth import CurrentUser, Principal
 from wulian.api.deps import PoolDep
 from wulian.api.errors import BadQuery, NotFound
+from wulian.api.paging import DEPRECATED_ALIAS, Page, paging, pick
 from wulian.api.schemas_traffic import (
     TrafficForecastPublic, TrafficForecastsPublic, TrafficIncidentPublic, TrafficIncidentsPublic,
 )
@@ -59,7 +60,7 @@ async def forecast(
     segment: Segment = None,
     horizon: Annotated[int | None, Query(description="minutes ahead: 5, 10, ..., 60")] = None,
     region: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    page: Annotated[Page, Depends(paging(default=500))] = Page(500),
 ):
     """The latest forecast. With ``segment``: at ``horizon`` minutes, or every horizon of its latest issue
     when ``horizon`` is left out. Without: every visible segment's latest forecast at ``horizon``
@@ -71,14 +72,15 @@ async def forecast(
             if steps is not None:
                 rows = await con.fetch(
                     f"SELECT {_F_COLS} FROM traffic_forecasts f WHERE f.device = $1 AND f.horizon_steps = $2"
-                    " ORDER BY f.issued_at DESC LIMIT 1", dev["id"], steps)
+                    " ORDER BY f.issued_at DESC LIMIT 1 OFFSET $3", dev["id"], steps, page.offset)
             else:
                 rows = await con.fetch(
                     f"SELECT {_F_COLS} FROM traffic_forecasts f WHERE f.device = $1 AND f.issued_at ="
-                    " (SELECT max(issued_at) FROM traffic_forecasts WHERE device = $1) ORDER BY f.horizon_steps",
-                    dev["id"])
-            if not rows:
+                    " (SELECT max(issued_at) FROM traffic_forecasts WHERE device = $1) ORDER BY f.horizon_steps"
+                    " LIMIT $2 OFFSET $3", dev["id"], page.fetch, page.offset)
+            if not rows and not page.offset:
                 raise NotFound(f"no forecast for segment {segment!r} yet")
+            rows, nxt = page.done(rows)
             data = [TrafficForecastPublic(segment=segment, region=dev["region"], **dict(r)) for r in rows]
         else:
             rows = await con.fetch(
@@ -86,10 +88,11 @@ async def forecast(
                 " (SELECT * FROM traffic_forecasts f WHERE f.device = d.id AND f.horizon_steps = $1"
                 "  ORDER BY f.issued_at DESC LIMIT 1) f"
                 " WHERE d.stream = 'traffic' AND ($2::text[] IS NULL OR d.region = ANY($2))"
-                " AND ($3::text IS NULL OR d.region = $3) ORDER BY d.device_id LIMIT $4",
-                steps or DEFAULT_HORIZON_MIN // STEP_MIN, user.region_filter(), region, limit)
+                " AND ($3::text IS NULL OR d.region = $3) ORDER BY d.device_id LIMIT $4 OFFSET $5",
+                steps or DEFAULT_HORIZON_MIN // STEP_MIN, user.region_filter(), region, page.fetch, page.offset)
+            rows, nxt = page.done(rows)
             data = [TrafficForecastPublic(**dict(r)) for r in rows]
-    return TrafficForecastsPublic(data=data, count=len(data))
+    return TrafficForecastsPublic(data=data, count=len(data), next_cursor=nxt)
 
 
 @router.get("/incidents", response_model=TrafficIncidentsPublic)
@@ -99,15 +102,17 @@ async def incidents(
     region: str | None = None,
     segment: Segment = None,
     state: IncidentState | None = None,
-    since: Annotated[datetime | None, Query(description="still open at or after (ISO 8601; naive = UTC)")] = None,
-    until: Annotated[datetime | None, Query(description="started before (ISO 8601; naive = UTC)")] = None,
-    cursor: Annotated[int | None, Query(ge=0, description="next_cursor of the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    from_: Annotated[datetime | None, Query(alias="from", description="still open at or after (ISO 8601; naive = UTC)")]
+    = None,
+    to: Annotated[datetime | None, Query(description="started before (ISO 8601; naive = UTC)")] = None,
+    since: Annotated[datetime | None, Query(description=DEPRECATED_ALIAS.format("from"), deprecated=True)] = None,
+    until: Annotated[datetime | None, Query(description=DEPRECATED_ALIAS.format("to"), deprecated=True)] = None,
+    page: Annotated[Page, Depends(paging(maximum=500, keyset=1))] = Page(100),
 ):
-    """Incidents overlapping [since, until), newest first; page with ``cursor=<next_cursor>``."""
-    since, until = _utc(since), _utc(until)
+    """Incidents overlapping [from, to), newest first."""
+    since, until = _utc(pick(from_, since, "from")), _utc(pick(to, until, "to"))
     if since is not None and until is not None and until <= since:
-        raise BadQuery("'until' must be after 'since'")
+        raise BadQuery("'to' must be after 'from'")
     async with pool.acquire() as con:
         dev_id = (await _segment(con, segment, user))["id"] if segment is not None else None
         rows = await con.fetch(
@@ -117,8 +122,8 @@ async def incidents(
             " AND ($5::timestamptz IS NULL OR coalesce(i.ended_at, 'infinity') >= $5)"
             " AND ($6::timestamptz IS NULL OR i.started_at < $6) AND ($7::bigint IS NULL OR i.id < $7)"
             " ORDER BY i.id DESC LIMIT $8",
-            user.region_filter(), region, dev_id, state and state.value, since, until, cursor, limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
+            user.region_filter(), region, dev_id, state and state.value, since, until,
+            page.after and page.after[0], page.fetch)
+    rows, nxt = page.done(rows, key=lambda r: (r["id"],))
     return TrafficIncidentsPublic(data=[TrafficIncidentPublic(**dict(r)) for r in rows], count=len(rows),
-                                  next_cursor=rows[-1]["id"] if more else None)
+                                  next_cursor=nxt)

@@ -6,11 +6,12 @@ from enum import StrEnum
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import BadQuery, NotFound
+from wulian.api.paging import Page, paging
 from wulian.api.schemas_energy import (TrackPoint, TrackPublic, VehicleKpiPublic, VehicleKpisPublic, ViolationPublic,
                                 ViolationsPublic)
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
@@ -59,8 +60,7 @@ async def violations(
     open: bool | None = None,
     from_: Annotated[datetime | None, Query(alias="from", description="started at or after (ISO 8601)")] = None,
     to: Annotated[datetime | None, Query(description="started before (ISO 8601)")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: Annotated[Page, Depends(paging())] = Page(100),
 ):
     start, end = utc(from_), utc(to)
     check_range(start, end)
@@ -74,11 +74,11 @@ async def violations(
             "SELECT d.device_id, d.region, d.attrs->>'enterprise' AS enterprise, v.rule, v.aux, v.start_time,"
             " v.end_time, extract(epoch FROM v.end_time - v.start_time)::float8 AS duration_s, v.value, v.open,"
             f" v.details::text AS details FROM vehicle_violations v JOIN devices d ON d.id = v.device WHERE {where}"
-            " ORDER BY v.start_time DESC, d.device_id, v.rule LIMIT $9 OFFSET $10", *args, limit, offset)
-        count = await con.fetchval(
-            f"SELECT count(*) FROM vehicle_violations v JOIN devices d ON d.id = v.device WHERE {where}", *args)
+            " ORDER BY v.start_time DESC, d.device_id, v.rule LIMIT $9 OFFSET $10", *args, page.fetch,
+            page.offset)
+    rows, nxt = page.done(rows)
     data = [ViolationPublic(**{**dict(r), "details": orjson.loads(r["details"])}) for r in rows]
-    return ViolationsPublic(data=data, count=count)
+    return ViolationsPublic(data=data, count=len(data), next_cursor=nxt)
 
 
 @router.get("/kpis", response_model=VehicleKpisPublic)
@@ -90,7 +90,7 @@ async def kpis(
     group: Annotated[str | None, Query(description="enterprise name (scope=enterprise)")] = None,
     from_: Annotated[date | None, Query(alias="from", description="first China-time day (YYYY-MM-DD)")] = None,
     to: Annotated[date | None, Query(description="last China-time day, inclusive")] = None,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+    page: Annotated[Page, Depends(paging(default=500, maximum=5000))] = Page(500),
 ):
     check_range(from_, to)
     where = """scope = $1 AND ($2::text IS NULL OR region = $2) AND ($3::text IS NULL OR grp = $3)
@@ -99,9 +99,10 @@ async def kpis(
     args = (scope.value, region, group, from_, to, user.region_filter())
     async with pool.acquire() as con:
         rows = await con.fetch(f'SELECT *, grp AS "group" FROM vehicle_kpis WHERE {where}'
-                               " ORDER BY day DESC, region, grp LIMIT $7", *args, limit)
-        count = await con.fetchval(f"SELECT count(*) FROM vehicle_kpis WHERE {where}", *args)
-    return VehicleKpisPublic(data=[VehicleKpiPublic(**dict(r)) for r in rows], count=count)
+                               " ORDER BY day DESC, region, grp LIMIT $7 OFFSET $8", *args, page.fetch,
+                               page.offset)
+    rows, nxt = page.done(rows)
+    return VehicleKpisPublic(data=[VehicleKpiPublic(**dict(r)) for r in rows], count=len(rows), next_cursor=nxt)
 
 
 @router.get("/{device_id}/track", response_model=TrackPublic)
@@ -111,7 +112,7 @@ async def track(
     user: CurrentUser,
     from_: Annotated[datetime | None, Query(alias="from", description="ISO 8601 (default: 24 h before 'to')")] = None,
     to: Annotated[datetime | None, Query(description="ISO 8601, exclusive (default: now)")] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    page: Annotated[Page, Depends(paging(default=10_000, maximum=100_000))] = Page(10_000),
 ):
     end = utc(to) or datetime.now(timezone.utc)
     start = utc(from_) or end - timedelta(days=1)
@@ -127,7 +128,8 @@ async def track(
             raise NotFound(f"device {device_id!r} is not a vehicle (stream {dev['stream']!r})")
         rows = await con.fetch(
             "SELECT time, lat, lon, speed_kmh, heading, altitude_m, alarm_bits, status_bits, mileage_km"
-            " FROM vehicle_positions WHERE device = $1 AND time >= $2 AND time < $3 ORDER BY time LIMIT $4",
-            dev["id"], start, end, limit + 1)
-    data = [TrackPoint(**dict(r)) for r in rows[:limit]]
-    return TrackPublic(device_id=device_id, data=data, count=len(data), truncated=len(rows) > limit)
+            " FROM vehicle_positions WHERE device = $1 AND time >= $2 AND time < $3 ORDER BY time LIMIT $4 OFFSET $5",
+            dev["id"], start, end, page.fetch, page.offset)
+    rows, nxt = page.done(rows)
+    data = [TrackPoint(**dict(r)) for r in rows]
+    return TrackPublic(device_id=device_id, data=data, count=len(data), next_cursor=nxt, truncated=nxt is not None)

@@ -5,11 +5,12 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import BadQuery
+from wulian.api.paging import Page, paging
 from wulian.api.schemas_environment import (
     PulseEventPublic,
     PulseEventsPublic,
@@ -41,6 +42,7 @@ async def stations(
     user: CurrentUser,
     region: Annotated[str | None, Query(pattern=REGION_PATTERN)] = None,
     river: str | None = None,
+    page: Annotated[Page, Depends(paging(default=500, maximum=5000))] = Page(500),
 ):
     """Water stations upstream -> downstream per river: target class, latest hourly and daily class,
     and the share of compliant hours over the 7 days up to the latest one."""
@@ -61,13 +63,14 @@ async def stations(
             "   ORDER BY time DESC LIMIT 1) y ON true"
             " WHERE d.stream = 'water' AND ($1::text IS NULL OR d.region = $1)"
             " AND ($2::text IS NULL OR d.attrs->>'river' = $2) AND ($3::text[] IS NULL OR d.region = ANY($3))"
-            " ORDER BY d.attrs->>'river' NULLS LAST, (d.attrs->>'km')::float8 NULLS LAST, d.device_id",
-            region, river, user.region_filter())
+            " ORDER BY d.attrs->>'river' NULLS LAST, (d.attrs->>'km')::float8 NULLS LAST, d.device_id"
+            " LIMIT $4 OFFSET $5", region, river, user.region_filter(), page.fetch, page.offset)
+    rows, nxt = page.done(rows)
     data = [WaterStationPublic(
         device_id=r["device_id"], region=r["region"], name=r["name"], river=r["river"], km=r["km"], lake=r["lake"],
         target_class=r["target_class"], current=_now("h_", r), today=_now("y_", r),
         compliance_7d=float(r["compliance_7d"]) if r["compliance_7d"] is not None else None) for r in rows]
-    return WaterStationsPublic(data=data, count=len(data))
+    return WaterStationsPublic(data=data, count=len(data), next_cursor=nxt)
 
 
 @router.get("/events", response_model=PulseEventsPublic)
@@ -79,8 +82,7 @@ async def events(
     item: str | None = None,
     from_: Annotated[datetime | None, Query(alias="from")] = None,
     to: Annotated[datetime | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: Annotated[Page, Depends(paging())] = Page(100),
 ):
     """Pollution pulses traced upstream, newest first, with the segment each most likely entered."""
     start, end = _utc(from_), _utc(to)
@@ -95,13 +97,13 @@ async def events(
             "SELECT e.time, d.device_id AS detected_at, d.region, e.river, e.item, e.peak_value, e.peak_score,"
             " e.entry_upstream, e.entry_downstream, e.entry_km_from, e.entry_km_to, e.confidence,"
             " e.evidence::text AS evidence FROM env_pulse_events e JOIN devices d ON d.id = e.device"
-            f" WHERE {where} ORDER BY e.time DESC, d.device_id LIMIT $7 OFFSET $8", *args, limit, offset)
-        count = await con.fetchval(
-            f"SELECT count(*) FROM env_pulse_events e JOIN devices d ON d.id = e.device WHERE {where}", *args)
+            f" WHERE {where} ORDER BY e.time DESC, d.device_id LIMIT $7 OFFSET $8", *args, page.fetch,
+            page.offset)
+    rows, nxt = page.done(rows)
     data = []
     for r in rows:
         d = dict(r)
         ev = orjson.loads(d["evidence"]) if d["evidence"] else []
         d["evidence"] = ev if isinstance(ev, list) else [ev]  # the job writes a list; tolerate older rows
         data.append(PulseEventPublic(**d))
-    return PulseEventsPublic(data=data, count=count)
+    return PulseEventsPublic(data=data, count=len(data), next_cursor=nxt)

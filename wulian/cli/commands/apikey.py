@@ -1,4 +1,4 @@
-"""``wulian apikey create|revoke``: API keys for regulators, operators and admins."""
+"""``wulian apikey create|revoke``: API keys for regulators, operators and admins (both audited)."""
 from __future__ import annotations
 
 import argparse
@@ -12,16 +12,17 @@ from wulian.settings import get_settings
 
 async def _run(args: argparse.Namespace) -> int:
     from wulian.api.auth import create_key, revoke_key
+    from wulian.ingest.audit import cli_actor
 
     con = await asyncpg.connect(get_settings().db.dsn)
     try:
         if args.action == "create":
             regions = [r for r in (args.regions or "").split(",") if r]
             key = await create_key(con, name=args.name, role=args.role, regions=regions,
-                                   expires_days=args.expires_days)
+                                   expires_days=args.expires_days, audit_actor=cli_actor())
             print(json.dumps({"key": key, "role": args.role, "regions": regions or "all"}))
         else:
-            ok = await revoke_key(con, args.key_id)
+            ok = await revoke_key(con, args.key_id, actor=cli_actor(), source="cli")
             print(json.dumps({"revoked": ok}))
             return 0 if ok else 1
     except ValueError as exc:

@@ -3,7 +3,8 @@
 - ``build`` writes the JSON files the provisioning provider reads (deploy/grafana/dashboards/).
 - ``push --url --token [--dry-run]`` upserts them into a running Grafana (folder per stream, by uid).
 - ``verify [--json] [--from now-6h] [--to now] [--role wulian_grafana] [--var region=a,b]`` expands
-  every panel's SQL as Grafana's PostgreSQL datasource would and runs it against the database.
+  every panel's SQL as Grafana's PostgreSQL datasource would and runs it against the database, then again
+  with each multi-value variable selecting nothing (``--var device=`` selects nothing explicitly).
 - ``grants [--write|--new]`` prints the read-only role's SQL, rewrites the newest grants migration, or
   adds a new one (core/sql/NNNN_grafana_readonly*.sql) when panels start reading a new table.
 """
@@ -55,13 +56,14 @@ async def _verify_async(args: argparse.Namespace) -> int:
     chosen = {}
     for item in args.var or []:
         name, _, values = item.partition("=")
-        chosen[name] = values.split(",")
+        chosen[name] = [v for v in values.split(",") if v]  # NAME= selects nothing
     docs = rendered()
     if args.dashboard:
         docs = [d for d in docs if d["uid"] in args.dashboard]
     con = await asyncpg.connect(args.dsn or get_settings().db.dsn)
     try:
-        report = await verify(con, docs, rng, chosen=chosen, role=args.role or None)
+        report = await verify(con, docs, rng, chosen=chosen, role=args.role or None,
+                              empty_selection=not args.no_empty_pass)
     finally:
         await con.close()
     if args.json:
@@ -102,6 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--dashboard", action="append", help="only this uid (repeatable)")
     v.add_argument("--dsn", default=None, help="default: WULIAN_DB__DSN")
     v.add_argument("--strict", action="store_true", help="exit 1 on empty panels too")
+    v.add_argument("--no-empty-pass", action="store_true",
+                   help="skip re-running every panel with each multi-value variable selecting nothing")
     v.set_defaults(func=lambda args: asyncio.run(_verify_async(args)))
 
     g = actions.add_parser("grants", help="SQL for the read-only Grafana role, from the dashboards")

@@ -54,6 +54,7 @@ async def _add(args: argparse.Namespace, s: Settings) -> dict:
 async def _remove(args: argparse.Namespace, s: Settings) -> dict:
     import asyncpg
 
+    from wulian.ingest import audit
     from wulian.ingest.provisioning import remove_device
 
     passwd, _acl, pid = broker_files(s)
@@ -61,6 +62,12 @@ async def _remove(args: argparse.Namespace, s: Settings) -> dict:
     con = await asyncpg.connect(s.db.dsn)
     try:
         r = await remove_device(con, args.device_id, password_file=password_file, pid_file=pid)
+        if r.registry or r.secrets or r.mqtt:
+            await audit.record(con, actor=audit.cli_actor(), source="cli", action="device.remove",
+                               object_type="device", object_id=args.device_id,
+                               before={"registered": r.known, "mqtt_credentials": r.mqtt or None},
+                               after={"removed": r.registry, "secrets_revoked": r.secrets,
+                                      "mqtt_credentials": False})
     finally:
         await con.close()
     if not r.known and not r.mqtt:
