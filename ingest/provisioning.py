@@ -119,6 +119,12 @@ def remove_credentials(path: Path, user: str) -> bool:
 
 # --- ACL -----------------------------------------------------------------------------------------
 
+def device_topic_patterns(prefix: str = "wl", user: str = "%u") -> list[str]:
+    """What a device account may publish to, one pattern per stream (``%u``: its user name, which is
+    its device id); the password-file ACL and the dynamic-security roles (ingest/broker_accounts.py)."""
+    return [f"{prefix}/+/{s.value}/{user}/+" for s in Stream]
+
+
 def render_acl(prefix: str = "wl", service_accounts: Iterable[str] = SERVICE_ACCOUNTS) -> str:
     """Mosquitto ``acl_file`` text. Devices: publish under their own id, one pattern per stream (so a
     device named like a stream can never write into ``{prefix}/{region}/alerts/...``); no reads."""
@@ -126,7 +132,7 @@ def render_acl(prefix: str = "wl", service_accounts: Iterable[str] = SERVICE_ACC
     for user in service_accounts:
         lines += [f"user {user}", "topic readwrite #", ""]
     lines.append("# every other account is a device: it may publish only under its own id")
-    lines += [f"pattern write {prefix}/+/{s.value}/%u/+" for s in Stream]
+    lines += [f"pattern write {p}" for p in device_topic_patterns(prefix)]
     return "\n".join(lines) + "\n"
 
 
@@ -212,9 +218,11 @@ async def provision_device(
     password_file: Path | None,
     mqtt_password: str | None = None,
     pid_file: Path | None = None,
+    accounts=None,
 ) -> Provisioned:
     """Registry row + broker credentials (+ HJ 212 PW for pollution/air/water devices of type hj212).
-    Without ``password_file`` only the registry row is written."""
+    Without ``password_file`` only the registry row is written. ``accounts`` (a broker account backend of
+    ingest/broker_accounts.py, e.g. dynamic security over the network) is used instead of the file."""
     attrs = dict(spec.attrs)
     if spec.device_type == "hj212" and "hj212_pw" not in attrs:
         attrs["hj212_pw"] = generate_hj212_pw()
@@ -222,7 +230,10 @@ async def provision_device(
     spec = DeviceSpec(spec.device_id, spec.region, spec.stream, spec.device_type, spec.name, attrs)
     registry_id, created = await upsert_device(con, spec)
     password = None
-    if password_file is not None:
+    if accounts is not None:
+        password = mqtt_password or generate_password()
+        accounts.set_password(spec.device_id, password)
+    elif password_file is not None:
         password = mqtt_password or generate_password()
         set_credentials_many(password_file, {spec.device_id: password})
         if pid_file is not None:

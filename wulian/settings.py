@@ -60,6 +60,10 @@ class MqttSettings(BaseModel):
     receive_maximum: int = 20000
     tls: bool = False
     ca_file: Path | None = None
+    # Device accounts over the dynamic-security control topic (ingest/broker_accounts.py) as this
+    # administrator; without a password `wulian device add` writes the local stack's password file.
+    dynsec_username: str = "wulian-admin"
+    dynsec_password: str | None = None
 
 
 class IngestSettings(BaseModel):
