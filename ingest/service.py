@@ -14,7 +14,7 @@ from wulian.ingest.migrations import migrate
 from wulian.ingest.mqtt_client import MqttConsumer, MqttParams
 from wulian.ingest.payload import PayloadLimits
 from wulian.ingest.pipeline import IngestConfig, Ingestor
-from wulian.ingest.retention import set_retention
+from wulian.ingest.retention import set_compression, set_retention
 from wulian.ingest.topics import subscriptions
 from wulian.settings import Settings
 
@@ -90,6 +90,7 @@ async def run_ingest(settings: Settings) -> None:
         async with pool.acquire() as con:
             await migrate(con)
             await set_retention(con, settings.db.retention_days)
+            await set_compression(con, settings.db.compress_after_days)
         tune_gc()
         health = Health({"database": lambda: db_probe(pool)})
         if settings.ingest.metrics_port:

@@ -46,6 +46,7 @@ class DbSettings(BaseModel):
         }
     )
     retention_interval_s: float = 3600.0
+    compress_after_days: int = 7  # chunks older than this are compressed (Community edition only)
 
 
 class MqttSettings(BaseModel):
