@@ -243,9 +243,16 @@ def bootstrap_local_dynsec(mq_dir: Path, secrets_file: Path, prefix: str = "wl")
     return {**accounts, ADMIN_USER: admin_password}
 
 
-if __name__ == "__main__":  # deploy/local/stack.sh: python -m wulian.ingest.broker_accounts bootstrap MQ SECRETS
+if __name__ == "__main__":  # deploy/local/stack.sh (bootstrap), deploy/compose/compose.yaml (render)
     import sys
 
-    if len(sys.argv) != 4 or sys.argv[1] != "bootstrap":
-        raise SystemExit("usage: python -m wulian.ingest.broker_accounts bootstrap MQ_DIR SECRETS_FILE")
-    bootstrap_local_dynsec(Path(sys.argv[2]), Path(sys.argv[3]))
+    if len(sys.argv) == 3 and sys.argv[1] == "render":  # containers: passwords from the environment
+        e = os.environ
+        path = Path(sys.argv[2])
+        if not path.exists():  # once: afterwards the broker owns the file (devices live in it)
+            write_dynsec_config(path, {"ingest": e["WULIAN_MQTT__PASSWORD"],
+                                       "gateway": e["WULIAN_GATEWAY__MQTT_PASSWORD"]}, e[ADMIN_PASSWORD_KEY])
+    elif len(sys.argv) == 4 and sys.argv[1] == "bootstrap":
+        bootstrap_local_dynsec(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        raise SystemExit("usage: python -m wulian.ingest.broker_accounts bootstrap MQ_DIR SECRETS_FILE | render PATH")
