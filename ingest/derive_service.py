@@ -11,6 +11,7 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from wulian.ingest import jobs
+from wulian.ingest.health import Health, db_probe, serve_metrics
 from wulian.ingest.jobs.base import Job
 from wulian.settings import Settings
 
@@ -61,6 +62,9 @@ async def run_derive(settings: Settings, only: set[str] | None = None, once: boo
         selected = discover(settings, only)
         if once:
             return {j.name: await run_job_once(j, pool) for j in selected}
+        health = Health({"database": lambda: db_probe(pool)})
+        if settings.derive.metrics_port:
+            serve_metrics(settings.derive.metrics_host, settings.derive.metrics_port, health)
         log.info("derive: running %s", ", ".join(j.name for j in selected) or "no jobs")
-        await asyncio.gather(*(_loop(j, pool) for j in selected))
+        await asyncio.gather(health.run(), *(_loop(j, pool) for j in selected))
     return {}

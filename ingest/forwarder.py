@@ -132,7 +132,10 @@ class Forwarder:
 
     async def intake(self, consumer: MqttConsumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            msgs = await consumer.get_batch(1000, 0.2)
+            try:  # get_batch waits for a first message: bounded, so an idle forwarder sees stop
+                msgs = await asyncio.wait_for(consumer.get_batch(1000, 0.2), 1.0)
+            except asyncio.TimeoutError:
+                continue
             if not msgs:
                 continue
             await self.refresh()
@@ -229,8 +232,7 @@ class Forwarder:
 
 async def run_forwarder(settings, stop: asyncio.Event | None = None) -> None:
     """``wulian forward hj212``: intake + one link per enabled upstream, with its metrics endpoint."""
-    from prometheus_client import start_http_server
-
+    from wulian.ingest.health import serve_metrics
     from wulian.ingest.service import mqtt_params
 
     stop = stop or asyncio.Event()
@@ -238,7 +240,7 @@ async def run_forwarder(settings, stop: asyncio.Event | None = None) -> None:
     consumer = MqttConsumer(mqtt_params(settings, client_id=f.client_id), [f"{settings.mqtt.topic_prefix}/+/+/+/hj212"])
     async with asyncpg.create_pool(settings.db.dsn, min_size=2, max_size=8) as pool:
         if f.metrics_port:
-            start_http_server(f.metrics_port, addr="127.0.0.1")
+            serve_metrics(f.metrics_host, f.metrics_port)
         fwd = Forwarder(pool, ForwardConfig.of(f))
         await fwd.refresh(force=True)
         await consumer.start()

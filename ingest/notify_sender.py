@@ -227,12 +227,12 @@ async def send_test(con: asyncpg.Connection, channel: str, client: httpx.AsyncCl
 
 async def run_sender(settings) -> None:
     """``wulian notify run``: the sender with its metrics endpoint, until interrupted."""
-    from prometheus_client import start_http_server
+    from wulian.ingest.health import serve_metrics
 
     cfg = SenderConfig.of(settings.notify)
     async with asyncpg.create_pool(settings.db.dsn, min_size=2, max_size=max(4, cfg.concurrency + 2)) as pool:
         if settings.notify.metrics_port:
-            start_http_server(settings.notify.metrics_port, addr="127.0.0.1")
+            serve_metrics(settings.notify.metrics_host, settings.notify.metrics_port)
         async with httpx.AsyncClient(timeout=cfg.timeout_s) as client:
             log.info("notification sender running (max %d attempts, lease %.0fs)", cfg.max_attempts, cfg.lease_s)
             await Sender(pool, cfg, client).run()

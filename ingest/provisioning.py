@@ -122,6 +122,12 @@ def remove_credentials(path: Path, user: str) -> bool:
 
 # --- ACL -----------------------------------------------------------------------------------------
 
+def device_topic_patterns(prefix: str = "wl", user: str = "%u") -> list[str]:
+    """What a device account may publish to, one pattern per stream (``%u``: its user name, which is
+    its device id); the password-file ACL and the dynamic-security roles (ingest/broker_accounts.py)."""
+    return [f"{prefix}/+/{s.value}/{user}/+" for s in Stream]
+
+
 def render_acl(prefix: str = "wl", service_accounts: Iterable[str] = SERVICE_ACCOUNTS) -> str:
     """Mosquitto ``acl_file`` text. Devices: publish under their own id, one pattern per stream (so a
     device named like a stream can never write into ``{prefix}/{region}/alerts/...``); no reads."""
@@ -129,7 +135,7 @@ def render_acl(prefix: str = "wl", service_accounts: Iterable[str] = SERVICE_ACC
     for user in service_accounts:
         lines += [f"user {user}", "topic readwrite #", ""]
     lines.append("# every other account is a device: it may publish only under its own id")
-    lines += [f"pattern write {prefix}/+/{s.value}/%u/+" for s in Stream]
+    lines += [f"pattern write {p}" for p in device_topic_patterns(prefix)]
     return "\n".join(lines) + "\n"
 
 
@@ -229,11 +235,14 @@ async def provision_device(
     password_file: Path | None,
     mqtt_password: str | None = None,
     pid_file: Path | None = None,
+    accounts=None,
     actor: str | None = None,
     source: str = "cli",
 ) -> Provisioned:
     """Registry row + broker credentials (+ HJ 212 PW for pollution/air/water devices of type hj212, in
-    the device-secret store). Without ``password_file`` only the registry row is written."""
+    the device-secret store). Without ``password_file`` nor ``accounts`` only the registry row is written.
+    ``accounts`` (a broker account backend of ingest/broker_accounts.py, e.g. dynamic security over the
+    network) is used instead of the file."""
     attrs = dict(spec.attrs)
     secrets_ = dict(spec.secrets)
     if spec.device_type == "hj212" and device_secrets.HJ212_PW not in secrets_:
@@ -243,7 +252,10 @@ async def provision_device(
     async with audit.device_change(con, spec.device_id, action="device.provision", actor=actor, source=source):
         registry_id, created = await upsert_device(con, spec)
     password = None
-    if password_file is not None:
+    if accounts is not None:
+        password = mqtt_password or generate_password()
+        accounts.set_password(spec.device_id, password)
+    elif password_file is not None:
         password = mqtt_password or generate_password()
         set_credentials_many(password_file, {spec.device_id: password})
         if pid_file is not None:
@@ -260,12 +272,13 @@ class Removed:
     mqtt: bool  # the broker account was deleted
 
 
-async def remove_device(con: asyncpg.Connection, device_id: str, *, password_file: Path | None,
-                        pid_file: Path | None = None) -> Removed:
+async def remove_device(con: asyncpg.Connection, device_id: str, *, accounts=None,
+                        password_file: Path | None = None, pid_file: Path | None = None) -> Removed:
     """Revoke every credential of a device: the registry row is marked removed (the gateways refuse it,
     auto-provisioning never revives it), its secrets are deleted (both announced to the gateways'
-    caches by trigger), and its MQTT account leaves the password file (the broker reloads on SIGHUP
-    and disconnects a client whose account is gone). Idempotent; the row and its data stay."""
+    caches by trigger), and its MQTT account leaves the broker: through ``accounts`` (dynamic security
+    deletes the client and disconnects it) or the password file (the broker reloads on SIGHUP and
+    disconnects a client whose account is gone). Idempotent; the row and its data stay."""
     if not _DEVICE_RE.match(device_id):
         raise ValueError(f"invalid device id {device_id!r}")
     async with con.transaction():
@@ -274,9 +287,12 @@ async def remove_device(con: asyncpg.Connection, device_id: str, *, password_fil
         if was_removed is False:
             await con.execute("UPDATE devices SET removed_at = now() WHERE device_id = $1", device_id)
         kinds = await device_secrets.revoke(con, device_id)
-    mqtt = password_file is not None and remove_credentials(password_file, device_id)
-    if mqtt and pid_file is not None:
-        reload_broker(pid_file)
+    if accounts is not None:
+        mqtt = accounts.remove(device_id)
+    else:
+        mqtt = password_file is not None and remove_credentials(password_file, device_id)
+        if mqtt and pid_file is not None:
+            reload_broker(pid_file)
     return Removed(device_id, was_removed is not None, was_removed is False, kinds, mqtt)
 
 

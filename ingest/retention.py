@@ -26,3 +26,21 @@ async def set_retention(con: asyncpg.Connection, days: dict[str, int]) -> None:
             table,
             int(n),
         )
+
+
+async def edition(con: asyncpg.Connection) -> str:
+    """``timescale`` (Community: compression, built-in policies) or ``apache``."""
+    return await con.fetchval("SELECT coalesce(current_setting('timescaledb.license', true), 'apache')")
+
+
+async def set_compression(con: asyncpg.Connection, after_days: int) -> bool:
+    """Compress chunks older than ``after_days`` (setting ``db.compress_after_days``) on every hypertable
+    migration 0130 made compressible; False (nothing done) on the Apache edition, which cannot."""
+    if await edition(con) != "timescale":
+        return False
+    for row in await con.fetch("SELECT DISTINCT hypertable_name FROM timescaledb_information.compression_settings"
+                               " WHERE hypertable_schema = 'public'"):
+        await con.execute("SELECT remove_compression_policy($1::regclass, if_exists => true)", row[0])
+        await con.execute("SELECT add_compression_policy($1::regclass, compress_after => make_interval(days => $2))",
+                          row[0], int(after_days))
+    return True

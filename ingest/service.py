@@ -7,15 +7,14 @@ import gc
 import logging
 
 import asyncpg
-from prometheus_client import start_http_server
-
 from wulian.ingest.alarm_service import AlarmService
 from wulian.ingest.batch_writer import BatchWriter, init_connection
 from wulian.ingest.codecs.contract import PayloadLimits
+from wulian.ingest.health import Health, db_probe, serve_metrics
 from wulian.ingest.migrations import migrate
 from wulian.ingest.mqtt_client import MqttConsumer, MqttParams
 from wulian.ingest.pipeline import IngestConfig, Ingestor
-from wulian.ingest.retention import set_retention
+from wulian.ingest.retention import set_compression, set_retention
 from wulian.ingest.topics import subscriptions
 from wulian.settings import Settings
 
@@ -91,10 +90,13 @@ async def run_ingest(settings: Settings) -> None:
         async with pool.acquire() as con:
             await migrate(con)
             await set_retention(con, settings.db.retention_days)
+            await set_compression(con, settings.db.compress_after_days)
         tune_gc()
+        health = Health({"database": lambda: db_probe(pool)})
         if settings.ingest.metrics_port:
-            start_http_server(settings.ingest.metrics_port, addr="127.0.0.1")
-        async with running_ingestor(settings, pool):
+            serve_metrics(settings.ingest.metrics_host, settings.ingest.metrics_port, health)
+        async with running_ingestor(settings, pool) as ingestor:
+            health.add("broker", lambda: ingestor.consumer.connected)
             log.info("ingest running: mqtt %s:%s, batch %d", settings.mqtt.host, settings.mqtt.port,
                      settings.ingest.batch_size)
-            await asyncio.Event().wait()
+            await health.run()

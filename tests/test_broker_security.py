@@ -160,9 +160,10 @@ async def test_device_add_command_provisions_registry_and_broker(tmp_path, test_
     import argparse
 
     from wulian.cli.commands.device import _add
-    from wulian.settings import DbSettings, StackSettings
+    from wulian.settings import DbSettings, MqttSettings, StackSettings
 
-    s = Settings(db=DbSettings(dsn=test_dsn), stack=StackSettings(dir=tmp_path))
+    # mqtt given: no dynamic-security administrator from a secrets.env, so the password file is used
+    s = Settings(db=DbSettings(dsn=test_dsn), stack=StackSettings(dir=tmp_path), mqtt=MqttSettings())
     dev = f"HJ{uuid.uuid4().hex[:8]}"
     args = argparse.Namespace(device_id=dev, region="city", stream="pollution", type="hj212", name="outlet 1",
                               mqtt_password=None, hj212_pw="246810", hj212_crc="modbus", password_file=None,
@@ -174,7 +175,8 @@ async def test_device_add_command_provisions_registry_and_broker(tmp_path, test_
 
 
 def test_local_stack_broker_requires_the_generated_service_accounts(pg_stack):
-    """deploy/local/stack.sh (run by the session's pg_stack fixture) starts Mosquitto with auth on."""
+    """deploy/local/stack.sh (run by the session's pg_stack fixture) starts Mosquitto with auth on, through
+    the dynamic-security plugin (tests/test_broker_dynsec.py provisions devices on it)."""
     secrets_file = pg_stack.stack.dir / "secrets.env"
     assert stat.S_IMODE(os.stat(secrets_file).st_mode) == 0o600
     s = Settings(_env_file=secrets_file, stack=pg_stack.stack)
@@ -183,7 +185,9 @@ def test_local_stack_broker_requires_the_generated_service_accounts(pg_stack):
     assert _connect_rc(port, s.mqtt.username, s.mqtt.password) == "Success"
     assert _connect_rc(port, s.gateway.mqtt_username, s.gateway.mqtt_password) == "Success"
     conf = (pg_stack.stack.dir / "mosquitto" / "mosquitto.conf").read_text()
-    assert conf.rstrip().endswith(f"acl_file {pg_stack.stack.dir / 'mosquitto' / 'acl'}")
+    assert conf.rstrip().endswith(
+        f"plugin_opt_config_file {pg_stack.stack.dir / 'mosquitto' / 'dynamic-security.json'}")
+    assert conf.split("allow_anonymous")[-1].split()[0] == "false"
 
 
 async def test_device_remove_revokes_every_credential_and_disconnects_the_mqtt_client(secure_broker, pool,

@@ -46,6 +46,7 @@ class DbSettings(BaseModel):
         }
     )
     retention_interval_s: float = 3600.0
+    compress_after_days: int = 7  # chunks older than this are compressed (Community edition only)
 
 
 class MqttSettings(BaseModel):
@@ -60,6 +61,10 @@ class MqttSettings(BaseModel):
     receive_maximum: int = 20000
     tls: bool = False
     ca_file: Path | None = None
+    # Device accounts over the dynamic-security control topic (ingest/broker_accounts.py) as this
+    # administrator; without a password `wulian device add` writes the local stack's password file.
+    dynsec_username: str = "wulian-admin"
+    dynsec_password: str | None = None
 
 
 class IngestSettings(BaseModel):
@@ -69,7 +74,8 @@ class IngestSettings(BaseModel):
     max_payload_bytes: int = 256 * 1024
     future_tolerance_s: float = 600.0  # readings further in the future are dead-lettered
     past_limit_days: float = 3650.0  # readings older than this are dead-lettered
-    metrics_port: int = 9108
+    metrics_port: int = 9108  # /metrics, /livez, /readyz (ingest/health.py; 0: off)
+    metrics_host: str = "127.0.0.1"  # listen address of that endpoint (0.0.0.0: for a remote Prometheus)
 
 
 class AlarmSettings(BaseModel):
@@ -112,6 +118,7 @@ class GatewaySettings(BaseModel):
     auth_fail_window_s: float = 60.0
     hj212_metrics_port: int = 9109  # Prometheus /metrics (0: off)
     jt808_metrics_port: int = 9110
+    metrics_host: str = "127.0.0.1"  # listen address of both gateways' metrics + health endpoints
     mqtt_username: str | None = None  # the gateway's service account (default: the mqtt section's)
     mqtt_password: str | None = None
     mqtt_client_id: str = "wulian-gateway"
@@ -195,6 +202,7 @@ class NotifySettings(BaseModel):
     rate_window_s: float = 60.0  # the window of a channel's rate_per_window
     escalation_poll_s: float = 5.0  # how often due escalations are looked for
     metrics_port: int = 9111  # Prometheus /metrics (0: off)
+    metrics_host: str = "127.0.0.1"
 
 
 class ForwardSettings(BaseModel):
@@ -209,6 +217,14 @@ class ForwardSettings(BaseModel):
     backoff_max_s: float = 60.0
     mapping_refresh_s: float = 10.0  # how soon new forwarded stations are picked up
     metrics_port: int = 9112  # Prometheus /metrics (0: off)
+    metrics_host: str = "127.0.0.1"
+
+
+class DeriveSettings(BaseModel):
+    """The derived-data service (``wulian derive``)."""
+
+    metrics_port: int = 9113  # /metrics, /livez, /readyz (0: off)
+    metrics_host: str = "127.0.0.1"
 
 
 class DashboardSettings(BaseModel):
@@ -241,6 +257,7 @@ class Settings(BaseSettings):
     notify: NotifySettings = Field(default_factory=NotifySettings)
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
     dashboards: DashboardSettings = Field(default_factory=DashboardSettings)
+    derive: DeriveSettings = Field(default_factory=DeriveSettings)
 
     @model_validator(mode="after")
     def _default_to_local_stack(self) -> "Settings":

@@ -20,6 +20,18 @@ async def _broker_reachable(host: str, port: int) -> bool:
     return True
 
 
+@router.get("/livez")
+async def livez() -> dict:
+    """Liveness: the process serves requests (a supervisor restarts it when this fails)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+async def readyz(pool: PoolDep, settings: SettingsDep):
+    """Readiness: the database answers and the broker accepts connections (same as /healthz)."""
+    return await healthz(pool, settings)
+
+
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
 async def healthz(pool: PoolDep, settings: SettingsDep):
     try:

@@ -6,8 +6,7 @@ import contextlib
 import logging
 
 import asyncpg
-from prometheus_client import start_http_server
-
+from wulian.ingest.health import Health, db_probe, serve_metrics
 from wulian.ingest.gateways.base import Gateway, GatewayConfig, GatewayLimits
 from wulian.ingest.gateways.hj212_gateway import Hj212Gateway
 from wulian.ingest.gateways.jt808_gateway import Jt808Gateway
@@ -62,9 +61,11 @@ async def run_gateway(settings: Settings, protocol: str) -> None:
     g = settings.gateway
     metrics_port = g.hj212_metrics_port if protocol == "hj212" else g.jt808_metrics_port
     async with asyncpg.create_pool(settings.db.dsn, min_size=1, max_size=settings.db.pool_max) as pool:
+        health = Health({"database": lambda: db_probe(pool)})
         if metrics_port:
-            start_http_server(metrics_port, addr="127.0.0.1")
+            serve_metrics(g.metrics_host, metrics_port, health)
         async with running_gateway(settings, protocol, pool) as gw:
+            health.add("broker", lambda: gw.publisher.connected)
             log.info("%s gateway listening on %s:%s (auto-provision %s), publishing to mqtt %s:%s",
                      protocol, g.host, gw.port, g.auto_provision, settings.mqtt.host, settings.mqtt.port)
-            await asyncio.Event().wait()
+            await health.run()

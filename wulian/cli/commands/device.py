@@ -23,6 +23,23 @@ def broker_files(settings: Settings) -> tuple[Path, Path, Path]:
     return mq / "passwd", mq / "acl", mq / "mosquitto.pid"
 
 
+def broker_accounts(args: argparse.Namespace, s: Settings):
+    """Where device accounts go: ``--password-file``; else the broker's dynamic-security plugin when the
+    administrator's password is set (any host); else the local stack's password file."""
+    from wulian.ingest.broker_accounts import DynSecAccounts, PasswordFileAccounts
+
+    passwd, _acl, pid = broker_files(s)
+    if args.no_broker:
+        return None
+    if args.password_file:
+        return PasswordFileAccounts(Path(args.password_file), pid)
+    q = s.mqtt
+    if q.dynsec_password:
+        return DynSecAccounts(q.host, int(q.port), q.dynsec_username, q.dynsec_password, prefix=q.topic_prefix,
+                              tls=q.tls, ca_file=str(q.ca_file) if q.ca_file else None)
+    return PasswordFileAccounts(passwd, pid)
+
+
 async def _add(args: argparse.Namespace, s: Settings) -> dict:
     import asyncpg
 
@@ -33,14 +50,12 @@ async def _add(args: argparse.Namespace, s: Settings) -> dict:
     secrets = {HJ212_PW: args.hj212_pw} if args.hj212_pw else {}
     if args.hj212_crc:
         attrs["hj212_crc"] = args.hj212_crc
-    passwd, _acl, pid = broker_files(s)
-    password_file = None if args.no_broker else Path(args.password_file) if args.password_file else passwd
     spec = DeviceSpec(args.device_id, args.region or s.sim.region, args.stream, args.type, args.name, attrs,
                       secrets)
     con = await asyncpg.connect(s.db.dsn)
     try:
-        p = await provision_device(con, spec, password_file=password_file, mqtt_password=args.mqtt_password,
-                                   pid_file=pid)
+        p = await provision_device(con, spec, password_file=None, mqtt_password=args.mqtt_password,
+                                   accounts=broker_accounts(args, s))
     finally:
         await con.close()
     out = {"device_id": p.device_id, "id": p.registry_id, "created": p.created,
@@ -57,11 +72,10 @@ async def _remove(args: argparse.Namespace, s: Settings) -> dict:
     from wulian.ingest import audit
     from wulian.ingest.provisioning import remove_device
 
-    passwd, _acl, pid = broker_files(s)
-    password_file = None if args.no_broker else Path(args.password_file) if args.password_file else passwd
+    accounts = broker_accounts(args, s)
     con = await asyncpg.connect(s.db.dsn)
     try:
-        r = await remove_device(con, args.device_id, password_file=password_file, pid_file=pid)
+        r = await remove_device(con, args.device_id, accounts=accounts)
         if r.registry or r.secrets or r.mqtt:
             await audit.record(con, actor=audit.cli_actor(), source="cli", action="device.remove",
                                object_type="device", object_id=args.device_id,
@@ -77,10 +91,12 @@ async def _remove(args: argparse.Namespace, s: Settings) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wulian.ingest.broker_accounts import BrokerError
+
     s = get_settings()
     try:
         out = asyncio.run(_add(args, s) if args.action == "add" else _remove(args, s))
-    except ValueError as exc:
+    except (ValueError, BrokerError) as exc:
         print(json.dumps({"error": str(exc)}))
         return 2
     print(json.dumps(out, ensure_ascii=False))
@@ -99,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mqtt-password", default=None, help="default: generated and printed once")
     p.add_argument("--hj212-pw", default=None, help="HJ 212 access password (PW); generated for --type hj212")
     p.add_argument("--hj212-crc", default=None, help="extra CRC variants tolerated: modbus, modbus_le")
-    p.add_argument("--password-file", default=None, help="default: the local stack's .stack/mosquitto/passwd")
-    p.add_argument("--no-broker", action="store_true", help="registry only (MQTT password file untouched)")
+    p.add_argument("--password-file", default=None, help="a Mosquitto password_file on this host (default: the broker's "
+                   "dynamic-security plugin when mqtt.dynsec_password is set, else .stack/mosquitto/passwd)")
+    p.add_argument("--no-broker", action="store_true", help="registry row only (no MQTT credentials)")
     p.set_defaults(func=run)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
 from wulian.settings import get_settings
@@ -11,10 +12,15 @@ from wulian.settings import get_settings
 def run(args: argparse.Namespace) -> int:
     from wulian.ingest.forwarder import run_forwarder
 
-    try:
-        asyncio.run(run_forwarder(get_settings()))
-    except KeyboardInterrupt:
-        pass
+    async def main() -> None:
+        # SIGINT/SIGTERM end the run through its stop event: links and intake finish their step and
+        # the MQTT session is closed (cancelling the task instead left the process running)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await run_forwarder(get_settings(), stop)
+
+    asyncio.run(main())
     return 0
 
 
