@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from wulian.ingest import audit
 from wulian.ingest import outbox_metrics as m
 from wulian.ingest.codecs import hj212
 from wulian.ingest.codecs.errors import CodecError
@@ -61,25 +62,57 @@ def packet_key(packet: hj212.Hj212Packet) -> str:
     return packet.qn or packet.param("DataTime") or hashlib.sha256(packet.cp_raw.encode()).hexdigest()[:32]
 
 
-async def add_upstream(con: asyncpg.Connection, name: str, host: str, port: int) -> int:
-    return await con.fetchval(
-        "INSERT INTO forward_upstreams (name, host, port) VALUES ($1, $2, $3) ON CONFLICT (name)"
-        " DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port RETURNING id", name, host, port)
+_UPSTREAM_COLS = "id, name, host, port, enabled"
+_STATION_SQL = ("SELECT u.name AS upstream, s.device_id, s.upstream_mn, (k.upstream IS NOT NULL) AS has_pw"
+                " FROM forward_stations s JOIN forward_upstreams u ON u.id = s.upstream LEFT JOIN"
+                " forward_station_secrets k ON (k.upstream, k.device_id) = (s.upstream, s.device_id)"
+                " WHERE s.upstream = $1 AND s.device_id = $2")
+
+
+async def add_upstream(con: asyncpg.Connection, name: str, host: str, port: int, *, actor: str | None = None) -> int:
+    """Add or change the upstream ``name`` (``wulian forward upstream``); audited as a CLI write."""
+    async with con.transaction():
+        before = await con.fetchrow(f"SELECT {_UPSTREAM_COLS} FROM forward_upstreams WHERE name = $1 FOR UPDATE",
+                                    name)
+        after = await con.fetchrow(
+            "INSERT INTO forward_upstreams (name, host, port) VALUES ($1, $2, $3) ON CONFLICT (name)"
+            f" DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port RETURNING {_UPSTREAM_COLS}", name, host, port)
+        await audit.record(con, actor=actor or audit.cli_actor(), source="cli",
+                           action="forward_upstream.update" if before else "forward_upstream.create",
+                           object_type="forward_upstream", object_id=name, before=before and dict(before),
+                           after=dict(after))
+    return after["id"]
 
 
 async def add_station(con: asyncpg.Connection, upstream: str, device_id: str, upstream_mn: str,
-                      upstream_pw: str) -> None:
-    """Forward ``device_id`` to ``upstream`` as ``upstream_mn``/``upstream_pw`` (the PW in its own table)."""
+                      upstream_pw: str, *, actor: str | None = None) -> None:
+    """Forward ``device_id`` to ``upstream`` as ``upstream_mn``/``upstream_pw`` (the PW in its own table).
+    Audited as a CLI write; the PW never reaches the log (masked)."""
     async with con.transaction():
         up = await con.fetchval("SELECT id FROM forward_upstreams WHERE name = $1", upstream)
         if up is None:
             raise LookupError(f"no upstream named {upstream!r}")
+        before = await con.fetchrow(_STATION_SQL, up, device_id)
         await con.execute("INSERT INTO forward_stations (upstream, device_id, upstream_mn) VALUES ($1, $2, $3)"
                           " ON CONFLICT (upstream, device_id) DO UPDATE SET upstream_mn = EXCLUDED.upstream_mn",
                           up, device_id, upstream_mn)
         await con.execute("INSERT INTO forward_station_secrets (upstream, device_id, upstream_pw) VALUES ($1, $2, $3)"
                           " ON CONFLICT (upstream, device_id) DO UPDATE SET upstream_pw = EXCLUDED.upstream_pw",
                           up, device_id, upstream_pw)
+        after = await con.fetchrow(_STATION_SQL, up, device_id)
+        await audit.record(con, actor=actor or audit.cli_actor(), source="cli",
+                           action="forward_station.update" if before else "forward_station.create",
+                           object_type="forward_station", object_id=f"{upstream}/{device_id}",
+                           before=_station_view(before), after=_station_view(after))
+
+
+def _station_view(row) -> dict | None:
+    """A station mapping for the audit log: the PW shows only as set (masked), never its value."""
+    if row is None:
+        return None
+    d = dict(row)
+    d["upstream_pw"] = audit.MASK if d.pop("has_pw") else None
+    return d
 
 
 _INSERT = ("INSERT INTO forward_outbox (upstream, device_id, cn, packet_key, packet, ack_requested)"

@@ -225,6 +225,10 @@ async def test_failed_state_visible_and_retryable(pool, ctx, sender):
         assert (await api.post(f"/v1/notifications/{row['id']}/retry", headers=h(ctx["admin"]))).status_code == 200
         again = await api.post(f"/v1/notifications/{row['id']}/retry", headers=h(op))
         assert again.status_code == 409 and again.json()["error"] == "conflict"
+        (entry,) = await _audit(ctx, action="notification.retry", object_id=str(row["id"]))  # the refused one: none
+        assert (entry["before"]["state"], entry["before"]["attempts"]) == ("failed", 3)
+        assert (entry["after"]["state"], entry["after"]["attempts"]) == ("pending", 0)
+        assert entry["region"] == ctx["region"] and entry["source"] == "api"
         rx.fail_rate = 0.0
         await wait_until(lambda: _all_delivered(pool, ch, 1), timeout=20)
     finally:
@@ -351,6 +355,70 @@ async def test_notify_test_command_sends_a_test_message(pool, ctx):
         assert missing.returncode == 2 and "no channel named 'nope'" in missing.stderr
     finally:
         rx.stop()
+
+
+# --- audit (issue 18): every channel/route/outbox write and the forward CLI, without secrets -------------
+
+async def _audit(ctx, **params) -> list[dict]:
+    r = await ctx["api"].get("/v1/audit", params={"limit": 1000, **params}, headers=h(ctx["admin"]))
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
+
+
+async def test_channel_route_and_forward_writes_audited_with_before_after_and_no_secret(pool, ctx):
+    api, admin = ctx["api"], h(ctx["admin"])
+    url = "https://oapi.dingtalk.com/robot/send?access_token=TOKEN123"
+    new_secret, upstream_pw = "n3w-" + SECRET, f"PW{uuid.uuid4().hex[:8]}"
+    ch = await _channel(ctx, "aud", kind="dingtalk", url=url)
+    r = await api.patch(f"/v1/channels/{ch}", headers=admin,
+                        json={"secret": new_secret, "rate_per_window": 7, "url": url + "4"})
+    assert r.status_code == 200, r.text
+    rt = await _route(ctx, [ch])
+    r = await api.put(f"/v1/routes/{rt}", headers=admin, json={
+        "name": "duty-2", "regions": [ctx["region"]], "channels": [ch], "severities": ["critical"]})
+    assert r.status_code == 200, r.text
+    assert (await api.delete(f"/v1/routes/{rt}", headers=admin)).status_code == 204
+    assert (await api.delete(f"/v1/channels/{ch}", headers=admin)).status_code == 204
+
+    delete, update, create = await _audit(ctx, object_type="notify_channel", object_id=str(ch))
+    assert [e["action"] for e in (create, update, delete)] == ["channel.create", "channel.update", "channel.delete"]
+    assert create["before"] is None and create["after"]["kind"] == "dingtalk" and create["after"]["has_secret"]
+    assert create["after"]["secret"] == "***" and create["after"]["url"].endswith("access_token=***")
+    assert (update["before"]["rate_per_window"], update["after"]["rate_per_window"]) == (0, 7)
+    assert update["after"]["secret"] == "***" and "secret" not in update["before"]
+    assert delete["before"]["id"] == ch and delete["after"] is None
+    rdel, rupd, rnew = await _audit(ctx, object_type="notify_route", object_id=str(rt))
+    assert [e["action"] for e in (rnew, rupd, rdel)] == ["route.create", "route.update", "route.delete"]
+    assert rnew["before"] is None and rnew["after"]["channels"] == [ch]
+    assert (rupd["before"]["name"], rupd["before"]["severities"]) == ("duty", [])
+    assert (rupd["after"]["name"], rupd["after"]["severities"]) == ("duty-2", ["critical"])
+    assert rdel["before"]["name"] == "duty-2" and rdel["after"] is None
+    assert {(e["actor"], e["source"]) for e in (create, update, delete, rnew, rupd, rdel)} == {("admin", "api")}
+
+    # the CLI writes of `wulian forward`: an upstream created then changed, a station mapped with its PW
+    name = f"prov-{uuid.uuid4().hex[:6]}"
+    env = _sender_env(ctx["settings"])
+    for args in (["upstream", name, "127.0.0.1", "9"], ["upstream", name, "127.0.0.1", "10"],
+                 ["station", name, "DAUD01", "PROVAUD01", upstream_pw]):
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "wulian", "forward", *args],
+                                      env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    upd, new = await _audit(ctx, object_type="forward_upstream", object_id=name)
+    assert (new["action"], new["before"], new["after"]["port"]) == ("forward_upstream.create", None, 9)
+    assert (upd["action"], upd["before"]["port"], upd["after"]["port"]) == ("forward_upstream.update", 9, 10)
+    (st,) = await _audit(ctx, object_type="forward_station", object_id=f"{name}/DAUD01")
+    assert st["action"] == "forward_station.create" and st["before"] is None
+    assert st["after"] == {"upstream": name, "device_id": "DAUD01", "upstream_mn": "PROVAUD01", "upstream_pw": "***"}
+    assert all(e["source"] == "cli" and e["actor"].startswith("cli:") for e in (new, upd, st))
+
+    # no secret anywhere in the log: not through the API, not in the stored JSON
+    text = (await api.get("/v1/audit", params={"limit": 1000}, headers=admin)).text
+    async with pool.acquire() as con:
+        stored = " ".join(f"{r['before']} {r['after']}" for r in await con.fetch(
+            "SELECT before::text AS before, after::text AS after FROM audit_log"))
+    for secret in (SECRET, new_secret, "TOKEN123", upstream_pw):
+        for blob in (text, stored):
+            assert secret not in blob and orjson.dumps(secret).decode().strip('"') not in blob
 
 
 # --- escalation, quiet hours, rate limits ------------------------------------------------------------

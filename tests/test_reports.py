@@ -254,6 +254,14 @@ async def test_reports_are_scoped_by_the_keys_regions(api, keys, city):
     assert r.status_code == 422 and r.json()["error"] == "invalid_query"
 
 
+async def test_report_default_window_before_year_one_is_not_a_crash(api, keys):
+    """Only 'to', in year 1: the default window (30 days, or 12 months) starts at the first day there is."""
+    for period, to in (("monthly", "0001-03-01"), ("daily", "0001-01-05")):
+        r = await api.get("/v1/reports/water-compliance", params={"period": period, "to": to},
+                          headers=h(keys["regulator"]))
+        assert r.status_code == 200 and r.json()["data"] == [], (period, r.text)
+
+
 # --- alert statistics --------------------------------------------------------------------------------
 
 async def test_alert_stats_counts_and_time_to_ack_and_clear(api, pool, keys):

@@ -30,9 +30,11 @@ async def audit_log(
     pool: PoolDep,
     user: CurrentUser,
     actor: str | None = None,
-    action: Annotated[str | None, Query(description="e.g. rule.update, key.revoke, alert.ack, device.provision")]
-    = None,
-    object_type: Annotated[str | None, Query(description="rule, api_key, device, alert, dead_letter")] = None,
+    action: Annotated[str | None, Query(description="e.g. rule.update, key.revoke, alert.ack, device.provision, "
+                                                    "channel.update, route.delete, notification.retry")] = None,
+    object_type: Annotated[str | None, Query(description="rule, api_key, device, alert, dead_letter, notify_channel, "
+                                                         "notify_route, notification, forward_upstream, "
+                                                         "forward_station")] = None,
     object_id: str | None = None,
     from_: Annotated[datetime | None, Query(alias="from", description="at or after (ISO 8601)")] = None,
     to: Annotated[datetime | None, Query(description="before (ISO 8601)")] = None,

@@ -3,6 +3,8 @@
 Channels and routes are configuration (admins); the outbox is readable by operators within their regions,
 and a ``failed`` notification can be retried. A channel's secret is written, never returned
 (``has_secret`` says whether one is set) and its URL is returned with query values masked.
+Lists page like every list route (:mod:`wulian.api.paging`); every write lands in the audit log
+(:mod:`wulian.ingest.audit`) with the public view before/after, so no secret reaches it.
 """
 from __future__ import annotations
 
@@ -10,14 +12,17 @@ from datetime import datetime, time
 from typing import Annotated, Literal
 
 import asyncpg
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import ApiError, BadQuery, NotFound
+from wulian.api.paging import ListPage, Page, paging
+from wulian.api.routes.meters import _utc
 from wulian.core.alarms.rules import Severity
 from wulian.core.const import Stream
+from wulian.ingest import audit
 from wulian.ingest.alert_store import NOTIFY_WAKE_CHANNEL
 from wulian.ingest.notify_channels import redact_url
 
@@ -75,9 +80,8 @@ class ChannelPublic(BaseModel):
     updated_at: datetime
 
 
-class ChannelsPublic(BaseModel):
+class ChannelsPublic(ListPage):
     data: list[ChannelPublic]
-    count: int
 
 
 class RouteIn(BaseModel):
@@ -101,9 +105,8 @@ class RoutePublic(RouteIn):
     updated_at: datetime
 
 
-class RoutesPublic(BaseModel):
+class RoutesPublic(ListPage):
     data: list[RoutePublic]
-    count: int
 
 
 class NotificationPublic(BaseModel):
@@ -124,10 +127,8 @@ class NotificationPublic(BaseModel):
     delivered_at: datetime | None
 
 
-class NotificationsPublic(BaseModel):
+class NotificationsPublic(ListPage):
     data: list[NotificationPublic]
-    count: int
-    next_cursor: int | None = None
 
 
 _CH = ("c.id, c.name, c.kind, c.url, c.enabled, c.quiet_start, c.quiet_end, c.rate_per_window,"
@@ -164,12 +165,29 @@ async def _channel_row(con, channel_id: int):
     return row
 
 
+async def _audit(con, user, action: str, object_type: str, object_id: int, before: BaseModel | None,
+                 after: BaseModel | None, *, secret_written: bool = False, region: str | None = None) -> None:
+    """One audit entry for a write, inside its transaction. ``before``/``after`` are the public views (a
+    channel's URL with query values masked, no secret); a secret written by this request shows only as
+    ``"secret": "***"`` in ``after``, never its value."""
+    b = None if before is None else before.model_dump(mode="json")
+    a = None if after is None else after.model_dump(mode="json")
+    if secret_written and a is not None:
+        a["secret"] = audit.MASK
+    await audit.record(con, actor=user.name, key_id=user.key_id, source="api", action=action,
+                       object_type=object_type, object_id=object_id, region=region, before=b, after=a)
+
+
 @router.get("/v1/channels", response_model=ChannelsPublic)
-async def list_channels(pool: PoolDep, user: CurrentUser):
+async def list_channels(pool: PoolDep, user: CurrentUser,
+                        page: Annotated[Page, Depends(paging(keyset=1))] = Page(100)):
+    """Channels by id (admin only)."""
     user.require("admin")
     async with pool.acquire() as con:
-        rows = await con.fetch(f"SELECT {_CH} FROM {_CH_FROM} ORDER BY c.id")
-    return ChannelsPublic(data=[_channel(r) for r in rows], count=len(rows))
+        rows = await con.fetch(f"SELECT {_CH} FROM {_CH_FROM} WHERE ($1::int IS NULL OR c.id > $1) ORDER BY c.id"
+                               " LIMIT $2", page.after and page.after[0], page.fetch)
+    rows, nxt = page.done(rows, key=lambda r: (r["id"],))
+    return ChannelsPublic(data=[_channel(r) for r in rows], count=len(rows), next_cursor=nxt)
 
 
 @router.post("/v1/channels", response_model=ChannelPublic, status_code=201,
@@ -187,7 +205,10 @@ async def create_channel(body: ChannelIn, pool: PoolDep, user: CurrentUser):
             raise Conflict(f"a channel named {body.name!r} exists") from None
         if body.secret is not None:
             await con.execute("INSERT INTO notify_channel_secrets (channel, secret) VALUES ($1, $2)", cid, body.secret)
-        return _channel(await _channel_row(con, cid))
+        out = _channel(await _channel_row(con, cid))
+        await _audit(con, user, "channel.create", "notify_channel", cid, None, out,
+                     secret_written=body.secret is not None)
+        return out
 
 
 @router.get("/v1/channels/{channel_id}", response_model=ChannelPublic)
@@ -202,7 +223,9 @@ async def update_channel(channel_id: int, body: ChannelPatch, pool: PoolDep, use
     """Changing quiet hours or the rate limit makes the channel's waiting notifications due again."""
     user.require("admin")
     async with pool.acquire() as con, con.transaction():
-        row = await _channel_row(con, channel_id)
+        row = await con.fetchrow(f"SELECT {_CH} FROM {_CH_FROM} WHERE c.id = $1 FOR UPDATE OF c", channel_id)
+        if row is None:
+            raise NotFound(f"channel {channel_id} not found")
         start, end = row["quiet_start"], row["quiet_end"]
         if body.clear_quiet_hours:
             start = end = None
@@ -220,7 +243,10 @@ async def update_channel(channel_id: int, body: ChannelPatch, pool: PoolDep, use
         await con.execute("UPDATE notifications SET next_attempt_at = now() WHERE channel_id = $1"
                           " AND state = 'pending' AND next_attempt_at > now()", channel_id)
         await con.execute("SELECT pg_notify($1, '')", NOTIFY_WAKE_CHANNEL)
-        return _channel(await _channel_row(con, channel_id))
+        out = _channel(await _channel_row(con, channel_id))
+        await _audit(con, user, "channel.update", "notify_channel", channel_id, _channel(row), out,
+                     secret_written=body.secret is not None)
+        return out
 
 
 @router.delete("/v1/channels/{channel_id}", status_code=204,
@@ -228,12 +254,15 @@ async def update_channel(channel_id: int, body: ChannelPatch, pool: PoolDep, use
 async def delete_channel(channel_id: int, pool: PoolDep, user: CurrentUser):
     user.require("admin")
     async with pool.acquire() as con, con.transaction():
-        await _channel_row(con, channel_id)
+        row = await con.fetchrow(f"SELECT {_CH} FROM {_CH_FROM} WHERE c.id = $1 FOR UPDATE OF c", channel_id)
+        if row is None:
+            raise NotFound(f"channel {channel_id} not found")
         used = await con.fetchval("SELECT string_agg(id::text, ', ') FROM notify_routes WHERE $1 = ANY(channels)",
                                   channel_id)
         if used:
             raise Conflict(f"channel {channel_id} is used by routes {used}")
         await con.execute("DELETE FROM notify_channels WHERE id = $1", channel_id)
+        await _audit(con, user, "channel.delete", "notify_channel", channel_id, _channel(row), None)
     return Response(status_code=204)
 
 
@@ -256,11 +285,15 @@ def _route_args(body: RouteIn) -> tuple:
 
 
 @router.get("/v1/routes", response_model=RoutesPublic)
-async def list_routes(pool: PoolDep, user: CurrentUser):
+async def list_routes(pool: PoolDep, user: CurrentUser,
+                      page: Annotated[Page, Depends(paging(keyset=1))] = Page(100)):
+    """Routes by id (admin only)."""
     user.require("admin")
     async with pool.acquire() as con:
-        rows = await con.fetch(f"SELECT {_RT} FROM notify_routes ORDER BY id")
-    return RoutesPublic(data=[RoutePublic(**dict(r)) for r in rows], count=len(rows))
+        rows = await con.fetch(f"SELECT {_RT} FROM notify_routes WHERE ($1::int IS NULL OR id > $1) ORDER BY id"
+                               " LIMIT $2", page.after and page.after[0], page.fetch)
+    rows, nxt = page.done(rows, key=lambda r: (r["id"],))
+    return RoutesPublic(data=[RoutePublic(**dict(r)) for r in rows], count=len(rows), next_cursor=nxt)
 
 
 @router.post("/v1/routes", response_model=RoutePublic, status_code=201)
@@ -272,7 +305,9 @@ async def create_route(body: RouteIn, pool: PoolDep, user: CurrentUser):
             "INSERT INTO notify_routes (name, enabled, regions, streams, severities, rule_ids, events, channels,"
             f" escalate_after_s, escalate_severities) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_RT}",
             *_route_args(body))
-    return RoutePublic(**dict(row))
+        out = RoutePublic(**dict(row))
+        await _audit(con, user, "route.create", "notify_route", out.id, None, out)
+    return out
 
 
 @router.get("/v1/routes/{route_id}", response_model=RoutePublic)
@@ -290,22 +325,26 @@ async def replace_route(route_id: int, body: RouteIn, pool: PoolDep, user: Curre
     user.require("admin")
     async with pool.acquire() as con, con.transaction():
         await _check_channels(con, body.channels)
+        before = await con.fetchrow(f"SELECT {_RT} FROM notify_routes WHERE id = $1 FOR UPDATE", route_id)
+        if before is None:
+            raise NotFound(f"route {route_id} not found")
         row = await con.fetchrow(
             "UPDATE notify_routes SET name = $2, enabled = $3, regions = $4, streams = $5, severities = $6,"
             " rule_ids = $7, events = $8, channels = $9, escalate_after_s = $10, escalate_severities = $11,"
             f" updated_at = now() WHERE id = $1 RETURNING {_RT}", route_id, *_route_args(body))
-    if row is None:
-        raise NotFound(f"route {route_id} not found")
-    return RoutePublic(**dict(row))
+        out = RoutePublic(**dict(row))
+        await _audit(con, user, "route.update", "notify_route", route_id, RoutePublic(**dict(before)), out)
+    return out
 
 
 @router.delete("/v1/routes/{route_id}", status_code=204)
 async def delete_route(route_id: int, pool: PoolDep, user: CurrentUser):
     user.require("admin")
-    async with pool.acquire() as con:
-        status = await con.execute("DELETE FROM notify_routes WHERE id = $1", route_id)
-    if status.endswith(" 0"):
-        raise NotFound(f"route {route_id} not found")
+    async with pool.acquire() as con, con.transaction():
+        before = await con.fetchrow(f"DELETE FROM notify_routes WHERE id = $1 RETURNING {_RT}", route_id)
+        if before is None:
+            raise NotFound(f"route {route_id} not found")
+        await _audit(con, user, "route.delete", "notify_route", route_id, RoutePublic(**dict(before)), None)
     return Response(status_code=204)
 
 
@@ -321,21 +360,26 @@ async def list_notifications(
     state: NotificationState | None = None,
     channel: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     alert: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
-    cursor: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="next_cursor of the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    from_: Annotated[datetime | None, Query(alias="from", description="created at or after (ISO 8601; naive "
+                                                                      "means UTC)")] = None,
+    to: Annotated[datetime | None, Query(description="created before (ISO 8601, exclusive; naive means UTC)")]
+    = None,
+    page: Annotated[Page, Depends(paging(maximum=500, keyset=1))] = Page(100),
 ):
     """Newest first, within the key's regions; ``state=failed`` lists what needs a look (``last_error``)."""
     user.require("operator")
+    start, end = _utc(from_), _utc(to)
+    if start is not None and end is not None and end <= start:
+        raise BadQuery("'to' must be after 'from'")
     async with pool.acquire() as con:
         rows = await con.fetch(
             f"SELECT {_NT} FROM notifications WHERE {_REGION_SCOPE} AND ($2::text IS NULL OR state = $2)"
             " AND ($3::int IS NULL OR channel_id = $3) AND ($4::bigint IS NULL OR alert_id = $4)"
-            " AND ($5::bigint IS NULL OR id < $5) ORDER BY id DESC LIMIT $6",
-            user.region_filter(), state, channel, alert, cursor, limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return NotificationsPublic(data=[NotificationPublic(**dict(r)) for r in rows], count=len(rows),
-                               next_cursor=rows[-1]["id"] if more else None)
+            " AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6)"
+            " AND ($7::bigint IS NULL OR id < $7) ORDER BY id DESC LIMIT $8",
+            user.region_filter(), state, channel, alert, start, end, page.after and page.after[0], page.fetch)
+    rows, nxt = page.done(rows, key=lambda r: (r["id"],))
+    return NotificationsPublic(data=[NotificationPublic(**dict(r)) for r in rows], count=len(rows), next_cursor=nxt)
 
 
 @router.post("/v1/notifications/{notification_id}/retry", response_model=NotificationPublic,
@@ -344,8 +388,9 @@ async def retry_notification(notification_id: int, pool: PoolDep, user: CurrentU
     """A ``failed`` notification goes back to ``pending`` with its attempts reset (same idempotency key)."""
     user.require("operator")
     async with pool.acquire() as con, con.transaction():
-        row = await con.fetchrow(f"SELECT state FROM notifications WHERE id = $1 AND {_REGION_SCOPE.replace('$1', '$2')}",
-                                 notification_id, user.region_filter())
+        row = await con.fetchrow(f"SELECT {_NT}, payload->>'region' AS region FROM notifications WHERE id = $1"
+                                 f" AND {_REGION_SCOPE.replace('$1', '$2')} FOR UPDATE", notification_id,
+                                 user.region_filter())
         if row is None:
             raise NotFound(f"notification {notification_id} not found")
         if row["state"] != "failed":
@@ -354,4 +399,8 @@ async def retry_notification(notification_id: int, pool: PoolDep, user: CurrentU
             "UPDATE notifications SET state = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()"
             f" WHERE id = $1 RETURNING {_NT}", notification_id)
         await con.execute("SELECT pg_notify($1, '')", NOTIFY_WAKE_CHANNEL)
-    return NotificationPublic(**dict(out))
+        public = NotificationPublic(**dict(out))
+        before = NotificationPublic(**{k: v for k, v in dict(row).items() if k != "region"})
+        await _audit(con, user, "notification.retry", "notification", notification_id, before, public,
+                     region=row["region"])
+    return public

@@ -163,8 +163,11 @@ GROUP BY 1, 2 ORDER BY 1, 2 LIMIT $5 OFFSET $6"""
 
 def _days(period: Period, first: date | None, last: date | None) -> tuple[date, date]:
     last = last or china_today()
-    if first is None:
-        first = last - timedelta(days=30) if period is Period.DAILY else date(last.year - 1, last.month, 1)
+    if first is None:  # the default window, cut at the first representable day (a 'to' in year 1)
+        try:
+            first = last - timedelta(days=30) if period is Period.DAILY else date(last.year - 1, last.month, 1)
+        except (ValueError, OverflowError):
+            first = date.min
     if last < first:
         raise BadQuery("'to' must not be before 'from'")
     if (last - first).days >= MAX_DAYS:
