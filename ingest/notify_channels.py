@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -41,12 +42,22 @@ def with_query(url: str, **params: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+# A path segment that is a token rather than a word: Feishu/Lark robots carry theirs in the path
+# (/open-apis/bot/v2/hook/<uuid>), generic webhooks often do too (/hooks/<key>).
+_TOKEN_SEGMENT = re.compile(r"^(?=.*\d)[A-Za-z0-9_\-]{16,}$")
+
+
 def redact_url(url: str) -> str:
-    """The URL without its query values (robot URLs carry access tokens): safe to return and log."""
+    """The URL without what authenticates it (robot URLs carry access tokens): query values, a password
+    in the authority, and token-like path segments. Safe to return and log."""
     parts = urlsplit(url)
-    if not parts.query:
-        return url
-    return urlunsplit(parts._replace(query="&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, True))))
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}" if ":" in user else netloc
+    path = "/".join("***" if _TOKEN_SEGMENT.match(seg) else seg for seg in parts.path.split("/"))
+    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, True)) if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, path=path, query=query))
 
 
 def webhook_signature(secret: str, timestamp: int, body: bytes) -> str:

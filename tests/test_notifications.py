@@ -546,3 +546,19 @@ async def test_sse_resumes_from_last_event_id(pool, ctx, settings):
     assert ids == sorted(ids) and ids[0] > last_id
     assert live[0]["data"]["id"] == live_ev["id"] and live[0]["id"] == live_ev["event_id"]
     print(f"\n[notify figures] SSE resume: missed 3, replayed {len(replayed)} in order, then live 1")
+
+
+def test_redacted_urls_keep_no_token_wherever_the_robot_carries_it():
+    from wulian.ingest.notify_channels import redact_url
+
+    cases = {
+        "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=693a91f6-7xxx": "693a91f6",
+        "https://oapi.dingtalk.com/robot/send?access_token=abc123def456": "abc123def456",
+        "https://open.feishu.cn/open-apis/bot/v2/hook/2f6a7c1e-8b3d-4e5f-9a0b-1c2d3e4f5a6b": "2f6a7c1e",
+        "https://user:s3cretpass@hooks.example.org/notify": "s3cretpass",
+        "https://hooks.example.org/hooks/A1b2C3d4E5f6G7h8I9": "A1b2C3d4E5f6G7h8I9",
+    }
+    for url, token in cases.items():
+        red = redact_url(url)
+        assert token not in red and "***" in red, red
+    assert redact_url("https://open.feishu.cn/open-apis/bot/v2/hook/") == "https://open.feishu.cn/open-apis/bot/v2/hook/"
