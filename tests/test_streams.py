@@ -124,3 +124,22 @@ async def test_stream_created_through_the_api_works_without_code_or_restart(sett
     assert r.json()["metrics"]["air_temp"] == {"unit": "°C", "min": -30.0, "max": 60.0}
     names = [s["name"] for s in (await api.get("/v1/streams", headers=h)).json()["data"]]
     assert names[:7] == sorted(["air", "grid", "meter", "pollution", "traffic", "vehicle", "water"]) and name in names
+
+
+def test_cli_adds_lists_and_refuses_streams(test_dsn, monkeypatch, tmp_path, capsys):
+    from wulian.cli.commands import stream
+    from tests.cli import run_command
+
+    monkeypatch.setenv("WULIAN_DB__DSN", test_dsn)
+    name = f"cli{uuid.uuid4().hex[:6]}"
+    f = tmp_path / "s.json"
+    f.write_text(orjson.dumps(greenhouse(name)).decode())
+    assert run_command(stream, ["stream", "add", str(f)]) == 0
+    assert orjson.loads(capsys.readouterr().out)["created"] == name
+    assert run_command(stream, ["stream", "add", str(f)]) == 2
+    assert "exists" in capsys.readouterr().out
+    assert run_command(stream, ["stream", "list"]) == 0
+    assert f"{name}\tregistry\t2 metrics\t温室大棚" in capsys.readouterr().out
+    f.write_text('{"name": "air"}')
+    assert run_command(stream, ["stream", "add", str(f)]) == 2
+    assert "built-in" in capsys.readouterr().out
