@@ -54,6 +54,7 @@ INVALID_FLAGS = DATA_FLAGS - VALID_FLAGS
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 METRIC_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
 REGION_PATTERN = r"^[a-z][a-z0-9_\-]{0,31}$"
+STREAM_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"  # a registry stream's name (core.streams), a topic segment
 
 ALERT_CHANNEL = "wulian_alerts"  # PostgreSQL NOTIFY channel announcing every committed alert change
 # NOTIFY channel (payload: a device id) on which a change to a device's credentials or its removal is

@@ -95,6 +95,7 @@ class MqttConsumer:
         self.received = 0
         self.acked = 0
         self.stale_acks = 0
+        self.subacks = 0  # SUBACKs received (add_topics' subscriptions included)
 
     # -- paho thread ---------------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -110,7 +111,17 @@ class MqttConsumer:
         )
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self.subacks += 1
         self._subscribed.set()
+
+    def add_topics(self, topics: Iterable[str]) -> list[str]:
+        """Subscribe to filters not yet subscribed (a stream created at run time); kept for reconnects."""
+        new = [t for t in topics if t not in self.topics]
+        if new:
+            self.topics = self.topics + new
+            if self._connected.is_set():
+                self._client.subscribe([(t, 1) for t in new])
+        return new
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()

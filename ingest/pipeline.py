@@ -152,7 +152,7 @@ def reading_arrays(items: list[Item], devices: dict[str, DeviceInfo]) -> Reading
         if k is None:
             info = devices[t.device_id]
             k = dev_key[t.device_id] = len(refs)
-            refs.append(SeriesDevice(info.id, t.device_id, t.region, t.stream.value, info.device_type))
+            refs.append(SeriesDevice(info.id, t.device_id, t.region, str(t.stream), info.device_type))
         n0 = len(ts)
         for r in d.readings:
             a_name(r.metric); a_ts(r.ts_ns); a_val(r.value); a_flag(r.flag)
@@ -248,7 +248,7 @@ class Ingestor:
 
     # -- stage 2: resolve, write, ack ---------------------------------------------------------
     async def _resolve(self, batch: Batch) -> tuple[list[Item], dict[str, DeviceInfo], dict[str, int]]:
-        wanted = {it.topic.device_id: (it.topic.region, it.topic.stream.value) for it in batch.items}
+        wanted = {it.topic.device_id: (it.topic.region, str(it.topic.stream)) for it in batch.items}
         devices = await self.writer.resolve_devices(wanted)
         ok: list[Item] = []
         names: set[str] = set()
@@ -256,7 +256,7 @@ class Ingestor:
             dev = devices.get(it.topic.device_id)
             if dev is None:
                 batch.dead.append(_dead(it.msg, it.topic, "unknown_device", "device not registered"))
-            elif dev.region != it.topic.region or dev.stream != it.topic.stream.value:
+            elif dev.region != it.topic.region or dev.stream != str(it.topic.stream):
                 batch.dead.append(_dead(it.msg, it.topic, "device_topic_mismatch",
                                         f"registered as {dev.region}/{dev.stream}"))
             else:

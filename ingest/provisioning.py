@@ -28,6 +28,7 @@ import asyncpg
 
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
 from wulian.ingest import audit, device_secrets
+from wulian.ingest.stream_registry import current
 
 SERVICE_ACCOUNTS = ("ingest", "api", "simulator", "gateway")
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses
@@ -168,13 +169,18 @@ class DeviceSpec:
     attrs: dict = field(default_factory=dict)
     secrets: dict = field(default_factory=dict, repr=False)
 
-    def validate(self) -> None:
+    def validate(self, streams: dict[str, list[str]] | None = None) -> None:
+        """``streams``: the registry's {stream: accepted device types} (empty list: any); without it the
+        process's registry snapshot, device types unchecked."""
         if not _DEVICE_RE.match(self.device_id):
             raise ValueError(f"invalid device id {self.device_id!r}")
         if not _REGION_RE.match(self.region):
             raise ValueError(f"invalid region {self.region!r}")
-        if self.stream not in {s.value for s in Stream}:
+        known = streams if streams is not None else {n: [] for n in current().names()}
+        if self.stream not in known:
             raise ValueError(f"unknown stream {self.stream!r}")
+        if known[self.stream] and self.device_type is not None and self.device_type not in known[self.stream]:
+            raise ValueError(f"stream {self.stream!r} accepts device types {known[self.stream]}, not {self.device_type!r}")
         leaked = sorted(device_secrets.KINDS & set(self.attrs))
         if leaked:
             raise ValueError(f"{', '.join(leaked)} is a secret: pass it in secrets, not attrs")
@@ -194,9 +200,14 @@ ON CONFLICT (device_id) DO UPDATE SET
 RETURNING id, (xmax = 0) AS created"""
 
 
+async def stream_device_types(con: asyncpg.Connection) -> dict[str, list[str]]:
+    """The stream registry's accepted device types (core/sql/0140_streams.sql)."""
+    return {r["name"]: list(r["device_types"]) for r in await con.fetch("SELECT name, device_types FROM streams")}
+
+
 async def upsert_device(con: asyncpg.Connection, spec: DeviceSpec, *, auto: bool = False) -> tuple[int, bool]:
     """Insert or update one registry row (attrs merged) and its secrets; returns (id, created)."""
-    spec.validate()
+    spec.validate(await stream_device_types(con))
     async with con.transaction():
         row = await con.fetchrow(_UPSERT, spec.device_id, spec.region, spec.stream, spec.device_type, spec.name,
                                  json.dumps(spec.attrs), auto)
@@ -207,8 +218,9 @@ async def upsert_device(con: asyncpg.Connection, spec: DeviceSpec, *, auto: bool
 async def upsert_devices_many(con: asyncpg.Connection, specs: Iterable[DeviceSpec]) -> None:
     """Bulk variant (benchmarks provision thousands of terminals)."""
     rows, secret_rows = [], []
+    streams = await stream_device_types(con)
     for spec in specs:
-        spec.validate()
+        spec.validate(streams)
         rows.append((spec.device_id, spec.region, spec.stream, spec.device_type, spec.name,
                      json.dumps(spec.attrs), False))
         secret_rows += [(spec.device_id, k, v) for k, v in spec.secrets.items()]

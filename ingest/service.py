@@ -15,6 +15,7 @@ from wulian.ingest.migrations import migrate
 from wulian.ingest.mqtt_client import MqttConsumer, MqttParams
 from wulian.ingest.pipeline import IngestConfig, Ingestor
 from wulian.ingest.retention import set_compression, set_retention
+from wulian.ingest.stream_registry import RegistryWatcher
 from wulian.ingest.topics import subscriptions
 from wulian.settings import Settings
 
@@ -65,7 +66,16 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
 @contextlib.asynccontextmanager
 async def running_ingestor(settings: Settings, pool: asyncpg.Pool, client_id: str | None = None):
     """An Ingestor subscribed and running as a task; yields it, stops it on exit."""
-    consumer = MqttConsumer(mqtt_params(settings, client_id), subscriptions(settings.mqtt.topic_prefix))
+    prefix = settings.mqtt.topic_prefix
+
+    async def streams_changed(_registry) -> None:
+        """A stream was created: subscribe to its topics and take its default rules now."""
+        consumer.add_topics(subscriptions(prefix))
+        await alarms.reload_rules_if_changed()
+
+    registry = RegistryWatcher(settings.db.dsn, on_change=streams_changed)
+    await registry.start()  # before subscribing: the registry's streams are the subscriptions
+    consumer = MqttConsumer(mqtt_params(settings, client_id), subscriptions(prefix))
     writer = BatchWriter(pool, auto_register=settings.ingest.auto_register)
     alarms = AlarmService(pool, publish=consumer.publish, topic_prefix=settings.mqtt.topic_prefix,
                           tick_interval_s=settings.alarms.tick_interval_s,
@@ -73,6 +83,7 @@ async def running_ingestor(settings: Settings, pool: asyncpg.Pool, client_id: st
                           rules_poll_s=settings.alarms.rules_poll_s)
     await alarms.start()
     ingestor = Ingestor(consumer, writer, ingest_config(settings), alarms=alarms)
+    ingestor.streams = registry  # tests await its reloads
     await consumer.start()
     task = asyncio.create_task(ingestor.run(), name="ingestor")
     try:
@@ -83,6 +94,7 @@ async def running_ingestor(settings: Settings, pool: asyncpg.Pool, client_id: st
             await task
         await alarms.stop()
         consumer.stop()
+        await registry.stop()
 
 
 async def run_ingest(settings: Settings) -> None:

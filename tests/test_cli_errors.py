@@ -23,6 +23,7 @@ DB_COMMANDS = [
     ("apikey", ["apikey", "create", "--role", "admin"]),
     ("apikey", ["apikey", "revoke", "--key-id", "0123456789ab"]),
     ("device", ["device", "add", "CLIERR1", "--no-broker"]),
+    ("stream", ["stream", "list"]),
     ("dashboards", ["dashboards", "verify"]),
     ("fuzz", ["fuzz", "--packets", "1"]),
     ("ingest", ["ingest"]),

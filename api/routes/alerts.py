@@ -14,11 +14,12 @@ from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep, SettingsDep
 from wulian.api.errors import ApiError, NotFound
 from wulian.api.paging import DEPRECATED_ALIAS, Page, paging, pick
+from wulian.api.routes.streams import check_stream
 from wulian.api.schemas import (AlertAction, AlertDetail, AlertEventPublic, AlertPublic, AlertsPublic, AlertStatPublic,
                                 AlertStatsPublic)
 from wulian.core.alarms.lifecycle import Action, AlertState, IllegalTransition
 from wulian.core.alarms.rules import Severity
-from wulian.core.const import DEVICE_ID_PATTERN, Stream
+from wulian.core.const import DEVICE_ID_PATTERN, STREAM_PATTERN
 from wulian.core.timebase import CHINA_TZ_NAME
 from wulian.ingest.alert_store import ALERT_COLUMNS as _COLS
 from wulian.ingest.alert_store import EVENT_FIELDS, STATE_AFTER, event_payload, transition_alert
@@ -35,7 +36,7 @@ async def list_alerts(
     pool: PoolDep,
     user: CurrentUser,
     region: str | None = None,
-    stream: Stream | None = None,
+    stream: Annotated[str | None, Query(pattern=STREAM_PATTERN, description="a registry stream")] = None,
     device: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN)] = None,
     rule: int | None = None,
     severity: Severity | None = None,
@@ -47,6 +48,7 @@ async def list_alerts(
     page: Annotated[Page, Depends(paging(maximum=500, keyset=1))] = Page(100),
 ):
     """Newest first."""
+    await check_stream(pool, stream)
     cursor = page.after[0] if page.after else None
     rows = await _fetch(pool, user, region, stream, device, rule, severity, state, pick(from_, since, "from"),
                         pick(to, until, "to"), cursor, page.fetch)
@@ -63,7 +65,7 @@ async def _fetch(pool, user, region, stream, device, rule, severity, state, sinc
             " AND ($6::text IS NULL OR severity = $6) AND ($7::text IS NULL OR state = $7)"
             " AND ($8::timestamptz IS NULL OR raised_at >= $8) AND ($9::timestamptz IS NULL OR raised_at < $9)"
             " AND ($10::bigint IS NULL OR id < $10) ORDER BY id DESC LIMIT $11",
-            user.region_filter(), region, stream and stream.value, device, rule, severity and severity.value,
+            user.region_filter(), region, stream, device, rule, severity and severity.value,
             state and state.value, since, until, cursor, limit)
 
 
@@ -94,7 +96,7 @@ async def alert_stats(
     by: Annotated[list[StatsBy] | None, Query(description="group by (repeatable): region, stream, severity, rule, "
                                                           "day (China day of raised_at); default region")] = None,
     region: str | None = None,
-    stream: Stream | None = None,
+    stream: Annotated[str | None, Query(pattern=STREAM_PATTERN, description="a registry stream")] = None,
     severity: Severity | None = None,
     rule: int | None = None,
     from_: Annotated[datetime | None, Query(alias="from", description="raised at or after (ISO 8601)")] = None,
@@ -104,6 +106,7 @@ async def alert_stats(
     """Alert counts and the time to acknowledge (``tta``) and to clear (``ttc``), measured from
     ``raised_at``, as p50/p90 in seconds, per group: the figures a bureau is assessed on. Only the
     alerts within the key's regions count."""
+    await check_stream(pool, stream)
     dims = list(dict.fromkeys(by or [StatsBy.REGION]))
     select = ", ".join(_DIMS[d] for d in dims)
     keys = ", ".join(str(i + 1) for i in range(len(dims)))
@@ -118,7 +121,7 @@ async def alert_stats(
             " AND ($5::bigint IS NULL OR rule_id = $5) AND ($6::timestamptz IS NULL OR raised_at >= $6)"
             " AND ($7::timestamptz IS NULL OR raised_at < $7)"
             f" GROUP BY {keys} ORDER BY {keys} LIMIT $8 OFFSET $9",
-            user.region_filter(), region, stream and stream.value, severity and severity.value, rule, from_, to,
+            user.region_filter(), region, stream, severity and severity.value, rule, from_, to,
             page.fetch, page.offset)
     rows, nxt = page.done(rows)
     return AlertStatsPublic(by=[d.value for d in dims], data=[AlertStatPublic(**dict(r)) for r in rows],

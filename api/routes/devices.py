@@ -12,8 +12,9 @@ from wulian.api.errors import BadQuery, NotFound
 from wulian.api.paging import Page, paging
 from wulian.api.paging import after_time as after_time_of
 from wulian.api.routes.meters import _utc
+from wulian.api.routes.streams import check_stream
 from wulian.api.schemas import DeviceEventPublic, DeviceEventsPublic, DevicePublic, DevicesPublic, LatestPublic, LatestValue
-from wulian.core.const import DEVICE_ID_PATTERN, EVENT_KIND_PATTERN, Stream
+from wulian.core.const import DEVICE_ID_PATTERN, EVENT_KIND_PATTERN, STREAM_PATTERN, Stream
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
@@ -34,13 +35,14 @@ async def list_devices(
     pool: PoolDep,
     user: CurrentUser,
     region: str | None = None,
-    stream: Stream | None = None,
+    stream: Annotated[str | None, Query(pattern=STREAM_PATTERN, description="a registry stream")] = None,
     page: Annotated[Page, Depends(paging(keyset=1))] = Page(100),
 ):
     """Devices by id."""
+    await check_stream(pool, stream)
     where = ("($1::text IS NULL OR region = $1) AND ($2::text IS NULL OR stream = $2)"
              " AND ($3::text[] IS NULL OR region = ANY($3)) AND ($4::text IS NULL OR device_id > $4)")
-    args = (region, stream.value if stream else None, user.region_filter(), page.after and str(page.after[0]))
+    args = (region, stream, user.region_filter(), page.after and str(page.after[0]))
     async with pool.acquire() as con:
         rows = await con.fetch(f"SELECT {_COLS} FROM devices WHERE {where} ORDER BY device_id LIMIT $5", *args,
                                page.fetch)

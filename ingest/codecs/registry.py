@@ -17,7 +17,9 @@ from wulian.core.const import Kind, Stream
 from wulian.core.model import Decoded
 from wulian.ingest.codecs import telemetry
 from wulian.ingest.codecs.contract import DecodeFn, PayloadLimits, check_size, check_times
+from wulian.core.streams import OUT_OF_RANGE
 from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.stream_registry import current
 
 __all__ = ["CODECS", "DecodeFn", "PayloadLimits", "decode_message", "decoder"]
 
@@ -64,10 +66,22 @@ def decoder(kind: Kind) -> DecodeFn:
     return fn
 
 
-def decode_message(stream: Stream, kind: Kind, payload: bytes, now_ns: int, limits: PayloadLimits) -> Decoded:
+def decode_message(stream: Stream | str, kind: Kind, payload: bytes, now_ns: int, limits: PayloadLimits) -> Decoded:
     """Decode and apply the time policy; raises CodecError (the message goes to dead letters)."""
     check_size(payload, limits)
     fn = _loaded.get(kind) or decoder(kind)
     decoded = fn(stream, payload, now_ns, limits)
     check_times(decoded, now_ns, limits)
+    ranges = current().ranges.get(stream)
+    if ranges is not None and decoded.readings:
+        check_ranges(decoded, ranges)
     return decoded
+
+
+def check_ranges(decoded: Decoded, ranges) -> None:
+    """The registry's plausible range per metric (a dict lookup a reading, whatever the codec): a value
+    outside it refuses the message, dead-lettered ``out_of_range``; the batch's other messages are written."""
+    for r in decoded.readings:
+        lim = ranges.get(r.metric)
+        if lim is not None and not (lim[0] <= r.value <= lim[1]):
+            raise CodecError(OUT_OF_RANGE, f"{r.metric}={r.value:g} outside [{lim[0]:g}, {lim[1]:g}]")

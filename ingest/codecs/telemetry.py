@@ -12,10 +12,11 @@ from datetime import datetime, timezone
 
 import orjson
 
-from wulian.core.const import DATA_FLAGS, FLAG_NORMAL, METRIC_PATTERN, SCALAR_STREAMS, Kind, Stream
+from wulian.core.const import DATA_FLAGS, FLAG_NORMAL, METRIC_PATTERN, Kind, Stream
 from wulian.core.model import Decoded, Position, Reading, TrafficObservation
 from wulian.ingest.codecs.contract import PayloadLimits, check_size
 from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.stream_registry import current
 
 KIND = Kind.TELEMETRY
 
@@ -137,13 +138,13 @@ def decode_telemetry(stream: Stream, payload: bytes, limits: PayloadLimits = Pay
     if len(records) > limits.max_records:
         raise CodecError("too_large", f"{len(records)} records > {limits.max_records}")
     out = Decoded()
-    if stream in SCALAR_STREAMS:
+    if stream in current().scalar:  # the built-in scalar streams and every registry stream
         handle, sink = _scalar, out.readings
     elif stream is Stream.VEHICLE:
         handle, sink = _position, out.positions
     elif stream is Stream.TRAFFIC:
         handle, sink = _traffic, out.traffic
-    else:  # pragma: no cover - Stream is closed
+    else:
         raise CodecError("bad_topic", "unknown stream")
     for rec in records:
         if not isinstance(rec, dict):

@@ -1,0 +1,86 @@
+"""Streams as data (core.streams): anyone may read the registry; admins create streams. A new stream's
+devices publish on ``wl/{region}/{stream}/{device}/telemetry`` as soon as ingest sees the NOTIFY - no
+restart, no code. Built-in streams are listed but not editable (their tables and jobs are code)."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Body, Path
+from pydantic import BaseModel
+
+from wulian.api.auth import CurrentUser
+from wulian.api.deps import PoolDep
+from wulian.api.errors import ApiError, BadQuery, NotFound
+from wulian.core.const import STREAM_PATTERN
+from wulian.core.streams import StreamDef, StreamError
+from wulian.ingest.stream_registry import STREAM_COLUMNS, create_stream, stream_def
+
+router = APIRouter(prefix="/v1/streams", tags=["streams"])
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class StreamPublic(BaseModel):
+    name: str
+    title: str | None
+    builtin: bool
+    scalar: bool
+    metrics: dict[str, dict[str, Any]]  # {metric: {unit, min, max, description}}
+    device_types: list[str]
+    default_rules: list[dict[str, Any]]
+    dashboard: dict[str, Any] | None
+    rule_ids: list[int] = []  # on creation: the ids of the default rules created
+
+
+class StreamsPublic(BaseModel):
+    data: list[StreamPublic]
+    count: int
+    next_cursor: str | None = None
+
+
+@router.get("", response_model=StreamsPublic)
+async def list_streams(pool: PoolDep, user: CurrentUser):
+    """Every stream, built-in ones first."""
+    async with pool.acquire() as con:
+        rows = await con.fetch(f"SELECT {STREAM_COLUMNS} FROM streams ORDER BY NOT builtin, name")
+    data = [StreamPublic(**stream_def(r).to_dict()) for r in rows]
+    return StreamsPublic(data=data, count=len(data))
+
+
+@router.get("/{name}", response_model=StreamPublic)
+async def get_stream(name: Annotated[str, Path(pattern=STREAM_PATTERN)], pool: PoolDep, user: CurrentUser):
+    async with pool.acquire() as con:
+        row = await con.fetchrow(f"SELECT {STREAM_COLUMNS} FROM streams WHERE name = $1", name)
+    if row is None:
+        raise NotFound(f"stream {name!r} not found")
+    return StreamPublic(**stream_def(row).to_dict())
+
+
+@router.post("", response_model=StreamPublic, status_code=201, responses={409: {"description": "stream exists"}})
+async def add_stream(pool: PoolDep, user: CurrentUser, body: dict[str, Any] = Body(...)):
+    """Create a scalar stream: ``{"name", "title", "metrics": {m: {unit, min, max}}, "device_types",
+    "default_rules": [rule...], "dashboard": {"title", "panels": [{"metric"}]}}`` (admin)."""
+    user.require("admin")
+    try:
+        sdef = StreamDef.from_dict(body)
+    except StreamError as exc:
+        raise BadQuery(f"invalid stream: {exc}") from None
+    async with pool.acquire() as con:
+        try:
+            async with con.transaction():
+                rule_ids = await create_stream(con, sdef, actor=user.name, source="api", key_id=user.key_id)
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"stream {sdef.name!r} exists") from None
+    return StreamPublic(**sdef.to_dict(), rule_ids=rule_ids)
+
+
+async def check_stream(pool: asyncpg.Pool, name: str | None) -> None:
+    """422 for a stream filter naming no registered stream (the registry is data: looked up, not an enum)."""
+    if name is not None:
+        async with pool.acquire() as con:
+            if await con.fetchval("SELECT 1 FROM streams WHERE name = $1", name) is None:
+                raise BadQuery(f"unknown stream {name!r}")
