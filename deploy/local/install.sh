@@ -17,9 +17,10 @@ log() { printf '[install] %s\n' "$*" >&2; }
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-# chromium: headless browser of the tests that render pages (tests/browser.py)
+# chromium: headless browser of the tests that render pages (tests/browser.py); nats-server: cluster mode
+# (`wulian cluster up`; Debian 12 ships 2.9, with JetStream and clustering)
 for p in "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" mosquitto mosquitto-clients \
-         build-essential cmake dpkg-dev libssl-dev libkrb5-dev chromium; do
+         nats-server build-essential cmake dpkg-dev libssl-dev libkrb5-dev chromium; do
   have_pkg "$p" || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
