@@ -60,8 +60,13 @@ def _title(rule: Rule, metric: str) -> str:
 class AlarmService:
     def __init__(self, pool: asyncpg.Pool, publish: Callable[[str, bytes], None] | None = None,
                  topic_prefix: str = "wl", save_interval_s: float = 30.0, tick_interval_s: float = 5.0,
-                 rules_poll_s: float = 10.0, clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 rules_poll_s: float = 10.0, clock_ns: Callable[[], int] = time.time_ns,
+                 state_name: str = "ingest", reconcile: bool = True) -> None:
         self.pool = pool
+        # the alarm_engine_state row: 'ingest' in city mode, one per partition in cluster mode, whose
+        # snapshot is committed with each batch (so it needs no reconcile against the alerts table)
+        self.state_name = state_name
+        self.reconcile = reconcile
         self.publish = publish
         self.prefix = topic_prefix
         self.save_interval_s = save_interval_s
@@ -97,7 +102,8 @@ class AlarmService:
         async with self.pool.acquire() as con:
             rules = await self._load_rules(con)
             self._rules_version = await self._rules_version_now(con)
-            snap = await con.fetchrow("SELECT state, saved_at FROM alarm_engine_state WHERE name = 'ingest'")
+            snap = await con.fetchrow("SELECT state, saved_at FROM alarm_engine_state WHERE name = $1",
+                                       self.state_name)
         self._rules = {r.id: r for r in rules}
         self.engine = AlarmEngine(rules)
         self.engine.warmup()
@@ -108,8 +114,9 @@ class AlarmService:
                 log.warning("alarm engine snapshot not usable (%s): starting with fresh state", exc)
                 self.engine = AlarmEngine(rules)
                 self.meta, self._index, self._by_device = [], {}, {}
-        async with self.pool.acquire() as con:
-            await self._reconcile(con, snap["saved_at"] if snap is not None else None)
+        if self.reconcile:
+            async with self.pool.acquire() as con:
+                await self._reconcile(con, snap["saved_at"] if snap is not None else None)
         self._tasks = [asyncio.create_task(self._timer(), name="alarm-timer")]
         log.info("alarm engine: %d rules, %d series restored", len(rules), len(self.meta))
 
@@ -313,9 +320,12 @@ class AlarmService:
         self._by_device = {}
         self.engine.load_state(data)
 
-    async def save_state(self) -> None:
-        blob = self._snapshot()
-        async with self.pool.acquire() as con:
-            await con.execute(
-                "INSERT INTO alarm_engine_state (name, state) VALUES ('ingest', $1)"
-                " ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, saved_at = now()", blob)
+    async def save_state(self, con: asyncpg.Connection | None = None) -> None:
+        """Upsert the snapshot, on ``con`` (inside the caller's transaction) or a pooled connection."""
+        if con is None:
+            async with self.pool.acquire() as con:
+                return await self.save_state(con)
+        await con.execute(
+            "INSERT INTO alarm_engine_state (name, state) VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, saved_at = now()",
+            self.state_name, self._snapshot())

@@ -158,11 +158,13 @@ class BatchWriter:
                 self.metrics[r["name"]] = r["id"]
         return self.metrics
 
-    async def write(self, rows: BatchRows, also: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+    async def write(self, rows: BatchRows, also: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+                    last: Callable[[asyncpg.Connection, "WriteResult"], Awaitable[None]] | None = None
                     ) -> WriteResult:
         """Write the batch in one transaction; returns counts. Raises on database failure (nothing acked).
 
-        ``also`` runs inside the same transaction (the alarm engine's transitions)."""
+        ``also`` runs inside the same transaction (the alarm engine's transitions), first; ``last`` at its
+        end with the counts (cluster mode: the partition's committed sequence)."""
         res = WriteResult(staged=rows.n_records, dead_letters=len(rows.dead_letters))
         async with self.pool.acquire() as con:
             async with con.transaction():
@@ -192,4 +194,6 @@ class BatchWriter:
                 if rows.last_seen:
                     ids = sorted(rows.last_seen)  # a fixed lock order: concurrent writers cannot deadlock
                     await con.execute(_LAST_SEEN, ids, [rows.last_seen[i] for i in ids])
+                if last is not None:
+                    await last(con, res)
         return res

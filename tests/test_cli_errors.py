@@ -47,6 +47,7 @@ NOT_DB = {
     "traffic": "evaluation on CSV files", "bench": "in-memory benchmarks", "simulate": "MQTT only",
     "stack": "starts the database", "demo": "starts the stack first", "chaos": "its own throwaway stack",
     "soak": "its own throwaway stack",
+    "cluster": "router and worker refuse to start (one line) before the database without a NATS cluster",
 }
 
 

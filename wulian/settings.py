@@ -84,6 +84,19 @@ class AlarmSettings(BaseModel):
     rules_poll_s: float = 10.0  # how soon rule changes made through the API take effect
 
 
+class ClusterSettings(BaseModel):
+    """Cluster mode (``wulian cluster|router|worker``): NATS JetStream between routers and workers."""
+
+    nats_urls: list[str] = Field(default_factory=list)  # default: the local cluster (``wulian cluster up``)
+    partitions: int = 64  # fixed when the stream is created
+    replicas: int = 3
+    router_batch: int = 2000
+    worker_batch: int = 2000
+    takeover_delay_s: float = 1.0  # a partition seen free this long is taken
+    rebalance_delay_s: float = 10.0  # membership stable this long before a worker gives partitions away
+    ack_wait_s: float = 60.0
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -248,6 +261,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     sim: SimSettings = Field(default_factory=SimSettings)
     environment: EnvironmentSettings = Field(default_factory=EnvironmentSettings)

@@ -18,9 +18,10 @@ log() { printf '[install] %s\n' "$*" >&2; }
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # chromium: headless browser of the tests that render pages (tests/browser.py); fonts-wqy-microhei: a CJK
-# font, without which Chromium draws the Chinese of /public/air as boxes
+# font, without which Chromium draws the Chinese of /public/air as boxes; nats-server: cluster mode
+# (`wulian cluster up`; Debian 12 ships 2.9, with JetStream and clustering)
 for p in "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" mosquitto mosquitto-clients \
-         build-essential cmake dpkg-dev libssl-dev libkrb5-dev chromium fonts-wqy-microhei; do
+         nats-server build-essential cmake dpkg-dev libssl-dev libkrb5-dev chromium fonts-wqy-microhei; do
   have_pkg "$p" || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -1,0 +1,154 @@
+"""A project-local 3-node NATS cluster with JetStream (``wulian cluster up|down|status``).
+
+Debian's ``nats-server`` (2.9: JetStream and clustering) runs as three processes on free loopback ports,
+each with its own store under ``<stack dir>/nats/n<i>``; the ports and pids are written to
+``cluster.json`` there, which is how routers, workers, ``status`` and ``down`` find the cluster. The
+machine's own NATS (4222) is never used: ports are picked free and 4222 is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from wulian.ingest.chaos.stack import free_port, port_open
+
+NODES = 3
+CLUSTER_NAME = "wulian"
+SYSTEM_NATS_PORT = 4222  # a NATS the machine may run for something else: never ours
+STATE_FILE = "cluster.json"
+
+
+@dataclass
+class Node:
+    name: str
+    port: int
+    cluster_port: int
+    store: str
+    pid: int | None = None
+
+
+@dataclass
+class ClusterState:
+    dir: str
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{n.port}" for n in self.nodes]
+
+    def save(self) -> None:
+        Path(self.dir, STATE_FILE).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, cdir: Path) -> "ClusterState | None":
+        f = cdir / STATE_FILE
+        if not f.exists():
+            return None
+        d = json.loads(f.read_text())
+        return cls(d["dir"], [Node(**n) for n in d["nodes"]])
+
+
+def nats_server() -> str:
+    exe = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not os.path.exists(exe):
+        raise RuntimeError("nats-server is not installed: run `bash deploy/local/install.sh`")
+    return exe
+
+
+def _port() -> int:
+    while True:
+        p = free_port()
+        if p != SYSTEM_NATS_PORT:
+            return p
+
+
+def node_conf(node: Node, peers: list[Node]) -> str:
+    routes = ", ".join(f"nats-route://127.0.0.1:{p.cluster_port}" for p in peers if p.name != node.name)
+    return (f'server_name: "{node.name}"\nlisten: "127.0.0.1:{node.port}"\n'
+            f'jetstream {{ store_dir: "{node.store}", max_memory_store: 256MB, max_file_store: 8GB }}\n'
+            f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{node.cluster_port}", routes: [{routes}] }}\n')
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie child of this process is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_node(state: ClusterState, node: Node) -> None:
+    """Start (or restart) one node with its existing config and store."""
+    cdir = Path(state.dir)
+    conf = cdir / f"{node.name}.conf"
+    conf.write_text(node_conf(node, state.nodes))
+    log = open(cdir / f"{node.name}.log", "ab")
+    proc = subprocess.Popen([nats_server(), "-c", str(conf)], stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    node.pid = proc.pid
+    state.save()
+
+
+def up(cdir: Path, timeout: float = 20.0) -> ClusterState:
+    """Start the three nodes (reusing the ports of a previous run, so stores and routes stay valid)."""
+    cdir.mkdir(parents=True, exist_ok=True)
+    state = ClusterState.load(cdir)
+    if state is None:
+        state = ClusterState(str(cdir))
+        for i in range(1, NODES + 1):
+            state.nodes.append(Node(f"n{i}", _port(), _port(), str(cdir / f"n{i}")))
+    for n in state.nodes:
+        if not _alive(n.pid):
+            start_node(state, n)
+    state.save()
+    deadline = time.monotonic() + timeout
+    while not all(port_open(n.port) for n in state.nodes):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"NATS cluster did not start; see {cdir}/n*.log")
+        time.sleep(0.05)
+    return state
+
+
+def stop_node(node: Node, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    if not _alive(node.pid):
+        return
+    os.kill(node.pid, sig)
+    deadline = time.monotonic() + timeout
+    while _alive(node.pid) and time.monotonic() < deadline:
+        try:  # reap it when it is our child
+            os.waitpid(node.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+
+
+def down(cdir: Path) -> bool:
+    state = ClusterState.load(cdir)
+    if state is None:
+        return False
+    for n in state.nodes:
+        stop_node(n)
+        n.pid = None
+    state.save()
+    return True
+
+
+def status(cdir: Path) -> dict:
+    state = ClusterState.load(cdir)
+    if state is None:
+        return {"dir": str(cdir), "nodes": [], "running": 0}
+    nodes = [{"name": n.name, "url": f"nats://127.0.0.1:{n.port}", "pid": n.pid,
+              "up": _alive(n.pid) and port_open(n.port)} for n in state.nodes]
+    return {"dir": str(cdir), "nodes": nodes, "running": sum(x["up"] for x in nodes)}

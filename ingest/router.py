@@ -1,0 +1,94 @@
+"""``wulian router``: MQTT (shared subscription) -> JetStream partitions; stateless, any number.
+
+Each router joins the shared subscription ``$share/wulian/<prefix>/+/<stream>/+/+`` with manual ack and
+a persistent session (Mosquitto queues a member's share while it is away, and a restarted router resumes
+it under the same client id). Per message: the partition of its device (``jetstream.partition_of``; a
+topic that does not parse goes to partition 0, where the worker dead-letters it), a publish of the raw
+payload with a ``Nats-Msg-Id`` stable over re-publishes, and only once every PubAck of the batch is in,
+the MQTT acks. A router killed between PubAck and MQTT ack gets the messages again and re-publishes
+them; JetStream drops them as duplicates.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from wulian.core.const import Stream
+from wulian.ingest import jetstream as j
+from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.mqtt_client import InMessage, MqttConsumer, MqttParams
+from wulian.ingest.topics import parse_topic
+
+log = logging.getLogger(__name__)
+
+SHARE_GROUP = "wulian"
+
+
+def shared_subscriptions(prefix: str = "wl") -> list[str]:
+    return [f"$share/{SHARE_GROUP}/{prefix}/+/{s.value}/+/+" for s in Stream]
+
+
+class Router:
+    def __init__(self, params: MqttParams, nats_urls: list[str], partitions: int, replicas: int,
+                 prefix: str = "wl", batch: int = 2000, batch_delay_s: float = 0.02) -> None:
+        self.consumer = MqttConsumer(params, shared_subscriptions(prefix))
+        self.urls = nats_urls
+        self.partitions = partitions
+        self.replicas = replicas
+        self.prefix = prefix
+        self.batch = batch
+        self.batch_delay_s = batch_delay_s
+        self.routed = 0
+        self.duplicates = 0
+        self._part: dict[str, int] = {}
+
+    def partition(self, topic: str) -> int:
+        p = self._part.get(topic)
+        if p is None:
+            try:
+                p = j.partition_of(parse_topic(topic, self.prefix).device_id, self.partitions)
+            except CodecError:
+                p = 0
+            if len(self._part) < 1_000_000:
+                self._part[topic] = p
+        return p
+
+    async def _publish_all(self, js, messages: list[InMessage]) -> None:
+        rx = str(time.time_ns())
+        delay = 0.2
+        todo = messages
+        while todo:
+            results = await asyncio.gather(*(js.publish(
+                j.subject(self.partition(m.topic)), m.payload,
+                headers={j.HDR_MSG_ID: j.message_id(m.topic, m.payload), j.HDR_TOPIC: m.topic, j.HDR_RX_NS: rx},
+            ) for m in todo), return_exceptions=True)
+            failed = [m for m, r in zip(todo, results) if isinstance(r, BaseException)]
+            self.duplicates += sum(1 for r in results if not isinstance(r, BaseException) and r.duplicate)
+            if failed:
+                log.warning("JetStream publish failed for %d of %d messages (%r); retrying in %.1fs",
+                            len(failed), len(todo), next(r for r in results if isinstance(r, BaseException)), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            todo = failed
+
+    async def run(self) -> None:
+        nc = await j.connect(self.urls, f"router-{self.consumer.params.client_id}")
+        try:
+            got = await j.ensure_stream(nc, self.partitions, self.replicas)
+            if got != self.partitions:
+                log.warning("stream %s has %d partitions (setting says %d): using the stream's",
+                            j.STREAM, got, self.partitions)
+                self.partitions = got
+            js = nc.jetstream(timeout=10)
+            await self.consumer.start()
+            log.info("router %s: %d partitions, %d NATS servers", self.consumer.params.client_id,
+                     self.partitions, len(self.urls))
+            while True:
+                messages = await self.consumer.get_batch(self.batch, self.batch_delay_s)
+                await self._publish_all(js, messages)
+                self.consumer.ack_many(messages)  # only now: every message is in JetStream
+                self.routed += len(messages)
+        finally:
+            self.consumer.stop()
+            await nc.close()

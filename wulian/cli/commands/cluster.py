@@ -1,0 +1,114 @@
+"""``wulian cluster up|down|status``, ``wulian router``, ``wulian worker``: cluster mode (NATS JetStream).
+
+City mode (``wulian ingest``) stays the default; these run when the ingest is spread over machines.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+
+from wulian.settings import Settings, get_settings
+
+
+def cluster_dir(settings: Settings):
+    return settings.stack.dir / "nats"
+
+
+def nats_urls(settings: Settings) -> list[str]:
+    """The configured servers, else the local cluster's (``wulian cluster up``)."""
+    if settings.cluster.nats_urls:
+        return list(settings.cluster.nats_urls)
+    from wulian.ingest.nats_cluster import ClusterState
+
+    state = ClusterState.load(cluster_dir(settings))
+    if state is None:
+        raise SystemExit("no NATS cluster configured: run `wulian cluster up` or set WULIAN_CLUSTER__NATS_URLS")
+    return state.urls
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from wulian.ingest import jetstream as j
+    from wulian.ingest import nats_cluster as nc
+
+    settings = get_settings()
+    cdir = cluster_dir(settings)
+    if args.action == "up":
+        state = nc.up(cdir)
+
+        async def stream() -> int:
+            con = await j.connect(state.urls, "wulian-cluster-up")
+            try:
+                return await j.ensure_stream(con, settings.cluster.partitions, settings.cluster.replicas)
+            finally:
+                await con.close()
+
+        p = asyncio.run(stream())
+        print(f"NATS cluster up: {' '.join(state.urls)}; stream {j.STREAM}, {p} partitions, "
+              f"replicas {settings.cluster.replicas}")
+        return 0
+    if args.action == "down":
+        print("NATS cluster stopped" if nc.down(cdir) else "no NATS cluster here")
+        return 0
+    st = nc.status(cdir)
+    print(json.dumps(st, indent=1))
+    return 0 if st["running"] == len(st["nodes"]) and st["nodes"] else 3
+
+
+def _router(args: argparse.Namespace) -> int:
+    from wulian.ingest.router import Router
+    from wulian.ingest.service import mqtt_params
+
+    s = get_settings()
+    name = args.id or f"router-{socket.gethostname()}-{os.getpid()}"
+    router = Router(mqtt_params(s, name), nats_urls(s), s.cluster.partitions, s.cluster.replicas,
+                    prefix=s.mqtt.topic_prefix, batch=s.cluster.router_batch)
+    try:
+        asyncio.run(router.run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from wulian.ingest.migrations import migrate
+    from wulian.ingest.service import ingest_config
+    from wulian.ingest.worker import Worker
+
+    s = get_settings()
+    c = s.cluster
+    worker = Worker(args.id or f"worker-{socket.gethostname()}-{os.getpid()}", s.db.dsn, nats_urls(s),
+                    c.partitions, c.replicas, ingest_config(s), batch=c.worker_batch,
+                    takeover_delay_s=c.takeover_delay_s, rebalance_delay_s=c.rebalance_delay_s,
+                    ack_wait_s=c.ack_wait_s, tick_interval_s=s.alarms.tick_interval_s,
+                    auto_register=s.ingest.auto_register)
+
+    async def main() -> None:
+        import asyncpg
+
+        con = await asyncpg.connect(s.db.dsn)
+        try:
+            await migrate(con)
+        finally:
+            await con.close()
+        await worker.run()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cluster", help="start/stop/inspect the local 3-node NATS JetStream cluster")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=_cluster)
+    r = sub.add_parser("router", help="cluster mode: MQTT shared subscription -> JetStream partitions")
+    r.add_argument("--id", help="MQTT client id (keep it across restarts: the broker holds its share)")
+    r.set_defaults(func=_router)
+    w = sub.add_parser("worker", help="cluster mode: JetStream partitions -> decode, alarms, database")
+    w.add_argument("--id", help="worker name (shown as the owner of its partitions)")
+    w.set_defaults(func=_worker)
