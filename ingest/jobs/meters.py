@@ -27,7 +27,8 @@ from wulian.core.numbers import finite_or_none as finite
 from wulian.core.timebase import NS_PER_HOUR as _HOUR
 from wulian.core.timebase import china_day, date_day, day_date, day_start_ns
 from wulian.ingest.alert_store import AlertCounts, sync_alert, target_of
-from wulian.ingest.jobs.base import DeviceRef, SpanJob
+from wulian.ingest.device_store import DeviceRef
+from wulian.ingest.jobs.base import SpanJob
 from wulian.ingest.jobs.binary_copy import fetch_columns
 from wulian.ingest.jobs.sql import TS_US, US_OF, us
 

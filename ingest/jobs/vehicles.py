@@ -30,7 +30,8 @@ from wulian.core.vehicles.regulations import CLASS_NAMES, VehicleClass
 from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, detect
 from wulian.core.vehicles.system_rules import CRITICAL_BITS, RULES
 from wulian.ingest.alert_store import AlertCounts, sync_alert, target_of
-from wulian.ingest.jobs.base import DeviceRef, SpanJob
+from wulian.ingest.device_store import DeviceRef
+from wulian.ingest.jobs.base import SpanJob
 from wulian.ingest.jobs.binary_copy import fetch_columns
 from wulian.ingest.jobs.sql import TS_US, US_OF, existing_open, us
 
