@@ -41,6 +41,8 @@ import time
 import uuid
 from pathlib import Path
 
+from wulian.settings import child_env
+
 TARGET_P99_MS = 100.0
 REGION = "benchgw"
 
@@ -305,7 +307,7 @@ async def _run_pair(args: argparse.Namespace, dsn: str, bare: bool, duration: fl
 
     port = free_port()
     exe = [sys.executable, "-m", "wulian.cli.benches.gateway"]
-    env = dict(os.environ)
+    env = child_env()
     if mqtt_port is not None:
         env["WULIAN_MQTT__PORT"] = str(mqtt_port)
     gw = await asyncio.create_subprocess_exec(
