@@ -163,6 +163,18 @@ async def lookup_many(con: asyncpg.Connection, device_ids: Iterable[str]) -> lis
         list(device_ids))
 
 
+async def find(con: asyncpg.Connection, device_id: str) -> asyncpg.Record | None:
+    """``id, device_id, region, stream`` of one device (removed ones too: their data stays readable)."""
+    return await con.fetchrow("SELECT id, device_id, region, stream FROM devices WHERE device_id = $1", device_id)
+
+
+async def of_stream(con: asyncpg.Connection, stream: str) -> list[dict]:
+    """Every device of a stream in id order, attrs decoded (what a derive job computes over)."""
+    rows = await con.fetch("SELECT id, device_id, region, stream, device_type, name, attrs::text AS attrs,"
+                           " protocol_edition FROM devices WHERE stream = $1 ORDER BY id", stream)
+    return [dict(r, attrs=orjson.loads(r["attrs"]) if r["attrs"] else {}) for r in rows]
+
+
 async def snapshot(con: asyncpg.Connection, device_id: str) -> dict | None:
     """One row as the audit log records it (attrs decoded); None if unknown."""
     row = await con.fetchrow("SELECT device_id, region, stream, device_type, name, attrs::text AS attrs,"
