@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from wulian.api import docs, errors, export, observability, routes
 from wulian.api.alert_feed import AlertFeed
 from wulian.api.rate_limit import TokenBuckets
-from wulian.settings import Settings, get_settings
+from wulian.settings import Settings
 
 
 def _routers():
@@ -24,8 +24,9 @@ def _routers():
             yield module.router
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: Settings) -> FastAPI:
+    """The app for ``settings``, built once by the entry point (``wulian api``) and kept on
+    ``app.state.settings`` for the routes (``deps.SettingsDep``)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -7,7 +7,8 @@ from typing import Any
 
 from wulian.dashboards import air, grid, meters, overview, pollution, traffic, vehicles, water
 from wulian.dashboards.model import Dashboard
-from wulian.dashboards.render import render, to_json_text
+from wulian.dashboards.render import DEFAULTS, render, to_json_text
+from wulian.settings import DashboardSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "deploy" / "grafana" / "dashboards"  # the provider in deploy/grafana/provisioning reads here
@@ -24,20 +25,20 @@ DASHBOARDS: tuple[Dashboard, ...] = tuple(
 )
 
 
-def rendered() -> list[dict[str, Any]]:
-    """Every dashboard as Grafana JSON, in catalogue order."""
-    return [render(d) for d in DASHBOARDS]
+def rendered(s: DashboardSettings = DEFAULTS) -> list[dict[str, Any]]:
+    """Every dashboard as Grafana JSON, in catalogue order (``s``: the settings' ``dashboards`` section)."""
+    return [render(d, s) for d in DASHBOARDS]
 
 
 def file_name(d: Dashboard) -> str:
     return f"{d.uid}.json"
 
 
-def build(out_dir: Path = OUT_DIR) -> list[Path]:
+def build(out_dir: Path = OUT_DIR, s: DashboardSettings = DEFAULTS) -> list[Path]:
     """Write one JSON file per dashboard into ``out_dir/<folder>/`` (the provider maps dirs to folders);
     removes stale ``wulian-*.json`` files so a renamed dashboard does not linger."""
     written = []
-    for d, doc in zip(DASHBOARDS, rendered()):
+    for d, doc in zip(DASHBOARDS, rendered(s)):
         sub = out_dir / d.folder
         sub.mkdir(parents=True, exist_ok=True)
         path = sub / file_name(d)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from wulian.dashboards.build import DASHBOARDS, rendered
+from wulian.dashboards.render import DEFAULTS
+from wulian.settings import DashboardSettings
 
 
 def folder_uid(title: str) -> str:
@@ -23,13 +25,14 @@ class PushAction:
     status: str  # planned | created-folder+pushed | pushed
 
 
-def plan() -> list[tuple[str, str, dict[str, Any]]]:
+def plan(s: DashboardSettings = DEFAULTS) -> list[tuple[str, str, dict[str, Any]]]:
     """(folder title, folder uid, dashboard JSON) per dashboard."""
-    return [(d.folder, folder_uid(d.folder), doc) for d, doc in zip(DASHBOARDS, rendered())]
+    return [(d.folder, folder_uid(d.folder), doc) for d, doc in zip(DASHBOARDS, rendered(s))]
 
 
-def push(url: str, token: str | None, dry_run: bool = False, timeout: float = 10.0) -> list[PushAction]:
-    items = plan()
+def push(url: str, token: str | None, dry_run: bool = False, timeout: float = 10.0,
+         s: DashboardSettings = DEFAULTS) -> list[PushAction]:
+    items = plan(s)
     if dry_run:
         return [PushAction(f, fu, doc["uid"], doc["title"], "planned") for f, fu, doc in items]
     from grafana_client import GrafanaApi  # imported here: only push talks to Grafana

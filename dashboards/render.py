@@ -20,6 +20,9 @@ from grafana_foundation_sdk.models import dashboard as dash_m
 from grafana_foundation_sdk.models import geomap as geomap_m
 
 from wulian.dashboards.model import DATASOURCE_TYPE, DATASOURCE_UID, Dashboard, Panel, Query, Variable
+from wulian.settings import DashboardSettings
+
+DEFAULTS = DashboardSettings()  # the model's defaults (no environment read here)
 
 DATASOURCE = dash_m.DataSourceRef(type_val=DATASOURCE_TYPE, uid=DATASOURCE_UID)
 
@@ -35,11 +38,8 @@ def empty_safe(sql: str) -> str:
                                  f" OR {m.group(1)} = ANY(ARRAY[${m.group(2)}]::text[]))", sql)
 
 
-def basemap() -> dict[str, Any]:
+def basemap(s: DashboardSettings = DEFAULTS) -> dict[str, Any]:
     """The geomaps' base layer: XYZ tiles from the configured (self-hosted) server, never an online default."""
-    from wulian.settings import get_settings
-
-    s = get_settings().dashboards
     return {"type": "xyz", "name": "Basemap", "config": {"url": s.tile_url, "attribution": s.tile_attribution}}
 
 _BUILDERS = {
@@ -96,7 +96,7 @@ def _variable(v: Variable) -> dash_b.QueryVariable:
     return b
 
 
-def _geomap_options(b: geomap.Panel, p: Panel) -> geomap.Panel:
+def _geomap_options(b: geomap.Panel, p: Panel, s: DashboardSettings) -> geomap.Panel:
     markers = (
         common_b.MapLayerOptions()
         .type(p.layer)
@@ -115,12 +115,12 @@ def _geomap_options(b: geomap.Panel, p: Panel) -> geomap.Panel:
         .tooltip(True)
     )
     view = geomap.MapViewConfig().id("fit").all_layers(True).zoom(10)  # fit to the markers
-    base = basemap()
+    base = basemap(s)
     return (b.view(view).basemap(common_b.MapLayerOptions().type(base["type"]).name(base["name"]).config(base["config"]))
             .layers([markers]).tooltip(geomap.TooltipOptions().mode(geomap_m.TooltipMode.DETAILS)))
 
 
-def _panel(p: Panel, panel_id: int) -> cogbuilder.Builder[dash_m.Panel]:
+def _panel(p: Panel, panel_id: int, s: DashboardSettings) -> cogbuilder.Builder[dash_m.Panel]:
     b = _BUILDERS[p.kind]().id(panel_id).title(p.title).datasource(DATASOURCE).height(p.height).span(p.width)
     for q in p.queries:
         b = b.with_target(_SqlTarget(q))
@@ -175,7 +175,7 @@ def _panel(p: Panel, panel_id: int) -> cogbuilder.Builder[dash_m.Panel]:
         b = b.tooltip(common_b.VizTooltipOptions().mode(common_m.TooltipDisplayMode.MULTI)
                       .sort(common_m.SortOrder.DESCENDING))
     if p.kind == "geomap":
-        b = _geomap_options(b, p)
+        b = _geomap_options(b, p, s)
     if p.kind == "stat":
         b = b.reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
     if p.kind == "table" and p.fields:
@@ -189,8 +189,9 @@ def _panel(p: Panel, panel_id: int) -> cogbuilder.Builder[dash_m.Panel]:
     return b
 
 
-def render(d: Dashboard) -> dict[str, Any]:
-    """The dashboard JSON Grafana imports (``uid``, ``templating``, ``panels`` with ids 1..n)."""
+def render(d: Dashboard, s: DashboardSettings = DEFAULTS) -> dict[str, Any]:
+    """The dashboard JSON Grafana imports (``uid``, ``templating``, ``panels`` with ids 1..n); ``s`` is the
+    ``dashboards`` section of the entry point's settings (the defaults: the committed files)."""
     b = (
         dash_b.Dashboard(d.title)
         .uid(d.uid)
@@ -205,7 +206,7 @@ def render(d: Dashboard) -> dict[str, Any]:
     for v in d.variables:
         b = b.with_variable(_variable(v))
     for i, p in enumerate(d.panels, start=1):
-        b = b.with_panel(_panel(p, i))
+        b = b.with_panel(_panel(p, i, s))
     doc = json.loads(json.dumps(b.build(), cls=JSONEncoder))
     for var in doc.get("templating", {}).get("list", []):
         var.pop("id", None)  # the SDK writes a zero UUID; Grafana assigns its own

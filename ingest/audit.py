@@ -16,11 +16,11 @@ from typing import Any
 import asyncpg
 import orjson
 
+from wulian.ingest import device_store
+
 SOURCES = ("api", "cli", "system")
 MASK = "***"
 _SECRET_KEY = re.compile(r"(?i)(pw|passw|secret|hash|auth_?code|token)")
-# The registry columns a device entry keeps (attrs scrubbed).
-_DEVICE_COLS = "device_id, region, stream, device_type, name, attrs::text AS attrs, auto_registered"
 
 
 def scrub(value: Any) -> Any:
@@ -59,23 +59,14 @@ async def record(con: asyncpg.Connection, *, actor: str, source: str, action: st
         _json(before), _json(after))
 
 
-async def _device_row(con: asyncpg.Connection, device_id: str) -> dict | None:
-    row = await con.fetchrow(f"SELECT {_DEVICE_COLS} FROM devices WHERE device_id = $1", device_id)
-    if row is None:
-        return None
-    d = dict(row)
-    d["attrs"] = orjson.loads(d["attrs"]) if d["attrs"] else {}
-    return d
-
-
 @contextlib.asynccontextmanager
 async def device_change(con: asyncpg.Connection, device_id: str, *, action: str, actor: str | None = None,
                         source: str = "cli") -> AsyncIterator[None]:
     """Wrap a registry write of one device: its row before and after land in the audit log (one entry,
     only if the body succeeded). ``async with device_change(con, id, action="device.provision"): ...``"""
     async with con.transaction():
-        before = await _device_row(con, device_id)
+        before = await device_store.snapshot(con, device_id)
         yield
-        after = await _device_row(con, device_id)
+        after = await device_store.snapshot(con, device_id)
         await record(con, actor=actor or cli_actor(), source=source, action=action, object_type="device",
                      object_id=device_id, region=(after or before or {}).get("region"), before=before, after=after)

@@ -1,4 +1,5 @@
-"""The one module that writes telemetry with asyncpg: registry upserts and batched, idempotent inserts.
+"""The one module that writes telemetry with asyncpg: batched, idempotent inserts (the registry rows it
+needs go through ingest/device_store.py).
 
 Per batch, one transaction: COPY into per-connection TEMP staging tables (``ON COMMIT DELETE ROWS``,
 created once in the pool's ``init`` hook), then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from wulian.ingest import device_store
 from wulian.ingest.rows import BatchRows, EventRow
 
 log = logging.getLogger(__name__)
@@ -57,9 +59,6 @@ INSERT INTO device_events (time, device, region, stream, kind, code, detail, dig
 SELECT {_TS}, d.id, d.region, d.stream, s.kind, s.code, s.detail, md5(s.detail::text)::uuid
 FROM stage_device_events s JOIN devices d ON d.device_id = s.device_id
 ON CONFLICT DO NOTHING"""
-_LAST_SEEN = """
-UPDATE devices d SET last_seen = GREATEST(d.last_seen, timestamptz 'epoch' + (v.ts_ns / 1000) * interval '1 microsecond')
-FROM unnest($1::integer[], $2::bigint[]) AS v(id, ts_ns) WHERE d.id = v.id"""
 
 _READING_COLS = ["ts_ns", "device", "metric", "value", "flag"]
 _POSITION_COLS = ["ts_ns", "device", "lat", "lon", "speed_kmh", "heading", "altitude_m", "alarm_bits",
@@ -129,16 +128,8 @@ class BatchWriter:
         if missing:
             async with self.pool.acquire() as con:
                 if self.auto_register:
-                    await con.execute(
-                        "INSERT INTO devices (device_id, region, stream, auto_registered)"
-                        " SELECT * , true FROM unnest($1::text[], $2::text[], $3::text[])"
-                        " ON CONFLICT (device_id) DO NOTHING",
-                        missing, [wanted[d][0] for d in missing], [wanted[d][1] for d in missing],
-                    )
-                rows = await con.fetch(
-                    "SELECT id, device_id, region, stream, device_type FROM devices WHERE device_id = ANY($1::text[])",
-                    missing
-                )
+                    await device_store.register_missing(con, {d: wanted[d] for d in missing})
+                rows = await device_store.lookup_many(con, missing)
             for r in rows:
                 self.devices[r["device_id"]] = DeviceInfo(r["id"], r["region"], r["stream"], r["device_type"])
         return {d: self.devices[d] for d in wanted if d in self.devices}
@@ -192,8 +183,7 @@ class BatchWriter:
                         columns=_DEAD_COLS,
                     )
                 if rows.last_seen:
-                    ids = sorted(rows.last_seen)  # a fixed lock order: concurrent writers cannot deadlock
-                    await con.execute(_LAST_SEEN, ids, [rows.last_seen[i] for i in ids])
+                    await device_store.touch_last_seen(con, rows.last_seen)
                 if last is not None:
                     await last(con, res)
         return res

@@ -246,12 +246,19 @@ def bootstrap_local_dynsec(mq_dir: Path, secrets_file: Path, prefix: str = "wl")
 if __name__ == "__main__":  # deploy/local/stack.sh (bootstrap), deploy/compose/compose.yaml (render)
     import sys
 
-    if len(sys.argv) == 3 and sys.argv[1] == "render":  # containers: passwords from the environment
-        e = os.environ
+    if len(sys.argv) == 3 and sys.argv[1] == "render":  # containers: passwords from the settings' env
+        from wulian.settings import Settings
+
+        s = Settings()
         path = Path(sys.argv[2])
+        missing = [k for k, v in (("WULIAN_MQTT__PASSWORD", s.mqtt.password),
+                                  ("WULIAN_GATEWAY__MQTT_PASSWORD", s.gateway.mqtt_password),
+                                  (ADMIN_PASSWORD_KEY, s.mqtt.dynsec_password)) if not v]
+        if missing:
+            raise SystemExit(f"broker_accounts render: set {', '.join(missing)}")
         if not path.exists():  # once: afterwards the broker owns the file (devices live in it)
-            write_dynsec_config(path, {"ingest": e["WULIAN_MQTT__PASSWORD"],
-                                       "gateway": e["WULIAN_GATEWAY__MQTT_PASSWORD"]}, e[ADMIN_PASSWORD_KEY])
+            write_dynsec_config(path, {"ingest": s.mqtt.password, "gateway": s.gateway.mqtt_password},
+                                s.mqtt.dynsec_password)
     elif len(sys.argv) == 4 and sys.argv[1] == "bootstrap":
         bootstrap_local_dynsec(Path(sys.argv[2]), Path(sys.argv[3]))
     else:

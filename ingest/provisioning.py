@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import os
 import re
 import secrets
@@ -26,14 +25,13 @@ from typing import Iterable
 
 import asyncpg
 
-from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
-from wulian.ingest import audit, device_secrets
-from wulian.ingest.stream_registry import current
+from wulian.core.const import DEVICE_ID_PATTERN, Stream
+from wulian.ingest import audit, device_secrets, device_store
+from wulian.ingest.device_store import DeviceSpec
 
 SERVICE_ACCOUNTS = ("ingest", "api", "simulator", "gateway")
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses
 _DEVICE_RE = re.compile(DEVICE_ID_PATTERN)
-_REGION_RE = re.compile(REGION_PATTERN)
 
 
 # --- passwords -----------------------------------------------------------------------------------
@@ -154,80 +152,7 @@ def reload_broker(pid_file: Path) -> bool:
         return False
 
 
-# --- registry ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class DeviceSpec:
-    """What ``wulian device add`` (or a gateway's auto-provisioning) registers. ``secrets`` (kind ->
-    secret, kinds of ingest/device_secrets.py) go to the device-secret store, never into ``attrs``."""
-
-    device_id: str
-    region: str
-    stream: str
-    device_type: str | None = None
-    name: str | None = None
-    attrs: dict = field(default_factory=dict)
-    secrets: dict = field(default_factory=dict, repr=False)
-
-    def validate(self, streams: dict[str, list[str]] | None = None) -> None:
-        """``streams``: the registry's {stream: accepted device types} (empty list: any); without it the
-        process's registry snapshot, device types unchecked."""
-        if not _DEVICE_RE.match(self.device_id):
-            raise ValueError(f"invalid device id {self.device_id!r}")
-        if not _REGION_RE.match(self.region):
-            raise ValueError(f"invalid region {self.region!r}")
-        known = streams if streams is not None else {n: [] for n in current().names()}
-        if self.stream not in known:
-            raise ValueError(f"unknown stream {self.stream!r}")
-        if known[self.stream] and self.device_type is not None and self.device_type not in known[self.stream]:
-            raise ValueError(f"stream {self.stream!r} accepts device types {known[self.stream]}, not {self.device_type!r}")
-        leaked = sorted(device_secrets.KINDS & set(self.attrs))
-        if leaked:
-            raise ValueError(f"{', '.join(leaked)} is a secret: pass it in secrets, not attrs")
-        device_secrets.validate(self.secrets)
-
-
-# An explicit (re-)provisioning brings back a removed device; auto-provisioning ($7) never does.
-_UPSERT = """
-INSERT INTO devices (device_id, region, stream, device_type, name, attrs, auto_registered)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
-ON CONFLICT (device_id) DO UPDATE SET
-    region = EXCLUDED.region, stream = EXCLUDED.stream,
-    device_type = COALESCE(EXCLUDED.device_type, devices.device_type),
-    name = COALESCE(EXCLUDED.name, devices.name),
-    attrs = devices.attrs || EXCLUDED.attrs,
-    removed_at = CASE WHEN $7 THEN devices.removed_at END
-RETURNING id, (xmax = 0) AS created"""
-
-
-async def stream_device_types(con: asyncpg.Connection) -> dict[str, list[str]]:
-    """The stream registry's accepted device types (core/sql/0140_streams.sql)."""
-    return {r["name"]: list(r["device_types"]) for r in await con.fetch("SELECT name, device_types FROM streams")}
-
-
-async def upsert_device(con: asyncpg.Connection, spec: DeviceSpec, *, auto: bool = False) -> tuple[int, bool]:
-    """Insert or update one registry row (attrs merged) and its secrets; returns (id, created)."""
-    spec.validate(await stream_device_types(con))
-    async with con.transaction():
-        row = await con.fetchrow(_UPSERT, spec.device_id, spec.region, spec.stream, spec.device_type, spec.name,
-                                 json.dumps(spec.attrs), auto)
-        await device_secrets.put(con, spec.device_id, spec.secrets)
-    return row["id"], row["created"]
-
-
-async def upsert_devices_many(con: asyncpg.Connection, specs: Iterable[DeviceSpec]) -> None:
-    """Bulk variant (benchmarks provision thousands of terminals)."""
-    rows, secret_rows = [], []
-    streams = await stream_device_types(con)
-    for spec in specs:
-        spec.validate(streams)
-        rows.append((spec.device_id, spec.region, spec.stream, spec.device_type, spec.name,
-                     json.dumps(spec.attrs), False))
-        secret_rows += [(spec.device_id, k, v) for k, v in spec.secrets.items()]
-    async with con.transaction():
-        await con.executemany(_UPSERT, rows)
-        await device_secrets.put_many(con, secret_rows)
-
+# --- registry (rows written by ingest/device_store.py) -------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class Provisioned:
@@ -262,7 +187,7 @@ async def provision_device(
     attrs["mqtt_user"] = spec.device_id
     spec = DeviceSpec(spec.device_id, spec.region, spec.stream, spec.device_type, spec.name, attrs, secrets_)
     async with audit.device_change(con, spec.device_id, action="device.provision", actor=actor, source=source):
-        registry_id, created = await upsert_device(con, spec)
+        registry_id, created = await device_store.upsert(con, spec, device_store.PROVISION)
     password = None
     if accounts is not None:
         password = mqtt_password or generate_password()
@@ -294,10 +219,7 @@ async def remove_device(con: asyncpg.Connection, device_id: str, *, accounts=Non
     if not _DEVICE_RE.match(device_id):
         raise ValueError(f"invalid device id {device_id!r}")
     async with con.transaction():
-        was_removed = await con.fetchval(
-            "SELECT removed_at IS NOT NULL FROM devices WHERE device_id = $1 FOR UPDATE", device_id)
-        if was_removed is False:
-            await con.execute("UPDATE devices SET removed_at = now() WHERE device_id = $1", device_id)
+        was_removed = await device_store.mark_removed(con, device_id)
         kinds = await device_secrets.revoke(con, device_id)
     if accounts is not None:
         mqtt = accounts.remove(device_id)

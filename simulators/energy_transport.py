@@ -256,12 +256,11 @@ async def register(con, sc: Scenario, region: str) -> None:
     """Registry rows with metadata (devices.attrs) and the geofences, upserted by name."""
     import orjson
 
-    for d in sc.devices:
-        await con.execute(
-            "INSERT INTO devices (device_id, region, stream, device_type, name, attrs) VALUES ($1, $2, $3, $4, $1,"
-            " $5::jsonb) ON CONFLICT (device_id) DO UPDATE SET attrs = EXCLUDED.attrs,"
-            " device_type = EXCLUDED.device_type", d.device_id, region, d.stream.value, d.device_type,
-            orjson.dumps(d.attrs).decode())
+    from wulian.ingest import device_store
+
+    await device_store.upsert_many(con, [device_store.DeviceSpec(d.device_id, region, d.stream.value, d.device_type,
+                                                                 d.device_id, d.attrs) for d in sc.devices],
+                                   device_store.REDEFINE_IN_PLACE)
     for g in sc.geofences:
         await con.execute(
             "INSERT INTO geofences (name, region, kind, points) VALUES ($1, $2, $3, $4::jsonb)"

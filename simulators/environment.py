@@ -170,13 +170,12 @@ def compressed_start(now_ns: int, hours: int) -> int:
 
 
 async def register_devices(con, region: str, fleet: list[EnvDeviceSpec]) -> None:
-    """Registry rows with their metadata (idempotent: an existing device gets the new attrs)."""
-    await con.executemany(
-        "INSERT INTO devices (device_id, region, stream, device_type, name, attrs)"
-        " VALUES ($1, $2, $3, $4, $5, $6::jsonb)"
-        " ON CONFLICT (device_id) DO UPDATE SET region = EXCLUDED.region, stream = EXCLUDED.stream,"
-        " device_type = EXCLUDED.device_type, name = EXCLUDED.name, attrs = EXCLUDED.attrs",
-        [(d.device_id, region, d.stream.value, d.device_type, d.name, orjson.dumps(d.attrs).decode()) for d in fleet])
+    """Registry rows with their metadata (idempotent: an existing device takes the fleet's definition)."""
+    from wulian.ingest import device_store
+
+    await device_store.upsert_many(con, [device_store.DeviceSpec(d.device_id, region, d.stream.value, d.device_type,
+                                                                 d.name, d.attrs) for d in fleet],
+                                   device_store.REDEFINE)
 
 
 def publish_records(publisher, region: str, fleet: list[EnvDeviceSpec], records: dict[str, list[dict]],

@@ -26,6 +26,7 @@ import orjson
 from wulian.core.const import Stream
 from wulian.core.traffic.incidents import inject_incident
 from wulian.core.traffic.online import MPH_TO_KMH
+from wulian.ingest import device_store
 from wulian.ingest.mqtt_client import MqttParams, MqttPublisher
 from wulian.core.timebase import CHINA_OFFSET_S, S_PER_DAY
 from wulian.core.timebase import NS_PER_S as NS
@@ -206,21 +207,15 @@ async def register_segments(con: asyncpg.Connection, region: str, replay: Replay
     directions of every positive off-diagonal adjacency weight). Idempotent; a segment already registered
     in another region or stream is an error."""
     async with con.transaction():
-        rows = await con.fetch(
-            "INSERT INTO devices (device_id, region, stream, device_type, name, attrs)"
-            " SELECT u.device_id, $2, $3, 'loop_detector', u.name,"
-            "        jsonb_build_object('sensor', u.sensor, 'source', $4::text)"
-            " FROM unnest($1::text[], $5::text[], $6::text[]) AS u(device_id, name, sensor)"
-            " ON CONFLICT (device_id) DO UPDATE SET attrs = devices.attrs || EXCLUDED.attrs,"
-            "   device_type = coalesce(devices.device_type, EXCLUDED.device_type)"
-            " RETURNING id, device_id, region, stream",
-            list(replay.segment_ids), region, Stream.TRAFFIC.value, source,
-            [f"Los-loop sensor {s}" for s in replay.sensor_ids], list(replay.sensor_ids))
-        wrong = [r["device_id"] for r in rows if r["region"] != region or r["stream"] != Stream.TRAFFIC.value]
+        rows = await device_store.upsert_many(con, [
+            device_store.DeviceSpec(seg, region, Stream.TRAFFIC.value, "loop_detector", f"Los-loop sensor {sensor}",
+                                    {"sensor": sensor, "source": source})
+            for seg, sensor in zip(replay.segment_ids, replay.sensor_ids)], device_store.ADD_MISSING)
+        wrong = [r.device_id for r in rows if r.region != region or r.stream != Stream.TRAFFIC.value]
         if wrong:
             raise ValueError(f"segments already registered in another region or stream: {', '.join(wrong[:5])}"
                              " (choose another segment id prefix)")
-        ids = {r["device_id"]: r["id"] for r in rows}
+        ids = {r.device_id: r.id for r in rows}
         dev = np.array([ids[d] for d in replay.segment_ids], dtype=np.int64)
         a = np.array(replay.adjacency, dtype=np.float64)
         np.fill_diagonal(a, 0.0)

@@ -17,7 +17,7 @@ from wulian.ingest.batch_writer import init_connection
 from wulian.ingest.migrations import migrate
 from tests.helpers import api_client
 from tests.services import Broker, free_port
-from wulian.cli.commands.stack import run_stack
+from wulian.local_stack import run_stack
 from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings, StackSettings
 
 ROOT = Path(__file__).resolve().parent.parent

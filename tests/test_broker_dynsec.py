@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from wulian.cli.commands.stack import STACK_SCRIPT, stack_env
+from wulian.local_stack import STACK_SCRIPT, stack_env
 from wulian.ingest.broker_accounts import (
     ADMIN_PASSWORD_KEY, ADMIN_USER, CONTROL_TOPIC, DYNSEC_FILE, DYNSEC_PLUGIN, BrokerError,
     DynSecAccounts, bootstrap_local_dynsec, device_role, write_dynsec_config,

@@ -22,6 +22,7 @@ from wulian.dashboards.verify import (
     interpolate_variables, panel_interval_ms, parse_interval, resolve_variables, verify, verify_dashboard,
 )
 from wulian.simulators.city import build_city
+from wulian.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "dashtest"
@@ -374,16 +375,13 @@ def test_geomaps_use_the_configured_tile_server_never_an_online_default(monkeypa
         base = p["options"]["basemap"]
         assert base["type"] == "xyz" and base["config"]["url"] == "/tiles/{z}/{x}/{y}.png", p["title"]
     assert next(p for p in maps if p["title"] == "Vehicle track")["options"]["layers"][0]["type"] == "route"
-    from wulian.settings import get_settings
-
+    # the entry point's settings decide (``wulian dashboards build`` passes ``Settings().dashboards``)
     monkeypatch.setenv("WULIAN_DASHBOARDS__TILE_URL", "http://tiles.gov.local/{z}/{x}/{y}.png")
-    get_settings.cache_clear()
-    try:
-        url = next(p for d in rendered() for p in d["panels"] if p["type"] == "geomap")["options"]["basemap"]
-        assert url["config"]["url"] == "http://tiles.gov.local/{z}/{x}/{y}.png"
-    finally:
-        monkeypatch.delenv("WULIAN_DASHBOARDS__TILE_URL")
-        get_settings.cache_clear()
+    url = next(p for d in rendered(Settings().dashboards) for p in d["panels"]
+               if p["type"] == "geomap")["options"]["basemap"]
+    assert url["config"]["url"] == "http://tiles.gov.local/{z}/{x}/{y}.png"
+    assert next(p for d in rendered() for p in d["panels"]  # the defaults: no environment read below the CLI
+                if p["type"] == "geomap")["options"]["basemap"]["config"]["url"] == "/tiles/{z}/{x}/{y}.png"
 
 
 async def _panel_rows(con, uid: str, title: str, rng: TimeRange, chosen=None):

@@ -18,7 +18,7 @@ from wulian.ingest.gateways.base import GatewayConfig, GatewayLimits
 from wulian.ingest.gateways.jt808_gateway import Jt808Gateway
 from wulian.ingest.gateways.registry import DeadLetterSink, DeviceRegistry
 from wulian.ingest.mqtt_client import MqttPublisher
-from wulian.ingest.provisioning import DeviceSpec, upsert_device
+from wulian.ingest.device_store import DeviceSpec, upsert as upsert_device
 from wulian.ingest.rows import event_row, event_rows
 from wulian.ingest.service import mqtt_params, running_ingestor
 from tests.conftest import wait_until

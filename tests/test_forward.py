@@ -18,7 +18,7 @@ from wulian.ingest.codecs import hj212
 from wulian.ingest.forwarder import SUBSCRIBED_MESSAGE, add_station, add_upstream, packet_key, rewrite
 from wulian.ingest.gateways.base import GatewayConfig, GatewayLimits
 from wulian.ingest.gateways.service import running_gateway
-from wulian.ingest.provisioning import DeviceSpec, upsert_device
+from wulian.ingest.device_store import DeviceSpec, upsert as upsert_device
 from wulian.ingest.service import running_ingestor
 from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings
 from tests.conftest import ROOT, fresh_database, wait_until

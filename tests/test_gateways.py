@@ -14,7 +14,7 @@ from wulian.ingest.gateways.jt808_gateway import Jt808Gateway, batch_frames
 from wulian.ingest.gateways.registry import DeadLetterSink, DeviceRegistry
 from wulian.ingest.gateways.service import running_gateway
 from wulian.ingest.mqtt_client import MqttPublisher
-from wulian.ingest.provisioning import DeviceSpec, upsert_device
+from wulian.ingest.device_store import DeviceSpec, upsert as upsert_device
 from wulian.ingest.service import mqtt_params, running_ingestor
 from wulian.simulators.field_devices import Hj212Station, Jt808Terminal
 from tests.conftest import wait_until

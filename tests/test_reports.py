@@ -19,7 +19,8 @@ from wulian.api.auth import create_key
 from wulian.core.environment.tables import WATER_CLASSES
 from wulian.core.timebase import CHINA_TZ
 from wulian.ingest.audit import device_change
-from wulian.ingest.provisioning import DeviceSpec, provision_device
+from wulian.ingest.device_store import DeviceSpec
+from wulian.ingest.provisioning import provision_device
 
 FIRST, LAST = date(2026, 10, 1), date(2026, 11, 30)  # two China months
 DAYS = [FIRST + timedelta(days=k) for k in range((LAST - FIRST).days + 1)]

@@ -93,7 +93,8 @@ ROLES = ("admin", "operator_a", "regulator_a", "operator_b")
 async def secret_devices(pool, world):
     """An HJ 212 station and a JT/T 808 terminal in region A, provisioned with their secrets."""
     from wulian.ingest.device_secrets import JT808_AUTH, put
-    from wulian.ingest.provisioning import DeviceSpec, provision_device
+    from wulian.ingest.device_store import DeviceSpec
+    from wulian.ingest.provisioning import provision_device
 
     station, terminal = f"SECH{uuid.uuid4().hex[:6]}", f"SECJ{uuid.uuid4().hex[:6]}"
     async with pool.acquire() as con:

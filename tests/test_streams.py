@@ -15,7 +15,8 @@ from wulian.ingest.codecs.contract import PayloadLimits
 from wulian.ingest.codecs.errors import CodecError
 from wulian.ingest.codecs.registry import decode_message
 from wulian.ingest.mqtt_client import MqttPublisher
-from wulian.ingest.provisioning import DeviceSpec, upsert_device
+from wulian.ingest.device_store import DeviceSpec
+from wulian.ingest.device_store import upsert as upsert_device
 from wulian.ingest.service import mqtt_params, running_ingestor
 from wulian.ingest.topics import parse_topic
 from tests.conftest import wait_until

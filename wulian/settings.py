@@ -1,8 +1,10 @@
 """The one settings object: every knob is an environment variable with the ``WULIAN_`` prefix.
 
 Nested sections use ``__``: ``WULIAN_DB__DSN``, ``WULIAN_MQTT__PORT``, ``WULIAN_INGEST__BATCH_SIZE``.
-Entry points build it once (``get_settings()``) and pass plain values down; ``core/`` never sees it.
-The README lists every field.
+Entry points (``wulian/cli/``) build it once (``get_settings()``) and pass it, or the section a module
+needs, down; nothing else calls ``get_settings()`` and ``core/`` never sees it. This module is also the
+only one that reads the process environment (:func:`child_env`, :func:`debug_requested`;
+tests/test_import_rules.py checks both). The README lists every field.
 """
 from __future__ import annotations
 
@@ -285,3 +287,14 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The environment for a child process of ours (``wulian ingest`` run by the demo, a chaos gateway):
+    this process's own, with ``overrides`` (``WULIAN_...`` settings of the child) on top."""
+    return {**os.environ, **overrides}
+
+
+def debug_requested(var: str = "WULIAN_DEBUG") -> bool:
+    """``WULIAN_DEBUG=1``: read before the settings are built, so that bad settings can show a traceback."""
+    return os.environ.get(var, "").strip().lower() not in ("", "0", "false", "no", "off")

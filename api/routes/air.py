@@ -14,6 +14,7 @@ from wulian.api.errors import BadQuery, NotFound
 from wulian.api.paging import Page, paging
 from wulian.api.schemas_environment import AqiListPublic, AqiPublic
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
+from wulian.ingest import device_store
 
 router = APIRouter(prefix="/v1/air", tags=["air"])
 _STATION_COLS = ("time, edition, aqi, level, category, color, primary_pollutants, iaqi::text AS iaqi,"
@@ -62,7 +63,7 @@ async def aqi(
     table = "env_aqi_hourly" if report is Report.HOURLY else "env_aqi_daily"
     async with pool.acquire() as con:
         if station is not None:
-            dev = await con.fetchrow("SELECT id, region, stream FROM devices WHERE device_id = $1", station)
+            dev = await device_store.find(con, station)
             if dev is None or not user.can_see(dev["region"]):
                 raise NotFound(f"station {station!r} not found")
             if dev["stream"] != Stream.AIR:

@@ -15,6 +15,7 @@ from wulian.api.routes.meters import _utc
 from wulian.api.routes.streams import check_stream
 from wulian.api.schemas import DeviceEventPublic, DeviceEventsPublic, DevicePublic, DevicesPublic, LatestPublic, LatestValue
 from wulian.core.const import DEVICE_ID_PATTERN, EVENT_KIND_PATTERN, STREAM_PATTERN, Stream
+from wulian.ingest import device_store
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
@@ -62,7 +63,7 @@ async def get_device(device_id: DeviceId, pool: PoolDep, user: CurrentUser):
 @router.get("/{device_id}/latest", response_model=LatestPublic)
 async def latest(device_id: DeviceId, pool: PoolDep, user: CurrentUser):
     async with pool.acquire() as con:
-        dev = await con.fetchrow("SELECT id, stream, region FROM devices WHERE device_id = $1", device_id)
+        dev = await device_store.find(con, device_id)
         if dev is None or not user.can_see(dev["region"]):
             raise NotFound(f"device {device_id!r} not found")
         out = LatestPublic(device_id=device_id, stream=dev["stream"])
@@ -108,7 +109,7 @@ async def device_events(
         if not isinstance(after_id, int) or after_time is None:
             raise BadQuery("cursor is not a next_cursor of this route")
     async with pool.acquire() as con:
-        dev = await con.fetchrow("SELECT id, region FROM devices WHERE device_id = $1", device_id)
+        dev = await device_store.find(con, device_id)
         if dev is None or not user.can_see(dev["region"]):
             raise NotFound(f"device {device_id!r} not found")
         rows = await con.fetch(

@@ -13,6 +13,7 @@ from wulian.api.paging import Page, paging
 from wulian.api.schemas_energy import ConsumptionDay, ConsumptionPublic, MeterAnomaliesPublic, MeterAnomalyPublic
 from wulian.core.const import DEVICE_ID_PATTERN, METRIC_PATTERN, REGION_PATTERN, Stream
 from wulian.core.timebase import china_today
+from wulian.ingest import device_store
 
 router = APIRouter(prefix="/v1/meters", tags=["meters"])
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
@@ -75,7 +76,7 @@ async def consumption(
     if (last - first).days >= MAX_DAYS:
         raise BadQuery(f"at most {MAX_DAYS} days per request")
     async with pool.acquire() as con:
-        dev = await con.fetchrow("SELECT id, region, stream FROM devices WHERE device_id = $1", device_id)
+        dev = await device_store.find(con, device_id)
         if dev is None or not user.can_see(dev["region"]):
             raise NotFound(f"meter {device_id!r} not found")
         if dev["stream"] != Stream.METER:

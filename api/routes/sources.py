@@ -12,6 +12,7 @@ from wulian.api.errors import BadQuery, NotFound
 from wulian.api.paging import Page, paging
 from wulian.api.schemas_environment import ExceedancePublic, ExceedancesPublic, SourceHourPublic, SourceHoursPublic
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
+from wulian.ingest import device_store
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 _HOUR_COLS = ("time, pollutant, measured, converted, reference_o2, valid_minutes, minutes, valid, uploaded,"
@@ -69,7 +70,7 @@ async def source_hourly(
     if end <= start:
         raise BadQuery("'to' must be after 'from'")
     async with pool.acquire() as con:
-        dev = await con.fetchrow("SELECT id, region, stream FROM devices WHERE device_id = $1", device_id)
+        dev = await device_store.find(con, device_id)
         if dev is None or not user.can_see(dev["region"]):
             raise NotFound(f"source {device_id!r} not found")
         if dev["stream"] != Stream.POLLUTION:

@@ -16,6 +16,7 @@ from wulian.api.schemas_traffic import (
     TrafficForecastPublic, TrafficForecastsPublic, TrafficIncidentPublic, TrafficIncidentsPublic,
 )
 from wulian.core.const import DEVICE_ID_PATTERN, Stream
+from wulian.ingest import device_store
 
 router = APIRouter(prefix="/v1/traffic", tags=["traffic"])
 STEP_MIN = 5  # forecasts are on 5-minute bins, horizons 1..12 bins
@@ -45,7 +46,7 @@ def _horizon_steps(minutes: int) -> int:
 
 
 async def _segment(con: asyncpg.Connection, device_id: str, user: Principal):
-    dev = await con.fetchrow("SELECT id, region, stream FROM devices WHERE device_id = $1", device_id)
+    dev = await device_store.find(con, device_id)
     if dev is None or not user.can_see(dev["region"]):
         raise NotFound(f"segment {device_id!r} not found")
     if dev["stream"] != Stream.TRAFFIC:

@@ -15,6 +15,7 @@ from wulian.api.paging import Page, paging
 from wulian.api.schemas_energy import (TrackPoint, TrackPublic, VehicleKpiPublic, VehicleKpisPublic, ViolationPublic,
                                 ViolationsPublic)
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
+from wulian.ingest import device_store
 
 router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"])
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
@@ -121,7 +122,7 @@ async def track(
     if end - start > timedelta(days=MAX_TRACK_DAYS):
         raise BadQuery(f"a track spans at most {MAX_TRACK_DAYS} days: narrow 'from'/'to'")
     async with pool.acquire() as con:
-        dev = await con.fetchrow("SELECT id, region, stream FROM devices WHERE device_id = $1", device_id)
+        dev = await device_store.find(con, device_id)
         if dev is None or not user.can_see(dev["region"]):
             raise NotFound(f"vehicle {device_id!r} not found")
         if dev["stream"] != Stream.VEHICLE:

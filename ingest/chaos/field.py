@@ -22,7 +22,7 @@ import numpy as np
 
 from wulian.ingest.chaos.stack import ChaosStack, free_port, port_open
 from wulian.simulators.field_devices import Hj212Station, Jt808Terminal
-from wulian.settings import ROOT
+from wulian.settings import ROOT, child_env
 
 _NS = 1_000_000_000
 
@@ -40,12 +40,12 @@ class GatewayProcess:
 
     def env(self) -> dict[str, str]:
         sec = self.stack.secrets()
-        env = {**os.environ, "WULIAN_STACK__DIR": str(self.stack.dir), "WULIAN_DB__DSN": self.stack.dsn,
-               "WULIAN_MQTT__PORT": str(self.stack.mqtt_port), "WULIAN_LOG_LEVEL": "WARNING",
-               "WULIAN_GATEWAY__REGION": self.region, "WULIAN_GATEWAY__AUTO_PROVISION": "true",
-               "WULIAN_GATEWAY__ANSWER_TIMEOUT_S": "2", "WULIAN_GATEWAY__HJ212_METRICS_PORT": "0",
-               "WULIAN_GATEWAY__JT808_METRICS_PORT": "0",
-               "WULIAN_GATEWAY__MQTT_CLIENT_ID": f"chaos-gw-{os.getpid()}"}
+        env = child_env(WULIAN_STACK__DIR=str(self.stack.dir), WULIAN_DB__DSN=self.stack.dsn,
+                        WULIAN_MQTT__PORT=str(self.stack.mqtt_port), WULIAN_LOG_LEVEL="WARNING",
+                        WULIAN_GATEWAY__REGION=self.region, WULIAN_GATEWAY__AUTO_PROVISION="true",
+                        WULIAN_GATEWAY__ANSWER_TIMEOUT_S="2", WULIAN_GATEWAY__HJ212_METRICS_PORT="0",
+                        WULIAN_GATEWAY__JT808_METRICS_PORT="0",
+                        WULIAN_GATEWAY__MQTT_CLIENT_ID=f"chaos-gw-{os.getpid()}")
         for k in ("WULIAN_GATEWAY__MQTT_USERNAME", "WULIAN_GATEWAY__MQTT_PASSWORD"):
             if k in sec:
                 env[k] = sec[k]

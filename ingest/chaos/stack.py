@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wulian.ingest.mqtt_client import MqttParams
-from wulian.cli.commands.stack import run_stack
-from wulian.settings import ROOT, Settings, StackSettings
+from wulian.local_stack import run_stack
+from wulian.settings import ROOT, Settings, StackSettings, child_env
 
 
 def free_port() -> int:
@@ -171,9 +171,9 @@ class IngestProcess:
     def env(self) -> dict[str, str]:
         user, pw = self.stack.mqtt_account("ingest")
         creds = {"WULIAN_MQTT__USERNAME": user, "WULIAN_MQTT__PASSWORD": pw} if user else {}
-        return {**os.environ, "WULIAN_STACK__DIR": str(self.stack.dir), "WULIAN_DB__DSN": self.stack.dsn,
-                "WULIAN_MQTT__PORT": str(self.stack.mqtt_port), "WULIAN_MQTT__CLIENT_ID": self.client_id,
-                "WULIAN_INGEST__METRICS_PORT": "0", "WULIAN_LOG_LEVEL": "WARNING", **creds, **self.extra_env}
+        return child_env(WULIAN_STACK__DIR=str(self.stack.dir), WULIAN_DB__DSN=self.stack.dsn,
+                         WULIAN_MQTT__PORT=str(self.stack.mqtt_port), WULIAN_MQTT__CLIENT_ID=self.client_id,
+                         WULIAN_INGEST__METRICS_PORT="0", WULIAN_LOG_LEVEL="WARNING", **creds, **self.extra_env)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

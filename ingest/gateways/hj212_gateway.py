@@ -21,8 +21,8 @@ from wulian.core.kernels.checksums import crc_hj212
 from wulian.ingest.codecs import hj212
 from wulian.ingest.codecs.errors import CodecError
 from wulian.ingest.device_secrets import HJ212_PW
+from wulian.ingest.device_store import DeviceSpec
 from wulian.ingest.gateways.base import Gateway, Pending, Session
-from wulian.ingest.provisioning import DeviceSpec
 
 _MN = re.compile(rb"(?:^|[;#0-9])MN=([^;&]*)")
 _QN = re.compile(rb"QN=([^;&]*)")

@@ -26,8 +26,8 @@ import struct
 from wulian.ingest.codecs import jt808
 from wulian.ingest.codecs.errors import CodecError
 from wulian.ingest.device_secrets import JT808_AUTH
+from wulian.ingest.device_store import DeviceSpec
 from wulian.ingest.gateways.base import Gateway, Pending, Session
-from wulian.ingest.provisioning import DeviceSpec
 
 RESULT_OK, RESULT_FAILED, RESULT_MSG_ERROR, RESULT_NOT_SUPPORTED = 0, 1, 2, 3
 REGISTER_NO_TERMINAL = 4  # 0x8100 result: terminal not in the database

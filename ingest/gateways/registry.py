@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,9 +26,9 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from wulian.core.const import DEVICE_CREDENTIALS_CHANNEL
-from wulian.ingest import device_secrets
+from wulian.ingest import device_secrets, device_store
 from wulian.ingest.batch_writer import EVENT_STAGING_DDL, write_events
-from wulian.ingest.provisioning import DeviceSpec, upsert_device
+from wulian.ingest.device_store import DeviceSpec
 from wulian.ingest.rows import DeadLetter, EventRow
 
 log = logging.getLogger(__name__)
@@ -172,10 +171,7 @@ class DeviceRegistry:
         the next lookup reads them back."""
         async with self.pool.acquire() as con:
             async with con.transaction():
-                if attrs or protocol_edition is not None:
-                    await con.execute("UPDATE devices SET attrs = attrs || $2::jsonb,"
-                                      " protocol_edition = coalesce($3::smallint, protocol_edition)"
-                                      " WHERE device_id = $1", device_id, json.dumps(attrs or {}), protocol_edition)
+                await device_store.update(con, device_id, attrs=attrs, protocol_edition=protocol_edition)
                 if secrets:
                     await device_secrets.put(con, device_id, secrets)
         self._cache.pop(device_id, None)
@@ -185,7 +181,7 @@ class DeviceRegistry:
     async def provision(self, spec: DeviceSpec) -> DeviceRecord:
         """Auto-provisioning: register a device the gateway did not know (``auto_registered``)."""
         async with self.pool.acquire() as con:
-            await upsert_device(con, spec, auto=True)
+            await device_store.upsert(con, spec, device_store.AUTO_PROVISION)
         self._cache.pop(spec.device_id, None)
         rec = await self.get(spec.device_id)
         assert rec is not None

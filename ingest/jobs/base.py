@@ -107,14 +107,4 @@ class SpanJob(WindowedJob):
         raise NotImplementedError
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceRef:
-    """A device's registry identity, what an alert target needs (``alert_store.target_of``)."""
-
-    id: int
-    device_id: str
-    region: str
-    stream: str
-
-
-__all__ = ["Job", "WindowedJob", "SpanJob", "Done", "DeviceRef", "get_watermark", "set_watermark", "lock_key"]
+__all__ = ["Job", "WindowedJob", "SpanJob", "Done", "get_watermark", "set_watermark", "lock_key"]

@@ -15,6 +15,7 @@ from wulian.core.alarms.system_rules import SystemRule
 from wulian.core.environment.online import RunWindow, plan_window, split_avg, uploaded_hourly
 from wulian.core.environment.validity import HourlyGrid, aggregate_hourly, valid_mask
 from wulian.core.timebase import ns_to_dt
+from wulian.ingest import device_store
 from wulian.ingest.alert_store import AlertTarget, target_of
 from wulian.ingest.jobs.base import Done, WindowedJob
 
@@ -31,11 +32,8 @@ class EnvDevice:
 
 
 async def load_devices(con: asyncpg.Connection, stream: str) -> list[EnvDevice]:
-    rows = await con.fetch(
-        "SELECT id, device_id, region, stream, device_type, name, attrs::text AS attrs FROM devices"
-        " WHERE stream = $1 ORDER BY id", stream)
-    return [EnvDevice(r["id"], r["device_id"], r["region"], r["stream"], r["device_type"], r["name"],
-                      orjson.loads(r["attrs"]) if r["attrs"] else {}) for r in rows]
+    return [EnvDevice(r["id"], r["device_id"], r["region"], r["stream"], r["device_type"], r["name"], r["attrs"])
+            for r in await device_store.of_stream(con, stream)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncpg
 import numpy as np
-import orjson
 
-from wulian.core.const import INVALID_FLAGS
+from wulian.core.const import INVALID_FLAGS, Stream
 from wulian.core.grid.forecast import fit_profile, forecast
 from wulian.core.grid.outage import feeder_outages
 from wulian.core.grid.quality import GridMeters, GridParams, GridSamples, VoltageClass, day_quality, \
@@ -24,8 +23,10 @@ from wulian.core.numbers import finite_or_none as finite
 from wulian.core.timebase import NS_PER_HOUR as _HOUR
 from wulian.core.timebase import NS_PER_MIN as _MIN
 from wulian.core.timebase import china_day, day_date, day_start_ns
+from wulian.ingest import device_store
 from wulian.ingest.alert_store import AlertCounts, sync_alert, target_of
-from wulian.ingest.jobs.base import DeviceRef, SpanJob
+from wulian.ingest.device_store import DeviceRef
+from wulian.ingest.jobs.base import SpanJob
 from wulian.ingest.jobs.binary_copy import fetch_columns
 from wulian.ingest.jobs.sql import TS_US, US_OF, existing_open, us
 
@@ -107,11 +108,10 @@ class GridJob(SpanJob):
         self.params = params
 
     async def _run(self, con: asyncpg.Connection, wm_ns: int, end_ns: int) -> dict:
-        rows = await con.fetch("SELECT id, device_id, region, stream, attrs FROM devices WHERE stream = 'grid'"
-                               " ORDER BY id")
+        rows = await device_store.of_stream(con, Stream.GRID.value)
         if not rows:
             return {"meters": 0}
-        attrs = [orjson.loads(r["attrs"]) if isinstance(r["attrs"], str) else (r["attrs"] or {}) for r in rows]
+        attrs = [r["attrs"] for r in rows]
         refs = [DeviceRef(r["id"], r["device_id"], r["region"], r["stream"]) for r in rows]
         n = len(rows)
         vclass = np.array([_VCLASS.get(str(a.get("voltage_class", "220V")), VoltageClass.V220) for a in attrs], np.int8)

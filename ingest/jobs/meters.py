@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import asyncpg
 import numpy as np
-import orjson
 
-from wulian.core.const import INVALID_FLAGS
+from wulian.core.const import INVALID_FLAGS, Stream
 from wulian.core.meters.anomalies import gas_never_stops, night_leak, register_events, zero_consumption
 from wulian.core.meters.consumption import (Code, Consumption, ConsumptionParams, MeterKind, MeterReadings, MeterTable,
                                      consumption, daily_records)
@@ -26,8 +25,10 @@ from wulian.core.meters.system_rules import EVENT_RULES, RUN_RULES
 from wulian.core.numbers import finite_or_none as finite
 from wulian.core.timebase import NS_PER_HOUR as _HOUR
 from wulian.core.timebase import china_day, date_day, day_date, day_start_ns
+from wulian.ingest import device_store
 from wulian.ingest.alert_store import AlertCounts, sync_alert, target_of
-from wulian.ingest.jobs.base import DeviceRef, SpanJob
+from wulian.ingest.device_store import DeviceRef
+from wulian.ingest.jobs.base import SpanJob
 from wulian.ingest.jobs.binary_copy import fetch_columns
 from wulian.ingest.jobs.sql import TS_US, US_OF, us
 
@@ -88,12 +89,10 @@ class MeterJob(SpanJob):
         self.params = params
 
     async def _run(self, con: asyncpg.Connection, wm_ns: int, end_ns: int) -> dict:
-        rows = await con.fetch("SELECT id, device_id, region, stream, attrs FROM devices WHERE stream = 'meter'"
-                               " ORDER BY id")
+        rows = await device_store.of_stream(con, Stream.METER.value)
         if not rows:
             return {"meters": 0}
-        attrs = {r["id"]: orjson.loads(r["attrs"]) if isinstance(r["attrs"], str) else (r["attrs"] or {})
-                 for r in rows}
+        attrs = {r["id"]: r["attrs"] for r in rows}
         refs = {r["id"]: DeviceRef(r["id"], r["device_id"], r["region"], r["stream"]) for r in rows}
         day_first = china_day(wm_ns)
         day0 = day_first - 1  # baseline day: its readings only give the first interval of day_first

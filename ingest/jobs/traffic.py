@@ -40,7 +40,8 @@ from wulian.core.traffic.online import (
 )
 from wulian.core.traffic.system_rules import TRAFFIC_DETECTOR_FAULT, TRAFFIC_INCIDENT
 from wulian.ingest.alert_store import clear_alert, raise_alert, target_of, update_alert
-from wulian.ingest.jobs.base import DeviceRef, Done, WindowedJob
+from wulian.ingest.device_store import DeviceRef
+from wulian.ingest.jobs.base import Done, WindowedJob
 from wulian.settings import Settings
 
 log = logging.getLogger(__name__)

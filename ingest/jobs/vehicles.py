@@ -20,6 +20,7 @@ import asyncpg
 import numpy as np
 import orjson
 
+from wulian.core.const import Stream
 from wulian.core.numbers import finite_or_none as finite
 from wulian.core.timebase import NS_PER_HOUR as _HOUR
 from wulian.core.timebase import as_china, dt_to_ns
@@ -29,8 +30,10 @@ from wulian.core.vehicles.kpi import KpiParams, day_stats, group_kpis, kpi_recor
 from wulian.core.vehicles.regulations import CLASS_NAMES, VehicleClass
 from wulian.core.vehicles.rules import Events, Fleet, Geometry, Rule, RuleParams, Tracks, detect
 from wulian.core.vehicles.system_rules import CRITICAL_BITS, RULES
+from wulian.ingest import device_store
 from wulian.ingest.alert_store import AlertCounts, sync_alert, target_of
-from wulian.ingest.jobs.base import DeviceRef, SpanJob
+from wulian.ingest.device_store import DeviceRef
+from wulian.ingest.jobs.base import SpanJob
 from wulian.ingest.jobs.binary_copy import fetch_columns
 from wulian.ingest.jobs.sql import TS_US, US_OF, existing_open, us
 
@@ -119,10 +122,7 @@ class VehicleJob(SpanJob):
         self.kpi_params = kpi_params
 
     async def _run(self, con: asyncpg.Connection, wm_ns: int, end_ns: int) -> dict:
-        rows = await con.fetch("SELECT id, device_id, region, stream, attrs, protocol_edition FROM devices"
-                               " WHERE stream = 'vehicle' ORDER BY id")
-        rows = [dict(r, attrs=orjson.loads(r["attrs"]) if isinstance(r["attrs"], str) else (r["attrs"] or {}))
-                for r in rows]
+        rows = await device_store.of_stream(con, Stream.VEHICLE.value)
         if not rows:
             return {"vehicles": 0}
         fences = await con.fetch("SELECT id, name, kind, points FROM geofences WHERE enabled ORDER BY id")

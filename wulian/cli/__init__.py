@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import pkgutil
 import sys
 import traceback
@@ -53,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 def debug_enabled(args: argparse.Namespace | None = None) -> bool:
     if args is not None and getattr(args, "debug", False):
         return True
-    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    from wulian.settings import debug_requested
+
+    return debug_requested(DEBUG_ENV)
 
 
 def _component(exc: BaseException) -> str | None:

@@ -27,7 +27,7 @@ import orjson
 from wulian.ingest.migrations import migrate
 from wulian.ingest.mqtt_client import MqttParams, MqttPublisher
 from wulian.ingest.service import mqtt_params
-from wulian.settings import get_settings
+from wulian.settings import child_env, get_settings
 
 
 def _progress(msg: str) -> None:
@@ -70,10 +70,10 @@ async def bench(args: argparse.Namespace) -> dict:
                       "severity": "major"}).decode())
     await con.close()
     api_port = args.api_port
-    env = {**os.environ, "WULIAN_DB__DSN": dsn, "WULIAN_API__PORT": str(api_port),
-           "WULIAN_MQTT__CLIENT_ID": f"bench-ingest-{uuid.uuid4().hex[:6]}", "WULIAN_INGEST__METRICS_PORT": "0",
-           "WULIAN_LOG_LEVEL": "WARNING",
-           "WULIAN_API__RATE_LIMIT_PER_S": "0"}  # the probe polls every 5 ms: measure the pipeline, not 429s
+    env = child_env(WULIAN_DB__DSN=dsn, WULIAN_API__PORT=str(api_port),
+                    WULIAN_MQTT__CLIENT_ID=f"bench-ingest-{uuid.uuid4().hex[:6]}", WULIAN_INGEST__METRICS_PORT="0",
+                    WULIAN_LOG_LEVEL="WARNING",
+                    WULIAN_API__RATE_LIMIT_PER_S="0")  # the probe polls every 5 ms: measure the pipeline, not 429s
     exe = [sys.executable, "-m", "wulian"]
     procs = [subprocess.Popen(exe + ["ingest"], env=env), subprocess.Popen(exe + ["api"], env=env)]
     stop = mp.Event()

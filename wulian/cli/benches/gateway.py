@@ -41,6 +41,8 @@ import time
 import uuid
 from pathlib import Path
 
+from wulian.settings import child_env
+
 TARGET_P99_MS = 100.0
 REGION = "benchgw"
 
@@ -305,7 +307,7 @@ async def _run_pair(args: argparse.Namespace, dsn: str, bare: bool, duration: fl
 
     port = free_port()
     exe = [sys.executable, "-m", "wulian.cli.benches.gateway"]
-    env = dict(os.environ)
+    env = child_env()
     if mqtt_port is not None:
         env["WULIAN_MQTT__PORT"] = str(mqtt_port)
     gw = await asyncio.create_subprocess_exec(
@@ -385,7 +387,7 @@ async def bench(args: argparse.Namespace) -> dict:
 
     from wulian.ingest.migrations import migrate
     from wulian.ingest.device_secrets import JT808_AUTH
-    from wulian.ingest.provisioning import DeviceSpec, upsert_devices_many
+    from wulian.ingest.device_store import DeviceSpec, upsert_many
     from wulian.simulators.field_devices import terminal_phones
     from wulian.settings import get_settings
 
@@ -412,7 +414,7 @@ async def bench(args: argparse.Namespace) -> dict:
         specs = [DeviceSpec(p, REGION, "vehicle", "jt808", secrets={JT808_AUTH: _auth_code(p)})
                  for seed in seeds for p in terminal_phones(args.terminals, seed)]
         t0 = time.perf_counter()
-        await upsert_devices_many(con, specs)
+        await upsert_many(con, specs)
         await con.close()
         _progress(f"provisioned {len(specs)} terminals in {time.perf_counter() - t0:.1f}s")
         if args.baseline_duration > 0:

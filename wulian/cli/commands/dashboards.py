@@ -20,16 +20,18 @@ from datetime import datetime, timezone
 
 def _build(args: argparse.Namespace) -> int:
     from wulian.dashboards.build import OUT_DIR, build
+    from wulian.settings import get_settings
 
-    paths = build(args.out or OUT_DIR)
+    paths = build(args.out or OUT_DIR, get_settings().dashboards)
     print(json.dumps({"written": [str(p) for p in paths]}, ensure_ascii=False))
     return 0
 
 
 def _push(args: argparse.Namespace) -> int:
     from wulian.dashboards.push import push
+    from wulian.settings import get_settings
 
-    actions = push(args.url, args.token, dry_run=args.dry_run)
+    actions = push(args.url, args.token, dry_run=args.dry_run, s=get_settings().dashboards)
     print(json.dumps({"dry_run": args.dry_run, "dashboards": [asdict(a) for a in actions]}, ensure_ascii=False))
     return 0
 
@@ -57,10 +59,11 @@ async def _verify_async(args: argparse.Namespace) -> int:
     for item in args.var or []:
         name, _, values = item.partition("=")
         chosen[name] = [v for v in values.split(",") if v]  # NAME= selects nothing
-    docs = rendered()
+    settings = get_settings()
+    docs = rendered(settings.dashboards)
     if args.dashboard:
         docs = [d for d in docs if d["uid"] in args.dashboard]
-    con = await asyncpg.connect(args.dsn or get_settings().db.dsn)
+    con = await asyncpg.connect(args.dsn or settings.db.dsn)
     try:
         report = await verify(con, docs, rng, chosen=chosen, role=args.role or None,
                               empty_selection=not args.no_empty_pass)

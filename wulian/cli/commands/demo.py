@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import sys
 import time
 import urllib.request
 
-from wulian.settings import get_settings
+from wulian.settings import child_env, get_settings
 
 _SUMMARY_SQL = """
 SELECT d.stream, count(*) FROM (
@@ -82,14 +81,14 @@ async def _summary_loop(start_wall, duration: float, every: float, metrics_port:
 def run(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from wulian.cli.commands.stack import run_stack
+    from wulian.local_stack import run_stack
 
     s = get_settings()
     run_stack("up", s)
     exe = [sys.executable, "-m", "wulian"]
     subprocess.run(exe + ["db", "migrate"], check=True)
     start_wall = datetime.now(timezone.utc)
-    env = dict(os.environ)
+    env = child_env()
     # derived-data jobs run more often than in production so the demo shows results within a minute
     for var, val in {"WULIAN_TRAFFIC__INTERVAL_S": "30", "WULIAN_ENVIRONMENT__INTERVAL_S": "30",
                      "WULIAN_ENERGY__VEHICLES_INTERVAL_S": "30", "WULIAN_ENERGY__GRID_INTERVAL_S": "30",

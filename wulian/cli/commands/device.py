@@ -44,7 +44,8 @@ async def _add(args: argparse.Namespace, s: Settings) -> dict:
     import asyncpg
 
     from wulian.ingest.device_secrets import HJ212_PW
-    from wulian.ingest.provisioning import DeviceSpec, provision_device
+    from wulian.ingest.device_store import DeviceSpec
+    from wulian.ingest.provisioning import provision_device
 
     attrs: dict = {}
     secrets = {HJ212_PW: args.hj212_pw} if args.hj212_pw else {}

@@ -19,14 +19,14 @@ async def _provision(s: Settings, stations: list[str], phones: list[str], pw: st
     import asyncpg
 
     from wulian.ingest.device_secrets import HJ212_PW
-    from wulian.ingest.provisioning import DeviceSpec, upsert_devices_many
+    from wulian.ingest.device_store import DeviceSpec, upsert_many
 
     region = s.gateway.region
     specs = [DeviceSpec(mn, region, "pollution", "hj212", secrets={HJ212_PW: pw}) for mn in stations]
     specs += [DeviceSpec(p, region, "vehicle", "jt808") for p in phones]
     con = await asyncpg.connect(s.db.dsn)
     try:
-        await upsert_devices_many(con, specs)
+        await upsert_many(con, specs)
     finally:
         await con.close()
 
