@@ -239,7 +239,7 @@ async def test_api_routes_and_region_scope(world, api):
     assert v["device_id"] == f"{tag}-C2" and v["enterprise"] == f"{tag}-coach-co" and 500 < v["duration_s"] < 700
     r = await api.get("/v1/vehicles/violations", params={"device": f"{tag}-T1"}, headers=reg)
     assert {x["rule"] for x in r.json()["data"]} == {"geofence", "terminal_alarm"}
-    assert (await api.get("/v1/vehicles/violations", headers=other)).json() == {"data": [], "count": 0}
+    assert (await api.get("/v1/vehicles/violations", headers=other)).json() == {"data": [], "count": 0, "next_cursor": None}
     r = await api.get("/v1/vehicles/violations", params={"rule": "speeding"}, headers=reg)
     assert r.status_code == 422
     r = await api.get("/v1/vehicles/kpis", params={"group": f"{tag}-hazmat-co"}, headers=reg)
