@@ -90,3 +90,95 @@ def test_fast_publish_decode_matches_paho():
         b = paho(header, bytearray(pkt), MQTTProtocolVersion.MQTTv5)
         assert (a.dup, a.qos, a.retain, a.topic, a.mid, bytes(a.payload)) == \
             (b.dup, b.qos, b.retain, b.topic, b.mid, bytes(b.payload))
+
+
+# -- publish order across a reconnect (a one-connection-at-a-time fake broker, the client driven by loop()) --
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, "the client closed the connection"
+        out += chunk
+    return out
+
+
+def _read_packet(sock: socket.socket) -> tuple[int, bytes]:
+    """One MQTT control packet: (first header byte, body)."""
+    header = _recv_exact(sock, 1)[0]
+    length, mult = 0, 1
+    while True:
+        b = _recv_exact(sock, 1)[0]
+        length += (b & 0x7F) * mult
+        mult *= 128
+        if not b & 0x80:
+            return header, _recv_exact(sock, length)
+
+
+def _published_payloads(sock: socket.socket, n: int) -> list[bytes]:
+    """The payloads of the next ``n`` QoS 1 MQTT 5 PUBLISH packets (other packets, e.g. PINGREQ, skipped)."""
+    out = []
+    while len(out) < n:
+        header, body = _read_packet(sock)
+        if header & 0xF0 != 0x30:
+            continue
+        pos = 2 + struct.unpack("!H", body[:2])[0] + 2  # topic, packet id
+        assert body[pos] == 0  # no properties
+        out.append(body[pos + 1:])
+    return out
+
+
+CONNACK_V5 = bytes([0x20, 0x03, 0x00, 0x00, 0x00])  # session not present, success, no properties
+
+
+def _pump(c: Client, turns: int = 5) -> None:
+    for _ in range(turns):
+        c.loop(0.02)
+
+
+@pytest.mark.parametrize("cls", [paho_fast.OrderedClient, paho_fast.BufferedClient])
+def test_messages_published_while_reconnecting_do_not_overtake_the_resent_ones(cls):
+    """MQTT 5.0 section 4.6: a client resends in the original order, and topics are ordered. Stock paho
+    sent a message published after the new CONNECT (or from on_connect) at once, and the older
+    unacknowledged ones only on the CONNACK: the broker got 3, 4, 1, 2 here, and in ``wulian chaos``
+    the alarm engine skipped the overtaken readings as late (raises went missing after a broker restart)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(10)
+    port = srv.getsockname()[1]
+    c = cls(CallbackAPIVersion.VERSION2, client_id="order-check", protocol=MQTTProtocolVersion.MQTTv5)
+    conns = []
+    try:
+        c.connect("127.0.0.1", port, keepalive=60, clean_start=False)
+        conn, _ = srv.accept()
+        conns.append(conn)
+        conn.settimeout(10)
+        assert _read_packet(conn)[0] == 0x10  # CONNECT
+        conn.sendall(CONNACK_V5)
+        _pump(c)
+        assert c.is_connected()
+        c.publish("order/t", b"1", qos=1)
+        _pump(c)
+        assert _published_payloads(conn, 1) == [b"1"]  # sent, never acknowledged
+        conn.close()  # the broker goes away
+        _pump(c)
+        assert not c.is_connected()
+        c.publish("order/t", b"2", qos=1)  # while disconnected: kept for the resend
+        c.reconnect()  # CONNECT is on its way, the CONNACK is not
+        conn, _ = srv.accept()
+        conns.append(conn)
+        conn.settimeout(10)
+        assert _read_packet(conn)[0] == 0x10
+        c.publish("order/t", b"3", qos=1)  # while CONNECTING
+        c.on_connect = lambda *a: c.publish("order/t", b"4", qos=1)  # CONNECTED, resends not yet queued
+        conn.sendall(CONNACK_V5)
+        _pump(c)
+        assert _published_payloads(conn, 4) == [b"1", b"2", b"3", b"4"]
+        c.publish("order/t", b"5", qos=1)  # and once they are, straight through as before
+        _pump(c)
+        assert _published_payloads(conn, 1) == [b"5"]
+    finally:
+        c.on_connect = None
+        c.disconnect()
+        for conn in conns:
+            conn.close()
+        srv.close()
