@@ -72,3 +72,13 @@ async def test_profile_installs_publishes_and_raises(profile, settings, pool, te
             "SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device WHERE d.region = $1 AND d.stream = $2",
             region, profile)
     assert stored == sum(len(dev.sample(0)["values"]) for dev in fleet) * 60
+
+
+def test_unknown_profile_is_refused_clearly(test_dsn, monkeypatch, capsys):
+    from wulian.cli.commands import simulate
+
+    monkeypatch.setenv("WULIAN_DB__DSN", test_dsn)
+    assert run_command(stream, ["stream", "add", "--profile", "greenhouse"]) == 2
+    assert "no profile 'greenhouse' (profiles: coldchain, charging, energy, equipment)" in capsys.readouterr().out
+    assert run_command(simulate, ["simulate", "--profile", "coldchain,bogus", "--duration", "1"]) == 2
+    assert "bogus" in capsys.readouterr().out
