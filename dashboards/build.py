@@ -34,11 +34,15 @@ def file_name(d: Dashboard) -> str:
     return f"{d.uid}.json"
 
 
-def build(out_dir: Path = OUT_DIR, s: DashboardSettings = DEFAULTS) -> list[Path]:
-    """Write one JSON file per dashboard into ``out_dir/<folder>/`` (the provider maps dirs to folders);
-    removes stale ``wulian-*.json`` files so a renamed dashboard does not linger."""
+def build(out_dir: Path = OUT_DIR, s: DashboardSettings = DEFAULTS, streams=None) -> list[Path]:
+    """Write one JSON file per dashboard into ``out_dir/<folder>/`` (the provider maps dirs to folders),
+    the catalogue's and one per registry stream with a dashboard spec (``streams``: StreamDefs, default
+    the shipped profiles); removes stale ``wulian-*.json`` files so a renamed dashboard does not linger."""
+    from wulian.dashboards.streams import profile_defs, stream_dashboards
+
+    extra = stream_dashboards(profile_defs() if streams is None else streams)
     written = []
-    for d, doc in zip(DASHBOARDS, rendered(s)):
+    for d, doc in zip(DASHBOARDS + extra, rendered(s) + [render(x, s) for x in extra]):
         sub = out_dir / d.folder
         sub.mkdir(parents=True, exist_ok=True)
         path = sub / file_name(d)

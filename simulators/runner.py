@@ -27,7 +27,7 @@ class RunConfig:
 
 def run_fleet(fleet: list[DeviceSim], params: MqttParams, cfg: RunConfig) -> dict:
     """Publish one record per device per tick; returns published/acked counts."""
-    topics = [topic_for(cfg.region, d.stream.value, d.device_id, "telemetry", cfg.prefix) for d in fleet]
+    topics = [topic_for(cfg.region, str(d.stream), d.device_id, "telemetry", cfg.prefix) for d in fleet]
     period = 1.0 / cfg.rate_hz
     start = time.monotonic()
     next_tick = start

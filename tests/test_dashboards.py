@@ -589,3 +589,56 @@ async def test_demo_pipeline_feeds_every_panel(settings, pool):
     ok = {r.title for r in report.results if r.status == "ok"}
     assert {"AQI per station", "City AQI", "Station class along the river", "Hourly concentration vs permit limit",
             "Valid-hour rate per source"} <= ok  # derived hourly tables the jobs filled
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry streams (issue 19): a dashboard from a stream's spec, no code
+
+
+def test_shipped_profiles_have_their_dashboards_built():
+    from wulian.core.streams_profiles import PROFILES
+    from wulian.dashboards.render import render
+    from wulian.dashboards.streams import FOLDER, profile_defs, stream_dashboards
+
+    dashes = stream_dashboards(profile_defs())
+    assert [d.uid for d in dashes] == [f"wulian-stream-{n}" for n in PROFILES]
+    for d in dashes:
+        path = OUT_DIR / FOLDER / file_name(d)
+        assert path.read_text(encoding="utf-8") == to_json_text(render(d)), f"run `wulian dashboards build` ({path})"
+        assert d.tables <= set(readonly_tables())  # the read-only role already reads them
+
+
+async def test_a_stream_created_through_the_api_gets_a_verified_dashboard(api, pool, test_dsn, tmp_path, capsys):
+    import uuid
+
+    from wulian.api.auth import create_key
+    from wulian.cli.commands import dashboards
+    from tests.cli import run_command
+
+    name = f"dash{uuid.uuid4().hex[:6]}"
+    spec = {"name": name, "title": "温室", "metrics": {"air_temp": {"unit": "°C", "min": -30, "max": 60}},
+            "dashboard": {"title": "温室", "panels": [{"metric": "air_temp", "title": "气温"}]}}
+    async with pool.acquire() as con:
+        admin = await create_key(con, name="dash-admin", role="admin", regions=[])
+    r = await api.post("/v1/streams", json=spec, headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 201, r.text
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    async with pool.acquire() as con:
+        dev = await con.fetchval("INSERT INTO devices (device_id, region, stream) VALUES ($1, 'dashreg', $2)"
+                                 " RETURNING id", f"D{name}", name)
+        metric = await con.fetchval("INSERT INTO metrics (name, stream) VALUES ('air_temp', $1) ON CONFLICT (name)"
+                                    " DO UPDATE SET name = EXCLUDED.name RETURNING id", name)
+        await con.executemany("INSERT INTO readings (time, device, metric, value, flag) VALUES ($1, $2, $3, $4, 'N')",
+                              [(now - timedelta(minutes=k), dev, metric, 20.0 + k) for k in range(10)])
+    uid = f"wulian-stream-{name}"
+    import asyncio
+
+    assert await asyncio.to_thread(run_command, dashboards, ["dashboards", "verify", "--dsn", test_dsn, "--dashboard", uid, "--json",
+                                    "--details", "--var", "region=dashreg", "--from", "now-1h"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (panel,) = out["results"]
+    assert (panel["dashboard"], panel["title"], panel["status"], panel["rows"]) == (uid, "气温", "ok", 10)
+    assert await asyncio.to_thread(run_command, dashboards, ["dashboards", "build", "--dsn", test_dsn, "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    doc = json.loads((tmp_path / "Streams" / f"{uid}.json").read_text(encoding="utf-8"))
+    assert doc["panels"][0]["title"] == "气温" and f"d.stream = '{name}'" in doc["panels"][0]["targets"][0]["rawSql"]

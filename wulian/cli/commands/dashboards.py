@@ -22,9 +22,25 @@ def _build(args: argparse.Namespace) -> int:
     from wulian.dashboards.build import OUT_DIR, build
     from wulian.settings import get_settings
 
-    paths = build(args.out or OUT_DIR, get_settings().dashboards)
+    streams = asyncio.run(_registry_defs(args.dsn)) if args.dsn else None  # None: the shipped profiles
+    paths = build(args.out or OUT_DIR, get_settings().dashboards, streams=streams)
     print(json.dumps({"written": [str(p) for p in paths]}, ensure_ascii=False))
     return 0
+
+
+async def _registry_defs(dsn: str, con=None) -> list:
+    """The registry streams in the database (their dashboard specs)."""
+    import asyncpg
+
+    from wulian.ingest.stream_registry import load
+
+    own = con is None
+    con = con or await asyncpg.connect(dsn)
+    try:
+        return list((await load(con)).streams.values())
+    finally:
+        if own:
+            await con.close()
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -60,11 +76,15 @@ async def _verify_async(args: argparse.Namespace) -> int:
         name, _, values = item.partition("=")
         chosen[name] = [v for v in values.split(",") if v]  # NAME= selects nothing
     settings = get_settings()
-    docs = rendered(settings.dashboards)
-    if args.dashboard:
-        docs = [d for d in docs if d["uid"] in args.dashboard]
     con = await asyncpg.connect(args.dsn or settings.db.dsn)
     try:
+        from wulian.dashboards.render import render
+        from wulian.dashboards.streams import stream_dashboards
+
+        extra = stream_dashboards(await _registry_defs("", con))  # registry streams' dashboards too
+        docs = rendered(settings.dashboards) + [render(d, settings.dashboards) for d in extra]
+        if args.dashboard:
+            docs = [d for d in docs if d["uid"] in args.dashboard]
         report = await verify(con, docs, rng, chosen=chosen, role=args.role or None,
                               empty_selection=not args.no_empty_pass)
     finally:
@@ -88,6 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = actions.add_parser("build", help="write the dashboard JSON files for provisioning")
     b.add_argument("--out", type=lambda s: __import__("pathlib").Path(s), default=None)
+    b.add_argument("--dsn", default=None,
+                   help="build the registry streams' dashboards from this database (default: the shipped profiles)")
     b.set_defaults(func=_build)
 
     u = actions.add_parser("push", help="upsert the dashboards into a running Grafana")

@@ -87,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     run_stack("up", s)
     exe = [sys.executable, "-m", "wulian"]
     subprocess.run(exe + ["db", "migrate"], check=True)
+    from wulian.core.streams_profiles import PROFILES
+
+    for name in PROFILES:  # the shipped profiles as registry streams (exit 2 when already installed: kept)
+        subprocess.run(exe + ["stream", "add", "--profile", name], stdout=subprocess.DEVNULL)
     start_wall = datetime.now(timezone.utc)
     env = child_env()
     # derived-data jobs run more often than in production so the demo shows results within a minute
@@ -115,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
                                              *_traffic_replay_args()], **quiet))
         procs.append(subprocess.Popen(exe + ["simulate", "--rate", str(args.rate), "--scale", str(args.scale),
                                              "--duration", "0", "--bad-rate", "0.002"], **quiet))
+        procs.append(subprocess.Popen(exe + ["simulate", "--rate", str(args.rate), "--scale", str(args.scale),
+                                             "--duration", "0", "--seed", "8",  # its own MQTT client id
+                                             "--profile", ",".join(PROFILES)], **quiet))
     except BaseException:
         _stop(procs)
         raise

@@ -1,4 +1,4 @@
-"""``wulian stream list|show NAME|add FILE.json``: the stream registry (core.streams). ``add`` creates a
+"""``wulian stream list|show NAME|add FILE.json|add --profile NAME``: the stream registry (core.streams). ``add`` creates a
 scalar stream with its default rules (audited); running ingest and API processes pick it up on NOTIFY."""
 from __future__ import annotations
 
@@ -21,7 +21,14 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         if args.action == "add":
             try:
-                sdef = StreamDef.from_dict(json.loads(Path(args.target).read_text(encoding="utf-8")))
+                if args.profile:
+                    from wulian.core.streams_profiles import PROFILES
+
+                    if args.profile not in PROFILES:
+                        raise StreamError(f"no profile {args.profile!r} (profiles: {', '.join(PROFILES)})")
+                    sdef = StreamDef.from_dict(PROFILES[args.profile])
+                else:
+                    sdef = StreamDef.from_dict(json.loads(Path(args.target).read_text(encoding="utf-8")))
             except (OSError, ValueError, StreamError) as exc:
                 print(json.dumps({"error": str(exc)}, ensure_ascii=False))
                 return 2
@@ -52,4 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stream", help="list, show or add streams (the stream registry)")
     p.add_argument("action", choices=["list", "show", "add"])
     p.add_argument("target", nargs="?", help="show: a stream name; add: a JSON file (see /v1/streams)")
-    p.set_defaults(func=lambda a: asyncio.run(_run(a)) if a.action == "list" or a.target else 2)
+    p.add_argument("--profile", default=None,
+                   help="add: a shipped profile instead of a file (coldchain, charging, energy, equipment)")
+    p.set_defaults(func=lambda a: asyncio.run(_run(a)) if a.action == "list" or a.target or a.profile else 2)
