@@ -41,6 +41,8 @@ import time
 import uuid
 from pathlib import Path
 
+from wulian.cli.benches import with_machine
+
 TARGET_P99_MS = 100.0
 REGION = "benchgw"
 
@@ -479,7 +481,7 @@ async def bench(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.terminals, args.duration, args.baseline_duration = min(args.terminals, 1000), 20.0, 10.0
-    out = asyncio.run(bench(args))
+    out = with_machine(asyncio.run(bench(args)))
     print(json.dumps(out, indent=None if args.json else 2))
     return 0
 
