@@ -87,6 +87,7 @@ class MqttConsumer:
         self._subscribed = threading.Event()  # the broker's SUBACK for the first connection's subscribe
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
+        self._waiting = False  # get_batch is (about to be) waiting for the wake-up
         self._client = _client(params, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
@@ -118,10 +119,14 @@ class MqttConsumer:
 
     def _on_message(self, client, userdata, msg: MQTTMessage) -> None:
         try:
-            was_empty = not self._queue
             self._queue.append(InMessage(self._gen, msg.mid, msg.qos, msg.topic, msg.payload))
             self.received += 1
-            if was_empty and self._loop is not None:
+            # after the append: get_batch sets _waiting before it last looks at the queue, so either it
+            # sees this message or this sees it waiting. (Testing "was the queue empty" before the append
+            # lost the wake-up when get_batch emptied the queue in between: the last messages of a
+            # burst sat unread until more came, found by bench ingest draining 100,000 messages.)
+            if self._waiting and self._loop is not None:
+                self._waiting = False
                 self._loop.call_soon_threadsafe(self._wake.set)
         except Exception:  # an exception escaping a callback kills paho's network thread
             log.exception("mqtt on_message failed (topic %r)", getattr(msg, "topic", "?"))
@@ -161,7 +166,9 @@ class MqttConsumer:
         """Wait for at least one message, then up to ``max_wait_s`` for the batch to fill."""
         while not self._queue:
             self._wake.clear()
+            self._waiting = True
             if self._queue:
+                self._waiting = False
                 break
             await self._wake.wait()
         deadline = time.monotonic() + max_wait_s
