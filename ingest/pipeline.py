@@ -1,7 +1,12 @@
-"""Ingest pipeline: broker -> decode -> resolve registry -> one transaction -> ack.
+"""Ingest pipeline: broker -> decode -> resolve registry -> evaluate alarms -> one transaction -> ack.
 
-Two asyncio tasks joined by a small queue, so the next batch is decoded while the previous one is
-being committed. Nothing is acknowledged before its transaction commits; a database outage stops the
+Three asyncio tasks: the decoder, the writer (resolves and evaluates each batch in arrival order, then
+starts its transaction on its own pool connection) and the acker (awaits the transactions in batch order
+and acknowledges). Up to ``max_inflight`` transactions run at once, so PostgreSQL works on one batch
+while Python prepares the next; acknowledgements still go out in arrival order (MQTT 3.1.1 4.6 / MQTT 5
+4.6: PUBACKs in the order the PUBLISHes were received), each only after its batch committed. A batch that
+changes an alert commits after every earlier batch and before any later one, so alert changes reach the
+database in the order the engine produced them. Nothing is acknowledged before its transaction commits; a database outage stops the
 writer (retried with backoff) and, through the broker's Receive Maximum, the flow of messages, instead
 of dropping data. A batch the database refuses for its data (not for being down) is bisected until the
 offending messages are isolated; those go to dead letters and the rest is written.
@@ -48,6 +53,7 @@ class IngestConfig:
     limits: PayloadLimits = PayloadLimits()
     retention_interval_s: float = 3600.0
     retry_max_s: float = 5.0
+    max_inflight: int = 2  # transactions committing at once (each on its own connection)
 
 
 @dataclass(slots=True)
@@ -204,6 +210,9 @@ class Ingestor:
         self.stats = IngestStats()
         self._topics: dict[str, Topic] = {}
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
+        self._inflight: asyncio.Queue[asyncio.Task] = asyncio.Queue()  # started commits, in batch order
+        self._writing: set[asyncio.Task] = set()  # commits not finished yet
+        self._slots = asyncio.Semaphore(max(1, config.max_inflight))
         self._tasks: list[asyncio.Task] = []
         self.committed = asyncio.Event()  # set after each commit (tests and benchmarks await it)
 
@@ -296,42 +305,73 @@ class Ingestor:
             return a.merge(b)
 
     async def commit_batch(self, batch: Batch) -> WriteResult:
+        """Resolve, evaluate, write and acknowledge one batch, start to finish (replay, fuzz)."""
+        return self._finish(await (await self._start(batch)))
+
+    async def _start(self, batch: Batch) -> asyncio.Task:
+        """Resolve and evaluate ``batch`` (in arrival order, under the alarm lock) and start its transaction.
+
+        A batch that changes an alert is written while the lock is held, after every earlier batch's
+        transaction finished: alert changes commit in the order the engine produced them, and no timer
+        tick or later batch comes in between."""
         alarms = self.alarms
         async with alarms.lock if alarms else contextlib.nullcontext():
-            res, items, devices, metric_ids, pending = await self._commit_locked(batch)
+            items, devices, metric_ids, pending = await self._prepare(batch)
+            task = asyncio.create_task(self._write_retrying(batch, items, devices, metric_ids, pending))
+            earlier = list(self._writing)
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
+            if pending is not None and len(pending.transitions):
+                await asyncio.wait([*earlier, task])
+        return task
+
+    def _finish(self, done: tuple) -> WriteResult:
+        batch, res, items, devices, metric_ids, pending = done
         self._after_commit(batch, res, items, devices, metric_ids)
         if pending is not None:
-            alarms.after_commit(pending)
+            self.alarms.after_commit(pending)
         self.committed.set()
         return res
 
-    async def _commit_locked(self, batch: Batch):
+    async def _retrying(self, what: str, batch: Batch, fn):
         delay = 0.2
-        pending = None
         while True:
             try:
-                t0 = time.perf_counter()
-                items, devices, metric_ids = await self._resolve(batch)
-                also = None
-                if self.alarms is not None:
-                    if pending is None:  # the engine sees each batch once, whatever the retries
-                        arrays = reading_arrays(items, devices) if self.alarms.has_rules else ReadingArrays.empty()
-                        pending = self.alarms.evaluate(arrays)
-                    also = functools.partial(self.alarms.write, pending=pending)
-                res = await self._write_isolating(items, batch.dead, devices, metric_ids, also)
-                m.COMMIT_SECONDS.observe(time.perf_counter() - t0)
-                return res, items, devices, metric_ids, pending
+                return await fn()
             except Exception as exc:
                 if not _transient(exc):
                     raise
                 self.stats.write_retries += 1
                 m.WRITE_FAILURES.inc()
-                log.warning("database unavailable (%s); batch of %d messages held, retrying in %.1fs",
-                            type(exc).__name__, len(batch.messages), delay)
-                batch.dead = [d for d in batch.dead if d.reason not in ("unknown_device", "device_topic_mismatch",
-                                                                      "unknown_metric")]
+                log.warning("database unavailable (%s) %s; batch of %d messages held, retrying in %.1fs",
+                            type(exc).__name__, what, len(batch.messages), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.retry_max_s)
+
+    async def _prepare(self, batch: Batch):
+        async def resolve():
+            batch.dead = [d for d in batch.dead if d.reason not in ("unknown_device", "device_topic_mismatch",
+                                                                  "unknown_metric")]
+            return await self._resolve(batch)
+
+        items, devices, metric_ids = await self._retrying("resolving", batch, resolve)
+        pending = None
+        if self.alarms is not None:  # the engine sees each batch once, whatever the retries
+            arrays = reading_arrays(items, devices) if self.alarms.has_rules else ReadingArrays.empty()
+            pending = self.alarms.evaluate(arrays)
+        return items, devices, metric_ids, pending
+
+    async def _write_retrying(self, batch: Batch, items, devices, metric_ids, pending) -> tuple:
+        also = functools.partial(self.alarms.write, pending=pending) if pending is not None else None
+
+        async def write():
+            t0 = time.perf_counter()
+            res = await self._write_isolating(items, batch.dead, devices, metric_ids, also)
+            m.COMMIT_SECONDS.observe(time.perf_counter() - t0)
+            return res
+
+        res = await self._retrying("writing", batch, write)
+        return batch, res, items, devices, metric_ids, pending
 
     def _after_commit(self, batch: Batch, res: WriteResult, items, devices, metric_ids) -> None:
         acked = self.consumer.ack_many(batch.messages)
@@ -353,7 +393,14 @@ class Ingestor:
     async def _writer(self) -> None:
         while True:
             batch = await self._queue.get()
-            await self.commit_batch(batch)
+            await self._slots.acquire()  # released by the acker once the batch is acknowledged
+            await self._inflight.put(await self._start(batch))
+
+    async def _acker(self) -> None:
+        while True:
+            task = await self._inflight.get()
+            self._finish(await task)
+            self._slots.release()
 
     async def _retention(self) -> None:
         while True:
@@ -370,6 +417,7 @@ class Ingestor:
         self._tasks = [
             asyncio.create_task(self._decoder(), name="ingest-decoder"),
             asyncio.create_task(self._writer(), name="ingest-writer"),
+            asyncio.create_task(self._acker(), name="ingest-acker"),
             asyncio.create_task(self._retention(), name="ingest-retention"),
         ]
         try:
@@ -377,6 +425,7 @@ class Ingestor:
             for t in done:
                 t.result()
         finally:
-            for t in self._tasks:
+            tasks = [*self._tasks, *self._writing]  # unacknowledged commits: the broker redelivers them
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)

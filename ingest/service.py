@@ -44,6 +44,7 @@ def ingest_config(settings: Settings) -> IngestConfig:
             past_limit_ns=int(i.past_limit_days * 86400 * ns),
         ),
         retention_interval_s=settings.db.retention_interval_s,
+        max_inflight=i.commit_inflight,
     )
 
 

@@ -72,6 +72,7 @@ class MqttSettings(BaseModel):
 class IngestSettings(BaseModel):
     batch_size: int = 5000  # messages per database transaction (at most)
     batch_delay_ms: float = 50.0  # how long to wait for a batch to fill
+    commit_inflight: int = 2  # batches committing at once, each on its own connection (acks stay in order)
     auto_register: bool = True  # unknown device ids from topics get a registry row
     max_payload_bytes: int = 256 * 1024
     future_tolerance_s: float = 600.0  # readings further in the future are dead-lettered

@@ -21,6 +21,8 @@ import json
 import sys
 import time
 
+from wulian.cli.benches import with_machine
+
 HJ212_TARGET = 50_000
 JT808_TARGET = 200_000
 _CODES = ("a21026", "a21002", "a21003", "a21004", "a21005", "a34013", "a19001", "a01011", "a01012", "a00000")
@@ -172,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         "ratio_hj212_vs_orjson": round(hj_best / json_best, 3),
         "ratio_jt808_vs_orjson": round(jt_best / json_best, 3),
     }
+    result = with_machine(result)
     if args.json:
         print(json.dumps(result))
     else:

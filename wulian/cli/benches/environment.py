@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from wulian.cli.benches import with_machine
+
 from wulian.core.environment.aqi_series import POLLUTANTS, aqi_arrays, hourly_aqi
 from wulian.core.environment.editions import EDITION_2026_START_NS
 from wulian.core.timebase import NS_PER_HOUR, NS_PER_MIN
@@ -225,9 +227,11 @@ def run(args: argparse.Namespace) -> int:
         "water_class": bench_water(args.river_stations, args.river_days, args.seed),
     }
     ok = out["air_hourly_validity_aqi"]["results_agree"] and out["water_class"]["results_agree"]
+    out = with_machine(out)
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
     else:
+        print(f"machine: {out['machine']}")
         a, w = out["air_hourly_validity_aqi"], out["water_class"]
         print(f"air: {a['station_days_per_s']} station-days/s (numpy {a['numpy_station_days_per_s']}, "
               f"x{a['speedup_vs_numpy']}), agree={a['results_agree']}")

@@ -41,6 +41,7 @@ import time
 import uuid
 from pathlib import Path
 
+from wulian.cli.benches import with_machine
 from wulian.settings import child_env
 
 TARGET_P99_MS = 100.0
@@ -481,7 +482,7 @@ async def bench(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.terminals, args.duration, args.baseline_duration = min(args.terminals, 1000), 20.0, 10.0
-    out = asyncio.run(bench(args))
+    out = with_machine(asyncio.run(bench(args)))
     print(json.dumps(out, indent=None if args.json else 2))
     return 0
 

@@ -6,8 +6,13 @@ offline, then the consumer connects and drains it. The three consumers measured 
 same broker see exactly the same work, and no publisher competes with them for the 2 cores:
 - ``bare``: paho subscriber that only counts messages (auto-ack) — the ceiling for any Python consumer;
 - ``naive``: one INSERT transaction per message, then its ack (on a subset, it is slow);
-- ``wulian``: the ingest pipeline (batch decode, COPY + INSERT ... ON CONFLICT, ack after commit).
-Lost and duplicated readings are counted in the database afterwards.
+- ``wulian``: the ingest pipeline (batch decode, COPY + INSERT ... ON CONFLICT, ack after commit);
+- ``batching peer``: what a well-tuned Node-RED or Telegraf setup does: acks on receipt, one INSERT per
+  1,000 messages, several statements in flight, no validation, no alarms, no dead letters (a crash loses
+  whatever it acknowledged and had not written yet).
+Lost and duplicated readings are counted in the database afterwards. During each drain the CPU seconds of
+the consumer (this process), PostgreSQL and the broker are read from /proc, with the machine's utilisation
+(a shared machine's other work shows there, not in ours).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import argparse
 import dataclasses
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
@@ -23,6 +29,8 @@ import uuid
 import asyncpg
 import orjson
 
+from wulian.cli.benches import with_machine
+from wulian.cli.benches.machine import CpuWindow, stack_pids
 from wulian.ingest.batch_writer import init_connection
 from wulian.ingest.migrations import migrate
 from wulian.ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
@@ -36,6 +44,7 @@ def _progress(msg: str) -> None:
 
 
 BENCH_PREFIX = "wlbench"  # its own topic tree: no other persistent session on the broker gets copies
+PUBLISH_WINDOW = 1000  # the benches' publishers: PUBACKs awaited at most (MqttPublisher.window)
 
 
 def make_messages(n_msgs: int, per_msg: int, n_devices: int, region: str,
@@ -73,7 +82,7 @@ def preload(params: MqttParams, consumer_id: str, messages: list[tuple[str, byte
     c.loop_stop()
     pub_params = dataclasses.replace(params, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
     t0 = time.perf_counter()
-    with MqttPublisher(pub_params, max_inflight=5000) as pub:
+    with MqttPublisher(pub_params, window=PUBLISH_WINDOW) as pub:
         for topic, payload in messages:
             pub.publish(topic, payload)
         if not pub.wait_acked(600):
@@ -195,6 +204,57 @@ async def run_naive(params: MqttParams, dsn: str, n: int, prefix: str) -> float:
     return n / (time.perf_counter() - t_first)
 
 
+PEER_MSGS_PER_INSERT = 1000
+
+
+async def run_peer(params: MqttParams, dsn: str, n: int, inflight: int) -> float:
+    """The batching peer: ack on receipt, one ``INSERT ... SELECT FROM unnest`` per 1,000 messages, up to
+    ``inflight`` statements at once on their own connections; no validation, no alarms, no dead letters."""
+    consumer = MqttConsumer(params, subscriptions(BENCH_PREFIX))
+    consumer._client._manual_ack = False  # acknowledged on receipt, as Node-RED's mqtt-in node does
+    sql = ("INSERT INTO readings (time, device, metric, value, flag)"
+           " SELECT timestamptz 'epoch' + (t / 1000) * interval '1 microsecond', d, m, v, f"
+           " FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::float8[], $5::text[]) AS u(t, d, m, v, f)"
+           " ON CONFLICT DO NOTHING")
+    async with asyncpg.create_pool(dsn, min_size=inflight, max_size=inflight) as pool:
+        async with pool.acquire() as con:
+            devices = {r["device_id"]: r["id"] for r in await con.fetch("SELECT id, device_id FROM devices")}
+            metrics = {r["name"]: r["id"] for r in await con.fetch("SELECT id, name FROM metrics")}
+        slots = asyncio.Semaphore(inflight)
+        pending: set[asyncio.Task] = set()
+
+        async def insert(cols) -> None:
+            try:
+                async with pool.acquire() as con:
+                    await con.execute(sql, *cols)
+            finally:
+                slots.release()
+
+        await consumer.start()
+        got, t_first = 0, None
+        try:
+            while got < n:
+                msgs = await consumer.get_batch(PEER_MSGS_PER_INSERT, 0.05)
+                if t_first is None:
+                    t_first = time.perf_counter()
+                got += len(msgs)
+                ts, dev, met, val, flag = [], [], [], [], []
+                for msg in msgs:
+                    body = orjson.loads(msg.payload)
+                    d = devices[msg.topic.split("/")[3]]
+                    t_ns = body["ts"] * 1_000_000
+                    for name, v in body["values"].items():
+                        ts.append(t_ns); dev.append(d); met.append(metrics[name]); val.append(v); flag.append("N")
+                await slots.acquire()
+                task = asyncio.create_task(insert((ts, dev, met, val, flag)))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.gather(*pending)
+        finally:
+            consumer.stop()
+    return n / (time.perf_counter() - t_first)
+
+
 async def run_wulian(settings: Settings, params: MqttParams, n: int) -> tuple[float, dict]:
     """The production assembly (``ingest.service.running_ingestor``): pipeline, writer and alarm engine."""
     from wulian.ingest.service import running_ingestor
@@ -228,6 +288,7 @@ async def bench(args: argparse.Namespace) -> dict:
     s = s.model_copy(update={"mqtt": s.mqtt.model_copy(update={"topic_prefix": prefix})})
     messages = make_messages(n_msgs, per_msg, args.devices, region)
     tune_gc()  # as the ingest service does; applies to every consumer measured here
+    pids = {"consumer": os.getpid(), **stack_pids(s)}
     run_id = uuid.uuid4().hex[:6]
     try:
         # bare receive: stock paho, and our buffered transport
@@ -244,8 +305,10 @@ async def bench(args: argparse.Namespace) -> dict:
         # wulian pipeline (first, so the naive run later finds devices registered)
         ours_p = mqtt_params(s, client_id=f"bench-wulian-{run_id}")
         preload(ours_p, ours_p.client_id, messages, prefix)
+        cpu_ours = CpuWindow(pids).start()
         t0 = time.perf_counter()
         stats, t_end = await run_wulian(s, ours_p, n_msgs)
+        cpu_ours.stop()
         drop_session(ours_p, ours_p.client_id)
         elapsed = t_end - t0
         ours_msgs = n_msgs / elapsed
@@ -255,6 +318,18 @@ async def bench(args: argparse.Namespace) -> dict:
         distinct = await con.fetchval("SELECT count(*) FROM (SELECT DISTINCT device, metric, time FROM readings) x")
         await con.execute("TRUNCATE readings")
         await con.close()
+        # the batching peer, on the same messages (devices and metrics registered by the run above)
+        peer_p = mqtt_params(s, client_id=f"bench-peer-{run_id}")
+        preload(peer_p, peer_p.client_id, messages, prefix)
+        cpu_peer = CpuWindow(pids).start()
+        peer = await run_peer(peer_p, dsn, n_msgs, args.peer_inflight)
+        cpu_peer.stop()
+        drop_session(peer_p, peer_p.client_id)
+        con = await asyncpg.connect(dsn)
+        peer_stored = await con.fetchval("SELECT count(*) FROM readings")
+        await con.execute("TRUNCATE readings")
+        await con.close()
+        _progress(f"batching peer: {peer:,.0f} msgs/s, {peer * per_msg:,.0f} readings/s ({peer_stored} stored)")
         # naive consumer on a subset
         n_naive = max(1, n_msgs // args.naive_fraction)
         naive_p = mqtt_params(s, client_id=f"bench-naive-{run_id}")
@@ -266,6 +341,11 @@ async def bench(args: argparse.Namespace) -> dict:
         await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await admin.close()
     expected = n_msgs * per_msg
+
+    def per_million(w: CpuWindow, msgs_per_s: float) -> float | None:
+        readings = msgs_per_s * per_msg * w.result["wall_s"]
+        return round(w.result["cpu_s_total"] / readings * 1e6, 1) if readings else None
+
     return {
         "mode": "preloaded-drain",
         "messages": n_msgs,
@@ -290,11 +370,23 @@ async def bench(args: argparse.Namespace) -> dict:
         "vs_naive": round(ours_msgs / naive, 2),
         "vs_bare": round(ours_msgs / bare, 3),
         "batches": stats.batches,
+        "peer_msgs_per_s": round(peer, 1),
+        "peer_readings_per_s": round(peer * per_msg, 1),
+        "peer_lost": expected - peer_stored,
+        "peer_inflight": args.peer_inflight,
+        "vs_batching_peer": round(ours_msgs / peer, 3),
+        "peer_note": "batching peer = acks on receipt, one INSERT per 1,000 messages, up to peer_inflight "
+                     "statements at once, no validation/alarms/dead letters (a well-tuned Node-RED/Telegraf)",
+        "cpu": {"wulian": cpu_ours.result, "batching_peer": cpu_peer.result},
+        "cpu_s_per_million_readings": {"wulian": per_million(cpu_ours, ours_msgs),
+                                       "batching_peer": per_million(cpu_peer, peer)},
+        "cpu_note": "cpu_s: CPU seconds during the drain of the consumer (this process), PostgreSQL (postmaster "
+                    "and backends) and the broker, from /proc; machine_utilisation: all CPUs, everyone's work",
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    out = asyncio.run(bench(args))
+    out = with_machine(asyncio.run(bench(args)))
     print(json.dumps(out, indent=None if args.json else 2))
     return 0
 
@@ -305,5 +397,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--per-msg", type=int, default=10)
     p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--peer-inflight", type=int, default=10, help="batching peer: INSERT statements in flight")
     p.add_argument("--naive-fraction", type=int, default=20, help="naive consumer runs on 1/N of the messages")
     p.set_defaults(func=run)

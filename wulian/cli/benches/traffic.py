@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wulian.cli.benches import with_machine
+
 TGCN_15 = {"rmse": 5.1264, "mae": 3.1802}  # the authors' own 15-minute predictions (simulators/data/los_loop/README.md)
 
 
@@ -131,9 +133,11 @@ def run(args: argparse.Namespace) -> int:
             "forecast_ms": rep["forecast_ms"] <= TARGET_FORECAST_MS,
         },
     }
+    out = with_machine(out)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
+    print(f"machine: {out['machine']}")
     print(f"{out['sensors']} sensors: fit {out['fit_s']:.2f} s (cpu {out['fit_cpu_s']:.2f} s, least-squares "
           f"baseline {out['linreg_fit_s']:.2f} s); forecast all x 12 steps {out['forecast_ms']:.3f} ms; "
           f"service tick {out['tick_ms']:.3f} ms")
