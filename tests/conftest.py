@@ -98,6 +98,35 @@ def no_swallowed_thread_exceptions():
     assert not seen, f"exception in a thread: {seen[0]!r}"
 
 
+# A rule left enabled in the session database binds the series of every later test. test_security's
+# catch-all rules (every stream and metric, threshold 1 or 5, about a hundred of them) made the 24 h
+# environment test raise ~4 million alert updates in one batch: it timed out after them, never alone.
+LEFT_RULES = ("SELECT id, definition->>'name' AS name FROM rules WHERE id > $1 AND enabled"
+              " AND coalesce(definition->>'device_id', '') = ''")
+
+
+@pytest.fixture(autouse=True)
+async def no_rule_left_for_other_tests(request):
+    """Fail a test that leaves an enabled rule not scoped to one device (its own) in the session
+    database; a test wanting a wider rule disables or deletes it before it ends."""
+    if "test_dsn" not in request.fixturenames:  # no session database: nothing to leave behind
+        yield
+        return
+    dsn = request.getfixturevalue("test_dsn")  # session-scoped, so set up already: no loop re-entry
+    con = await asyncpg.connect(dsn)
+    try:
+        before = await con.fetchval("SELECT coalesce(max(id), 0) FROM rules")
+    finally:
+        await con.close()
+    yield
+    con = await asyncpg.connect(dsn)
+    try:
+        left = [(r["id"], r["name"]) for r in await con.fetch(LEFT_RULES, before)]
+    finally:
+        await con.close()
+    assert not left, f"rules left enabled for every device of later tests: {left}"
+
+
 async def wait_until(predicate, timeout: float = 20.0, event: asyncio.Event | None = None):
     """Await ``predicate()`` (sync or async) becoming truthy, waking on ``event`` when given."""
     loop = asyncio.get_running_loop()

@@ -58,7 +58,7 @@ async def test_threshold_alert_lifecycle_roles_and_regions(settings, pool, api, 
     region = keys["region"]
     dev = f"PS{uuid.uuid4().hex[:6]}"
     rule_id = await _rule(api, keys["admin"], name="SO2 over permit", kind="upper", stream="pollution",
-                          metric="SO2", threshold=100.0, clear_threshold=80.0, severity="major")
+                          device_id=dev, metric="SO2", threshold=100.0, clear_threshold=80.0, severity="major")
     topic = f"wl/{region}/pollution/{dev}/telemetry"
     t0 = NOW_MS() - 60_000
     watcher = MqttConsumer(mqtt_params(settings, client_id=f"watch-{uuid.uuid4().hex[:6]}"), [f"wl/{region}/alerts/#"])

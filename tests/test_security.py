@@ -22,10 +22,14 @@ from wulian import log_redaction
 
 @pytest.fixture
 async def world(pool):
-    """Two regions, a device and a cleared alert in region A, and one key per role/scope/condition."""
+    """Two regions, a device and a cleared alert in region A, and one key per role/scope/condition.
+
+    Its rule, and the ones the routes create, bind every series (no scope): they are deleted at the
+    end, or every later test sharing the database evaluates them over all its data."""
     a, b = f"ra{uuid.uuid4().hex[:5]}", f"rb{uuid.uuid4().hex[:5]}"
     dev = f"SEC{uuid.uuid4().hex[:6]}"
     async with pool.acquire() as con:
+        rules_before = await con.fetchval("SELECT coalesce(max(id), 0) FROM rules")
         dev_pk = await con.fetchval(
             "INSERT INTO devices (device_id, region, stream) VALUES ($1, $2, 'air') RETURNING id", dev, a)
         alert = await con.fetchval(
@@ -46,7 +50,9 @@ async def world(pool):
         await con.execute("UPDATE api_keys SET revoked_at = now() WHERE name = 'k-rev'")
     keys["malformed"] = "wl_nothex_123"
     keys["none"] = None
-    return {"region": a, "device": dev, "alert": alert, "rule": rule, "keys": keys}
+    yield {"region": a, "device": dev, "alert": alert, "rule": rule, "keys": keys}
+    async with pool.acquire() as con:
+        await con.execute("DELETE FROM rules WHERE id > $1", rules_before)
 
 
 RULE = {"name": "x", "kind": "upper", "threshold": 5}
