@@ -47,3 +47,16 @@ def mutants(seeds: Sequence[bytes], special: bytes) -> st.SearchStrategy[bytes]:
         return bytes(data)
 
     return draw_mutant()
+
+
+async def disable_registry_stream_rules(dsn: str) -> None:
+    """Disable the default rules of the streams a test created (registry streams, profiles): left enabled,
+    their missing-data timers bind the devices of later tests (conftest's no_rule_left_for_other_tests)."""
+    import asyncpg
+
+    con = await asyncpg.connect(dsn)
+    try:
+        await con.execute("UPDATE rules SET enabled = false WHERE enabled AND coalesce(definition->>'device_id', '') = ''"
+                          " AND definition->>'stream' IN (SELECT name FROM streams WHERE NOT builtin)")
+    finally:
+        await con.close()

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from wulian.cli.commands import stream
+from tests.helpers import disable_registry_stream_rules
 from wulian.core.streams_profiles import (
     KGCE_PER_KWH_ELECTRICITY, KJ_PER_KGCE, PROFILES, kgce_of_steam, time_to_threshold)
 from wulian.ingest.mqtt_client import MqttPublisher
@@ -20,6 +21,12 @@ from tests.conftest import wait_until
 # profile -> the default rule its misbehaving device (the fleet's first) must raise within an hour
 EXPECTED_RULE = {"coldchain": "冷链温度超限", "charging": "充电桩故障", "energy": "用电需量超限",
                  "equipment": "轴承温升过快"}
+
+
+@pytest.fixture(autouse=True)
+async def _stream_rules_disabled_after(test_dsn):
+    yield
+    await disable_registry_stream_rules(test_dsn)
 
 
 def test_every_profile_names_a_rule_its_simulator_raises():

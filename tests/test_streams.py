@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from wulian.api.auth import create_key
+from tests.helpers import disable_registry_stream_rules
 from wulian.core.model import Reading
 from wulian.core.streams import OUT_OF_RANGE, StreamDef, StreamError, StreamRegistry
 from wulian.ingest import stream_registry
@@ -20,6 +21,12 @@ from wulian.ingest.device_store import upsert as upsert_device
 from wulian.ingest.service import mqtt_params, running_ingestor
 from wulian.ingest.topics import parse_topic
 from tests.conftest import wait_until
+
+@pytest.fixture(autouse=True)
+async def _stream_rules_disabled_after(test_dsn):
+    yield
+    await disable_registry_stream_rules(test_dsn)
+
 
 NOW_MS = 1_765_000_000_000
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Depends, Path
 from pydantic import BaseModel
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import ApiError, BadQuery, NotFound
+from wulian.api.paging import ListPage, Page, paging
+
 from wulian.core.const import STREAM_PATTERN
 from wulian.core.streams import StreamDef, StreamError
 from wulian.ingest.stream_registry import STREAM_COLUMNS, create_stream, stream_def
@@ -36,19 +38,22 @@ class StreamPublic(BaseModel):
     rule_ids: list[int] = []  # on creation: the ids of the default rules created
 
 
-class StreamsPublic(BaseModel):
+class StreamsPublic(ListPage):
     data: list[StreamPublic]
-    count: int
-    next_cursor: str | None = None
 
 
 @router.get("", response_model=StreamsPublic)
-async def list_streams(pool: PoolDep, user: CurrentUser):
-    """Every stream, built-in ones first."""
+async def list_streams(pool: PoolDep, user: CurrentUser,
+                       page: Annotated[Page, Depends(paging(default=100, maximum=1000, keyset=2))] = Page(100)):
+    """Every stream, built-in ones first, then by name."""
+    after = page.after
     async with pool.acquire() as con:
-        rows = await con.fetch(f"SELECT {STREAM_COLUMNS} FROM streams ORDER BY NOT builtin, name")
+        rows = await con.fetch(
+            f"SELECT {STREAM_COLUMNS} FROM streams WHERE $1::int IS NULL OR ((NOT builtin)::int, name) > ($1, $2)"
+            " ORDER BY NOT builtin, name LIMIT $3", after and int(after[0]), after and str(after[1]), page.fetch)
+    rows, nxt = page.done(rows, key=lambda r: (int(not r["builtin"]), r["name"]))
     data = [StreamPublic(**stream_def(r).to_dict()) for r in rows]
-    return StreamsPublic(data=data, count=len(data))
+    return StreamsPublic(data=data, count=len(data), next_cursor=nxt)
 
 
 @router.get("/{name}", response_model=StreamPublic)
