@@ -50,7 +50,10 @@ _TOKEN_SEGMENT = re.compile(r"^(?=.*\d)[A-Za-z0-9_\-]{16,}$")
 def redact_url(url: str) -> str:
     """The URL without what authenticates it (robot URLs carry access tokens): query values, a password
     in the authority, and token-like path segments. Safe to return and log."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host: show nothing of it
+        return "***"
     netloc = parts.netloc
     if "@" in netloc:
         user, _, host = netloc.rpartition("@")

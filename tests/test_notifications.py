@@ -562,3 +562,11 @@ def test_redacted_urls_keep_no_token_wherever_the_robot_carries_it():
         red = redact_url(url)
         assert token not in red and "***" in red, red
     assert redact_url("https://open.feishu.cn/open-apis/bot/v2/hook/") == "https://open.feishu.cn/open-apis/bot/v2/hook/"
+
+
+async def test_a_channel_url_the_sender_cannot_use_is_refused(ctx):
+    """Schemathesis found a 500: an unbalanced '[' in the host made urlsplit raise when the channel was read back."""
+    for url in ("http://r[x/hook", "http://rÚ/hook", "http:///nohost"):
+        r = await ctx["api"].post("/v1/channels", headers=h(ctx["admin"]),
+                                  json={"name": f"bad-{uuid.uuid4().hex[:6]}", "kind": "webhook", "url": url})
+        assert r.status_code == 422, (url, r.text)

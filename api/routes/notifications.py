@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from datetime import datetime, time
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
@@ -31,7 +32,7 @@ ChannelKind = Literal["webhook", "wecom", "dingtalk", "feishu"]
 RoutedEvent = Literal["raised", "acknowledged", "cleared", "closed"]
 NotificationState = Literal["pending", "delivered", "failed"]
 _NAME = r"^[\w .:@()/-]{1,100}$"
-_URL = r"^https?://[^\s]{1,2000}$"
+_URL = r"^https?://[\x21-\x7e]{1,2000}$"  # printable ASCII: an IRI is sent percent-encoded
 _ID = Annotated[int, Field(ge=1, le=2**31 - 1)]
 # Quiet hours as China wall-clock "HH:MM" (a bare time is not an OpenAPI "time", which needs an offset).
 _HHMM = Field(None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="China time HH:MM")
@@ -42,10 +43,24 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+def _check_url(url: str | None) -> str | None:
+    """A URL the sender can send to: one urlsplit reads, with a host (pattern alone lets "http://[x" by)."""
+    if url is None:
+        return url
+    try:
+        host = urlsplit(url).hostname
+    except ValueError as exc:
+        raise ValueError(f"not a usable URL: {exc}") from None
+    if not host:
+        raise ValueError("the URL has no host")
+    return url
+
+
 class ChannelIn(BaseModel):
     name: str = Field(pattern=_NAME)
     kind: ChannelKind
     url: str = Field(pattern=_URL, description="robot or webhook URL (query values are masked when read back)")
+    _url_ok = field_validator("url")(_check_url)
     secret: str | None = Field(None, min_length=1, max_length=500, pattern=r"^[^\x00]*$",
                                description="HMAC key (webhook), sign secret (DingTalk/Feishu) or robot key "
                                            "(WeCom); write-only")
@@ -58,6 +73,7 @@ class ChannelIn(BaseModel):
 
 class ChannelPatch(BaseModel):
     url: str | None = Field(None, pattern=_URL)
+    _url_ok = field_validator("url")(_check_url)
     secret: str | None = Field(None, min_length=1, max_length=500, pattern=r"^[^\x00]*$")
     enabled: bool | None = None
     quiet_start: str | None = _HHMM
