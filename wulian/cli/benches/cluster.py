@@ -26,6 +26,7 @@ import asyncpg
 
 from wulian.cli.benches import emit
 from wulian.cli.benches.ingest import make_messages
+from wulian.evaluation.traffic import cpu_model
 from wulian.settings import get_settings
 
 STAGES = ("router", "nats", "worker", "postgresql", "mqtt_broker")
@@ -67,17 +68,6 @@ def server_cpu_seconds(root: int | None) -> float:
             if st is not None and int(st[1]) == root:  # ppid (field 4)
                 total += cpu_seconds(int(entry))
     return total
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 async def _q(dsn: str, sql: str, *args):
