@@ -3,7 +3,9 @@
 Debian's ``nats-server`` (2.9: JetStream and clustering) runs as three processes on free loopback ports,
 each with its own store under ``<stack dir>/nats/n<i>``; the ports and pids are written to
 ``cluster.json`` there, which is how routers, workers, ``status`` and ``down`` find the cluster. The
-machine's own NATS (4222) is never used: ports are picked free and 4222 is refused.
+machine's own NATS (4222) is never used: ports are picked free and 4222 is refused. ``up`` may also start
+routers and workers (``wulian router|worker`` child processes, logs ``<name>.log`` beside the nodes'),
+recorded in the same file so ``status`` shows them and ``down`` stops them (before the nodes).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,9 +37,22 @@ class Node:
 
 
 @dataclass
+class Member:
+    """A router or worker started by ``wulian cluster up --routers N --workers M``."""
+
+    role: str  # "router" | "worker"
+    name: str  # its --id: a router keeps its MQTT session (and its share) across restarts under it
+    pid: int | None = None
+
+
+ROLES = ("router", "worker")
+
+
+@dataclass
 class ClusterState:
     dir: str
     nodes: list[Node] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)
 
     @property
     def urls(self) -> list[str]:
@@ -51,7 +67,7 @@ class ClusterState:
         if not f.exists():
             return None
         d = json.loads(f.read_text())
-        return cls(d["dir"], [Node(**n) for n in d["nodes"]])
+        return cls(d["dir"], [Node(**n) for n in d["nodes"]], [Member(**m) for m in d.get("members", [])])
 
 
 def nats_server() -> str:
@@ -121,6 +137,56 @@ def up(cdir: Path, timeout: float = 20.0) -> ClusterState:
     return state
 
 
+def start_member(state: ClusterState, role: str, name: str, env: dict[str, str] | None = None) -> Member:
+    """Start ``wulian <role> --id <name>`` (or restart it under the same id), logging to ``<name>.log``."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    m = next((x for x in state.members if x.name == name), None)
+    if m is None:
+        m = Member(role, name)
+        state.members.append(m)
+    if not _alive(m.pid):
+        with open(Path(state.dir) / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "wulian", role, "--id", name], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        m.pid = proc.pid
+    state.save()
+    return m
+
+
+def scale(state: ClusterState, routers: int, workers: int, env: dict[str, str] | None = None) -> None:
+    """Make sure routers r1..rN and workers w1..wM run (members beyond N or M are left as they are)."""
+    for role, n in (("router", routers), ("worker", workers)):
+        for i in range(1, n + 1):
+            start_member(state, role, f"{role[0]}{i}", env)
+
+
+def stop_pid(pid: int | None, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    if not _alive(pid):
+        return
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        try:  # reap it when it is our child
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    if _alive(pid):  # did not stop in time: no orphan left holding partitions or a session
+        os.kill(pid, signal.SIGKILL)
+
+
+def stop_members(state: ClusterState) -> None:
+    """Routers first (no new intake), then workers (they commit what they hold); NATS stays up."""
+    for role in ROLES:
+        for m in state.members:
+            if m.role == role:
+                stop_pid(m.pid)
+                m.pid = None
+    state.save()
+
+
 def stop_node(node: Node, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
     if not _alive(node.pid):
         return
@@ -138,6 +204,7 @@ def down(cdir: Path) -> bool:
     state = ClusterState.load(cdir)
     if state is None:
         return False
+    stop_members(state)
     for n in state.nodes:
         stop_node(n)
         n.pid = None
@@ -148,7 +215,9 @@ def down(cdir: Path) -> bool:
 def status(cdir: Path) -> dict:
     state = ClusterState.load(cdir)
     if state is None:
-        return {"dir": str(cdir), "nodes": [], "running": 0}
+        return {"dir": str(cdir), "nodes": [], "running": 0, "members": []}
     nodes = [{"name": n.name, "url": f"nats://127.0.0.1:{n.port}", "pid": n.pid,
               "up": _alive(n.pid) and port_open(n.port)} for n in state.nodes]
-    return {"dir": str(cdir), "nodes": nodes, "running": sum(x["up"] for x in nodes)}
+    members = [{"role": m.role, "name": m.name, "pid": m.pid, "up": _alive(m.pid),
+                "log": str(Path(state.dir) / f"{m.name}.log")} for m in state.members if m.pid]
+    return {"dir": str(cdir), "nodes": nodes, "running": sum(x["up"] for x in nodes), "members": members}

@@ -191,3 +191,31 @@ async def test_cluster_loses_nothing_through_a_router_kill(cluster):
     await asyncio.to_thread(_publish, c.mqtt_port, docs2)
     c.start("router", "r1")
     await _check(c, len(docs1) + len(docs2), raises1 + raises2)
+
+
+async def test_cluster_up_starts_stops_and_shows_routers_and_workers(cluster, nats_urls):
+    """``wulian cluster up --routers 2 --workers 2``: members recorded with the nodes, shown by status,
+    stopped by down (here ``stop_members``, which down runs before stopping the nodes)."""
+    c, tag, t0 = cluster, uuid.uuid4().hex[:5], time.time_ns() // 1_000_000 - 3_600_000
+    cdir = ROOT / ".stack" / f"test-nats-{os.getpid()}"
+    state = nats_cluster.ClusterState.load(cdir)
+    # routers r1 and r2, the ids the other tests use: an MQTT session of an earlier test's router is
+    # still a member of the shared subscription, and only a router with its id takes its share
+    nats_cluster.scale(state, 2, 2, env=c.env)
+    try:
+        st = nats_cluster.status(cdir)
+        assert sorted((m["role"], m["name"]) for m in st["members"]) == [("router", "r1"), ("router", "r2"),
+                                                                         ("worker", "w1"), ("worker", "w2")]
+        assert all(m["up"] for m in st["members"])
+        assert nats_cluster.ClusterState.load(cdir).members[0].pid == st["members"][0]["pid"]
+        await wait_until(lambda: _q(c.dsn, "SELECT count(*) = $1 FROM cluster_partitions", PARTITIONS), timeout=60)
+        await asyncio.sleep(1.0)  # the router subscribed
+        docs, _ = _workload(tag, t0, 0, 4)
+        await asyncio.to_thread(_publish, c.mqtt_port, docs)
+        await _check(c, len(docs), 0)
+        pids = [m.pid for m in state.members]
+    finally:
+        nats_cluster.stop_members(state)
+    assert not any(nats_cluster._alive(p) for p in pids)
+    assert nats_cluster.status(cdir)["members"] == []
+

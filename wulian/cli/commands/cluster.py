@@ -48,13 +48,17 @@ def _cluster(args: argparse.Namespace) -> int:
         p = asyncio.run(stream())
         print(f"NATS cluster up: {' '.join(state.urls)}; stream {j.STREAM}, {p} partitions, "
               f"replicas {settings.cluster.replicas}")
+        if args.routers or args.workers:
+            nc.scale(state, args.routers, args.workers)
+            print(f"started {args.routers} router(s), {args.workers} worker(s); logs in {cdir}/<name>.log")
         return 0
     if args.action == "down":
         print("NATS cluster stopped" if nc.down(cdir) else "no NATS cluster here")
         return 0
     st = nc.status(cdir)
     print(json.dumps(st, indent=1))
-    return 0 if st["running"] == len(st["nodes"]) and st["nodes"] else 3
+    healthy = st["running"] == len(st["nodes"]) and st["nodes"] and all(m["up"] for m in st["members"])
+    return 0 if healthy else 3
 
 
 def _router(args: argparse.Namespace) -> int:
@@ -102,9 +106,21 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return n
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cluster", help="start/stop/inspect the local 3-node NATS JetStream cluster")
     p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--routers", type=_count, default=0, help="up: also start N routers (r1..rN)")
+    p.add_argument("--workers", type=_count, default=0, help="up: also start M workers (w1..wM)")
     p.set_defaults(func=_cluster)
     r = sub.add_parser("router", help="cluster mode: MQTT shared subscription -> JetStream partitions")
     r.add_argument("--id", help="MQTT client id (keep it across restarts: the broker holds its share)")
