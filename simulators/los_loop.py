@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-PACKAGED = files("simulators") / "data" / "los_loop"
+PACKAGED = files(__package__) / "data" / "los_loop"
 PACKAGED_LABEL = "packaged Los-loop week"  # what reports print as the data source when no directory is given
 SPEED_FILE = "los_speed.csv"
 ADJACENCY_FILE = "los_adj.csv"

@@ -56,3 +56,14 @@ def test_wheel_holds_only_the_wulian_package(tmp_path):
     for must in ("wulian/core/sql/0001_init.sql", "wulian/api/static/swagger-ui/swagger-ui-bundle.js",
                  "wulian/simulators/data/los_loop/los_speed.csv.xz", "wulian/ingest/codecs/hj212.py"):
         assert must in names
+
+
+def test_the_installed_cli_loads_every_command_outside_the_checkout(tmp_path):
+    """Under pytest the checkout is on sys.path, so a bare ``simulators`` or ``core`` still imports there;
+    the installed ``wulian`` run from elsewhere must find everything under ``wulian.`` (a packaged-data
+    lookup by the folder's name broke every command once)."""
+    out = subprocess.run([sys.executable, "-m", "wulian", "--help"], cwd=tmp_path, capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for command in ("ingest", "api", "derive", "bench", "traffic", "cluster", "stream", "notify", "device"):
+        assert command in out.stdout
