@@ -60,7 +60,15 @@ C_FAULT_CLEAR = 14
 C_STEP_NS = 15
 C_REL_LOW = 16  # a bin is also low below this fraction of the forecast AND of the time-of-day profile
 C_PROF_LOW = 17  # every onset also needs the reading below this fraction of the profile (0: off)
-N_CFG = 18
+C_NB_NEED = 18  # distinct confirming neighbours needed to raise
+C_NB_COUNT = 19  # only the first this many of nb_top (the strongest links) may confirm (0: all)
+C_NB_FOLLOW = 20  # a neighbour confirms only if its drop began >= this many bins after ours (< 0: off)
+C_NB_RATIO = 21  # a neighbour is low below this fraction of its forecast (0: by k_nb sigmas instead)
+C_LEVEL_ALPHA = 22  # weight of a new reading in the segment's recent level (exponential average)
+C_LEVEL_DROP = 23  # a run starts only below this fraction of the segment's recent level (0: off)
+C_NB_LEVEL = 24  # a neighbour is slowing only below this fraction of its recent level (0: off)
+C_NB_FOLLOW_MAX = 25  # ...and at most this many bins after (< 0: no limit)
+N_CFG = 26
 
 # int64 state columns
 S_LAST_TS = 0
@@ -73,13 +81,16 @@ S_FAULT_OK = 6
 S_FAULT_ON = 7
 S_FAULT_CODE = 8
 S_NB_LOW_TS = 9
-N_STATE_I = 10
+S_NB_START_TS = 10  # start of the segment's latest streak of neighbour evidence
+S_RUN_START_TS = 11  # first bin of the current low run
+N_STATE_I = 12
 # float64 state columns
 F_PREV = 0
 F_PREV_JUMP = 1
 F_EXPECTED = 2
 F_BAND = 3
-N_STATE_F = 4
+F_LEVEL = 4  # recent level: exponential average of the healthy readings
+N_STATE_F = 5
 
 NO_TS = np.iinfo(np.int64).min
 
@@ -92,21 +103,36 @@ def new_state(n):
     for s in range(n):
         si[s, S_LAST_TS] = NO_TS
         si[s, S_NB_LOW_TS] = NO_TS
+        si[s, S_NB_START_TS] = NO_TS
+        si[s, S_RUN_START_TS] = NO_TS
     return si, sf
 
 
+def widen_state(si, sf):
+    """State saved by an older detector (fewer columns) padded to today's layout (new columns fresh)."""
+    si = np.asarray(si, np.int64)
+    sf = np.asarray(sf, np.float64)
+    fresh_i, fresh_f = new_state(si.shape[0])
+    fresh_i[:, : si.shape[1]] = si[:, :N_STATE_I]
+    fresh_f[:, : sf.shape[1]] = sf[:, :N_STATE_F]
+    return fresh_i, fresh_f
+
+
 @njit(cache=True, nogil=True)
-def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, out_seg, out_kind, out_code, out_val, n_out):
+def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, lvl, out_seg, out_kind, out_code, out_val,
+               n_out):
     """Advance every segment by the bin at time t (ns). obs/fc/prof/scale/cap are [N] (NaN obs = not
     reported, NaN fc = no forecast, NaN prof = no profile: the relative test uses the forecast alone); nb_top [N, K] the strongest neighbours (a segment padded with itself).
-    z [N] is scratch. Appends events from index n_out and returns the new count; out_* need 2 N free
+    z and lvl [N] are scratch. Appends events from index n_out and returns the new count; out_* need 2 N free
     slots (at most one incident and one fault event per segment and bin)."""
     n = obs.shape[0]
     step = np.int64(cfg[C_STEP_NS])
     gap = step + step // 2
     k = cfg[C_K]
+    alpha = cfg[C_LEVEL_ALPHA]
     for s in range(n):
         z[s] = np.nan
+        lvl[s] = np.nan
         o = obs[s]
         if not np.isfinite(o):
             continue
@@ -120,6 +146,7 @@ def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, out_seg, ou
                 si[s, S_FLAT_RUN] = 0
                 sf[s, F_PREV] = np.nan
                 sf[s, F_PREV_JUMP] = np.nan
+                sf[s, F_LEVEL] = np.nan
         si[s, S_LAST_TS] = t
         # 1. health
         code = NO_FAULT
@@ -167,13 +194,28 @@ def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, out_seg, ou
                     n_out += 1
         if code != NO_FAULT or flat or si[s, S_FAULT_ON] == 1:
             si[s, S_LOW_RUN] = 0
+            si[s, S_NB_LOW_TS] = NO_TS  # a suspect reading confirms no neighbour, nor does its past
             continue
-        # 2. forecast error in robust sigmas
+        # 2. forecast error in robust sigmas; the recent level before this reading
+        level = sf[s, F_LEVEL]
+        lvl[s] = level
+        sf[s, F_LEVEL] = o if not np.isfinite(level) else level + alpha * (o - level)
         f = fc[s]
         sc = scale[s]
         if np.isfinite(f) and np.isfinite(sc) and sc > 0:
             z[s] = (o - f) / sc
-            if z[s] < -cfg[C_K_NB] and o - f < -cfg[C_NB_MIN_DROP]:
+            nb_ratio = cfg[C_NB_RATIO]
+            nb_low = (o < nb_ratio * f) if nb_ratio > 0 else (z[s] < -cfg[C_K_NB])
+            if cfg[C_NB_LEVEL] > 0 and np.isfinite(level) and o >= cfg[C_NB_LEVEL] * level:
+                nb_low = False  # no slower than a moment ago: a forecast miss, not a spreading queue
+            if nb_low and o - f < -cfg[C_NB_MIN_DROP]:
+                prev = si[s, S_NB_LOW_TS]
+                # a new streak of slowing; or, in a long one, a further sudden drop (below nb_level x
+                # the recent level) is taken as a new start, so a queue reaching an already slow road counts
+                stale = cfg[C_NB_LEVEL] > 0 and cfg[C_NB_FOLLOW_MAX] >= 0 and \
+                    t - si[s, S_NB_START_TS] > np.int64(cfg[C_NB_FOLLOW_MAX]) * step
+                if prev == NO_TS or t - prev > gap or stale:
+                    si[s, S_NB_START_TS] = t
                 si[s, S_NB_LOW_TS] = t
     # 3. decisions, now that every neighbour's evidence of this bin is known
     window = np.int64(cfg[C_NB_WINDOW]) * step
@@ -189,8 +231,13 @@ def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, out_seg, ou
             low = False
             if si[s, S_LOW_RUN] > 0:  # a run goes on while below the speed expected at its start
                 low = o < sf[s, F_EXPECTED] - sf[s, F_BAND]
-                if not low:
+                # a run too old for its links to confirm any more restarts at a fresh sudden drop
+                stale = cfg[C_NB_FOLLOW_MAX] >= 0 and \
+                    t - si[s, S_RUN_START_TS] > np.int64(cfg[C_NB_FOLLOW_MAX]) * step
+                fresh = cfg[C_LEVEL_DROP] > 0 and np.isfinite(lvl[s]) and o < cfg[C_LEVEL_DROP] * lvl[s]
+                if not low or (stale and fresh):
                     si[s, S_LOW_RUN] = 0
+                    low = False
             if si[s, S_LOW_RUN] == 0:
                 rel = cfg[C_REL_LOW]
                 p = prof[s]
@@ -199,21 +246,26 @@ def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, out_seg, ou
                 low = (by_sigma or by_ratio) and drop < -cfg[C_MIN_DROP]
                 if low and cfg[C_PROF_LOW] > 0 and np.isfinite(p) and o >= cfg[C_PROF_LOW] * p:
                     low = False  # no slower than usual at this time of day: recurrent, not an incident
+                if low and cfg[C_LEVEL_DROP] > 0 and np.isfinite(lvl[s]) and o >= cfg[C_LEVEL_DROP] * lvl[s]:
+                    low = False  # no sudden drop from the recent level: a jam the forecast missed goes on
                 if low:
                     sf[s, F_EXPECTED] = f
-                    b = band if by_sigma else max((1.0 - rel) * f, cfg[C_MIN_DROP])
+                    # min_drop guards the onset; the run then goes on while below rel x the expected speed
+                    b = band if by_sigma else (1.0 - rel) * f
                     if by_sigma and by_ratio:
-                        b = min(band, max((1.0 - rel) * f, cfg[C_MIN_DROP]))
+                        b = min(band, (1.0 - rel) * f)
                     sf[s, F_BAND] = b
             if low:
+                if si[s, S_LOW_RUN] == 0:
+                    si[s, S_RUN_START_TS] = t
                 si[s, S_LOW_RUN] += 1
             run = si[s, S_LOW_RUN]
             if run >= cfg[C_RAISE_AFTER]:
-                support = run >= cfg[C_ALONE_AFTER]
-                for j in range(nb_top.shape[1]):
-                    nb = nb_top[s, j]
-                    if nb != s and si[nb, S_NB_LOW_TS] != NO_TS and t - si[nb, S_NB_LOW_TS] <= window:
-                        support = True
+                count, links = confirmations(s, t, nb_top, cfg, si, window, step)
+                # a segment without road links can only raise alone; the others need their links
+                support = (links == 0 or cfg[C_ALONE_AFTER] > 0) and run >= max(cfg[C_ALONE_AFTER], 1.0)
+                if links > 0 and count >= min(max(cfg[C_NB_NEED], 1.0), links):
+                    support = True
                 if support:
                     si[s, S_ACTIVE] = 1
                     si[s, S_OK_RUN] = 0
@@ -240,6 +292,41 @@ def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, out_seg, ou
 
 
 @njit(cache=True, nogil=True)
+def confirmations(s, t, nb_top, cfg, si, window, step):
+    """(confirming, links): how many of segment s's strongest road links slowed within the last ``window`` ns of t, and
+    (with ``nb_follow`` >= 0) began slowing at least ``nb_follow`` (and at most ``nb_follow_max``) bins
+    after s's own run began: a
+    queue spreads from the incident to the links behind it, whereas a slowdown that reached s from
+    a neighbour (a jam growing back from a bottleneck downstream, rush hour) started there first."""
+    n_cols = nb_top.shape[1]
+    if cfg[C_NB_COUNT] > 0:
+        n_cols = min(n_cols, np.int64(cfg[C_NB_COUNT]))
+    follow = cfg[C_NB_FOLLOW]
+    count = 0
+    links = 0
+    for j in range(n_cols):
+        nb = nb_top[s, j]
+        if nb == s:
+            continue
+        dup = False
+        for i in range(j):
+            dup = dup or nb_top[s, i] == nb
+        if dup:
+            continue
+        links += 1
+        last = si[nb, S_NB_LOW_TS]
+        if last == NO_TS or t - last > window:
+            continue
+        lag = si[nb, S_NB_START_TS] - si[s, S_RUN_START_TS]
+        if follow >= 0 and lag < np.int64(follow) * step:
+            continue
+        if cfg[C_NB_FOLLOW_MAX] >= 0 and lag > np.int64(cfg[C_NB_FOLLOW_MAX]) * step:
+            continue  # a jam that started elsewhere long after ours is no sign of ours spreading
+        count += 1
+    return count, links
+
+
+@njit(cache=True, nogil=True)
 def detect_series(ts, obs, fc, prof, bucket, scale_table, cap, nb_top, cfg, si, sf):
     """detect_bin over rows: ts [R], obs/fc/prof [R, N], bucket [R] (row of scale_table [B, N]).
     Returns (row, segment, kind, code, value) of every event, in order."""
@@ -251,9 +338,10 @@ def detect_series(ts, obs, fc, prof, bucket, scale_table, cap, nb_top, cfg, si, 
     out_val = np.empty(cap_out, np.float64)
     out_row = np.empty(cap_out, np.int64)
     z = np.empty(n)
+    lvl = np.empty(n)
     n_out = 0
     for r in range(r_len):
-        m = detect_bin(ts[r], obs[r], fc[r], prof[r], scale_table[bucket[r]], cap, nb_top, cfg, si, sf, z,
+        m = detect_bin(ts[r], obs[r], fc[r], prof[r], scale_table[bucket[r]], cap, nb_top, cfg, si, sf, z, lvl,
                        out_seg, out_kind, out_code, out_val, n_out)
         for e in range(n_out, m):
             out_row[e] = r

@@ -5,7 +5,10 @@ Closed form. For each horizon the change from a segment's current level is linea
 A pooled least-squares fit over all segments gives the prior; each segment's own ridge fit is shrunk
 towards it with a strength chosen per horizon on a validation slice cut from the end of the training
 rows. Fitting features use a leave-one-day-out profile, so the model does not learn to trust a profile
-that already contains the value it predicts. The same class fits flow, or any other per-segment series
+that already contains the value it predicts. Last, each horizon's forecast is blended towards the
+time-of-day profile, the last value and the mean of the last three values with weights fitted by least
+squares on the same validation slice (out of sample for the model that made those forecasts): the
+per-segment fits are a little overconfident far ahead, and this pulls them back where it pays. The same class fits flow, or any other per-segment series
 sampled on a fixed step.
 
 Stateful in river's manner: parameters in ``__init__``, ``fit`` learns, ``forecast`` answers, and the
@@ -24,7 +27,8 @@ from wulian.core.kernels import traffic_forecast as kern
 from wulian.core.timebase import CHINA_OFFSET_S, NS_PER_S
 from wulian.core.timebase import S_PER_DAY as SECONDS_PER_DAY
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-horizon blend weights (a version 1 model loads with none)
+BLEND_TERMS = ("profile", "last", "last3_mean")  # what each forecast is blended towards
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +125,7 @@ class TrafficForecaster:
         self.coef: np.ndarray | None = None  # [H, N, 2, F]
         self.lam: np.ndarray | None = None  # [H] chosen shrinkage
         self.resid_sigma: np.ndarray | None = None  # [H, N] robust spread of in-sample residuals
+        self.blend: np.ndarray | None = None  # [H, len(BLEND_TERMS)] weights towards each blend term
         self.bounds = (0.0, np.inf)
         self._scratch = None
 
@@ -157,22 +162,31 @@ class TrafficForecaster:
             val = values[cut:]
             ends = np.arange(p.n_lags - 1, n_val - 1, dtype=np.int64)
             score = np.full((len(lams), p.horizons), np.inf)
+            y_val = self._targets(val, ends)
+            best = np.full(y_val.shape, np.nan)
             for k, lam in enumerate(lams):
                 coef = self._solve(gram, rhs, np.full(p.horizons, lam))
                 pred = self._forecast_rows(val, ends, slot[cut:], day_type[cut:], coef, prof)
-                err = self._targets(val, ends) - pred
+                err = y_val - pred
                 seen = np.isfinite(err).any(axis=(0, 2))
-                score[k, seen] = np.nanmean(err[:, seen] ** 2, axis=(0, 2))
+                sc = np.full(p.horizons, np.inf)
+                sc[seen] = np.nanmean(err[:, seen] ** 2, axis=(0, 2))
+                better = sc < score.min(axis=0)
+                best[:, better] = pred[:, better]
+                score[k] = sc
             # a horizon the validation slice cannot reach gets the strongest shrinkage
             self.lam = np.where(np.isfinite(score).any(axis=0), lams[np.argmin(score, axis=0)], lams.max())
+            terms = self._blend_terms(val, ends, slot[cut:], day_type[cut:], prof, best)
+            self.blend = fit_blend(y_val, best, terms)
         else:
             self.lam = np.full(p.horizons, lams[0])
+            self.blend = np.zeros((p.horizons, len(BLEND_TERMS)))
 
         self.profile, loo = self._profile(values, slot[:t_len], day_type[:t_len])
         gram, rhs = self._normal_equations(values, loo)
         self.coef = self._solve(gram, rhs, self.lam)
         ends = np.arange(p.n_lags - 1, t_len - 1, dtype=np.int64)
-        pred = self._forecast_rows(values, ends, slot, day_type, self.coef, self.profile)
+        pred = self._forecast_rows(values, ends, slot, day_type, self.coef, self.profile, self.blend)
         self.resid_sigma = robust_sigma(self._targets(values, ends) - pred, axis=0)
         self._scratch = None
         return self
@@ -207,10 +221,26 @@ class TrafficForecaster:
                 coef[h, :, r] = shrunk[..., 0]
         return coef
 
-    def _forecast_rows(self, values, ends, slot, day_type, coef, profile):
+    def _forecast_rows(self, values, ends, slot, day_type, coef, profile, blend=None):
         p, g = self.params, self.graph
-        return kern.forecast_rows(values, ends, slot, day_type, profile, g.ptr, g.idx, g.w, g.top_k,
+        pred = kern.forecast_rows(values, ends, slot, day_type, profile, g.ptr, g.idx, g.w, g.top_k,
                                   float(p.regime_drop), p.opts(), coef, self.bounds[0], self.bounds[1], p.n_lags)
+        if blend is not None and np.any(blend):
+            pred = apply_blend(pred, self._blend_terms(values, ends, slot, day_type, profile, pred), blend,
+                               self.bounds)
+        return pred
+
+    def _blend_terms(self, values, ends, slot, day_type, profile, pred):
+        """[W, H, N, 3]: each term minus the forecast (NaN where a term is unknown)."""
+        h = self.params.horizons
+        tgt = ends[:, None] + 1 + np.arange(h)[None, :]
+        prof = profile[day_type[tgt], slot[tgt]]  # slot / day_type reach H rows past the values
+        filled = forward_fill(values, self.params.n_lags)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a window without values: NaN
+            last3 = np.nanmean(filled[np.maximum(ends[:, None] - np.arange(3)[None, :], 0)], axis=1)
+        last = filled[ends]
+        return np.stack([prof - pred, last[:, None, :] - pred, last3[:, None, :] - pred], axis=-1)
 
     def _targets(self, values, ends):
         rows = ends[:, None] + 1 + np.arange(self.params.horizons)[None, :]
@@ -243,6 +273,14 @@ class TrafficForecaster:
         out = np.empty((p.horizons, self.n_segments))
         kern.forecast_window(recent, self.profile[day_type[0], slot[0]], p_tgt, g.ptr, g.idx, g.w, g.top_k,
                              float(p.regime_drop), opts, self.coef, self.bounds[0], self.bounds[1], out, feats, regime, work)
+        if self.blend is not None and np.any(self.blend):
+            filled = forward_fill(recent, p.n_lags)  # a missing report: the last one stands in
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a segment without values: NaN terms
+                last3 = np.nanmean(filled[-3:], axis=0)
+            last = filled[-1]
+            terms = np.stack([p_tgt - out, last[None, :] - out, last3[None, :] - out], axis=-1)
+            out = apply_blend(out[None], terms[None], self.blend, self.bounds)[0]
         return out
 
     def forecast_series(self, values: np.ndarray, t0_ns: int, ends: np.ndarray) -> np.ndarray:
@@ -254,7 +292,7 @@ class TrafficForecaster:
             raise ValueError("window ends out of range")
         ts = int(t0_ns) + np.arange(values.shape[0] + p.horizons, dtype=np.int64) * (self.step_s * NS_PER_S)
         slot, _, day_type = time_slots(ts, self.step_s, p.utc_offset_s, p.weekend_profile)
-        return self._forecast_rows(values, ends, slot, day_type, self.coef, self.profile)
+        return self._forecast_rows(values, ends, slot, day_type, self.coef, self.profile, self.blend)
 
     def profile_at(self, ts_ns: np.ndarray) -> np.ndarray:
         """Time-of-day profile values [len(ts), N] at the given times (the historical-average forecast)."""
@@ -273,13 +311,14 @@ class TrafficForecaster:
         return {
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             "coef": self.coef, "profile": self.profile, "lam": self.lam, "resid_sigma": self.resid_sigma,
+            "blend": self.blend,
             "graph_ptr": g.ptr, "graph_idx": g.idx, "graph_w": g.w, "graph_top_k": g.top_k,
         }
 
     @classmethod
     def from_arrays(cls, arrays) -> "TrafficForecaster":
         meta = json.loads(bytes(np.asarray(arrays["meta"], dtype=np.uint8)).decode())
-        if meta["version"] != FORMAT_VERSION:
+        if meta["version"] not in (1, FORMAT_VERSION):
             raise ValueError(f"unsupported forecaster format {meta['version']}")
         params = meta["params"]
         params["lambdas"] = tuple(params["lambdas"])
@@ -290,6 +329,8 @@ class TrafficForecaster:
         model.profile = np.ascontiguousarray(arrays["profile"], dtype=np.float64)
         model.lam = np.asarray(arrays["lam"], dtype=np.float64)
         model.resid_sigma = np.asarray(arrays["resid_sigma"], dtype=np.float64)
+        model.blend = np.asarray(arrays["blend"], np.float64) if "blend" in arrays else \
+            np.zeros((model.coef.shape[0], len(BLEND_TERMS)))
         model.graph = Graph(ptr=np.asarray(arrays["graph_ptr"], np.int64), idx=np.asarray(arrays["graph_idx"], np.int32),
                             w=np.asarray(arrays["graph_w"], np.float64),
                             top_k=np.ascontiguousarray(arrays["graph_top_k"], dtype=np.int32))
@@ -304,6 +345,39 @@ class TrafficForecaster:
     def from_bytes(cls, data: bytes) -> "TrafficForecaster":
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return cls.from_arrays({k: z[k] for k in z.files})
+
+
+def forward_fill(values: np.ndarray, limit: int) -> np.ndarray:
+    """values [T, N] with each NaN replaced by the column's last finite value at most ``limit - 1`` rows
+    earlier (as the kernels use a segment's last report within the input window), else NaN."""
+    t_len, n = values.shape
+    rows = np.arange(t_len)[:, None]
+    idx = np.maximum.accumulate(np.where(np.isfinite(values), rows, -1), axis=0)
+    out = values[np.maximum(idx, 0), np.arange(n)[None, :]]
+    out[(idx < 0) | (rows - idx >= limit)] = np.nan
+    return out
+
+
+def fit_blend(y: np.ndarray, pred: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """Per horizon, least-squares weights w [H, 3] of y - pred ~ terms . w over windows and segments
+    (y, pred [W, H, N]; terms [W, H, N, 3]); cells with any NaN are left out, a horizon without any
+    gets zeros (no blending)."""
+    n_h, n_t = pred.shape[1], terms.shape[-1]
+    out = np.zeros((n_h, n_t))
+    for h in range(n_h):
+        a = terms[:, h].reshape(-1, n_t)
+        r = (y[:, h] - pred[:, h]).ravel()
+        ok = np.isfinite(r) & np.isfinite(a).all(axis=1)
+        if ok.sum() > 10 * n_t:
+            out[h] = np.linalg.lstsq(a[ok], r[ok], rcond=None)[0]
+    return out
+
+
+def apply_blend(pred: np.ndarray, terms: np.ndarray, blend: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """pred [W, H, N] + terms [W, H, N, 3] . blend [H, 3] (an unknown term adds nothing), kept within the
+    training range like the model's own forecasts."""
+    adj = np.einsum("whnt,ht->whn", np.nan_to_num(terms, nan=0.0), blend)
+    return np.clip(pred + adj, bounds[0], bounds[1])
 
 
 def warm_up(params: TrafficForecastParams | None = None, step_s: int = 300) -> None:

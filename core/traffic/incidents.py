@@ -45,16 +45,24 @@ class IncidentParams:
 
     horizon: int = 3  # compare with the forecast made this many steps earlier (3 x 5 min = 15 min)
     k: float = 6.0  # main threshold in robust sigmas (learn_detector chooses it from k_grid)
-    k_grid: tuple[float, ...] = (3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0)
+    k_grid: tuple[float, ...] = (3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 14.0, 16.0)
     fa_budget: float = 0.01  # incidents per segment and day allowed on the training rows (~2/day on 207)
-    rel_low: float = 0.5  # also low below this fraction of both the forecast and the profile (0: off)
+    rel_low: float = 0.75  # also low below this fraction of both the forecast and the profile (0: off)
     prof_low: float = 0.0  # every onset also below this fraction of the time-of-day profile (0: off)
     min_learn_days: float = 3.0  # fewer training days cannot show a budget of ~0.01/segment-day: keep k
     k_nb: float = 2.5  # a neighbour confirms below this many sigmas...
     min_drop: float = 10.0  # an incident is at least this far below the forecast
     nb_min_drop: float = 5.0  # ...and this far below its own forecast
-    raise_after: int = 2  # consecutive low bins with a confirming neighbour
-    alone_after: int = 4  # consecutive low bins without one
+    raise_after: int = 2  # consecutive low bins with confirming neighbours
+    alone_after: int = 0  # consecutive low bins that raise without them (0: never, unless a segment has no links)
+    nb_need: int = 2  # confirming road links needed (fewer if a segment has fewer links)
+    nb_count: int = 2  # only the strongest this many links may confirm (0: all of nb_top)
+    nb_follow: int = 1  # a link confirms only if it began slowing >= this many bins after us (-1: any order)
+    nb_follow_max: int = 4  # ...and at most this many bins after us (-1: no limit)
+    nb_ratio: float = 0.85  # a link is slowing below this fraction of its forecast (0: below -k_nb sigmas)
+    level_alpha: float = 0.3  # recent level: exponential average, this weight on the newest reading (~30 min)
+    level_drop: float = 0.75  # a run starts only below this fraction of the recent level (0: off)
+    nb_level: float = 0.9  # a link is slowing only below this fraction of its own recent level (0: off)
     clear_after: int = 2  # consecutive recovered bins to clear
     nb_window: int = 3  # a neighbour's drop confirms for this many bins
     zero: float = 0.5  # a reading at or below this is a dead detector
@@ -98,6 +106,14 @@ class IncidentParams:
         c[kern.C_STEP_NS] = self.step_s * NS_PER_S
         c[kern.C_REL_LOW] = self.rel_low
         c[kern.C_PROF_LOW] = self.prof_low
+        c[kern.C_NB_NEED] = self.nb_need
+        c[kern.C_NB_COUNT] = self.nb_count
+        c[kern.C_NB_FOLLOW] = self.nb_follow
+        c[kern.C_NB_RATIO] = self.nb_ratio
+        c[kern.C_NB_FOLLOW_MAX] = self.nb_follow_max
+        c[kern.C_LEVEL_ALPHA] = self.level_alpha
+        c[kern.C_LEVEL_DROP] = self.level_drop
+        c[kern.C_NB_LEVEL] = self.nb_level
         return c
 
 
@@ -210,8 +226,7 @@ class IncidentDetector:
         p["k_grid"] = tuple(p["k_grid"])
         det = cls(arrays["scale_table"], arrays["cap"], arrays["nb_top"], IncidentParams(**p))
         det.k = float(np.asarray(arrays["k"])[0])
-        det.state_i = np.array(arrays["state_i"], dtype=np.int64)
-        det.state_f = np.array(arrays["state_f"], dtype=np.float64)
+        det.state_i, det.state_f = kern.widen_state(arrays["state_i"], arrays["state_f"])
         det.curve = [tuple(map(float, r)) for r in np.asarray(arrays["curve"], np.float64).reshape(-1, 2)]
         return det
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import platform
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -287,6 +288,17 @@ def evaluate(data: TrafficDataset, train_fraction: float = 0.8, t0_ns: int | Non
         report["incidents"] = evaluate_detector(model, det, test, data.adjacency, test_t0, n_per_shape=n_incidents,
                                                 n_faults=max(1, n_incidents // 2))
         report["incidents"]["params"] = {k: getattr(det.params, k) for k in det.params.__slots__ if k != "k_grid"}
+        # the other operating family, on the same injections (same seed): relative test on if the
+        # training budget turned it off, else off -- the trade an operator could choose instead
+        other = 0.0 if det.params.rel_low > 0 else (inc_params.rel_low or IncidentParams().rel_low)
+        alt = IncidentDetector(det.scale_table, det.cap, det.nb_top, replace(det.params, rel_low=other))
+        alt.k, alt.curve = det.k, det.curve
+        alt_report = evaluate_detector(model, alt, test, data.adjacency, test_t0, n_per_shape=n_incidents,
+                                       n_faults=max(1, n_incidents // 2))
+        report["incidents"]["alternative"] = {
+            "rel_low": other, "curve": alt_report["curve"], "shapes": alt_report["shapes"],
+            **{k: alt_report[k] for k in ("threshold_k", "false_alarms_per_day", "detection_rate",
+                                          "mean_time_to_detect_min", "faults_as_incidents")}}
         report["checks"] |= incident_checks(report)
     report["cpu"] = cpu_model()
     report["train_fraction"] = train_fraction
