@@ -17,10 +17,13 @@ neighbours' in the same bin. Per bin and segment, in this order:
    is not evidence), again with a drop of ``min_drop``. Once a run has started, the following bins are
    judged against the speed expected at its start (the short-horizon forecast follows a collapse after
    a few bins and would hide it): low while below that speed minus the band that opened the run.
-   An incident needs ``raise_after`` low bins in a row, and either an
-   upstream/downstream neighbour (the segment's strongest road links) below -k_nb sigmas within the last
-   ``nb_window`` bins, or ``alone_after`` bins in a row (a lone drop must last longer: it is more often
-   a detector). ``clear_after`` bins back within the band of the speed expected at the start clear it.
+   A run starts only below ``level_drop`` x the segment's recent level (an exponential average of its
+   healthy readings); a run too old for confirmation restarts at a fresh sudden drop.
+   An incident needs ``raise_after`` low bins in a row, and ``nb_need`` of the segment's first
+   ``nb_count`` road links (``confirmations``) slowing within the last ``nb_window`` bins, their slowing
+   having begun ``nb_follow``..``nb_follow_max`` bins after the run began; or ``alone_after`` bins in a
+   row when set (or when the segment has no links). ``clear_after`` bins back within the band of the
+   speed expected at the start clear it.
 
 State is two arrays per segment (int64 [N, NI], float64 [N, NF]), so it round-trips through npz.
 """

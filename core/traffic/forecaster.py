@@ -7,9 +7,9 @@ towards it with a strength chosen per horizon on a validation slice cut from the
 rows. Fitting features use a leave-one-day-out profile, so the model does not learn to trust a profile
 that already contains the value it predicts. Last, each horizon's forecast is blended towards the
 time-of-day profile, the last value and the mean of the last three values with weights fitted by least
-squares on the same validation slice (out of sample for the model that made those forecasts): the
-per-segment fits are a little overconfident far ahead, and this pulls them back where it pays. The same class fits flow, or any other per-segment series
-sampled on a fixed step.
+squares on the same validation slice (out of sample for the model that made those forecasts): a pooled
+correction of what the shrunk per-segment fits leave systematic, worth most at 45-60 minutes. The same
+class fits flow, or any other per-segment series sampled on a fixed step.
 
 Stateful in river's manner: parameters in ``__init__``, ``fit`` learns, ``forecast`` answers, and the
 fitted state round-trips through plain numpy arrays (``to_arrays`` / ``from_arrays``) or bytes.

@@ -8,8 +8,14 @@ each 5-minute bin is judged for all segments at once:
   alert of their own kind), and such a reading is never incident evidence nor confirms a neighbour;
 - the error against the forecast made ``horizon`` steps earlier, in robust sigmas of that segment's
   errors at that hour of day (``learn_detector`` replays the training rows: MAD per segment and hour),
-  must stay below -k for ``raise_after`` bins and be confirmed by a neighbour on the road graph, or last
-  ``alone_after`` bins on its own.
+  must stay below -k for ``raise_after`` bins, starting with a sudden drop from the segment's own recent
+  level (``level_drop``: a jam the forecast expected to clear that just goes on is no incident);
+- and the queue must spread: ``nb_need`` of the segment's ``nb_count`` strongest road links start
+  slowing (below ``nb_ratio`` x their forecast and ``nb_level`` x their recent level) ``nb_follow`` to
+  ``nb_follow_max`` bins after the segment did. A link that slowed first means the slowdown came from
+  there (a bottleneck further on, rush hour), so it does not confirm. The road graph is symmetric, so
+  "upstream" is whichever link slows after the segment. A lone drop is raised only with ``alone_after``
+  set (or on a segment without links).
 
 The main threshold k is chosen on the training rows only: the smallest k of ``k_grid`` whose replay of
 the training rows raises at most ``fa_budget`` incidents per segment and day (else the largest k); with
