@@ -392,6 +392,9 @@ def test_cli_evaluates_any_directory_with_the_two_files(tmp_path, capsys):
     assert inc["faults_classified"] == 3 and inc["faults_as_incidents"] == 0
     assert {"false_alarms_per_day", "detection_rate", "mean_time_to_detect_min", "threshold_k"} <= set(inc)
     assert inc["threshold_k"] in [c["k"] for c in inc["curve"]] and len(inc["curve"]) >= 5
+    alt = inc["alternative"]  # the other relative-test family, on the same injections
+    assert (alt["rel_low"] > 0) != (inc["params"]["rel_low"] > 0)
+    assert [c["k"] for c in alt["curve"]] == [c["k"] for c in inc["curve"]] and set(alt["shapes"]) == set(inc["shapes"])
     rates = [c["detection_rate"] for c in inc["curve"]]
     assert rates == sorted(rates, reverse=True)  # a higher threshold never detects more
     assert {"false_alarms_per_day", "detection_rate", "rmse_45_vs_persistence"} <= set(report["checks"])

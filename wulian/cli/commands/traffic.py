@@ -87,5 +87,12 @@ def run(args: argparse.Namespace) -> int:
               f"{inc['faults_as_incidents']} became incidents")
         print("  curve (k: detection, false alarms/day): " + ", ".join(
             f"{c['k']:g}: {c['detection_rate']:.0%} {c['false_alarms_per_day']:.1f}" for c in inc["curve"]))
+        alt = inc.get("alternative")
+        if alt:
+            amttd = alt["mean_time_to_detect_min"]
+            print(f"  relative test {'on' if alt['rel_low'] else 'off'} instead (same injections, k = "
+                  f"{alt['threshold_k']:g}): detected {alt['detection_rate']:.0%}, false alarms "
+                  f"{alt['false_alarms_per_day']:.2f}/day, mean time to detect "
+                  f"{'-' if amttd is None else f'{amttd:.1f}'} min")
     print(f"cpu: {report['cpu']}")
     return rc
