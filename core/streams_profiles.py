@@ -3,10 +3,9 @@ spec for the systems the city plans name. Installed with ``wulian stream add --p
 here is code the ingest or the alarm engine knows about - a profile is exactly what an operator could
 POST to ``/v1/streams``.
 
-Default rules use the existing kinds (core.alarms.rules). What they cannot say, and is left to later
-work: per-trip compliance (coldchain), utilisation per station/district (charging), consumption against
-the enterprise's own profile (energy) and the time-to-threshold trend (equipment; :func:`time_to_threshold`
-is the computation, not yet a rule kind - the shipped stand-in is a rate-of-change rule).
+Default rules are alarm rule kinds (core.alarms.rules; equipment's early warning is the ``trend`` kind:
+time to threshold from the recent slope). What a per-reading rule cannot say is computed by derive jobs
+over the stored readings (ingest/jobs/).
 """
 from __future__ import annotations
 
@@ -29,7 +28,8 @@ def kgce_of_steam(tonnes: float, enthalpy_kj_per_kg: float) -> float:
 
 def time_to_threshold(times_s: list[float], values: list[float], limit: float) -> float | None:
     """Seconds until a least-squares line through the recent (time, value) points reaches ``limit``
-    from below; None when it is flat or falling (never), 0 when already at or past it."""
+    from below; None when it is flat or falling (never), 0 when already at or past it. Unweighted, on a
+    list: for reports and checks; the alarm engine's ``trend`` kind is its streaming, weighted form."""
     n = len(times_s)
     if n < 2:
         return None
@@ -127,9 +127,15 @@ EQUIPMENT = {
          "severity": "critical", "description": "ISO 10816-3 zone D"},
         {"name": "轴承温度超限", "kind": "upper", "metric": "temperature", "threshold": 95.0,
          "clear_threshold": 90.0, "severity": "major"},
-        # Stand-in for the trend rule (time_to_threshold above): a bearing warming > 1 °C/min.
-        {"name": "轴承温升过快", "kind": "rate_of_change", "metric": "temperature", "threshold": 1.0,
-         "severity": "warning", "description": "warns before the limit: warming faster than 1 °C/min"},
+        # Early warnings (trend kind): at the slope of the last few minutes (weights e^(-age/5 min), >= 5
+        # readings), the value reaches the limit within 30 minutes - time to plan a stop before zone D or
+        # the bearing limit. A shorter window reacts sooner to a ramp, a longer one is calmer on noise.
+        {"name": "振动趋势预警", "kind": "trend", "metric": "vibration", "high": 7.1, "horizon_s": 1800.0,
+         "window_s": 300.0, "min_points": 5, "severity": "warning",
+         "description": "vibration will reach ISO 10816-3 zone D (7.1 mm/s) within 30 minutes at its recent slope"},
+        {"name": "轴承温度趋势预警", "kind": "trend", "metric": "temperature", "high": 95.0, "horizon_s": 1800.0,
+         "window_s": 300.0, "min_points": 5, "severity": "warning",
+         "description": "bearing temperature will reach 95 °C within 30 minutes at its recent slope"},
     ],
     "dashboard": {"title": "石化装置转动设备", "panels": _panels(
         ("vibration", "振动速度"), ("temperature", "轴承温度"), ("pressure", "出口压力"))},
