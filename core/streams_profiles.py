@@ -12,18 +12,10 @@ from __future__ import annotations
 import math
 from types import MappingProxyType
 
-# Standard-coal conversion, GB/T 2589-2020 《综合能耗计算通则》: 1 kgce = 29 307 kJ (low heating value of
-# standard coal). Reference coefficients (Appendix A/B of the standard, figures as given in the brief of
-# issue 19 - check them against the standard text before publishing totals):
-KJ_PER_KGCE = 29_307.0
-KGCE_PER_KWH_ELECTRICITY = 0.1229  # electricity, equivalent value (当量值) = 3600 kJ / 29 307 kJ
-KGCE_PER_M3_NATURAL_GAS = (1.1000, 1.3300)  # natural gas: the standard's range; use the supplier's LHV
-KGCE_PER_T_WATER = 0.0857  # new water (新水), energy-equivalent value
-
-
-def kgce_of_steam(tonnes: float, enthalpy_kj_per_kg: float) -> float:
-    """Steam by its enthalpy (GB/T 2589: heat carried / 29 307 kJ per kgce)."""
-    return tonnes * 1000.0 * enthalpy_kj_per_kg / KJ_PER_KGCE
+# Standard coal (GB/T 2589-2020): one definition, in core.profiles.standard_coal; re-exported here for
+# the profile's users.
+from wulian.core.profiles.standard_coal import (  # noqa: E402,F401
+    KGCE_PER_KWH_ELECTRICITY, KGCE_PER_M3_NATURAL_GAS, KGCE_PER_T_WATER, KJ_PER_KGCE, kgce_of_steam)
 
 
 def time_to_threshold(times_s: list[float], values: list[float], limit: float) -> float | None:
@@ -56,6 +48,9 @@ COLDCHAIN = {
         "temperature": {"unit": "°C", "min": -40, "max": 40, "description": "compartment air temperature"},
         "humidity": {"unit": "%", "min": 0, "max": 100},
         "door_open": {"unit": "1", "min": 0, "max": 1, "description": "1 = door open"},
+        "trip": {"unit": "1", "min": 0, "max": 1,
+                 "description": "1 while a waybill is in transit (dispatch to delivery sign-off): trips and "
+                                "their compliance (core/profiles/coldchain.py)"},
         "lat": {"unit": "°", "min": -90, "max": 90, "description": "WGS-84"},
         "lon": {"unit": "°", "min": -180, "max": 180, "description": "WGS-84"},
     },

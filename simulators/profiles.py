@@ -4,7 +4,8 @@ the device would publish then.
 
 The first device of each fleet misbehaves at fixed minutes of every hour so the profile's default rules
 have something to raise in the demo: a truck warms above 8 °C (minutes 20-44) with its door open
-(minutes 0-9), a charger faults (minutes 30-39), a meter exceeds contract demand (minutes 10-19), a
+(minutes 0-9; every truck is loaded at minutes 0-9 and on a trip, ``trip`` = 1, from minute 10 to the
+hour: the faulty truck's trips are 50 minutes, 25 of them out of range - compliance 50 %), a charger faults (minutes 30-39), a meter exceeds contract demand (minutes 10-19), a
 pump's bearing warms 1.5 °C/min (minutes 30-49) and its vibration rises linearly 0.25 mm/s per minute
 from 2.5 mm/s (minutes 30-54: ISO 10816 zone D, 7.1 mm/s, is crossed between minutes 48 and 49).
 """
@@ -43,7 +44,7 @@ class ProfileSim:
     def _coldchain(self, t: float, m: int, bad: bool, r) -> dict:
         temp = 11.0 if bad and 20 <= m < 45 else 5.0 + r.normal(0, 0.4)
         return {"temperature": temp, "humidity": min(100.0, 85 + r.normal(0, 2)),
-                "door_open": 1.0 if bad and m < 10 else 0.0,
+                "door_open": 1.0 if bad and m < 10 else 0.0, "trip": 1.0 if m >= 10 else 0.0,
                 "lat": self.base["lat"] + 0.01 * math.sin(t / 3600), "lon": self.base["lon"] + 0.01 * math.cos(t / 3600)}
 
     def _charging(self, t: float, m: int, bad: bool, r) -> dict:
