@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 # Standard coal (GB/T 2589-2020): one definition, in core.profiles.standard_coal; re-exported here for
 # the profile's users.
-from wulian.core.profiles.standard_coal import (  # noqa: E402,F401
+from wulian.core.profiles.standard_coal import (  # noqa: F401
     KGCE_PER_KWH_ELECTRICITY, KGCE_PER_M3_NATURAL_GAS, KGCE_PER_T_WATER, KJ_PER_KGCE, kgce_of_steam)
 
 

@@ -4,10 +4,13 @@ the device would publish then.
 
 The first device of each fleet misbehaves at fixed minutes of every hour so the profile's default rules
 have something to raise in the demo: a truck warms above 8 °C (minutes 20-44) with its door open
-(minutes 0-9; every truck is loaded at minutes 0-9 and on a trip, ``trip`` = 1, from minute 10 to the
-hour: the faulty truck's trips are 50 minutes, 25 of them out of range - compliance 50 %), a charger faults (minutes 30-39), a meter exceeds contract demand (minutes 10-19), a
+(minutes 0-9), a charger faults (minutes 30-39), a meter exceeds contract demand (minutes 10-19), a
 pump's bearing warms 1.5 °C/min (minutes 30-49) and its vibration rises linearly 0.25 mm/s per minute
 from 2.5 mm/s (minutes 30-54: ISO 10816 zone D, 7.1 mm/s, is crossed between minutes 48 and 49).
+
+Every truck loads at minutes 0-9 and is on a trip (``trip`` = 1) from minute 10 to the hour, so the
+faulty truck's trips last 50 minutes, 25 of them above 8 °C: 50 % compliance. Chargers charge in minutes
+0-14 and 30-44 (the faulty one loses 30-39 to its fault): 50 % and 33 % utilisation.
 """
 from __future__ import annotations
 
