@@ -37,14 +37,14 @@ run once it has moved more than the tolerance. Bit rules read the value as an in
 values that are NaN, negative or beyond int64.
 
 Trend (time to threshold) fits a line to the recent readings by least squares with exponential weights
-``exp(-age / window)`` - constant state per binding, no buffer of past readings, and a device gap longer
-than a few windows forgets the old points by itself. The fitted value now and the slope give the seconds
-until the line reaches ``high`` (rising) or ``low`` (falling): 0 when the fit is already past it, NaN when
-it is moving away or flat. A gap longer than the window starts afresh (what a device said before it went
-silent says little about now). Trigger: the current run has at least ``min_points`` readings and the time
-to threshold is at most the horizon; clear: otherwise. ``value``
-of a trend transition is that time in seconds. The sums are re-centred on the newest reading at each
-update (x = 0 now) so they stay small whatever the epoch.
+``exp(-age / window)``: constant state per binding, no buffer of past readings. The fitted value now and
+the slope give the seconds until the line reaches ``high`` (rising) or ``low`` (falling): 0 when the fit is
+already past it, NaN when it moves away or is flat. A gap longer than the window starts afresh (what a
+device said before it went silent says little about now). Trigger: the current run has at least
+``min_points`` readings and the time to threshold is at most the horizon; clear: otherwise. ``value`` of a
+trend transition is that time in seconds. The sums are re-centred on the newest reading at each update
+(x = 0 now) so they stay small whatever the epoch. A weighted fit lags a fresh ramp by about a window:
+a shorter window warns sooner, a longer one is calmer on noise.
 
 Per binding, the common state machine (``_advance``), given ``trigger`` and ``clear`` for one accepted reading:
 
