@@ -253,7 +253,7 @@ class AlarmEngine:
             "binding_series": self._b_series[:nb].copy(),
             "binding_rule_id": self._table.ids[self._b_rule[:nb]],
             "ref_value": self._bref[:nb].copy(),
-            # [bindings, 5] trend sums, or [bindings, 0] without trend rules; optional on load (older
+            # [bindings, A_COLS] trend sums, or [bindings, 0] without trend rules; optional on load (older
             # snapshots lack it: trend rules then start from no points), so STATE_VERSION stays.
             "trend_acc": self._bacc[:nb].copy(),
         }
@@ -301,7 +301,6 @@ class AlarmEngine:
 
 def warmup() -> None:
     """Compile the numba alarm kernels with the exact argument types the engine passes."""
-
     rules = [Rule(1, "hi", RuleKind.UPPER, threshold=1.0), Rule(2, "gone", RuleKind.MISSING_DATA, duration_s=1.0),
              Rule(3, "rising", RuleKind.TREND, high=9.0, horizon_s=60.0)]
     for rs in (rules, rules[:2]):  # with and without trend sums (their array's shape differs)
