@@ -3,33 +3,25 @@ spec for the systems the city plans name. Installed with ``wulian stream add --p
 here is code the ingest or the alarm engine knows about - a profile is exactly what an operator could
 POST to ``/v1/streams``.
 
-Default rules use the existing kinds (core.alarms.rules). What they cannot say, and is left to later
-work: per-trip compliance (coldchain), utilisation per station/district (charging), consumption against
-the enterprise's own profile (energy) and the time-to-threshold trend (equipment; :func:`time_to_threshold`
-is the computation, not yet a rule kind - the shipped stand-in is a rate-of-change rule).
+Default rules are alarm rule kinds (core.alarms.rules; equipment's early warning is the ``trend`` kind:
+time to threshold from the recent slope). What a per-reading rule cannot say is computed by derive jobs
+over the stored readings (ingest/jobs/).
 """
 from __future__ import annotations
 
 import math
 from types import MappingProxyType
 
-# Standard-coal conversion, GB/T 2589-2020 《综合能耗计算通则》: 1 kgce = 29 307 kJ (low heating value of
-# standard coal). Reference coefficients (Appendix A/B of the standard, figures as given in the brief of
-# issue 19 - check them against the standard text before publishing totals):
-KJ_PER_KGCE = 29_307.0
-KGCE_PER_KWH_ELECTRICITY = 0.1229  # electricity, equivalent value (当量值) = 3600 kJ / 29 307 kJ
-KGCE_PER_M3_NATURAL_GAS = (1.1000, 1.3300)  # natural gas: the standard's range; use the supplier's LHV
-KGCE_PER_T_WATER = 0.0857  # new water (新水), energy-equivalent value
-
-
-def kgce_of_steam(tonnes: float, enthalpy_kj_per_kg: float) -> float:
-    """Steam by its enthalpy (GB/T 2589: heat carried / 29 307 kJ per kgce)."""
-    return tonnes * 1000.0 * enthalpy_kj_per_kg / KJ_PER_KGCE
+# Standard coal (GB/T 2589-2020): one definition, in core.profiles.standard_coal; re-exported here for
+# the profile's users.
+from wulian.core.profiles.standard_coal import (  # noqa: F401
+    KGCE_PER_KWH_ELECTRICITY, KGCE_PER_M3_NATURAL_GAS, KGCE_PER_T_WATER, KJ_PER_KGCE, kgce_of_steam)
 
 
 def time_to_threshold(times_s: list[float], values: list[float], limit: float) -> float | None:
     """Seconds until a least-squares line through the recent (time, value) points reaches ``limit``
-    from below; None when it is flat or falling (never), 0 when already at or past it."""
+    from below; None when it is flat or falling (never), 0 when already at or past it. Unweighted, on a
+    list: for reports and checks; the alarm engine's ``trend`` kind is its streaming, weighted form."""
     n = len(times_s)
     if n < 2:
         return None
@@ -56,6 +48,9 @@ COLDCHAIN = {
         "temperature": {"unit": "°C", "min": -40, "max": 40, "description": "compartment air temperature"},
         "humidity": {"unit": "%", "min": 0, "max": 100},
         "door_open": {"unit": "1", "min": 0, "max": 1, "description": "1 = door open"},
+        "trip": {"unit": "1", "min": 0, "max": 1,
+                 "description": "1 while a waybill is in transit (dispatch to delivery sign-off): trips and "
+                                "their compliance (core/profiles/coldchain.py)"},
         "lat": {"unit": "°", "min": -90, "max": 90, "description": "WGS-84"},
         "lon": {"unit": "°", "min": -180, "max": 180, "description": "WGS-84"},
     },
@@ -127,9 +122,15 @@ EQUIPMENT = {
          "severity": "critical", "description": "ISO 10816-3 zone D"},
         {"name": "轴承温度超限", "kind": "upper", "metric": "temperature", "threshold": 95.0,
          "clear_threshold": 90.0, "severity": "major"},
-        # Stand-in for the trend rule (time_to_threshold above): a bearing warming > 1 °C/min.
-        {"name": "轴承温升过快", "kind": "rate_of_change", "metric": "temperature", "threshold": 1.0,
-         "severity": "warning", "description": "warns before the limit: warming faster than 1 °C/min"},
+        # Early warnings (trend kind): at the slope of the last few minutes (weights e^(-age/5 min), >= 5
+        # readings), the value reaches the limit within 30 minutes - time to plan a stop before zone D or
+        # the bearing limit. A shorter window reacts sooner to a ramp, a longer one is calmer on noise.
+        {"name": "振动趋势预警", "kind": "trend", "metric": "vibration", "high": 7.1, "horizon_s": 1800.0,
+         "window_s": 300.0, "min_points": 5, "severity": "warning",
+         "description": "vibration will reach ISO 10816-3 zone D (7.1 mm/s) within 30 minutes at its recent slope"},
+        {"name": "轴承温度趋势预警", "kind": "trend", "metric": "temperature", "high": 95.0, "horizon_s": 1800.0,
+         "window_s": 300.0, "min_points": 5, "severity": "warning",
+         "description": "bearing temperature will reach 95 °C within 30 minutes at its recent slope"},
     ],
     "dashboard": {"title": "石化装置转动设备", "panels": _panels(
         ("vibration", "振动速度"), ("temperature", "轴承温度"), ("pressure", "出口压力"))},

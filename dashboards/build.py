@@ -56,8 +56,10 @@ def build(out_dir: Path = OUT_DIR, s: DashboardSettings = DEFAULTS, streams=None
 
 def readonly_tables() -> list[str]:
     """Every relation a panel or a variable reads: exactly what the read-only role may SELECT."""
+    from wulian.dashboards.streams import profile_defs, stream_dashboards
+
     out: set[str] = set()
-    for d in DASHBOARDS:
+    for d in DASHBOARDS + stream_dashboards(profile_defs()):
         out |= d.tables
     if out & NEVER_GRANTED:
         raise ValueError(f"dashboards read credential tables {sorted(out & NEVER_GRANTED)}: never granted")

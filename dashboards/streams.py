@@ -1,12 +1,14 @@
 """Dashboards of registry streams (core.streams): one per stream that has a dashboard spec, one
 time-series panel per listed metric (its readings per device, in the metric's unit). Built from the
 ``streams`` table when a database is at hand, else from the shipped profiles (core.streams_profiles).
-Reads only readings/devices/metrics, which the read-only role already has."""
+Reads readings/devices/metrics, plus the derived tables of the shipped profiles (dashboards/profiles.py),
+which the read-only role is granted like every catalogue dashboard's."""
 from __future__ import annotations
 
 from wulian.core.streams import StreamDef
 from wulian.dashboards.common import READINGS, READINGS_TABLES, REGION, device_var, readings_where
 from wulian.dashboards.model import Dashboard, Panel, Query
+from wulian.dashboards.profiles import DERIVED_PANELS
 
 FOLDER = "Streams"
 UID_PREFIX = "wulian-stream-"
@@ -26,6 +28,7 @@ def stream_dashboard(sdef: StreamDef) -> Dashboard | None:
         panels.append(Panel(p.get("title") or m, "timeseries", (Query(sql, tables=READINGS_TABLES),),
                             description=sdef.metrics[m].description or f"{m} per device ({unit or 'no unit'}).",
                             unit=f"suffix: {unit}" if unit and unit != "1" else ""))
+    panels += DERIVED_PANELS.get(sdef.name, ())  # a shipped profile's derived tables (its jobs key on the name)
     title = sdef.dashboard.get("title") or sdef.title or sdef.name
     return Dashboard(uid=f"{UID_PREFIX}{sdef.name}", title=f"Wulian · {title}", folder=FOLDER,
                      description=f"Registry stream {sdef.name}: dashboard from its spec (no code).",

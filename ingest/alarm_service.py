@@ -237,7 +237,8 @@ class AlarmService:
             target = AlertTarget(rule_id, meta.device, meta.device_id, meta.region, meta.stream, metric,
                                  rule.severity.value, _title(rule, metric))
             if kind is TransitionKind.UPDATE:
-                updates.add(target, ts, value, rule.kind is RuleKind.LOWER)
+                # peak = the worst value: lowest for a lower limit, and for a trend (seconds left to the limit)
+                updates.add(target, ts, value, rule.kind in (RuleKind.LOWER, RuleKind.TREND))
                 continue
             await updates.flush_one(con, target)  # this alert's repeated triggers come before its change
             if kind is TransitionKind.RAISE:

@@ -96,27 +96,95 @@ class RegistryWatcher:
             await self._con.close()
 
 
-async def create_stream(con: asyncpg.Connection, sdef: StreamDef, *, actor: str, source: str,
-                        key_id: str | None = None) -> list[int]:
-    """Insert a new stream and its default rules (enabled, in ``rules``) in the caller's transaction,
-    audited; returns the rule ids. The NOTIFY trigger tells every ingest and API process."""
+async def _insert_rules(con: asyncpg.Connection, rules, actor: str) -> list[int]:
     from wulian.core.alarms.rules import Rule
-    from wulian.ingest import audit
 
-    d = sdef.to_dict()
-    await con.execute(
-        "INSERT INTO streams (name, title, builtin, scalar, metrics, device_types, default_rules, dashboard,"
-        " updated_by) VALUES ($1, $2, false, true, $3::jsonb, $4, $5::jsonb, $6::jsonb, $7)",
-        sdef.name, sdef.title, orjson.dumps(d["metrics"]).decode(), list(sdef.device_types),
-        orjson.dumps(d["default_rules"]).decode(), None if sdef.dashboard is None else orjson.dumps(sdef.dashboard).decode(),
-        actor)
     rule_ids = []
-    for r in sdef.default_rules:
+    for r in rules:
         rule_id = await con.fetchval("SELECT nextval(pg_get_serial_sequence('rules', 'id'))")
         rule = Rule.from_dict({**r, "id": rule_id})
         await con.execute("INSERT INTO rules (id, definition, enabled, updated_by) VALUES ($1, $2::jsonb, $3, $4)",
                           rule_id, orjson.dumps(rule.to_dict()).decode(), rule.enabled, actor)
         rule_ids.append(rule_id)
-    await audit.record(con, actor=actor, key_id=key_id, source=source, action="stream.create", object_type="stream",
-                       object_id=sdef.name, after={**d, "rule_ids": rule_ids})
     return rule_ids
+
+
+def _spec_args(sdef: StreamDef) -> tuple:
+    d = sdef.to_dict()
+    return (sdef.title, orjson.dumps(d["metrics"]).decode(), list(sdef.device_types),
+            orjson.dumps(d["default_rules"]).decode(),
+            None if sdef.dashboard is None else orjson.dumps(sdef.dashboard).decode())
+
+
+async def create_stream(con: asyncpg.Connection, sdef: StreamDef, *, actor: str, source: str,
+                        key_id: str | None = None) -> list[int]:
+    """Insert a new stream and its default rules (enabled, in ``rules``) in the caller's transaction,
+    audited; returns the rule ids. The NOTIFY trigger tells every ingest and API process."""
+    from wulian.ingest import audit
+
+    await con.execute(
+        "INSERT INTO streams (name, title, builtin, scalar, metrics, device_types, default_rules, dashboard,"
+        " updated_by) VALUES ($1, $2, false, true, $3::jsonb, $4, $5::jsonb, $6::jsonb, $7)",
+        sdef.name, *_spec_args(sdef), actor)
+    rule_ids = await _insert_rules(con, sdef.default_rules, actor)
+    await audit.record(con, actor=actor, key_id=key_id, source=source, action="stream.create", object_type="stream",
+                       object_id=sdef.name, after={**sdef.to_dict(), "rule_ids": rule_ids})
+    return rule_ids
+
+
+class StreamInUse(ValueError):
+    """A stream that cannot be deleted or replaced as asked; the message says why."""
+
+
+async def _locked(con: asyncpg.Connection, name: str) -> StreamDef | None:
+    row = await con.fetchrow(f"SELECT {STREAM_COLUMNS} FROM streams WHERE name = $1 FOR UPDATE", name)
+    return None if row is None else stream_def(row)
+
+
+async def replace_stream(con: asyncpg.Connection, sdef: StreamDef, *, actor: str, source: str,
+                         key_id: str | None = None) -> list[int] | None:
+    """Replace a registry stream's definition (None: no such stream), audited with before and after.
+
+    Rules already created from default rules are rows of their own, tuned through /v1/rules: they are left
+    as they are. A default rule whose name no rule of the stream has yet is created (its id returned)."""
+    from wulian.ingest import audit
+
+    before = await _locked(con, sdef.name)
+    if before is None:
+        return None
+    if before.builtin:
+        raise StreamInUse(f"{sdef.name!r} is a built-in stream: its tables and jobs are code")
+    await con.execute(
+        "UPDATE streams SET title = $2, metrics = $3::jsonb, device_types = $4, default_rules = $5::jsonb,"
+        " dashboard = $6::jsonb, updated_at = now(), updated_by = $7 WHERE name = $1",
+        sdef.name, *_spec_args(sdef), actor)
+    have = {r["name"] for r in await con.fetch(
+        "SELECT definition->>'name' AS name FROM rules WHERE definition->>'stream' = $1", sdef.name)}
+    rule_ids = await _insert_rules(con, [r for r in sdef.default_rules if r["name"] not in have], actor)
+    await audit.record(con, actor=actor, key_id=key_id, source=source, action="stream.update", object_type="stream",
+                       object_id=sdef.name, before=before.to_dict(), after={**sdef.to_dict(), "rule_ids": rule_ids})
+    return rule_ids
+
+
+async def delete_stream(con: asyncpg.Connection, name: str, *, actor: str, source: str,
+                        key_id: str | None = None) -> list[int] | None:
+    """Delete a registry stream with no devices (None: no such stream), disabling the rules scoped to it
+    (kept, like every rule, for the alerts that name them); audited. Returns the disabled rule ids."""
+    from wulian.ingest import audit
+
+    before = await _locked(con, name)
+    if before is None:
+        return None
+    if before.builtin:
+        raise StreamInUse(f"{name!r} is a built-in stream: its tables and jobs are code")
+    devices = await con.fetchval("SELECT count(*) FROM devices WHERE stream = $1", name)
+    if devices:
+        raise StreamInUse(f"stream {name!r} has {devices} devices: delete or move them first")
+    disabled = [r["id"] for r in await con.fetch(
+        "UPDATE rules SET enabled = false, updated_at = now(), updated_by = $2,"
+        " definition = jsonb_set(definition, '{enabled}', 'false')"
+        " WHERE definition->>'stream' = $1 AND enabled RETURNING id", name, actor)]
+    await con.execute("DELETE FROM streams WHERE name = $1", name)
+    await audit.record(con, actor=actor, key_id=key_id, source=source, action="stream.delete", object_type="stream",
+                       object_id=name, before=before.to_dict(), after={"disabled_rule_ids": disabled})
+    return disabled

@@ -5,7 +5,12 @@ the device would publish then.
 The first device of each fleet misbehaves at fixed minutes of every hour so the profile's default rules
 have something to raise in the demo: a truck warms above 8 °C (minutes 20-44) with its door open
 (minutes 0-9), a charger faults (minutes 30-39), a meter exceeds contract demand (minutes 10-19), a
-pump's bearing warms 1.5 °C/min (minutes 30-49) and vibrates in ISO 10816 zone D (minutes 50-54).
+pump's bearing warms 1.5 °C/min (minutes 30-49) and its vibration rises linearly 0.25 mm/s per minute
+from 2.5 mm/s (minutes 30-54: ISO 10816 zone D, 7.1 mm/s, is crossed between minutes 48 and 49).
+
+Every truck loads at minutes 0-9 and is on a trip (``trip`` = 1) from minute 10 to the hour, so the
+faulty truck's trips last 50 minutes, 25 of them above 8 °C: 50 % compliance. Chargers charge in minutes
+0-14 and 30-44 (the faulty one loses 30-39 to its fault): 50 % and 33 % utilisation.
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ class ProfileSim:
     def _coldchain(self, t: float, m: int, bad: bool, r) -> dict:
         temp = 11.0 if bad and 20 <= m < 45 else 5.0 + r.normal(0, 0.4)
         return {"temperature": temp, "humidity": min(100.0, 85 + r.normal(0, 2)),
-                "door_open": 1.0 if bad and m < 10 else 0.0,
+                "door_open": 1.0 if bad and m < 10 else 0.0, "trip": 1.0 if m >= 10 else 0.0,
                 "lat": self.base["lat"] + 0.01 * math.sin(t / 3600), "lon": self.base["lon"] + 0.01 * math.cos(t / 3600)}
 
     def _charging(self, t: float, m: int, bad: bool, r) -> dict:
@@ -59,7 +64,8 @@ class ProfileSim:
 
     def _equipment(self, t: float, m: int, bad: bool, r) -> dict:
         temp = 65.0 + 1.5 * min(20, m - 30) if bad and m >= 30 else 65.0 + r.normal(0, 0.05)
-        return {"vibration": 8.0 if bad and 50 <= m < 55 else 2.5 + abs(r.normal(0, 0.2)), "temperature": temp,
+        vib = 2.5 + 0.25 * (m - 30) if bad and 30 <= m < 55 else 2.5 + abs(r.normal(0, 0.2))
+        return {"vibration": vib, "temperature": temp,
                 "pressure": 1.6 + r.normal(0, 0.02)}
 
 

@@ -60,7 +60,8 @@ def kinds(rows) -> list:
 # -- rule model -------------------------------------------------------------------------------------------
 
 def test_kind_codes_match_kernels():
-    assert [k.code for k in RuleKind] == [K.UPPER, K.LOWER, K.RANGE, K.RATE, K.FLATLINE, K.MISSING, K.FLAG, K.BIT]
+    assert [k.code for k in RuleKind] == [K.UPPER, K.LOWER, K.RANGE, K.RATE, K.FLATLINE, K.MISSING, K.FLAG, K.BIT,
+                                          K.TREND]
     assert (int(R), int(U), int(C)) == (K.RAISE, K.UPDATE, K.CLEAR)
 
 
@@ -81,6 +82,10 @@ def test_kind_codes_match_kernels():
     dict(kind="upper", threshold=1, severity="fatal"),
     dict(kind="sideways", threshold=1),
     dict(kind="data_flag", flags="D#"),
+    dict(kind="trend", horizon_s=600),  # no limit
+    dict(kind="trend", high=5, horizon_s=0),
+    dict(kind="trend", high=5, low=6, horizon_s=60),
+    dict(kind="trend", high=5, horizon_s=60, min_points=1),
 ])
 def test_invalid_rules_are_rejected(kwargs):
     with pytest.raises(RuleError):
@@ -175,6 +180,43 @@ def test_flatline(impl):
     eng = make(impl, Rule(1, "stuck", "flatline", duration_s=600, tolerance=0.05))
     rows = feed(eng, *[(m, 42.0 + (0.01 if m % 2 else 0)) for m in range(0, 12)], (12, 43))
     assert rows == [(R, 10, 600.0, 1), (U, 11, 660.0, 2), (C, 12, 0.0, 2)]
+
+
+def test_trend_warns_before_a_rising_limit(impl):
+    # 1 unit/min towards 20 from 10: the line reaches 20 at minute 10; a 5.5-minute horizon warns from minute 5.
+    eng = make(impl, Rule(1, "rising", "trend", high=20, horizon_s=330, window_s=600, min_points=3))
+    rows = feed(eng, *[(m, 10.0 + m) for m in range(0, 8)])
+    assert kinds(rows) == [(R, 5), (U, 6), (U, 7)]
+    assert [round(v, 6) for _, _, v, _ in rows] == [300.0, 240.0, 180.0]  # seconds to the limit
+    assert kinds(feed(eng, *[(m, 17.0) for m in range(8, 40)]))[-1][0] == C  # levelled off: clears
+
+
+def test_trend_needs_enough_points_and_ignores_flat_noise(impl):
+    eng = make(impl, Rule(1, "rising", "trend", high=20, horizon_s=3600, window_s=600, min_points=4))
+    assert feed(eng, (0, 10), (1, 15), (2, 19)) == []  # steep, but only three readings
+    assert kinds(feed(eng, (3, 19.5))) == [(R, 3)]
+    rng = np.random.default_rng(1)
+    flat = make(impl, Rule(1, "rising", "trend", high=20, horizon_s=1800, window_s=600, min_points=4))
+    assert feed(flat, *[(m, 15.0 + rng.normal(0, 0.3)) for m in range(240)]) == []
+
+
+def test_trend_falling_limit_and_already_past(impl):
+    eng = make(impl, Rule(1, "draining", "trend", low=0.0, horizon_s=120, min_points=2))
+    assert kinds(feed(eng, (0, 10), (1, 5))) == [(R, 1)]  # 5 per minute: at 0 in one minute
+    eng = make(impl, Rule(1, "rising", "trend", high=20, horizon_s=60, min_points=2))
+    rows = feed(eng, (0, 25), (1, 25))
+    assert rows == [(R, 1, 0.0, 1)]  # flat but already past the limit: 0 s to go
+
+
+def test_trend_state_survives_a_restart(impl):
+    rule = Rule(1, "rising", "trend", high=20, horizon_s=330, window_s=600, min_points=3)
+    before = make(impl, rule, Rule(2, "hi", "upper", threshold=30))
+    feed(before, *[(m, 10.0 + m) for m in range(0, 4)])
+    after = make(impl, rule, Rule(2, "hi", "upper", threshold=30))
+    after.load_state(_round_trip(before.state_arrays()))
+    assert kinds(feed(after, (4, 14), (5, 15))) == [(R, 5)]  # the slope of minutes 0-3 was kept
+    fresh = make(impl, rule)
+    assert kinds(feed(fresh, (4, 14), (5, 15))) == []  # (without it: two points only)
 
 
 def test_missing_data_without_incoming_data(impl):
@@ -339,6 +381,11 @@ _rule_strategy = st.one_of(
     st.builds(lambda fl, k: dict(kind="data_flag", flags=fl, keep_firing_s=k),
               st.sampled_from(["D", "DFB", "M"]), st.sampled_from([0, 60])),
     st.builds(lambda b: dict(kind="bit", bit=b), st.integers(0, 3)),
+    st.builds(lambda lo, hi, h, w, n, k: dict(kind="trend", low=lo, high=hi, horizon_s=h, window_s=w, min_points=n,
+                                             keep_firing_s=k),
+              st.sampled_from([None, 0, 2]), st.sampled_from([None, 6, 8]), st.sampled_from([60, 600]),
+              st.sampled_from([60, 300]), st.sampled_from([2, 3]), st.sampled_from([0, 60]))
+    .filter(lambda d: d["low"] is not None or d["high"] is not None),
 )
 _value = st.one_of(st.integers(-1, 8).map(float), st.just(float("nan")), st.just(2.5))
 _reading = st.tuples(st.integers(0, 2), st.integers(0, 24), _value, st.sampled_from("NNNNNMDBF"))

@@ -188,6 +188,20 @@ async def test_rules_crud_admin_only_and_validated(api, keys):
     assert (await api.put("/v1/rules/999999", json=body, headers=h(keys["admin"]))).status_code == 404
 
 
+async def test_trend_rules_through_the_rules_api(api, keys):
+    body = {"name": "vibration rising", "kind": "trend", "stream": "equipment", "metric": "vibration", "high": 7.1,
+            "horizon_s": 1800, "window_s": 300, "min_points": 5}
+    r = await api.post("/v1/rules", json={**body, "high": None}, headers=h(keys["admin"]))
+    assert r.status_code == 422 and "high" in r.json()["message"]
+    r = await api.post("/v1/rules", json={**body, "horizon_s": 0}, headers=h(keys["admin"]))
+    assert r.status_code == 422 and "horizon_s" in r.json()["message"]
+    r = await api.post("/v1/rules", json=body, headers=h(keys["admin"]))
+    assert r.status_code == 201, r.text
+    d = r.json()["definition"]
+    assert (d["kind"], d["high"], d["horizon_s"], d["window_s"], d["min_points"]) == ("trend", 7.1, 1800, 300, 5)
+    assert (await api.delete(f"/v1/rules/{d['id']}", headers=h(keys["admin"]))).status_code == 204
+
+
 async def test_cursor_pagination(settings, pool, api, keys):
     region = keys["region"]
     async with pool.acquire() as con:

@@ -19,7 +19,7 @@ from wulian.ingest.jobs.base import SpanJob, WindowedJob, get_watermark
 
 NOW = 1_800_000_000 * 10**9
 RANGES = {"traffic": range(1, 100), "vehicles": range(100, 200), "grid": range(200, 300), "meters": range(300, 400),
-          "environment": range(700, 800)}
+          "environment": range(700, 800), "profiles": range(800, 900)}
 
 
 def test_builtin_rule_ids_are_stable_and_unique():
@@ -29,7 +29,7 @@ def test_builtin_rule_ids_are_stable_and_unique():
     assert OUTAGE.rule_id == SYSTEM_RULE_BASE + 210
     assert RUN_RULES["night_leak"].rule_id == SYSTEM_RULE_BASE + 305
     assert HEAVY_POLLUTION.rule_id == SYSTEM_RULE_BASE + 703
-    assert len(builtin.BY_ID) == len(builtin.ALL) == len(builtin.BY_NAME) == 33
+    assert len(builtin.BY_ID) == len(builtin.ALL) == len(builtin.BY_NAME) == 34
     for domain, rules in builtin.DOMAINS.items():
         assert all(r.n in RANGES[domain] for r in rules), domain
 
@@ -37,7 +37,7 @@ def test_builtin_rule_ids_are_stable_and_unique():
 def test_every_derive_job_runs_on_the_framework(settings):
     jobs = discover(settings)
     assert {j.name for j in jobs} >= {"air_quality", "grid", "meters", "source_hourly", "traffic", "vehicles",
-                                      "water_quality"}
+                                      "water_quality", "charging", "coldchain", "energy"}
     assert all(isinstance(j, WindowedJob) for j in jobs), [j.name for j in jobs if not isinstance(j, WindowedJob)]
 
 

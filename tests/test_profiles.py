@@ -20,7 +20,7 @@ from tests.conftest import wait_until
 
 # profile -> the default rule its misbehaving device (the fleet's first) must raise within an hour
 EXPECTED_RULE = {"coldchain": "冷链温度超限", "charging": "充电桩故障", "energy": "用电需量超限",
-                 "equipment": "轴承温升过快"}
+                 "equipment": "振动趋势预警"}
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +42,31 @@ def test_standard_coal_factors_and_time_to_threshold():
     assert time_to_threshold([0, 60, 120], [78.0, 79.0, 80.0], 95.0) == pytest.approx(900.0)
     assert time_to_threshold([0, 60, 120], [80.0, 80.0, 80.0], 95.0) is None
     assert time_to_threshold([0, 60], [96.0, 97.0], 95.0) == 0.0
+
+
+def test_equipment_trend_rule_warns_before_the_vibration_limit():
+    """The faulty pump's vibration rises linearly through ISO 10816-3 zone D (7.1 mm/s); the equipment
+    profile's trend rule warns well before the crossing. The healthy pump (flat, noisy) is never warned."""
+    from wulian.core.alarms import AlarmEngine, Rule, SeriesKey, TransitionKind
+
+    rules = [Rule.from_dict({**r, "id": i + 1, "stream": "equipment"})
+             for i, r in enumerate(PROFILES["equipment"]["default_rules"])]
+    trend_id = next(r.id for r in rules if r.name == "振动趋势预警")
+    fleet = build_profile_fleet("equipment", n=2, seed=3)
+    eng = AlarmEngine(rules, [SeriesKey("equipment", d.device_id, "vibration", "pump") for d in fleet])
+    t0 = 1_767_225_600  # an hour boundary: the faulty pump ramps from minute 30
+    warned, crossed = {}, {}
+    for k in range(3 * 60):  # three hours, a reading a minute
+        ts = (t0 + 60 * k) * 1_000_000_000
+        vib = [d.sample(ts)["values"]["vibration"] for d in fleet]
+        for i, v in enumerate(vib):
+            if v > 7.1:
+                crossed.setdefault(i, k)
+        for s, rid, kind, *_ in eng.update_many([0, 1], [ts, ts], vib).rows():
+            if rid == trend_id and kind is TransitionKind.RAISE:
+                warned.setdefault(s, k)
+    assert 1 not in warned and 1 not in crossed
+    assert crossed[0] == 49 and warned[0] <= crossed[0] - 10, (warned, crossed)  # >= 10 minutes ahead
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))

@@ -151,3 +151,49 @@ def test_cli_adds_lists_and_refuses_streams(test_dsn, monkeypatch, tmp_path, cap
     f.write_text('{"name": "air"}')
     assert run_command(stream, ["stream", "add", str(f)]) == 2
     assert "built-in" in capsys.readouterr().out
+
+
+async def test_streams_are_replaced_and_deleted_by_admins_with_audit(pool, api):
+    name = f"gh{uuid.uuid4().hex[:6]}"
+    async with pool.acquire() as con:
+        admin = await create_key(con, name="stream-admin2", role="admin", regions=[])
+        operator = await create_key(con, name="stream-op", role="operator", regions=["ghr"])
+    h = {"Authorization": f"Bearer {admin}"}
+    (old_rule,) = (await api.post("/v1/streams", json=greenhouse(name), headers=h)).json()["rule_ids"]
+    spec = greenhouse(name)
+    spec["metrics"]["co2"] = {"unit": "ppm", "min": 0, "max": 10000}
+    spec["default_rules"][0]["threshold"] = 30.0  # an existing rule (by name) is left as it is
+    spec["default_rules"].append({"name": "二氧化碳过高", "kind": "upper", "metric": "co2", "threshold": 1500.0})
+    assert (await api.put(f"/v1/streams/{name}", json=spec, headers={"Authorization": f"Bearer {operator}"})
+            ).status_code == 403
+    assert (await api.put(f"/v1/streams/{name}", json={**spec, "name": "other"}, headers=h)).status_code == 422
+    r = await api.put("/v1/streams/air", json={"name": "air"}, headers=h)
+    assert r.status_code == 422 and "built-in" in r.text
+    assert (await api.put("/v1/streams/nosuchstream", json=spec | {"name": "nosuchstream"}, headers=h)
+            ).status_code == 404
+    r = await api.put(f"/v1/streams/{name}", json=spec, headers=h)
+    assert r.status_code == 200, r.text
+    (new_rule,) = r.json()["rule_ids"]
+    assert (await api.get(f"/v1/streams/{name}", headers=h)).json()["metrics"]["co2"]["unit"] == "ppm"
+    async with pool.acquire() as con:
+        thresholds = {r["id"]: r["t"] for r in await con.fetch(
+            "SELECT id, (definition->>'threshold')::float8 AS t FROM rules WHERE id = ANY($1::bigint[])",
+            [old_rule, new_rule])}
+        dev = await con.fetchval("INSERT INTO devices (device_id, region, stream) VALUES ($1, 'ghr', $2) RETURNING id",
+                                 f"D{name}", name)
+    assert thresholds == {old_rule: 35.0, new_rule: 1500.0}
+    r = await api.delete(f"/v1/streams/{name}", headers=h)
+    assert r.status_code == 409 and "1 devices" in r.text
+    async with pool.acquire() as con:
+        await con.execute("DELETE FROM devices WHERE id = $1", dev)
+    assert (await api.delete("/v1/streams/air", headers=h)).status_code == 409
+    assert (await api.delete(f"/v1/streams/{name}", headers=h)).status_code == 204
+    assert (await api.get(f"/v1/streams/{name}", headers=h)).status_code == 404
+    assert (await api.delete(f"/v1/streams/{name}", headers=h)).status_code == 404
+    async with pool.acquire() as con:
+        enabled = await con.fetch("SELECT enabled FROM rules WHERE id = ANY($1::bigint[])", [old_rule, new_rule])
+        audit = await con.fetch("SELECT action, before IS NOT NULL AS had_before FROM audit_log"
+                                " WHERE object_type = 'stream' AND object_id = $1 ORDER BY id", name)
+    assert [e["enabled"] for e in enabled] == [False, False]
+    assert [(a["action"], a["had_before"]) for a in audit] == [
+        ("stream.create", False), ("stream.update", True), ("stream.delete", True)]

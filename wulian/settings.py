@@ -236,6 +236,24 @@ class ForwardSettings(BaseModel):
     metrics_host: str = "127.0.0.1"
 
 
+class ProfileSettings(BaseModel):
+    """Derive jobs of the shipped profiles (issue 19: ``ingest/jobs/{charging,coldchain,energy}.py``)."""
+
+    interval_s: float = 300.0
+    lag_s: float = 120.0  # data this recent is left to the next run (late messages land first)
+    backfill_h: float = 48.0  # first run: start this far back
+    max_span_h: float = 24.0  # most data time one run advances
+    charger_max_hold_s: float = 900.0  # a charger's state holds this long at most (its offline rule: 15 min)
+    coldchain_low_c: float = 2.0  # default band (GSP chilled goods); per device: attrs temp_low / temp_high
+    coldchain_high_c: float = 8.0
+    coldchain_max_hold_s: float = 300.0  # a temperature reading vouches for this long at most
+    trip_context_h: float = 72.0  # longest trip: readings re-read this far before the watermark
+    baseline_weeks: int = 4  # energy anomaly: same hour of the week, this many weeks back
+    anomaly_k: float = 4.0  # high hour: above median + k x spread (MAD-based)
+    anomaly_min_rel_spread: float = 0.05  # spread floor, share of the median
+    anomaly_hours: int = 3  # consecutive high hours that make an anomaly
+
+
 class DeriveSettings(BaseModel):
     """The derived-data service (``wulian derive``)."""
 
@@ -271,6 +289,7 @@ class Settings(BaseSettings):
     traffic: TrafficSettings = Field(default_factory=TrafficSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     energy: EnergySettings = Field(default_factory=EnergySettings)
+    profiles: ProfileSettings = Field(default_factory=ProfileSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
     dashboards: DashboardSettings = Field(default_factory=DashboardSettings)

@@ -1,4 +1,5 @@
-"""Streams as data (core.streams): anyone may read the registry; admins create streams. A new stream's
+"""Streams as data (core.streams): anyone may read the registry; admins create, replace and delete streams
+(audited). A new stream's
 devices publish on ``wl/{region}/{stream}/{device}/telemetry`` as soon as ingest sees the NOTIFY - no
 restart, no code. Built-in streams are listed but not editable (their tables and jobs are code)."""
 from __future__ import annotations
@@ -6,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Body, Depends, Path
+from fastapi import APIRouter, Body, Depends, Path, Response
 from pydantic import BaseModel
 
 from wulian.api.auth import CurrentUser
@@ -16,7 +17,8 @@ from wulian.api.paging import ListPage, Page, paging
 
 from wulian.core.const import STREAM_PATTERN
 from wulian.core.streams import StreamDef, StreamError
-from wulian.ingest.stream_registry import STREAM_COLUMNS, create_stream, stream_def
+from wulian.ingest.stream_registry import (STREAM_COLUMNS, StreamInUse, create_stream, delete_stream, replace_stream,
+                                           stream_def)
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 
@@ -81,6 +83,45 @@ async def add_stream(pool: PoolDep, user: CurrentUser, body: dict[str, Any] = Bo
         except asyncpg.UniqueViolationError:
             raise Conflict(f"stream {sdef.name!r} exists") from None
     return StreamPublic(**sdef.to_dict(), rule_ids=rule_ids)
+
+
+@router.put("/{name}", response_model=StreamPublic, responses={409: {"description": "built-in stream"}})
+async def put_stream(name: Annotated[str, Path(pattern=STREAM_PATTERN)], pool: PoolDep, user: CurrentUser,
+                     body: dict[str, Any] = Body(...)):
+    """Replace a stream's definition (admin). Rules created from its default rules stay as they are
+    (change them through /v1/rules); default rules new by name are created (``rule_ids``)."""
+    user.require("admin")
+    if body.get("name", name) != name:
+        raise BadQuery("the body's name must be the path's (a stream cannot be renamed)")
+    try:
+        sdef = StreamDef.from_dict({**body, "name": name})
+    except StreamError as exc:
+        raise BadQuery(f"invalid stream: {exc}") from None
+    async with pool.acquire() as con:
+        try:
+            async with con.transaction():
+                rule_ids = await replace_stream(con, sdef, actor=user.name, source="api", key_id=user.key_id)
+        except StreamInUse as exc:
+            raise Conflict(str(exc)) from None
+    if rule_ids is None:
+        raise NotFound(f"stream {name!r} not found")
+    return StreamPublic(**sdef.to_dict(), rule_ids=rule_ids)
+
+
+@router.delete("/{name}", status_code=204,
+               responses={409: {"description": "built-in stream, or devices still registered on it"}})
+async def remove_stream(name: Annotated[str, Path(pattern=STREAM_PATTERN)], pool: PoolDep, user: CurrentUser):
+    """Delete a stream that has no devices (admin); the rules scoped to it are disabled, not deleted."""
+    user.require("admin")
+    async with pool.acquire() as con:
+        try:
+            async with con.transaction():
+                disabled = await delete_stream(con, name, actor=user.name, source="api", key_id=user.key_id)
+        except StreamInUse as exc:
+            raise Conflict(str(exc)) from None
+    if disabled is None:
+        raise NotFound(f"stream {name!r} not found")
+    return Response(status_code=204)
 
 
 async def check_stream(pool: asyncpg.Pool, name: str | None) -> None:

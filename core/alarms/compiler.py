@@ -118,6 +118,12 @@ def compile_rules(rules: Sequence[Rule]) -> RuleTable:
             rf[row, K.RF_LO] = rule.low
             rf[row, K.RF_HI] = rule.high
             rf[row, K.RF_CLEAR_LO], rf[row, K.RF_CLEAR_HI] = rule.clear_band
+        elif kind is RuleKind.TREND:
+            rf[row, K.RF_LO] = -np.inf if rule.low is None else rule.low
+            rf[row, K.RF_HI] = np.inf if rule.high is None else rule.high
+            rf[row, K.RF_HORIZON] = rule.horizon_s
+            rf[row, K.RF_WINDOW] = rule.window_s
+            rf[row, K.RF_MIN_N] = rule.min_points
         rf[row, K.RF_TOL] = rule.tolerance
         ri[row, K.RI_KIND] = kind.code
         ri[row, K.RI_PENDING] = round(rule.pending_s * _NS)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wulian.core.alarms.compiler import SeriesCatalogue, SeriesKey, bind_series, compile_rules
-from wulian.core.alarms.rules import Rule, TransitionKind, flag_code
+from wulian.core.alarms.rules import Rule, RuleKind, TransitionKind, flag_code
 from wulian.core.kernels import alarm_kernels as K
 
 STATE_VERSION = 2  # 2: per-binding state is (count, since_ns, ref_ts_ns); 1 had five columns
@@ -126,6 +126,9 @@ class AlarmEngine:
         self._b_rule = np.empty(0, np.int32)
         self._bstate = np.empty((0, K.S_COLS), np.int64)
         self._bref = np.empty(0, np.float64)
+        # Trend sums only when a trend rule is loaded: other rule sets pay no bytes per binding for them.
+        acc_cols = K.A_COLS if any(r.kind is RuleKind.TREND for r in self._table.rules) else 0
+        self._bacc = np.empty((0, acc_cols), np.float64)
         self._bind_new_series()
 
     def _bind_new_series(self) -> None:
@@ -147,6 +150,8 @@ class AlarmEngine:
         self._bstate[b0:b1, K.S_COUNT] = 0
         self._bref = _grown(self._bref, b1, 0.0)
         self._bref[b0:b1] = 0.0
+        self._bacc = _grown(self._bacc, b1, 0.0)
+        self._bacc[b0:b1] = 0.0
         if counts.size:
             self._max_per_series = max(self._max_per_series, int(counts.max()))
         self._n_series, self._n_bindings = stop, b1
@@ -179,7 +184,8 @@ class AlarmEngine:
         changed = {r.id for r in rules if r.id in old_kind and old_kind[r.id] != r.kind}
         state = self.state_arrays()
         keep = ~np.isin(state["binding_rule_id"], np.fromiter(changed, np.int64, len(changed)))
-        for name in ("binding_series", "binding_rule_id", "ref_value") + tuple(n for n, _ in _STATE_COLUMNS):
+        for name in ("binding_series", "binding_rule_id", "ref_value", "trend_acc") + tuple(
+                n for n, _ in _STATE_COLUMNS):
             state[name] = state[name][keep]
         self._set_table(rules)
         self.load_state(state)
@@ -206,7 +212,8 @@ class AlarmEngine:
         out = self._evaluate_batch(series, ts, vals, codes, self._ptr[: self._n_series + 1],
                                    self._b_rule[: self._n_bindings], self._table.rf, self._table.ri,
                                    self._seen[: self._n_series], self._bstate[: self._n_bindings],
-                                   self._bref[: self._n_bindings], self._max_per_series)
+                                   self._bref[: self._n_bindings], self._bacc[: self._n_bindings],
+                                   self._max_per_series)
         return self._transitions(out)
 
     def update_one(self, series_idx: int, ts_ns: int, value: float, flag: str | None = None) -> Transitions:
@@ -246,6 +253,9 @@ class AlarmEngine:
             "binding_series": self._b_series[:nb].copy(),
             "binding_rule_id": self._table.ids[self._b_rule[:nb]],
             "ref_value": self._bref[:nb].copy(),
+            # [bindings, A_COLS] trend sums, or [bindings, 0] without trend rules; optional on load (older
+            # snapshots lack it: trend rules then start from no points), so STATE_VERSION stays.
+            "trend_acc": self._bacc[:nb].copy(),
         }
         for name, col in _STATE_COLUMNS:
             out[name] = self._bstate[:nb, col].copy()
@@ -275,6 +285,9 @@ class AlarmEngine:
         hit = known & (cur_key[at] == s_key)
         dst = at[hit]
         self._bref[dst] = np.asarray(state["ref_value"], np.float64)[hit]
+        acc = state.get("trend_acc")
+        if acc is not None and acc.ndim == 2 and acc.shape[1] == self._bacc.shape[1] > 0:
+            self._bacc[dst] = np.asarray(acc, np.float64)[hit]
         for name, col in _STATE_COLUMNS:
             self._bstate[dst, col] = np.asarray(state[name], np.int64)[hit]
 
@@ -288,9 +301,9 @@ class AlarmEngine:
 
 def warmup() -> None:
     """Compile the numba alarm kernels with the exact argument types the engine passes."""
-    from wulian.core.alarms.rules import RuleKind
-
-    rules = [Rule(1, "hi", RuleKind.UPPER, threshold=1.0), Rule(2, "gone", RuleKind.MISSING_DATA, duration_s=1.0)]
-    eng = AlarmEngine(rules, [SeriesKey("air", "d", "m")])
-    eng.update_many([0, 0], [2, 1], [2.0, 0.0], np.array([78, 78], np.uint8))
-    eng.tick(5_000_000_000)
+    rules = [Rule(1, "hi", RuleKind.UPPER, threshold=1.0), Rule(2, "gone", RuleKind.MISSING_DATA, duration_s=1.0),
+             Rule(3, "rising", RuleKind.TREND, high=9.0, horizon_s=60.0)]
+    for rs in (rules, rules[:2]):  # with and without trend sums (their array's shape differs)
+        eng = AlarmEngine(rs, [SeriesKey("air", "d", "m")])
+        eng.update_many([0, 0], [2, 1], [2.0, 0.0], np.array([78, 78], np.uint8))
+        eng.tick(5_000_000_000)

@@ -32,7 +32,7 @@ def _flag_in_mask_np(mask: np.ndarray, code: np.ndarray) -> np.ndarray:
     return ok & (((mask >> np.where(ok, code - 48, 0)) & 1) == 1)
 
 
-def evaluate_batch_numpy(series, ts, values, flags, series_ptr, b_rule, rf, ri, seen_ts, bstate, bref,
+def evaluate_batch_numpy(series, ts, values, flags, series_ptr, b_rule, rf, ri, seen_ts, bstate, bref, bacc,
                          max_per_series):
     """Vectorised over series: readings are ranked within their series, and round k evaluates every series'
     k-th accepted reading at once (a binding appears at most once per round, so fancy assignment is safe)."""
@@ -61,11 +61,12 @@ def evaluate_batch_numpy(series, ts, values, flags, series_ptr, b_rule, rf, ri, 
     for k in range(rank.max() + 1):
         sel = by_rank[bounds[k]: bounds[k + 1]]
         i = idx[sel]
-        outs.append(_round_numpy(s[sel], t[sel], values[i], flags[i], series_ptr, b_rule, rf, ri, bstate, bref))
+        outs.append(_round_numpy(s[sel], t[sel], values[i], flags[i], series_ptr, b_rule, rf, ri, bstate, bref,
+                                 bacc))
     return tuple(np.concatenate([o[j] for o in outs]) for j in range(6))
 
 
-def _round_numpy(rs, rt, rv, rfl, series_ptr, b_rule, rf, ri, bstate, bref):
+def _round_numpy(rs, rt, rv, rfl, series_ptr, b_rule, rf, ri, bstate, bref, bacc):
     """One reading per series: expand to bindings, compute trigger/clear per kind, run the state machine."""
     start = series_ptr[rs]
     cnt = series_ptr[rs + 1] - start
@@ -81,7 +82,7 @@ def _round_numpy(rs, rt, rv, rfl, series_ptr, b_rule, rf, ri, bstate, bref):
     ev = np.ones(nb, bool)
     metric = v.astype(np.float64).copy()
 
-    is_value = (kind >= K.UPPER) & (kind <= K.FLATLINE)
+    is_value = ((kind >= K.UPPER) & (kind <= K.FLATLINE)) | (kind == K.TREND)
     ev &= ~(is_value & (np.isnan(v) | _flag_in_mask_np(ri[r, K.RI_EXCLUDE], f)))
     ev &= is_value | (kind == K.MISSING) | (kind == K.FLAG) | (kind == K.BIT)
 
@@ -123,6 +124,17 @@ def _round_numpy(rs, rt, rv, rfl, series_ptr, b_rule, rf, ri, bstate, bref):
         metric[mf] = flat.astype(np.float64) / _NS_PER_S
         put(mf, flat >= ri[r[mf], K.RI_DURATION], False)
 
+    m = np.nonzero(ev & (kind == K.TREND))[0]
+    if m.size:
+        bm, rm = b[m], r[m]
+        _trend_update_numpy(bacc, bm, bstate[bm, K.S_REF_TS], t[m], v[m], rf[rm, K.RF_WINDOW])
+        bstate[bm, K.S_REF_TS] = t[m]
+        acc = bacc[bm]
+        metric[m] = _time_to_limit_numpy(acc, rf[rm, K.RF_LO], rf[rm, K.RF_HI])
+        with np.errstate(invalid="ignore"):
+            hit = (acc[:, K.A_N] >= rf[rm, K.RF_MIN_N]) & (metric[m] <= rf[rm, K.RF_HORIZON])
+        put(m, hit, ~hit)
+
     m = ev & (kind == K.MISSING)
     put(m, False, True)
     m = ev & (kind == K.FLAG)
@@ -141,6 +153,40 @@ def _round_numpy(rs, rt, rv, rfl, series_ptr, b_rule, rf, ri, bstate, bref):
     code = _advance_numpy(bstate, be, trigger[e], clear[e], te, ri[re, K.RI_PENDING], ri[re, K.RI_KEEP])
     o = np.nonzero(code)[0]
     return (be[o], code[o], te[o], metric[e][o], f[e][o].astype(np.uint8), np.abs(bstate[be[o], K.S_COUNT]))
+
+
+def _trend_update_numpy(bacc, b, last_ts, t, v, window):
+    """The kernel's ``trend_update`` on unique bindings at once (exp through libm, like the kernel)."""
+    unseen = last_ts == NO_TS
+    d = np.where(unseen, 0, t - np.where(unseen, 0, last_ts)).astype(np.float64) / _NS_PER_S
+    fresh = unseen | (d > window)
+    a = np.array([math.exp(x) for x in (-d / window).tolist()], np.float64)
+    w, x, sv, xx, xv, n = (bacc[b, c] for c in (K.A_W, K.A_X, K.A_V, K.A_XX, K.A_XV, K.A_N))
+    new = np.stack([a * w, a * (x - d * w), a * sv, a * (xx - 2.0 * d * x + d * d * w), a * (xv - d * sv), n],
+                   axis=1)
+    new[fresh] = 0.0
+    new[:, K.A_W] += 1.0
+    new[:, K.A_V] += v
+    new[:, K.A_N] += 1.0
+    bacc[b] = new
+
+
+def _time_to_limit_numpy(acc, lo, hi):
+    """The kernel's ``time_to_limit`` row by row."""
+    w, x, sv, xx, xv = (acc[:, c] for c in (K.A_W, K.A_X, K.A_V, K.A_XX, K.A_XV))
+    out = np.full(acc.shape[0], np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        den = w * xx - x * x
+        ok = den > 0.0
+        slope = (w * xv - x * sv) / den
+        level = (sv - slope * x) / w
+        past = ok & ((level >= hi) | (level <= lo))
+        up = ok & ~past & (slope > 0.0) & (hi < np.inf)
+        down = ok & ~past & ~up & (slope < 0.0) & (lo > -np.inf)
+        out[past] = 0.0
+        out[up] = ((hi - level) / slope)[up]
+        out[down] = ((lo - level) / slope)[down]
+    return out
 
 
 def _advance_numpy(bstate, b, trigger, clear, t, pending, keep):
@@ -231,7 +277,7 @@ def _flag_in_mask(mask: int, code: int) -> bool:
     return 48 <= code < 111 and (mask >> (code - 48)) & 1 == 1
 
 
-def evaluate_batch_python(series, ts, values, flags, series_ptr, b_rule, rf, ri, seen_ts, bstate, bref,
+def evaluate_batch_python(series, ts, values, flags, series_ptr, b_rule, rf, ri, seen_ts, bstate, bref, bacc,
                           max_per_series):
     """Reading by reading, binding by binding, on Python lists (state is converted in and the touched rows
     written back once per call, as a pure-Python engine would simply keep it in lists)."""
@@ -239,7 +285,7 @@ def evaluate_batch_python(series, ts, values, flags, series_ptr, b_rule, rf, ri,
     n_series = series_ptr.shape[0] - 1
     rfl, ril = rf.tolist(), ri.tolist()
     ptr, brule = series_ptr.tolist(), b_rule.tolist()
-    seen, rows, refs = seen_ts.tolist(), bstate.tolist(), bref.tolist()
+    seen, rows, refs, accs = seen_ts.tolist(), bstate.tolist(), bref.tolist(), bacc.tolist()
     touched_s: set[int] = set()
     touched_b: set[int] = set()
     out: list[tuple] = []
@@ -292,6 +338,13 @@ def evaluate_batch_python(series, ts, values, flags, series_ptr, b_rule, rf, ri,
                     else:
                         metric = float(t - ref_ts) / _NS_PER_S
                         trigger, clear = t - ref_ts >= pi[K.RI_DURATION], False
+                elif kind == K.TREND:
+                    acc = accs[b]
+                    _trend_update_python(acc, st[K.S_REF_TS], t, v, pf[K.RF_WINDOW])
+                    st[K.S_REF_TS] = t
+                    metric = _time_to_limit_python(acc, pf[K.RF_LO], pf[K.RF_HI])
+                    trigger = acc[K.A_N] >= pf[K.RF_MIN_N] and metric <= pf[K.RF_HORIZON]
+                    clear = not trigger
                 else:
                     continue
             code = _advance_python(st, trigger, clear, t, pi[K.RI_PENDING], pi[K.RI_KEEP])
@@ -304,7 +357,38 @@ def evaluate_batch_python(series, ts, values, flags, series_ptr, b_rule, rf, ri,
         b_idx = np.fromiter(touched_b, np.int64, len(touched_b))
         bstate[b_idx] = [rows[b] for b in b_idx.tolist()]
         bref[b_idx] = [refs[b] for b in b_idx.tolist()]
+        if bacc.shape[1]:
+            bacc[b_idx] = [accs[b] for b in b_idx.tolist()]
     return _pack(out)
+
+
+def _trend_update_python(acc: list[float], last_ts: int, t: int, v: float, window: float) -> None:
+    d = 0.0 if last_ts == NO_TS else float(t - last_ts) / _NS_PER_S
+    if last_ts == NO_TS or d > window:
+        acc[:] = [0.0] * K.A_COLS
+    else:
+        a = math.exp(-d / window)
+        w, x, sv, xx, xv, n = acc
+        acc[:] = [a * w, a * (x - d * w), a * sv, a * (xx - 2.0 * d * x + d * d * w), a * (xv - d * sv), n]
+    acc[K.A_W] += 1.0
+    acc[K.A_V] += v
+    acc[K.A_N] += 1.0
+
+
+def _time_to_limit_python(acc: list[float], lo: float, hi: float) -> float:
+    w, x, sv, xx, xv, _ = acc
+    den = w * xx - x * x
+    if not den > 0.0:
+        return math.nan
+    slope = (w * xv - x * sv) / den
+    level = (sv - slope * x) / w
+    if level >= hi or level <= lo:
+        return 0.0
+    if slope > 0.0 and hi < math.inf:
+        return (hi - level) / slope
+    if slope < 0.0 and lo > -math.inf:
+        return (lo - level) / slope
+    return math.nan
 
 
 def _advance_python(st: list[int], trigger: bool, clear: bool, t: int, pending: int, keep: int) -> int:

@@ -24,6 +24,7 @@ class RuleKind(StrEnum):
     MISSING_DATA = "missing_data"  # no reading for >= duration_s (evaluated by the timer)
     DATA_FLAG = "data_flag"  # reading flagged with one of ``flags`` (HJ 212 D/F/B ...): device fault
     BIT = "bit"  # bit ``bit`` of a status word is set (JT/T 808 alarm flags)
+    TREND = "trend"  # at the recent slope the value reaches ``high`` (or ``low``) within ``horizon_s``
 
     @property
     def code(self) -> int:
@@ -39,10 +40,12 @@ _KIND_CODES = {
     RuleKind.MISSING_DATA: K.MISSING,
     RuleKind.DATA_FLAG: K.FLAG,
     RuleKind.BIT: K.BIT,
+    RuleKind.TREND: K.TREND,
 }
 
 # Kinds that compare the reading's value and so skip flagged (invalid) data and NaN.
-VALUE_KINDS = frozenset({RuleKind.UPPER, RuleKind.LOWER, RuleKind.RANGE, RuleKind.RATE_OF_CHANGE, RuleKind.FLATLINE})
+VALUE_KINDS = frozenset({RuleKind.UPPER, RuleKind.LOWER, RuleKind.RANGE, RuleKind.RATE_OF_CHANGE, RuleKind.FLATLINE,
+                         RuleKind.TREND})
 
 
 class Severity(StrEnum):
@@ -99,6 +102,11 @@ class Rule:
     must hold that long before the alert is raised. ``keep_firing_s``: once the clear condition is met, the
     alert keeps firing that long and clears only if every reading meanwhile was clear too (a due clear is
     released by the timer even if no reading follows).
+
+    ``trend`` warns *before* a limit is reached: a line fitted to the readings of about the last
+    ``window_s`` seconds (exponential weights, see ``core.kernels.alarm_kernels``) reaches ``high`` (rising)
+    or ``low`` (falling) within ``horizon_s``; it needs ``min_points`` readings with no gap longer than
+    ``window_s`` between them, so one noisy pair cannot raise it. Either limit may be left out.
     """
 
     id: int
@@ -111,12 +119,15 @@ class Rule:
     metric: str | None = None
     threshold: float | None = None  # upper, lower, rate_of_change
     clear_threshold: float | None = None
-    low: float | None = None  # range
+    low: float | None = None  # range, trend
     high: float | None = None
     clear_low: float | None = None
     clear_high: float | None = None
     duration_s: float = 0.0  # flatline, missing_data
     tolerance: float = 0.0  # flatline
+    horizon_s: float = 0.0  # trend: warn when the limit is at most this far ahead
+    window_s: float = 600.0  # trend: the slope is that of about the last window_s seconds
+    min_points: float = 5.0  # trend: readings needed before the slope is trusted
     pending_s: float = 0.0
     keep_firing_s: float = 0.0
     flags: frozenset[str] = frozenset()  # data_flag
@@ -140,7 +151,7 @@ class Rule:
             raise RuleError("id must be a non-negative integer")
         if not self.name:
             raise RuleError("name is required")
-        for name in ("duration_s", "tolerance", "pending_s", "keep_firing_s"):
+        for name in ("duration_s", "tolerance", "pending_s", "keep_firing_s", "horizon_s", "window_s", "min_points"):
             x = getattr(self, name)
             if not (isinstance(x, (int, float)) and math.isfinite(x) and x >= 0):
                 raise RuleError(f"{name} must be a finite number >= 0")
@@ -174,6 +185,15 @@ class Rule:
         elif k is RuleKind.DATA_FLAG:
             if not self.flags:
                 raise RuleError("data_flag rule needs flags")
+        elif k is RuleKind.TREND:
+            if self.low is None and self.high is None:
+                raise RuleError("trend rule needs high (rising limit) or low (falling limit)")
+            if self.low is not None and self.high is not None and self.low >= self.high:
+                raise RuleError("trend rule needs low < high")
+            if self.horizon_s <= 0 or self.window_s <= 0:
+                raise RuleError("trend rule needs horizon_s > 0 and window_s > 0")
+            if self.min_points < 2:
+                raise RuleError("trend rule needs min_points >= 2 (a slope takes two readings)")
         elif k is RuleKind.BIT:
             if not isinstance(self.bit, int) or not 0 <= self.bit <= 62:
                 raise RuleError("bit rule needs bit in 0..62")

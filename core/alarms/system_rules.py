@@ -3,7 +3,7 @@
 A built-in rule is raised by a derived-data job (not compiled from the ``rules`` table); its alert
 ``rule_id`` is ``core.const.SYSTEM_RULE_BASE + n``, far above the user rules' identity range, so an
 alert's ``rule_id`` says which built-in rule raised it. Ranges of ``n``: traffic 1..99, vehicles
-100..199, grid 200..299, meters 300..399, environment 700..799 (``core.alarms.builtin`` checks that
+100..199, grid 200..299, meters 300..399, environment 700..799, profiles 800..899 (``core.alarms.builtin`` checks that
 no two rules share an id).
 """
 from __future__ import annotations

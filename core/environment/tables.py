@@ -78,6 +78,8 @@ AQI_CATEGORIES: Final = (
 
 # HJ 633-2012 Table 2 (空气质量指数及相关信息): per level, 对健康影响情况 (effect on health) and 建议采取的措施
 # (advice), as published with every AQI report. HJ 633-2026 rewords them slightly (青少年儿童 for 儿童).
+# Checked row by row against a reproduction of the 2012 Table 2 (issue 19): identical, except that the
+# printed level-4 advice reads 户外锻练, a misprint of 锻炼 (level 3's spelling), which we correct.
 AQI_HEALTH_ADVICE: Final = {
     1: ("空气质量令人满意，基本无空气污染", "各类人群可正常活动"),
     2: ("空气质量可接受，但某些污染物可能对极少数异常敏感人群健康有较弱影响", "极少数异常敏感人群应减少户外活动"),

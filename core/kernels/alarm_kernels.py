@@ -17,6 +17,7 @@ State (all mutated in place, all plain arrays so the caller can persist them):
   A row per binding (rather than one array per field), and three fields only, because a batch over a
   million series streams through all of it: bytes per binding are what the kernel's speed is made of.
 * ``bref[b]``: reference value (rate: previous value; flatline: anchor value).
+* ``bacc[b, :]`` float64 (trend rules only): exponentially weighted least-squares sums, see ``A_*``.
 
 Order policy (deliberate): a reading is *accepted* only if it is newer than ``seen_ts`` of its series. Late
 readings (older than the newest already accepted) and duplicates (same time) are ignored by every rule: alert
@@ -34,6 +35,16 @@ It still counts as the device being alive (missing data) and is seen by data-fla
 Flatline compares each value with the first value of the current run (the anchor), so a slow drift ends the
 run once it has moved more than the tolerance. Bit rules read the value as an integer status word and skip
 values that are NaN, negative or beyond int64.
+
+Trend (time to threshold) fits a line to the recent readings by least squares with exponential weights
+``exp(-age / window)``: constant state per binding, no buffer of past readings. The fitted value now and
+the slope give the seconds until the line reaches ``high`` (rising) or ``low`` (falling): 0 when the fit is
+already past it, NaN when it moves away or is flat. A gap longer than the window starts afresh (what a
+device said before it went silent says little about now). Trigger: the current run has at least
+``min_points`` readings and the time to threshold is at most the horizon; clear: otherwise. ``value`` of a
+trend transition is that time in seconds. The sums are re-centred on the newest reading at each update
+(x = 0 now) so they stay small whatever the epoch. A weighted fit lags a fresh ramp by about a window:
+a shorter window warns sooner, a longer one is calmer on noise.
 
 Per binding, the common state machine (``_advance``), given ``trigger`` and ``clear`` for one accepted reading:
 
@@ -61,6 +72,7 @@ FLATLINE = 5
 MISSING = 6
 FLAG = 7
 BIT = 8
+TREND = 9
 
 # Transition kinds (core.alarms.rules.TransitionKind).
 RAISE = 1
@@ -75,7 +87,10 @@ RF_HI = 1  # upper limit (upper, range, rate per minute)
 RF_CLEAR_LO = 2  # clear at or above this (lower, range)
 RF_CLEAR_HI = 3  # clear at or below this (upper, range, rate)
 RF_TOL = 4  # flatline: values within this of the anchor count as the same
-RF_COLS = 5
+RF_HORIZON = 5  # trend: warn when the limit is this many seconds away or less
+RF_WINDOW = 6  # trend: time constant (s) of the readings' exponential weights
+RF_MIN_N = 7  # trend: readings needed in the current run before the slope is trusted
+RF_COLS = 8
 
 # Columns of the int64 rule table ``ri``.
 RI_KIND = 0
@@ -92,6 +107,17 @@ S_COUNT = 0
 S_SINCE = 1
 S_REF_TS = 2
 S_COLS = 3
+
+# Columns of the per-binding float64 trend accumulators ``bacc`` (only trend rules use them; the engine gives
+# the array zero columns when no trend rule is loaded). Sums over the readings, each weighted
+# w = exp(-age / window), of x = seconds relative to the newest reading (so x <= 0) and the value v.
+A_W = 0  # sum w
+A_X = 1  # sum w x
+A_V = 2  # sum w v
+A_XX = 3  # sum w x^2
+A_XV = 4  # sum w x v
+A_N = 5  # readings in the current run (a gap longer than the window starts a new run)
+A_COLS = 6
 
 _NS_PER_MIN = 60e9
 _NS_PER_S = 1e9
@@ -229,14 +255,54 @@ def _advance(bstate, b, trigger, clear, t, pending, keep):
 
 
 @njit(cache=True, nogil=True)
-def evaluate_batch(series, ts, values, flags, series_ptr, b_rule, rf, ri, seen_ts, bstate, bref, max_per_series):
+def trend_update(bacc, b, last_ts, t, v, window_s):
+    """Fold reading (t, v) into binding ``b``'s weighted sums (previous reading at ``last_ts``)."""
+    d = 0.0 if last_ts == NO_TS else np.float64(t - last_ts) / _NS_PER_S
+    if last_ts == NO_TS or d > window_s:
+        for c in range(A_COLS):
+            bacc[b, c] = 0.0
+    else:
+        a = np.exp(-d / window_s)
+        w, x, sv, xx, xv = bacc[b, A_W], bacc[b, A_X], bacc[b, A_V], bacc[b, A_XX], bacc[b, A_XV]
+        bacc[b, A_W] = a * w
+        bacc[b, A_X] = a * (x - d * w)
+        bacc[b, A_V] = a * sv
+        bacc[b, A_XX] = a * (xx - 2.0 * d * x + d * d * w)
+        bacc[b, A_XV] = a * (xv - d * sv)
+    bacc[b, A_W] += 1.0
+    bacc[b, A_V] += v
+    bacc[b, A_N] += 1.0
+
+
+@njit(cache=True, nogil=True)
+def time_to_limit(w, x, sv, xx, xv, lo, hi):
+    """Seconds until the weighted least-squares line reaches ``hi`` rising or ``lo`` falling (0 when
+    already past; NaN when it moves away, is flat, or the points do not determine a line)."""
+    den = w * xx - x * x
+    if not den > 0.0:
+        return np.nan
+    slope = (w * xv - x * sv) / den
+    level = (sv - slope * x) / w
+    if level >= hi or level <= lo:
+        return 0.0
+    if slope > 0.0 and hi < np.inf:
+        return (hi - level) / slope
+    if slope < 0.0 and lo > -np.inf:
+        return (lo - level) / slope
+    return np.nan
+
+
+@njit(cache=True, nogil=True)
+def evaluate_batch(series, ts, values, flags, series_ptr, b_rule, rf, ri, seen_ts, bstate, bref, bacc,
+                   max_per_series):
     """Evaluate every binding of every accepted reading; mutate state; return the transitions.
 
     ``series`` int32, ``ts`` int64 ns, ``values`` float64, ``flags`` uint8 ASCII codes (0 = none), any order.
     ``max_per_series`` bounds the bindings of one series (sizes the output). Returns
     ``(binding int64, kind int8, ts int64, value float64, flag uint8, count int64)`` in processing order
     (series, then time, then binding: grouping by series keeps each series' state in cache). ``value`` is
-    the reading's value, except rate rules (absolute change per minute) and flatline rules (seconds flat).
+    the reading's value, except rate rules (absolute change per minute), flatline rules (seconds flat) and
+    trend rules (seconds to the limit).
     """
     n = series.shape[0]
     n_series = series_ptr.shape[0] - 1
@@ -311,6 +377,13 @@ def evaluate_batch(series, ts, values, flags, series_ptr, b_rule, rf, ri, seen_t
                             metric = np.float64(t - ref_ts) / _NS_PER_S
                             trigger = t - ref_ts >= ri[r, RI_DURATION]
                             clear = False
+                    elif kind == TREND:
+                        trend_update(bacc, b, bstate[b, S_REF_TS], t, v, rf[r, RF_WINDOW])
+                        bstate[b, S_REF_TS] = t
+                        metric = time_to_limit(bacc[b, A_W], bacc[b, A_X], bacc[b, A_V], bacc[b, A_XX],
+                                               bacc[b, A_XV], rf[r, RF_LO], rf[r, RF_HI])
+                        trigger = bacc[b, A_N] >= rf[r, RF_MIN_N] and metric <= rf[r, RF_HORIZON]
+                        clear = not trigger
                     else:
                         continue
                 code = _advance(bstate, b, trigger, clear, t, ri[r, RI_PENDING], ri[r, RI_KEEP])
