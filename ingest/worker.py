@@ -36,6 +36,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from wulian.core.arrays import ReadingArrays
 from wulian.ingest import jetstream as j
 from wulian.ingest import leases
+from wulian.ingest import metrics
 from wulian.ingest.alarm_service import AlarmService, PendingAlerts
 from wulian.ingest.batch_writer import BatchWriter, WriteResult
 from wulian.ingest.mqtt_client import InMessage, MqttParams, MqttPublisher
@@ -107,7 +108,6 @@ class PartitionRunner:
         self.messages = 0
         self.task: asyncio.Task | None = None
         self.ready = asyncio.Event()  # state loaded, consumer positioned (takeover complete)
-        self.events_published = 0
 
     async def _load(self) -> int:
         """Claim the partition's row: the new fence waits for any transaction of the previous owner that
@@ -124,24 +124,34 @@ class PartitionRunner:
         is deleted only after its PUBACK. A crash between PUBACK and delete repeats those events (same
         ``event_id``, for the receiver to drop); a redelivered batch never writes a row (it is skipped as
         committed), so it never repeats one."""
-        pub = self.w.publisher
         while True:
             await alarms.events_due.wait()
             alarms.events_due.clear()
-            while True:
-                async with self.w.pool.acquire() as con:
-                    rows = await con.fetch("SELECT id, topic, payload FROM alert_publish_outbox WHERE partition = $1"
-                                           " ORDER BY id LIMIT 500", self.p)
-                if not rows:
-                    break
-                ok = await asyncio.gather(*(pub.publish_async(r["topic"], bytes(r["payload"])) for r in rows))
-                for r, sent in zip(rows, ok):
-                    if not sent:
-                        log.error("alert event refused by the broker on %s (dropped)", r["topic"])
-                async with self.w.pool.acquire() as con:
-                    await con.execute("DELETE FROM alert_publish_outbox WHERE id = ANY($1::bigint[])",
-                                      [r["id"] for r in rows])
-                self.events_published += len(rows)
+            try:
+                while await self._publish_some():
+                    pass
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                log.warning("partition %d: alert events held, database unavailable (%s)", self.p, type(exc).__name__)
+                await asyncio.sleep(1.0)
+                alarms.events_due.set()
+
+    async def _publish_some(self, limit: int = 500) -> int:
+        async with self.w.pool.acquire() as con:
+            rows = await con.fetch("SELECT id, topic, payload FROM alert_publish_outbox WHERE partition = $1"
+                                   " ORDER BY id LIMIT $2", self.p, limit)
+        if not rows:
+            return 0
+        pub = self.w.publisher
+        ok = await asyncio.gather(*(pub.publish_async(r["topic"], bytes(r["payload"])) for r in rows))
+        for r, sent in zip(rows, ok):
+            if not sent:
+                log.error("partition %d: alert event refused by the broker on %s (dropped)", self.p, r["topic"])
+        async with self.w.pool.acquire() as con:
+            await con.execute("DELETE FROM alert_publish_outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        metrics.ALERT_EVENTS_PUBLISHED.inc(sum(ok))
+        return len(rows)
 
     async def _consumer(self, js):
         durable = f"wl_p{self.p}"
