@@ -80,7 +80,8 @@ class Lease:
     """One cluster-singleton duty: ``await Lease(dsn, name, holder).run(duty)`` runs ``duty()`` while this
     process holds the lease, waits as a standby otherwise, and returns when the duty returns or ``stop``
     is set (the duty sees ``stop`` too and gets ``stop_grace_s`` to finish before it is cancelled). A duty
-    that fails gives the lease up (another holder may do better) and is retried. A database that refuses
+    that fails, or whose session was lost, gives the lease up and contends again only after
+    ``failed_backoff_s`` (a standby may do better). A database that refuses
     the very first connection is an error (a wrong DSN answers at once); later outages are waited out."""
 
     def __init__(self, dsn: str, name: str, holder: str, retry_s: float = 1.0, check_s: float = 1.0,
@@ -163,6 +164,6 @@ class Lease:
             if work.done() and not work.cancelled() and not failed:
                 return  # the duty finished
             log.info("lease %s released by %s", self.name, self.holder)
-            if failed:
+            if failed or (lost.done() and not lost.cancelled()):  # let a standby take it first
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.failed_backoff_s)

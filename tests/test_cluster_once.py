@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from types import SimpleNamespace
 
 import asyncpg
 import orjson
@@ -25,7 +26,7 @@ from wulian.ingest import jetstream as j
 from wulian.ingest import leases
 from wulian.ingest.derive_service import discover, job_lease
 from wulian.ingest.mqtt_client import MqttConsumer, MqttParams
-from wulian.ingest.worker import LOCK_PARTITION, RETENTION_LEASE
+from wulian.ingest.worker import LOCK_PARTITION, RETENTION_LEASE, Fenced, PartitionAlarms, PartitionRunner, state_name
 
 DEVICES = 24
 
@@ -110,6 +111,27 @@ async def test_a_failing_duty_gives_the_lease_up_and_a_bad_dsn_is_an_error(test_
     bad = test_dsn.rsplit("/", 1)[0] + "/no_such_database_here"
     with pytest.raises(asyncpg.InvalidCatalogNameError):
         await leases.Lease(bad, name, "c").run(steady)
+
+
+async def test_a_new_claim_fences_the_previous_owners_ticks_and_commits(pool):
+    """A worker that lost its partition (its lock session ended, another claimed it) must not commit a
+    timer tick's alerts: the claim's fence moved (batch commits check the same fence in their CAS)."""
+    p = 100_000 + uuid.uuid4().int % 100_000
+    try:
+        old_fence = await PartitionRunner(SimpleNamespace(pool=pool, name="old"), p)._load()
+        old = PartitionAlarms(pool, state_name=state_name(p), partition=p, outbox=False)
+        old.fence = old_fence
+        async with pool.acquire() as con, con.transaction():
+            await old.guard(con)  # still the owner: the tick may commit
+        new_fence = await PartitionRunner(SimpleNamespace(pool=pool, name="new"), p)._load()
+        assert new_fence == old_fence + 1
+        with pytest.raises(Fenced):
+            async with pool.acquire() as con, con.transaction():
+                await old.guard(con)
+        assert old.fenced
+        assert await pool.fetchval("SELECT owner FROM cluster_partitions WHERE partition = $1", p) == "new"
+    finally:
+        await pool.execute("DELETE FROM cluster_partitions WHERE partition = $1", p)
 
 
 async def test_two_derive_processes_run_each_job_in_one_and_the_survivor_takes_all_after_kill9(pg_stack, tmp_path):
@@ -198,7 +220,8 @@ async def test_missing_data_and_alert_events_once_through_a_worker_kill9(cluster
     await watcher.start()
     events: list[dict] = []
     try:
-        c.start("router", "r1")
+        for name in ("r1", "r2"):  # both: an earlier test's r2 session is still a member of the share
+            c.start("router", name)
         for name in ("w1", "w2"):
             c.start("worker", name)
         await wait_until(lambda: _q(c.dsn, "SELECT count(*) = $1 FROM cluster_partitions WHERE fence > 0",
