@@ -251,11 +251,15 @@ class AlarmService:
                 events.append(ev)
         await updates.flush(con)
 
+    def event_topic(self, ev: dict) -> str:
+        """The MQTT topic of an alert event: ``{prefix}/{region}/alerts/{stream}/{device_id}``."""
+        return f"{self.prefix}/{ev['region']}/alerts/{ev['stream']}/{ev['device_id']}"
+
     def after_commit(self, pending: PendingAlerts) -> None:
         for ev in pending.events:
             m.ALERTS.labels(ev["event"]).inc()
             if self.publish is not None:
-                topic = f"{self.prefix}/{ev['region']}/alerts/{ev['stream']}/{ev['device_id']}"
+                topic = self.event_topic(ev)
                 try:
                     self.publish(topic, orjson.dumps(ev))
                 except Exception:
@@ -268,9 +272,14 @@ class AlarmService:
             if len(pending.transitions):
                 async with self.pool.acquire() as con:
                     async with con.transaction():
+                        await self.guard(con)
                         await self.write(con, pending=pending)
         self.after_commit(pending)
         return pending
+
+    async def guard(self, con: asyncpg.Connection) -> None:
+        """Inside a timer tick's transaction, before its writes: raise to refuse them (cluster mode fences
+        a partition's ticks with its ownership); nothing in city mode."""
 
     async def reload_rules_if_changed(self) -> bool:
         async with self.pool.acquire() as con:

@@ -1,16 +1,26 @@
-"""``wulian derive``: run every derived-data job (modules in ``ingest/jobs/``) on its schedule."""
+"""``wulian derive``: run every derived-data job (modules in ``ingest/jobs/``) on its schedule.
+
+Any number of ``wulian derive`` processes may run (one per machine in cluster mode): each job's schedule
+is a cluster singleton, lease ``derive/<job>`` (``ingest.leases``), so one process runs it and the
+others stand by and take it over when its holder dies. A window is processed once even without the
+lease (``--once`` runs take none): ``ingest.jobs.base`` runs each watermark key in one transaction under
+the key's advisory lock and re-reads the watermark inside it.
+"""
 from __future__ import annotations
 
 import asyncio
 import importlib
 import logging
+import os
 import pkgutil
+import socket
 import time
 
 import asyncpg
 from prometheus_client import Counter, Histogram
 
 from wulian.ingest import jobs
+from wulian.ingest.leases import Lease
 from wulian.ingest.health import Health, db_probe, serve_metrics
 from wulian.ingest.jobs.base import Job
 from wulian.settings import Settings
@@ -33,6 +43,10 @@ def discover(settings: Settings, only: set[str] | None = None) -> list[Job]:
         if only is None or job.name in only:
             out.append(job)
     return out
+
+
+def job_lease(name: str) -> str:
+    return f"derive/{name}"
 
 
 async def run_job_once(job: Job, pool: asyncpg.Pool, now_ns: int | None = None) -> dict:
@@ -65,6 +79,9 @@ async def run_derive(settings: Settings, only: set[str] | None = None, once: boo
         health = Health({"database": lambda: db_probe(pool)})
         if settings.derive.metrics_port:
             serve_metrics(settings.derive.metrics_host, settings.derive.metrics_port, health)
-        log.info("derive: running %s", ", ".join(j.name for j in selected) or "no jobs")
-        await asyncio.gather(health.run(), *(_loop(j, pool) for j in selected))
+        log.info("derive: scheduling %s", ", ".join(j.name for j in selected) or "no jobs")
+        holder = f"derive-{socket.gethostname()}-{os.getpid()}"
+        leases = [Lease(settings.db.dsn, job_lease(j.name), holder) for j in selected]
+        await asyncio.gather(health.run(), *(lease.run(lambda j=j: _loop(j, pool))
+                                             for lease, j in zip(leases, selected)))
     return {}

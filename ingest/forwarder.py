@@ -263,6 +263,9 @@ class Forwarder:
             buf += chunk
 
 
+FORWARD_LEASE = "forward/hj212"  # cluster-singleton lease of ``wulian forward hj212`` (ingest.leases)
+
+
 async def run_forwarder(settings, stop: asyncio.Event | None = None) -> None:
     """``wulian forward hj212``: intake + one link per enabled upstream, with its metrics endpoint."""
     from wulian.ingest.health import serve_metrics

@@ -14,6 +14,11 @@ sequence + 1: the database, not the consumer's ack floor, says where to resume. 
 is kept (an ack-wait redelivery after newer messages would otherwise be skipped as committed), and
 anything redelivered at or below the committed sequence is acked and skipped: no row is written twice,
 no alert fires twice.
+
+Duties besides the partitions (docs/cluster.md): per partition, its owner runs the missing-data timer of
+its devices (ticks fenced by ``cluster_partitions.fence``) and publishes its alert events to MQTT from
+``alert_publish_outbox`` (written in the transition's transaction, deleted after the PUBACK), so a takeover
+carries both. Retention is a cluster singleton (``ingest.leases``): one worker holds the lease and runs it.
 """
 from __future__ import annotations
 
@@ -25,14 +30,18 @@ import time
 
 import asyncpg
 import nats
+import orjson
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from wulian.core.arrays import ReadingArrays
 from wulian.ingest import jetstream as j
-from wulian.ingest.alarm_service import AlarmService
+from wulian.ingest import leases
+from wulian.ingest import metrics
+from wulian.ingest.alarm_service import AlarmService, PendingAlerts
 from wulian.ingest.batch_writer import BatchWriter, WriteResult
-from wulian.ingest.mqtt_client import InMessage
+from wulian.ingest.mqtt_client import InMessage, MqttParams, MqttPublisher
 from wulian.ingest.pipeline import Batch, IngestConfig, Ingestor, _transient, build_rows, reading_arrays
+from wulian.ingest.retention import apply_retention, set_compression, set_retention
 from wulian.ingest.rows import BatchRows
 
 log = logging.getLogger(__name__)
@@ -41,9 +50,8 @@ LOCK_MEMBER = 1501  # advisory lock classes (pg_advisory_lock(int4, int4)): (cla
 LOCK_PARTITION = 1502  # (class, partition)
 MAX_WORKERS = 1024
 STATE_PREFIX = "partition/"
-_LOCKS_HELD = ("SELECT objid::int AS k FROM pg_locks WHERE locktype = 'advisory' AND classid = $1"
-               " AND objsubid = 2 AND granted AND database = (SELECT oid FROM pg_database"
-               " WHERE datname = current_database())")
+RETENTION_LEASE = "retention"
+_FENCE = "SELECT fence = $2 FROM cluster_partitions WHERE partition = $1 FOR SHARE"
 
 
 class Fenced(Exception):
@@ -56,11 +64,35 @@ def state_name(partition: int) -> str:
 
 class PartitionAlarms(AlarmService):
     """The alarm engine of one partition: its snapshot is written in every transaction that writes its
-    transitions (batches and timer ticks), never on its own, so it always matches what is committed."""
+    transitions (batches and timer ticks), never on its own, so it always matches what is committed. Its
+    alert events go to the partition's outbox in that transaction (when the worker publishes events)."""
+
+    def __init__(self, *args, partition: int, outbox: bool, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.partition = partition
+        self.outbox = outbox
+        self.fence = 0  # the claim's fence (cluster_partitions.fence)
+        self.fenced = False
+        self.events_due = asyncio.Event()  # set after a commit that wrote outbox rows
 
     async def write(self, con, *, pending) -> None:
         await super().write(con, pending=pending)
+        if self.outbox and pending.events:
+            await con.executemany(
+                "INSERT INTO alert_publish_outbox (partition, topic, payload) VALUES ($1, $2, $3)",
+                [(self.partition, self.event_topic(ev), orjson.dumps(ev)) for ev in pending.events])
         await self.save_state(con)
+
+    async def guard(self, con) -> None:
+        """A timer tick commits only while the claim that loaded this engine is the partition's latest."""
+        if not await con.fetchval(_FENCE, self.partition, self.fence):
+            self.fenced = True
+            raise Fenced(f"partition {self.partition}: claimed by another worker since fence {self.fence}")
+
+    def after_commit(self, pending: PendingAlerts) -> None:
+        super().after_commit(pending)  # metrics (no direct publish: the outbox is published)
+        if self.outbox and pending.events:
+            self.events_due.set()
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -77,10 +109,49 @@ class PartitionRunner:
         self.task: asyncio.Task | None = None
         self.ready = asyncio.Event()  # state loaded, consumer positioned (takeover complete)
 
-    async def _load(self) -> None:
+    async def _load(self) -> int:
+        """Claim the partition's row: the new fence waits for any transaction of the previous owner that
+        still holds the row, so the engine snapshot loaded after it is the last one committed."""
         async with self.w.pool.acquire() as con:
             await con.execute("INSERT INTO cluster_partitions (partition) VALUES ($1) ON CONFLICT DO NOTHING", self.p)
-            self.last_seq = await con.fetchval("SELECT last_seq FROM cluster_partitions WHERE partition = $1", self.p)
+            row = await con.fetchrow("UPDATE cluster_partitions SET fence = fence + 1, owner = $2 WHERE partition = $1"
+                                     " RETURNING last_seq, fence", self.p, self.w.name)
+        self.last_seq = row["last_seq"]
+        return row["fence"]
+
+    async def _publish_events(self, alarms: PartitionAlarms) -> None:
+        """Publish the partition's outbox in id order (the previous owner's leftovers first), QoS 1; a row
+        is deleted only after its PUBACK. A crash between PUBACK and delete repeats those events (same
+        ``event_id``, for the receiver to drop); a redelivered batch never writes a row (it is skipped as
+        committed), so it never repeats one."""
+        while True:
+            await alarms.events_due.wait()
+            alarms.events_due.clear()
+            try:
+                while await self._publish_some():
+                    pass
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                log.warning("partition %d: alert events held, database unavailable (%s)", self.p, type(exc).__name__)
+                await asyncio.sleep(1.0)
+                alarms.events_due.set()
+
+    async def _publish_some(self, limit: int = 500) -> int:
+        async with self.w.pool.acquire() as con:
+            rows = await con.fetch("SELECT id, topic, payload FROM alert_publish_outbox WHERE partition = $1"
+                                   " ORDER BY id LIMIT $2", self.p, limit)
+        if not rows:
+            return 0
+        pub = self.w.publisher
+        ok = await asyncio.gather(*(pub.publish_async(r["topic"], bytes(r["payload"])) for r in rows))
+        for r, sent in zip(rows, ok):
+            if not sent:
+                log.error("partition %d: alert event refused by the broker on %s (dropped)", self.p, r["topic"])
+        async with self.w.pool.acquire() as con:
+            await con.execute("DELETE FROM alert_publish_outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        metrics.ALERT_EVENTS_PUBLISHED.inc(sum(ok))
+        return len(rows)
 
     async def _consumer(self, js):
         durable = f"wl_p{self.p}"
@@ -94,16 +165,26 @@ class PartitionRunner:
 
     async def run(self) -> None:
         w = self.w
-        await self._load()
+        fence = await self._load()
         alarms = PartitionAlarms(w.pool, state_name=state_name(self.p), reconcile=False, save_interval_s=1e9,
-                                 tick_interval_s=w.tick_interval_s, topic_prefix=w.config.topic_prefix)
+                                 tick_interval_s=w.tick_interval_s, topic_prefix=w.config.topic_prefix,
+                                 rules_poll_s=w.rules_poll_s, partition=self.p, outbox=w.publisher is not None)
+        alarms.fence = fence
         await alarms.start()
         ing = Ingestor(None, w.writer, w.config, alarms=alarms)  # its decode and resolve, our commit
+        publishing = None
+        if w.publisher is not None:
+            alarms.events_due.set()  # what the previous owner committed but did not publish
+            publishing = asyncio.create_task(self._publish_events(alarms), name=f"alert-events-{self.p}")
         try:
             sub = await self._consumer(w.js)
             self.ready.set()
-            log.info("partition %d claimed by %s at sequence %d", self.p, w.name, self.last_seq)
+            log.info("partition %d claimed by %s at sequence %d (fence %d)", self.p, w.name, self.last_seq, fence)
             while True:
+                if alarms.fenced:
+                    raise Fenced(f"partition {self.p}: a timer tick found it claimed by another worker")
+                if publishing is not None and publishing.done():
+                    publishing.result()  # its failure stops the partition (released, claimed again)
                 try:
                     msgs = await sub.fetch(w.batch, timeout=1.0)
                 except (nats.errors.TimeoutError, asyncio.TimeoutError):
@@ -112,6 +193,9 @@ class PartitionRunner:
                     continue
                 await self._process(ing, alarms, msgs)
         finally:
+            if publishing is not None:
+                publishing.cancel()
+                await asyncio.gather(publishing, return_exceptions=True)
             await alarms.stop()
 
     def _decode(self, ing: Ingestor, msgs) -> Batch:
@@ -153,9 +237,10 @@ class PartitionRunner:
         async def cas(con) -> None:
             status = await con.execute(
                 "UPDATE cluster_partitions SET last_seq = $2, owner = $3, messages = messages + $4,"
-                " updated_at = now() WHERE partition = $1 AND last_seq = $5", self.p, new_seq, w.name, n, old)
+                " updated_at = now() WHERE partition = $1 AND last_seq = $5 AND fence = $6",
+                self.p, new_seq, w.name, n, old, alarms.fence)
             if status != "UPDATE 1":
-                raise Fenced(f"partition {self.p}: committed sequence is no longer {old}")
+                raise Fenced(f"partition {self.p}: committed sequence is no longer {old} or it was claimed again")
 
         async def count(con, res: WriteResult) -> None:
             if res.duplicates:
@@ -204,7 +289,9 @@ class Worker:
     def __init__(self, name: str, dsn: str, nats_urls: list[str], partitions: int, replicas: int,
                  config: IngestConfig = IngestConfig(), batch: int = 2000, takeover_delay_s: float = 1.0,
                  rebalance_delay_s: float = 10.0, ack_wait_s: float = 60.0, tick_interval_s: float = 5.0,
-                 auto_register: bool = True, poll_s: float = 0.25) -> None:
+                 auto_register: bool = True, poll_s: float = 0.25, rules_poll_s: float = 10.0,
+                 mqtt: MqttParams | None = None, retention_days: dict[str, int] | None = None,
+                 compress_after_days: int | None = None) -> None:
         self.name = name
         self.dsn = dsn
         self.urls = nats_urls
@@ -218,6 +305,12 @@ class Worker:
         self.tick_interval_s = tick_interval_s
         self.auto_register = auto_register
         self.poll_s = poll_s
+        self.rules_poll_s = rules_poll_s
+        self.mqtt = mqtt  # alert events are published to MQTT when set (as city mode does)
+        self.publisher: MqttPublisher | None = None
+        self.retention_days = retention_days
+        self.compress_after_days = compress_after_days
+        self.retention_lease = leases.Lease(dsn, RETENTION_LEASE, name)
         self.runners: dict[int, PartitionRunner] = {}
         self.pool: asyncpg.Pool | None = None
         self.writer: BatchWriter | None = None
@@ -230,7 +323,7 @@ class Worker:
             await asyncio.gather(r.task, return_exceptions=True)
 
     async def _claim(self, lockcon, p: int) -> bool:
-        if not await lockcon.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_PARTITION, p):
+        if not await leases.try_lock(lockcon, LOCK_PARTITION, p):
             return False
         r = self.runners[p] = PartitionRunner(self, p)
         r.task = asyncio.create_task(r.run(), name=f"partition-{p}")
@@ -239,7 +332,7 @@ class Worker:
     async def _coordinate(self, lockcon) -> None:
         slot = None
         for k in range(MAX_WORKERS):
-            if await lockcon.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_MEMBER, k):
+            if await leases.try_lock(lockcon, LOCK_MEMBER, k):
                 slot = k
                 break
         if slot is None:
@@ -253,9 +346,9 @@ class Worker:
                     exc = r.task.exception() if not r.task.cancelled() else None
                     log.warning("partition %d stopped (%r); releasing it", p, exc, exc_info=exc)
                     self.runners.pop(p)
-                    await lockcon.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_PARTITION, p)
-            members = len(await lockcon.fetch(_LOCKS_HELD, LOCK_MEMBER))
-            locked = {r["k"] for r in await lockcon.fetch(_LOCKS_HELD, LOCK_PARTITION)}
+                    await leases.unlock(lockcon, LOCK_PARTITION, p)
+            members = len(await leases.held(lockcon, LOCK_MEMBER))
+            locked = set(await leases.held(lockcon, LOCK_PARTITION))
             now = time.monotonic()
             if members != members_seen:
                 members_seen, changed_at = members, now
@@ -270,7 +363,7 @@ class Worker:
             if len(self.runners) > target and now - changed_at >= self.rebalance_delay_s:
                 for p in sorted(self.runners, reverse=True)[: len(self.runners) - target]:
                     await self._stop_runner(p)  # nothing uncommitted is acked: the next owner re-reads it
-                    await lockcon.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_PARTITION, p)
+                    await leases.unlock(lockcon, LOCK_PARTITION, p)
                     log.info("partition %d released by %s (fair share %d)", p, self.name, target)
             await asyncio.sleep(self.poll_s)
 
@@ -278,6 +371,9 @@ class Worker:
         from wulian.ingest.batch_writer import init_connection
 
         nc = await j.connect(self.urls, f"worker-{self.name}")
+        if self.mqtt is not None:
+            self.publisher = MqttPublisher(self.mqtt)
+            await asyncio.to_thread(self.publisher.connect)
         try:
             got = await j.ensure_stream(nc, self.partitions, self.replicas)
             self.partitions = got
@@ -285,17 +381,44 @@ class Worker:
             async with asyncpg.create_pool(self.dsn, min_size=1, max_size=8, init=init_connection) as pool:
                 self.pool = pool
                 self.writer = BatchWriter(pool, auto_register=self.auto_register)
-                while True:
-                    lockcon = await asyncpg.connect(self.dsn)
-                    try:
-                        await self._coordinate(lockcon)
-                    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-                        log.warning("lock session lost (%r): stopping every partition", exc)
-                    finally:
-                        for p in list(self.runners):
-                            await self._stop_runner(p)
-                        with contextlib.suppress(Exception):
-                            await lockcon.close()
-                    await asyncio.sleep(1.0)
+                retention = asyncio.create_task(self.retention_lease.run(self._retention), name="retention-lease")
+                try:
+                    await self._own_partitions()
+                finally:
+                    retention.cancel()
+                    await asyncio.gather(retention, return_exceptions=True)
         finally:
+            if self.publisher is not None:
+                self.publisher.close()
             await nc.close()
+
+    async def _own_partitions(self) -> None:
+        while True:
+            lockcon = await leases.lock_session(self.dsn, f"wulian-worker:{self.name}")
+            try:
+                await self._coordinate(lockcon)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                log.warning("lock session lost (%r): stopping every partition", exc)
+            finally:
+                for p in list(self.runners):
+                    await self._stop_runner(p)
+                with contextlib.suppress(Exception):
+                    await lockcon.close()
+            await asyncio.sleep(1.0)
+
+    async def _retention(self) -> None:
+        """The retention singleton (lease ``retention``): the configured policies, then ``drop_chunks`` every
+        ``retention_interval_s`` (city mode runs this in its one ingest process)."""
+        async with self.pool.acquire() as con:
+            if self.retention_days is not None:
+                await set_retention(con, self.retention_days)
+            if self.compress_after_days is not None:
+                await set_compression(con, self.compress_after_days)
+        while True:
+            try:
+                async with self.pool.acquire() as con:
+                    dropped = await apply_retention(con)
+                log.info("retention (%s): dropped chunks %s", self.name, dropped)
+            except Exception:
+                log.exception("retention run failed")
+            await asyncio.sleep(self.config.retention_interval_s)

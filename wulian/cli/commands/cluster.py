@@ -78,16 +78,19 @@ def _router(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from wulian.ingest.migrations import migrate
-    from wulian.ingest.service import ingest_config
+    from wulian.ingest.service import ingest_config, mqtt_params
     from wulian.ingest.worker import Worker
 
     s = get_settings()
     c = s.cluster
-    worker = Worker(args.id or f"worker-{socket.gethostname()}-{os.getpid()}", s.db.dsn, nats_urls(s),
+    name = args.id or f"worker-{socket.gethostname()}-{os.getpid()}"
+    worker = Worker(name, s.db.dsn, nats_urls(s),
                     c.partitions, c.replicas, ingest_config(s), batch=c.worker_batch,
                     takeover_delay_s=c.takeover_delay_s, rebalance_delay_s=c.rebalance_delay_s,
                     ack_wait_s=c.ack_wait_s, tick_interval_s=s.alarms.tick_interval_s,
-                    auto_register=s.ingest.auto_register)
+                    rules_poll_s=s.alarms.rules_poll_s, auto_register=s.ingest.auto_register,
+                    mqtt=mqtt_params(s, f"alerts-{name}"), retention_days=s.db.retention_days,
+                    compress_after_days=s.db.compress_after_days)
 
     async def main() -> None:
         import asyncpg

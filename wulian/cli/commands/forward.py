@@ -10,7 +10,11 @@ from wulian.settings import get_settings
 
 
 def run(args: argparse.Namespace) -> int:
-    from wulian.ingest.forwarder import run_forwarder
+    import os
+    import socket
+
+    from wulian.ingest.forwarder import FORWARD_LEASE, run_forwarder
+    from wulian.ingest.leases import Lease
 
     async def main() -> None:
         # SIGINT/SIGTERM end the run through its stop event: links and intake finish their step and
@@ -18,7 +22,11 @@ def run(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await run_forwarder(get_settings(), stop)
+        settings = get_settings()
+        # one forwarder at a time (its MQTT session and each upstream's in-order link are singletons);
+        # a second one on another machine stands by and takes over when the holder dies
+        lease = Lease(settings.db.dsn, FORWARD_LEASE, f"forward-{socket.gethostname()}-{os.getpid()}")
+        await lease.run(lambda: run_forwarder(settings, stop), stop)
 
     asyncio.run(main())
     return 0
