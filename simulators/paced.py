@@ -4,7 +4,10 @@
 Simulated time advances ``factor`` times faster than the wall clock, from ``sim_start_ns`` (in the
 past, so no timestamp is ever ahead of the clock ingest checks them against). A class's messages are
 evenly spaced in simulated time; message ``m`` of a process's share goes to its ``m mod n``-th device,
-so each device's timestamps are ``simulated_period_s`` apart and never repeat. A publisher that cannot
+so each device's timestamps are ``simulated_period_s`` apart and never repeat. Every device first sends
+one message stamped a period before the start (``m`` from ``-n``), at once, whatever the factor: a
+deployment's devices have all reported before, so the steps measure the steady state, not each
+device's first contact (registry lookup, alarm series). A publisher that cannot
 keep up falls behind (``due`` > ``published``) and catches up later: the parent sees it as offered but
 not published, never as silently dropped.
 """
@@ -51,7 +54,10 @@ class _Lane:
     devices: list[int]
     source: PayloadSource
     spacing_ns: float  # simulated ns between two messages of this lane
-    sent: int = 0
+    sent: int = 0  # the next message's number; starts at -len(devices): the first contact of each
+
+    def __post_init__(self) -> None:
+        self.sent = -len(self.devices)
 
 
 def _lanes(mix: CityMix, share: int, shares: int, prefix: str, seed: int) -> list[_Lane]:
@@ -93,17 +99,17 @@ def _loop(lanes: list[_Lane], pub: MqttPublisher, sim_start_ns: int, c: SharedCo
         c.sim_s.value = sim_ns / 1e9
         for lane in lanes:
             due = int(sim_ns / lane.spacing_ns)
-            c.due[lane.index] = due
             n = len(lane.devices)
+            c.due[lane.index] = due + n  # counters count the first-contact messages too
             while lane.sent < due:
                 m = lane.sent
                 ts = sim_start_ns + int(m * lane.spacing_ns)
                 pub.publish(lane.topics[m % n], lane.source.payload(lane.devices[m % n], ts))
                 lane.sent = m + 1
                 if lane.sent % _CHECK_EVERY == 0:
-                    c.published[lane.index] = lane.sent
+                    c.published[lane.index] = lane.sent + n
                     if c.stop.is_set():
                         break
-            c.published[lane.index] = lane.sent
+            c.published[lane.index] = lane.sent + n
         c.acked.value, c.refused.value = pub.acked, pub.refused
         time.sleep(TICK_S)

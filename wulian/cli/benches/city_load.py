@@ -414,18 +414,24 @@ async def run_loadtest(s: Settings, mix: CityMix, opt: Options) -> dict:
         # simulated time starts in the past: the whole run's, at the largest factors, ends before now
         planned_sim_s = (opt.step_s + opt.probe_timeout_s + 5) * (sum(up) + sum(down)) * 1.1 + opt.warmup_s
         sim_start_ns = time.time_ns() - int((planned_sim_s + _SIM_MARGIN_S) * 1e9)
-        run.pubs = Publishers.start(mix, s, opt.publishers, sim_start_ns)
         run.probe = AlertProbe(dsn, mqtt_params(s, client_id=f"loadtest-probe-{uuid.uuid4().hex[:6]}"),
                                lambda dev: f"{PREFIX}/{mix.region}/{PROBE_STREAM.value}/{dev}/telemetry", "PROBE")
         await run.probe.start()
         run.start_ingest()
-        await run.wait_ingest()
+        await run.wait_ingest()  # before the publishers: what ingest stored until then is the warm-up only
+        run.pubs = Publishers.start(mix, s, opt.publishers, sim_start_ns)
         await run.pubs.ready()
-        size_start = await hypertable_bytes(run.con)
-        if opt.warmup_s > 0:  # JIT compilation, first chunks, caches: not part of any step
+        t = time.monotonic()
+        primed = await run.drain(opt.drain_s)  # every device's first message, sent at once
+        first_contact_s = time.monotonic() - t
+        _progress(f"first message of every device stored in {first_contact_s:.1f} s"
+                  + ("" if primed else " (NOT all: drain timed out)"))
+        if opt.warmup_s > 0:  # JIT compilation, caches: not part of any step
             run.pubs.set_factor(1.0)
             await asyncio.sleep(opt.warmup_s)
             await run.drain(opt.drain_s)
+        size_start = await hypertable_bytes(run.con)
+        published_start = run.pubs.published()
         for f in up:
             steps.append(await _step(run, f))
             if not steps[-1]["sustained"]:
@@ -462,26 +468,35 @@ async def run_loadtest(s: Settings, mix: CityMix, opt: Options) -> dict:
         if not opt.keep_db:
             await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
         await admin.close()
-    return summarise(mix, opt, run, steps, drained, published, counts, backlog,
-                     size_start, size_end, provisioned, provision_s)
+    end = {"drained": drained, "published": published, "published_start": published_start, "counts": counts,
+           "backlog": backlog, "size_start": size_start, "size_end": size_end, "provisioned": provisioned,
+           "provision_s": provision_s, "first_contact_s": first_contact_s, "primed": primed}
+    return summarise(mix, opt, run, steps, end)
 
 
-def summarise(mix, opt, run, steps, drained, published, counts, backlog, size_start, size_end,
-              provisioned, provision_s) -> dict:
+def summarise(mix: CityMix, opt: Options, run: Run, steps: list[dict], end: dict) -> dict:
     sustained = [st["factor"] for st in steps if st["sustained"]]
     headroom = max(sustained) if sustained else None
+    published, counts, drained = end["published"], end["counts"], end["drained"]
     expected_rows = sum(n * run.rows[c.key] for n, c in zip(published, mix.classes)) + run.probe.sent + run.warm
     stored_rows = sum(counts[t] for t in ROW_TABLES)
-    added = {t: size_end.get(t, 0) - size_start.get(t, 0) for t in size_end}
-    sim_s = sum(published) / mix.msgs_per_s
+    # what the steps (and the drains between them) added: from after the first contact and warm-up on
+    added = {t: end["size_end"].get(t, 0) - end["size_start"].get(t, 0) for t in end["size_end"]}
+    measured = [b - a for a, b in zip(end["published_start"], published)]
+    sim_s = sum(measured) / mix.msgs_per_s
+    measured_rows = sum(n * run.rows[c.key] for n, c in zip(measured, mix.classes))
     base_rows = sum(c.msgs_per_s * run.rows[c.key] for c in mix.classes)
     return {
         "city": mix.city,
         "mix_file": mix.source,
         "mix": mix_table(mix, run.rows),
         "offered_at_factor_1": {"msgs_per_s": round(mix.msgs_per_s, 1), "rows_per_s": round(base_rows, 1)},
-        "simulated_devices": provisioned,
-        "provision_s": round(provision_s, 1),
+        "simulated_devices": end["provisioned"],
+        "provision_s": round(end["provision_s"], 1),
+        "first_contact_s": round(end["first_contact_s"], 1),
+        "first_contact_note": "one message from every simulated device, sent at once before the steps, until all "
+                              "were stored (registry lookups, alarm series created)"
+                              + ("" if end["primed"] else "; NOT all stored within --drain-s"),
         "step_s": opt.step_s,
         "sustained_when": f"stored >= {LOAD_REACHED:.0%} of offered messages and backlog growth over the step "
                           f"<= {BACKLOG_GROWTH:.0%} of them (or {IN_FLIGHT_S:g} s of them, if more: in flight)",
@@ -495,14 +510,17 @@ def summarise(mix, opt, run, steps, drained, published, counts, backlog, size_st
         "expected_rows": expected_rows,
         "stored_rows": stored_rows,
         "drained": drained,
-        "backlog_at_end": backlog,
+        "backlog_at_end": end["backlog"],
         "lost": expected_rows - stored_rows if drained else None,
         "dead_letters": counts["dead_letters"],
-        "simulated_s": round(sim_s, 1),
+        "simulated_s_in_steps": round(sim_s, 1),
         "bytes_added": sum(added.values()),
         "bytes_added_per_table": {t: b for t, b in added.items() if b},
         "bytes_per_simulated_day": round(sum(added.values()) / sim_s * 86400) if sim_s else None,
-        "bytes_per_row": round(sum(added.values()) / stored_rows, 1) if stored_rows else None,
+        "bytes_per_row": round(sum(added.values()) / measured_rows, 1) if measured_rows else None,
+        "bytes_note": "hypertable_size() of every hypertable (tables, indexes, TOAST) before the first step and "
+                      "after the last drain, per simulated second published, x 86,400; uncompressed (chunks are "
+                      "compressed after db.compress_after_days)",
         "rules": "one never-firing rule per scalar stream and the probe rule: every reading passes the alarm engine",
         "not_measured": "gateways (JT/T 808 and HJ 212 frames are published as the gateways publish them), the "
                         "derive jobs and the API; the publisher runs on the same machine and its CPU is shown",
