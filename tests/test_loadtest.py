@@ -4,6 +4,8 @@ tiny mix through the real stack (PostgreSQL+TimescaleDB and the authenticated Mo
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -164,3 +166,12 @@ def test_loadtest_tiny_mix_through_the_real_stack(pg_stack, tmp_path, monkeypatc
     assert out["lost"] == 0 and out["stored_rows"] == out["expected_rows"] > 0
     assert out["dead_letters"] == 0
     assert out["bytes_per_simulated_day"] > 0 and out["bytes_added_per_table"]["readings"] > 0
+
+
+def test_the_installed_cli_finds_the_packaged_mixes_outside_the_checkout(tmp_path):
+    """``--city`` reads package data (``wulian.simulators/data/mixes``), not a path in the checkout."""
+    out = subprocess.run([sys.executable, "-m", "wulian", "loadtest", "--city", "atlantis"], cwd=tmp_path,
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.startswith("wulian loadtest: error: no packaged mix for city 'atlantis'")
+    assert "shantou" in out.stderr and "Traceback" not in out.stderr

@@ -372,6 +372,8 @@ class Run:
             why += f"; the publisher sent only {published / offered:.1%} of it (publisher-bound)"
         sim_s_stored = stored / base_msgs if base_msgs else 0.0
         res = cpu.result
+        per_m_rows = {k: (round(v / stored_rows * 1e6, 1) if v is not None and stored_rows > 0 else None)
+                      for k, v in res["cpu_s"].items()}
         return {
             "factor": factor,
             "wall_s": round(wall, 2),
@@ -385,6 +387,7 @@ class Run:
             "backlog_end": backlog1,
             "sustained": sustained,
             "judged": why,
+            "publisher_kept_up": published >= LOAD_REACHED * offered,
             "simulated_s_stored": round(sim_s_stored, 1),
             "bytes_added": size1 - size0,
             "bytes_per_simulated_day": round((size1 - size0) / sim_s_stored * 86400) if sim_s_stored > 0 else None,
@@ -392,6 +395,8 @@ class Run:
             "cpu": res,
             "cores_per_stage": {k: (round(v / res["wall_s"], 2) if v is not None else None)
                                 for k, v in res["cpu_s"].items()},
+            # what a stage costs per stored row: transfers to another machine better than a rate does
+            "cpu_s_per_million_rows": per_m_rows,
         }
 
 
@@ -525,7 +530,9 @@ def summarise(mix: CityMix, opt: Options, run: Run, steps: list[dict], end: dict
         "not_measured": "gateways (JT/T 808 and HJ 212 frames are published as the gateways publish them), the "
                         "derive jobs and the API; the publisher runs on the same machine and its CPU is shown",
         "cpu_note": "cpu_s: CPU seconds per stage over the step, from /proc (PostgreSQL: postmaster and "
-                    "backends); machine_utilisation: all CPUs, everyone's work (a shared machine shows here)",
+                    "backends); machine_utilisation, machine_cores_busy: all CPUs, everyone's work (a shared "
+                    "machine shows here: cores_busy_ours well below machine_cores_busy means other work took "
+                    "the CPU and the rates are this machine's at that moment, not the software's limit)",
     }
 
 
