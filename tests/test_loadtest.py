@@ -150,7 +150,7 @@ def test_loadtest_tiny_mix_through_the_real_stack(pg_stack, tmp_path, monkeypatc
     for st in steps:
         assert st["offered_msgs_per_s"] == pytest.approx(base * st["factor"], rel=0.01)
         assert st["offered_rows_per_s"] > st["offered_msgs_per_s"] > 0
-        assert set(st["cpu"]["cpu_s"]) == {"ingest", "postgresql", "broker", "publisher"}
+        assert set(st["cpu"]["cpu_s"]) == {"ingest", "postgresql", "broker", "publisher", "publisher2"}
         assert st["alarm_latency"]["probes"] > 0
         if st["sustained"]:
             assert st["stored_vs_offered"] >= 0.95

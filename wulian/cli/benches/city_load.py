@@ -4,9 +4,9 @@ lags; the highest factor it sustains is the deployment's headroom.
 Method. A throwaway database on the configured PostgreSQL, every simulated device provisioned, one
 never-firing rule per scalar stream (so every reading passes the alarm engine, as in production) and
 the probe rule; ``wulian ingest`` as its own process on a topic tree of its own (``wlload/...``), so a
-running ingest on the same broker never sees the load. A paced publisher process
-(``simulators.paced``) sends the mix (``simulators.city_mix``) with simulated time running ``factor``
-times faster than the wall clock. Factors 1, 2, 4, ... are each held ``step_s``; the first step that
+running ingest on the same broker never sees the load. Paced publisher processes (``simulators.paced``,
+``--publishers`` of them sharing the devices) send the mix (``simulators.city_mix``) with simulated time
+running ``factor`` times faster than the wall clock. Factors 1, 2, 4, ... are each held ``step_s``; the first step that
 lags ends the climb (if factor 1 lags, 1/2, 1/4, ... are tried down to ``min_factor``). Between steps
 nothing is queued: a lagging step's backlog is drained first.
 
@@ -54,7 +54,7 @@ from wulian.simulators.city_mix import CityMix, PayloadSource, device_ids
 from wulian.simulators.paced import SharedCounters, run_paced
 
 PREFIX = "wlload"  # the load's own topic tree: another ingest on the same broker never consumes it
-DATABASE = "wulian_loadtest"
+DATABASE_PREFIX = "wulian_loadtest_"  # + a run id: two runs on one server never share a database
 BACKLOG_GROWTH = 1.0 - LOAD_REACHED  # of a step's offered messages: more backlog growth is lagging
 # ...or this many seconds of offered messages, if more: what is in flight in a pipeline that keeps up
 # (batch delay, a commit taking a second on a loaded machine) is not a growing backlog
@@ -270,7 +270,7 @@ class Options:
     probe_timeout_s: float = 10.0
     drain_s: float = 300.0
     warmup_s: float = 5.0
-    publishers: int = 1
+    publishers: int = 2
     keep_db: bool = False
 
 
@@ -403,10 +403,10 @@ class Run:
 async def run_loadtest(s: Settings, mix: CityMix, opt: Options) -> dict:
     up, down = factor_plan(opt.max_factor, opt.min_factor)
     admin_dsn = s.db.dsn.rsplit("/", 1)[0] + "/postgres"
-    dsn = admin_dsn.rsplit("/", 1)[0] + f"/{DATABASE}"
+    database = f"{DATABASE_PREFIX}{uuid.uuid4().hex[:8]}"
+    dsn = admin_dsn.rsplit("/", 1)[0] + f"/{database}"
     admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{DATABASE}"')
+    await admin.execute(f'CREATE DATABASE "{database}"')
     run = Run(s, mix, opt, dsn)
     steps: list[dict] = []
     try:
@@ -471,11 +471,12 @@ async def run_loadtest(s: Settings, mix: CityMix, opt: Options) -> dict:
         if run.con is not None:
             await run.con.close()
         if not opt.keep_db:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
     end = {"drained": drained, "published": published, "published_start": published_start, "counts": counts,
            "backlog": backlog, "size_start": size_start, "size_end": size_end, "provisioned": provisioned,
-           "provision_s": provision_s, "first_contact_s": first_contact_s, "primed": primed}
+           "provision_s": provision_s, "first_contact_s": first_contact_s, "primed": primed,
+           "database": database if opt.keep_db else None}
     return summarise(mix, opt, run, steps, end)
 
 
@@ -494,6 +495,7 @@ def summarise(mix: CityMix, opt: Options, run: Run, steps: list[dict], end: dict
     return {
         "city": mix.city,
         "mix_file": mix.source,
+        **({"database_kept": end["database"]} if end["database"] else {}),
         "mix": mix_table(mix, run.rows),
         "offered_at_factor_1": {"msgs_per_s": round(mix.msgs_per_s, 1), "rows_per_s": round(base_rows, 1)},
         "simulated_devices": end["provisioned"],

@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probe-timeout", type=float, default=10.0, help="seconds a probe waits for its alert")
     p.add_argument("--drain-s", type=float, default=300.0, help="longest wait for a backlog to be stored")
     p.add_argument("--warmup-s", type=float, default=5.0, help="seconds at factor 1 before the first step")
-    p.add_argument("--publishers", type=int, default=1, help="publisher processes sharing the devices")
-    p.add_argument("--keep-db", action="store_true", help="keep the database (wulian_loadtest) afterwards")
+    p.add_argument("--publishers", type=int, default=2,
+                   help="publisher processes sharing the devices (the publisher must not be what lags)")
+    p.add_argument("--keep-db", action="store_true", help="keep the run's database (its name is in the output)")
     p.set_defaults(func=run)
