@@ -24,10 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
-import math
 import multiprocessing as mp
-import os
 import subprocess
 import sys
 import time
