@@ -527,7 +527,7 @@ def summarise(mix: CityMix, opt: Options, run: Run, steps: list[dict], end: dict
                       "compressed after db.compress_after_days)",
         "rules": "one never-firing rule per scalar stream and the probe rule: every reading passes the alarm engine",
         "not_measured": "gateways (JT/T 808 and HJ 212 frames are published as the gateways publish them), the "
-                        "derive jobs and the API; the publisher runs on the same machine and its CPU is shown",
+                        "derive jobs and the API; the publishers run on the same machine and their CPU is shown",
         "cpu_note": "cpu_s: CPU seconds per stage over the step, from /proc (PostgreSQL: postmaster and "
                     "backends); machine_utilisation, machine_cores_busy: all CPUs, everyone's work (a shared "
                     "machine shows here: cores_busy_ours well below machine_cores_busy means other work took "
