@@ -40,6 +40,7 @@ DB_COMMANDS = [
     ("simulate_energy", ["simulate-energy", "--meter-days", "1"]),
     ("simulate_field", ["simulate-field", "--provision", "--stations", "1", "--terminals", "1", "--duration", "1"]),
     ("simulate_traffic", ["simulate-traffic", "--data", "{traffic_data}", "--rows", "2"]),
+    ("loadtest", ["loadtest", "--step-s", "1", "--max-factor", "1"]),
 ]
 # Commands that never reach the database, or only one they start themselves (so a refused DSN is not theirs).
 NOT_DB = {

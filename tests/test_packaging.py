@@ -54,7 +54,8 @@ def test_wheel_holds_only_the_wulian_package(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"wulian"}
     for must in ("wulian/core/sql/0001_init.sql", "wulian/api/static/swagger-ui/swagger-ui-bundle.js",
-                 "wulian/simulators/data/los_loop/los_speed.csv.xz", "wulian/ingest/codecs/hj212.py"):
+                 "wulian/simulators/data/los_loop/los_speed.csv.xz", "wulian/ingest/codecs/hj212.py",
+                 "wulian/simulators/data/mixes/shantou.toml"):
         assert must in names
 
 
@@ -65,5 +66,6 @@ def test_the_installed_cli_loads_every_command_outside_the_checkout(tmp_path):
     out = subprocess.run([sys.executable, "-m", "wulian", "--help"], cwd=tmp_path, capture_output=True,
                          text=True, env={"PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    for command in ("ingest", "api", "derive", "bench", "traffic", "cluster", "stream", "notify", "device"):
+    for command in ("ingest", "api", "derive", "bench", "traffic", "cluster", "stream", "notify", "device",
+                    "loadtest"):
         assert command in out.stdout

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import asyncpg
 import numpy as np
@@ -34,6 +35,9 @@ from wulian.ingest.migrations import migrate
 from wulian.ingest.mqtt_client import MqttParams, MqttPublisher
 from wulian.ingest.service import mqtt_params
 from wulian.settings import child_env, get_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 LOAD_REACHED = 0.95  # stored / asked background rate at which a latency figure counts
 LOAD_DEVICES = 500
@@ -68,6 +72,58 @@ def _load(params: MqttParams, rate: float, seconds: float, stop, published) -> N
         pub.wait_acked(30)
 
 
+PROBE_METRIC = "trigger"
+PROBE_RULE = {"id": 0, "name": "bench trigger", "kind": "upper", "metric": PROBE_METRIC, "threshold": 100.0,
+              "severity": "major"}  # install it before probing (every probe's reading breaches it)
+
+
+class AlertProbe:
+    """Publish -> alert event latency: each :meth:`probe` publishes one reading over ``PROBE_RULE``'s
+    threshold for a fresh device (a new series, so a new alert) and awaits that device's ``raised`` event
+    on the PostgreSQL channel every alert change is announced on (LISTEN; nothing polls)."""
+
+    def __init__(self, dsn: str, params: MqttParams, topic: Callable[[str], str], device_prefix: str = "P") -> None:
+        self.dsn, self.topic, self.device_prefix = dsn, topic, device_prefix
+        self.publisher = MqttPublisher(params)
+        self.sent = 0
+        self._listener: asyncpg.Connection | None = None
+        self._waiting: dict[str, asyncio.Future] = {}
+
+    def _on_alert(self, _con, _pid, _channel, payload: str) -> None:
+        t = time.perf_counter()
+        ev = orjson.loads(payload)
+        fut = self._waiting.get(ev.get("device_id"))
+        if fut is not None and ev.get("event") == "raised" and not fut.done():
+            fut.set_result(t)
+
+    async def start(self) -> "AlertProbe":
+        self._listener = await asyncpg.connect(self.dsn)
+        await self._listener.add_listener(ALERT_CHANNEL, self._on_alert)
+        self.publisher.connect()
+        return self
+
+    async def probe(self, timeout_s: float) -> float | None:
+        """Milliseconds from publish to the alert event; ``None`` if none came within ``timeout_s``."""
+        dev = f"{self.device_prefix}{self.sent:05d}"
+        self.sent += 1
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[dev] = fut
+        t0 = time.perf_counter()
+        self.publisher.publish(self.topic(dev), orjson.dumps({"ts": time.time_ns() // 1_000_000,
+                                                              "values": {PROBE_METRIC: 500.0}}))
+        try:
+            return (await asyncio.wait_for(fut, timeout_s) - t0) * 1000
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self._waiting.pop(dev, None)
+
+    async def close(self) -> None:
+        self.publisher.close()
+        if self._listener is not None:
+            await self._listener.close()
+
+
 async def _stored(dsn: str, like: str) -> int:
     con = await asyncpg.connect(dsn)
     try:
@@ -89,8 +145,7 @@ async def bench(args: argparse.Namespace) -> dict:
     await migrate(con)
     await con.execute(
         "INSERT INTO rules (definition) VALUES ($1::jsonb)",
-        orjson.dumps({"id": 0, "name": "bench trigger", "kind": "upper", "metric": "trigger", "threshold": 100.0,
-                      "severity": "major"}).decode())
+        orjson.dumps(PROBE_RULE).decode())
     await con.close()
     env = child_env(WULIAN_DB__DSN=dsn, WULIAN_MQTT__CLIENT_ID=f"bench-ingest-{uuid.uuid4().hex[:6]}",
                     WULIAN_INGEST__METRICS_PORT="0", WULIAN_LOG_LEVEL="WARNING")
@@ -99,24 +154,17 @@ async def bench(args: argparse.Namespace) -> dict:
     published = mp.Value("q", 0)
     loader = mp.Process(target=_load, args=(mqtt_params(s), args.load, args.seconds + 30, stop, published))
     latencies: list[float] = []
-    waiting: dict[str, tuple[float, asyncio.Future]] = {}
-    listener = await asyncpg.connect(dsn)
-
-    def on_alert(_con, _pid, _channel, payload: str) -> None:
-        t = time.perf_counter()
-        ev = orjson.loads(payload)
-        w = waiting.get(ev.get("device_id"))
-        if w is not None and ev.get("event") == "raised" and not w[1].done():
-            w[1].set_result(t)
-
-    await listener.add_listener(ALERT_CHANNEL, on_alert)
-    pub = MqttPublisher(mqtt_params(s, client_id=f"bench-probe-{uuid.uuid4().hex[:6]}"))
+    probe = AlertProbe(dsn, mqtt_params(s, client_id=f"bench-probe-{uuid.uuid4().hex[:6]}"),
+                       lambda dev: f"wl/bench/grid/{dev}/telemetry")
+    pub = probe.publisher
     try:
-        pub.connect()
-        # ingest is up when a warm-up reading is stored
-        pub.publish("wl/bench/grid/W0000/telemetry", orjson.dumps({"ts": time.time_ns() // 1_000_000,
-                                                                    "values": {"m0": 1.0}}))
-        for _ in range(600):
+        await probe.start()
+        # ingest is up when a warm-up reading is stored (one every 2 s: those sent before its session
+        # subscribed reach nobody)
+        for k in range(600):
+            if k % 20 == 0:
+                pub.publish("wl/bench/grid/W0000/telemetry", orjson.dumps({"ts": time.time_ns() // 1_000_000,
+                                                                            "values": {"m0": 1.0}}))
             if await _stored(dsn, "W%"):
                 break
             await asyncio.sleep(0.1)
@@ -129,19 +177,10 @@ async def bench(args: argparse.Namespace) -> dict:
         cpu.start()
         _progress(f"load asked {args.load:,.0f} readings/s; probing every {args.every}s for {args.seconds}s")
         t_end = time.monotonic() + args.seconds
-        n = 0
         while time.monotonic() < t_end:
-            dev = f"P{n:05d}"
-            n += 1
-            fut = asyncio.get_running_loop().create_future()
             t0 = time.perf_counter()
-            waiting[dev] = (t0, fut)
-            pub.publish(f"wl/bench/grid/{dev}/telemetry",
-                        orjson.dumps({"ts": time.time_ns() // 1_000_000, "values": {"trigger": 500.0}}))
-            try:
-                latencies.append((await asyncio.wait_for(fut, 30) - t0) * 1000)
-            except asyncio.TimeoutError:
-                latencies.append(float("inf"))
+            ms = await probe.probe(30)
+            latencies.append(float("inf") if ms is None else ms)
             await asyncio.sleep(max(0.0, args.every - (time.perf_counter() - t0)))
         stop.set()
         load_s = time.monotonic() - t_load
@@ -151,8 +190,7 @@ async def bench(args: argparse.Namespace) -> dict:
         flowed = await _stored(dsn, "L%")
     finally:
         stop.set()
-        pub.close()
-        await listener.close()
+        await probe.close()
         if loader.is_alive():
             loader.join(10)
         ingest.terminate()
