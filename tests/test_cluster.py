@@ -11,11 +11,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 import asyncpg
 import orjson
+import paho.mqtt.client as mqtt
 import pytest
 
 from tests.conftest import ROOT, fresh_database, wait_until
@@ -49,8 +51,11 @@ class Cluster:
                     "WULIAN_ALARMS__TICK_INTERVAL_S": "3600"}
         self.logdir = logdir
         self.procs: dict[str, subprocess.Popen] = {}
+        self.started_routers: set[str] = set()
 
     def start(self, role: str, name: str) -> None:
+        if role == "router":
+            self.started_routers.add(name)
         log = open(self.logdir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "wulian", role, "--id", name], env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -69,6 +74,25 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        self.end_router_sessions()
+
+    def end_router_sessions(self) -> None:
+        """The broker is the suite's: a router's persistent session stays a member of the shared
+        subscription after its test and would hand a later test's messages (or its own leftovers) across.
+        Connecting with a clean start and no expiry ends it."""
+        port = int(self.env["WULIAN_MQTT__PORT"])
+        for name in sorted(self.started_routers):
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+            connected = threading.Event()
+            client.on_connect = lambda *_: connected.set()
+            try:
+                client.connect("127.0.0.1", port, clean_start=True)
+            except OSError:
+                continue
+            client.loop_start()
+            connected.wait(10)
+            client.disconnect()
+            client.loop_stop()
 
     def logs(self) -> str:
         return "\n".join(f"--- {f.name}\n{f.read_text()[-3000:]}" for f in sorted(self.logdir.glob("*.log")))
