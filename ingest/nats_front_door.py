@@ -1,0 +1,146 @@
+"""Cluster mode's lossless MQTT front door: nats-server's MQTT listener -> JetStream -> ``WL`` partitions.
+
+nats-server (2.9) stores every QoS 1 PUBLISH its MQTT listener receives in the JetStream stream
+``$MQTT_msgs`` (subject ``$MQTT.msgs.<topic with / as .>``) *before* it sends the PUBACK, so a kill -9
+of the node loses nothing a device was told was received (Mosquitto 2.0 writes its queue only every
+``autosave_interval``; measured in docs/cluster.md). NATS MQTT is MQTT 3.1.1 only and has no
+``$share``: instead of a shared subscription, every router pulls from one durable JetStream consumer
+on ``$MQTT_msgs`` (a queue group in effect), publishes each message to its partition of ``WL`` with
+the same ``Nats-Msg-Id`` as the MQTT router, and acks it only after ``WL``'s PubAck. ``$MQTT_msgs``
+keeps a message while a consumer is interested (interest retention): ``ensure_front_door`` creates
+the durable consumer before devices publish, and it outlives every router.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from wulian.ingest import jetstream as j
+from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.topics import parse_topic
+
+log = logging.getLogger(__name__)
+
+MQTT_STREAM = "$MQTT_msgs"  # nats-server's own stream for MQTT QoS 1 messages
+MQTT_SUBJECT_PREFIX = "$MQTT.msgs."
+DURABLE = "wulian_routers"
+ACK_WAIT_S = 30.0
+
+
+def topic_of(subject: str) -> str:
+    """Undo nats-server's topic -> subject mapping: ``/`` became ``.``, a ``.`` in a topic ``//``."""
+    s = subject[len(MQTT_SUBJECT_PREFIX):] if subject.startswith(MQTT_SUBJECT_PREFIX) else subject
+    return s.replace("//", "\0").replace(".", "/").replace("\0", ".")
+
+
+def consumer_config(prefix: str, max_ack_pending: int) -> ConsumerConfig:
+    return ConsumerConfig(durable_name=DURABLE, filter_subject=f"{MQTT_SUBJECT_PREFIX}{prefix}.>",
+                          ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                          ack_wait=ACK_WAIT_S, max_ack_pending=max_ack_pending, max_deliver=-1)
+
+
+async def ensure_front_door(nc: nats.NATS, prefix: str = "wl", max_ack_pending: int = 20000,
+                            timeout: float = 60.0) -> None:
+    """The routers' durable consumer on ``$MQTT_msgs``. nats-server creates that stream when the first
+    MQTT client connects (``wait_mqtt_stream`` callers connect one first); retried until it exists."""
+    js = nc.jetstream(timeout=10)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await js.add_consumer(MQTT_STREAM, consumer_config(prefix, max_ack_pending))
+            return
+        except (nats.js.errors.NotFoundError, nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError,
+                nats.js.errors.APIError) as exc:
+            if loop.time() > deadline:
+                raise RuntimeError(f"no {MQTT_STREAM} stream: has an MQTT client connected? ({exc!r})") from exc
+            await asyncio.sleep(0.5)
+
+
+def mqtt_hello(host: str, port: int, timeout: float = 10.0) -> None:
+    """One MQTT 3.1.1 CONNECT / CONNACK / DISCONNECT (MQTT 3.1.1 3.1, 3.2, 3.14): makes nats-server create
+    its MQTT streams, so the routers' consumer can exist before any device publishes."""
+    import socket
+
+    cid = b"wulian-front-door"
+    var = b"\x00\x04MQTT\x04\x02\x00\x3c"  # protocol name, level 4, clean session, keep alive 60 s
+    body = var + len(cid).to_bytes(2, "big") + cid
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(bytes([0x10, len(body)]) + body)
+        ack = s.recv(4)
+        if len(ack) < 4 or ack[0] != 0x20 or ack[3] != 0:
+            raise ConnectionError(f"MQTT listener {host}:{port} refused the connection ({ack!r})")
+        s.sendall(b"\xe0\x00")
+
+
+class NatsFrontDoorRouter:
+    """``wulian router`` when ``cluster.front_door`` is ``nats``: ``$MQTT_msgs`` -> ``WL`` partitions."""
+
+    def __init__(self, name: str, nats_urls: list[str], partitions: int, replicas: int, prefix: str = "wl",
+                 batch: int = 2000) -> None:
+        self.name = name
+        self.urls = nats_urls
+        self.partitions = partitions
+        self.replicas = replicas
+        self.prefix = prefix
+        self.batch = batch
+        self.routed = 0
+        self.duplicates = 0
+        self._part: dict[str, int] = {}
+
+    def partition(self, topic: str) -> int:
+        p = self._part.get(topic)
+        if p is None:
+            try:
+                p = j.partition_of(parse_topic(topic, self.prefix).device_id, self.partitions)
+            except CodecError:
+                p = 0  # the worker dead-letters what does not parse
+            if len(self._part) < 1_000_000:
+                self._part[topic] = p
+        return p
+
+    async def _route(self, js, msgs) -> None:
+        rx = str(time.time_ns())
+        todo = [(topic_of(m.subject), m) for m in msgs]
+        delay = 0.2
+        while todo:
+            results = await asyncio.gather(*(js.publish(
+                j.subject(self.partition(topic)), m.data,
+                headers={j.HDR_MSG_ID: j.message_id(topic, m.data), j.HDR_TOPIC: topic, j.HDR_RX_NS: rx},
+            ) for topic, m in todo), return_exceptions=True)
+            failed = [t for t, r in zip(todo, results) if isinstance(r, BaseException)]
+            self.duplicates += sum(1 for r in results if not isinstance(r, BaseException) and r.duplicate)
+            if failed:
+                log.warning("JetStream publish failed for %d of %d messages; retrying in %.1fs",
+                            len(failed), len(todo), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            todo = failed
+        await asyncio.gather(*(m.ack() for m in msgs))  # only now: every message is in WL
+
+    async def run(self) -> None:
+        nc = await j.connect(self.urls, f"router-{self.name}")
+        try:
+            self.partitions = await j.ensure_stream(nc, self.partitions, self.replicas)
+            await ensure_front_door(nc, self.prefix, 4 * self.batch, timeout=3600)
+            js = nc.jetstream(timeout=10)
+            sub = await js.pull_subscribe_bind(DURABLE, stream=MQTT_STREAM)
+            log.info("router %s: NATS MQTT front door (%s), %d partitions", self.name, MQTT_STREAM, self.partitions)
+            while True:
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=1.0)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    continue
+                except nats.errors.Error as exc:  # e.g. the consumer's leader moving: unacked comes again
+                    log.warning("fetch from %s failed (%r); retrying", MQTT_STREAM, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                if msgs:
+                    await self._route(js, msgs)
+                    self.routed += len(msgs)
+        finally:
+            await nc.close()
