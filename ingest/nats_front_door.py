@@ -6,7 +6,14 @@ of the node loses nothing a device was told was received (Mosquitto 2.0 writes i
 ``autosave_interval``; measured in docs/cluster.md). NATS MQTT is MQTT 3.1.1 only and has no
 ``$share``: instead of a shared subscription, every router pulls from one durable JetStream consumer
 on ``$MQTT_msgs`` (a queue group in effect), publishes each message to its partition of ``WL`` with
-the same ``Nats-Msg-Id`` as the MQTT router, and acks it only after ``WL``'s PubAck. ``$MQTT_msgs``
+the same ``Nats-Msg-Id`` as the MQTT router, and acks it only after ``WL``'s PubAck.
+
+One router pulls at a time: two routers fetching at once publish their batches to ``WL`` in either
+order, and a device's readings arriving out of order are late to the alarm engine (measured with 2
+routers: alerts raised twice and missed). The active router holds a lease, a key in a JetStream
+key-value bucket whose entries expire after ``LEASE_TTL_S`` unless renewed; the others wait for it. A
+router taking over while messages are still unacknowledged (its predecessor was killed) waits
+``ACK_WAIT_S`` first, so the server redelivers those before anything newer. ``$MQTT_msgs``
 keeps a message while a consumer is interested (interest retention): ``ensure_front_door`` creates
 the durable consumer before devices publish, and it outlives every router.
 """
@@ -28,7 +35,11 @@ log = logging.getLogger(__name__)
 MQTT_STREAM = "$MQTT_msgs"  # nats-server's own stream for MQTT QoS 1 messages
 MQTT_SUBJECT_PREFIX = "$MQTT.msgs."
 DURABLE = "wulian_routers"
-ACK_WAIT_S = 30.0
+ACK_WAIT_S = 15.0  # > a JetStream leader election (4-9 s measured): a live router's batch is not resent
+LEASE_BUCKET = "wulian_router_lease"
+LEASE_KEY = "active"
+LEASE_TTL_S = 5.0
+LEASE_RENEW_S = 1.0
 
 
 def topic_of(subject: str) -> str:
@@ -43,8 +54,7 @@ def consumer_config(prefix: str, max_ack_pending: int) -> ConsumerConfig:
                           ack_wait=ACK_WAIT_S, max_ack_pending=max_ack_pending, max_deliver=-1)
 
 
-async def ensure_front_door(nc: nats.NATS, prefix: str = "wl", max_ack_pending: int = 20000,
-                            timeout: float = 60.0) -> None:
+async def ensure_front_door(nc: nats.NATS, prefix: str = "wl", batch: int = 2000, timeout: float = 60.0) -> None:
     """The routers' durable consumer on ``$MQTT_msgs``. nats-server creates that stream when the first
     MQTT client connects (``wait_mqtt_stream`` callers connect one first); retried until it exists."""
     js = nc.jetstream(timeout=10)
@@ -52,7 +62,12 @@ async def ensure_front_door(nc: nats.NATS, prefix: str = "wl", max_ack_pending: 
     deadline = loop.time() + timeout
     while True:
         try:
-            await js.add_consumer(MQTT_STREAM, consumer_config(prefix, max_ack_pending))
+            try:  # an existing consumer is kept as it is: it holds the routers' position
+                await js.consumer_info(MQTT_STREAM, DURABLE)
+            except nats.js.errors.NotFoundError as exc:
+                if getattr(exc, "err_code", None) != 10014:  # JSConsumerNotFoundErr; else no stream yet
+                    raise
+                await js.add_consumer(MQTT_STREAM, consumer_config(prefix, batch))
             return
         except (nats.js.errors.NotFoundError, nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError,
                 nats.js.errors.APIError) as exc:
@@ -122,25 +137,67 @@ class NatsFrontDoorRouter:
             todo = failed
         await asyncio.gather(*(m.ack() for m in msgs))  # only now: every message is in WL
 
+    async def _acquire(self, js):
+        """Wait for the lease; returns the bucket and the revision to renew."""
+        kv = await js.create_key_value(bucket=LEASE_BUCKET, ttl=LEASE_TTL_S, history=1,
+                                       replicas=min(3, self.replicas))
+        waiting = False
+        while True:
+            try:
+                return kv, await kv.create(LEASE_KEY, self.name.encode())
+            except nats.js.errors.KeyWrongLastSequenceError:
+                if not waiting:
+                    log.info("router %s: standby (another router holds the lease)", self.name)
+                    waiting = True
+            except nats.errors.Error as exc:
+                log.warning("lease bucket unavailable (%r); retrying", exc)
+            await asyncio.sleep(LEASE_RENEW_S)
+
+    async def _renew(self, kv, rev: int) -> None:
+        """Renew the lease; losing it ends the router (its supervisor restarts it as a standby)."""
+        while True:
+            await asyncio.sleep(LEASE_RENEW_S)
+            try:
+                rev = await kv.update(LEASE_KEY, self.name.encode(), last=rev)
+            except nats.js.errors.KeyWrongLastSequenceError as exc:
+                raise RuntimeError(f"router {self.name} lost its lease") from exc
+            except nats.errors.Error as exc:  # e.g. during a leader election: retried within the TTL
+                log.warning("lease renewal failed (%r); retrying", exc)
+
     async def run(self) -> None:
         nc = await j.connect(self.urls, f"router-{self.name}")
         try:
             self.partitions = await j.ensure_stream(nc, self.partitions, self.replicas)
-            await ensure_front_door(nc, self.prefix, 4 * self.batch, timeout=3600)
+            await ensure_front_door(nc, self.prefix, self.batch, timeout=3600)
             js = nc.jetstream(timeout=10)
-            sub = await js.pull_subscribe_bind(DURABLE, stream=MQTT_STREAM)
-            log.info("router %s: NATS MQTT front door (%s), %d partitions", self.name, MQTT_STREAM, self.partitions)
-            while True:
-                try:
-                    msgs = await sub.fetch(self.batch, timeout=1.0)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                    continue
-                except nats.errors.Error as exc:  # e.g. the consumer's leader moving: unacked comes again
-                    log.warning("fetch from %s failed (%r); retrying", MQTT_STREAM, exc)
-                    await asyncio.sleep(0.5)
-                    continue
-                if msgs:
-                    await self._route(js, msgs)
-                    self.routed += len(msgs)
+            kv, rev = await self._acquire(js)
+            renew = asyncio.create_task(self._renew(kv, rev))
+            try:
+                await self._pull(js, renew)
+            finally:
+                renew.cancel()
         finally:
             await nc.close()
+
+    async def _pull(self, js, renew: asyncio.Task) -> None:
+        info = await js.consumer_info(MQTT_STREAM, DURABLE)
+        if info.num_ack_pending:  # a killed predecessor's batch: let it come back first, in order
+            log.info("router %s: %d messages of a previous router unacknowledged; waiting %.0fs",
+                     self.name, info.num_ack_pending, ACK_WAIT_S)
+            await asyncio.sleep(ACK_WAIT_S)
+        sub = await js.pull_subscribe_bind(DURABLE, stream=MQTT_STREAM)
+        log.info("router %s: active; NATS MQTT front door (%s), %d partitions", self.name, MQTT_STREAM,
+                 self.partitions)
+        while not renew.done():
+            try:
+                msgs = await sub.fetch(self.batch, timeout=1.0)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except nats.errors.Error as exc:  # e.g. the consumer's leader moving: unacked comes again
+                log.warning("fetch from %s failed (%r); retrying", MQTT_STREAM, exc)
+                await asyncio.sleep(0.5)
+                continue
+            if msgs:
+                await self._route(js, msgs)
+                self.routed += len(msgs)
+        renew.result()  # raises why the lease ended

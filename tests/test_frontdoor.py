@@ -1,4 +1,4 @@
-"""The MQTT front door under kill -9 with a queue (``wulian chaos --frontdoor``): nats-server's MQTT
+"""The MQTT front door under kill -9 with a queue (``wulian chaos --broker-kill``): nats-server's MQTT
 listener keeps every QoS 1 message it PUBACKed; Mosquitto (autosave every 30 s, the deployed setting)
 loses what arrived since its last save. The second assertion pins the window docs/cluster.md
 describes: should a Mosquitto version persist before the PUBACK, it fails and the docs must change."""

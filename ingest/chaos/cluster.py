@@ -76,6 +76,9 @@ class ClusterMembers:
         return "not running: " + ", ".join(m.name for m in self.state.members
                                           if m.name in self.names and not nc._alive(m.pid))
 
+    def workers(self) -> int:
+        return sum(1 for n in self.names if n.startswith("w"))
+
     def kill9(self, name: str) -> None:
         kill9_pid(self.member(name).pid)
 
@@ -131,6 +134,8 @@ class KillWorker:
         for k in range(self.times):
             if k:
                 await asyncio.sleep(self.every_s)
+            # the victim must hold partitions (after its restart: once the rebalance gave it its share)
+            await wait_partitions(env.stack.dsn, PARTITIONS, env.ingest.workers())
             before, _ = await lock_holders(env.stack.dsn)
             t0 = time.monotonic()
             await asyncio.to_thread(env.ingest.kill9, self.victim)
@@ -143,6 +148,8 @@ class KillWorker:
                 if dead or time.monotonic() - t_gone > 30:
                     break
                 await asyncio.sleep(0.02)
+            if not dead:
+                raise RuntimeError(f"no lock session ended with worker {self.victim}")
             await wait_partitions(env.stack.dsn, PARTITIONS, dead=dead)
             takeovers.append(time.monotonic() - t0)
             env.progress(f"every partition taken over after {takeovers[-1]:.2f}s")
@@ -222,12 +229,51 @@ class AddWorker:
         t0 = time.monotonic()
         await asyncio.to_thread(env.ingest.start, self.worker)
         env.progress(f"worker {self.worker} started")
-        holders = sum(1 for n in env.ingest.names if n.startswith("w"))
-        await wait_partitions(env.stack.dsn, PARTITIONS, holders)
+        await wait_partitions(env.stack.dsn, PARTITIONS, env.ingest.workers())
         return {"rebalanced_s": round(time.monotonic() - t0, 3)}
 
 
-def cluster_faults() -> list[Fault]:
+@dataclass
+class RestartFrontDoor:
+    """NATS front door: graceful restart (SIGTERM) of the node the devices publish to."""
+
+    down_s: float = 2.0
+    name: str = "restart_broker"
+
+    async def inject(self, env: ChaosEnv) -> None:
+        node = env.ingest.state.nodes[0]
+        await asyncio.to_thread(nc.stop_node, node)
+        env.progress(f"front door node {node.name} stopped for {self.down_s:.0f}s")
+        await asyncio.sleep(self.down_s)
+        await asyncio.to_thread(nc.start_node, env.ingest.state, node)
+        env.progress(f"front door node {node.name} started")
+
+
+@dataclass
+class KillFrontDoorQueued:
+    """NATS front door: routers stopped for ``queue_s`` (the PUBACKed messages wait in ``$MQTT_msgs``),
+    kill -9 of the node the devices publish to, restart after ``down_s``, routers back."""
+
+    queue_s: float = 3.0
+    down_s: float = 1.0
+    name: str = "kill_broker_queued"
+
+    async def inject(self, env: ChaosEnv) -> None:
+        node = env.ingest.state.nodes[0]
+        await asyncio.to_thread(env.ingest.stop_intake)
+        env.progress(f"routers stopped; the front door queues for {self.queue_s:.0f}s")
+        await asyncio.sleep(self.queue_s)
+        await asyncio.to_thread(kill9_pid, node.pid)
+        env.progress(f"front door node {node.name} killed (SIGKILL) with a queue")
+        await asyncio.sleep(self.down_s)
+        await asyncio.to_thread(nc.start_node, env.ingest.state, node)
+        env.progress(f"front door node {node.name} started")
+        await asyncio.to_thread(env.ingest.start)
+
+
+def cluster_faults(front_door: str = "mosquitto") -> list[Fault]:
+    if front_door == "nats":
+        return [KillWorker(), KillRouter(), KillNatsNode(), RestartFrontDoor(), AddWorker(), KillFrontDoorQueued()]
     return [KillWorker(), KillRouter(), KillNatsNode(), RestartBroker(), AddWorker(), KillBrokerQueued()]
 
 
@@ -236,31 +282,44 @@ def takeover_p99(faults: list[dict]) -> float | None:
     return round(float(np.percentile(samples, 99)), 3) if samples else None
 
 
-def member_env(stack: ChaosStack, urls: list[str], extra: dict[str, str]) -> dict[str, str]:
+def member_env(stack: ChaosStack, urls: list[str], extra: dict[str, str], front_door: str) -> dict[str, str]:
     user, pw = stack.mqtt_account("ingest")
     creds = {"WULIAN_MQTT__USERNAME": user, "WULIAN_MQTT__PASSWORD": pw} if user else {}
     return child_env(WULIAN_STACK__DIR=str(stack.dir), WULIAN_DB__DSN=stack.dsn,
                      WULIAN_MQTT__PORT=str(stack.mqtt_port), WULIAN_CLUSTER__NATS_URLS=json.dumps(urls),
                      WULIAN_CLUSTER__PARTITIONS=str(PARTITIONS), WULIAN_CLUSTER__TAKEOVER_DELAY_S="1.0",
                      WULIAN_CLUSTER__REBALANCE_DELAY_S="3", WULIAN_MQTT__SESSION_EXPIRY_S="600",
-                     WULIAN_LOG_LEVEL="INFO", **creds, **extra)
+                     WULIAN_CLUSTER__FRONT_DOOR=front_door, WULIAN_LOG_LEVEL="INFO", **creds, **extra)
 
 
-def cluster_config(quick: bool = False, **kw) -> ChaosConfig:
+def cluster_config(quick: bool = False, front_door: str = "mosquitto", **kw) -> ChaosConfig:
     base = dict(rate_msgs=400.0, devices=20, pre_s=4.0 if quick else 8.0, post_s=6.0 if quick else 15.0,
-                settle_s=90.0, faults=cluster_faults(), field_devices=0)
+                settle_s=90.0, faults=cluster_faults(front_door), field_devices=0)
     return ChaosConfig(**{**base, **kw})
 
 
-async def run_cluster_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir: bool = False) -> dict:
-    """A throwaway stack, a private 3-node NATS cluster, 2 routers and 2 workers; ``cfg.faults`` in turn."""
+def nats_device_params(port: int):
+    """Devices of the NATS front door: MQTT 3.1.1, no account (a private loopback cluster)."""
+    from wulian.ingest.mqtt_client import MqttParams
+
+    return lambda client_id: MqttParams("127.0.0.1", port, client_id, protocol=4)
+
+
+async def run_cluster_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir: bool = False,
+                            front_door: str = "mosquitto") -> dict:
+    """A throwaway stack, a private 3-node NATS cluster, 2 routers and 2 workers; ``cfg.faults`` in turn.
+    ``front_door``: devices publish to the stack's Mosquitto, or to the NATS nodes' MQTT listener."""
+    from wulian.ingest.nats_front_door import ensure_front_door, mqtt_hello
+
     stack = ChaosStack.fresh("chaos-cluster")
     progress(f"stack in {stack.dir} (postgresql :{stack.pg_port}, mosquitto :{stack.mqtt_port})")
     await asyncio.to_thread(stack.up)
     cdir = Path(stack.dir) / "nats"
-    state = await asyncio.to_thread(nc.up, cdir)
-    members = ClusterMembers(stack, state, member_env(stack, state.urls, dict(cfg.ingest_env)))
-    env = ChaosEnv(stack, members, progress=progress)
+    nats_door = front_door == "nats"
+    state = await asyncio.to_thread(nc.up, cdir, 20.0, nats_door)
+    members = ClusterMembers(stack, state, member_env(stack, state.urls, dict(cfg.ingest_env), front_door))
+    devices = nats_device_params(state.nodes[0].mqtt_port) if nats_door else None
+    env = ChaosEnv(stack, members, progress=progress, front_door=devices)
     try:
         con = await asyncpg.connect(stack.dsn)
         try:
@@ -271,15 +330,18 @@ async def run_cluster_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir
         nats = await j.connect(state.urls, "chaos-cluster")
         try:
             await j.ensure_stream(nats, PARTITIONS, 3)
+            if nats_door:
+                await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port)
+                await ensure_front_door(nats)
         finally:
             await nats.close()
         progress(f"NATS {' '.join(state.urls)}; stream {j.STREAM} ({PARTITIONS} partitions, replicas 3)")
         members.start()
         await wait_partitions(stack.dsn, PARTITIONS, 2)
-        ready_s = await wait_ingest_ready(stack)
+        ready_s = await wait_ingest_ready(stack, params=devices)
         progress(f"routers and workers ready after {ready_s:.1f}s")
         result = await run_faults(env, cfg, rules)
-        result.update(mode="cluster", partitions=PARTITIONS, nats_nodes=nc.NODES, stream_replicas=3,
+        result.update(mode="cluster", front_door=front_door, partitions=PARTITIONS, nats_nodes=nc.NODES, stream_replicas=3,
                       takeover_p99_s=takeover_p99(result["faults"]))
         return result
     finally:

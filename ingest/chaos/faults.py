@@ -17,6 +17,10 @@ class ChaosEnv:
     ingest: IngestProcess
     gateways: dict[str, object] = field(default_factory=dict)  # name -> GatewayProcess (stop/start/wait_ready)
     progress: Callable[[str], None] = lambda msg: None
+    front_door: Callable[[str], object] | None = None  # client id -> MqttParams of devices (default: Mosquitto)
+
+    def device_params(self, client_id: str):
+        return self.front_door(client_id) if self.front_door else self.stack.mqtt_params(client_id)
 
 
 class Fault(Protocol):

@@ -63,13 +63,13 @@ async def create_rule(con: asyncpg.Connection, pending_steps: int = 0) -> int:
                               orjson.dumps(rule).decode())
 
 
-async def wait_ingest_ready(stack: ChaosStack, timeout: float = 90.0) -> float:
+async def wait_ingest_ready(stack: ChaosStack, timeout: float = 90.0, params=None) -> float:
     """Publish a probe until ingest stores it (its session exists from then on); returns the seconds taken."""
     t0 = time.monotonic()
     dev = f"probe-{uuid.uuid4().hex[:6]}"
     con = await asyncpg.connect(stack.dsn)
     try:
-        with MqttPublisher(stack.mqtt_params(f"chaos-probe-{dev}")) as pub:
+        with MqttPublisher((params or stack.mqtt_params)(f"chaos-probe-{dev}")) as pub:
             while time.monotonic() - t0 < timeout:
                 pub.publish(f"wl/{REGION}/air/{dev}/telemetry",
                             orjson.dumps({"ts": time.time_ns() // 1_000_000, "values": {"probe": 1}}))
@@ -139,7 +139,7 @@ async def run_fault(env: ChaosEnv, cfg: ChaosConfig, fault: Fault, rules: dict[i
     step_ms = STEP_MS
     base_ms = time.time_ns() // 1_000_000 - 3_600_000
     spec = SourceSpec(REGION, "grid", devices, cfg.rate_msgs, cfg.extra_values, base_ms, step_ms)
-    src = SeqSource(stack.mqtt_params(f"chaos-src-{fault.name}-{uuid.uuid4().hex[:4]}"), spec)
+    src = SeqSource(env.device_params(f"chaos-src-{fault.name}-{uuid.uuid4().hex[:4]}"), spec)
     fleet = None
     if env.gateways and cfg.field_devices:
         gw = env.gateways

@@ -1,9 +1,9 @@
-"""``wulian chaos [--json] [--quick] [--cluster] [--frontdoor]``: inject faults while sources publish;
+"""``wulian chaos [--json] [--quick] [--cluster [--front-door nats]] [--broker-kill]``: inject faults while sources publish;
 count what was lost.
 
 A throwaway PostgreSQL+TimescaleDB and Mosquitto (deploy/local/stack.sh in a private dir on free ports)
 and ingest as a process (``--cluster``: a private 3-node NATS cluster, 2 routers, 2 workers); never the
-developer's stack. ``--frontdoor`` measures only the MQTT brokers: kill -9 with a queue, per candidate.
+developer's stack. ``--broker-kill`` measures only the MQTT brokers: kill -9 with a queue, per candidate.
 See ``ingest.chaos``."""
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ def run(args: argparse.Namespace) -> int:
     from wulian.ingest.chaos.faults import standard_faults
     from wulian.ingest.chaos.run import ChaosConfig, run_chaos
 
-    if args.frontdoor:
+    if args.broker_kill:
         return _frontdoor(args)
     if args.cluster:
         from wulian.ingest.chaos.cluster import cluster_config, run_cluster_chaos
 
-        base = cluster_config(args.quick)
+        base = cluster_config(args.quick, args.front_door)
     else:
         base = ChaosConfig.quick() if args.quick else ChaosConfig()
         base.faults = standard_faults(args.quick, args.db_down)
@@ -48,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         base.faults = [f for f in base.faults if f.name in wanted]
-    runner = run_cluster_chaos if args.cluster else run_chaos
-    result = asyncio.run(runner(base, keep_dir=args.keep))
+    if args.cluster:
+        result = asyncio.run(run_cluster_chaos(base, keep_dir=args.keep, front_door=args.front_door))
+    else:
+        result = asyncio.run(run_chaos(base, keep_dir=args.keep))
     if args.json:
         print(json.dumps(result))
     else:
@@ -73,9 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="short phases, database down 5 s")
     p.add_argument("--cluster", action="store_true",
                    help="cluster mode: 3 NATS nodes, 2 routers, 2 workers; kill worker/router/NATS node, add a worker")
-    p.add_argument("--frontdoor", action="store_true",
+    p.add_argument("--front-door", choices=["mosquitto", "nats"], default="mosquitto",
+                   help="--cluster: devices publish to Mosquitto (routers: $share) or to the NATS nodes' MQTT listener")
+    p.add_argument("--broker-kill", action="store_true",
                    help="only measure the MQTT front door: kill -9 with queued QoS 1 messages, per broker candidate")
-    p.add_argument("--messages", type=int, default=20000, help="--frontdoor: QoS 1 messages queued before the kill")
+    p.add_argument("--messages", type=int, default=20000, help="--broker-kill: QoS 1 messages queued before the kill")
     p.add_argument("--rate", type=float, default=0, help="messages/s per fault phase")
     p.add_argument("--devices", type=int, default=0, help="devices per fault phase")
     p.add_argument("--field-devices", type=int, default=None,

@@ -47,7 +47,7 @@ def _cluster(args: argparse.Namespace) -> int:
                     from wulian.ingest.nats_front_door import ensure_front_door, mqtt_hello
 
                     await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port)
-                    await ensure_front_door(con, settings.mqtt.topic_prefix)
+                    await ensure_front_door(con, settings.mqtt.topic_prefix, settings.cluster.router_batch)
                 return p
             finally:
                 await con.close()
