@@ -11,9 +11,9 @@ the same ``Nats-Msg-Id`` as the MQTT router, and acks it only after ``WL``'s Pub
 One router pulls at a time: two routers fetching at once publish their batches to ``WL`` in either
 order, and a device's readings arriving out of order are late to the alarm engine (measured with 2
 routers: alerts raised twice and missed). The active router holds a lease, a key in a JetStream
-key-value bucket whose entries expire after ``LEASE_TTL_S`` unless renewed; the others wait for it. A
-router taking over while messages are still unacknowledged (its predecessor was killed) waits
-``ACK_WAIT_S`` first, so the server redelivers those before anything newer. ``$MQTT_msgs``
+key-value bucket whose entries expire after ``LEASE_TTL_S`` unless renewed; the others (and one that
+lost it) wait for it. A router taking over while messages are still unacknowledged (its predecessor
+was killed) waits ``ACK_WAIT_S`` first, so the server redelivers those before anything newer. ``$MQTT_msgs``
 keeps a message while a consumer is interested (interest retention): ``ensure_front_door`` creates
 the durable consumer before devices publish, and it outlives every router.
 """
@@ -38,14 +38,15 @@ DURABLE = "wulian_routers"
 ACK_WAIT_S = 15.0  # > a JetStream leader election (4-9 s measured): a live router's batch is not resent
 LEASE_BUCKET = "wulian_router_lease"
 LEASE_KEY = "active"
-LEASE_TTL_S = 5.0
+LEASE_TTL_S = 10.0  # longer than a JetStream leader election, so an election rarely moves the lease
 LEASE_RENEW_S = 1.0
 
 
 def topic_of(subject: str) -> str:
-    """Undo nats-server's topic -> subject mapping: ``/`` became ``.``, a ``.`` in a topic ``//``."""
+    """Undo nats-server's topic -> subject mapping (``/`` became ``.``). nats-server 2.9 refuses a topic
+    with a ``.`` (it closes the device's connection, no PUBACK: measured), so none reaches here."""
     s = subject[len(MQTT_SUBJECT_PREFIX):] if subject.startswith(MQTT_SUBJECT_PREFIX) else subject
-    return s.replace("//", "\0").replace(".", "/").replace("\0", ".")
+    return s.replace(".", "/")
 
 
 def consumer_config(prefix: str, max_ack_pending: int) -> ConsumerConfig:
@@ -90,6 +91,10 @@ def mqtt_hello(host: str, port: int, timeout: float = 10.0) -> None:
         if len(ack) < 4 or ack[0] != 0x20 or ack[3] != 0:
             raise ConnectionError(f"MQTT listener {host}:{port} refused the connection ({ack!r})")
         s.sendall(b"\xe0\x00")
+
+
+class LeaseLost(Exception):
+    """Another router holds the lease now (ours expired, e.g. while NATS elected a leader)."""
 
 
 class NatsFrontDoorRouter:
@@ -154,13 +159,13 @@ class NatsFrontDoorRouter:
             await asyncio.sleep(LEASE_RENEW_S)
 
     async def _renew(self, kv, rev: int) -> None:
-        """Renew the lease; losing it ends the router (its supervisor restarts it as a standby)."""
+        """Renew the lease until that fails for good (another router holds it now)."""
         while True:
             await asyncio.sleep(LEASE_RENEW_S)
             try:
                 rev = await kv.update(LEASE_KEY, self.name.encode(), last=rev)
             except nats.js.errors.KeyWrongLastSequenceError as exc:
-                raise RuntimeError(f"router {self.name} lost its lease") from exc
+                raise LeaseLost(f"router {self.name} lost its lease") from exc
             except nats.errors.Error as exc:  # e.g. during a leader election: retried within the TTL
                 log.warning("lease renewal failed (%r); retrying", exc)
 
@@ -170,12 +175,15 @@ class NatsFrontDoorRouter:
             self.partitions = await j.ensure_stream(nc, self.partitions, self.replicas)
             await ensure_front_door(nc, self.prefix, self.batch, timeout=3600)
             js = nc.jetstream(timeout=10)
-            kv, rev = await self._acquire(js)
-            renew = asyncio.create_task(self._renew(kv, rev))
-            try:
-                await self._pull(js, renew)
-            finally:
-                renew.cancel()
+            while True:  # active while holding the lease, standby otherwise
+                kv, rev = await self._acquire(js)
+                renew = asyncio.create_task(self._renew(kv, rev))
+                try:
+                    await self._pull(js, renew)
+                except LeaseLost as exc:
+                    log.warning("%s; standby", exc)
+                finally:
+                    renew.cancel()
         finally:
             await nc.close()
 

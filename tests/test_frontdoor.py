@@ -23,3 +23,9 @@ def test_nats_mqtt_keeps_what_it_acknowledged_through_kill9(door_dir):
 def test_mosquitto_loses_what_arrived_since_its_last_autosave(door_dir):
     r = measure(MosquittoDoor(door_dir, autosave="autosave_interval 30"), messages=2000)
     assert r["published"] == 2000 and r["lost"] > 0, r
+
+
+def test_nats_subjects_map_back_to_mqtt_topics():
+    from wulian.ingest.nats_front_door import topic_of
+
+    assert topic_of("$MQTT.msgs.wl.shantou.air.dev-1.telemetry") == "wl/shantou/air/dev-1/telemetry"
