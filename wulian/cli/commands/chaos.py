@@ -1,5 +1,5 @@
-"""``wulian chaos [--json] [--quick] [--cluster [--front-door nats]] [--broker-kill]``: inject faults while sources publish;
-count what was lost.
+"""``wulian chaos [--json] [--quick] [--cluster [--front-door nats|mosquitto]] [--broker-kill]``: inject
+faults while sources publish; count what was lost.
 
 A throwaway PostgreSQL+TimescaleDB and Mosquitto (deploy/local/stack.sh in a private dir on free ports)
 and ingest as a process (``--cluster``: a private 3-node NATS cluster, 2 routers, 2 workers); never the
@@ -75,8 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="short phases, database down 5 s")
     p.add_argument("--cluster", action="store_true",
                    help="cluster mode: 3 NATS nodes, 2 routers, 2 workers; kill worker/router/NATS node, add a worker")
-    p.add_argument("--front-door", choices=["mosquitto", "nats"], default="mosquitto",
-                   help="--cluster: devices publish to Mosquitto (routers: $share) or to the NATS nodes' MQTT listener")
+    p.add_argument("--front-door", choices=["mosquitto", "nats"], default="nats",
+                   help="--cluster: devices publish to the NATS nodes' MQTT listener (default, the lossless one)"
+                        " or to Mosquitto (routers: $share)")
     p.add_argument("--broker-kill", action="store_true",
                    help="only measure the MQTT front door: kill -9 with queued QoS 1 messages, per broker candidate")
     p.add_argument("--messages", type=int, default=20000, help="--broker-kill: QoS 1 messages queued before the kill")
