@@ -294,7 +294,7 @@ def member_env(stack: ChaosStack, urls: list[str], extra: dict[str, str], front_
 
 def cluster_config(quick: bool = False, front_door: str = "mosquitto", **kw) -> ChaosConfig:
     base = dict(rate_msgs=400.0, devices=20, pre_s=4.0 if quick else 8.0, post_s=6.0 if quick else 15.0,
-                settle_s=90.0, faults=cluster_faults(front_door), field_devices=0)
+                settle_s=90.0, faults=cluster_faults(front_door), field_devices=0, pending_rule=True)
     return ChaosConfig(**{**base, **kw})
 
 
@@ -324,7 +324,7 @@ async def run_cluster_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir
         con = await asyncpg.connect(stack.dsn)
         try:
             await migrate(con)
-            rules = await create_rules(con)
+            rules = await create_rules(con, cfg.pending_rule)
         finally:
             await con.close()
         nats = await j.connect(state.urls, "chaos-cluster")

@@ -44,6 +44,9 @@ class ChaosConfig:
     settle_s: float = 120.0
     faults: list[Fault] = field(default_factory=lambda: standard_faults(quick=False))
     field_devices: int = 30  # HJ 212 stations and as many JT/T 808 terminals through the gateways (0: none)
+    # a second rule with a pending window: cluster mode keeps its wait across a failover (the snapshot is
+    # in every commit); city mode's periodic snapshot does not yet (docs/cluster.md), so off there by default
+    pending_rule: bool = False
     # alarm snapshots much more often than the default 30 s, so a kill lands between snapshots and batches
     ingest_env: dict[str, str] = field(default_factory=lambda: {
         "WULIAN_ALARMS__TICK_INTERVAL_S": "0.5", "WULIAN_ALARMS__SAVE_INTERVAL_S": "2"})
@@ -128,9 +131,9 @@ async def _field_results(env: ChaosEnv, fleet: FieldFleet, settle_s: float) -> d
     return out
 
 
-async def create_rules(con: asyncpg.Connection) -> dict[int, int]:
-    """The sawtooth rule without and with a pending window: rule id -> pending steps."""
-    return {await create_rule(con, p): p for p in (0, PENDING_STEPS)}
+async def create_rules(con: asyncpg.Connection, pending: bool = True) -> dict[int, int]:
+    """The sawtooth rule, and (``pending``) one with a pending window: rule id -> pending steps."""
+    return {await create_rule(con, p): p for p in ((0, PENDING_STEPS) if pending else (0,))}
 
 
 async def run_fault(env: ChaosEnv, cfg: ChaosConfig, fault: Fault, rules: dict[int, int], phase: int = 0) -> dict:
@@ -232,7 +235,7 @@ async def run_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir: bool =
         con = await asyncpg.connect(stack.dsn)
         try:
             await migrate(con)
-            rules = await create_rules(con)
+            rules = await create_rules(con, cfg.pending_rule)
         finally:
             await con.close()
         ingest.start()

@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         base.devices = args.devices
     if args.field_devices is not None and not args.cluster:
         base.field_devices = args.field_devices
+    if args.pending_rule:
+        base.pending_rule = True
     if args.only:
         wanted = set(args.only.split(","))
         base.faults = [f for f in base.faults if f.name in wanted]
@@ -86,6 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--field-devices", type=int, default=None,
                    help="HJ 212 stations and JT/T 808 terminals through the gateways per fault (0: no gateways)")
     p.add_argument("--db-down", type=float, default=None, help="seconds PostgreSQL stays down")
+    p.add_argument("--pending-rule", action="store_true",
+                   help="also a rule with a pending window (always on with --cluster)")
     p.add_argument("--only", default="", help="comma-separated fault names")
     p.add_argument("--keep", action="store_true", help="keep the stack dir (logs) afterwards")
     p.set_defaults(func=run)
