@@ -1,10 +1,11 @@
 """``wulian chaos --cluster``: the chaos run against cluster mode (issue 15).
 
 The same sources, verification and run loop as city mode (``run.run_faults``); what changes is what
-"ingest" is: routers and workers (``nats_cluster`` members, child processes) behind the throwaway
-stack's Mosquitto, with a private 3-node NATS cluster. Faults in turn, under load: kill -9 of a worker
-(partition takeover timed), of a router, of the NATS node leading the stream (brought back), a broker
-restart, a worker added mid-run, and kill -9 of the broker while it holds a queue for the stopped routers.
+"ingest" is: routers and workers (``nats_cluster`` members, child processes) on a private 3-node NATS
+cluster, behind a front door: the NATS nodes' MQTT listener (``ingest.nats_front_door``) or the
+throwaway stack's Mosquitto. Faults in turn, under load: kill -9 of a worker (partition takeover
+timed), of a router, of the NATS node leading the stream (brought back), a front-door restart, a
+worker added mid-run, and kill -9 of the front door while it holds a queue for the stopped routers.
 
 Takeover time: from the SIGKILL of a worker until every partition is locked by a live worker again
 (the killed session's advisory locks end with its connection; the others claim a partition seen free
@@ -341,8 +342,8 @@ async def run_cluster_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir
         ready_s = await wait_ingest_ready(stack, params=devices)
         progress(f"routers and workers ready after {ready_s:.1f}s")
         result = await run_faults(env, cfg, rules)
-        result.update(mode="cluster", front_door=front_door, partitions=PARTITIONS, nats_nodes=nc.NODES, stream_replicas=3,
-                      takeover_p99_s=takeover_p99(result["faults"]))
+        result.update(mode="cluster", front_door=front_door, partitions=PARTITIONS, nats_nodes=nc.NODES,
+                      stream_replicas=3, takeover_p99_s=takeover_p99(result["faults"]))
         return result
     finally:
         members.stop()
