@@ -43,6 +43,7 @@ class MqttParams:
     receive_maximum: int = 20000
     tls: bool = False
     ca_file: str | None = None
+    protocol: int = 5  # 4: MQTT 3.1.1 (a device of nats-server's MQTT listener, which has no MQTT 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +60,13 @@ class InMessage:
 MAX_OUTSTANDING = 30_000  # published but not yet acknowledged, per publisher (see MqttPublisher.publish)
 
 
-def _client(params: MqttParams, *, manual_ack: bool) -> paho_fast.StockClient:
+def _client(params: MqttParams, *, manual_ack: bool, clean_session: bool = False) -> paho_fast.StockClient:
     c = paho_fast.install()(  # the buffered transport on verified paho versions, stock paho otherwise
         CallbackAPIVersion.VERSION2,
         client_id=params.client_id,
-        protocol=MQTTProtocolVersion.MQTTv5,
+        protocol=MQTTProtocolVersion.MQTTv311 if params.protocol == 4 else MQTTProtocolVersion.MQTTv5,
         manual_ack=manual_ack,
+        **({"clean_session": clean_session} if params.protocol == 4 else {}),
     )
     if params.username:
         c.username_pw_set(params.username, params.password)
@@ -222,7 +224,7 @@ class MqttPublisher:
         # PUBACK (``Client._update_inflight``), quadratic with thousands queued: preloading 100,000
         # messages took 72-87 s that way, a small window does it in a fraction (issue 14).
         self.window = window
-        self._client = _client(params, manual_ack=False)
+        self._client = _client(params, manual_ack=False, clean_session=not persistent)
         self._client.max_inflight_messages_set(0 if window else max_inflight)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
@@ -280,12 +282,15 @@ class MqttPublisher:
             self._loop.call_soon_threadsafe(_resolve, fut, ok)
 
     def connect(self, timeout: float = 10.0) -> "MqttPublisher":
-        props = None
-        if self.persistent:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.params.session_expiry_s
-        self._client.connect(self.params.host, self.params.port, self.params.keepalive,
-                             clean_start=not self.persistent, properties=props)
+        if self.params.protocol == 4:  # MQTT 3.1.1: the session is the constructor's clean_session
+            self._client.connect(self.params.host, self.params.port, self.params.keepalive)
+        else:
+            props = None
+            if self.persistent:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.params.session_expiry_s
+            self._client.connect(self.params.host, self.params.port, self.params.keepalive,
+                                 clean_start=not self.persistent, properties=props)
         self._client.loop_start()
         if not self._connected.wait(timeout):
             raise ConnectionError(f"cannot connect to MQTT broker {self.params.host}:{self.params.port}")

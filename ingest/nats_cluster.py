@@ -34,6 +34,7 @@ class Node:
     cluster_port: int
     store: str
     pid: int | None = None
+    mqtt_port: int | None = None  # nats-server's MQTT listener (cluster.front_door = "nats")
 
 
 @dataclass
@@ -86,9 +87,12 @@ def _port() -> int:
 
 def node_conf(node: Node, peers: list[Node]) -> str:
     routes = ", ".join(f"nats-route://127.0.0.1:{p.cluster_port}" for p in peers if p.name != node.name)
-    return (f'server_name: "{node.name}"\nlisten: "127.0.0.1:{node.port}"\n'
+    conf = (f'server_name: "{node.name}"\nlisten: "127.0.0.1:{node.port}"\n'
             f'jetstream {{ store_dir: "{node.store}", max_memory_store: 256MB, max_file_store: 8GB }}\n'
             f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{node.cluster_port}", routes: [{routes}] }}\n')
+    if node.mqtt_port:  # QoS 1 stored in JetStream ($MQTT_msgs, 3 replicas) before the PUBACK
+        conf += f'mqtt {{ listen: "127.0.0.1:{node.mqtt_port}", stream_replicas: {min(3, len(peers))} }}\n'
+    return conf
 
 
 def _alive(pid: int | None) -> bool:
@@ -117,14 +121,18 @@ def start_node(state: ClusterState, node: Node) -> None:
     state.save()
 
 
-def up(cdir: Path, timeout: float = 20.0) -> ClusterState:
-    """Start the three nodes (reusing the ports of a previous run, so stores and routes stay valid)."""
+def up(cdir: Path, timeout: float = 20.0, mqtt: bool = False) -> ClusterState:
+    """Start the three nodes (reusing the ports of a previous run, so stores and routes stay valid);
+    ``mqtt``: each also listens for MQTT (the lossless front door, ``ingest.nats_front_door``)."""
     cdir.mkdir(parents=True, exist_ok=True)
     state = ClusterState.load(cdir)
     if state is None:
         state = ClusterState(str(cdir))
         for i in range(1, NODES + 1):
             state.nodes.append(Node(f"n{i}", _port(), _port(), str(cdir / f"n{i}")))
+    for n in state.nodes:
+        if mqtt and not n.mqtt_port:
+            n.mqtt_port = _port()
     for n in state.nodes:
         if not _alive(n.pid):
             start_node(state, n)
@@ -217,7 +225,8 @@ def status(cdir: Path) -> dict:
     if state is None:
         return {"dir": str(cdir), "nodes": [], "running": 0, "members": []}
     nodes = [{"name": n.name, "url": f"nats://127.0.0.1:{n.port}", "pid": n.pid,
-              "up": _alive(n.pid) and port_open(n.port)} for n in state.nodes]
+              "up": _alive(n.pid) and port_open(n.port)}
+             | ({"mqtt": f"mqtt://127.0.0.1:{n.mqtt_port}"} if n.mqtt_port else {}) for n in state.nodes]
     members = [{"role": m.role, "name": m.name, "pid": m.pid, "up": _alive(m.pid),
                 "log": str(Path(state.dir) / f"{m.name}.log")} for m in state.members if m.pid]
     return {"dir": str(cdir), "nodes": nodes, "running": sum(x["up"] for x in nodes), "members": members}

@@ -318,9 +318,12 @@ class Worker:
 
     async def _stop_runner(self, p: int) -> None:
         r = self.runners.pop(p)
-        if r.task is not None:
+        # cancel until it is done: Python 3.11's asyncio.wait_for (inside nats-py's fetch) swallows a
+        # cancel that lands as its inner get completes (CPython gh-86296, fixed in 3.12), and the runner
+        # then fetches on; a single cancel + await hung this coordinator for good (wulian chaos --cluster)
+        while r.task is not None and not r.task.done():
             r.task.cancel()
-            await asyncio.gather(r.task, return_exceptions=True)
+            await asyncio.wait({r.task}, timeout=1.0)
 
     async def _claim(self, lockcon, p: int) -> bool:
         if not await leases.try_lock(lockcon, LOCK_PARTITION, p):

@@ -46,3 +46,22 @@ async def test_chaos_quick_nothing_lost_nothing_duplicated():
         for proto, g in f["field"].items():  # ground truth: what the gateway answered
             assert g["published"] > 0 and g["lost"] == 0 and g["duplicates"] == 0, (name, proto, g)
     assert result["ok"]
+
+
+def test_pending_reference_waits_the_pending_steps_and_restarts_on_a_gap_below():
+    seqs = np.arange(2 * SAW_PERIOD, dtype=np.int64)
+    raises, clears = expected_transitions(seqs, pending_steps=5)
+    assert raises.tolist() == [16, 36] and clears.tolist() == [20]
+    # readings 12..14 lost: the wait starts at 11 and still ends at 16 (event time, not reading count)
+    raises, _ = expected_transitions(np.delete(seqs, [12, 13, 14]), pending_steps=5)
+    assert raises.tolist()[:1] == [16]
+    # a tooth whose stored readings above the threshold span less than the pending time never raises
+    raises, clears = expected_transitions(np.delete(seqs, [16, 17, 18, 19]), pending_steps=5)
+    assert raises.tolist() == [36] and clears.tolist() == []
+
+
+def test_takeover_p99_over_the_faults_that_cause_takeover():
+    from wulian.ingest.chaos.cluster import takeover_p99
+
+    assert takeover_p99([{"fault": "kill_router"}]) is None
+    assert takeover_p99([{"takeover_s": [1.0, 2.0]}, {"takeover_s": [3.0]}, {"fault": "x"}]) == 2.98

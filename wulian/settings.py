@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import Literal
 from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
@@ -98,6 +99,9 @@ class ClusterSettings(BaseModel):
     takeover_delay_s: float = 1.0  # a partition seen free this long is taken
     rebalance_delay_s: float = 10.0  # membership stable this long before a worker gives partitions away
     ack_wait_s: float = 60.0
+    # "mosquitto": routers take a $share of the broker's topics; "nats": devices publish MQTT 3.1.1 to
+    # the NATS nodes' MQTT listeners, which store QoS 1 in JetStream before the PUBACK (docs/cluster.md)
+    front_door: Literal["mosquitto", "nats"] = "mosquitto"
 
 
 class ApiSettings(BaseModel):

@@ -17,6 +17,10 @@ class ChaosEnv:
     ingest: IngestProcess
     gateways: dict[str, object] = field(default_factory=dict)  # name -> GatewayProcess (stop/start/wait_ready)
     progress: Callable[[str], None] = lambda msg: None
+    front_door: Callable[[str], object] | None = None  # client id -> MqttParams of devices (default: Mosquitto)
+
+    def device_params(self, client_id: str):
+        return self.front_door(client_id) if self.front_door else self.stack.mqtt_params(client_id)
 
 
 class Fault(Protocol):
@@ -67,6 +71,29 @@ class RestartBroker:
 
 
 @dataclass
+class KillBrokerQueued:
+    """kill -9 of the MQTT front door while it holds a queue: the consumer (ingest, or the routers) is
+    stopped for ``queue_s`` while devices keep publishing, so the broker PUBACKs messages it only holds
+    for the consumer's session; then SIGKILL (no shutdown save), ``down_s`` down, restart, consumer back.
+    Whatever the broker acknowledged but had not yet persisted is lost here: the fault measures it."""
+
+    queue_s: float = 3.0
+    down_s: float = 1.0
+    name: str = "kill_broker_queued"
+
+    async def inject(self, env: ChaosEnv) -> None:
+        await asyncio.to_thread(env.ingest.stop_intake)
+        env.progress(f"consumer stopped; the broker queues for {self.queue_s:.0f}s")
+        await asyncio.sleep(self.queue_s)
+        await asyncio.to_thread(env.stack.kill_broker)
+        env.progress("mosquitto killed (SIGKILL) with a queue")
+        await asyncio.sleep(self.down_s)
+        await asyncio.to_thread(env.stack.start_broker)
+        env.progress("mosquitto started")
+        await asyncio.to_thread(env.ingest.start)
+
+
+@dataclass
 class StopDatabase:
     """PostgreSQL stopped (fast shutdown) for ``down_s`` and started again; ingest holds its acks."""
 
@@ -96,7 +123,7 @@ class RestartGateway:
 
 
 def standard_faults(quick: bool, db_down_s: float | None = None, gateways: bool = True) -> list[Fault]:
-    faults: list[Fault] = [KillIngest(), RestartBroker(),
+    faults: list[Fault] = [KillIngest(), RestartBroker(), KillBrokerQueued(),
                            StopDatabase(db_down_s if db_down_s is not None else (5.0 if quick else 60.0))]
     if gateways:
         faults.append(RestartGateway())

@@ -26,6 +26,8 @@ from wulian.ingest.migrations import migrate
 from wulian.ingest.mqtt_client import MqttPublisher
 
 REGION = "chaos"
+STEP_MS = 10  # event-time spacing of one device's messages
+PENDING_STEPS = 5  # the second rule's pending_s in steps: its wait spans a fault when one lands in it
 
 
 def progress_stderr(msg: str, what: str = "chaos") -> None:
@@ -42,6 +44,9 @@ class ChaosConfig:
     settle_s: float = 120.0
     faults: list[Fault] = field(default_factory=lambda: standard_faults(quick=False))
     field_devices: int = 30  # HJ 212 stations and as many JT/T 808 terminals through the gateways (0: none)
+    # a second rule with a pending window: cluster mode keeps its wait across a failover (the snapshot is
+    # in every commit); city mode's periodic snapshot does not yet (docs/cluster.md), so off there by default
+    pending_rule: bool = False
     # alarm snapshots much more often than the default 30 s, so a kill lands between snapshots and batches
     ingest_env: dict[str, str] = field(default_factory=lambda: {
         "WULIAN_ALARMS__TICK_INTERVAL_S": "0.5", "WULIAN_ALARMS__SAVE_INTERVAL_S": "2"})
@@ -53,20 +58,21 @@ class ChaosConfig:
         return cls(**{**base, **kw})
 
 
-async def create_rule(con: asyncpg.Connection) -> int:
-    rule = {"id": 0, "name": "chaos sawtooth", "kind": "upper", "stream": "grid", "metric": "saw",
-            "threshold": SAW_THRESHOLD, "clear_threshold": SAW_CLEAR, "severity": "minor"}
+async def create_rule(con: asyncpg.Connection, pending_steps: int = 0) -> int:
+    rule = {"id": 0, "name": f"chaos sawtooth{' pending' if pending_steps else ''}", "kind": "upper",
+            "stream": "grid", "metric": "saw", "threshold": SAW_THRESHOLD, "clear_threshold": SAW_CLEAR,
+            "severity": "minor", "pending_s": pending_steps * STEP_MS / 1000}
     return await con.fetchval("INSERT INTO rules (definition) VALUES ($1::jsonb) RETURNING id",
                               orjson.dumps(rule).decode())
 
 
-async def wait_ingest_ready(stack: ChaosStack, timeout: float = 90.0) -> float:
+async def wait_ingest_ready(stack: ChaosStack, timeout: float = 90.0, params=None) -> float:
     """Publish a probe until ingest stores it (its session exists from then on); returns the seconds taken."""
     t0 = time.monotonic()
     dev = f"probe-{uuid.uuid4().hex[:6]}"
     con = await asyncpg.connect(stack.dsn)
     try:
-        with MqttPublisher(stack.mqtt_params(f"chaos-probe-{dev}")) as pub:
+        with MqttPublisher((params or stack.mqtt_params)(f"chaos-probe-{dev}")) as pub:
             while time.monotonic() - t0 < timeout:
                 pub.publish(f"wl/{REGION}/air/{dev}/telemetry",
                             orjson.dumps({"ts": time.time_ns() // 1_000_000, "values": {"probe": 1}}))
@@ -125,13 +131,18 @@ async def _field_results(env: ChaosEnv, fleet: FieldFleet, settle_s: float) -> d
     return out
 
 
-async def run_fault(env: ChaosEnv, cfg: ChaosConfig, fault: Fault, rule_id: int, phase: int = 0) -> dict:
+async def create_rules(con: asyncpg.Connection, pending: bool = True) -> dict[int, int]:
+    """The sawtooth rule, and (``pending``) one with a pending window: rule id -> pending steps."""
+    return {await create_rule(con, p): p for p in ((0, PENDING_STEPS) if pending else (0,))}
+
+
+async def run_fault(env: ChaosEnv, cfg: ChaosConfig, fault: Fault, rules: dict[int, int], phase: int = 0) -> dict:
     stack = env.stack
     devices = tuple(f"{fault.name.replace('_', '-')}-{i:03d}" for i in range(cfg.devices))
-    step_ms = 10
+    step_ms = STEP_MS
     base_ms = time.time_ns() // 1_000_000 - 3_600_000
     spec = SourceSpec(REGION, "grid", devices, cfg.rate_msgs, cfg.extra_values, base_ms, step_ms)
-    src = SeqSource(stack.mqtt_params(f"chaos-src-{fault.name}-{uuid.uuid4().hex[:4]}"), spec)
+    src = SeqSource(env.device_params(f"chaos-src-{fault.name}-{uuid.uuid4().hex[:4]}"), spec)
     fleet = None
     if env.gateways and cfg.field_devices:
         gw = env.gateways
@@ -144,7 +155,7 @@ async def run_fault(env: ChaosEnv, cfg: ChaosConfig, fault: Fault, rule_id: int,
         fleet.start()
     await asyncio.sleep(cfg.pre_s)
     t_fault = time.monotonic()
-    await fault.inject(env)
+    figures = await fault.inject(env) or {}  # e.g. takeover_s of a cluster fault
     fault_s = time.monotonic() - t_fault
     await asyncio.sleep(cfg.post_s)
     src.stop()
@@ -163,19 +174,50 @@ async def run_fault(env: ChaosEnv, cfg: ChaosConfig, fault: Fault, rule_id: int,
         stored = await verify.stored_seqs(con, list(devices))
         counts = verify.count_loss(acked, stored)
         counts["partial"] = await verify.check_partial(con, stored, 2 + cfg.extra_values)
-        alerts = await verify.check_alerts(con, rule_id, stored, base_ms, step_ms)
+        alerts: dict[str, int] = {}
+        for rule_id, pending_steps in rules.items():
+            alerts = verify.add_alert_counts(alerts, await verify.check_alerts(
+                con, rule_id, stored, base_ms, step_ms, pending_steps))
     finally:
         await con.close()
     field_res = await _field_results(env, fleet, cfg.settle_s) if fleet is not None else {}
     exited = not env.ingest.alive()
     if exited:  # ingest must survive every fault but its own kill; note it and bring it back
-        env.progress(f"{fault.name}: ingest exited (code {env.ingest.proc.returncode}); restarting it")
+        env.progress(f"{fault.name}: ingest exited ({env.ingest.exit_info()}); restarting it")
         env.ingest.start()
     return {
         "fault": fault.name, "sent": src.published, **counts, "never_acked": unacked,
+        **verify.alert_summary(alerts), **figures,
         "alerts": alerts, "alerts_consistent": verify.alerts_consistent(alerts), "field": field_res,
         "ingest_exited": exited, "fault_s": round(fault_s, 1), "publish_s": round(time.monotonic() - t_start, 1),
         "stored_all_after_s": round(settle_s, 1),  # after the broker acked the last message
+    }
+
+
+async def run_faults(env: ChaosEnv, cfg: ChaosConfig, rules: dict[int, int]) -> dict:
+    """``cfg.faults`` in turn on a running stack (city mode or cluster mode), the figures of each."""
+    progress = env.progress
+    faults = []
+    for phase, fault in enumerate(cfg.faults):
+        if fault.name == "restart_gateway" and not env.gateways:
+            continue
+        progress(f"fault {fault.name}: {cfg.rate_msgs:.0f} msg/s over {cfg.devices} devices"
+                 + (f", {cfg.field_devices} HJ 212 stations and JT/T 808 terminals at 1/s" if env.gateways else ""))
+        res = await run_fault(env, cfg, fault, rules, phase)
+        progress(f"{fault.name}: published {res['published']} stored {res['stored']} lost {res['lost']}"
+                 f" duplicates {res['duplicates']} alerts expected {res['alerts_expected']} raised twice"
+                 f" {res['alerts_raised_twice']} missed {res['alerts_missed']}")
+        for proto, f in res["field"].items():
+            progress(f"{fault.name} via {proto} gateway: answered {f['published']} stored {f['stored']}"
+                     f" lost {f['lost']} duplicates {f['duplicates']}")
+        faults.append(res)
+    return {
+        "rate_msgs_per_s": cfg.rate_msgs, "devices_per_fault": cfg.devices,
+        "values_per_msg": 2 + cfg.extra_values, "faults": faults,
+        "field_devices_per_protocol": cfg.field_devices if env.gateways else 0,
+        "ok": all(f["lost"] == 0 and f["duplicates"] == 0 and f["partial"] == 0 and f["alerts_consistent"]
+                  and not f["ingest_exited"] and all(g["lost"] == 0 for g in f["field"].values())
+                  for f in faults),
     }
 
 
@@ -193,7 +235,7 @@ async def run_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir: bool =
         con = await asyncpg.connect(stack.dsn)
         try:
             await migrate(con)
-            rule_id = await create_rule(con)
+            rules = await create_rules(con, cfg.pending_rule)
         finally:
             await con.close()
         ingest.start()
@@ -204,27 +246,7 @@ async def run_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir: bool =
         for gw in gateways:
             await gw.wait_ready()
             env.gateways[gw.protocol] = gw
-        faults = []
-        for phase, fault in enumerate(cfg.faults):
-            if fault.name == "restart_gateway" and not env.gateways:
-                continue
-            progress(f"fault {fault.name}: {cfg.rate_msgs:.0f} msg/s over {cfg.devices} devices"
-                     + (f", {cfg.field_devices} HJ 212 stations and JT/T 808 terminals at 1/s" if env.gateways else ""))
-            res = await run_fault(env, cfg, fault, rule_id, phase)
-            progress(f"{fault.name}: published {res['published']} stored {res['stored']} lost {res['lost']}"
-                     f" duplicates {res['duplicates']} alerts consistent {res['alerts_consistent']}")
-            for proto, f in res["field"].items():
-                progress(f"{fault.name} via {proto} gateway: answered {f['published']} stored {f['stored']}"
-                         f" lost {f['lost']} duplicates {f['duplicates']}")
-            faults.append(res)
-        return {
-            "rate_msgs_per_s": cfg.rate_msgs, "devices_per_fault": cfg.devices,
-            "values_per_msg": 2 + cfg.extra_values, "faults": faults,
-            "field_devices_per_protocol": cfg.field_devices if env.gateways else 0,
-            "ok": all(f["lost"] == 0 and f["duplicates"] == 0 and f["partial"] == 0 and f["alerts_consistent"]
-                      and not f["ingest_exited"] and all(g["lost"] == 0 for g in f["field"].values())
-                      for f in faults),
-        }
+        return await run_faults(env, cfg, rules)
     finally:
         for gw in gateways:
             gw.stop()

@@ -27,18 +27,28 @@ def saw_value(seq: int | np.ndarray) -> float | np.ndarray:
     return 5.0 + (seq % SAW_PERIOD) * 9.0
 
 
-def expected_transitions(seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def expected_transitions(seqs: np.ndarray, pending_steps: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Sequence numbers at which an upper rule (SAW_THRESHOLD, clear SAW_CLEAR) raises and clears,
-    for a series made of ``seqs`` (sorted) - the reference the stored alerts must match."""
+    for a series made of ``seqs`` (sorted) - the reference the stored alerts must match.
+
+    ``pending_steps``: the rule's ``pending_s`` in sequence steps (event time): the condition must hold
+    from its first reading above the threshold until one that many steps later (a reading not above
+    it restarts the wait), as ``core.alarms.reference`` does."""
     raises, clears = [], []
     active = False
+    since = None
     for s, v in zip(seqs.tolist(), saw_value(seqs).tolist()):
-        if not active and v > SAW_THRESHOLD:
-            active = True
-            raises.append(s)
-        elif active and v < SAW_CLEAR:
-            active = False
-            clears.append(s)
+        if active:
+            if v < SAW_CLEAR:
+                active = False
+                clears.append(s)
+        elif v > SAW_THRESHOLD:
+            since = s if since is None else since
+            if s - since >= pending_steps:
+                active, since = True, None
+                raises.append(s)
+        else:
+            since = None
     return np.asarray(raises, np.int64), np.asarray(clears, np.int64)
 
 

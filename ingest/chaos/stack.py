@@ -129,6 +129,17 @@ class ChaosStack:
             return
         _wait(lambda: not _alive(pid), 30, "mosquitto did not stop")
 
+    def kill_broker(self) -> None:
+        """kill -9: no shutdown save; what the broker kept is what its persistence had written."""
+        pid = self.broker_pid()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        _wait(lambda: not _alive(pid), 30, "mosquitto did not die")
+
     def start_broker(self) -> None:
         run_stack("up", self.settings)  # PostgreSQL is left alone when it is running
         _wait(lambda: port_open(self.mqtt_port), 10, "mosquitto did not start")
@@ -188,6 +199,13 @@ class IngestProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def exit_info(self) -> str:
+        return f"code {self.proc.returncode if self.proc else None}"
+
+    def stop_intake(self) -> None:
+        """Stop taking messages from the broker (the fault that queues them there)."""
+        self.stop()
 
     def kill9(self) -> None:
         if self.alive():

@@ -36,18 +36,27 @@ def _cluster(args: argparse.Namespace) -> int:
     settings = get_settings()
     cdir = cluster_dir(settings)
     if args.action == "up":
-        state = nc.up(cdir)
+        nats_door = settings.cluster.front_door == "nats"
+        state = nc.up(cdir, mqtt=nats_door)
 
         async def stream() -> int:
             con = await j.connect(state.urls, "wulian-cluster-up")
             try:
-                return await j.ensure_stream(con, settings.cluster.partitions, settings.cluster.replicas)
+                p = await j.ensure_stream(con, settings.cluster.partitions, settings.cluster.replicas)
+                if nats_door:  # the routers' consumer exists before any device publishes
+                    from wulian.ingest.nats_front_door import ensure_front_door, mqtt_hello
+
+                    await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port)
+                    await ensure_front_door(con, settings.mqtt.topic_prefix, settings.cluster.router_batch)
+                return p
             finally:
                 await con.close()
 
         p = asyncio.run(stream())
         print(f"NATS cluster up: {' '.join(state.urls)}; stream {j.STREAM}, {p} partitions, "
               f"replicas {settings.cluster.replicas}")
+        if nats_door:
+            print("MQTT front door (MQTT 3.1.1): " + " ".join(f"127.0.0.1:{n.mqtt_port}" for n in state.nodes))
         if args.routers or args.workers:
             nc.scale(state, args.routers, args.workers)
             print(f"started {args.routers} router(s), {args.workers} worker(s); logs in {cdir}/<name>.log")
@@ -67,8 +76,14 @@ def _router(args: argparse.Namespace) -> int:
 
     s = get_settings()
     name = args.id or f"router-{socket.gethostname()}-{os.getpid()}"
-    router = Router(mqtt_params(s, name), nats_urls(s), s.cluster.partitions, s.cluster.replicas,
-                    prefix=s.mqtt.topic_prefix, batch=s.cluster.router_batch)
+    if s.cluster.front_door == "nats":
+        from wulian.ingest.nats_front_door import NatsFrontDoorRouter
+
+        router = NatsFrontDoorRouter(name, nats_urls(s), s.cluster.partitions, s.cluster.replicas,
+                                     prefix=s.mqtt.topic_prefix, batch=s.cluster.router_batch)
+    else:
+        router = Router(mqtt_params(s, name), nats_urls(s), s.cluster.partitions, s.cluster.replicas,
+                        prefix=s.mqtt.topic_prefix, batch=s.cluster.router_batch)
     try:
         asyncio.run(router.run())
     except KeyboardInterrupt:
