@@ -20,3 +20,6 @@ COMMIT_SECONDS = Histogram("wulian_ingest_commit_seconds", "write+commit time pe
 WRITE_FAILURES = Counter("wulian_ingest_write_failures_total", "batches whose transaction failed (retried)")
 BACKLOG = Gauge("wulian_ingest_backlog_messages", "messages received from the broker, not yet written")
 ALERTS = Counter("wulian_alerts_total", "alert transitions written", ["event"])
+READINGS_RESTAGED = Counter(
+    "wulian_ingest_batches_restaged_total",
+    "batches whose direct binary COPY met an already stored reading and were written again via staging")
