@@ -7,7 +7,11 @@ What is patched (measured together about 2x on receive, README: benchmarks):
 - ``Client._sockpairW`` (``BufferedClient.ack_batch``): one wake-up of the network thread per batch of
   PUBACKs instead of one per ack;
 - ``paho.mqtt._packet.decode_publish`` (:func:`install`): an MQTT 5 PUBLISH without properties skips
-  building a ``Properties`` object (about a sixth of ingest's CPU at 15,000 msg/s, py-spy).
+  building a ``Properties`` object (about a sixth of ingest's CPU at 15,000 msg/s, py-spy);
+- ``Client._handle_publish`` (``BufferedClient``, when ``on_message_raw`` is set and no per-filter
+  callback is): a QoS 0/1 PUBLISH goes to ``on_message_raw(mid, qos, topic bytes, payload)`` without an
+  ``MQTTMessage``, a debug-log format, a topic-filter walk and two topic decodes per message (the network
+  thread's share of ingest's CPU, py-spy, issue 14). QoS 2 and everything else stay paho's.
 
 And one correctness fix (``OrderedClient.publish``): stock paho sends a QoS 1/2 message published
 while it reconnects (CONNECT sent, CONNACK not yet handled) at once, ahead of the older unacknowledged
@@ -30,7 +34,7 @@ import threading
 from importlib.metadata import version as _dist_version
 
 from paho.mqtt import _packet
-from paho.mqtt.client import CallbackAPIVersion, Client
+from paho.mqtt.client import MQTT_LOG_ERR, CallbackAPIVersion, Client
 from paho.mqtt.enums import MessageState, MQTTErrorCode, MQTTProtocolVersion, _ConnectionState
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -42,7 +46,10 @@ READ_CHUNK = 256 * 1024
 
 
 class StockClient(Client):
-    """Stock paho plus the one method the consumer needs: acknowledge a batch."""
+    """Stock paho plus the one method the consumer needs: acknowledge a batch. ``on_message_raw`` is
+    used by ``BufferedClient`` only (stock paho calls ``on_message``)."""
+
+    on_message_raw = None  # (mid, qos, topic: bytes, payload: bytes) -> None
 
     def ack_batch(self, acks: list[tuple[int, int]]) -> None:
         for mid, qos in acks:
@@ -124,6 +131,23 @@ class BufferedClient(OrderedClient):
         self._rbuf, self._rpos = b"", 0
         super()._sock_close()
 
+    def _handle_publish(self) -> MQTTErrorCode:
+        raw = self.on_message_raw
+        header = self._in_packet["command"]
+        if raw is None or header & 0x06 == 0x04 or self._on_message_filtered._root._children:
+            return super()._handle_publish()  # QoS 2, or per-filter callbacks: paho's own path
+        p = _packet.decode_publish(header, self._in_packet["packet"], self._protocol)
+        with self._in_callback_mutex:
+            try:
+                raw(p.mid, p.qos, p.topic, p.payload)
+            except Exception as err:  # as paho treats an exception in on_message
+                self._easy_log(MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
+        if p.qos == 1 and not self._manual_ack:
+            return self._send_puback(p.mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def ack_batch(self, acks: list[tuple[int, int]]) -> None:
         """PUBACK many messages with one wake-up of the network thread instead of one per ack.
 
@@ -168,8 +192,15 @@ def internals_problems() -> list[str]:
                 for name, (fn, params) in want.items() if fn is None or _params(fn) != params]
     if "_sock_recv(self._in_packet['to_process'])" not in inspect.getsource(Client._packet_read):
         problems.append("Client._packet_read no longer reads through _sock_recv")
-    if "_packet.decode_publish(" not in inspect.getsource(Client._handle_publish):
+    handle_src = inspect.getsource(Client._handle_publish)
+    if "_packet.decode_publish(" not in handle_src:
         problems.append("Client._handle_publish no longer calls _packet.decode_publish")
+    for needle in ('self._in_packet["command"]', 'self._in_packet["packet"]', "self._manual_ack",
+                   "self._send_puback(message.mid)"):
+        if needle not in handle_src:
+            problems.append(f"Client._handle_publish no longer uses {needle}")
+    if "self._on_message_filtered.iter_match(" not in inspect.getsource(Client._handle_on_message):
+        problems.append("Client._handle_on_message no longer matches _on_message_filtered")
     # OrderedClient: a publish whose _send_publish says NO_CONN is kept as MQTT_MS_PUBLISH, and the
     # CONNACK resends the MQTT_MS_PUBLISH messages in order
     pub_src, connack_src = inspect.getsource(Client.publish), inspect.getsource(Client._handle_connack)
@@ -178,11 +209,15 @@ def internals_problems() -> list[str]:
     if "m.state == mqtt_ms_publish" not in connack_src:
         problems.append("Client._handle_connack no longer resends mqtt_ms_publish messages")
     client = vars(Client(CallbackAPIVersion.VERSION2, client_id="wulian-paho-check"))
-    for attr in ("_sock", "_sockpairW", "_state", "_out_messages", "_out_message_mutex"):
+    for attr in ("_sock", "_sockpairW", "_state", "_out_messages", "_out_message_mutex", "_in_packet",
+                 "_in_callback_mutex", "_manual_ack", "_on_message_filtered"):
         if attr not in client:
             problems.append(f"Client().{attr}: missing")
     if not isinstance(client.get("_out_message_mutex"), type(threading.RLock())):
         problems.append("Client()._out_message_mutex is not an RLock")
+    root = getattr(client.get("_on_message_filtered"), "_root", None)
+    if not isinstance(getattr(root, "_children", None), dict):
+        problems.append("Client()._on_message_filtered._root._children: missing")
     return problems
 
 

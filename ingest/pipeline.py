@@ -268,7 +268,7 @@ class Ingestor:
                 if topic.kind is Kind.TELEMETRY and topic.stream in scalar:
                     decoded = decode_scalar_fast(msg.payload, now, limits, ranges.get(topic.stream))
                     if decoded is not None:  # the common message, valid: nothing more to check
-                        items.append(Item(msg, topic, decoded))
+                        items.append(Item(msg, topic, decoded, ()))
                         continue
                 decoded = decode_message(topic.stream, topic.kind, msg.payload, now, limits)
                 # an event that cannot be stored refuses its message here, not the batch's transaction

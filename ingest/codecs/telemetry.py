@@ -196,4 +196,4 @@ def decode_scalar_fast(payload: bytes, now_ns: int, limits: PayloadLimits, range
             lo, hi = ranges[name]
             if not lo <= float(values[name]) <= hi:
                 return None
-    return Decoded(readings=ScalarRecord(ts_ns, names, vals, flag))
+    return Decoded(ScalarRecord(ts_ns, names, vals, flag), (), (), ())  # nothing else: shared empty tuples
