@@ -21,6 +21,8 @@ NS_PER_MIN = 60 * NS_PER_S
 NS_PER_HOUR = 60 * NS_PER_MIN
 NS_PER_DAY = 24 * NS_PER_HOUR
 S_PER_DAY = 86_400
+# 2000-01-01T00:00Z in Unix microseconds: the origin of PostgreSQL's binary timestamp (int64 microseconds)
+PG_EPOCH_UNIX_US = 946_684_800 * 1_000_000
 
 CHINA_TZ_NAME = "Asia/Shanghai"  # day buckets and DataTime are China time; storage is UTC
 CHINA_OFFSET_S = 8 * 3600  # UTC+08:00, no DST since 1991

@@ -30,7 +30,7 @@ import orjson
 from wulian.core.alarms.compiler import SeriesKey
 from wulian.core.alarms.engine import AlarmEngine, Transitions
 from wulian.core.alarms.rules import Rule, RuleKind, TransitionKind
-from wulian.core.arrays import ReadingArrays
+from wulian.core.arrays import ReadingArrays, SeriesDevice
 from wulian.core.kernels.alarm_kernels import NO_TS
 from wulian.ingest import metrics as m
 from wulian.ingest.alert_store import AlertTarget, UpdateCoalescer, clear_alert, raise_alert
@@ -181,6 +181,25 @@ class AlarmService:
             self.meta.append(SeriesMeta(dev, device_id, region, stream, metric))
         return idx
 
+    def _series_many(self, wanted: list[tuple[SeriesDevice, str]]) -> list[int]:
+        """Series indexes of (device, metric) pairs (distinct), the new ones added to the engine in one
+        call, in the order given (binding each series alone cost ~1 ms: 10 s for 10,000 at start)."""
+        out: list[int] = []
+        new: list[tuple[int, SeriesDevice, str]] = []
+        for dev, metric in wanted:
+            idx = self._index.get((dev.device_id, metric))
+            if idx is None:
+                new.append((len(out), dev, metric))
+                idx = -1
+            out.append(idx)
+        if new:
+            ids = self.engine.add_series([SeriesKey(d.stream, d.device_id, metric, d.device_type)
+                                          for _, d, metric in new]).tolist()
+            for (pos, d, metric), idx in zip(new, ids):
+                self._index[(d.device_id, metric)] = out[pos] = idx
+                self.meta.append(SeriesMeta(d.id, d.device_id, d.region, d.stream, metric))
+        return out
+
     @property
     def has_rules(self) -> bool:
         """False while no rule is enabled: the caller may skip building the batch's arrays."""
@@ -205,14 +224,17 @@ class AlarmService:
             known_of.append(known)
         devices, metrics = batch.devices, batch.metrics
         found: list[int] = []
+        missing: list[tuple[int, int, int]] = []  # (position in found, device key, metric key)
         for dk, mk in zip((uniq[order] // n_metrics).tolist(), (uniq[order] % n_metrics).tolist()):
-            known, metric = known_of[dk], metrics[mk]
-            i = known.get(metric)
+            i = known_of[dk].get(metrics[mk])
             if i is None:
-                dev = devices[dk]
-                i = known[metric] = self._series(dev.id, dev.device_id, dev.region, dev.stream, metric,
-                                                 dev.device_type)
+                missing.append((len(found), dk, mk))
+                i = -1
             found.append(i)
+        if missing:  # one catalogue update for all of them: a cold start meets thousands at once
+            new = self._series_many([(devices[dk], metrics[mk]) for _, dk, mk in missing])
+            for (pos, dk, mk), i in zip(missing, new):
+                found[pos] = known_of[dk][metrics[mk]] = i
         series = np.empty(len(uniq), np.int32)
         series[order] = found
         return PendingAlerts(self.engine.update_many(series[inverse.reshape(-1)], batch.ts_ns, batch.value,

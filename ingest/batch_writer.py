@@ -1,10 +1,17 @@
 """The one module that writes telemetry with asyncpg: batched, idempotent inserts (the registry rows it
 needs go through ingest/device_store.py).
 
-Per batch, one transaction: COPY into per-connection TEMP staging tables (``ON COMMIT DELETE ROWS``,
-created once in the pool's ``init`` hook), then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into
-the hypertables. COPY cannot do ON CONFLICT, and the unique indexes (device[, metric], time) are what
-make a redelivered message a no-op. Times travel as int ns and become timestamptz in SQL, exactly.
+Per batch, one transaction. Readings (the bulk) are sorted by the unique key (device, metric, time) and
+COPYed in PostgreSQL's binary format straight into the hypertable: no staging table, no statement
+executor per row, no text parsing, and the index insertions walk the b-tree in order (``bench ingest``:
+7.1 PostgreSQL CPU-s per million readings, against 15.3 for ``INSERT ... SELECT FROM unnest(...) ON
+CONFLICT DO NOTHING`` and 15.0 for the former text COPY into staging; README, benchmarks). COPY cannot do ON CONFLICT, so a batch holding a reading already stored (a message
+redelivered after a crash) fails with a unique violation and is written again through staging.
+
+The other tables, and that second attempt, COPY into per-connection TEMP staging tables (``ON COMMIT
+DELETE ROWS``, created once in the pool's ``init`` hook), then ``INSERT ... SELECT ... ON CONFLICT DO
+NOTHING`` into the hypertables: the unique indexes (device[, metric], time) are what make a redelivered
+message a no-op. Times travel as int ns and become timestamptz exactly (in SQL, or ``pg_copy``).
 """
 from __future__ import annotations
 
@@ -13,9 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
+import numpy as np
 
 from wulian.ingest import device_store
-from wulian.ingest.rows import BatchRows, EventRow
+from wulian.ingest import metrics as m
+from wulian.ingest.pg_copy import micros_since_pg_epoch, readings_copy
+from wulian.ingest.rows import BatchRows, EventRow, ReadingColumns
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +71,7 @@ FROM stage_device_events s JOIN devices d ON d.device_id = s.device_id
 ON CONFLICT DO NOTHING"""
 
 _READING_COLS = ["ts_ns", "device", "metric", "value", "flag"]
+_READING_TABLE_COLS = ["time", "device", "metric", "value", "flag"]
 _POSITION_COLS = ["ts_ns", "device", "lat", "lon", "speed_kmh", "heading", "altitude_m", "alarm_bits",
                   "status_bits", "mileage_km", "extra", "protocol_edition"]
 _TRAFFIC_COLS = ["ts_ns", "device", "speed_kmh", "flow_vph", "occupancy"]
@@ -102,6 +113,32 @@ class WriteResult:
 
 def _inserted(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
+
+
+class _AlreadyStored(Exception):
+    """The direct COPY met a reading already in ``readings``: the batch is written again via staging."""
+
+
+async def copy_readings(con: asyncpg.Connection, cols: ReadingColumns, direct: bool) -> int:
+    """Write readings inside the caller's transaction; returns rows inserted.
+
+    ``direct``: binary COPY into ``readings`` (raises ``_AlreadyStored``, the transaction then aborted, if
+    any reading is there already); else binary COPY into staging and ``INSERT ... ON CONFLICT DO
+    NOTHING``, which skips those. Sorted by the unique index's key either way."""
+    cols = cols.take(np.lexsort((cols.ts_ns, cols.metric, cols.device)))
+    if cols.flag.dtype != np.uint8:  # a flag that is not one ASCII letter: the generic text COPY
+        await con.copy_records_to_table("stage_readings", records=cols.records(), columns=_READING_COLS)
+        return _inserted(await con.execute(_INSERT_READINGS))
+    if direct:
+        data = readings_copy(micros_since_pg_epoch(cols.ts_ns), cols.device, cols.metric, cols.value, cols.flag)
+        try:
+            await con.copy_to_table("readings", source=data, format="binary", columns=_READING_TABLE_COLS)
+        except asyncpg.UniqueViolationError as exc:
+            raise _AlreadyStored() from exc
+        return len(cols)
+    data = readings_copy(cols.ts_ns, cols.device, cols.metric, cols.value, cols.flag)
+    await con.copy_to_table("stage_readings", source=data, format="binary", columns=_READING_COLS)
+    return _inserted(await con.execute(_INSERT_READINGS))
 
 
 async def write_events(con: asyncpg.Connection, events: list[EventRow]) -> int:
@@ -156,14 +193,22 @@ class BatchWriter:
 
         ``also`` runs inside the same transaction (the alarm engine's transitions), first; ``last`` at its
         end with the counts (cluster mode: the partition's committed sequence)."""
+        try:
+            return await self._write(rows, also, last, direct=True)
+        except _AlreadyStored:
+            m.READINGS_RESTAGED.inc()
+            log.info("batch of %d readings holds some already stored (redelivered): written via staging",
+                     len(rows.readings))
+            return await self._write(rows, also, last, direct=False)
+
+    async def _write(self, rows: BatchRows, also, last, direct: bool) -> WriteResult:
         res = WriteResult(staged=rows.n_records, dead_letters=len(rows.dead_letters))
         async with self.pool.acquire() as con:
             async with con.transaction():
                 if also is not None:
                     await also(con)
                 if rows.readings:
-                    await con.copy_records_to_table("stage_readings", records=rows.readings, columns=_READING_COLS)
-                    res.per_table["readings"] = n = _inserted(await con.execute(_INSERT_READINGS))
+                    res.per_table["readings"] = n = await copy_readings(con, rows.readings, direct)
                     res.inserted += n
                 if rows.positions:
                     await con.copy_records_to_table("stage_positions", records=rows.positions, columns=_POSITION_COLS)

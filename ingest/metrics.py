@@ -22,3 +22,6 @@ BACKLOG = Gauge("wulian_ingest_backlog_messages", "messages received from the br
 ALERTS = Counter("wulian_alerts_total", "alert transitions written", ["event"])
 ALERT_EVENTS_PUBLISHED = Counter(
     "wulian_alert_events_published_total", "alert events published to MQTT from the cluster outbox (PUBACKed)")
+READINGS_RESTAGED = Counter(
+    "wulian_ingest_batches_restaged_total",
+    "batches whose direct binary COPY met an already stored reading and were written again via staging")

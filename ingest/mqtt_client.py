@@ -95,6 +95,7 @@ class MqttConsumer:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_message_raw = self._on_message_raw  # BufferedClient: no MQTTMessage per message
         self.received = 0
         self.acked = 0
         self.stale_acks = 0
@@ -132,17 +133,27 @@ class MqttConsumer:
 
     def _on_message(self, client, userdata, msg: MQTTMessage) -> None:
         try:
-            self._queue.append(InMessage(self._gen, msg.mid, msg.qos, msg.topic, msg.payload))
-            self.received += 1
-            # after the append: get_batch sets _waiting before it last looks at the queue, so either it
-            # sees this message or this sees it waiting. (Testing "was the queue empty" before the append
-            # lost the wake-up when get_batch emptied the queue in between: the last messages of a
-            # burst sat unread until more came, found by bench ingest draining 100,000 messages.)
-            if self._waiting and self._loop is not None:
-                self._waiting = False
-                self._loop.call_soon_threadsafe(self._wake.set)
+            self._take(msg.mid, msg.qos, msg.topic, msg.payload)
         except Exception:  # an exception escaping a callback kills paho's network thread
             log.exception("mqtt on_message failed (topic %r)", getattr(msg, "topic", "?"))
+
+    def _on_message_raw(self, mid: int, qos: int, topic: bytes, payload: bytes) -> None:
+        try:
+            self._take(mid, qos, topic.decode("utf-8"), payload)
+        except Exception:  # e.g. a topic that is not UTF-8, as with paho's MQTTMessage.topic
+            log.exception("mqtt on_message failed (topic %r)", topic)
+
+    def _take(self, mid: int, qos: int, topic: str, payload: bytes) -> None:
+        """Queue one received message (paho's network thread)."""
+        self._queue.append(InMessage(self._gen, mid, qos, topic, payload))
+        self.received += 1
+        # after the append: get_batch sets _waiting before it last looks at the queue, so either it
+        # sees this message or this sees it waiting. (Testing "was the queue empty" before the append
+        # lost the wake-up when get_batch emptied the queue in between: the last messages of a
+        # burst sat unread until more came, found by bench ingest draining 100,000 messages.)
+        if self._waiting and self._loop is not None:
+            self._waiting = False
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     # -- asyncio side --------------------------------------------------------------------------
     async def start(self, timeout: float = 10.0) -> None:

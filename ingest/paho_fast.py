@@ -4,10 +4,14 @@ What is patched (measured together about 2x on receive, README: benchmarks):
 - ``Client._sock_recv`` / ``loop_read`` / ``_sock_close`` (``BufferedClient``): paho reads each packet with
   two or more ``recv()`` calls and goes back to ``select()`` after each; the socket is read in 256 KiB
   chunks and paho's reads are served from that buffer, drained before returning to ``select()``;
-- ``Client._sockpairW`` (``BufferedClient.ack_batch``): one wake-up of the network thread per batch of
-  PUBACKs instead of one per ack;
+- ``Client._sockpairW`` / ``_packet_queue`` (``BufferedClient.ack_batch``): a batch of PUBACKs is one
+  queued write (one wake-up of the network thread, one ``send()``) instead of one of each per ack;
 - ``paho.mqtt._packet.decode_publish`` (:func:`install`): an MQTT 5 PUBLISH without properties skips
-  building a ``Properties`` object (about a sixth of ingest's CPU at 15,000 msg/s, py-spy).
+  building a ``Properties`` object (about a sixth of ingest's CPU at 15,000 msg/s, py-spy);
+- ``Client._handle_publish`` (``BufferedClient``, when ``on_message_raw`` is set and no per-filter
+  callback is): a QoS 0/1 PUBLISH goes to ``on_message_raw(mid, qos, topic bytes, payload)`` without an
+  ``MQTTMessage``, a debug-log format, a topic-filter walk and two topic decodes per message (the network
+  thread's share of ingest's CPU, py-spy, issue 14). QoS 2 and everything else stay paho's.
 
 And one correctness fix (``OrderedClient.publish``): stock paho sends a QoS 1/2 message published
 while it reconnects (CONNECT sent, CONNACK not yet handled) at once, ahead of the older unacknowledged
@@ -26,11 +30,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import struct
 import threading
 from importlib.metadata import version as _dist_version
 
 from paho.mqtt import _packet
-from paho.mqtt.client import CallbackAPIVersion, Client
+from paho.mqtt.client import MQTT_LOG_ERR, CallbackAPIVersion, Client
 from paho.mqtt.enums import MessageState, MQTTErrorCode, MQTTProtocolVersion, _ConnectionState
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -39,10 +44,14 @@ log = logging.getLogger(__name__)
 
 VERIFIED_PAHO = frozenset({"2.2.0"})  # paho-mqtt versions whose internals these patches were checked against
 READ_CHUNK = 256 * 1024
+_PUBACK = struct.Struct("!BBH").pack  # fixed header, remaining length 2, packet identifier
 
 
 class StockClient(Client):
-    """Stock paho plus the one method the consumer needs: acknowledge a batch."""
+    """Stock paho plus the one method the consumer needs: acknowledge a batch. ``on_message_raw`` is
+    used by ``BufferedClient`` only (stock paho calls ``on_message``)."""
+
+    on_message_raw = None  # (mid, qos, topic: bytes, payload: bytes) -> None
 
     def ack_batch(self, acks: list[tuple[int, int]]) -> None:
         for mid, qos in acks:
@@ -124,25 +133,48 @@ class BufferedClient(OrderedClient):
         self._rbuf, self._rpos = b"", 0
         super()._sock_close()
 
-    def ack_batch(self, acks: list[tuple[int, int]]) -> None:
-        """PUBACK many messages with one wake-up of the network thread instead of one per ack.
-
-        ``_packet_queue`` writes a byte to paho's wake-up socket pair for every packet queued from
-        another thread; thousands of acks per batch meant thousands of syscalls and thread switches.
-        The network thread itself never needs the wake (it selects for writing while packets are
-        queued), so it is held back while the batch is queued and sent once after."""
-        wake = self._sockpairW
-        self._sockpairW = None
-        try:
-            for mid, qos in acks:
-                self.ack(mid, qos)
-        finally:
-            self._sockpairW = wake
-        if wake is not None and acks:
+    def _handle_publish(self) -> MQTTErrorCode:
+        raw = self.on_message_raw
+        header = self._in_packet["command"]
+        if raw is None or header & 0x06 == 0x04 or self._on_message_filtered._root._children:
+            return super()._handle_publish()  # QoS 2, or per-filter callbacks: paho's own path
+        p = _packet.decode_publish(header, self._in_packet["packet"], self._protocol)
+        with self._in_callback_mutex:
             try:
-                wake.send(b"0")
-            except BlockingIOError:
-                pass
+                raw(p.mid, p.qos, p.topic, p.payload)
+            except Exception as err:  # as paho treats an exception in on_message
+                self._easy_log(MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
+        if p.qos == 1 and not self._manual_ack:
+            return self._send_puback(p.mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack_batch(self, acks: list[tuple[int, int]]) -> None:
+        """PUBACK many messages as one queued write: one wake-up of the network thread and one ``send()``
+        instead of one of each per ack (thousands per batch), and no per-ack packet dict and debug log.
+
+        Each PUBACK is the 4-byte form paho's ``_send_command_with_mid`` builds (MQTT 5.0 3.4.2.1: reason
+        code and properties omitted for Success), concatenated in the order given, which is arrival
+        order (MQTT 5.0 4.6). Anything but QoS 1 under manual ack goes through paho's ``ack`` one by one."""
+        if not acks:
+            return
+        if not self._manual_ack or any(qos != 1 for _, qos in acks):
+            wake = self._sockpairW
+            self._sockpairW = None  # queued without a wake-up each; one wake-up below
+            try:
+                for mid, qos in acks:
+                    self.ack(mid, qos)
+            finally:
+                self._sockpairW = wake
+            if wake is not None:
+                try:
+                    wake.send(b"0")
+                except BlockingIOError:
+                    pass
+            return
+        packet = b"".join([_PUBACK(PacketTypes.PUBACK << 4, 2, mid) for mid, _ in acks])
+        self._packet_queue(PacketTypes.PUBACK << 4, packet, acks[-1][0], 1)
 
 
 def _params(fn) -> list[str]:
@@ -161,6 +193,8 @@ def internals_problems() -> list[str]:
         "Client._send_publish": (getattr(Client, "_send_publish", None),
                                  ["self", "mid", "topic", "payload", "qos", "retain", "dup", "info", "properties"]),
         "_packet.decode_publish": (getattr(_packet, "decode_publish", None), ["header", "packet", "protocol"]),
+        "Client._packet_queue": (getattr(Client, "_packet_queue", None),
+                                 ["self", "command", "packet", "mid", "qos", "info"]),
         "_packet.PublishPacket": (getattr(_packet, "PublishPacket", None),
                                   ["dup", "qos", "retain", "topic", "mid", "properties", "payload"]),
     }
@@ -168,8 +202,19 @@ def internals_problems() -> list[str]:
                 for name, (fn, params) in want.items() if fn is None or _params(fn) != params]
     if "_sock_recv(self._in_packet['to_process'])" not in inspect.getsource(Client._packet_read):
         problems.append("Client._packet_read no longer reads through _sock_recv")
-    if "_packet.decode_publish(" not in inspect.getsource(Client._handle_publish):
+    handle_src = inspect.getsource(Client._handle_publish)
+    if "_packet.decode_publish(" not in handle_src:
         problems.append("Client._handle_publish no longer calls _packet.decode_publish")
+    for needle in ('self._in_packet["command"]', 'self._in_packet["packet"]', "self._manual_ack",
+                   "self._send_puback(message.mid)"):
+        if needle not in handle_src:
+            problems.append(f"Client._handle_publish no longer uses {needle}")
+    if "struct.pack('!BBH', command, remaining_length, mid)" not in inspect.getsource(Client._send_command_with_mid):
+        problems.append("Client._send_command_with_mid no longer builds the 4-byte PUBACK")
+    if "self._send_puback(mid)" not in inspect.getsource(Client.ack):
+        problems.append("Client.ack no longer sends a PUBACK for QoS 1")
+    if "self._on_message_filtered.iter_match(" not in inspect.getsource(Client._handle_on_message):
+        problems.append("Client._handle_on_message no longer matches _on_message_filtered")
     # OrderedClient: a publish whose _send_publish says NO_CONN is kept as MQTT_MS_PUBLISH, and the
     # CONNACK resends the MQTT_MS_PUBLISH messages in order
     pub_src, connack_src = inspect.getsource(Client.publish), inspect.getsource(Client._handle_connack)
@@ -178,11 +223,15 @@ def internals_problems() -> list[str]:
     if "m.state == mqtt_ms_publish" not in connack_src:
         problems.append("Client._handle_connack no longer resends mqtt_ms_publish messages")
     client = vars(Client(CallbackAPIVersion.VERSION2, client_id="wulian-paho-check"))
-    for attr in ("_sock", "_sockpairW", "_state", "_out_messages", "_out_message_mutex"):
+    for attr in ("_sock", "_sockpairW", "_state", "_out_messages", "_out_message_mutex", "_in_packet",
+                 "_in_callback_mutex", "_manual_ack", "_on_message_filtered"):
         if attr not in client:
             problems.append(f"Client().{attr}: missing")
     if not isinstance(client.get("_out_message_mutex"), type(threading.RLock())):
         problems.append("Client()._out_message_mutex is not an RLock")
+    root = getattr(client.get("_on_message_filtered"), "_root", None)
+    if not isinstance(getattr(root, "_children", None), dict):
+        problems.append("Client()._on_message_filtered._root._children: missing")
     return problems
 
 

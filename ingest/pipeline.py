@@ -27,16 +27,18 @@ import numpy as np
 import orjson
 
 from wulian.core.arrays import ReadingArrays, SeriesDevice
-from wulian.core.const import FLAG_NORMAL
-from wulian.core.model import Decoded
+from wulian.core.const import FLAG_NORMAL, Kind
+from wulian.core.model import Decoded, ScalarRecord
 from wulian.ingest import metrics as m
 from wulian.ingest.batch_writer import BatchWriter, DeviceInfo, WriteResult
 from wulian.ingest.codecs.contract import PayloadLimits
 from wulian.ingest.codecs.errors import CodecError
 from wulian.ingest.codecs.registry import decode_message
+from wulian.ingest.codecs.telemetry import decode_scalar_fast
 from wulian.ingest.mqtt_client import InMessage, MqttConsumer
 from wulian.ingest.retention import apply_retention
-from wulian.ingest.rows import BatchRows, DeadLetter, EventRow, event_rows, pg_text
+from wulian.ingest.rows import BatchRows, DeadLetter, EventRow, ReadingColumns, event_rows, pg_text
+from wulian.ingest.stream_registry import current
 from wulian.ingest.topics import Topic, parse_topic
 
 if TYPE_CHECKING:
@@ -110,19 +112,40 @@ def _repaired(msg: InMessage, topic: Topic, repairs: tuple[str, ...]) -> None:
              extra={"topic": msg.topic, "device": topic.device_id, "repairs": list(repairs)})
 
 
+def metric_names(readings) -> list[str]:
+    """The metric of each reading (a ``ScalarRecord`` has them as a list already)."""
+    return readings.names if type(readings) is ScalarRecord else [r.metric for r in readings]
+
+
 def build_rows(items: list[Item], devices: dict[str, DeviceInfo], metric_ids: dict[str, int]) -> BatchRows:
+    """The batch's rows. Readings become typed columns: per message one run (time, device, flag, length)
+    and its names and values appended whole; the arrays are made once per batch."""
     rows = BatchRows()
-    readings, positions, traffic, seen = rows.readings, rows.positions, rows.traffic, rows.last_seen
+    positions, traffic, seen = rows.positions, rows.traffic, rows.last_seen
+    run_ts: list[int] = []
+    run_dev: list[int] = []
+    run_flag: list[str] = []
+    run_len: list[int] = []
+    names: list[str] = []
+    values: list[float] = []
     for it in items:
         if it.events:
             rows.events.extend(it.events)
         dev = devices[it.topic.device_id].id
         d = it.decoded
         newest = 0
-        for r in d.readings:
-            readings.append((r.ts_ns, dev, metric_ids[r.metric], r.value, r.flag))
-            if r.ts_ns > newest:
-                newest = r.ts_ns
+        rd = d.readings
+        if type(rd) is ScalarRecord:
+            names.extend(rd.names)
+            values.extend(rd.values)
+            run_ts.append(rd.ts_ns); run_dev.append(dev); run_flag.append(rd.flag); run_len.append(len(rd.names))
+            newest = rd.ts_ns
+        else:
+            for r in rd:
+                names.append(r.metric); values.append(r.value)
+                run_ts.append(r.ts_ns); run_dev.append(dev); run_flag.append(r.flag); run_len.append(1)
+                if r.ts_ns > newest:
+                    newest = r.ts_ns
         for p in d.positions:
             positions.append((p.ts_ns, dev, p.lat, p.lon, p.speed_kmh, p.heading, p.altitude_m, p.alarm_bits,
                               p.status_bits, p.mileage_km, orjson.dumps(p.extra).decode() if p.extra else None,
@@ -133,6 +156,9 @@ def build_rows(items: list[Item], devices: dict[str, DeviceInfo], metric_ids: di
             newest = max(newest, t.ts_ns)
         if newest and newest > seen.get(dev, 0):
             seen[dev] = newest
+    if names:
+        rows.readings = ReadingColumns.from_runs(run_ts, run_dev, run_flag, run_len,
+                                                 map(metric_ids.__getitem__, names), values)
     return rows
 
 
@@ -147,10 +173,11 @@ def reading_arrays(items: list[Item], devices: dict[str, DeviceInfo]) -> Reading
     run_dev: list[int] = []  # device key of each run of values from one message
     run_len: list[int] = []
     names: list[str] = []
-    ts: list[int] = []
     vals: list[float] = []
+    ts: list[int] = []  # per run of values sharing time and flag (a ScalarRecord is one run)
     flags: list[str] = []
-    a_name, a_ts, a_val, a_flag = names.append, ts.append, vals.append, flags.append
+    ts_len: list[int] = []
+    a_name, a_ts, a_val, a_flag, a_len = names.append, ts.append, vals.append, flags.append, ts_len.append
     for it in items:
         t = it.topic
         d = it.decoded
@@ -159,28 +186,34 @@ def reading_arrays(items: list[Item], devices: dict[str, DeviceInfo]) -> Reading
             info = devices[t.device_id]
             k = dev_key[t.device_id] = len(refs)
             refs.append(SeriesDevice(info.id, t.device_id, t.region, str(t.stream), info.device_type))
-        n0 = len(ts)
-        for r in d.readings:
-            a_name(r.metric); a_ts(r.ts_ns); a_val(r.value); a_flag(r.flag)
+        n0 = len(vals)
+        rd = d.readings
+        if type(rd) is ScalarRecord:
+            names.extend(rd.names); vals.extend(rd.values); a_ts(rd.ts_ns); a_flag(rd.flag); a_len(len(rd.names))
+        else:
+            for r in rd:
+                a_name(r.metric); a_ts(r.ts_ns); a_val(r.value); a_flag(r.flag); a_len(1)
         for p in d.positions:
             for name, v in (("speed_kmh", p.speed_kmh), ("alarm_bits", float(p.alarm_bits)),
                             ("status_bits", float(p.status_bits))):
-                a_name(name); a_ts(p.ts_ns); a_val(v); a_flag(FLAG_NORMAL)
+                a_name(name); a_ts(p.ts_ns); a_val(v); a_flag(FLAG_NORMAL); a_len(1)
         for o in d.traffic:
             for name, v in (("speed_kmh", o.speed_kmh), ("flow_vph", o.flow_vph), ("occupancy", o.occupancy)):
                 if v is not None:
-                    a_name(name); a_ts(o.ts_ns); a_val(v); a_flag(FLAG_NORMAL)
-        if len(ts) > n0:
+                    a_name(name); a_ts(o.ts_ns); a_val(v); a_flag(FLAG_NORMAL); a_len(1)
+        if len(vals) > n0:
             run_dev.append(k)
-            run_len.append(len(ts) - n0)
-    n = len(ts)
+            run_len.append(len(vals) - n0)
+    n = len(vals)
     met_key: collections.defaultdict[str, int] = collections.defaultdict()
     met_key.default_factory = met_key.__len__  # a name not seen yet gets the next key
     metric = np.fromiter(map(met_key.__getitem__, names), np.int32, n)
+    lens = np.asarray(ts_len, np.int64)
     return ReadingArrays(
         tuple(refs), tuple(met_key),
         np.repeat(np.asarray(run_dev, np.int32), np.asarray(run_len, np.int64)),
-        metric, np.fromiter(ts, np.int64, n), np.fromiter(vals, np.float64, n), _flag_letters(flags),
+        metric, np.repeat(np.asarray(ts, np.int64), lens), np.fromiter(vals, np.float64, n),
+        np.repeat(_flag_letters(flags), lens),
     )
 
 
@@ -222,6 +255,9 @@ class Ingestor:
         now = self.clock_ns()
         limits = self.config.limits
         topics = self._topics
+        streams = current()
+        scalar, ranges = streams.scalar, streams.ranges
+        items = batch.items
         for msg in messages:
             topic = topics.get(msg.topic)
             try:
@@ -229,6 +265,11 @@ class Ingestor:
                     topic = parse_topic(msg.topic, self.config.topic_prefix)
                     if len(topics) < 1_000_000:
                         topics[msg.topic] = topic
+                if topic.kind is Kind.TELEMETRY and topic.stream in scalar:
+                    decoded = decode_scalar_fast(msg.payload, now, limits, ranges.get(topic.stream))
+                    if decoded is not None:  # the common message, valid: nothing more to check
+                        items.append(Item(msg, topic, decoded, ()))
+                        continue
                 decoded = decode_message(topic.stream, topic.kind, msg.payload, now, limits)
                 # an event that cannot be stored refuses its message here, not the batch's transaction
                 events = event_rows(topic.device_id, decoded, now) if decoded.events else []
@@ -241,7 +282,7 @@ class Ingestor:
                 continue
             if decoded.repairs:
                 _repaired(msg, topic, decoded.repairs)
-            batch.items.append(Item(msg, topic, decoded, events))
+            items.append(Item(msg, topic, decoded, events))
         return batch
 
     async def _decoder(self) -> None:
@@ -270,11 +311,13 @@ class Ingestor:
                                         f"registered as {dev.region}/{dev.stream}"))
             else:
                 ok.append(it)
-                names.update(r.metric for r in it.decoded.readings)
+                names.update(metric_names(it.decoded.readings))
         metric_ids = await self.writer.resolve_metrics(names) if names else {}
+        if all(map(metric_ids.__contains__, names)):
+            return ok, devices, metric_ids
         items = []
         for it in ok:
-            unknown = next((r.metric for r in it.decoded.readings if r.metric not in metric_ids), None)
+            unknown = next((n for n in metric_names(it.decoded.readings) if n not in metric_ids), None)
             if unknown is not None:
                 batch.dead.append(_dead(it.msg, it.topic, "unknown_metric", unknown))
             else:

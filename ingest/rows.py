@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import orjson
 
 from wulian.core.const import EVENT_KIND_PATTERN
@@ -41,9 +43,53 @@ EventRow = tuple[int, str, str, str | None, str]
 
 
 @dataclass(slots=True)
+class ReadingColumns:
+    """A batch's scalar readings as typed columns (struct of arrays), in batch order: the writer sorts
+    and COPYs them in binary without a Python object per reading."""
+
+    ts_ns: np.ndarray  # int64, Unix ns
+    device: np.ndarray  # int32, devices.id
+    metric: np.ndarray  # int32, metrics.id
+    value: np.ndarray  # float64
+    flag: np.ndarray  # uint8 letters when every flag is one ASCII letter (the data flags are), else str objects
+
+    def __len__(self) -> int:
+        return len(self.ts_ns)
+
+    @classmethod
+    def empty(cls) -> "ReadingColumns":
+        return cls(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.float64),
+                   np.empty(0, np.uint8))
+
+    @classmethod
+    def from_runs(cls, run_ts: list[int], run_dev: list[int], run_flag: list[str], run_len: list[int],
+                  metric: Iterable[int], value: list[float]) -> "ReadingColumns":
+        """Columns from runs of readings sharing time, device and flag (one run per record); ``metric``
+        and ``value`` have one entry per reading."""
+        n = len(value)
+        lens = np.asarray(run_len, np.int64)
+        text = "".join(run_flag)
+        if len(text) == len(run_flag) and text.isascii() and "" not in run_flag:  # each one ASCII letter
+            flags = np.frombuffer(text.encode("ascii"), np.uint8)
+        else:
+            flags = np.array(run_flag, object)
+        return cls(np.repeat(np.asarray(run_ts, np.int64), lens), np.repeat(np.asarray(run_dev, np.int32), lens),
+                   np.fromiter(metric, np.int32, n), np.fromiter(value, np.float64, n), np.repeat(flags, lens))
+
+    def records(self) -> list[tuple[int, int, int, float, str]]:
+        """(ts_ns, device, metric, value, flag) tuples: the generic (text) COPY path."""
+        flag = self.flag
+        flags = (bytes(flag).decode("ascii") if flag.dtype == np.uint8 else flag.tolist())
+        return list(zip(self.ts_ns.tolist(), self.device.tolist(), self.metric.tolist(), self.value.tolist(), flags))
+
+    def take(self, order: np.ndarray) -> "ReadingColumns":
+        return ReadingColumns(self.ts_ns[order], self.device[order], self.metric[order], self.value[order],
+                              self.flag[order])
+
+
+@dataclass(slots=True)
 class BatchRows:
-    # (ts_ns, device, metric, value, flag)
-    readings: list[tuple[int, int, int, float, str]] = field(default_factory=list)
+    readings: ReadingColumns = field(default_factory=ReadingColumns.empty)
     # (ts_ns, device, lat, lon, speed, heading, altitude, alarm_bits, status_bits, mileage, extra_json,
     #  protocol_edition)
     positions: list[tuple] = field(default_factory=list)

@@ -67,6 +67,22 @@ def test_buffered_client_serves_paho_reads_from_one_recv():
         b.close()
 
 
+def test_ack_batch_sends_the_bytes_paho_acks_would_as_one_write():
+    """One queued write holding, in order, exactly the PUBACKs paho's ``ack`` queues one by one."""
+    acks = [(1, 1), (300, 1), (65535, 1), (7, 1)]
+    ours = paho_fast.BufferedClient(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
+    stock = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
+    ours.ack_batch(acks)
+    for mid, qos in acks:
+        stock.ack(mid, qos)
+    assert len(ours._out_packet) == 1 and len(stock._out_packet) == len(acks)
+    assert ours._out_packet[0]["packet"] == b"".join(p["packet"] for p in stock._out_packet)
+    # QoS 2 in the batch: paho's own acks (PUBCOMP), one per message, still one wake-up
+    mixed = paho_fast.BufferedClient(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
+    mixed.ack_batch([(1, 1), (2, 2)])
+    assert [p["packet"][0] >> 4 for p in mixed._out_packet] == [4, 7]  # PUBACK, PUBCOMP
+
+
 def test_unverified_paho_runs_stock_and_says_so(caplog):
     with caplog.at_level(logging.WARNING, logger="wulian.ingest.paho_fast"):
         assert paho_fast.install("9.9.9") is paho_fast.StockClient

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import orjson
 
 from wulian.core.const import DATA_FLAGS, FLAG_NORMAL, METRIC_PATTERN, Kind, Stream
-from wulian.core.model import Decoded, Position, Reading, TrafficObservation
+from wulian.core.model import Decoded, Position, Reading, ScalarRecord, TrafficObservation
 from wulian.ingest.codecs.contract import PayloadLimits, check_size
 from wulian.ingest.codecs.errors import CodecError
 from wulian.ingest.stream_registry import current
@@ -22,6 +22,7 @@ KIND = Kind.TELEMETRY
 
 _METRIC_RE = re.compile(METRIC_PATTERN)
 _valid_metrics: set[str] = set()  # names already checked against METRIC_PATTERN (names repeat)
+_NUMBER_TYPES = frozenset((float, int))  # bool is its own type: refused, as by _scalar
 _NS = 1_000_000_000
 
 
@@ -156,3 +157,43 @@ def decode_telemetry(stream: Stream, payload: bytes, limits: PayloadLimits = Pay
 def decode_payload(stream: Stream, payload: bytes, now_ns: int, limits: PayloadLimits) -> Decoded:
     """The codec entry point (``contract.DecodeFn``): records carry their own times."""
     return decode_telemetry(stream, payload, limits)
+
+
+def decode_scalar_fast(payload: bytes, now_ns: int, limits: PayloadLimits, ranges) -> Decoded | None:
+    """The common message of a scalar stream, one record ``{"ts": <epoch ms>, "values": {name: number}}``
+    (``"flag"`` optional), that passes every check of ``registry.decode_message``: decoded without a
+    ``Reading`` per value (a ``ScalarRecord``). Anything else (batches, ISO times, per-value flags, a
+    metric name not validated yet) and anything refused gives None: the caller then runs
+    ``decode_message``, the reference, which decodes it or says why not. ``ranges``: the stream's
+    plausible ranges (``StreamRegistry.ranges``), or None. The caller checked kind and stream."""
+    if len(payload) > limits.max_bytes or limits.max_records < 1:
+        return None
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict or "batch" in doc:
+        return None
+    ts, values = doc.get("ts"), doc.get("values")
+    if type(ts) is not int or type(values) is not dict or not values:
+        return None
+    flag = doc.get("flag")
+    if flag is None:
+        flag = FLAG_NORMAL
+    elif type(flag) is not str or flag not in DATA_FLAGS:
+        return None
+    names = list(values)
+    if not _valid_metrics.issuperset(names):
+        return None
+    vals = list(values.values())
+    if not _NUMBER_TYPES.issuperset(map(type, vals)):  # a float from orjson is finite (JSON has no NaN)
+        return None
+    ts_ns = ts * 1_000_000
+    if not now_ns - limits.past_limit_ns <= ts_ns <= now_ns + limits.future_tolerance_ns:
+        return None
+    if ranges:
+        for name in values.keys() & ranges.keys():
+            lo, hi = ranges[name]
+            if not lo <= float(values[name]) <= hi:
+                return None
+    return Decoded(ScalarRecord(ts_ns, names, vals, flag), (), (), ())  # nothing else: shared empty tuples
