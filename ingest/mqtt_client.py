@@ -292,19 +292,29 @@ class MqttPublisher:
         if fut is not None:
             self._loop.call_soon_threadsafe(_resolve, fut, ok)
 
-    def connect(self, timeout: float = 10.0) -> "MqttPublisher":
+    def _connect_args(self) -> dict:
         if self.params.protocol == 4:  # MQTT 3.1.1: the session is the constructor's clean_session
-            self._client.connect(self.params.host, self.params.port, self.params.keepalive)
-        else:
-            props = None
-            if self.persistent:
-                props = Properties(PacketTypes.CONNECT)
-                props.SessionExpiryInterval = self.params.session_expiry_s
-            self._client.connect(self.params.host, self.params.port, self.params.keepalive,
-                                 clean_start=not self.persistent, properties=props)
+            return {}
+        props = None
+        if self.persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.params.session_expiry_s
+        return dict(clean_start=not self.persistent, properties=props)
+
+    def connect(self, timeout: float = 10.0) -> "MqttPublisher":
+        self._client.connect(self.params.host, self.params.port, self.params.keepalive, **self._connect_args())
         self._client.loop_start()
         if not self._connected.wait(timeout):
             raise ConnectionError(f"cannot connect to MQTT broker {self.params.host}:{self.params.port}")
+        return self
+
+    def connect_in_background(self) -> "MqttPublisher":
+        """Connect (and reconnect) on paho's thread without waiting: for a publisher whose messages can
+        wait, such as a worker's alert-event outbox, so the process does not need the broker up to start;
+        QoS 1 messages published meanwhile are sent once the connection is made."""
+        self._client.connect_async(self.params.host, self.params.port, self.params.keepalive,
+                                   **self._connect_args())
+        self._client.loop_start()
         return self
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1):

@@ -375,8 +375,8 @@ class Worker:
 
         nc = await j.connect(self.urls, f"worker-{self.name}")
         if self.mqtt is not None:
-            self.publisher = MqttPublisher(self.mqtt)
-            await asyncio.to_thread(self.publisher.connect)
+            # alert events wait in the outbox while the broker is away: ingest does not depend on it
+            self.publisher = MqttPublisher(self.mqtt).connect_in_background()
         try:
             got = await j.ensure_stream(nc, self.partitions, self.replicas)
             self.partitions = got
