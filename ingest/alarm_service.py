@@ -7,8 +7,20 @@ in the same transaction as the data, publish them to MQTT after the commit.
 - Alert rows follow ``core.alarms.lifecycle``; the partial unique index on open alerts makes a RAISE
   for an alert that is already open an update, so a restart from an older engine snapshot never
   duplicates an alert, and a CLEAR for an alert that is no longer open is a no-op.
-- Engine state (pending periods, hysteresis) is saved every ``save_interval_s`` and on shutdown. After a
-  kill -9 it resumes from the last snapshot: a pending period restarts from there at worst.
+- Engine state (pending periods, hysteresis) is saved every ``save_interval_s`` and on shutdown. Between
+  snapshots a *pending journal* (``alarm_pending_journal``) keeps what a kill -9 would otherwise lose:
+  acknowledged messages are never redelivered, so a pending period that began after the snapshot would
+  restart from the snapshot's view and its raise come late or never (``wulian chaos --pending-rule``).
+  Each batch's transaction upserts the bindings of that batch whose pending or keep-firing period,
+  open/closed state or flatline run start changed (``AlarmEngine.changed_since``), with a batch number
+  (``seq``: a later batch's row wins whatever the commit order of pipelined transactions); a restart applies
+  the rows newer than the snapshot on top of it, then ``_reconcile`` takes open/closed from the alerts
+  table. Saving a snapshot deletes the rows it covers. Chosen over (a) replaying ``readings`` newer than
+  the snapshot at start: readings are keyed by measurement time, not commit order, so which late or
+  out-of-order rows the engine accepted before the crash cannot be told apart afterwards, and the replay
+  would scan three hypertables at each start. The journal costs the batch one ``watch`` copy of its
+  bindings' state rows (24 bytes each), a vectorised compare, and one upsert statement only when a pending
+  state changed; it is skipped in cluster mode, whose snapshot is committed with every batch.
 - Missing-data rules are evaluated by a timer (``tick``), not only when data arrives.
 - One lock serialises batch evaluation+write, timer ticks and snapshots, so transitions reach the
   database in the order the engine produced them.
@@ -51,13 +63,30 @@ class SeriesMeta:
 class PendingAlerts:
     transitions: Transitions
     events: list[dict] = field(default_factory=list)  # filled by write(), published after commit
+    journal: dict[str, np.ndarray] | None = None  # bindings whose pending state changed (AlarmEngine.changed_since)
+    seq: int = 0  # the batch number of ``journal``
 
 
 def _title(rule: Rule, metric: str) -> str:
     return f"{rule.name} ({metric})" if metric else rule.name
 
 
+_JOURNAL_UPSERT = (
+    "INSERT INTO alarm_pending_journal AS j (name, rule_id, device_id, metric, device, region, stream, seq, count,"
+    " since_ns, ref_ts_ns, ref_value, seen_ts_ns)"
+    " SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::integer[], $6::text[], $7::text[],"
+    " $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::float8[], $13::bigint[])"
+    " ON CONFLICT (name, rule_id, device_id, metric) DO UPDATE SET seq = EXCLUDED.seq, count = EXCLUDED.count,"
+    " since_ns = EXCLUDED.since_ns, ref_ts_ns = EXCLUDED.ref_ts_ns, ref_value = EXCLUDED.ref_value,"
+    " seen_ts_ns = EXCLUDED.seen_ts_ns, device = EXCLUDED.device, region = EXCLUDED.region,"
+    " stream = EXCLUDED.stream WHERE j.seq < EXCLUDED.seq")
+
+
 class AlarmService:
+    # city mode journals pending-state changes between snapshots; a subclass whose snapshot is committed
+    # with every batch (cluster mode's PartitionAlarms) turns it off
+    journal_pending = True
+
     def __init__(self, pool: asyncpg.Pool, publish: Callable[[str, bytes], None] | None = None,
                  topic_prefix: str = "wl", save_interval_s: float = 30.0, tick_interval_s: float = 5.0,
                  rules_poll_s: float = 10.0, clock_ns: Callable[[], int] = time.time_ns,
@@ -83,6 +112,7 @@ class AlarmService:
         self._tasks: list[asyncio.Task] = []
         self.raised = 0
         self.cleared = 0
+        self._seq = 0  # batch number of the newest journalled change (monotonic across restarts)
 
     # -- setup ------------------------------------------------------------------------------------
     async def _load_rules(self, con) -> list[Rule]:
@@ -114,6 +144,9 @@ class AlarmService:
                 log.warning("alarm engine snapshot not usable (%s): starting with fresh state", exc)
                 self.engine = AlarmEngine(rules)
                 self.meta, self._index, self._by_device = [], {}, {}
+        if self.journal_pending:
+            async with self.pool.acquire() as con:
+                await self._replay_journal(con)
         if self.reconcile:
             async with self.pool.acquire() as con:
                 await self._reconcile(con, snap["saved_at"] if snap is not None else None)
@@ -170,6 +203,45 @@ class AlarmService:
             seen[s] = max(seen[s], t_ns)
         self.engine.load_state(st)
         log.info("alarm engine reconciled with %d alerts (%d states corrected)", len(want), fixed)
+
+    async def _replay_journal(self, con) -> None:
+        """Apply the pending-state changes committed after the restored snapshot (``seq`` above its own)."""
+        top = await con.fetchval("SELECT coalesce(max(seq), 0) FROM alarm_pending_journal WHERE name = $1",
+                                 self.state_name)
+        rows = await con.fetch(
+            "SELECT j.rule_id, j.device, j.device_id, j.region, j.stream, j.metric, d.device_type, j.count,"
+            " j.since_ns, j.ref_ts_ns, j.ref_value, j.seen_ts_ns"
+            " FROM alarm_pending_journal j JOIN devices d ON d.id = j.device"
+            " WHERE j.name = $1 AND j.seq > $2 AND j.rule_id = ANY($3::bigint[])",
+            self.state_name, self._seq, list(self._rules))
+        self._seq = max(self._seq, int(top))
+        if not rows:
+            return
+        series = [self._series(r["device"], r["device_id"], r["region"], r["stream"], r["metric"], r["device_type"])
+                  for r in rows]
+        cols = {"binding_series": (series, np.int64), "binding_rule_id": ([r["rule_id"] for r in rows], np.int64)}
+        for name, dtype in (("count", np.int64), ("since_ns", np.int64), ("ref_ts_ns", np.int64),
+                            ("ref_value", np.float64), ("seen_ts_ns", np.int64)):
+            cols[name] = ([r[name] for r in rows], dtype)
+        self.engine.apply_changes({k: np.asarray(v, dt) for k, (v, dt) in cols.items()})
+        log.info("alarm engine: %d pending-state changes since the snapshot applied", len(rows))
+
+    async def _journal(self, con: asyncpg.Connection, pending: PendingAlerts) -> None:
+        """Upsert this batch's pending-state changes (sorted by key: concurrent batches lock rows in one
+        order)."""
+        j = pending.journal
+        if j is None or j["binding_series"].shape[0] == 0:
+            return
+        meta = self.meta
+        rows = sorted((r, meta[s].device_id, meta[s].metric, s, i) for i, (s, r) in enumerate(
+            zip(j["binding_series"].tolist(), j["binding_rule_id"].tolist())))
+        at = [x[4] for x in rows]
+        ms = [meta[x[3]] for x in rows]
+        await con.execute(
+            _JOURNAL_UPSERT, self.state_name, [x[0] for x in rows], [x[1] for x in rows], [x[2] for x in rows],
+            [x.device for x in ms], [x.region for x in ms], [x.stream for x in ms], [pending.seq] * len(rows),
+            *(j[name][at].tolist() for name in ("count", "since_ns", "ref_ts_ns", "ref_value", "seen_ts_ns")))
+        m.ALARM_JOURNAL_ROWS.inc(len(rows))
 
     # -- series -----------------------------------------------------------------------------------
     def _series(self, dev, device_id: str, region: str, stream: str, metric: str, device_type: str | None) -> int:
@@ -237,12 +309,21 @@ class AlarmService:
                 found[pos] = known_of[dk][metrics[mk]] = i
         series = np.empty(len(uniq), np.int32)
         series[order] = found
-        return PendingAlerts(self.engine.update_many(series[inverse.reshape(-1)], batch.ts_ns, batch.value,
-                                                     batch.flag))
+        watched = self.engine.watch(series) if self.journal_pending else None
+        pending = PendingAlerts(self.engine.update_many(series[inverse.reshape(-1)], batch.ts_ns, batch.value,
+                                                        batch.flag))
+        if watched is not None:
+            changes = self.engine.changed_since(watched)
+            if changes["binding_series"].shape[0]:
+                self._seq += 1
+                pending.journal, pending.seq = changes, self._seq
+        return pending
 
     # -- writing ----------------------------------------------------------------------------------
     async def write(self, con: asyncpg.Connection, *, pending: PendingAlerts) -> None:
-        """Apply transitions to the alerts table; call inside the batch's transaction."""
+        """Apply transitions (and journal pending-state changes) to the database; call inside the batch's
+        transaction."""
+        await self._journal(con, pending)
         tr = pending.transitions
         if len(tr) == 0:
             return
@@ -338,7 +419,8 @@ class AlarmService:
         arrays = self.engine.state_arrays()
         meta = orjson.dumps([[x.device, x.device_id, x.region, x.stream, x.metric] for x in self.meta])
         keys = orjson.dumps([[k.stream, k.device_id, k.metric, k.device_type] for k in self.engine.catalogue.keys()])
-        np.savez(buf, meta=np.frombuffer(meta, np.uint8), keys=np.frombuffer(keys, np.uint8), **arrays)
+        np.savez(buf, meta=np.frombuffer(meta, np.uint8), keys=np.frombuffer(keys, np.uint8),
+                 journal_seq=np.array([self._seq], np.int64), **arrays)
         return buf.getvalue()
 
     def _restore(self, blob: bytes) -> None:
@@ -346,6 +428,8 @@ class AlarmService:
             data = {k: z[k] for k in z.files}
         keys = [SeriesKey(*k) for k in orjson.loads(data.pop("keys").tobytes())]
         meta = [SeriesMeta(*x) for x in orjson.loads(data.pop("meta").tobytes())]
+        seq = data.pop("journal_seq", None)  # absent in snapshots older than the pending journal
+        self._seq = int(seq[0]) if seq is not None else 0
         self.engine.add_series(keys)
         self.meta = meta
         self._index = {(x.device_id, x.metric): i for i, x in enumerate(meta)}
@@ -353,11 +437,16 @@ class AlarmService:
         self.engine.load_state(data)
 
     async def save_state(self, con: asyncpg.Connection | None = None) -> None:
-        """Upsert the snapshot, on ``con`` (inside the caller's transaction) or a pooled connection."""
+        """Upsert the snapshot, on ``con`` (inside the caller's transaction) or a pooled connection, and
+        delete the journal rows it covers. Call under ``lock`` (the snapshot and ``_seq`` must agree)."""
         if con is None:
             async with self.pool.acquire() as con:
-                return await self.save_state(con)
+                async with con.transaction():
+                    return await self.save_state(con)
         await con.execute(
             "INSERT INTO alarm_engine_state (name, state) VALUES ($1, $2)"
             " ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, saved_at = now()",
             self.state_name, self._snapshot())
+        if self.journal_pending:
+            await con.execute("DELETE FROM alarm_pending_journal WHERE name = $1 AND seq <= $2",
+                              self.state_name, self._seq)

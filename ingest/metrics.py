@@ -20,6 +20,8 @@ COMMIT_SECONDS = Histogram("wulian_ingest_commit_seconds", "write+commit time pe
 WRITE_FAILURES = Counter("wulian_ingest_write_failures_total", "batches whose transaction failed (retried)")
 BACKLOG = Gauge("wulian_ingest_backlog_messages", "messages received from the broker, not yet written")
 ALERTS = Counter("wulian_alerts_total", "alert transitions written", ["event"])
+ALARM_JOURNAL_ROWS = Counter("wulian_alarm_journal_rows_total",
+                             "pending-state changes journalled between alarm engine snapshots (city mode)")
 ALERT_EVENTS_PUBLISHED = Counter(
     "wulian_alert_events_published_total", "alert events published to MQTT from the cluster outbox (PUBACKed)")
 READINGS_RESTAGED = Counter(

@@ -67,6 +67,8 @@ class PartitionAlarms(AlarmService):
     transitions (batches and timer ticks), never on its own, so it always matches what is committed. Its
     alert events go to the partition's outbox in that transaction (when the worker publishes events)."""
 
+    journal_pending = False  # the snapshot itself is committed with each batch
+
     def __init__(self, *args, partition: int, outbox: bool, **kw) -> None:
         super().__init__(*args, **kw)
         self.partition = partition

@@ -270,6 +270,10 @@ class AlarmEngine:
         seen = np.asarray(state["seen_ts_ns"], np.int64)
         n = min(seen.shape[0], self._n_series)
         self._seen[:n] = seen[:n]
+        self._load_bindings(state)
+
+    def _load_bindings(self, state: dict[str, np.ndarray]) -> None:
+        """Overwrite the state of the bindings named in ``state`` (by series and rule id); others unchanged."""
         n_rules = len(self._table)
         if n_rules == 0 or self._n_bindings == 0:
             return
@@ -290,6 +294,44 @@ class AlarmEngine:
             self._bacc[dst] = np.asarray(acc, np.float64)[hit]
         for name, col in _STATE_COLUMNS:
             self._bstate[dst, col] = np.asarray(state[name], np.int64)[hit]
+
+    # -- pending journal (city mode: what changed since the last snapshot, see ingest.alarm_service) -------
+
+    def watch(self, series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The bindings of ``series`` (distinct, bound) and a copy of their state rows, before an update."""
+        s = np.asarray(series, np.int64)
+        start = self._ptr[s]
+        counts = self._ptr[s + 1] - start
+        b = np.repeat(start - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+        return b, self._bstate[b].copy()
+
+    def changed_since(self, watched: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+        """State rows of the watched bindings whose pending or keep-firing period (``since``), open/closed
+        state or flatline run start changed since ``watch``, in the ``load_state`` layout plus the series'
+        ``seen_ts_ns`` per row. Rate and trend references move with every reading: not included."""
+        b, before = watched
+        now = self._bstate[b]
+        changed = (now[:, K.S_SINCE] != before[:, K.S_SINCE]) | ((now[:, K.S_COUNT] > 0) != (before[:, K.S_COUNT] > 0))
+        rule = self._b_rule[b]
+        changed |= (self._table.ri[rule, K.RI_KIND] == K.FLATLINE) & (now[:, K.S_REF_TS] != before[:, K.S_REF_TS])
+        c = b[changed]
+        series = self._b_series[c]
+        out = {"binding_series": series.astype(np.int64), "binding_rule_id": self._table.ids[self._b_rule[c]],
+               "ref_value": self._bref[c].copy(), "seen_ts_ns": self._seen[series].copy()}
+        for name, col in _STATE_COLUMNS:
+            out[name] = self._bstate[c, col].copy()
+        return out
+
+    def apply_changes(self, rows: dict[str, np.ndarray]) -> None:
+        """Put ``changed_since`` rows back (on top of an older snapshot): their bindings take the rows' state,
+        their series' newest accepted time rises to the rows' ``seen_ts_ns``."""
+        self._bind_new_series()
+        series = np.asarray(rows["binding_series"], np.int64)
+        if series.shape[0] == 0:
+            return
+        ok = series < self._n_series
+        np.maximum.at(self._seen, series[ok], np.asarray(rows["seen_ts_ns"], np.int64)[ok])
+        self._load_bindings(rows)
 
     # -- compilation -----------------------------------------------------------------------------------
 
