@@ -299,27 +299,21 @@ class AlarmEngine:
 
     def watch(self, series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The bindings of ``series`` (distinct, bound) and a copy of their state rows, before an update."""
-        s = np.asarray(series, np.int64)
-        start = self._ptr[s]
-        counts = self._ptr[s + 1] - start
-        b = np.repeat(start - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
-        return b, self._bstate[b].copy()
+        return K.watch_bindings(np.ascontiguousarray(series, np.int64), self._ptr[: self._n_series + 1],
+                                self._bstate[: self._n_bindings])
 
     def changed_since(self, watched: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
         """State rows of the watched bindings whose pending or keep-firing period (``since``), open/closed
         state or flatline run start changed since ``watch``, in the ``load_state`` layout plus the series'
         ``seen_ts_ns`` per row. Rate and trend references move with every reading: not included."""
         b, before = watched
-        now = self._bstate[b]
-        changed = (now[:, K.S_SINCE] != before[:, K.S_SINCE]) | ((now[:, K.S_COUNT] > 0) != (before[:, K.S_COUNT] > 0))
-        rule = self._b_rule[b]
-        changed |= (self._table.ri[rule, K.RI_KIND] == K.FLATLINE) & (now[:, K.S_REF_TS] != before[:, K.S_REF_TS])
-        c = b[changed]
+        c = K.changed_bindings(b, before, self._bstate[: self._n_bindings], self._b_rule[: self._n_bindings],
+                               self._table.ri)
         series = self._b_series[c]
         out = {"binding_series": series.astype(np.int64), "binding_rule_id": self._table.ids[self._b_rule[c]],
-               "ref_value": self._bref[c].copy(), "seen_ts_ns": self._seen[series].copy()}
+               "ref_value": self._bref[c], "seen_ts_ns": self._seen[series]}
         for name, col in _STATE_COLUMNS:
-            out[name] = self._bstate[c, col].copy()
+            out[name] = self._bstate[c, col]
         return out
 
     def apply_changes(self, rows: dict[str, np.ndarray]) -> None:
@@ -347,5 +341,7 @@ def warmup() -> None:
              Rule(3, "rising", RuleKind.TREND, high=9.0, horizon_s=60.0)]
     for rs in (rules, rules[:2]):  # with and without trend sums (their array's shape differs)
         eng = AlarmEngine(rs, [SeriesKey("air", "d", "m")])
+        watched = eng.watch(np.array([0]))
         eng.update_many([0, 0], [2, 1], [2.0, 0.0], np.array([78, 78], np.uint8))
+        eng.changed_since(watched)
         eng.tick(5_000_000_000)

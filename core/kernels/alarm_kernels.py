@@ -454,3 +454,38 @@ def evaluate_timers(now, b_series, b_rule, rf, ri, seen_ts, bstate, bref):
                 m += 1
     return (out_b[:m].copy(), out_kind[:m].copy(), out_ts[:m].copy(), out_value[:m].copy(),
             out_flag[:m].copy(), out_count[:m].copy())
+
+
+@njit(cache=True, nogil=True)
+def watch_bindings(series, series_ptr, bstate):
+    """The bindings of ``series`` and a copy of their state rows, gathered in one pass (before a batch)."""
+    n = 0
+    for i in range(series.shape[0]):
+        n += series_ptr[series[i] + 1] - series_ptr[series[i]]
+    b = np.empty(n, np.int64)
+    rows = np.empty((n, S_COLS), np.int64)
+    k = 0
+    for i in range(series.shape[0]):
+        for j in range(series_ptr[series[i]], series_ptr[series[i] + 1]):
+            b[k] = j
+            for c in range(S_COLS):
+                rows[k, c] = bstate[j, c]
+            k += 1
+    return b, rows
+
+
+@njit(cache=True, nogil=True)
+def changed_bindings(b, before, bstate, b_rule, ri):
+    """Those of the watched bindings ``b`` whose pending or keep-firing period (since), open/closed state or
+    flatline run start changed since ``before`` (``watch_bindings``)."""
+    out = np.empty(b.shape[0], np.int64)
+    m = 0
+    for k in range(b.shape[0]):
+        j = b[k]
+        changed = bstate[j, S_SINCE] != before[k, S_SINCE] or (bstate[j, S_COUNT] > 0) != (before[k, S_COUNT] > 0)
+        if not changed and ri[b_rule[j], RI_KIND] == FLATLINE:
+            changed = bstate[j, S_REF_TS] != before[k, S_REF_TS]
+        if changed:
+            out[m] = j
+            m += 1
+    return out[:m].copy()
