@@ -13,14 +13,16 @@ in the same transaction as the data, publish them to MQTT after the commit.
   restart from the snapshot's view and its raise come late or never (``wulian chaos --pending-rule``).
   Each batch's transaction upserts the bindings of that batch whose pending or keep-firing period,
   open/closed state or flatline run start changed (``AlarmEngine.changed_since``), with a batch number
-  (``seq``: a later batch's row wins whatever the commit order of pipelined transactions); a restart applies
-  the rows newer than the snapshot on top of it, then ``_reconcile`` takes open/closed from the alerts
-  table. Saving a snapshot deletes the rows it covers. Chosen over (a) replaying ``readings`` newer than
-  the snapshot at start: readings are keyed by measurement time, not commit order, so which late or
-  out-of-order rows the engine accepted before the crash cannot be told apart afterwards, and the replay
-  would scan three hypertables at each start. The journal costs the batch one ``watch`` copy of its
-  bindings' state rows (24 bytes each), a vectorised compare, and one upsert statement only when a pending
-  state changed; it is skipped in cluster mode, whose snapshot is committed with every batch.
+  ``seq`` (a later batch's row wins whatever order overlapping batch transactions commit in). A restart
+  applies the rows newer than the snapshot on top of it, then ``_reconcile`` takes open/closed from the
+  alerts table; saving a snapshot deletes the rows it covers. Chosen over (a) replaying ``readings``
+  newer than the snapshot at start: readings are keyed by measurement time, not commit order, so which
+  late or out-of-order rows the engine accepted before the crash cannot be told apart afterwards, and
+  the replay would scan three hypertables at each start. Cost per batch: one gather of its bindings'
+  state rows and one compare (numba, ``alarm_kernels.watch_bindings``/``changed_bindings``; measured
+  ~0.6-0.8 ms per 5,000 readings x 3 rules with 3,700 pending changes per batch, a worst case, against
+  1.8-2.6 ms for the engine itself, shared 2-core AMD EPYC), plus one upsert statement when something
+  changed. Cluster mode skips it: its snapshot is committed with every batch.
 - Missing-data rules are evaluated by a timer (``tick``), not only when data arrives.
 - One lock serialises batch evaluation+write, timer ticks and snapshots, so transitions reach the
   database in the order the engine produced them.
