@@ -27,8 +27,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from wulian.ingest import jetstream as j
-from wulian.ingest.codecs.errors import CodecError
-from wulian.ingest.topics import parse_topic
+from wulian.ingest.router import topic_partition
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +112,7 @@ class NatsFrontDoorRouter:
         self._part: dict[str, int] = {}
 
     def partition(self, topic: str) -> int:
-        p = self._part.get(topic)
-        if p is None:
-            try:
-                p = j.partition_of(parse_topic(topic, self.prefix).device_id, self.partitions)
-            except CodecError:
-                p = 0  # the worker dead-letters what does not parse
-            if len(self._part) < 1_000_000:
-                self._part[topic] = p
-        return p
+        return topic_partition(self._part, topic, self.prefix, self.partitions)
 
     async def _route(self, js, msgs) -> None:
         rx = str(time.time_ns())
@@ -176,12 +167,22 @@ class NatsFrontDoorRouter:
             await ensure_front_door(nc, self.prefix, self.batch, timeout=3600)
             js = nc.jetstream(timeout=10)
             while True:  # active while holding the lease, standby otherwise
-                kv, rev = await self._acquire(js)
+                try:
+                    kv, rev = await self._acquire(js)
+                except nats.errors.Error as exc:  # e.g. the bucket's node killed: the client reconnects
+                    log.warning("router %s: lease bucket unavailable (%r); retrying", self.name, exc)
+                    await asyncio.sleep(LEASE_RENEW_S)
+                    continue
                 renew = asyncio.create_task(self._renew(kv, rev))
                 try:
                     await self._pull(js, renew)
                 except LeaseLost as exc:
                     log.warning("%s; standby", exc)
+                except nats.errors.Error as exc:
+                    # a NATS node died under a request (consumer info, a lease call): what this router
+                    # did not ack comes back to whoever pulls next, in order, so stand by and start over
+                    log.warning("router %s: NATS request failed (%r); standing by", self.name, exc)
+                    await asyncio.sleep(LEASE_RENEW_S)
                 finally:
                     renew.cancel()
         finally:

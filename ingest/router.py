@@ -29,6 +29,21 @@ def shared_subscriptions(prefix: str = "wl") -> list[str]:
     return [f"$share/{SHARE_GROUP}/{prefix}/+/{s.value}/+/+" for s in Stream]
 
 
+def topic_partition(cache: dict[str, int], topic: str, prefix: str, partitions: int) -> int:
+    """The partition of a message: a stable hash of its topic's device id, cached per topic (a router
+    sees the same devices' topics again and again). A topic that does not parse goes to partition 0,
+    whose worker dead-letters it with the reason."""
+    p = cache.get(topic)
+    if p is None:
+        try:
+            p = j.partition_of(parse_topic(topic, prefix).device_id, partitions)
+        except CodecError:
+            p = 0
+        if len(cache) < 1_000_000:
+            cache[topic] = p
+    return p
+
+
 class Router:
     def __init__(self, params: MqttParams, nats_urls: list[str], partitions: int, replicas: int,
                  prefix: str = "wl", batch: int = 2000, batch_delay_s: float = 0.02) -> None:
@@ -44,15 +59,7 @@ class Router:
         self._part: dict[str, int] = {}
 
     def partition(self, topic: str) -> int:
-        p = self._part.get(topic)
-        if p is None:
-            try:
-                p = j.partition_of(parse_topic(topic, self.prefix).device_id, self.partitions)
-            except CodecError:
-                p = 0
-            if len(self._part) < 1_000_000:
-                self._part[topic] = p
-        return p
+        return topic_partition(self._part, topic, self.prefix, self.partitions)
 
     async def _publish_all(self, js, messages: list[InMessage]) -> None:
         rx = str(time.time_ns())
