@@ -163,8 +163,14 @@ class NatsFrontDoorRouter:
     async def run(self) -> None:
         nc = await j.connect(self.urls, f"router-{self.name}")
         try:
-            self.partitions = await j.ensure_stream(nc, self.partitions, self.replicas)
-            await ensure_front_door(nc, self.prefix, self.batch, timeout=3600)
+            while True:  # a node restarting or a leader election answers nothing for a few seconds
+                try:
+                    self.partitions = await j.ensure_stream(nc, self.partitions, self.replicas)
+                    await ensure_front_door(nc, self.prefix, self.batch, timeout=3600)
+                    break
+                except nats.errors.Error as exc:
+                    log.warning("router %s: JetStream not answering (%r); retrying", self.name, exc)
+                    await asyncio.sleep(LEASE_RENEW_S)
             js = nc.jetstream(timeout=10)
             while True:  # active while holding the lease, standby otherwise
                 try:
