@@ -1,23 +1,19 @@
 """Cold-chain profile: trips and their temperature compliance (ingest/jobs/coldchain.py)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
-from wulian.api.errors import BadQuery
 from wulian.api.paging import Page, paging
+from wulian.api.time_range import check_range, utc
 from wulian.api.schemas_profiles import TripPublic, TripsPublic
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN
 
 router = APIRouter(prefix="/v1/coldchain", tags=["coldchain"])
-
-
-def _utc(dt: datetime | None) -> datetime | None:
-    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
 
 
 @router.get("/trips", response_model=TripsPublic)
@@ -34,9 +30,8 @@ async def trips(
 ):
     """Trips (waybills: dispatch to delivery sign-off), newest first: compliance = share of the trip's time
     inside the product's band; minutes without a temperature reading count as not compliant."""
-    start, end = _utc(from_), _utc(to)
-    if start and end and end < start:
-        raise BadQuery("'to' must not be before 'from'")
+    start, end = utc(from_), utc(to)
+    check_range(start, end)
     async with pool.acquire() as con:
         rows = await con.fetch(
             "SELECT d.device_id, d.region, t.start_time, t.end_time, t.open, t.low_c, t.high_c,"

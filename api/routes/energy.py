@@ -2,7 +2,7 @@
 profile (ingest/jobs/energy.py)."""
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -11,6 +11,7 @@ from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import BadQuery
 from wulian.api.paging import Page, paging
+from wulian.api.time_range import check_range, utc
 from wulian.api.schemas_profiles import EnergyAnomaliesPublic, EnergyAnomaly, EnergyDay, EnergyDaysPublic
 from wulian.core.const import REGION_PATTERN
 from wulian.core.timebase import china_today
@@ -60,9 +61,8 @@ async def anomalies(
     page: Annotated[Page, Depends(paging())] = Page(100),
 ):
     """Runs of hours whose electricity use was above the enterprise's hour-of-week baseline, newest first."""
-    start, end = (None if x is None else x if x.tzinfo else x.replace(tzinfo=timezone.utc) for x in (from_, to))
-    if start and end and end < start:
-        raise BadQuery("'to' must not be before 'from'")
+    start, end = utc(from_), utc(to)
+    check_range(start, end)
     async with pool.acquire() as con:
         rows = await con.fetch(
             "SELECT region, enterprise, start_time, end_time, open, hours, consumption_kwh, baseline_kwh"

@@ -14,6 +14,7 @@ from wulian.api.errors import BadQuery, NotFound
 from wulian.api.paging import Page, paging
 from wulian.api.schemas_energy import (TrackPoint, TrackPublic, VehicleKpiPublic, VehicleKpisPublic, ViolationPublic,
                                 ViolationsPublic)
+from wulian.api.time_range import check_range, utc
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
 from wulian.ingest import device_store
 
@@ -38,15 +39,6 @@ class RuleName(StrEnum):
 class KpiScope(StrEnum):
     ENTERPRISE = "enterprise"
     REGION = "region"
-
-
-def utc(dt: datetime | None) -> datetime | None:
-    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
-
-
-def check_range(start, end) -> None:
-    if start is not None and end is not None and end < start:
-        raise BadQuery("'to' must not be before 'from'")
 
 
 # Fixed paths first: /violations and /kpis must never be taken for a vehicle id.
