@@ -1,7 +1,7 @@
 """Air quality: station and city AQI (HJ 633, edition per period), hourly or daily."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -13,6 +13,7 @@ from wulian.api.deps import PoolDep, SettingsDep
 from wulian.api.errors import BadQuery, NotFound
 from wulian.api.paging import Page, paging
 from wulian.api.schemas_environment import AqiListPublic, AqiPublic
+from wulian.api.time_range import utc
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
 from wulian.ingest import device_store
 
@@ -26,9 +27,6 @@ class Report(StrEnum):
     HOURLY = "hourly"
     DAILY = "daily"
 
-
-def _utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
 
 
 def _aqi(row, station: str, report: str) -> AqiPublic:
@@ -54,7 +52,7 @@ async def aqi(
     """AQI of one station (or one city) over ``[from, to)``; each row names its HJ 633 edition."""
     if (station is None) == (city is None):
         raise BadQuery("give exactly one of 'station' or 'city'")
-    start, end = _utc(from_), _utc(to)
+    start, end = utc(from_), utc(to)
     if end <= start:
         raise BadQuery("'to' must be after 'from'")
     step_h = 1 if report is Report.HOURLY else 24

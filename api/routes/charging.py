@@ -1,21 +1,19 @@
 """Charging profile: utilisation per charger, station or district and China day (ingest/jobs/charging.py)."""
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
-from wulian.api.errors import BadQuery
 from wulian.api.paging import Page, paging
+from wulian.api.time_range import day_range
 from wulian.api.schemas_profiles import UtilisationPublic, UtilisationRow
 from wulian.core.const import REGION_PATTERN
-from wulian.core.timebase import china_today
 
 router = APIRouter(prefix="/v1/charging", tags=["charging"])
-MAX_DAYS = 366
 _KEY = {"charger": "d.device_id", "station": "u.station", "district": "u.district"}
 
 
@@ -32,12 +30,7 @@ async def utilisation(
 ):
     """Share of time charging (state 1), time-weighted over the group's chargers: sum of charging time /
     sum of time computed (a day in progress counts up to the job's last run)."""
-    last = to or china_today()
-    first = from_ or last - timedelta(days=7)
-    if last < first:
-        raise BadQuery("'to' must not be before 'from'")
-    if (last - first).days >= MAX_DAYS:
-        raise BadQuery(f"at most {MAX_DAYS} days per request")
+    first, last = day_range(from_, to, default_days=7)
     key = _KEY[by]
     async with pool.acquire() as con:
         rows = await con.fetch(

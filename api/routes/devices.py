@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Annotated
 
 import orjson
@@ -11,9 +11,9 @@ from wulian.api.deps import PoolDep
 from wulian.api.errors import BadQuery, NotFound
 from wulian.api.paging import Page, paging
 from wulian.api.paging import after_time as after_time_of
-from wulian.api.routes.meters import _utc
 from wulian.api.routes.streams import check_stream
 from wulian.api.schemas import DeviceEventPublic, DeviceEventsPublic, DevicePublic, DevicesPublic, LatestPublic, LatestValue
+from wulian.api.time_range import utc
 from wulian.core.const import DEVICE_ID_PATTERN, EVENT_KIND_PATTERN, STREAM_PATTERN, Stream
 from wulian.ingest import device_store
 
@@ -100,7 +100,7 @@ async def device_events(
 ):
     """What the device reported besides time series (registration, equipment state, meter errors, ...),
     newest first; page with ``cursor=<next_cursor>`` until ``next_cursor`` is null."""
-    start, end = _utc(from_), _utc(to)
+    start, end = utc(from_), utc(to)
     if start is not None and end is not None and end <= start:
         raise BadQuery("'to' must be after 'from'")
     after_time = after_id = None

@@ -2,22 +2,19 @@
 profile (ingest/jobs/energy.py)."""
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
-from wulian.api.errors import BadQuery
 from wulian.api.paging import Page, paging
-from wulian.api.time_range import check_range, utc
+from wulian.api.time_range import check_range, day_range, utc
 from wulian.api.schemas_profiles import EnergyAnomaliesPublic, EnergyAnomaly, EnergyDay, EnergyDaysPublic
 from wulian.core.const import REGION_PATTERN
-from wulian.core.timebase import china_today
 
 router = APIRouter(prefix="/v1/energy", tags=["energy"])
-MAX_DAYS = 366
 
 
 @router.get("/daily", response_model=EnergyDaysPublic)
@@ -32,12 +29,7 @@ async def daily(
 ):
     """Energy per enterprise and China day by carrier, and its total in tonnes of standard coal (tce;
     GB/T 2589-2020 coefficients, core/profiles/standard_coal.py)."""
-    last = to or china_today()
-    first = from_ or last - timedelta(days=30)
-    if last < first:
-        raise BadQuery("'to' must not be before 'from'")
-    if (last - first).days >= MAX_DAYS:
-        raise BadQuery(f"at most {MAX_DAYS} days per request")
+    first, last = day_range(from_, to, default_days=30)
     async with pool.acquire() as con:
         rows = await con.fetch(
             "SELECT region, enterprise, day, meters, electricity_kwh, gas_m3, steam_t, water_t, tce FROM energy_daily"

@@ -1,7 +1,7 @@
 """四表合一 meters: daily consumption of a meter and register/consumption anomalies (ingest/jobs/meters.py)."""
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -10,19 +10,16 @@ from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import BadQuery, NotFound
 from wulian.api.paging import Page, paging
+from wulian.api.time_range import check_range, day_range, utc
 from wulian.api.schemas_energy import ConsumptionDay, ConsumptionPublic, MeterAnomaliesPublic, MeterAnomalyPublic
 from wulian.core.const import DEVICE_ID_PATTERN, METRIC_PATTERN, REGION_PATTERN, Stream
-from wulian.core.timebase import china_today
 from wulian.ingest import device_store
 
 router = APIRouter(prefix="/v1/meters", tags=["meters"])
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
-MAX_DAYS = 366
 KINDS = ("backwards", "reset", "replaced", "jump", "rollover", "zero_consumption", "night_leak", "gas_never_stops")
 
 
-def _utc(dt: datetime | None) -> datetime | None:
-    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
 
 
 # Fixed path first: /anomalies must never be taken for a meter id.
@@ -40,9 +37,8 @@ async def anomalies(
 ):
     if kind is not None and kind not in KINDS:
         raise BadQuery(f"kind must be one of {', '.join(KINDS)}")
-    start, end = _utc(from_), _utc(to)
-    if start and end and end < start:
-        raise BadQuery("'to' must not be before 'from'")
+    start, end = utc(from_), utc(to)
+    check_range(start, end)
     where = """($1::text IS NULL OR d.region = $1) AND ($2::text IS NULL OR d.device_id = $2)
         AND ($3::text IS NULL OR a.kind = $3) AND ($4::bool IS NULL OR a.open = $4)
         AND ($5::timestamptz IS NULL OR a.start_time >= $5) AND ($6::timestamptz IS NULL OR a.start_time < $6)
@@ -69,12 +65,7 @@ async def consumption(
     to: Annotated[date | None, Query(description="last China-time day, inclusive (default: today)")] = None,
     page: Annotated[Page, Depends(paging(default=1000, maximum=5000))] = Page(1000),
 ):
-    last = to or china_today()
-    first = from_ or last - timedelta(days=30)
-    if last < first:
-        raise BadQuery("'to' must not be before 'from'")
-    if (last - first).days >= MAX_DAYS:
-        raise BadQuery(f"at most {MAX_DAYS} days per request")
+    first, last = day_range(from_, to, default_days=30)
     async with pool.acquire() as con:
         dev = await device_store.find(con, device_id)
         if dev is None or not user.can_see(dev["region"]):

@@ -20,7 +20,7 @@ from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import ApiError, BadQuery, NotFound
 from wulian.api.paging import ListPage, Page, paging
-from wulian.api.routes.meters import _utc
+from wulian.api.time_range import utc
 from wulian.core.alarms.rules import Severity
 from wulian.core.const import Stream
 from wulian.ingest import audit
@@ -384,7 +384,7 @@ async def list_notifications(
 ):
     """Newest first, within the key's regions; ``state=failed`` lists what needs a look (``last_error``)."""
     user.require("operator")
-    start, end = _utc(from_), _utc(to)
+    start, end = utc(from_), utc(to)
     if start is not None and end is not None and end <= start:
         raise BadQuery("'to' must be after 'from'")
     async with pool.acquire() as con:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -11,6 +11,7 @@ from wulian.api.deps import PoolDep, SettingsDep
 from wulian.api.errors import BadQuery, NotFound
 from wulian.api.paging import Page, paging
 from wulian.api.schemas import ReadingBucket, ReadingsPublic
+from wulian.api.time_range import utc
 from wulian.core.const import DEVICE_ID_PATTERN, METRIC_PATTERN
 from wulian.core.timebase import CHINA_TZ_NAME
 
@@ -27,9 +28,6 @@ def parse_bucket(text: str) -> timedelta:
     return timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
 
 
-def _utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
-
 
 @router.get("", response_model=ReadingsPublic)
 async def readings(
@@ -43,7 +41,7 @@ async def readings(
     bucket: Annotated[str, Query(description="30s, 5m, 1h, 1d (China-time days)")] = "5m",
     page: Annotated[Page, Depends(paging(default=1000, maximum=10000))] = Page(1000),
 ):
-    start, end = _utc(from_), _utc(to)
+    start, end = utc(from_), utc(to)
     if end <= start:
         raise BadQuery("'to' must be after 'from'")
     width = parse_bucket(bucket)

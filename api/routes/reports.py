@@ -9,7 +9,7 @@ received / expected); counts and masses are sums.
 """
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -17,15 +17,15 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
-from wulian.api.errors import BadQuery
 from wulian.api.export import stream_query, wants_csv
 from wulian.api.paging import ListPage, Page, paging
+from wulian.api.time_range import day_range
 from wulian.core.const import REGION_PATTERN
 from wulian.core.environment.tables import WATER_CLASSES
 from wulian.core.timebase import CHINA_TZ_NAME, china_today
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
-MAX_DAYS = 3660  # ten years per request
+REPORT_MAX_DAYS = 3660  # ten years per request: monthly and yearly reports span years
 TZ = CHINA_TZ_NAME
 _CLASS_ARRAY = "ARRAY[" + ", ".join(f"'{c}'" for c in WATER_CLASSES) + "]"
 
@@ -162,17 +162,13 @@ GROUP BY 1, 2 ORDER BY 1, 2 LIMIT $5 OFFSET $6"""
 
 
 def _days(period: Period, first: date | None, last: date | None) -> tuple[date, date]:
-    last = last or china_today()
-    if first is None:  # the default window, cut at the first representable day (a 'to' in year 1)
+    if period is not Period.DAILY and first is None:  # monthly/yearly: from the same month a year back
+        last = last or china_today()
         try:
-            first = last - timedelta(days=30) if period is Period.DAILY else date(last.year - 1, last.month, 1)
-        except (ValueError, OverflowError):
+            first = date(last.year - 1, last.month, 1)
+        except ValueError:  # a 'to' in year 1
             first = date.min
-    if last < first:
-        raise BadQuery("'to' must not be before 'from'")
-    if (last - first).days >= MAX_DAYS:
-        raise BadQuery(f"at most {MAX_DAYS} days per request")
-    return first, last
+    return day_range(first, last, default_days=30, max_days=REPORT_MAX_DAYS)
 
 
 async def _report(request: Request, pool, user, name: str, period: Period, sql: str, first: date | None,

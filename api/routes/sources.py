@@ -1,7 +1,7 @@
 """Pollution sources: hourly values with HJ 76 validity, and exceedance episodes."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -11,6 +11,7 @@ from wulian.api.deps import PoolDep, SettingsDep
 from wulian.api.errors import BadQuery, NotFound
 from wulian.api.paging import Page, paging
 from wulian.api.schemas_environment import ExceedancePublic, ExceedancesPublic, SourceHourPublic, SourceHoursPublic
+from wulian.api.time_range import utc
 from wulian.core.const import DEVICE_ID_PATTERN, REGION_PATTERN, Stream
 from wulian.ingest import device_store
 
@@ -18,9 +19,6 @@ router = APIRouter(prefix="/v1/sources", tags=["sources"])
 _HOUR_COLS = ("time, pollutant, measured, converted, reference_o2, valid_minutes, minutes, valid, uploaded,"
               " uploaded_mismatch, flow, mass_kg, limit_value, exceeded, rule")
 
-
-def _utc(dt: datetime | None) -> datetime | None:
-    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
 
 
 @router.get("/exceedances", response_model=ExceedancesPublic)
@@ -36,7 +34,7 @@ async def exceedances(
     page: Annotated[Page, Depends(paging())] = Page(100),
 ):
     """Exceedance episodes (sources on the converted 1-h mean, boundary monitors on the 1-h mean), newest first."""
-    start, end = _utc(from_), _utc(to)
+    start, end = utc(from_), utc(to)
     if start and end and end <= start:
         raise BadQuery("'to' must be after 'from'")
     where = ("($1::text IS NULL OR d.region = $1) AND ($2::text IS NULL OR d.device_id = $2)"
@@ -66,7 +64,7 @@ async def source_hourly(
     page: Annotated[Page, Depends(paging(default=1000, maximum=10000))] = Page(1000),
 ):
     """Hourly values of one source: measured and O2-converted means, validity, emission, limit, exceeded."""
-    start, end = _utc(from_), _utc(to)
+    start, end = utc(from_), utc(to)
     if end <= start:
         raise BadQuery("'to' must be after 'from'")
     async with pool.acquire() as con:

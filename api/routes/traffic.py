@@ -1,7 +1,7 @@
 """Traffic forecasts and incidents (written every 5 minutes by the ``traffic`` derive job)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -15,6 +15,7 @@ from wulian.api.paging import DEPRECATED_ALIAS, Page, paging, pick
 from wulian.api.schemas_traffic import (
     TrafficForecastPublic, TrafficForecastsPublic, TrafficIncidentPublic, TrafficIncidentsPublic,
 )
+from wulian.api.time_range import utc
 from wulian.core.const import DEVICE_ID_PATTERN, Stream
 from wulian.ingest import device_store
 
@@ -33,9 +34,6 @@ class IncidentState(StrEnum):
     OPEN = "open"
     CLEARED = "cleared"
 
-
-def _utc(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
 
 
 def _horizon_steps(minutes: int) -> int:
@@ -111,7 +109,7 @@ async def incidents(
     page: Annotated[Page, Depends(paging(maximum=500, keyset=1))] = Page(100),
 ):
     """Incidents overlapping [from, to), newest first."""
-    since, until = _utc(pick(from_, since, "from")), _utc(pick(to, until, "to"))
+    since, until = utc(pick(from_, since, "from")), utc(pick(to, until, "to"))
     if since is not None and until is not None and until <= since:
         raise BadQuery("'to' must be after 'from'")
     async with pool.acquire() as con:

@@ -1,7 +1,7 @@
 """Lianjiang water quality: stations with their current GB 3838 class against target, and pulse events."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated
 
 import orjson
@@ -11,6 +11,7 @@ from wulian.api.auth import CurrentUser
 from wulian.api.deps import PoolDep
 from wulian.api.errors import BadQuery
 from wulian.api.paging import Page, paging
+from wulian.api.time_range import utc
 from wulian.api.schemas_environment import (
     PulseEventPublic,
     PulseEventsPublic,
@@ -23,9 +24,6 @@ from wulian.core.const import REGION_PATTERN
 router = APIRouter(prefix="/v1/water", tags=["water"])
 _CLASS = "time, overall_class, item_class::text AS item_class, means::text AS means, compliant"
 
-
-def _utc(dt: datetime | None) -> datetime | None:
-    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
 
 
 def _now(prefix: str, row) -> WaterClassNow | None:
@@ -85,7 +83,7 @@ async def events(
     page: Annotated[Page, Depends(paging())] = Page(100),
 ):
     """Pollution pulses traced upstream, newest first, with the segment each most likely entered."""
-    start, end = _utc(from_), _utc(to)
+    start, end = utc(from_), utc(to)
     if start and end and end <= start:
         raise BadQuery("'to' must be after 'from'")
     where = ("($1::text IS NULL OR d.region = $1) AND ($2::text IS NULL OR e.river = $2)"
