@@ -1,12 +1,23 @@
 """``wulian router``: MQTT (shared subscription) -> JetStream partitions; stateless, any number.
 
-Each router joins the shared subscription ``$share/wulian/<prefix>/+/<stream>/+/+`` with manual ack and
-a persistent session (Mosquitto queues a member's share while it is away, and a restarted router resumes
-it under the same client id). Per message: the partition of its device (``jetstream.partition_of``; a
-topic that does not parse goes to partition 0, where the worker dead-letters it), a publish of the raw
+Each router joins one shared subscription covering every stream, ``$share/wulian/<prefix>/+/+/+/+``,
+with manual ack and a persistent session (Mosquitto queues a member's share while it is away, and a
+restarted router resumes it under the same client id). A router needs no database: a stream created
+in the registry (``wulian stream add``) is routed as soon as its devices publish, and the worker, which
+watches the registry, decodes it or dead-letters a topic of an unknown stream (``bad_topic``). Alert
+events (``<prefix>/<region>/alerts/...``, published by the workers) match the wildcard too: acked and
+dropped here.
+
+Per message: the partition of its device (``jetstream.partition_of`` of the topic's device segment; a
+topic of another shape goes to partition 0, where the worker dead-letters it), a publish of the raw
 payload with a ``Nats-Msg-Id`` stable over re-publishes, and only once every PubAck of the batch is in,
 the MQTT acks. A router killed between PubAck and MQTT ack gets the messages again and re-publishes
 them; JetStream drops them as duplicates.
+
+Routers before the registry was routed subscribed one ``$share`` per built-in stream. A router's session
+may still hold those (and messages queued under them): it subscribes the wildcard first and unsubscribes
+the old filters only after the broker granted it (``MqttConsumer.retired``), so no message falls between
+them; a message delivered under both in that moment is published twice and dropped by JetStream.
 """
 from __future__ import annotations
 
@@ -16,29 +27,34 @@ import time
 
 from wulian.core.const import Stream
 from wulian.ingest import jetstream as j
-from wulian.ingest.codecs.errors import CodecError
 from wulian.ingest.mqtt_client import InMessage, MqttConsumer, MqttParams
-from wulian.ingest.topics import parse_topic
+from wulian.ingest.topics import device_segment, is_alert_event
 
 log = logging.getLogger(__name__)
 
 SHARE_GROUP = "wulian"
 
 
-def shared_subscriptions(prefix: str = "wl") -> list[str]:
+def shared_subscription(prefix: str = "wl") -> str:
+    """Every stream's topics, built-in or registry (``{prefix}/{region}/{stream}/{device}/{kind}``)."""
+    return f"$share/{SHARE_GROUP}/{prefix}/+/+/+/+"
+
+
+def legacy_subscriptions(prefix: str = "wl") -> list[str]:
+    """The per-stream shares of routers before registry streams were routed: unsubscribed after the
+    wildcard is granted (a router's persistent session may still hold them)."""
     return [f"$share/{SHARE_GROUP}/{prefix}/+/{s.value}/+/+" for s in Stream]
 
 
 def topic_partition(cache: dict[str, int], topic: str, prefix: str, partitions: int) -> int:
-    """The partition of a message: a stable hash of its topic's device id, cached per topic (a router
-    sees the same devices' topics again and again). A topic that does not parse goes to partition 0,
-    whose worker dead-letters it with the reason."""
+    """The partition of a message: a stable hash of its topic's device segment, cached per topic (a router
+    sees the same devices' topics again and again). No registry is consulted, so a stream created at run
+    time is partitioned like any other; a topic of another shape goes to partition 0, whose worker
+    dead-letters it with the reason."""
     p = cache.get(topic)
     if p is None:
-        try:
-            p = j.partition_of(parse_topic(topic, prefix).device_id, partitions)
-        except CodecError:
-            p = 0
+        device_id = device_segment(topic, prefix)
+        p = j.partition_of(device_id, partitions) if device_id else 0
         if len(cache) < 1_000_000:
             cache[topic] = p
     return p
@@ -47,7 +63,7 @@ def topic_partition(cache: dict[str, int], topic: str, prefix: str, partitions: 
 class Router:
     def __init__(self, params: MqttParams, nats_urls: list[str], partitions: int, replicas: int,
                  prefix: str = "wl", batch: int = 2000, batch_delay_s: float = 0.02) -> None:
-        self.consumer = MqttConsumer(params, shared_subscriptions(prefix))
+        self.consumer = MqttConsumer(params, [shared_subscription(prefix)], retired=legacy_subscriptions(prefix))
         self.urls = nats_urls
         self.partitions = partitions
         self.replicas = replicas
@@ -56,6 +72,7 @@ class Router:
         self.batch_delay_s = batch_delay_s
         self.routed = 0
         self.duplicates = 0
+        self.alert_events = 0  # alert events received on the wildcard and dropped
         self._part: dict[str, int] = {}
 
     def partition(self, topic: str) -> int:
@@ -93,9 +110,11 @@ class Router:
                      self.partitions, len(self.urls))
             while True:
                 messages = await self.consumer.get_batch(self.batch, self.batch_delay_s)
-                await self._publish_all(js, messages)
+                data = [m for m in messages if not is_alert_event(m.topic, self.prefix)]
+                await self._publish_all(js, data)
                 self.consumer.ack_many(messages)  # only now: every message is in JetStream
-                self.routed += len(messages)
+                self.routed += len(data)
+                self.alert_events += len(messages) - len(data)
         finally:
             self.consumer.stop()
             await nc.close()
