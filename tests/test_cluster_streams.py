@@ -23,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.conftest import wait_until
+from tests.helpers import disable_registry_stream_rules
 from tests.test_cluster import PARTITIONS, REGION, _owned, _publish, _q, cluster  # noqa: F401
 from tests.test_cluster_nats import _publish_311, nats_mqtt_state  # noqa: F401
 from wulian.core.streams import StreamDef
@@ -31,7 +32,8 @@ from wulian.ingest.codecs.errors import BAD_TOPIC, UNKNOWN_STREAM
 from wulian.ingest.mqtt_client import MqttParams
 from wulian.ingest.nats_front_door import ensure_front_door, mqtt_hello
 from wulian.ingest.router import Router, legacy_subscriptions
-from wulian.ingest.stream_registry import create_stream
+from wulian.ingest import stream_registry
+from wulian.ingest.stream_registry import RegistryWatcher, create_stream
 
 DEVICES = 12
 THRESHOLD = 35.0
@@ -247,3 +249,29 @@ async def test_router_moves_its_session_from_the_per_stream_shares_to_the_wildca
     assert await _q(c.dsn, "SELECT count(*) FROM dead_letters") == 0
     print(f"router session moved: {len(queued)} queued under the old shares routed, {len(during)} published during"
           f" the move, {router.duplicates} of those delivered under both filters (dropped by JetStream)")
+
+
+async def test_registry_refresh_reads_the_database_once_for_concurrent_callers(test_dsn):
+    """What a worker does on a topic of an unknown stream: ``refresh(since)`` reloads unless a reload begun
+    at or after ``since`` completed, so a stream committed before ``since`` is known after it, whether
+    or not its NOTIFY arrived, and partitions asking together share one read."""
+    before = stream_registry.current()
+    watcher = RegistryWatcher(test_dsn, poll_s=3600)
+    await watcher.start()
+    try:
+        name = f"gh{uuid.uuid4().hex[:6]}"
+        await _add_stream(test_dsn, name)
+        since = time.monotonic()
+        reloads = watcher.reloads
+        await asyncio.gather(*(watcher.refresh(since) for _ in range(8)))
+        assert name in stream_registry.current()
+        assert watcher.reloads - reloads <= 2  # one read for all eight (not eight), and the NOTIFY's own
+        seen = stream_registry.current()
+        await watcher.refresh(since)
+        assert watcher.reloads - reloads <= 2 and stream_registry.current() is seen
+        await watcher.refresh(time.monotonic())  # a later question reads again; unchanged: same object
+        assert stream_registry.current() is seen
+    finally:
+        await watcher.stop()
+        stream_registry.install(before)
+        await disable_registry_stream_rules(test_dsn)
