@@ -55,6 +55,9 @@ DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 METRIC_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
 REGION_PATTERN = r"^[a-z][a-z0-9_\-]{0,31}$"
 STREAM_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"  # a registry stream's name (core.streams), a topic segment
+# the stream segment of the alert events we publish ({prefix}/{region}/alerts/{stream}/{device_id}): no
+# stream may take it, and cluster routers (one wildcard subscription) drop these topics
+ALERTS_SEGMENT = "alerts"
 
 ALERT_CHANNEL = "wulian_alerts"  # PostgreSQL NOTIFY channel announcing every committed alert change
 # NOTIFY channel (payload: a device id) on which a change to a device's credentials or its removal is

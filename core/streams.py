@@ -15,13 +15,13 @@ from types import MappingProxyType
 from typing import Any
 
 from wulian.core.alarms.rules import Rule, RuleError
-from wulian.core.const import METRIC_PATTERN, SCALAR_STREAMS, STREAM_PATTERN, Stream
+from wulian.core.const import ALERTS_SEGMENT, METRIC_PATTERN, SCALAR_STREAMS, STREAM_PATTERN, Stream
 
 STREAMS_CHANNEL = "wulian_streams"  # NOTIFY channel: a stream row changed (payload: its name)
 OUT_OF_RANGE = "out_of_range"  # dead-letter reason of a value outside its metric's plausible range
 _STREAM_RE = re.compile(STREAM_PATTERN)
 _METRIC_RE = re.compile(METRIC_PATTERN)
-_RESERVED = frozenset({"alerts"})  # topic segment of published alerts ({prefix}/{region}/alerts/...)
+_RESERVED = frozenset({ALERTS_SEGMENT})  # topic segment of published alerts ({prefix}/{region}/alerts/...)
 
 
 class StreamError(ValueError):

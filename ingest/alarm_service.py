@@ -45,6 +45,7 @@ from wulian.core.alarms.compiler import SeriesKey
 from wulian.core.alarms.engine import AlarmEngine, Transitions
 from wulian.core.alarms.rules import Rule, RuleKind, TransitionKind
 from wulian.core.arrays import ReadingArrays, SeriesDevice
+from wulian.core.const import ALERTS_SEGMENT
 from wulian.core.kernels.alarm_kernels import NO_TS
 from wulian.ingest import metrics as m
 from wulian.ingest.alert_store import AlertTarget, UpdateCoalescer, clear_alert, raise_alert
@@ -358,7 +359,7 @@ class AlarmService:
 
     def event_topic(self, ev: dict) -> str:
         """The MQTT topic of an alert event: ``{prefix}/{region}/alerts/{stream}/{device_id}``."""
-        return f"{self.prefix}/{ev['region']}/alerts/{ev['stream']}/{ev['device_id']}"
+        return f"{self.prefix}/{ev['region']}/{ALERTS_SEGMENT}/{ev['stream']}/{ev['device_id']}"
 
     def after_commit(self, pending: PendingAlerts) -> None:
         for ev in pending.events:

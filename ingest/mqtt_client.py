@@ -80,9 +80,14 @@ def _client(params: MqttParams, *, manual_ack: bool, clean_session: bool = False
 class MqttConsumer:
     """Subscribes with QoS 1 and hands messages to asyncio; ack them with :meth:`ack_many` after commit."""
 
-    def __init__(self, params: MqttParams, topics: Iterable[str]) -> None:
+    def __init__(self, params: MqttParams, topics: Iterable[str], retired: Iterable[str] = ()) -> None:
         self.params = params
         self.topics = list(topics)
+        # filters an earlier version subscribed this session to: unsubscribed on every connect once the
+        # broker granted ``topics`` (never before, so a message matches one of them at every moment);
+        # what the session had queued under them is still delivered
+        self.retired = [t for t in retired if t not in self.topics]
+        self._sub_mid: int | None = None
         self._queue: deque[InMessage] = deque()
         self._gen = 0
         self._connected = threading.Event()
@@ -93,6 +98,7 @@ class MqttConsumer:
         self._client = _client(params, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = self._on_unsubscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_message_raw = self._on_message_raw  # BufferedClient: no MQTTMessage per message
@@ -100,6 +106,7 @@ class MqttConsumer:
         self.acked = 0
         self.stale_acks = 0
         self.subacks = 0  # SUBACKs received (add_topics' subscriptions included)
+        self.unsubacks = 0  # UNSUBACKs received (``retired``)
 
     # -- paho thread ---------------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -107,7 +114,7 @@ class MqttConsumer:
             log.error("mqtt connect refused: %s", reason_code)
             return
         self._gen += 1
-        client.subscribe([(t, 1) for t in self.topics])
+        _, self._sub_mid = client.subscribe([(t, 1) for t in self.topics])
         self._connected.set()
         log.info(
             "mqtt connected to %s:%s as %s (session present: %s, generation %d)",
@@ -116,7 +123,16 @@ class MqttConsumer:
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         self.subacks += 1
+        if mid == self._sub_mid and self.retired:
+            refused = [t for t, rc in zip(self.topics, reason_codes) if rc.is_failure]
+            if refused:
+                log.error("mqtt subscribe refused for %s: keeping the earlier filters %s", refused, self.retired)
+            else:
+                client.unsubscribe(self.retired)
         self._subscribed.set()
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self.unsubacks += 1
 
     def add_topics(self, topics: Iterable[str]) -> list[str]:
         """Subscribe to filters not yet subscribed (a stream created at run time); kept for reconnects."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Callable
+import math
+import time
+from typing import Awaitable, Callable
 
 import asyncpg
 import orjson
@@ -50,9 +52,11 @@ async def load(con: asyncpg.Connection) -> StreamRegistry:
 
 
 class RegistryWatcher:
-    """Keeps :func:`current` up to date; ``await on_change(registry)`` runs after each reload that changed it."""
+    """Keeps :func:`current` up to date; ``await on_change(registry)`` runs after each reload that changed it.
+    An unchanged reload keeps the installed object, so ``current() is seen`` tells a reader (a cluster
+    worker's partition) that nothing changed since it last looked."""
 
-    def __init__(self, dsn: str, on_change: Callable[[StreamRegistry], None] | None = None,
+    def __init__(self, dsn: str, on_change: Callable[[StreamRegistry], Awaitable[None]] | None = None,
                  poll_s: float = 30.0) -> None:
         self.dsn = dsn
         self.on_change = on_change
@@ -60,22 +64,46 @@ class RegistryWatcher:
         self._con: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()  # one query at a time on the connection; concurrent refreshes share one
+        self._loaded_from = -math.inf  # time.monotonic() when the newest reload started
         self.reloads = 0
 
-    async def start(self) -> StreamRegistry:
+    async def _connect(self) -> None:
         self._con = await asyncpg.connect(self.dsn)
         await self._con.add_listener(STREAMS_CHANNEL, lambda *_: self._wake.set())
+
+    async def start(self) -> StreamRegistry:
+        await self._connect()
+        self._loaded_from = time.monotonic()
         install(await load(self._con))  # the starting state: on_change is for later changes
         self._task = asyncio.create_task(self._run(), name="stream-registry")
         return current()
 
     async def reload(self) -> None:
+        async with self._lock:
+            await self._reload()
+
+    async def refresh(self, since: float) -> None:
+        """Reload unless a reload that started at or after ``since`` (``time.monotonic()``) has completed:
+        a cluster worker that met an unknown stream in a batch it began decoding at ``since`` asks the
+        database before dead-lettering, since the stream's NOTIFY may still be on its way."""
+        async with self._lock:
+            if self._loaded_from < since:
+                await self._reload()
+
+    async def _reload(self) -> None:
+        if self._con.is_closed():  # the database restarted: listen again (a NOTIFY meanwhile is lost,
+            await self._connect()  # the load below reads what it announced)
+        started = time.monotonic()
         new = await load(self._con)
         changed = new.streams != current().streams
-        install(new)
-        if changed and self.on_change is not None:
-            await self.on_change(new)
+        self._loaded_from = started
         self.reloads += 1
+        if changed:
+            install(new)
+            log.info("stream registry changed: %d streams (%s)", len(new.streams), ", ".join(new.names()))
+            if self.on_change is not None:
+                await self.on_change(new)
 
     async def _run(self) -> None:
         while True:
@@ -84,7 +112,7 @@ class RegistryWatcher:
             self._wake.clear()
             try:
                 await self.reload()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("stream registry reload failed (%s); keeping the current one", exc)
 
     async def stop(self) -> None:

@@ -15,6 +15,13 @@ is kept (an ack-wait redelivery after newer messages would otherwise be skipped 
 anything redelivered at or below the committed sequence is acked and skipped: no row is written twice,
 no alert fires twice.
 
+Streams: the worker watches the stream registry as city mode's ingest does (``RegistryWatcher``: LISTEN
+plus a periodic reload), so a stream created while the cluster runs (``wulian stream add``) is decoded
+without a restart. Before each batch a partition that sees a new registry reloads its engine's rules (a
+stream's default rules commit with it), so no reading of the stream is evaluated without them; a batch
+with a topic of a stream it does not know makes it ask the database once more before dead-lettering
+(``bad_topic``, "unknown stream"), since the stream's NOTIFY may not have arrived yet.
+
 Duties besides the partitions (docs/cluster.md): per partition, its owner runs the missing-data timer of
 its devices (ticks fenced by ``cluster_partitions.fence``) and publishes its alert events to MQTT from
 ``alert_publish_outbox`` (written in the transition's transaction, deleted after the PUBACK), so a takeover
@@ -39,10 +46,12 @@ from wulian.ingest import leases
 from wulian.ingest import metrics
 from wulian.ingest.alarm_service import AlarmService, PendingAlerts
 from wulian.ingest.batch_writer import BatchWriter, WriteResult
+from wulian.ingest.codecs.errors import BAD_TOPIC, UNKNOWN_STREAM
 from wulian.ingest.mqtt_client import InMessage, MqttParams, MqttPublisher
 from wulian.ingest.pipeline import Batch, IngestConfig, Ingestor, _transient, build_rows, reading_arrays
 from wulian.ingest.retention import apply_retention, set_compression, set_retention
-from wulian.ingest.rows import BatchRows
+from wulian.ingest.rows import BatchRows, DeadLetter
+from wulian.ingest.stream_registry import RegistryWatcher, current
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,10 @@ class Fenced(Exception):
 
 def state_name(partition: int) -> str:
     return f"{STATE_PREFIX}{partition}"
+
+
+def _unknown_stream(d: DeadLetter) -> bool:
+    return d.reason == BAD_TOPIC and d.detail == UNKNOWN_STREAM
 
 
 class PartitionAlarms(AlarmService):
@@ -110,6 +123,7 @@ class PartitionRunner:
         self.messages = 0
         self.task: asyncio.Task | None = None
         self.ready = asyncio.Event()  # state loaded, consumer positioned (takeover complete)
+        self.streams_seen = None  # the stream registry whose streams' rules the engine has loaded
 
     async def _load(self) -> int:
         """Claim the partition's row: the new fence waits for any transaction of the previous owner that
@@ -172,6 +186,7 @@ class PartitionRunner:
                                  tick_interval_s=w.tick_interval_s, topic_prefix=w.config.topic_prefix,
                                  rules_poll_s=w.rules_poll_s, partition=self.p, outbox=w.publisher is not None)
         alarms.fence = fence
+        self.streams_seen = current()  # before the engine loads the rules: they include these streams'
         await alarms.start()
         ing = Ingestor(None, w.writer, w.config, alarms=alarms)  # its decode and resolve, our commit
         publishing = None
@@ -221,10 +236,46 @@ class PartitionRunner:
                 run.append(InMessage(0, m.metadata.sequence.stream, 1, h.get(j.HDR_TOPIC, ""), m.data))
         return out
 
+    async def _streams_current(self, alarms: PartitionAlarms, since: float | None = None) -> None:
+        """Make the engine's rules cover the current stream registry (reloaded first, unless a reload began
+        at or after ``since``); held, retrying, while the database is unavailable."""
+        delay = 0.2
+        while True:
+            try:
+                if since is not None and self.w.registry is not None:
+                    await self.w.registry.refresh(since)
+                    since = None
+                while self.streams_seen is not current():
+                    seen = current()
+                    await alarms.reload_rules_if_changed()
+                    self.streams_seen = seen
+                return
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                log.warning("database unavailable (%s); partition %d waits for the stream registry",
+                            type(exc).__name__, self.p)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _decode_current(self, ing: Ingestor, alarms: PartitionAlarms, msgs) -> Batch:
+        """Decode against the newest stream registry, with those streams' rules in the engine. A topic of
+        an unknown stream: the registry is read again (a stream created since the last NOTIFY-driven
+        reload) and the batch decoded again if it changed; what is still unknown is dead-lettered."""
+        await self._streams_current(alarms)
+        t0 = time.monotonic()
+        batch = self._decode(ing, msgs)  # synchronous: the registry cannot change under it
+        if any(map(_unknown_stream, batch.dead)):
+            seen = self.streams_seen
+            await self._streams_current(alarms, since=t0)
+            if self.streams_seen is not seen:
+                batch = self._decode(ing, msgs)
+        return batch
+
     async def _process(self, ing: Ingestor, alarms: PartitionAlarms, msgs) -> None:
         fresh = [m for m in msgs if m.metadata.sequence.stream > self.last_seq]
         if fresh:
-            batch = self._decode(ing, fresh)
+            batch = await self._decode_current(ing, alarms, fresh)
             new_seq = fresh[-1].metadata.sequence.stream
             async with alarms.lock:
                 pending = await self._commit(ing, alarms, batch, new_seq)
@@ -316,6 +367,7 @@ class Worker:
         self.runners: dict[int, PartitionRunner] = {}
         self.pool: asyncpg.Pool | None = None
         self.writer: BatchWriter | None = None
+        self.registry: RegistryWatcher | None = None
         self.js = None
 
     async def _stop_runner(self, p: int) -> None:
@@ -386,12 +438,15 @@ class Worker:
             async with asyncpg.create_pool(self.dsn, min_size=1, max_size=8, init=init_connection) as pool:
                 self.pool = pool
                 self.writer = BatchWriter(pool, auto_register=self.auto_register)
+                self.registry = RegistryWatcher(self.dsn)
+                await self.registry.start()  # before any partition decodes: registry streams included
                 retention = asyncio.create_task(self.retention_lease.run(self._retention), name="retention-lease")
                 try:
                     await self._own_partitions()
                 finally:
                     retention.cancel()
                     await asyncio.gather(retention, return_exceptions=True)
+                    await self.registry.stop()
         finally:
             if self.publisher is not None:
                 self.publisher.close()

@@ -1,6 +1,11 @@
 """The one error type every codec raises; ``reason`` is a short stable code stored in dead letters."""
 from __future__ import annotations
 
+BAD_TOPIC = "bad_topic"
+# BAD_TOPIC's detail for a stream not in the registry; a cluster worker meeting it reloads the registry
+# before dead-lettering (the stream may have been created since it last loaded it)
+UNKNOWN_STREAM = "unknown stream"
+
 
 class CodecError(ValueError):
     """A packet or payload that cannot be accepted. ``reason`` e.g. ``bad_crc``, ``length_mismatch``."""

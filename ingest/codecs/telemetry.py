@@ -15,7 +15,7 @@ import orjson
 from wulian.core.const import DATA_FLAGS, FLAG_NORMAL, METRIC_PATTERN, Kind, Stream
 from wulian.core.model import Decoded, Position, Reading, ScalarRecord, TrafficObservation
 from wulian.ingest.codecs.contract import PayloadLimits, check_size
-from wulian.ingest.codecs.errors import CodecError
+from wulian.ingest.codecs.errors import BAD_TOPIC, UNKNOWN_STREAM, CodecError
 from wulian.ingest.stream_registry import current
 
 KIND = Kind.TELEMETRY
@@ -146,7 +146,7 @@ def decode_telemetry(stream: Stream, payload: bytes, limits: PayloadLimits = Pay
     elif stream is Stream.TRAFFIC:
         handle, sink = _traffic, out.traffic
     else:
-        raise CodecError("bad_topic", "unknown stream")
+        raise CodecError(BAD_TOPIC, UNKNOWN_STREAM)
     for rec in records:
         if not isinstance(rec, dict):
             raise CodecError("bad_record", "record is not an object")
