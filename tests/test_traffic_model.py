@@ -249,6 +249,42 @@ def test_a_lone_drop_is_not_an_incident_a_propagating_one_is():
     assert ev.segment[raised].tolist() == [2] and ev.row[raised].tolist() == [5]  # 4th low bin
 
 
+def test_a_spreading_drop_while_the_whole_network_breaks_down_is_not_raised():
+    """The same collapse spreading to both links is raised when the rest of the network is calm, but
+    not while more than ``area_max`` segments beyond its 2-hop neighbourhood drop suddenly in the same
+    half hour: that is a rush-hour breakdown everywhere (the false alarms on Los-loop's test days), not
+    an incident. With the area test off (-1) the busy network raises too."""
+    n, rows = 20, 9
+    calm = np.column_stack([wobble(60.0, rows, s) for s in range(n)])
+    calm[2:, 2] = wobble(30.0, rows - 2, 9)
+    calm[3:, 3] = wobble(45.0, rows - 3, 7)
+    calm[4:, 1] = wobble(45.0, rows - 4, 8)
+    ev = feed(chain_detector(n, area_max=3), calm)
+    assert ev.segment[ev.kind == RAISE].tolist() == [2] and ev.row[ev.kind == RAISE].tolist() == [4]
+    busy = calm.copy()
+    busy[3:, 10:] = 25.0 + np.random.default_rng(3).uniform(-1, 1, (rows - 3, n - 10))  # far away, sudden
+    ev = feed(chain_detector(n, area_max=3), busy)
+    assert 2 not in ev.segment[ev.kind == RAISE].tolist()
+    ev = feed(chain_detector(n, area_max=-1), busy)
+    assert 2 in ev.segment[ev.kind == RAISE].tolist()
+
+
+def test_a_detector_stuck_just_below_free_flow_is_a_fault_but_saturation_is_not():
+    """Los-loop clips at 70 mph, so healthy detectors repeat their top reading for hours: a flat reading
+    at the segment's training maximum is no fault. Stuck a little below it (68 of 70, which the earlier
+    0.97 cap took for saturation) it is a flatline fault."""
+    top = np.array([[max(i - 1, 0), min(i + 1, 4)] for i in range(5)], np.int32)
+    cap = np.full(5, IncidentParams().cap_fraction * 70.0)
+    det = IncidentDetector(np.ones((24, 5)), cap, top, IncidentParams(step_s=STEP_S, utc_offset_s=0))
+    obs = np.column_stack([wobble(60.0, 12, s) for s in range(5)])
+    obs[2:, 1] = 70.0  # saturated
+    obs[2:, 3] = 68.0  # stuck
+    ev = feed(det, obs)
+    faults = ev.kind == FAULT
+    assert ev.segment[faults].tolist() == [3] and FAULT_NAMES[int(ev.code[faults][0])] == "flatline"
+    assert RAISE not in ev.kind.tolist()
+
+
 def test_a_slowdown_that_reached_the_segment_from_a_link_is_not_confirmed_by_it():
     """Both links slow too, but one of them slowed before the segment did: the queue grew back into the
     segment from there (a bottleneck downstream, rush hour), so the segment is not where an incident
