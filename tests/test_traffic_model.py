@@ -19,6 +19,7 @@ from wulian.core.traffic.incidents import (
     inject_fault,
     inject_incident,
     learn_detector,
+    recurrence_table,
 )
 from wulian.core.traffic.protocol import (
     LOS_UTC_OFFSET_S,
@@ -267,6 +268,47 @@ def test_a_spreading_drop_while_the_whole_network_breaks_down_is_not_raised():
     assert 2 not in ev.segment[ev.kind == RAISE].tolist()
     ev = feed(chain_detector(n, area_max=-1), busy)
     assert 2 in ev.segment[ev.kind == RAISE].tolist()
+
+
+def test_a_drop_where_the_segment_breaks_down_on_other_days_is_not_raised():
+    """The spreading collapse that raises on a calm network is not raised where the recurrence table
+    says the segment dropped suddenly around this time of day on another learning day (rec_max 0):
+    recurrent congestion, not an incident. A count at another time of day changes nothing."""
+    rows = 8
+    obs = np.column_stack([wobble(60.0, rows, s) for s in range(5)])
+    obs[2:, 2] = wobble(30.0, rows - 2, 9)
+    obs[3:, 3] = wobble(45.0, rows - 3, 7)
+    obs[4:, 1] = wobble(45.0, rows - 4, 8)
+    plain = chain_detector()
+    rec = np.zeros((2, 288, 5))
+    day_type = int(time_slots(np.zeros(1, np.int64), STEP_S, 0)[2][0])  # row 0 is 1970-01-01 00:00
+    rec[day_type, 100, 2] = 1.0  # another time of day
+    again = IncidentDetector(plain.scale_table, plain.cap, plain.nb_top, plain.params, rec)
+    assert again.recurrence_at(np.array([4 * STEP_S * NS]))[0, 2] == 0.0
+    assert RAISE in feed(again, obs).kind.tolist()
+    rec[day_type, 4, 2] = 1.0  # the bin where it would raise
+    recurrent = IncidentDetector(plain.scale_table, plain.cap, plain.nb_top, plain.params, rec)
+    assert RAISE not in feed(recurrent, obs).kind.tolist()
+    assert RAISE in feed(recurrent.with_params(rec_max=-1), obs).kind.tolist()
+    clone = IncidentDetector.from_arrays(recurrent.to_arrays())
+    assert np.array_equal(clone.recurrence, rec)
+
+
+def test_recurrence_table_counts_days_with_a_sudden_drop_near_each_time_of_day():
+    """Three weekdays; segment 0 drops suddenly at 08:00 on two of them, segment 1 never: the weekday
+    table counts 2 within rec_window bins of 08:00 and 0 away from it, and each row's own day's share is
+    given so a replay of these rows can leave it out."""
+    params = IncidentParams(step_s=STEP_S, utc_offset_s=0, rec_window=2)
+    t0 = 5 * 86_400 * NS  # 1970-01-06, a Tuesday
+    values = np.full((3 * 288, 2), 60.0) + np.random.default_rng(0).uniform(-1, 1, (3 * 288, 2))
+    eight = 96
+    for day in (0, 2):
+        values[day * 288 + eight: day * 288 + eight + 6, 0] = 20.0
+    table, own = recurrence_table(values, t0, params)
+    assert table.shape == (2, 288, 2) and not table[1].any() and not table[:, :, 1].any()
+    assert table[0, eight - 2: eight + 3, 0].tolist() == [2.0] * 5
+    assert table[0, eight - 3, 0] == 0.0 and table[0, eight + 20, 0] == 0.0
+    assert own[eight, 0] == 1.0 and own[288 + eight, 0] == 0.0 and own[2 * 288 + eight, 0] == 1.0
 
 
 def test_a_detector_stuck_just_below_free_flow_is_a_fault_but_saturation_is_not():

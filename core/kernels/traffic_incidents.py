@@ -22,8 +22,11 @@ neighbours' in the same bin. Per bin and segment, in this order:
    An incident needs ``raise_after`` low bins in a row, and ``nb_need`` of the segment's first
    ``nb_count`` road links (``confirmations``) slowing within the last ``nb_window`` bins, their slowing
    having begun ``nb_follow``..``nb_follow_max`` bins after the run began; or ``alone_after`` bins in a
-   row when set (or when the segment has no links). ``clear_after`` bins back within the band of the
-   speed expected at the start clear it.
+   row when set (or when the segment has no links). A run that would raise is dropped instead when the
+   segment's recurrence count (learning days with a sudden drop near this time of day) is above
+   ``rec_max``, or more than ``area_max`` segments beyond its 2-hop neighbourhood dropped suddenly
+   (``sudden``) in the last ``area_window`` bins (``area_quiet``). ``clear_after`` bins back within the
+   band of the speed expected at the start clear it.
 
 State is two arrays per segment (int64 [N, NI], float64 [N, NF]), so it round-trips through npz.
 """

@@ -15,13 +15,21 @@ each 5-minute bin is judged for all segments at once:
   ``nb_follow_max`` bins after the segment did. A link that slowed first means the slowdown came from
   there (a bottleneck further on, rush hour), so it does not confirm. The road graph is symmetric, so
   "upstream" is whichever link slows after the segment. A lone drop is raised only with ``alone_after``
-  set (or on a segment without links).
+  set (or on a segment without links);
+- and the drop must be neither recurrent nor area-wide (issue 20: most false alarms on Los-loop's test
+  days were rush-hour breakdowns that look exactly like a spreading incident): no raise where the
+  segment dropped suddenly within ``rec_window`` bins of this time of day on more than ``rec_max``
+  learning days of the same day type (``recurrence_table``), nor while more than ``area_max`` segments
+  beyond its 2-hop neighbourhood dropped suddenly in the last ``area_window`` bins. Such a run is dropped.
 
-The main threshold k is chosen on the training rows only: the smallest k of ``k_grid`` whose replay of
-the training rows raises at most ``fa_budget`` incidents per segment and day (else the largest k); with
-fewer than ``min_learn_days`` of rows the default k is kept (the budget is not measurable there).
-A bin is also low, whatever the scale, below ``rel_low`` x both the forecast and the time-of-day
-profile: a scale learned from a quiet night or two days is unreliable, a halved speed is not.
+The main threshold k and whether the relative test is on are chosen on the training rows only: on their
+latest ``holdout`` share, judged with scales and recurrence learned on the rows before it, the smallest
+k of ``k_grid`` that raises at most ``fa_budget`` incidents per segment and day, relative test on first
+(else the fewest raises); with fewer than ``min_learn_days`` of rows the default k is kept (the budget
+is not measurable there). A bin is also low, whatever the scale, below ``rel_low`` x both the forecast
+and the time-of-day profile: a scale learned from a quiet night or two days is unreliable, a halved
+speed is not. The settings that are not learned (area_max, rec_max, fa_budget) were chosen on a
+validation slice cut from the end of Los-loop's training rows (README, traffic service).
 """
 from __future__ import annotations
 
