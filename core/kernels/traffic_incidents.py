@@ -74,9 +74,9 @@ C_LEVEL_ALPHA = 22  # weight of a new reading in the segment's recent level (exp
 C_LEVEL_DROP = 23  # a run starts only below this fraction of the segment's recent level (0: off)
 C_NB_LEVEL = 24  # a neighbour is slowing only below this fraction of its recent level (0: off)
 C_NB_FOLLOW_MAX = 25  # ...and at most this many bins after (< 0: no limit)
-C_AREA_MAX = 26  # raise only while at most this many segments outside our 2-hop neighbourhood had a sudden drop (< 0: off)
+C_AREA_MAX = 26  # raise only while at most this many segments beyond our 2 hops dropped suddenly (< 0: off)
 C_AREA_WINDOW = 27  # ...within this many bins (the current one included)
-C_REC_MAX = 28  # raise only where at most this many learning days had a sudden drop near this time of day (< 0: off)
+C_REC_MAX = 28  # raise only if at most this many learning days dropped suddenly near this time of day (< 0: off)
 N_CFG = 29
 
 # int64 state columns
@@ -136,8 +136,9 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
     reported, NaN fc = no forecast, NaN prof = no profile: the relative test uses the forecast alone);
     rec [N] how many learning days had a sudden drop of the segment near this time of day (recurrence);
     nb_top [N, K] the strongest neighbours (a segment padded with itself).
-    z and lvl [N] are scratch, near [N] bool scratch (all False). Appends events from index n_out and returns the new count; out_* need 2 N free
-    slots (at most one incident and one fault event per segment and bin)."""
+    z and lvl [N] are scratch, near [N] bool scratch (all False). Appends events from index n_out and
+    returns the new count; out_* need 2 N free slots (at most one incident and one fault event per
+    segment and bin)."""
     n = obs.shape[0]
     step = np.int64(cfg[C_STEP_NS])
     gap = step + step // 2
