@@ -259,7 +259,7 @@ class IncidentDetector:
         p["k_grid"] = list(p["k_grid"])
         return {"params": np.frombuffer(json.dumps(p).encode(), dtype=np.uint8), "k": np.array([self.k]),
                 "scale_table": self.scale_table, "cap": self.cap, "nb_top": self.nb_top,
-                "recurrence": self.recurrence,
+                "recurrence": np.minimum(self.recurrence, 255).astype(np.uint8),  # day counts: 1 byte each
                 "state_i": self.state_i, "state_f": self.state_f,
                 "curve": np.asarray(self.curve, np.float64).reshape(-1, 2)}
 
