@@ -19,6 +19,7 @@ from wulian.core.traffic.incidents import (
     inject_fault,
     inject_incident,
     learn_detector,
+    recurrence_table,
 )
 from wulian.core.traffic.protocol import (
     LOS_UTC_OFFSET_S,
@@ -247,6 +248,83 @@ def test_a_lone_drop_is_not_an_incident_a_propagating_one_is():
     ev = feed(chain_detector(alone_after=4), lone)
     raised = ev.kind == RAISE
     assert ev.segment[raised].tolist() == [2] and ev.row[raised].tolist() == [5]  # 4th low bin
+
+
+def test_a_spreading_drop_while_the_whole_network_breaks_down_is_not_raised():
+    """The same collapse spreading to both links is raised when the rest of the network is calm, but
+    not while more than ``area_max`` segments beyond its 2-hop neighbourhood drop suddenly in the same
+    half hour: that is a rush-hour breakdown everywhere (the false alarms on Los-loop's test days), not
+    an incident. With the area test off (-1) the busy network raises too."""
+    n, rows = 20, 9
+    calm = np.column_stack([wobble(60.0, rows, s) for s in range(n)])
+    calm[2:, 2] = wobble(30.0, rows - 2, 9)
+    calm[3:, 3] = wobble(45.0, rows - 3, 7)
+    calm[4:, 1] = wobble(45.0, rows - 4, 8)
+    ev = feed(chain_detector(n, area_max=3), calm)
+    assert ev.segment[ev.kind == RAISE].tolist() == [2] and ev.row[ev.kind == RAISE].tolist() == [4]
+    busy = calm.copy()
+    busy[3:, 10:] = 25.0 + np.random.default_rng(3).uniform(-1, 1, (rows - 3, n - 10))  # far away, sudden
+    ev = feed(chain_detector(n, area_max=3), busy)
+    assert 2 not in ev.segment[ev.kind == RAISE].tolist()
+    ev = feed(chain_detector(n, area_max=-1), busy)
+    assert 2 in ev.segment[ev.kind == RAISE].tolist()
+
+
+def test_a_drop_where_the_segment_breaks_down_on_other_days_is_not_raised():
+    """The spreading collapse that raises on a calm network is not raised where the recurrence table
+    says the segment dropped suddenly around this time of day on another learning day (rec_max 0):
+    recurrent congestion, not an incident. A count at another time of day changes nothing."""
+    rows = 8
+    obs = np.column_stack([wobble(60.0, rows, s) for s in range(5)])
+    obs[2:, 2] = wobble(30.0, rows - 2, 9)
+    obs[3:, 3] = wobble(45.0, rows - 3, 7)
+    obs[4:, 1] = wobble(45.0, rows - 4, 8)
+    plain = chain_detector()
+    rec = np.zeros((2, 288, 5))
+    day_type = int(time_slots(np.zeros(1, np.int64), STEP_S, 0)[2][0])  # row 0 is 1970-01-01 00:00
+    rec[day_type, 100, 2] = 1.0  # another time of day
+    again = IncidentDetector(plain.scale_table, plain.cap, plain.nb_top, plain.params, rec)
+    assert again.recurrence_at(np.array([4 * STEP_S * NS]))[0, 2] == 0.0
+    assert RAISE in feed(again, obs).kind.tolist()
+    rec[day_type, 4, 2] = 1.0  # the bin where it would raise
+    recurrent = IncidentDetector(plain.scale_table, plain.cap, plain.nb_top, plain.params, rec)
+    assert RAISE not in feed(recurrent, obs).kind.tolist()
+    assert RAISE in feed(recurrent.with_params(rec_max=-1), obs).kind.tolist()
+    clone = IncidentDetector.from_arrays(recurrent.to_arrays())
+    assert np.array_equal(clone.recurrence, rec)
+
+
+def test_recurrence_table_counts_days_with_a_sudden_drop_near_each_time_of_day():
+    """Three weekdays; segment 0 drops suddenly at 08:00 on two of them, segment 1 never: the weekday
+    table counts 2 within rec_window bins of 08:00 and 0 away from it, and each row's own day's share is
+    given so a replay of these rows can leave it out."""
+    params = IncidentParams(step_s=STEP_S, utc_offset_s=0, rec_window=2)
+    t0 = 5 * 86_400 * NS  # 1970-01-06, a Tuesday
+    values = np.full((3 * 288, 2), 60.0) + np.random.default_rng(0).uniform(-1, 1, (3 * 288, 2))
+    eight = 96
+    for day in (0, 2):
+        values[day * 288 + eight: day * 288 + eight + 6, 0] = 20.0
+    table, own = recurrence_table(values, t0, params)
+    assert table.shape == (2, 288, 2) and not table[1].any() and not table[:, :, 1].any()
+    assert table[0, eight - 2: eight + 3, 0].tolist() == [2.0] * 5
+    assert table[0, eight - 3, 0] == 0.0 and table[0, eight + 20, 0] == 0.0
+    assert own[eight, 0] == 1.0 and own[288 + eight, 0] == 0.0 and own[2 * 288 + eight, 0] == 1.0
+
+
+def test_a_detector_stuck_just_below_free_flow_is_a_fault_but_saturation_is_not():
+    """Los-loop clips at 70 mph, so healthy detectors repeat their top reading for hours: a flat reading
+    at the segment's training maximum is no fault. Stuck a little below it (68 of 70, which the earlier
+    0.97 cap took for saturation) it is a flatline fault."""
+    top = np.array([[max(i - 1, 0), min(i + 1, 4)] for i in range(5)], np.int32)
+    cap = np.full(5, IncidentParams().cap_fraction * 70.0)
+    det = IncidentDetector(np.ones((24, 5)), cap, top, IncidentParams(step_s=STEP_S, utc_offset_s=0))
+    obs = np.column_stack([wobble(60.0, 12, s) for s in range(5)])
+    obs[2:, 1] = 70.0  # saturated
+    obs[2:, 3] = 68.0  # stuck
+    ev = feed(det, obs)
+    faults = ev.kind == FAULT
+    assert ev.segment[faults].tolist() == [3] and FAULT_NAMES[int(ev.code[faults][0])] == "flatline"
+    assert RAISE not in ev.kind.tolist()
 
 
 def test_a_slowdown_that_reached_the_segment_from_a_link_is_not_confirmed_by_it():

@@ -22,8 +22,11 @@ neighbours' in the same bin. Per bin and segment, in this order:
    An incident needs ``raise_after`` low bins in a row, and ``nb_need`` of the segment's first
    ``nb_count`` road links (``confirmations``) slowing within the last ``nb_window`` bins, their slowing
    having begun ``nb_follow``..``nb_follow_max`` bins after the run began; or ``alone_after`` bins in a
-   row when set (or when the segment has no links). ``clear_after`` bins back within the band of the
-   speed expected at the start clear it.
+   row when set (or when the segment has no links). A run that would raise is dropped instead when the
+   segment's recurrence count (learning days with a sudden drop near this time of day) is above
+   ``rec_max``, or more than ``area_max`` segments beyond its 2-hop neighbourhood dropped suddenly
+   (``sudden``) in the last ``area_window`` bins (``area_quiet``). ``clear_after`` bins back within the
+   band of the speed expected at the start clear it.
 
 State is two arrays per segment (int64 [N, NI], float64 [N, NF]), so it round-trips through npz.
 """
@@ -71,7 +74,10 @@ C_LEVEL_ALPHA = 22  # weight of a new reading in the segment's recent level (exp
 C_LEVEL_DROP = 23  # a run starts only below this fraction of the segment's recent level (0: off)
 C_NB_LEVEL = 24  # a neighbour is slowing only below this fraction of its recent level (0: off)
 C_NB_FOLLOW_MAX = 25  # ...and at most this many bins after (< 0: no limit)
-N_CFG = 26
+C_AREA_MAX = 26  # raise only while at most this many segments beyond our 2 hops dropped suddenly (< 0: off)
+C_AREA_WINDOW = 27  # ...within this many bins (the current one included)
+C_REC_MAX = 28  # raise only if at most this many learning days dropped suddenly near this time of day (< 0: off)
+N_CFG = 29
 
 # int64 state columns
 S_LAST_TS = 0
@@ -86,7 +92,8 @@ S_FAULT_CODE = 8
 S_NB_LOW_TS = 9
 S_NB_START_TS = 10  # start of the segment's latest streak of neighbour evidence
 S_RUN_START_TS = 11  # first bin of the current low run
-N_STATE_I = 12
+S_ONSET_TS = 12  # latest sudden drop (below level_drop x the recent level, min_drop down): area-wide activity
+N_STATE_I = 13
 # float64 state columns
 F_PREV = 0
 F_PREV_JUMP = 1
@@ -108,6 +115,7 @@ def new_state(n):
         si[s, S_NB_LOW_TS] = NO_TS
         si[s, S_NB_START_TS] = NO_TS
         si[s, S_RUN_START_TS] = NO_TS
+        si[s, S_ONSET_TS] = NO_TS
     return si, sf
 
 
@@ -122,12 +130,15 @@ def widen_state(si, sf):
 
 
 @njit(cache=True, nogil=True)
-def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, lvl, out_seg, out_kind, out_code, out_val,
-               n_out):
+def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, near, out_seg, out_kind,
+               out_code, out_val, n_out):
     """Advance every segment by the bin at time t (ns). obs/fc/prof/scale/cap are [N] (NaN obs = not
-    reported, NaN fc = no forecast, NaN prof = no profile: the relative test uses the forecast alone); nb_top [N, K] the strongest neighbours (a segment padded with itself).
-    z and lvl [N] are scratch. Appends events from index n_out and returns the new count; out_* need 2 N free
-    slots (at most one incident and one fault event per segment and bin)."""
+    reported, NaN fc = no forecast, NaN prof = no profile: the relative test uses the forecast alone);
+    rec [N] how many learning days had a sudden drop of the segment near this time of day (recurrence);
+    nb_top [N, K] the strongest neighbours (a segment padded with itself).
+    z and lvl [N] are scratch, near [N] bool scratch (all False). Appends events from index n_out and
+    returns the new count; out_* need 2 N free slots (at most one incident and one fault event per
+    segment and bin)."""
     n = obs.shape[0]
     step = np.int64(cfg[C_STEP_NS])
     gap = step + step // 2
@@ -202,6 +213,8 @@ def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, lvl, out_se
         # 2. forecast error in robust sigmas; the recent level before this reading
         level = sf[s, F_LEVEL]
         lvl[s] = level
+        if sudden(o, level, cfg[C_LEVEL_DROP], cfg[C_MIN_DROP]):
+            si[s, S_ONSET_TS] = t
         sf[s, F_LEVEL] = o if not np.isfinite(level) else level + alpha * (o - level)
         f = fc[s]
         sc = scale[s]
@@ -222,6 +235,12 @@ def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, lvl, out_se
                 si[s, S_NB_LOW_TS] = t
     # 3. decisions, now that every neighbour's evidence of this bin is known
     window = np.int64(cfg[C_NB_WINDOW]) * step
+    area_span = np.int64(cfg[C_AREA_WINDOW]) * step
+    recent = 0  # segments with a sudden drop within the area window: rush hour breaking down everywhere
+    if cfg[C_AREA_MAX] >= 0:
+        for u in range(n):
+            if si[u, S_ONSET_TS] != NO_TS and t - si[u, S_ONSET_TS] < area_span:
+                recent += 1
     for s in range(n):
         zs = z[s]
         if not np.isfinite(zs):
@@ -269,6 +288,14 @@ def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, lvl, out_se
                 support = (links == 0 or cfg[C_ALONE_AFTER] > 0) and run >= max(cfg[C_ALONE_AFTER], 1.0)
                 if links > 0 and count >= min(max(cfg[C_NB_NEED], 1.0), links):
                     support = True
+                if support and ((cfg[C_REC_MAX] >= 0 and rec[s] > cfg[C_REC_MAX]) or (
+                        cfg[C_AREA_MAX] >= 0 and recent > cfg[C_AREA_MAX]
+                        and not area_quiet(s, t, nb_top, si, area_span, recent, cfg[C_AREA_MAX], near))):
+                    # the segment breaks down around this time on other days (recurrent), or segments all
+                    # over the network do right now (rush hour): not an incident. The run is dropped, so
+                    # it does not raise later either; only a fresh sudden drop starts another.
+                    support = False
+                    si[s, S_LOW_RUN] = 0
                 if support:
                     si[s, S_ACTIVE] = 1
                     si[s, S_OK_RUN] = 0
@@ -292,6 +319,57 @@ def detect_bin(t, obs, fc, prof, scale, cap, nb_top, cfg, si, sf, z, lvl, out_se
             else:
                 si[s, S_OK_RUN] = 0
     return n_out
+
+
+@njit(cache=True, nogil=True)
+def sudden(o, level, level_drop, min_drop):
+    """A sudden drop: a reading below ``level_drop`` x the recent level and at least ``min_drop`` under
+    it (off when level_drop is 0). The one definition for the area test and the recurrence table."""
+    return level_drop > 0 and np.isfinite(level) and o < level_drop * level and level - o >= min_drop
+
+
+@njit(cache=True, nogil=True)
+def sudden_drops(values, alpha, level_drop, min_drop, zero):
+    """bool [T, N]: the rows where each series of values [T, N] drops suddenly (``sudden``) against its
+    recent level, the exponential average (weight ``alpha``) of its readings above ``zero``, as
+    ``detect_bin`` keeps it; a missing reading (NaN) restarts the level."""
+    t_len, n = values.shape
+    out = np.zeros((t_len, n), np.bool_)
+    for s in range(n):
+        level = np.nan
+        for t in range(t_len):
+            o = values[t, s]
+            if not np.isfinite(o):
+                level = np.nan
+                continue
+            if o <= zero:
+                continue
+            out[t, s] = sudden(o, level, level_drop, min_drop)
+            level = o if not np.isfinite(level) else level + alpha * (o - level)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def area_quiet(s, t, nb_top, si, area_span, recent, area_max, near):
+    """Whether at most ``area_max`` of the ``recent`` segments with a sudden drop lie outside segment s's
+    2-hop neighbourhood on the road graph (s, its links, theirs): an incident's own queue is local,
+    whereas a rush-hour breakdown drops segments all over the network within minutes. ``near`` [N] is
+    False scratch, left False."""
+    k = nb_top.shape[1]
+    inside = 0
+    for a in range(-1, k):
+        u = s if a < 0 else nb_top[s, a]
+        for b in range(-1, k):
+            v = u if b < 0 else nb_top[u, b]
+            if not near[v]:
+                near[v] = True
+                if si[v, S_ONSET_TS] != NO_TS and t - si[v, S_ONSET_TS] < area_span:
+                    inside += 1
+    for a in range(-1, k):
+        u = s if a < 0 else nb_top[s, a]
+        for b in range(-1, k):
+            near[u if b < 0 else nb_top[u, b]] = False
+    return recent - inside <= area_max
 
 
 @njit(cache=True, nogil=True)
@@ -330,8 +408,8 @@ def confirmations(s, t, nb_top, cfg, si, window, step):
 
 
 @njit(cache=True, nogil=True)
-def detect_series(ts, obs, fc, prof, bucket, scale_table, cap, nb_top, cfg, si, sf):
-    """detect_bin over rows: ts [R], obs/fc/prof [R, N], bucket [R] (row of scale_table [B, N]).
+def detect_series(ts, obs, fc, prof, rec, bucket, scale_table, cap, nb_top, cfg, si, sf):
+    """detect_bin over rows: ts [R], obs/fc/prof/rec [R, N], bucket [R] (row of scale_table [B, N]).
     Returns (row, segment, kind, code, value) of every event, in order."""
     r_len, n = obs.shape
     cap_out = 2 * n * r_len + 1
@@ -342,10 +420,11 @@ def detect_series(ts, obs, fc, prof, bucket, scale_table, cap, nb_top, cfg, si, 
     out_row = np.empty(cap_out, np.int64)
     z = np.empty(n)
     lvl = np.empty(n)
+    near = np.zeros(n, np.bool_)
     n_out = 0
     for r in range(r_len):
-        m = detect_bin(ts[r], obs[r], fc[r], prof[r], scale_table[bucket[r]], cap, nb_top, cfg, si, sf, z, lvl,
-                       out_seg, out_kind, out_code, out_val, n_out)
+        m = detect_bin(ts[r], obs[r], fc[r], prof[r], rec[r], scale_table[bucket[r]], cap, nb_top, cfg, si, sf, z, lvl,
+                       near, out_seg, out_kind, out_code, out_val, n_out)
         for e in range(n_out, m):
             out_row[e] = r
         n_out = m

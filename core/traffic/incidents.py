@@ -15,13 +15,21 @@ each 5-minute bin is judged for all segments at once:
   ``nb_follow_max`` bins after the segment did. A link that slowed first means the slowdown came from
   there (a bottleneck further on, rush hour), so it does not confirm. The road graph is symmetric, so
   "upstream" is whichever link slows after the segment. A lone drop is raised only with ``alone_after``
-  set (or on a segment without links).
+  set (or on a segment without links);
+- and the drop must be neither recurrent nor area-wide (issue 20: most false alarms on Los-loop's test
+  days were rush-hour breakdowns that look exactly like a spreading incident): no raise where the
+  segment dropped suddenly within ``rec_window`` bins of this time of day on more than ``rec_max``
+  learning days of the same day type (``recurrence_table``), nor while more than ``area_max`` segments
+  beyond its 2-hop neighbourhood dropped suddenly in the last ``area_window`` bins. Such a run is dropped.
 
-The main threshold k is chosen on the training rows only: the smallest k of ``k_grid`` whose replay of
-the training rows raises at most ``fa_budget`` incidents per segment and day (else the largest k); with
-fewer than ``min_learn_days`` of rows the default k is kept (the budget is not measurable there).
-A bin is also low, whatever the scale, below ``rel_low`` x both the forecast and the time-of-day
-profile: a scale learned from a quiet night or two days is unreliable, a halved speed is not.
+The main threshold k and whether the relative test is on are chosen on the training rows only: on their
+latest ``holdout`` share, judged with scales and recurrence learned on the rows before it, the smallest
+k of ``k_grid`` that raises at most ``fa_budget`` incidents per segment and day, relative test on first
+(else the fewest raises); with fewer than ``min_learn_days`` of rows the default k is kept (the budget
+is not measurable there). A bin is also low, whatever the scale, below ``rel_low`` x both the forecast
+and the time-of-day profile: a scale learned from a quiet night or two days is unreliable, a halved
+speed is not. The settings that are not learned (area_max, rec_max, fa_budget) were chosen on a
+validation slice cut from the end of Los-loop's training rows (README, traffic service).
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ import numpy as np
 from wulian.core.kernels import traffic_incidents as kern
 from wulian.core.timebase import CHINA_OFFSET_S, NS_PER_S
 from wulian.core.timebase import S_PER_DAY as SECONDS_PER_DAY
-from wulian.core.traffic.forecaster import TrafficForecaster, build_graph
+from wulian.core.traffic.forecaster import TrafficForecaster, build_graph, time_slots
 
 RAISE = kern.RAISE
 CLEAR = kern.CLEAR
@@ -52,7 +60,7 @@ class IncidentParams:
     horizon: int = 3  # compare with the forecast made this many steps earlier (3 x 5 min = 15 min)
     k: float = 6.0  # main threshold in robust sigmas (learn_detector chooses it from k_grid)
     k_grid: tuple[float, ...] = (3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 14.0, 16.0)
-    fa_budget: float = 0.01  # incidents per segment and day allowed on the training rows (~2/day on 207)
+    fa_budget: float = 0.015  # incidents per segment and day allowed on the training rows (~3/day on 207)
     rel_low: float = 0.75  # also low below this fraction of both the forecast and the profile (0: off)
     prof_low: float = 0.0  # every onset also below this fraction of the time-of-day profile (0: off)
     min_learn_days: float = 3.0  # fewer training days cannot show a budget of ~0.01/segment-day: keep k
@@ -69,6 +77,11 @@ class IncidentParams:
     level_alpha: float = 0.3  # recent level: exponential average, this weight on the newest reading (~30 min)
     level_drop: float = 0.75  # a run starts only below this fraction of the recent level (0: off)
     nb_level: float = 0.9  # a link is slowing only below this fraction of its own recent level (0: off)
+    area_max: int = 20  # raise only while at most this many segments beyond our 2-hop neighbourhood... (-1: off)
+    area_window: int = 6  # ...had a sudden drop (level_drop, min_drop) in the last this many bins (30 min)
+    rec_max: int = 0  # raise only if at most this many learning days of the same day type had a sudden drop...
+    rec_window: int = 6  # ...of the segment within this many bins of this time of day (-1 rec_max: off)
+    holdout: float = 0.35  # k and the relative test are chosen on this latest share of the learning rows
     clear_after: int = 2  # consecutive recovered bins to clear
     nb_window: int = 3  # a neighbour's drop confirms for this many bins
     zero: float = 0.5  # a reading at or below this is a dead detector
@@ -78,7 +91,7 @@ class IncidentParams:
     spike_jump: float = 40.0  # two opposite jumps larger than this in a row: an erratic detector
     fault_after: int = 2  # bins of zero / impossible / erratic evidence to raise a fault
     fault_clear: int = 6  # clean bins to clear a fault
-    cap_fraction: float = 0.97  # free-flow cap = this x the segment's training maximum
+    cap_fraction: float = 0.995  # free-flow cap = this x the segment's training maximum
     scale_buckets: int = 24  # robust scale per hour of day...
     scale_smooth: int = 1  # ...pooled with +-this many neighbouring hours
     min_scale: float = 1.0  # floor of the robust scale
@@ -120,6 +133,9 @@ class IncidentParams:
         c[kern.C_LEVEL_ALPHA] = self.level_alpha
         c[kern.C_LEVEL_DROP] = self.level_drop
         c[kern.C_NB_LEVEL] = self.nb_level
+        c[kern.C_AREA_MAX] = self.area_max
+        c[kern.C_AREA_WINDOW] = self.area_window
+        c[kern.C_REC_MAX] = self.rec_max
         return c
 
 
@@ -146,16 +162,21 @@ class IncidentDetector:
     """
 
     def __init__(self, scale_table: np.ndarray, cap: np.ndarray, nb_top: np.ndarray,
-                 params: IncidentParams | None = None) -> None:
+                 params: IncidentParams | None = None, recurrence: np.ndarray | None = None) -> None:
         """scale_table [buckets, N] robust error spread per hour bucket; cap [N] free-flow cap (a flat
-        reading at or above it is not a fault); nb_top [N, K] each segment's strongest neighbours."""
+        reading at or above it is not a fault); nb_top [N, K] each segment's strongest neighbours;
+        recurrence [2, slots of a day, N] (weekday, weekend) how many learning days had a sudden drop of
+        the segment near that time of day (None: no history, nothing is recurrent)."""
         self.params = params or IncidentParams()
         self.scale_table = np.ascontiguousarray(scale_table, dtype=np.float64)
         self.cap = np.ascontiguousarray(cap, dtype=np.float64)
         self.nb_top = np.ascontiguousarray(nb_top, dtype=np.int32)
         n = self.cap.shape[0]
-        if self.scale_table.shape[1] != n or self.nb_top.shape[0] != n:
-            raise ValueError("scale_table, cap and nb_top disagree on the number of segments")
+        if recurrence is None:
+            recurrence = np.zeros((2, SECONDS_PER_DAY // self.params.step_s, n))
+        self.recurrence = np.ascontiguousarray(recurrence, dtype=np.float64)
+        if self.scale_table.shape[1] != n or self.nb_top.shape[0] != n or self.recurrence.shape[2] != n:
+            raise ValueError("scale_table, cap, nb_top and recurrence disagree on the number of segments")
         self.k = float(self.params.k)
         self.state_i, self.state_f = kern.new_state(n)
         self.curve: list[tuple[float, float]] = []  # (k, training false alarms / day) when learned
@@ -188,24 +209,39 @@ class IncidentDetector:
 
     def with_threshold(self, k: float) -> "IncidentDetector":
         """A fresh detector with the same scales and another main threshold (for threshold curves)."""
-        det = IncidentDetector(self.scale_table, self.cap, self.nb_top, self.params)
+        det = IncidentDetector(self.scale_table, self.cap, self.nb_top, self.params, self.recurrence)
         det.k = float(k)
         det.curve = self.curve
         return det
 
+    def with_params(self, **changes) -> "IncidentDetector":
+        """A fresh detector with the same learned tables and threshold and some settings changed."""
+        det = IncidentDetector(self.scale_table, self.cap, self.nb_top, replace(self.params, **changes),
+                               self.recurrence)
+        det.k, det.curve = self.k, self.curve
+        return det
+
+    def recurrence_at(self, ts_ns: np.ndarray) -> np.ndarray:
+        """[R, N] the recurrence counts at times ts [R] (their slot of the local day and day type)."""
+        p = self.params
+        slot, _, day_type = time_slots(np.asarray(ts_ns, np.int64), p.step_s, p.utc_offset_s)
+        return self.recurrence[day_type, slot % self.recurrence.shape[1]]
+
     def replay(self, ts_ns: np.ndarray, observed: np.ndarray, forecast: np.ndarray,
-               profile: np.ndarray | None = None) -> DetectorEvents:
+               profile: np.ndarray | None = None, recurrence: np.ndarray | None = None) -> DetectorEvents:
         """Feed rows ts [R] of observed / forecast / time-of-day profile [R, N] (NaN allowed; no profile:
-        the relative test uses the forecast alone) in order; the events."""
+        the relative test uses the forecast alone) in order; the events. ``recurrence`` [R, N] replaces
+        the learned counts (``learn_detector`` replays its own rows leaving each row's day out)."""
         ts = np.ascontiguousarray(ts_ns, dtype=np.int64)
         obs = np.ascontiguousarray(observed, dtype=np.float64)
         fc = np.ascontiguousarray(forecast, dtype=np.float64)
         prof = np.full(obs.shape, np.nan) if profile is None else np.ascontiguousarray(profile, dtype=np.float64)
-        if obs.ndim != 2 or obs.shape != fc.shape or obs.shape != prof.shape or obs.shape[0] != ts.shape[0] \
-                or obs.shape[1] != self.n_segments:
+        rec = self.recurrence_at(ts) if recurrence is None else np.ascontiguousarray(recurrence, dtype=np.float64)
+        if obs.ndim != 2 or obs.shape != fc.shape or obs.shape != prof.shape or obs.shape != rec.shape \
+                or obs.shape[0] != ts.shape[0] or obs.shape[1] != self.n_segments:
             raise ValueError(f"observed/forecast/profile must be [{ts.shape[0]}, {self.n_segments}], got {obs.shape},"
                              f" {fc.shape}, {prof.shape}")
-        out = kern.detect_series(ts, obs, fc, prof, self.bucket(ts), self.scale_table, self.cap, self.nb_top,
+        out = kern.detect_series(ts, obs, fc, prof, rec, self.bucket(ts), self.scale_table, self.cap, self.nb_top,
                                  self.params.cfg(self.k), self.state_i, self.state_f)
         return DetectorEvents(*out)
 
@@ -223,6 +259,7 @@ class IncidentDetector:
         p["k_grid"] = list(p["k_grid"])
         return {"params": np.frombuffer(json.dumps(p).encode(), dtype=np.uint8), "k": np.array([self.k]),
                 "scale_table": self.scale_table, "cap": self.cap, "nb_top": self.nb_top,
+                "recurrence": np.minimum(self.recurrence, 255).astype(np.uint8),  # day counts: 1 byte each
                 "state_i": self.state_i, "state_f": self.state_f,
                 "curve": np.asarray(self.curve, np.float64).reshape(-1, 2)}
 
@@ -230,7 +267,8 @@ class IncidentDetector:
     def from_arrays(cls, arrays) -> "IncidentDetector":
         p = json.loads(bytes(np.asarray(arrays["params"], np.uint8)).decode())
         p["k_grid"] = tuple(p["k_grid"])
-        det = cls(arrays["scale_table"], arrays["cap"], arrays["nb_top"], IncidentParams(**p))
+        det = cls(arrays["scale_table"], arrays["cap"], arrays["nb_top"], IncidentParams(**p),
+                  arrays["recurrence"] if "recurrence" in arrays else None)  # older saves: none
         det.k = float(np.asarray(arrays["k"])[0])
         det.state_i, det.state_f = kern.widen_state(arrays["state_i"], arrays["state_f"])
         det.curve = [tuple(map(float, r)) for r in np.asarray(arrays["curve"], np.float64).reshape(-1, 2)]
@@ -275,13 +313,65 @@ def learn_detector(model: TrafficForecaster, values: np.ndarray, t0_ns: int,
                    params: IncidentParams | None = None) -> IncidentDetector:
     """A detector for a fitted model from its training rows values [T, N] (row k at t0_ns + k step): the
     robust error scale per segment and hour from the rows replayed through the model, the free-flow caps,
-    the model's strongest road links, and the main threshold: the smallest k of ``k_grid`` whose replay of
-    these rows raises at most ``fa_budget`` incidents per segment and day, first with the relative test on,
-    then off; if none does, the setting with the fewest raises (the rows are taken to be incident-free, as
-    far as anyone knows; real incidents in them only make the choice more cautious). With fewer than
-    ``min_learn_days`` of rows: the default k, relative test on."""
+    the model's strongest road links, the recurrence table (``recurrence_table``), and the main
+    threshold: the smallest k of ``k_grid`` whose replay raises at most ``fa_budget`` incidents per
+    segment and day, first with the relative test on, then off; if none does, the setting with the fewest
+    raises (the rows are taken to be incident-free, as far as anyone knows; real incidents in them only
+    make the choice more cautious).
+
+    The replay that chooses is the latest ``holdout`` share of the rows, judged with scales and
+    recurrence learned on the rows before it, the way the days after training will be judged (a
+    recurrence learned on the same rows would know every breakdown in them). When the rows before it are
+    fewer than ``min_learn_days``, all rows are replayed with each row's own day left out of the
+    recurrence. With fewer than ``min_learn_days`` of rows in all: the default k, relative test on."""
     params = params or IncidentParams(step_s=model.step_s, utc_offset_s=model.params.utc_offset_s)
     values = np.asarray(values, np.float64)
+    base = _learn_tables(model, values, t0_ns, params)
+    rows, fc = horizon_forecasts(model, values, t0_ns, params.horizon)
+    ts = t0_ns + rows * (model.step_s * NS_PER_S)
+    prof = model.profile_at(ts)
+    days = len(rows) * model.step_s / SECONDS_PER_DAY
+    n_cal = values.shape[0] - int(round(params.holdout * values.shape[0]))
+    if params.holdout > 0 and n_cal * model.step_s / SECONDS_PER_DAY >= params.min_learn_days:
+        judge = _learn_tables(model, values[:n_cal], t0_ns, params)
+        held = rows >= n_cal
+        ts, obs, fc, prof = ts[held], values[rows[held]], fc[held], prof[held]
+        rec = judge.recurrence_at(ts)
+        days = len(ts) * model.step_s / SECONDS_PER_DAY
+    else:
+        judge = base
+        # each training row is judged against the other days only, as a test day will be
+        rec = base.recurrence_at(ts) - recurrence_table(values, t0_ns, params)[1][rows]
+        obs = values[rows]
+    budget = params.fa_budget * values.shape[1]
+    if len(rows) * model.step_s / SECONDS_PER_DAY < params.min_learn_days:
+        # A budget of ~0.01 raises per segment-day is not measurable on so few days (one raise is over
+        # it), and a short history's scales are themselves unsure: keep the default k and the relative
+        # test (below rel_low x forecast and profile), which needs no scale.
+        det = base.with_threshold(params.k)
+        det.curve = [(float(params.k), _raises_per_day(det, ts, obs, fc, prof, rec, days))]
+        return det
+    # (relative test on, then off) x k ascending: the first within the budget, else the fewest raises
+    best = None
+    for rel in dict.fromkeys((params.rel_low, 0.0)):
+        var = judge.with_params(rel_low=rel)
+        curve = [(float(k), _raises_per_day(var.with_threshold(k), ts, obs, fc, prof, rec, days))
+                 for k in sorted(params.k_grid)]
+        ok = [k for k, fa in curve if fa <= budget]
+        k, fa = (ok[0], 0.0) if ok else min(curve, key=lambda c: (c[1], c[0]))
+        if ok or best is None or fa < best[2]:
+            best = (rel, k, fa if not ok else -1.0, curve)
+        if ok:
+            break
+    rel, k, _, curve = best
+    det = base.with_params(rel_low=rel).with_threshold(k)
+    det.curve = curve
+    return det
+
+
+def _learn_tables(model: TrafficForecaster, values: np.ndarray, t0_ns: int,
+                  params: IncidentParams) -> IncidentDetector:
+    """A detector (default k) with the scales, caps and recurrence learned on rows values [T, N]."""
     rows, fc = horizon_forecasts(model, values, t0_ns, params.horizon)
     ts = t0_ns + rows * (model.step_s * NS_PER_S)
     probe = IncidentDetector(np.ones((params.scale_buckets, values.shape[1])), np.ones(values.shape[1]),
@@ -292,37 +382,38 @@ def learn_detector(model: TrafficForecaster, values: np.ndarray, t0_ns: int,
         warnings.simplefilter("ignore", RuntimeWarning)
         cap = params.cap_fraction * np.nanmax(values, axis=0)
     cap = np.where(np.isfinite(cap), cap, np.inf)
-    base = IncidentDetector(table, cap, model.graph.top_k, params)
-    prof = model.profile_at(ts)
-    days = len(rows) * model.step_s / SECONDS_PER_DAY
-    budget = params.fa_budget * values.shape[1]
-    if days < params.min_learn_days:
-        # A budget of ~0.01 raises per segment-day is not measurable on so few days (one raise is over
-        # it), and a short history's scales are themselves unsure: keep the default k and the relative
-        # test (below rel_low x forecast and profile), which needs no scale.
-        det = base.with_threshold(params.k)
-        det.curve = [(float(params.k), _raises_per_day(det, ts, values[rows], fc, prof, days))]
-        return det
-    # (relative test on, then off) x k ascending: the first within the budget, else the fewest raises
-    best = None
-    for rel in dict.fromkeys((params.rel_low, 0.0)):
-        var = IncidentDetector(table, cap, model.graph.top_k, replace(params, rel_low=rel))
-        curve = [(float(k), _raises_per_day(var.with_threshold(k), ts, values[rows], fc, prof, days))
-                 for k in sorted(params.k_grid)]
-        ok = [k for k, fa in curve if fa <= budget]
-        k, fa = (ok[0], 0.0) if ok else min(curve, key=lambda c: (c[1], c[0]))
-        if ok or best is None or fa < best[2]:
-            best = (var, k, fa if not ok else -1.0, curve)
-        if ok:
-            break
-    var, k, _, curve = best
-    det = var.with_threshold(k)
-    det.curve = curve
-    return det
+    return IncidentDetector(table, cap, model.graph.top_k, params, recurrence_table(values, t0_ns, params)[0])
 
 
-def _raises_per_day(det: IncidentDetector, ts, obs, fc, prof, days: float) -> float:
-    ev = det.replay(ts, obs, fc, prof)
+def recurrence_table(values: np.ndarray, t0_ns: int, params: IncidentParams) -> tuple[np.ndarray, np.ndarray]:
+    """(table [2, slots of a day, N], own [T, N]) from rows values [T, N] (row k at t0_ns + k step): per day
+    type (weekday, weekend) and time of day, on how many days each segment dropped suddenly (the
+    detector's ``sudden`` test against its recent level) within ``rec_window`` bins of that time; ``own``
+    is each row's own day's share, so a replay of these rows can leave it out. Rush-hour breakdowns
+    recur at about the same time on working days; an incident happens once."""
+    values = np.ascontiguousarray(values, np.float64)
+    t_len, n = values.shape
+    onsets = kern.sudden_drops(values, params.level_alpha, params.level_drop, params.min_drop, params.zero)
+    slot, day, day_type = time_slots(t0_ns + np.arange(t_len, dtype=np.int64) * (params.step_s * NS_PER_S),
+                                     params.step_s, params.utc_offset_s)
+    n_slots = SECONDS_PER_DAY // params.step_s
+    table = np.zeros((2, n_slots, n))
+    own = np.zeros((t_len, n))
+    for d in np.unique(day):
+        m = day == d
+        hit = np.zeros((n_slots, n), bool)
+        hit[slot[m]] = onsets[m]
+        near = hit.copy()
+        for k in range(1, max(params.rec_window, 0) + 1):
+            near[k:] |= hit[:-k]
+            near[:-k] |= hit[k:]
+        table[day_type[m][0]] += near
+        own[m] = near[slot[m]]
+    return table, own
+
+
+def _raises_per_day(det: IncidentDetector, ts, obs, fc, prof, rec, days: float) -> float:
+    ev = det.replay(ts, obs, fc, prof, rec)
     return float((ev.kind == RAISE).sum() / days) if days else 0.0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import replace
 
 import numpy as np
 
@@ -291,8 +290,7 @@ def evaluate(data: TrafficDataset, train_fraction: float = 0.8, t0_ns: int | Non
         # the other operating family, on the same injections (same seed): relative test on if the
         # training budget turned it off, else off -- the trade an operator could choose instead
         other = 0.0 if det.params.rel_low > 0 else (inc_params.rel_low or IncidentParams().rel_low)
-        alt = IncidentDetector(det.scale_table, det.cap, det.nb_top, replace(det.params, rel_low=other))
-        alt.k, alt.curve = det.k, det.curve
+        alt = det.with_params(rel_low=other)
         alt_report = evaluate_detector(model, alt, test, data.adjacency, test_t0, n_per_shape=n_incidents,
                                        n_faults=max(1, n_incidents // 2))
         report["incidents"]["alternative"] = {
