@@ -209,7 +209,7 @@ class KillNatsNode:
         t0 = time.monotonic()
         await asyncio.to_thread(kill9_pid, node.pid)
         env.progress(f"NATS node {leader} (stream leader) killed (SIGKILL)")
-        others = [f"nats://127.0.0.1:{n.port}" for n in state.nodes if n is not node]
+        others = [u for u, n in zip(state.urls, state.nodes) if n is not node]
         new_leader = await wait_leader(others)
         elected_s = time.monotonic() - t0
         env.progress(f"stream leader {new_leader} after {elected_s:.2f}s")
@@ -272,7 +272,7 @@ class KillFrontDoorQueued:
         await asyncio.to_thread(env.ingest.start)
 
 
-def cluster_faults(front_door: str = "mosquitto") -> list[Fault]:
+def cluster_faults(front_door: str = "nats") -> list[Fault]:
     if front_door == "nats":
         return [KillWorker(), KillRouter(), KillNatsNode(), RestartFrontDoor(), AddWorker(), KillFrontDoorQueued()]
     return [KillWorker(), KillRouter(), KillNatsNode(), RestartBroker(), AddWorker(), KillBrokerQueued()]
@@ -293,21 +293,23 @@ def member_env(stack: ChaosStack, urls: list[str], extra: dict[str, str], front_
                      WULIAN_CLUSTER__FRONT_DOOR=front_door, WULIAN_LOG_LEVEL="INFO", **creds, **extra)
 
 
-def cluster_config(quick: bool = False, front_door: str = "mosquitto", **kw) -> ChaosConfig:
+def cluster_config(quick: bool = False, front_door: str = "nats", **kw) -> ChaosConfig:
     base = dict(rate_msgs=400.0, devices=20, pre_s=4.0 if quick else 8.0, post_s=6.0 if quick else 15.0,
                 settle_s=90.0, faults=cluster_faults(front_door), field_devices=0, pending_rule=True)
     return ChaosConfig(**{**base, **kw})
 
 
-def nats_device_params(port: int):
-    """Devices of the NATS front door: MQTT 3.1.1, no account (a private loopback cluster)."""
+def nats_device_params(port: int, account: tuple[str, str]):
+    """Devices of the NATS front door: MQTT 3.1.1 under the simulator account (``ClusterState.mqtt_account``:
+    the nodes refuse a client without one)."""
     from wulian.ingest.mqtt_client import MqttParams
 
-    return lambda client_id: MqttParams("127.0.0.1", port, client_id, protocol=4)
+    user, password = account
+    return lambda client_id: MqttParams("127.0.0.1", port, client_id, username=user, password=password, protocol=4)
 
 
 async def run_cluster_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir: bool = False,
-                            front_door: str = "mosquitto") -> dict:
+                            front_door: str = "nats") -> dict:
     """A throwaway stack, a private 3-node NATS cluster, 2 routers and 2 workers; ``cfg.faults`` in turn.
     ``front_door``: devices publish to the stack's Mosquitto, or to the NATS nodes' MQTT listener."""
     from wulian.ingest.nats_front_door import ensure_front_door, mqtt_hello
@@ -319,7 +321,7 @@ async def run_cluster_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir
     nats_door = front_door == "nats"
     state = await asyncio.to_thread(nc.up, cdir, 20.0, nats_door)
     members = ClusterMembers(stack, state, member_env(stack, state.urls, dict(cfg.ingest_env), front_door))
-    devices = nats_device_params(state.nodes[0].mqtt_port) if nats_door else None
+    devices = nats_device_params(state.nodes[0].mqtt_port, state.mqtt_account) if nats_door else None
     env = ChaosEnv(stack, members, progress=progress, front_door=devices)
     try:
         con = await asyncpg.connect(stack.dsn)
@@ -332,11 +334,11 @@ async def run_cluster_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir
         try:
             await j.ensure_stream(nats, PARTITIONS, 3)
             if nats_door:
-                await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port)
+                await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port, 10.0, *state.mqtt_account)
                 await ensure_front_door(nats)
         finally:
             await nats.close()
-        progress(f"NATS {' '.join(state.urls)}; stream {j.STREAM} ({PARTITIONS} partitions, replicas 3)")
+        progress(f"NATS {' '.join(state.addresses)}; stream {j.STREAM} ({PARTITIONS} partitions, replicas 3)")
         members.start()
         await wait_partitions(stack.dsn, PARTITIONS, 2)
         ready_s = await wait_ingest_ready(stack, params=devices)
