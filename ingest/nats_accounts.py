@@ -31,6 +31,8 @@ provisioning.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import re
 from pathlib import Path
@@ -42,6 +44,7 @@ from wulian.core.const import DEVICE_ID_PATTERN
 from wulian.ingest.provisioning import _replace_file, device_topic_patterns, generate_password
 
 STORE_FILE = "accounts.json"
+LOCK_FILE = ".accounts.lock"
 INCLUDE_FILE = "accounts.conf"  # ``include``d by every node config (ingest/nats_cluster.py)
 SERVICE_USER = "wulian"  # routers, workers, cluster up, benches: NATS connections
 SIMULATOR_USER = "simulator"  # simulators, chaos devices, bench publishers: MQTT connections
@@ -105,9 +108,23 @@ def _save(cdir: Path, store: dict) -> None:
     _replace_file(cdir / INCLUDE_FILE, render(store), mode=0o600)
 
 
+@contextlib.contextmanager
+def _locked(cdir: Path):
+    """One writer of the store at a time (two ``wulian device add`` at once would lose one account)."""
+    cdir.mkdir(parents=True, exist_ok=True)
+    with open(cdir / LOCK_FILE, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_store(cdir: Path, prefix: str = "wl") -> dict:
     """The store with both service accounts (passwords generated once), and its include file rendered.
     Idempotent: ``wulian cluster up`` calls it before starting the nodes."""
+    with _locked(cdir):
+        return _ensure(cdir, prefix)
+
+
+def _ensure(cdir: Path, prefix: str) -> dict:
     store = load_store(cdir) or {"prefix": prefix, "service": {}, "devices": {}}
     for user in (SERVICE_USER, SIMULATOR_USER):
         if user not in store["service"]:
@@ -137,18 +154,20 @@ class NatsAccounts:
 
     def set_password(self, user: str, password: str) -> None:
         check_device_id(user)
-        store = ensure_store(self.cdir, self.prefix)
-        store["devices"][user] = {"hash": hash_password(password),
-                                  "publish": device_subjects(user, store["prefix"])}
-        _save(self.cdir, store)
+        with _locked(self.cdir):
+            store = _ensure(self.cdir, self.prefix)
+            store["devices"][user] = {"hash": hash_password(password),
+                                      "publish": device_subjects(user, store["prefix"])}
+            _save(self.cdir, store)
         if self.reload is not None:
             self.reload()
 
     def remove(self, user: str) -> bool:
-        store = load_store(self.cdir)
-        if store is None or store["devices"].pop(user, None) is None:
-            return False
-        _save(self.cdir, store)
+        with _locked(self.cdir):
+            store = load_store(self.cdir)
+            if store is None or store["devices"].pop(user, None) is None:
+                return False
+            _save(self.cdir, store)
         if self.reload is not None:
             self.reload()
         return True

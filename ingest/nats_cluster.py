@@ -68,9 +68,10 @@ class ClusterState:
     @property
     def urls(self) -> list[str]:
         """The nodes' URLs with the service account in them (``jetstream.connect`` passes it on to nats-py)."""
+        from wulian.ingest.jetstream import with_account
+
         creds = nats_accounts.service_credentials(Path(self.dir))
-        auth = f"{creds[0]}:{creds[1]}@" if creds else ""
-        return [f"nats://{auth}127.0.0.1:{n.port}" for n in self.nodes]
+        return [with_account(u, *creds) if creds else u for u in self.addresses]
 
     @property
     def mqtt_account(self) -> tuple[str, str]:
