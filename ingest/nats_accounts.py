@@ -12,8 +12,8 @@ dynamic-security plugin gives city mode (ingest/broker_accounts.py), with the sa
 * one user per device, named by its device id, MQTT connections only, publish only under its own id,
   no subscriptions (a device's QoS 1 publish needs no internal ``$MQTT`` permission: the server stores it);
 * ``wulian``: routers, workers, ``cluster up``, benches (NATS connections only, every subject);
-* ``simulator``: simulators, chaos devices and bench publishers (MQTT only, publish ``<prefix>.>``:
-  never a ``$JS``/``$MQTT`` subject, which would reach the JetStream API from an MQTT client).
+* ``simulator``: simulators, chaos devices and bench publishers (MQTT only, publish ``<prefix>.>``
+  only: no ``$JS``/``$MQTT`` subject, the JetStream API and nats-server's own MQTT bookkeeping).
 
 No anonymous access: with a users list nats-server refuses a client without an account.
 

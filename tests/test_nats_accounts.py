@@ -216,3 +216,14 @@ async def test_a_dotted_device_id_is_refused_at_provisioning_with_one_line(pg_st
         assert await asyncio.to_thread(run_command, device, ["device", "add", "ND3", "--password-file", str(tmp_path / "passwd")]) == 0
         assert "ND3" in (tmp_path / "passwd").read_text()
         assert "ND3" in na.load_store(stack / "nats")["devices"]
+
+        # nodes on other hosts: `wulian cluster accounts --out` renders their include file, hashes only
+        from wulian.cli.commands import cluster
+
+        out_file = tmp_path / "node-host" / "accounts.conf"
+        assert await asyncio.to_thread(run_command, cluster, ["cluster", "accounts", "--out", str(out_file)]) == 0
+        text = out_file.read_text()
+        assert '"wl.*.pollution.ND3.*"' in text and "ND.2" not in text
+        store = na.load_store(stack / "nats")
+        assert all(a["password"] not in text for a in store["service"].values())
+        assert store["devices"]["ND3"]["hash"] in text
