@@ -201,19 +201,20 @@ async def test_a_dotted_device_id_is_refused_at_provisioning_with_one_line(pg_st
         monkeypatch.setenv("WULIAN_STACK__DIR", str(stack))
         monkeypatch.setenv("WULIAN_DB__DSN", dsn)
         monkeypatch.setenv("WULIAN_CLUSTER__FRONT_DOOR", "nats")
-        rc = await asyncio.to_thread(run_command, device, ["device", "add", "ND.2", "--password-file", str(tmp_path / "passwd")])
+        add = ["device", "add", "--password-file", str(tmp_path / "passwd")]
+        rc = await asyncio.to_thread(run_command, device, add + ["ND.2"])
         out = capsys.readouterr().out.strip()
         assert rc == 2 and len(out.splitlines()) == 1
         assert "nats-server 2.9 refuses MQTT topics containing '.'" in json.loads(out)["error"]
         assert not (tmp_path / "passwd").exists()
         # the same id is fine for Mosquitto alone (city mode's broker takes '.')
         monkeypatch.setenv("WULIAN_CLUSTER__FRONT_DOOR", "mosquitto")
-        assert await asyncio.to_thread(run_command, device, ["device", "add", "ND.2", "--password-file", str(tmp_path / "passwd")]) == 0
+        assert await asyncio.to_thread(run_command, device, add + ["ND.2"]) == 0
         assert "ND.2" in (tmp_path / "passwd").read_text()
         capsys.readouterr()
         # and a plain id goes to both brokers
         monkeypatch.setenv("WULIAN_CLUSTER__FRONT_DOOR", "nats")
-        assert await asyncio.to_thread(run_command, device, ["device", "add", "ND3", "--password-file", str(tmp_path / "passwd")]) == 0
+        assert await asyncio.to_thread(run_command, device, add + ["ND3"]) == 0
         assert "ND3" in (tmp_path / "passwd").read_text()
         assert "ND3" in na.load_store(stack / "nats")["devices"]
 

@@ -3,8 +3,9 @@ revoke every credential it has.
 
 The MQTT password is printed once (generated unless ``--mqtt-password`` is given); the broker keeps
 only its hash. The account is written to Mosquitto and, in cluster mode with the NATS front door (its
-accounts in ``<stack dir>/nats``), to the NATS nodes too; that door refuses a device id with a '.'. HJ 212 stations (``--type hj212``) also get their access password PW (``--hj212-pw``
-or a generated one, printed once, kept in the device-secret store); JT/T 808 terminals get their auth
+accounts in ``<stack dir>/nats``), to the NATS nodes too; that door refuses a device id with a '.'.
+HJ 212 stations (``--type hj212``) also get their access password PW (``--hj212-pw`` or a generated
+one, printed once, kept in the device-secret store); JT/T 808 terminals get their auth
 code when they register with the gateway. ``remove`` revokes the MQTT account, the PW and the auth
 code, and marks the registry row removed so that the gateways refuse the device from its next packet.
 """
