@@ -5,7 +5,8 @@ The same sources, verification and run loop as city mode (``run.run_faults``); w
 cluster, behind a front door: the NATS nodes' MQTT listener (``ingest.nats_front_door``) or the
 throwaway stack's Mosquitto. Faults in turn, under load: kill -9 of a worker (partition takeover
 timed), of a router, of the NATS node leading the stream (brought back), a front-door restart, a
-worker added mid-run, and kill -9 of the front door while it holds a queue for the stopped routers.
+worker added mid-run, and kill -9 of the front door while it holds a queue for the stopped routers;
+with the NATS front door also device accounts changed under load (each change reloads the nodes).
 
 Takeover time: from the SIGKILL of a worker until every partition is locked by a live worker again
 (the killed session's advisory locks end with its connection; the others claim a partition seen free
@@ -272,9 +273,37 @@ class KillFrontDoorQueued:
         await asyncio.to_thread(env.ingest.start)
 
 
+@dataclass
+class ReloadAccounts:
+    """NATS front door: device accounts added and removed under load (``wulian device add|remove``), each
+    change a SIGHUP of every node, which rereads ``accounts.conf`` (ingest/nats_accounts.py) while
+    devices publish and routers and workers use JetStream."""
+
+    changes: int = 10
+    every_s: float = 0.5
+    name: str = "reload_accounts"
+
+    async def inject(self, env: ChaosEnv) -> dict:
+        from wulian.ingest.nats_accounts import NatsAccounts
+        from wulian.ingest.provisioning import generate_password
+
+        cdir = Path(env.ingest.state.dir)
+        accounts = NatsAccounts(cdir, reload=lambda: nc.reload(cdir))
+        ids = [f"RA{i:03d}" for i in range(self.changes // 2)]
+        for dev in ids:
+            await asyncio.to_thread(accounts.set_password, dev, generate_password())
+            await asyncio.sleep(self.every_s)
+        for dev in ids:
+            await asyncio.to_thread(accounts.remove, dev)
+            await asyncio.sleep(self.every_s)
+        env.progress(f"{2 * len(ids)} account changes, each a reload of the {nc.NODES} nodes")
+        return {"reloads": 2 * len(ids)}
+
+
 def cluster_faults(front_door: str = "nats") -> list[Fault]:
     if front_door == "nats":
-        return [KillWorker(), KillRouter(), KillNatsNode(), RestartFrontDoor(), AddWorker(), KillFrontDoorQueued()]
+        return [KillWorker(), KillRouter(), KillNatsNode(), RestartFrontDoor(), AddWorker(), KillFrontDoorQueued(),
+                ReloadAccounts()]
     return [KillWorker(), KillRouter(), KillNatsNode(), RestartBroker(), AddWorker(), KillBrokerQueued()]
 
 
