@@ -12,7 +12,7 @@ dynamic-security plugin gives city mode (ingest/broker_accounts.py), with the sa
 * one user per device, named by its device id, MQTT connections only, publish only under its own id,
   no subscriptions (a device's QoS 1 publish needs no internal ``$MQTT`` permission: the server stores it);
 * ``wulian``: routers, workers, ``cluster up``, benches (NATS connections only, every subject);
-* ``simulator``: simulators, chaos devices and bench publishers (MQTT only, publish ``<prefix>.>``
+* ``simulator``: chaos devices and bench publishers (MQTT only, publish ``<prefix>.>``
   only: no ``$JS``/``$MQTT`` subject, the JetStream API and nats-server's own MQTT bookkeeping).
 
 No anonymous access: with a users list nats-server refuses a client without an account.
@@ -47,7 +47,7 @@ STORE_FILE = "accounts.json"
 LOCK_FILE = ".accounts.lock"
 INCLUDE_FILE = "accounts.conf"  # ``include``d by every node config (ingest/nats_cluster.py)
 SERVICE_USER = "wulian"  # routers, workers, cluster up, benches: NATS connections
-SIMULATOR_USER = "simulator"  # simulators, chaos devices, bench publishers: MQTT connections
+SIMULATOR_USER = "simulator"  # chaos devices, bench publishers, the front door's hello: MQTT connections
 BCRYPT_COST = 6  # paid at every device connect: CONNACK 6.0 ms at 6, 140.5 ms at 10 (docs/cluster.md)
 _DEVICE_RE = re.compile(DEVICE_ID_PATTERN)
 

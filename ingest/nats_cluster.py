@@ -76,7 +76,7 @@ class ClusterState:
     @property
     def mqtt_account(self) -> tuple[str, str]:
         """(user, password) for an MQTT client of the front door that is not a device: the simulator
-        account (simulators, chaos and bench publishers, the front door's hello)."""
+        account (chaos and bench publishers, the front door's hello)."""
         creds = nats_accounts.service_credentials(Path(self.dir), nats_accounts.SIMULATOR_USER)
         if creds is None:
             raise RuntimeError(f"no NATS accounts in {self.dir}: run `wulian cluster up`")
