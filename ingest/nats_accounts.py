@@ -56,6 +56,8 @@ def check_device_id(device_id: str) -> None:
     """ValueError (one line) for an id this door cannot carry."""
     if not _DEVICE_RE.match(device_id):
         raise ValueError(f"invalid device id {device_id!r}")
+    if device_id in (SERVICE_USER, SIMULATOR_USER):  # a second user of that name: the nodes refuse the file
+        raise ValueError(f"device id {device_id!r} is a service account of the NATS front door")
     if "." in device_id:
         raise ValueError(f"device id {device_id!r} contains '.': the NATS front door (cluster.front_door = nats)"
                          " cannot carry it (nats-server 2.9 refuses MQTT topics containing '.')")

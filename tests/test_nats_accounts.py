@@ -127,6 +127,9 @@ def test_device_subjects_are_mosquittos_acl_patterns():
     assert na.device_subjects("D1") == [f"wl.*.{s.value}.D1.*" for s in Stream]
     assert "wl.*.pollution.D1.*" in na.device_subjects("D1")
     assert na.topic_to_subject("wl/+/x/#") == "wl.*.x.>"
+    for service in (na.SERVICE_USER, na.SIMULATOR_USER):  # a device must not shadow a service account
+        with pytest.raises(ValueError, match="service account"):
+            na.check_device_id(service)
 
 
 async def test_device_publishes_only_under_its_own_id_and_is_removed(pg_stack, door):
