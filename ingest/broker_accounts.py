@@ -57,8 +57,36 @@ class BrokerError(RuntimeError):
 
 
 class BrokerAccounts(Protocol):
+    """Device accounts of a broker: Mosquitto's (here) or the NATS front door's (ingest/nats_accounts.py)."""
+
+    def check_user(self, user: str) -> None: ...  # ValueError (one line) before anything is written
     def set_password(self, user: str, password: str) -> None: ...
     def remove(self, user: str) -> bool: ...
+
+
+def check_device_user(user: str) -> None:
+    """Mosquitto's accounts take any valid device id (no '+', '#' or '/': safe inside an ACL topic)."""
+    if not _DEVICE_RE.match(user):
+        raise ValueError(f"invalid device id {user!r}")
+
+
+class AllAccounts:
+    """The same device account on several brokers (the local stack's Mosquitto and the NATS front door):
+    checked by all before any is written; removed from all."""
+
+    def __init__(self, backends: list) -> None:
+        self.backends = backends
+
+    def check_user(self, user: str) -> None:
+        for b in self.backends:
+            b.check_user(user)
+
+    def set_password(self, user: str, password: str) -> None:
+        for b in self.backends:
+            b.set_password(user, password)
+
+    def remove(self, user: str) -> bool:
+        return any([b.remove(user) for b in self.backends])  # a list: every backend, not the first True
 
 
 class PasswordFileAccounts:
@@ -66,6 +94,8 @@ class PasswordFileAccounts:
 
     def __init__(self, password_file: Path, pid_file: Path | None = None) -> None:
         self.password_file, self.pid_file = password_file, pid_file
+
+    check_user = staticmethod(check_device_user)
 
     def set_password(self, user: str, password: str) -> None:
         set_credentials_many(self.password_file, {user: password})
@@ -86,6 +116,8 @@ class DynSecAccounts:
                  tls: bool = False, ca_file: str | None = None, timeout_s: float = 10.0) -> None:
         self.host, self.port, self.username, self.password = host, port, username, password
         self.prefix, self.tls, self.ca_file, self.timeout_s = prefix, tls, ca_file, timeout_s
+
+    check_user = staticmethod(check_device_user)
 
     def command(self, commands: list[dict]) -> list[dict]:
         """Send one batch of commands; returns the broker's responses in order (each may hold ``error``)."""

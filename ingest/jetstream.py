@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from urllib.parse import quote, unquote, urlsplit
 
 import nats
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -49,9 +50,27 @@ def stream_config(partitions: int, replicas: int) -> StreamConfig:
     )
 
 
+def with_account(url: str, user: str, password: str) -> str:
+    """``url`` with the account in it, unless it has one already (a URL of ``cluster.nats_urls``)."""
+    u = urlsplit(url)
+    if u.username is not None:
+        return url
+    return u._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{u.netloc}").geturl()
+
+
 async def connect(urls: list[str], name: str) -> nats.NATS:
-    return await nats.connect(servers=urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                              connect_timeout=5)
+    """``urls`` may carry the account (``nats://user:password@host:port``, how the cluster's service account
+    reaches routers and workers): it is passed as nats-py's user/password, so it also applies to the
+    servers the cluster advertises (nats-py adds those without credentials)."""
+    servers, auth = [], {}
+    for url in urls:
+        u = urlsplit(url)
+        if u.username is not None:
+            auth = {"user": unquote(u.username), "password": unquote(u.password or "")}
+            url = u._replace(netloc=u.netloc.rsplit("@", 1)[1]).geturl()
+        servers.append(url)
+    return await nats.connect(servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                              connect_timeout=5, **auth)
 
 
 async def ensure_stream(nc: nats.NATS, partitions: int, replicas: int, timeout: float = 30.0) -> int:

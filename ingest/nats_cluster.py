@@ -6,6 +6,10 @@ each with its own store under ``<stack dir>/nats/n<i>``; the ports and pids are 
 machine's own NATS (4222) is never used: ports are picked free and 4222 is refused. ``up`` may also start
 routers and workers (``wulian router|worker`` child processes, logs ``<name>.log`` beside the nodes'),
 recorded in the same file so ``status`` shows them and ``down`` stops them (before the nodes).
+
+Authorization is always on: every node config includes ``accounts.conf`` (service accounts and the NATS
+front door's device accounts, ``ingest.nats_accounts``), so no client connects without an account;
+:attr:`ClusterState.urls` carries the service account, :attr:`ClusterState.addresses` is what to print.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from wulian.ingest import nats_accounts
 from wulian.ingest.chaos.stack import free_port, port_open
 
 NODES = 3
@@ -56,8 +61,26 @@ class ClusterState:
     members: list[Member] = field(default_factory=list)
 
     @property
-    def urls(self) -> list[str]:
+    def addresses(self) -> list[str]:
+        """The nodes' URLs without credentials: for output and logs."""
         return [f"nats://127.0.0.1:{n.port}" for n in self.nodes]
+
+    @property
+    def urls(self) -> list[str]:
+        """The nodes' URLs with the service account in them (``jetstream.connect`` passes it on to nats-py)."""
+        from wulian.ingest.jetstream import with_account
+
+        creds = nats_accounts.service_credentials(Path(self.dir))
+        return [with_account(u, *creds) if creds else u for u in self.addresses]
+
+    @property
+    def mqtt_account(self) -> tuple[str, str]:
+        """(user, password) for an MQTT client of the front door that is not a device: the simulator
+        account (chaos and bench publishers, the front door's hello)."""
+        creds = nats_accounts.service_credentials(Path(self.dir), nats_accounts.SIMULATOR_USER)
+        if creds is None:
+            raise RuntimeError(f"no NATS accounts in {self.dir}: run `wulian cluster up`")
+        return creds
 
     def save(self) -> None:
         Path(self.dir, STATE_FILE).write_text(json.dumps(asdict(self), indent=1))
@@ -88,6 +111,7 @@ def _port() -> int:
 def node_conf(node: Node, peers: list[Node]) -> str:
     routes = ", ".join(f"nats-route://127.0.0.1:{p.cluster_port}" for p in peers if p.name != node.name)
     conf = (f'server_name: "{node.name}"\nlisten: "127.0.0.1:{node.port}"\n'
+            f'include "{nats_accounts.INCLUDE_FILE}"\n'  # beside this file: authorization, every account
             f'jetstream {{ store_dir: "{node.store}", max_memory_store: 256MB, max_file_store: 8GB }}\n'
             f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{node.cluster_port}", routes: [{routes}] }}\n')
     if node.mqtt_port:  # QoS 1 stored in JetStream ($MQTT_msgs, 3 replicas) before the PUBACK
@@ -121,10 +145,12 @@ def start_node(state: ClusterState, node: Node) -> None:
     state.save()
 
 
-def up(cdir: Path, timeout: float = 20.0, mqtt: bool = False) -> ClusterState:
+def up(cdir: Path, timeout: float = 20.0, mqtt: bool = False, prefix: str = "wl") -> ClusterState:
     """Start the three nodes (reusing the ports of a previous run, so stores and routes stay valid);
-    ``mqtt``: each also listens for MQTT (the lossless front door, ``ingest.nats_front_door``)."""
+    ``mqtt``: each also listens for MQTT (the lossless front door, ``ingest.nats_front_door``). The
+    accounts (``ingest.nats_accounts``) are created on the first run, kept afterwards."""
     cdir.mkdir(parents=True, exist_ok=True)
+    nats_accounts.ensure_store(cdir, prefix)
     state = ClusterState.load(cdir)
     if state is None:
         state = ClusterState(str(cdir))
@@ -143,6 +169,18 @@ def up(cdir: Path, timeout: float = 20.0, mqtt: bool = False) -> ClusterState:
             raise RuntimeError(f"NATS cluster did not start; see {cdir}/n*.log")
         time.sleep(0.05)
     return state
+
+
+def reload(cdir: Path) -> int:
+    """SIGHUP every live node of the cluster in ``cdir``: it rereads its config and ``accounts.conf``
+    (a removed account's connections are closed). Returns how many nodes were signalled."""
+    state = ClusterState.load(cdir)
+    n = 0
+    for node in state.nodes if state else []:
+        if _alive(node.pid):
+            os.kill(node.pid, signal.SIGHUP)
+            n += 1
+    return n
 
 
 def start_member(state: ClusterState, role: str, name: str, env: dict[str, str] | None = None) -> Member:

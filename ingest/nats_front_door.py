@@ -76,14 +76,24 @@ async def ensure_front_door(nc: nats.NATS, prefix: str = "wl", batch: int = 2000
             await asyncio.sleep(0.5)
 
 
-def mqtt_hello(host: str, port: int, timeout: float = 10.0) -> None:
+def mqtt_hello(host: str, port: int, timeout: float = 10.0, username: str | None = None,
+               password: str | None = None) -> None:
     """One MQTT 3.1.1 CONNECT / CONNACK / DISCONNECT (MQTT 3.1.1 3.1, 3.2, 3.14): makes nats-server create
-    its MQTT streams, so the routers' consumer can exist before any device publishes."""
+    its MQTT streams, so the routers' consumer can exist before any device publishes. The nodes refuse
+    a client without an account (ingest/nats_accounts.py): pass one that may connect over MQTT."""
     import socket
 
+    def field(b: bytes) -> bytes:
+        return len(b).to_bytes(2, "big") + b
+
     cid = b"wulian-front-door"
-    var = b"\x00\x04MQTT\x04\x02\x00\x3c"  # protocol name, level 4, clean session, keep alive 60 s
-    body = var + len(cid).to_bytes(2, "big") + cid
+    flags = 0x02 | (0xC0 if username is not None else 0)  # clean session (+ user name and password)
+    var = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c"  # protocol name, level 4, keep alive 60 s
+    body = var + field(cid)
+    if username is not None:
+        body += field(username.encode()) + field((password or "").encode())
+    if len(body) > 127:  # one byte of remaining length (MQTT 3.1.1 2.2.3) holds every name we send
+        raise ValueError("MQTT hello: user name and password too long")
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(bytes([0x10, len(body)]) + body)
         ack = s.recv(4)

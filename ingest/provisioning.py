@@ -180,6 +180,8 @@ async def provision_device(
     the device-secret store). Without ``password_file`` nor ``accounts`` only the registry row is written.
     ``accounts`` (a broker account backend of ingest/broker_accounts.py, e.g. dynamic security over the
     network) is used instead of the file."""
+    if accounts is not None:  # e.g. the NATS front door refuses a '.' in the id: before the registry row
+        accounts.check_user(spec.device_id)
     attrs = dict(spec.attrs)
     secrets_ = dict(spec.secrets)
     if spec.device_type == "hj212" and device_secrets.HJ212_PW not in secrets_:

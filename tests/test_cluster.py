@@ -46,6 +46,7 @@ class Cluster:
     def __init__(self, dsn: str, mqtt_port: int, urls: list[str], logdir) -> None:
         self.env = {**os.environ, "WULIAN_DB__DSN": dsn, "WULIAN_MQTT__PORT": str(mqtt_port),
                     "WULIAN_CLUSTER__NATS_URLS": json.dumps(urls),
+                    "WULIAN_CLUSTER__FRONT_DOOR": "mosquitto",  # these tests publish to the suite's Mosquitto
                     "WULIAN_CLUSTER__PARTITIONS": str(PARTITIONS), "WULIAN_CLUSTER__TAKEOVER_DELAY_S": "0.5",
                     "WULIAN_CLUSTER__REBALANCE_DELAY_S": "2", "WULIAN_MQTT__SESSION_EXPIRY_S": "300",
                     "WULIAN_ALARMS__TICK_INTERVAL_S": "3600"}

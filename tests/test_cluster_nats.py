@@ -62,7 +62,7 @@ async def test_cluster_loses_nothing_through_a_kill_of_the_stream_leader(cluster
     await asyncio.sleep(0.5)  # under load
     killed = time.monotonic()
     kill9_pid(node.pid)
-    survivors = [f"nats://127.0.0.1:{n.port}" for n in state.nodes if n is not node]
+    survivors = [u for u, n in zip(state.urls, state.nodes) if n is not node]
     new_leader = await wait_leader(survivors, timeout=120)
     elected_s = time.monotonic() - killed
     await publishing
@@ -83,10 +83,11 @@ def nats_mqtt_state():
     shutil.rmtree(cdir, ignore_errors=True)
 
 
-def _publish_311(port: int, docs: list[tuple[str, dict]]) -> None:
+def _publish_311(port: int, docs: list[tuple[str, dict]], account: tuple[str, str]) -> None:
     """A device speaking MQTT 3.1.1 (all NATS MQTT accepts), QoS 1, every PUBACK awaited."""
     c = Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:8]}",
                protocol=MQTTProtocolVersion.MQTTv311)
+    c.username_pw_set(*account)
     c.max_inflight_messages_set(500)
     c.connect("127.0.0.1", port)
     c.loop_start()
@@ -110,7 +111,7 @@ async def test_nats_front_door_keeps_a_queue_through_kill9_of_the_node(pg_stack,
         with contextlib.suppress(Exception):
             await nc.jetstream().delete_stream(j.STREAM)
         await j.ensure_stream(nc, PARTITIONS, 3)
-        await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port)
+        await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port, 10.0, *state.mqtt_account)
         await ensure_front_door(nc)
     finally:
         await nc.close()
@@ -127,11 +128,11 @@ async def test_nats_front_door_keeps_a_queue_through_kill9_of_the_node(pg_stack,
                 c.start("worker", name)
             await wait_until(lambda: _q(dsn, "SELECT count(*) = $1 FROM cluster_partitions", PARTITIONS), timeout=60)
             docs1, raises1 = _workload(tag, t0, 0, 10)
-            await asyncio.to_thread(_publish_311, door.mqtt_port, docs1)
+            await asyncio.to_thread(_publish_311, door.mqtt_port, docs1, state.mqtt_account)
             await wait_until(lambda: _q(dsn, "SELECT count(*) = $1 FROM readings", len(docs1)), timeout=120)
             c.kill("f1")  # the consumer is gone: what follows is queued in $MQTT_msgs
             docs2, raises2 = _workload(tag, t0, 10, 20)
-            await asyncio.to_thread(_publish_311, door.mqtt_port, docs2)
+            await asyncio.to_thread(_publish_311, door.mqtt_port, docs2, state.mqtt_account)
             kill9_pid(door.pid)
             nats_cluster.start_node(state, door)
             c.start("router", "f1")

@@ -99,9 +99,15 @@ class ClusterSettings(BaseModel):
     takeover_delay_s: float = 1.0  # a partition seen free this long is taken
     rebalance_delay_s: float = 10.0  # membership stable this long before a worker gives partitions away
     ack_wait_s: float = 60.0
-    # "mosquitto": routers take a $share of the broker's topics; "nats": devices publish MQTT 3.1.1 to
-    # the NATS nodes' MQTT listeners, which store QoS 1 in JetStream before the PUBACK (docs/cluster.md)
-    front_door: Literal["mosquitto", "nats"] = "mosquitto"
+    # "nats": devices publish MQTT 3.1.1 to the NATS nodes' MQTT listeners, which store QoS 1 in JetStream
+    # before the PUBACK, each device under its own account (ingest/nats_accounts.py); "mosquitto": routers
+    # take a $share of the broker's topics, which loses what it PUBACKed in the last 1-2 s before a kill -9
+    # (docs/cluster.md)
+    front_door: Literal["mosquitto", "nats"] = "nats"
+    # The NATS service account of routers and workers; default: the local cluster's (``wulian cluster up``
+    # writes it to <stack dir>/nats/accounts.json). Set both for a cluster on other machines.
+    nats_username: str | None = None
+    nats_password: str | None = None
 
 
 class ApiSettings(BaseModel):

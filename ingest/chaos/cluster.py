@@ -5,7 +5,8 @@ The same sources, verification and run loop as city mode (``run.run_faults``); w
 cluster, behind a front door: the NATS nodes' MQTT listener (``ingest.nats_front_door``) or the
 throwaway stack's Mosquitto. Faults in turn, under load: kill -9 of a worker (partition takeover
 timed), of a router, of the NATS node leading the stream (brought back), a front-door restart, a
-worker added mid-run, and kill -9 of the front door while it holds a queue for the stopped routers.
+worker added mid-run, and kill -9 of the front door while it holds a queue for the stopped routers;
+with the NATS front door also device accounts changed under load (each change reloads the nodes).
 
 Takeover time: from the SIGKILL of a worker until every partition is locked by a live worker again
 (the killed session's advisory locks end with its connection; the others claim a partition seen free
@@ -209,7 +210,7 @@ class KillNatsNode:
         t0 = time.monotonic()
         await asyncio.to_thread(kill9_pid, node.pid)
         env.progress(f"NATS node {leader} (stream leader) killed (SIGKILL)")
-        others = [f"nats://127.0.0.1:{n.port}" for n in state.nodes if n is not node]
+        others = [u for u, n in zip(state.urls, state.nodes) if n is not node]
         new_leader = await wait_leader(others)
         elected_s = time.monotonic() - t0
         env.progress(f"stream leader {new_leader} after {elected_s:.2f}s")
@@ -272,9 +273,37 @@ class KillFrontDoorQueued:
         await asyncio.to_thread(env.ingest.start)
 
 
-def cluster_faults(front_door: str = "mosquitto") -> list[Fault]:
+@dataclass
+class ReloadAccounts:
+    """NATS front door: device accounts added and removed under load (``wulian device add|remove``), each
+    change a SIGHUP of every node, which rereads ``accounts.conf`` (ingest/nats_accounts.py) while
+    devices publish and routers and workers use JetStream."""
+
+    changes: int = 10
+    every_s: float = 0.5
+    name: str = "reload_accounts"
+
+    async def inject(self, env: ChaosEnv) -> dict:
+        from wulian.ingest.nats_accounts import NatsAccounts
+        from wulian.ingest.provisioning import generate_password
+
+        cdir = Path(env.ingest.state.dir)
+        accounts = NatsAccounts(cdir, reload=lambda: nc.reload(cdir))
+        ids = [f"RA{i:03d}" for i in range(self.changes // 2)]
+        for dev in ids:
+            await asyncio.to_thread(accounts.set_password, dev, generate_password())
+            await asyncio.sleep(self.every_s)
+        for dev in ids:
+            await asyncio.to_thread(accounts.remove, dev)
+            await asyncio.sleep(self.every_s)
+        env.progress(f"{2 * len(ids)} account changes, each a reload of the {nc.NODES} nodes")
+        return {"reloads": 2 * len(ids)}
+
+
+def cluster_faults(front_door: str = "nats") -> list[Fault]:
     if front_door == "nats":
-        return [KillWorker(), KillRouter(), KillNatsNode(), RestartFrontDoor(), AddWorker(), KillFrontDoorQueued()]
+        return [KillWorker(), KillRouter(), KillNatsNode(), RestartFrontDoor(), AddWorker(), KillFrontDoorQueued(),
+                ReloadAccounts()]
     return [KillWorker(), KillRouter(), KillNatsNode(), RestartBroker(), AddWorker(), KillBrokerQueued()]
 
 
@@ -293,21 +322,23 @@ def member_env(stack: ChaosStack, urls: list[str], extra: dict[str, str], front_
                      WULIAN_CLUSTER__FRONT_DOOR=front_door, WULIAN_LOG_LEVEL="INFO", **creds, **extra)
 
 
-def cluster_config(quick: bool = False, front_door: str = "mosquitto", **kw) -> ChaosConfig:
+def cluster_config(quick: bool = False, front_door: str = "nats", **kw) -> ChaosConfig:
     base = dict(rate_msgs=400.0, devices=20, pre_s=4.0 if quick else 8.0, post_s=6.0 if quick else 15.0,
                 settle_s=90.0, faults=cluster_faults(front_door), field_devices=0, pending_rule=True)
     return ChaosConfig(**{**base, **kw})
 
 
-def nats_device_params(port: int):
-    """Devices of the NATS front door: MQTT 3.1.1, no account (a private loopback cluster)."""
+def nats_device_params(port: int, account: tuple[str, str]):
+    """Devices of the NATS front door: MQTT 3.1.1 under the simulator account (``ClusterState.mqtt_account``:
+    the nodes refuse a client without one)."""
     from wulian.ingest.mqtt_client import MqttParams
 
-    return lambda client_id: MqttParams("127.0.0.1", port, client_id, protocol=4)
+    user, password = account
+    return lambda client_id: MqttParams("127.0.0.1", port, client_id, username=user, password=password, protocol=4)
 
 
 async def run_cluster_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir: bool = False,
-                            front_door: str = "mosquitto") -> dict:
+                            front_door: str = "nats") -> dict:
     """A throwaway stack, a private 3-node NATS cluster, 2 routers and 2 workers; ``cfg.faults`` in turn.
     ``front_door``: devices publish to the stack's Mosquitto, or to the NATS nodes' MQTT listener."""
     from wulian.ingest.nats_front_door import ensure_front_door, mqtt_hello
@@ -319,7 +350,7 @@ async def run_cluster_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir
     nats_door = front_door == "nats"
     state = await asyncio.to_thread(nc.up, cdir, 20.0, nats_door)
     members = ClusterMembers(stack, state, member_env(stack, state.urls, dict(cfg.ingest_env), front_door))
-    devices = nats_device_params(state.nodes[0].mqtt_port) if nats_door else None
+    devices = nats_device_params(state.nodes[0].mqtt_port, state.mqtt_account) if nats_door else None
     env = ChaosEnv(stack, members, progress=progress, front_door=devices)
     try:
         con = await asyncpg.connect(stack.dsn)
@@ -332,11 +363,11 @@ async def run_cluster_chaos(cfg: ChaosConfig, progress=progress_stderr, keep_dir
         try:
             await j.ensure_stream(nats, PARTITIONS, 3)
             if nats_door:
-                await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port)
+                await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port, 10.0, *state.mqtt_account)
                 await ensure_front_door(nats)
         finally:
             await nats.close()
-        progress(f"NATS {' '.join(state.urls)}; stream {j.STREAM} ({PARTITIONS} partitions, replicas 3)")
+        progress(f"NATS {' '.join(state.addresses)}; stream {j.STREAM} ({PARTITIONS} partitions, replicas 3)")
         members.start()
         await wait_partitions(stack.dsn, PARTITIONS, 2)
         ready_s = await wait_ingest_ready(stack, params=devices)

@@ -7,7 +7,8 @@ processes, a wait until the workers have split every partition between them, the
 are published live and the clock stops when ``cluster_partitions`` counts every message committed. CPU
 per stage is the difference of ``utime + stime`` (``/proc/<pid>/stat``) over that window: routers,
 the three NATS nodes, workers, the PostgreSQL server (the postmaster, its live children, and what its
-exited children left in its ``cutime + cstime``) and the MQTT broker. The publisher runs in this
+exited children left in its ``cutime + cstime``) and the MQTT broker (Mosquitto; with the NATS front door,
+the default, the MQTT listener is in the NATS nodes, so its cost is in theirs). The publisher runs in this
 process and is not counted in any stage. Lost and duplicated readings are counted in the database.
 """
 from __future__ import annotations
@@ -96,6 +97,19 @@ def _publish(params, messages) -> None:
             raise RuntimeError("broker did not acknowledge every message")
 
 
+async def _door_pulling(state) -> bool:
+    """The NATS front door: a router is pulling (a pull request waits on a consumer of ``$MQTT_msgs``), so
+    the clock does not count a standby router waiting for the lease of the previous run's."""
+    from wulian.ingest import jetstream as j
+    from wulian.ingest.nats_front_door import MQTT_STREAM
+
+    nats = await j.connect(state.urls, "bench-cluster-probe")
+    try:
+        return any(c.num_waiting for c in await nats.jetstream().consumers_info(MQTT_STREAM))
+    finally:
+        await nats.close()
+
+
 async def one_run(stack, state, n_workers: int, args, messages, run_id: str) -> dict:
     from wulian.ingest import jetstream as j
     from wulian.ingest import nats_cluster as nc
@@ -121,6 +135,12 @@ async def one_run(stack, state, n_workers: int, args, messages, run_id: str) -> 
     except Exception:
         pass
     await j.ensure_stream(nats, args.partitions, 3)
+    nats_door = args.front_door == "nats"
+    if nats_door:  # the routers' consumer, before the first message (it survives across runs)
+        from wulian.ingest.nats_front_door import ensure_front_door, mqtt_hello
+
+        await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port, 10.0, *state.mqtt_account)
+        await ensure_front_door(nats)
     await nats.close()
     user, pw = stack.mqtt_account("ingest")
     creds = {"WULIAN_MQTT__USERNAME": user, "WULIAN_MQTT__PASSWORD": pw} if user else {}
@@ -128,7 +148,7 @@ async def one_run(stack, state, n_workers: int, args, messages, run_id: str) -> 
                     WULIAN_CLUSTER__NATS_URLS=json.dumps(state.urls),
                     WULIAN_CLUSTER__PARTITIONS=str(args.partitions), WULIAN_CLUSTER__TAKEOVER_DELAY_S="0.5",
                     WULIAN_CLUSTER__REBALANCE_DELAY_S="1", WULIAN_MQTT__SESSION_EXPIRY_S="300",
-                    WULIAN_LOG_LEVEL="WARNING", **creds)
+                    WULIAN_CLUSTER__FRONT_DOOR=args.front_door, WULIAN_LOG_LEVEL="WARNING", **creds)
     # the same router ids in every run: a router's MQTT session is a member of the shared subscription
     # while it lives (300 s here), so a new id per run would leave the old one's share queued, unread
     members = [nc.start_member(state, "router", f"r{i}-{run_id}", env) for i in range(1, args.routers + 1)]
@@ -141,11 +161,13 @@ async def one_run(stack, state, n_workers: int, args, messages, run_id: str) -> 
         await _wait(lambda: _q(dsn, "SELECT count(*) = $1 FROM cluster_partitions", args.partitions), 120,
                     "partitions not ready")
         await asyncio.sleep(2.0)  # routers subscribed; rebalancing settled
+        if nats_door:
+            await _wait(lambda: _door_pulling(state), 120, "no router pulls from the NATS front door")
         pids = {"router": [m.pid for m in members if m.role == "router"],
                 "worker": [m.pid for m in members if m.role == "worker"],
                 "nats": [n.pid for n in state.nodes]}
         pg_root = int((stack.dir / "pg" / "postmaster.pid").read_text().split()[0])
-        broker = stack.broker_pid()
+        broker = None if nats_door else stack.broker_pid()  # the NATS door's broker is the NATS nodes
 
         def snapshot() -> dict[str, float]:
             out = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
@@ -155,7 +177,7 @@ async def one_run(stack, state, n_workers: int, args, messages, run_id: str) -> 
 
         n = len(messages)
         cpu0, t0 = snapshot(), time.perf_counter()
-        await asyncio.to_thread(_publish, stack.mqtt_params(f"bench-pub-{uuid.uuid4().hex[:6]}"), messages)
+        await asyncio.to_thread(_publish, publisher_params(stack, state, nats_door), messages)
         await _wait(lambda: _q(dsn, "SELECT coalesce(sum(messages), 0) >= $1 FROM cluster_partitions", n),
                     args.timeout, "not every message was committed")
         elapsed, cpu1 = time.perf_counter() - t0, snapshot()
@@ -181,12 +203,26 @@ async def one_run(stack, state, n_workers: int, args, messages, run_id: str) -> 
             "cpu_s_per_million_readings": {k: round((cpu1[k] - cpu0[k]) * per_m, 2) for k in STAGES}}
 
 
+def publisher_params(stack, state, nats_door: bool):
+    """The bench's publisher: the simulator account, on the NATS nodes' MQTT listener (MQTT 3.1.1) or on
+    Mosquitto."""
+    from wulian.ingest.mqtt_client import MqttParams
+
+    client_id = f"bench-pub-{uuid.uuid4().hex[:6]}"
+    if not nats_door:
+        return stack.mqtt_params(client_id)
+    user, password = state.mqtt_account
+    return MqttParams("127.0.0.1", state.nodes[0].mqtt_port, client_id, username=user, password=password,
+                      protocol=4)
+
+
 async def bench(args: argparse.Namespace) -> dict:
     from wulian.ingest import nats_cluster as nc
     from wulian.ingest.chaos.stack import ChaosStack
 
     if args.partitions is None:
         args.partitions = get_settings().cluster.partitions
+    args.front_door = args.front_door or get_settings().cluster.front_door
     stack = ChaosStack.fresh("bench-cluster")
     run_id = uuid.uuid4().hex[:4]
     messages = make_messages(args.messages, args.per_msg, args.devices, "bench", prefix="wl")
@@ -194,7 +230,7 @@ async def bench(args: argparse.Namespace) -> dict:
     try:
         _progress(f"stack in {stack.dir}")
         await asyncio.to_thread(stack.up)
-        state = await asyncio.to_thread(nc.up, Path(stack.dir) / "nats")
+        state = await asyncio.to_thread(nc.up, Path(stack.dir) / "nats", 20.0, args.front_door == "nats")
         for w in args.workers:
             r = await one_run(stack, state, w, args, messages, run_id)
             _progress(f"{w} worker(s): {r['readings_per_s']:,.0f} readings/s, lost {r['lost']}, "
@@ -209,7 +245,7 @@ async def bench(args: argparse.Namespace) -> dict:
             "note": "shared machine: other processes ran beside this bench; CPU seconds are this run's "
                     "processes only, wall-clock throughput is not",
             "qos": 1, "readings_per_msg": args.per_msg, "devices": args.devices, "partitions": args.partitions,
-            "nats_nodes": nc.NODES, "stream_replicas": 3, "runs": runs}
+            "front_door": args.front_door, "nats_nodes": nc.NODES, "stream_replicas": 3, "runs": runs}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -237,5 +273,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--routers", type=int, default=1)
     p.add_argument("--partitions", type=int, help="stream partitions (default: the cluster.partitions setting)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for every commit")
+    p.add_argument("--front-door", choices=["nats", "mosquitto"], default=None,
+                   help="where the publisher sends (default: the cluster.front_door setting, nats)")
     p.add_argument("--keep", action="store_true", help="leave the stack and the NATS cluster running")
     p.set_defaults(func=run)

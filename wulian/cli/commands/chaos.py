@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
         return _frontdoor(args)
     if args.cluster:
         from wulian.ingest.chaos.cluster import cluster_config, run_cluster_chaos
+        from wulian.settings import get_settings
 
+        args.front_door = args.front_door or get_settings().cluster.front_door
         base = cluster_config(args.quick, args.front_door)
     else:
         base = ChaosConfig.quick() if args.quick else ChaosConfig()
@@ -77,9 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="short phases, database down 5 s")
     p.add_argument("--cluster", action="store_true",
                    help="cluster mode: 3 NATS nodes, 2 routers, 2 workers; kill worker/router/NATS node, add a worker")
-    p.add_argument("--front-door", choices=["mosquitto", "nats"], default="nats",
-                   help="--cluster: devices publish to the NATS nodes' MQTT listener (default, the lossless one)"
-                        " or to Mosquitto (routers: $share)")
+    p.add_argument("--front-door", choices=["mosquitto", "nats"], default=None,
+                   help="--cluster: devices publish to the NATS nodes' MQTT listener (the lossless one) or to"
+                        " Mosquitto (routers: $share); default: the cluster.front_door setting (nats)")
     p.add_argument("--broker-kill", action="store_true",
                    help="only measure the MQTT front door: kill -9 with queued QoS 1 messages, per broker candidate")
     p.add_argument("--messages", type=int, default=20000, help="--broker-kill: QoS 1 messages queued before the kill")

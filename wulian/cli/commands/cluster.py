@@ -18,9 +18,15 @@ def cluster_dir(settings: Settings):
 
 
 def nats_urls(settings: Settings) -> list[str]:
-    """The configured servers, else the local cluster's (``wulian cluster up``)."""
-    if settings.cluster.nats_urls:
-        return list(settings.cluster.nats_urls)
+    """The configured servers (with ``cluster.nats_username``/``nats_password`` in them), else the local
+    cluster's (``wulian cluster up``), with its service account."""
+    c = settings.cluster
+    if c.nats_urls:
+        from wulian.ingest.jetstream import with_account
+
+        if c.nats_username and c.nats_password:
+            return [with_account(u, c.nats_username, c.nats_password) for u in c.nats_urls]
+        return list(c.nats_urls)
     from wulian.ingest.nats_cluster import ClusterState
 
     state = ClusterState.load(cluster_dir(settings))
@@ -35,9 +41,11 @@ def _cluster(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     cdir = cluster_dir(settings)
+    if args.action == "accounts":
+        return _accounts(args, cdir)
     if args.action == "up":
         nats_door = settings.cluster.front_door == "nats"
-        state = nc.up(cdir, mqtt=nats_door)
+        state = nc.up(cdir, mqtt=nats_door, prefix=settings.mqtt.topic_prefix)
 
         async def stream() -> int:
             con = await j.connect(state.urls, "wulian-cluster-up")
@@ -46,17 +54,19 @@ def _cluster(args: argparse.Namespace) -> int:
                 if nats_door:  # the routers' consumer exists before any device publishes
                     from wulian.ingest.nats_front_door import ensure_front_door, mqtt_hello
 
-                    await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port)
+                    await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port, 10.0,
+                                            *state.mqtt_account)
                     await ensure_front_door(con, settings.mqtt.topic_prefix, settings.cluster.router_batch)
                 return p
             finally:
                 await con.close()
 
         p = asyncio.run(stream())
-        print(f"NATS cluster up: {' '.join(state.urls)}; stream {j.STREAM}, {p} partitions, "
+        print(f"NATS cluster up: {' '.join(state.addresses)}; stream {j.STREAM}, {p} partitions, "
               f"replicas {settings.cluster.replicas}")
         if nats_door:
-            print("MQTT front door (MQTT 3.1.1): " + " ".join(f"127.0.0.1:{n.mqtt_port}" for n in state.nodes))
+            print("MQTT front door (MQTT 3.1.1): " + " ".join(f"127.0.0.1:{n.mqtt_port}" for n in state.nodes)
+                  + "; device accounts: `wulian device add`")
         if args.routers or args.workers:
             nc.scale(state, args.routers, args.workers)
             print(f"started {args.routers} router(s), {args.workers} worker(s); logs in {cdir}/<name>.log")
@@ -68,6 +78,25 @@ def _cluster(args: argparse.Namespace) -> int:
     print(json.dumps(st, indent=1))
     healthy = st["running"] == len(st["nodes"]) and st["nodes"] and all(m["up"] for m in st["members"])
     return 0 if healthy else 3
+
+
+def _accounts(args: argparse.Namespace, cdir) -> int:
+    """Render the NATS front door's accounts file again from the store (``accounts.json``): to ``--out``
+    (a node host's config dir, by whatever copies files there), or beside the store and reload the
+    local nodes."""
+    from pathlib import Path
+
+    from wulian.ingest import nats_accounts as na
+    from wulian.ingest import nats_cluster as nc
+
+    try:
+        path = na.write_include(cdir, Path(args.out) if args.out else None)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}")
+        return 2
+    reloaded = 0 if args.out else nc.reload(cdir)
+    print(f"NATS accounts written to {path}" + ("" if args.out else f"; {reloaded} local node(s) reloaded"))
+    return 0
 
 
 def _router(args: argparse.Namespace) -> int:
@@ -136,7 +165,9 @@ def _count(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cluster", help="start/stop/inspect the local 3-node NATS JetStream cluster")
-    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("action", choices=["up", "down", "status", "accounts"],
+                   help="accounts: render the NATS front door's accounts file again (see --out) and reload")
+    p.add_argument("--out", help="accounts: write the file here (a node host's config dir) instead")
     p.add_argument("--routers", type=_count, default=0, help="up: also start N routers (r1..rN)")
     p.add_argument("--workers", type=_count, default=0, help="up: also start M workers (w1..wM)")
     p.set_defaults(func=_cluster)

@@ -2,8 +2,10 @@
 revoke every credential it has.
 
 The MQTT password is printed once (generated unless ``--mqtt-password`` is given); the broker keeps
-only its hash. HJ 212 stations (``--type hj212``) also get their access password PW (``--hj212-pw``
-or a generated one, printed once, kept in the device-secret store); JT/T 808 terminals get their auth
+only its hash. The account is written to Mosquitto and, in cluster mode with the NATS front door (its
+accounts in ``<stack dir>/nats``), to the NATS nodes too; that door refuses a device id with a '.'.
+HJ 212 stations (``--type hj212``) also get their access password PW (``--hj212-pw`` or a generated
+one, printed once, kept in the device-secret store); JT/T 808 terminals get their auth
 code when they register with the gateway. ``remove`` revokes the MQTT account, the PW and the auth
 code, and marks the registry row removed so that the gateways refuse the device from its next packet.
 """
@@ -23,14 +25,12 @@ def broker_files(settings: Settings) -> tuple[Path, Path, Path]:
     return mq / "passwd", mq / "acl", mq / "mosquitto.pid"
 
 
-def broker_accounts(args: argparse.Namespace, s: Settings):
-    """Where device accounts go: ``--password-file``; else the broker's dynamic-security plugin when the
+def mosquitto_accounts(args: argparse.Namespace, s: Settings):
+    """Mosquitto's device accounts: ``--password-file``; else the broker's dynamic-security plugin when the
     administrator's password is set (any host); else the local stack's password file."""
     from wulian.ingest.broker_accounts import DynSecAccounts, PasswordFileAccounts
 
     passwd, _acl, pid = broker_files(s)
-    if args.no_broker:
-        return None
     if args.password_file:
         return PasswordFileAccounts(Path(args.password_file), pid)
     q = s.mqtt
@@ -38,6 +38,31 @@ def broker_accounts(args: argparse.Namespace, s: Settings):
         return DynSecAccounts(q.host, int(q.port), q.dynsec_username, q.dynsec_password, prefix=q.topic_prefix,
                               tls=q.tls, ca_file=str(q.ca_file) if q.ca_file else None)
     return PasswordFileAccounts(passwd, pid)
+
+
+def nats_accounts(s: Settings):
+    """The NATS front door's device accounts, when it is the cluster's front door and its accounts exist
+    here (``wulian cluster up`` created them in ``<stack dir>/nats``); else None."""
+    from wulian.cli.commands.cluster import cluster_dir
+    from wulian.ingest import nats_accounts as na
+    from wulian.ingest import nats_cluster as nc
+
+    cdir = cluster_dir(s)
+    if s.cluster.front_door != "nats" or na.load_store(cdir) is None:
+        return None
+    return na.NatsAccounts(cdir, s.mqtt.topic_prefix, reload=lambda: nc.reload(cdir))
+
+
+def broker_accounts(args: argparse.Namespace, s: Settings):
+    """Where device accounts go: Mosquitto's (city mode's broker, :func:`mosquitto_accounts`) and, when
+    there is one, the NATS front door's (:func:`nats_accounts`), so the device may use either."""
+    from wulian.ingest.broker_accounts import AllAccounts
+
+    if args.no_broker:
+        return None
+    nats = nats_accounts(s)
+    mosquitto = mosquitto_accounts(args, s)
+    return AllAccounts([mosquitto, nats]) if nats is not None else mosquitto
 
 
 async def _add(args: argparse.Namespace, s: Settings) -> dict:
