@@ -86,8 +86,13 @@ async def wait_ingest_ready(stack: ChaosStack, timeout: float = 90.0, params=Non
     raise TimeoutError("ingest did not store the probe message")
 
 
+STALL_S = 45.0  # no new rows for this long: what is missing is lost
+
+
 async def _stored_when_settled(dsn: str, devices: list[str], want: int, settle_s: float) -> int:
-    """Poll until the stored count reaches ``want`` or stops growing for a while (bounded by settle_s)."""
+    """Poll until the stored count reaches ``want`` or stops growing for ``STALL_S`` (bounded by settle_s).
+    The stall window covers an ingest restarted after kill -9 on a loaded machine (imports, numba cache
+    load, broker session resume): 20 s was too short at load average 10+ and counted a pause as loss."""
     deadline = time.monotonic() + settle_s
     last, last_change = -1, time.monotonic()
     while True:
@@ -102,7 +107,7 @@ async def _stored_when_settled(dsn: str, devices: list[str], want: int, settle_s
         now = time.monotonic()
         if n != last:
             last, last_change = n, now
-        if n >= want or now > deadline or (n >= 0 and now - last_change > min(20.0, settle_s)):
+        if n >= want or now > deadline or (n >= 0 and now - last_change > min(STALL_S, settle_s)):
             return n
         await asyncio.sleep(0.5)
 
