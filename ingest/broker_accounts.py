@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Protocol
 
 from wulian.ingest.provisioning import (
-    SERVICE_ACCOUNTS, _read_env_file, _replace_file, bootstrap_stack_auth, device_topic_patterns,
-    generate_password, hash_password, reload_broker, remove_credentials, set_credentials_many,
+    ACL_FILE, SERVICE_ACCOUNTS, _read_env_file, _replace_file, allow_stream_in_acl, bootstrap_stack_auth,
+    device_topic_patterns, generate_password, hash_password, reload_broker, remove_credentials, set_credentials_many,
 )
 from wulian.core.const import DEVICE_ID_PATTERN
 from wulian.settings import MqttSettings
@@ -60,7 +60,7 @@ class BrokerAccounts(Protocol):
     """Device accounts of a broker: Mosquitto's (here) or the NATS front door's (ingest/nats_accounts.py)."""
 
     def check_user(self, user: str) -> None: ...  # ValueError (one line) before anything is written
-    def set_password(self, user: str, password: str) -> None: ...
+    def set_password(self, user: str, password: str, stream: str | None = None) -> None: ...
     def remove(self, user: str) -> bool: ...
 
 
@@ -81,9 +81,9 @@ class AllAccounts:
         for b in self.backends:
             b.check_user(user)
 
-    def set_password(self, user: str, password: str) -> None:
+    def set_password(self, user: str, password: str, stream: str | None = None) -> None:
         for b in self.backends:
-            b.set_password(user, password)
+            b.set_password(user, password, stream=stream)
 
     def remove(self, user: str) -> bool:
         return any([b.remove(user) for b in self.backends])  # a list: every backend, not the first True
@@ -97,8 +97,10 @@ class PasswordFileAccounts:
 
     check_user = staticmethod(check_device_user)
 
-    def set_password(self, user: str, password: str) -> None:
+    def set_password(self, user: str, password: str, stream: str | None = None) -> None:
         set_credentials_many(self.password_file, {user: password})
+        if stream is not None:  # a registry stream: its pattern in the ACL beside the password file
+            allow_stream_in_acl(self.password_file.parent / ACL_FILE, stream)
         if self.pid_file is not None:
             reload_broker(self.pid_file)
 
@@ -177,13 +179,14 @@ class DynSecAccounts:
             raise BrokerError(f"no dynamic-security answer from {self.host}:{self.port} (is the plugin loaded?)")
         return json.loads(out["response"])["responses"]
 
-    def set_password(self, user: str, password: str) -> None:
-        """Create the device's role and account, or set a new password if they exist (idempotent)."""
+    def set_password(self, user: str, password: str, stream: str | None = None) -> None:
+        """Create the device's role and account, or set a new password if they exist (idempotent). The role
+        lets it publish under its own id in the built-in streams and in ``stream`` (a registry stream)."""
         if not _DEVICE_RE.match(user):
             raise ValueError(f"invalid device id {user!r}")
         role = device_role(user)
         acls = [{"acltype": "publishClientSend", "topic": t, "allow": True}
-                for t in device_topic_patterns(self.prefix, user)]
+                for t in device_topic_patterns(self.prefix, user, stream)]
         role_answer, created = self.command([
             {"command": "createRole", "rolename": role, "acls": acls},
             {"command": "createClient", "username": user, "password": password, "roles": [{"rolename": role}]},

@@ -68,9 +68,9 @@ def topic_to_subject(topic: str) -> str:
     return ".".join({"+": "*", "#": ">"}.get(level, level) for level in topic.split("/"))
 
 
-def device_subjects(device_id: str, prefix: str = "wl") -> list[str]:
+def device_subjects(device_id: str, prefix: str = "wl", stream: str | None = None) -> list[str]:
     """What a device may publish to: Mosquitto's ACL patterns (ingest/provisioning.py) as subjects."""
-    return [topic_to_subject(t) for t in device_topic_patterns(prefix, device_id)]
+    return [topic_to_subject(t) for t in device_topic_patterns(prefix, device_id, stream)]
 
 
 def hash_password(password: str) -> str:
@@ -154,12 +154,12 @@ class NatsAccounts:
     def check_user(self, user: str) -> None:
         check_device_id(user)
 
-    def set_password(self, user: str, password: str) -> None:
+    def set_password(self, user: str, password: str, stream: str | None = None) -> None:
         check_device_id(user)
         with _locked(self.cdir):
             store = _ensure(self.cdir, self.prefix)
             store["devices"][user] = {"hash": hash_password(password),
-                                      "publish": device_subjects(user, store["prefix"])}
+                                      "publish": device_subjects(user, store["prefix"], stream)}
             _save(self.cdir, store)
         if self.reload is not None:
             self.reload()

@@ -30,6 +30,7 @@ from wulian.ingest import audit, device_secrets, device_store
 from wulian.ingest.device_store import DeviceSpec
 
 SERVICE_ACCOUNTS = ("ingest", "api", "simulator", "gateway")
+ACL_FILE = "acl"  # beside the password file (deploy/local/stack.sh points mosquitto.conf at both)
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses
 _DEVICE_RE = re.compile(DEVICE_ID_PATTERN)
 
@@ -121,10 +122,28 @@ def remove_credentials(path: Path, user: str) -> bool:
 
 # --- ACL -----------------------------------------------------------------------------------------
 
-def device_topic_patterns(prefix: str = "wl", user: str = "%u") -> list[str]:
-    """What a device account may publish to, one pattern per stream (``%u``: its user name, which is
-    its device id); the password-file ACL and the dynamic-security roles (ingest/broker_accounts.py)."""
-    return [f"{prefix}/+/{s.value}/{user}/+" for s in Stream]
+def device_topic_patterns(prefix: str = "wl", user: str = "%u", stream: str | None = None) -> list[str]:
+    """What a device account may publish to, one pattern per built-in stream plus the device's own
+    ``stream`` when it is a registry (custom) stream (``%u``: its user name, which is its device id);
+    the password-file ACL, the dynamic-security roles (ingest/broker_accounts.py) and the NATS front
+    door's permissions (ingest/nats_accounts.py)."""
+    streams = [s.value for s in Stream]
+    if stream is not None and stream not in streams:
+        streams.append(stream)
+    return [f"{prefix}/+/{name}/{user}/+" for name in streams]
+
+
+def allow_stream_in_acl(acl_file: Path, stream: str, prefix: str = "wl") -> bool:
+    """Add a registry stream's pattern to a rendered ``acl_file`` (devices still publish only under
+    their own id); True if the file changed (the broker then needs a SIGHUP)."""
+    extra = device_topic_patterns(prefix, stream=stream)[len(Stream):]
+    if not extra or not acl_file.exists():
+        return False
+    line, text = f"pattern write {extra[0]}", acl_file.read_text()
+    if line in text.splitlines():
+        return False
+    _replace_file(acl_file, text.rstrip("\n") + "\n" + line + "\n", mode=0o644)
+    return True
 
 
 def render_acl(prefix: str = "wl", service_accounts: Iterable[str] = SERVICE_ACCOUNTS) -> str:
@@ -193,10 +212,11 @@ async def provision_device(
     password = None
     if accounts is not None:
         password = mqtt_password or generate_password()
-        accounts.set_password(spec.device_id, password)
+        accounts.set_password(spec.device_id, password, stream=spec.stream)
     elif password_file is not None:
         password = mqtt_password or generate_password()
         set_credentials_many(password_file, {spec.device_id: password})
+        allow_stream_in_acl(password_file.parent / ACL_FILE, spec.stream)
         if pid_file is not None:
             reload_broker(pid_file)
     return Provisioned(spec.device_id, registry_id, created, spec.device_id, password, attrs, secrets_)
@@ -273,7 +293,7 @@ def bootstrap_stack_auth(mq_dir: Path, secrets_file: Path, prefix: str = "wl") -
     changed = {u: p for u, p in accounts.items() if not check_password(p, entries.get(u, ""))}
     if changed or not (mq_dir / "passwd").exists():
         set_credentials_many(mq_dir / "passwd", changed)
-    write_acl(mq_dir / "acl", prefix)
+    write_acl(mq_dir / ACL_FILE, prefix)
     return accounts
 
 

@@ -15,7 +15,7 @@ from wulian.ingest.broker_accounts import (
     DynSecAccounts, bootstrap_local_dynsec, device_role, write_dynsec_config,
 )
 from wulian.ingest.mqtt_client import MqttConsumer, MqttParams, MqttPublisher
-from wulian.ingest.provisioning import DeviceSpec, provision_device
+from wulian.ingest.provisioning import ACL_FILE, DeviceSpec, allow_stream_in_acl, provision_device, write_acl
 from wulian.settings import DbSettings, MqttSettings, Settings, StackSettings
 from tests.conftest import wait_until
 from tests.services import Broker, free_port, port_open
@@ -71,6 +71,39 @@ async def test_device_added_over_the_control_topic_publishes_only_inside_its_top
     assert accounts.remove(dev) is True
     assert _connect_rc(dynsec_broker.port, dev, p.mqtt_password) == "Not authorized"
     assert accounts.remove(dev) is False  # idempotent: nothing left to remove
+
+
+def test_device_of_a_registry_stream_may_publish_there_under_its_own_id_only(dynsec_broker):
+    """A custom stream's device gets its stream's pattern; others do not, and ids stay its own."""
+    dev, plain = f"G{uuid.uuid4().hex[:8]}", f"P{uuid.uuid4().hex[:8]}"
+    accounts = _admin(dynsec_broker)
+    accounts.set_password(dev, "g-pw", stream="greenhouse")
+    accounts.set_password(plain, "p-pw")
+    try:
+        with MqttPublisher(_params(dynsec_broker, dev, "g-pw")) as pub:
+            pub.publish(f"wl/city/greenhouse/{dev}/telemetry", b"mine")
+            pub.publish(f"wl/city/pollution/{dev}/telemetry", b"built-in stream, own id")
+            pub.publish(f"wl/city/greenhouse/{plain}/telemetry", b"forged")
+            assert pub.wait_acked(10)
+            assert (pub.acked, pub.refused) == (2, 1)
+        with MqttPublisher(_params(dynsec_broker, plain, "p-pw")) as pub:
+            pub.publish(f"wl/city/greenhouse/{plain}/telemetry", b"not its stream")
+            assert pub.wait_acked(10)
+            assert (pub.acked, pub.refused) == (0, 1)
+    finally:
+        accounts.remove(dev)
+        accounts.remove(plain)
+
+
+def test_registry_stream_pattern_added_once_to_a_password_file_acl(tmp_path):
+    acl = tmp_path / ACL_FILE
+    write_acl(acl)
+    before = acl.read_text()
+    assert allow_stream_in_acl(acl, "pollution") is False  # built-in: already there
+    assert allow_stream_in_acl(acl, "greenhouse") is True
+    assert allow_stream_in_acl(acl, "greenhouse") is False
+    assert acl.read_text() == before + "pattern write wl/+/greenhouse/%u/+\n"
+    assert allow_stream_in_acl(tmp_path / "missing", "greenhouse") is False
 
 
 def test_reprovisioning_sets_a_new_password(dynsec_broker):

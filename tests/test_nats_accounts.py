@@ -231,3 +231,10 @@ async def test_a_dotted_device_id_is_refused_at_provisioning_with_one_line(pg_st
         store = na.load_store(stack / "nats")
         assert all(a["password"] not in text for a in store["service"].values())
         assert store["devices"]["ND3"]["hash"] in text
+
+
+def test_device_of_a_registry_stream_gets_its_subject_under_its_own_id():
+    built_in = na.device_subjects("g1")
+    own = na.device_subjects("g1", "wl", "greenhouse")
+    assert own == built_in + ["wl.*.greenhouse.g1.*"]
+    assert na.device_subjects("g1", "wl", "pollution") == built_in  # a built-in stream adds nothing

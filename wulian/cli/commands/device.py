@@ -21,8 +21,10 @@ from wulian.settings import Settings, get_settings
 
 def broker_files(settings: Settings) -> tuple[Path, Path, Path]:
     """(password file, ACL file, pid file) of the local stack's broker."""
+    from wulian.ingest.provisioning import ACL_FILE
+
     mq = settings.stack.dir / "mosquitto"
-    return mq / "passwd", mq / "acl", mq / "mosquitto.pid"
+    return mq / "passwd", mq / ACL_FILE, mq / "mosquitto.pid"
 
 
 def mosquitto_accounts(args: argparse.Namespace, s: Settings):
