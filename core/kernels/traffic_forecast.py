@@ -25,7 +25,9 @@ N_NEIGHBOUR_LAGS = 3  # number of nb[t-l] features; a layout fact, not a tunable
 OPT_TOPK_LAGS = 0  # values of each top-k neighbour at t, t-1, ... (this many lags, >= 1)
 OPT_NETWORK = 1  # 1: the network-wide anomaly mean_i(x_i - p_i) (the day runs light or heavy everywhere)
 OPT_NB_TARGET = 2  # 1: the neighbours' expected change pnb[t+h] - pnb[t]
-N_OPTS = 3
+OPT_AREA = 3  # 1: the departure from the profile averaged over 2 and 4 hops of the road graph
+OPT_DEV_HINGE = 4  # 1: hinges of the departure from the profile, max(x - p - d, 0) and min(x - p + 3 d, 0)
+N_OPTS = 5
 
 
 @njit(cache=True, nogil=True)
@@ -33,7 +35,7 @@ def n_features(n_lags, top_k, opts):
     """Feature count for a lag window, a top-k neighbour count and the optional feature groups ``opts``
     (see the module docstring)."""
     return (n_lags - 1) + N_NEIGHBOUR_LAGS + 2 + 1 + top_k * opts[OPT_TOPK_LAGS] + 2 + 1 + opts[OPT_NETWORK] \
-        + opts[OPT_NB_TARGET]
+        + opts[OPT_NB_TARGET] + 2 * opts[OPT_AREA] + 2 * opts[OPT_DEV_HINGE]
 
 
 @njit(cache=True, nogil=True)
@@ -172,6 +174,14 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
     if opts[OPT_NB_TARGET]:
         for h in range(n_h):
             neighbour_mean(p_tgt[h], nb_ptr, nb_idx, nb_w, work[n_lags + 2 + h])
+    if opts[OPT_AREA]:
+        # departures from the profile spread over 1, 2, 3, 4 hops (rows n_lags+2+H .. +3 of work)
+        a0 = work[n_lags + 2 + n_h]
+        for i in range(n):
+            d = xc[n_lags - 1, i] - p_now[i]
+            a0[i] = d if np.isfinite(d) else 0.0
+        for k in range(4):
+            neighbour_mean(work[n_lags + 2 + n_h + k], nb_ptr, nb_idx, nb_w, work[n_lags + 3 + n_h + k])
     for i in range(n):
         x = xc[n_lags - 1, i]
         pn = p_now[i] if np.isfinite(p_now[i]) else x
@@ -201,6 +211,16 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
             if opts[OPT_NB_TARGET]:
                 d = work[n_lags + 2 + h, i] - pnb[i]
                 f[c] = d if np.isfinite(d) else 0.0
+                c += 1
+            if opts[OPT_AREA]:
+                f[c] = work[n_lags + 2 + n_h + 2, i]
+                f[c + 1] = work[n_lags + 2 + n_h + 4, i]
+                c += 2
+            if opts[OPT_DEV_HINGE]:
+                d = x - pn
+                f[c] = max(d - regime_drop, 0.0)
+                f[c + 1] = min(d + 3.0 * regime_drop, 0.0)
+                c += 2
 
 
 @njit(cache=True, nogil=True)
@@ -218,7 +238,7 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
     n_f = gram.shape[3]
     feats = np.empty((n, n_h, n_f))
     regime = np.empty(n, np.int64)
-    work = np.empty((n_lags + 2 + n_h, n))
+    work = np.empty((n_lags + 2 + n_h + 5, n))
     p_tgt = np.empty((n_h, n))
     for t in range(max(t_first, n_lags - 1), t_last + 1):
         for h in range(n_h):
@@ -289,7 +309,7 @@ def forecast_rows(values, ends, slot, day_type, prof, nb_ptr, nb_idx, nb_w, top_
     out = np.empty((ends.shape[0], n_h, n))
     feats = np.empty((n, n_h, n_f))
     regime = np.empty(n, np.int64)
-    work = np.empty((n_lags + 2 + n_h, n))
+    work = np.empty((n_lags + 2 + n_h + 5, n))
     p_tgt = np.empty((n_h, n))
     for w in range(ends.shape[0]):
         t = ends[w]

@@ -48,6 +48,8 @@ class TrafficForecastParams:
     topk_lags: int = 1  # lags of each top-k neighbour used (1 = its current value only)
     network_anomaly: bool = True  # the network-wide departure from the profile as a feature
     neighbour_target: bool = True  # the neighbours' expected profile change as a feature
+    area_anomaly: bool = False  # the departure from the profile averaged over 2 and 4 road hops
+    dev_hinges: bool = False  # hinges of the departure from the profile (piecewise linear in it)
 
     def opts(self) -> np.ndarray:
         """The optional feature groups as the kernels' int64 ``opts`` array."""
@@ -55,6 +57,8 @@ class TrafficForecastParams:
         out[kern.OPT_TOPK_LAGS] = self.topk_lags
         out[kern.OPT_NETWORK] = int(self.network_anomaly)
         out[kern.OPT_NB_TARGET] = int(self.neighbour_target)
+        out[kern.OPT_AREA] = int(self.area_anomaly)
+        out[kern.OPT_DEV_HINGE] = int(self.dev_hinges)
         return out
 
 
@@ -267,7 +271,7 @@ class TrafficForecaster:
         if self._scratch is None:
             n, n_f = self.n_segments, self.coef.shape[3]
             self._scratch = (np.empty((n, p.horizons, n_f)), np.empty(n, np.int64),
-                             np.empty((p.n_lags + 2 + p.horizons, n)), p.opts())
+                             np.empty((p.n_lags + 2 + p.horizons + 5, n)), p.opts())
         feats, regime, work, opts = self._scratch
         p_tgt = self.profile[day_type[1:], slot[1:]]
         out = np.empty((p.horizons, self.n_segments))
