@@ -10,6 +10,9 @@ segment's last value ``x`` so one pooled coefficient vector means the same thing
     top-k         x_k[t] - x                       the K most strongly linked neighbours, one by one
     hinges        min(p[t+h] - x, 0), min(nb[t] - x, 0)
     intercept     1
+    optional      network anomaly, neighbours' expected change, top-k lags (see ``opts``),
+                  area anomaly  A2 d, A4 d   (d = x - p[t] on every segment, A the row-normalised graph),
+                  departure hinges  max(d - r, 0), min(d + 3 r, 0)   (r = regime_drop)
 
 and each segment has two coefficient sets, picked by regime: congested (``x - p[t] < -regime_drop``)
 or not. Data are struct-of-arrays: values float64 [T, N], time slots and day types int64 per row,
@@ -28,6 +31,7 @@ OPT_NB_TARGET = 2  # 1: the neighbours' expected change pnb[t+h] - pnb[t]
 OPT_AREA = 3  # 1: the departure from the profile averaged over 2 and 4 hops of the road graph
 OPT_DEV_HINGE = 4  # 1: hinges of the departure from the profile, max(x - p - d, 0) and min(x - p + 3 d, 0)
 N_OPTS = 5
+N_WORK_EXTRA = 5  # scratch rows of ``work`` past L + 2 + H: the area departure at 0..4 hops
 
 
 @njit(cache=True, nogil=True)
@@ -130,7 +134,7 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
     its first value, an all-missing segment its profile). p_now [N], p_tgt [H, N]; a missing profile
     value stands at the current level. Missing neighbours are left out of the means. Only a segment with
     neither data nor profile gets NaN features. Fills feats [N, H, F] and regime [N] (1 congested);
-    work [L + 2 + H, N] is scratch.
+    work [L + 2 + H + N_WORK_EXTRA, N] is scratch.
     """
     n_lags, n = xw.shape
     n_h = p_tgt.shape[0]
@@ -238,7 +242,7 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
     n_f = gram.shape[3]
     feats = np.empty((n, n_h, n_f))
     regime = np.empty(n, np.int64)
-    work = np.empty((n_lags + 2 + n_h + 5, n))
+    work = np.empty((n_lags + 2 + n_h + N_WORK_EXTRA, n))
     p_tgt = np.empty((n_h, n))
     for t in range(max(t_first, n_lags - 1), t_last + 1):
         for h in range(n_h):
@@ -309,7 +313,7 @@ def forecast_rows(values, ends, slot, day_type, prof, nb_ptr, nb_idx, nb_w, top_
     out = np.empty((ends.shape[0], n_h, n))
     feats = np.empty((n, n_h, n_f))
     regime = np.empty(n, np.int64)
-    work = np.empty((n_lags + 2 + n_h + 5, n))
+    work = np.empty((n_lags + 2 + n_h + N_WORK_EXTRA, n))
     p_tgt = np.empty((n_h, n))
     for w in range(ends.shape[0]):
         t = ends[w]
