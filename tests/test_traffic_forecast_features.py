@@ -1,5 +1,6 @@
-"""Issue 20's forecaster features (format 3): each one earns its place on a synthetic road built with the
-structure it models, and a model saved before them (format 2) still loads and forecasts as it did."""
+"""Issue 20's forecaster features (format 3): their values by hand, the area departure and the jump hinges
+each earning their place on a synthetic road built with the structure they model, and a model saved
+before them (format 2) still loading and forecasting as it did."""
 from __future__ import annotations
 
 import json
@@ -37,12 +38,32 @@ def upstream_waves(n=12, seed=3):
     return values, chain(n)
 
 
-def held_out_rmse(values, adjacency, params, step):
+def glitches(n=6, seed=5):
+    """Slow drifts that persist (small changes carry on) and one-bin detector glitches that do not (a
+    drop of 25 that is back the next bin): linear in the last change, the two want opposite signs;
+    the jump hinges at +-regime_drop tell them apart."""
+    rng = np.random.default_rng(seed)
+    rows = DAYS * 288
+    drift = np.zeros((rows, n))
+    for t in range(1, rows):
+        drift[t] = 0.97 * drift[t - 1] + rng.normal(0.0, 1.5, n)
+    values = 60.0 + drift
+    values[rng.random((rows, n)) < 0.03] -= 25.0
+    return values, np.eye(n)
+
+
+def held_out_rmse(values, adjacency, params, step, after_drop=None):
+    """RMSE ``step`` steps ahead on the 2 days after the fitted 4 (only after a last change below
+    -after_drop when given)."""
     model = TrafficForecaster(params).fit(values[:FIT_ROWS], adjacency, 0, STEP_S)
     test = values[FIT_ROWS:]
     ends = np.arange(11, test.shape[0] - step)
     pred = model.forecast_series(test, FIT_ROWS * STEP_S * NS, ends)[:, step - 1]
-    return float(np.sqrt(np.mean((test[ends + step] - pred) ** 2)))
+    err = test[ends + step] - pred
+    if after_drop is not None:
+        err = err[test[ends] - test[ends - 1] < -after_drop]
+        assert err.size > 50
+    return float(np.sqrt(np.mean(err ** 2)))
 
 
 BASE = TrafficForecastParams(utc_offset_s=0, weekend_profile=False)
@@ -50,14 +71,22 @@ BASE = TrafficForecastParams(utc_offset_s=0, weekend_profile=False)
 
 def test_the_area_departure_sees_a_jam_coming_from_two_hops_away():
     values, adjacency = upstream_waves()
-    without = held_out_rmse(values, adjacency, replace(BASE, area_anomaly=False, dev_hinges=False), 6)
-    with_area = held_out_rmse(values, adjacency, replace(BASE, area_anomaly=True, dev_hinges=False), 6)
+    without = held_out_rmse(values, adjacency, replace(BASE, area_anomaly=False), 6)
+    with_area = held_out_rmse(values, adjacency, replace(BASE, area_anomaly=True), 6)
     assert with_area < 0.9 * without, (with_area, without)
 
 
+def test_the_jump_hinges_learn_that_a_one_bin_collapse_is_a_glitch():
+    values, adjacency = glitches()
+    without = held_out_rmse(values, adjacency, replace(BASE, jump_hinges=0), 1, after_drop=15.0)
+    with_jumps = held_out_rmse(values, adjacency, BASE, 1, after_drop=15.0)
+    assert with_jumps < 0.9 * without, (with_jumps, without)
+
+
 def test_area_and_hinge_features_by_hand():
-    """The kernel's last four features are A2 d, A4 d (d = x - p now, A the row-normalised graph) and
-    max(d - r, 0), min(d + 3 r, 0) with r = regime_drop, on every horizon."""
+    """The kernel's last features are A2 d, A4 d (d = x - p now, A the row-normalised graph), the departure
+    hinges max(d - r, 0), min(d + 3 r, 0), then per step j = 1, 2 back the jump hinges max(c - r, 0),
+    min(c + r, 0) of c = x[t-j] - x, with r = regime_drop, on every horizon."""
     from wulian.core.kernels import traffic_forecast as kern
     from wulian.core.traffic.forecaster import build_graph
 
@@ -66,7 +95,10 @@ def test_area_and_hinge_features_by_hand():
     x_now = np.array([40.0, 58.0, 70.0, 61.0])
     p_now = np.full(n, 60.0)
     xw = np.tile(x_now, (n_lags, 1))
+    xw[-2] += [8.0, 0.0, -8.0, 2.0]  # one step back: a drop of 8, nothing, a rise of 8, a small drop
+    xw[-3] += [0.0, 20.0, 0.0, -20.0]  # two steps back
     params = replace(BASE, top_k=2, horizons=n_h, regime_drop=r)
+    assert params.jump_hinges == 2
     opts = params.opts()
     n_f = kern.n_features(n_lags, 2, opts)
     feats = np.empty((n, n_h, n_f))
@@ -80,10 +112,14 @@ def test_area_and_hinge_features_by_hand():
     d = x_now - p_now
     a2 = np.linalg.matrix_power(a, 2) @ d
     a4 = np.linalg.matrix_power(a, 4) @ d
-    want = np.stack([a2, a4, np.maximum(d - r, 0.0), np.minimum(d + 3 * r, 0.0)], axis=1)
+    c1, c2 = xw[-2] - x_now, xw[-3] - x_now
+    want = np.stack([a2, a4, np.maximum(d - r, 0.0), np.minimum(d + 3 * r, 0.0),
+                     np.maximum(c1 - r, 0.0), np.minimum(c1 + r, 0.0), np.maximum(c2 - r, 0.0),
+                     np.minimum(c2 + r, 0.0)], axis=1)
     for h in range(n_h):
-        np.testing.assert_allclose(feats[:, h, -4:], want)
+        np.testing.assert_allclose(feats[:, h, -8:], want)
     assert want[0, 3] == -5.0 and want[2, 2] == 5.0  # the hinges are live where the departure is large
+    assert want[0, 4] == 3.0 and want[2, 5] == -3.0 and want[3, 4] == 0.0 and want[3, 7] == -15.0
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +142,16 @@ def test_a_format_2_model_loads_with_the_new_features_off(waves):
     """A model saved before issue 20's features has no coefficients for them and no parameter naming
     them: it must load with them off (the new defaults would read past its coefficient rows)."""
     values, adjacency = waves
-    old_params = replace(BASE, area_anomaly=False, dev_hinges=False)
+    old_params = replace(BASE, area_anomaly=False, dev_hinges=False, jump_hinges=0)
     model = TrafficForecaster(old_params).fit(values[:FIT_ROWS], adjacency, 0, STEP_S)
     arrays = model.to_arrays()
     meta = json.loads(bytes(arrays["meta"]).decode())
     meta["version"] = 2
-    for name in ("area_anomaly", "dev_hinges"):
+    for name in ("area_anomaly", "dev_hinges", "jump_hinges"):
         del meta["params"][name]
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     old = TrafficForecaster.from_arrays(arrays)
-    assert not old.params.area_anomaly and not old.params.dev_hinges
+    assert not old.params.area_anomaly and not old.params.dev_hinges and not old.params.jump_hinges
     recent, t_last = values[FIT_ROWS:FIT_ROWS + 12], (FIT_ROWS + 11) * STEP_S * NS
     np.testing.assert_array_equal(old.forecast(recent, t_last), model.forecast(recent, t_last))
     meta["version"] = 99

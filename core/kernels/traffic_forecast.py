@@ -12,7 +12,8 @@ segment's last value ``x`` so one pooled coefficient vector means the same thing
     intercept     1
     optional      network anomaly, neighbours' expected change, top-k lags (see ``opts``),
                   area anomaly  A2 d, A4 d   (d = x - p[t] on every segment, A the row-normalised graph),
-                  departure hinges  max(d - r, 0), min(d + 3 r, 0)   (r = regime_drop)
+                  departure hinges  max(d - r, 0), min(d + 3 r, 0)   (r = regime_drop),
+                  jump hinges  max(x[t-j] - x - r, 0), min(x[t-j] - x + r, 0)   j = 1 .. J
 
 and each segment has two coefficient sets, picked by regime: congested (``x - p[t] < -regime_drop``)
 or not. Data are struct-of-arrays: values float64 [T, N], time slots and day types int64 per row,
@@ -30,7 +31,8 @@ OPT_NETWORK = 1  # 1: the network-wide anomaly mean_i(x_i - p_i) (the day runs l
 OPT_NB_TARGET = 2  # 1: the neighbours' expected change pnb[t+h] - pnb[t]
 OPT_AREA = 3  # 1: the departure from the profile averaged over 2 and 4 hops of the road graph
 OPT_DEV_HINGE = 4  # 1: hinges of the departure from the profile, max(x - p - d, 0) and min(x - p + 3 d, 0)
-N_OPTS = 5
+OPT_JUMP_HINGE = 5  # J >= 0: hinges of the changes over the last 1..J steps, max(x[t-j] - x - r, 0), min(.. + r, 0)
+N_OPTS = 6
 N_WORK_EXTRA = 5  # scratch rows of ``work`` past L + 2 + H: the area departure at 0..4 hops
 
 
@@ -39,7 +41,7 @@ def n_features(n_lags, top_k, opts):
     """Feature count for a lag window, a top-k neighbour count and the optional feature groups ``opts``
     (see the module docstring)."""
     return (n_lags - 1) + N_NEIGHBOUR_LAGS + 2 + 1 + top_k * opts[OPT_TOPK_LAGS] + 2 + 1 + opts[OPT_NETWORK] \
-        + opts[OPT_NB_TARGET] + 2 * opts[OPT_AREA] + 2 * opts[OPT_DEV_HINGE]
+        + opts[OPT_NB_TARGET] + 2 * opts[OPT_AREA] + 2 * opts[OPT_DEV_HINGE] + 2 * opts[OPT_JUMP_HINGE]
 
 
 @njit(cache=True, nogil=True)
@@ -224,6 +226,11 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
                 d = x - pn
                 f[c] = max(d - regime_drop, 0.0)
                 f[c + 1] = min(d + 3.0 * regime_drop, 0.0)
+                c += 2
+            for j in range(1, opts[OPT_JUMP_HINGE] + 1):
+                d = xc[n_lags - 1 - j, i] - x
+                f[c] = max(d - regime_drop, 0.0)
+                f[c + 1] = min(d + regime_drop, 0.0)
                 c += 2
 
 

@@ -43,7 +43,7 @@ from wulian.core.timebase import S_PER_DAY as SECONDS_PER_DAY
 
 FORMAT_VERSION = 3  # 2: per-horizon blend weights (a version 1 model loads with none); 3: area and
 # departure-hinge features (a version 1-2 model loads with them off: its coefficients have none)
-FORMAT_3_FEATURES = ("area_anomaly", "dev_hinges")  # the parameters a format 1-2 model lacks
+FORMAT_3_FEATURES = ("area_anomaly", "dev_hinges", "jump_hinges")  # the parameters a format 1-2 model lacks
 BLEND_TERMS = ("profile", "last", "last3_mean")  # what each forecast is blended towards
 
 
@@ -66,6 +66,7 @@ class TrafficForecastParams:
     neighbour_target: bool = True  # the neighbours' expected profile change as a feature
     area_anomaly: bool = True  # the departure from the profile averaged over 2 and 4 road hops
     dev_hinges: bool = True  # hinges of the departure from the profile at +regime_drop and -3 regime_drop
+    jump_hinges: int = 2  # hinges at +-regime_drop of the change over each of the last this many steps
 
     def opts(self) -> np.ndarray:
         """The optional feature groups as the kernels' int64 ``opts`` array."""
@@ -75,6 +76,7 @@ class TrafficForecastParams:
         out[kern.OPT_NB_TARGET] = int(self.neighbour_target)
         out[kern.OPT_AREA] = int(self.area_anomaly)
         out[kern.OPT_DEV_HINGE] = int(self.dev_hinges)
+        out[kern.OPT_JUMP_HINGE] = int(self.jump_hinges)
         return out
 
 
