@@ -158,3 +158,9 @@ def test_a_format_2_model_loads_with_the_new_features_off(waves):
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with pytest.raises(ValueError, match="unsupported forecaster format 99"):
         TrafficForecaster.from_arrays(arrays)
+
+
+def test_jump_hinges_must_fit_in_the_input_window(waves):
+    values, adjacency = waves
+    with pytest.raises(ValueError, match="jump_hinges must be in 0..11"):
+        TrafficForecaster(replace(BASE, jump_hinges=12)).fit(values[:FIT_ROWS], adjacency, 0, STEP_S)
