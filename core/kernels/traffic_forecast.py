@@ -236,13 +236,14 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
 
 @njit(cache=True, nogil=True)
 def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_ptr, nb_idx, nb_w, top_k,
-                                regime_drop, opts, gram, rhs):
+                                regime_drop, opts, gram, rhs, ysum):
     """Add every training window ending in rows [t_first, t_last] to the per-segment normal equations.
 
     values [T, N] are both inputs (gaps allowed) and targets (a missing target is skipped); prof_rows
     [T, N] is the profile to use per row (leave-one-day-out when fitting). A horizon whose target row
-    falls past the end of the arrays is skipped. gram [H, N, 2, F, F] and rhs [H, N, 2, F] accumulate
-    in place.
+    falls past the end of the arrays is skipped. gram [H, N, 2, F, F], rhs [H, N, 2, F] and ysum
+    [H, N, 2, 2] (sum of squared targets, count) accumulate in place: with them the mean squared error
+    of any coefficients c on these windows is (c'Gc - 2 c'r + sum y^2) / count, no forecast needed.
     """
     t_len, n = values.shape
     n_h = gram.shape[0]
@@ -273,12 +274,14 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
                     continue
                 gm = gram[h, i, g]
                 rv = rhs[h, i, g]
+                ysum[h, i, g, 0] += dy * dy
+                ysum[h, i, g, 1] += 1.0
                 for a in range(n_f):
                     xa = x[a]
                     rv[a] += xa * dy
                     row = gm[a]
-                    for b in range(n_f):  # the full square: contiguous, so it vectorises
-                        row[b] += xa * x[b]
+                    for b in range(n_f):  # the full square: contiguous, so it vectorises (the upper
+                        row[b] += xa * x[b]  # triangle alone measured slower)
 
 
 @njit(

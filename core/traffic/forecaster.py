@@ -185,24 +185,27 @@ class TrafficForecaster:
             # choose the shrinkage per horizon: fit on the head of the training rows, score on its tail
             cut = t_len - n_val
             prof, loo = self._profile(values[:cut], slot[:cut], day_type[:cut])
-            gram, rhs = self._normal_equations(values[:cut], loo)
+            gram, rhs, _ = self._normal_equations(values[:cut], loo)
             val = values[cut:]
-            ends = np.arange(p.n_lags - 1, n_val - 1, dtype=np.int64)
+            # the slice's own normal equations (features from the head's profile, as its forecasts
+            # use) score every shrinkage without forecasting: (c'Gc - 2 c'r + sum y^2) / count
+            v_gram, v_rhs, v_y = self._normal_equations(val, prof[day_type[cut:t_len], slot[cut:t_len]])
+            count = v_y[..., 1].sum(axis=(1, 2))
             score = np.full((len(lams), p.horizons), np.inf)
-            y_val = self._targets(val, ends)
-            best = np.full(y_val.shape, np.nan)
+            coefs = []
             for k, lam in enumerate(lams):
                 coef = self._solve(gram, rhs, np.full(p.horizons, lam))
-                pred = self._forecast_rows(val, ends, slot[cut:], day_type[cut:], coef, prof)
-                err = y_val - pred
-                seen = np.isfinite(err).any(axis=(0, 2))
-                sc = np.full(p.horizons, np.inf)
-                sc[seen] = np.nanmean(err[:, seen] ** 2, axis=(0, 2))
-                better = sc < score.min(axis=0)
-                best[:, better] = pred[:, better]
-                score[k] = sc
+                sse = np.einsum("hnrf,hnrfg,hnrg->h", coef, v_gram, coef, optimize=True) \
+                    - 2.0 * np.einsum("hnrf,hnrf->h", coef, v_rhs) + v_y[..., 0].sum(axis=(1, 2))
+                score[k, count > 0] = sse[count > 0] / count[count > 0]
+                coefs.append(coef)
             # a horizon the validation slice cannot reach gets the strongest shrinkage
-            self.lam = np.where(np.isfinite(score).any(axis=0), lams[np.argmin(score, axis=0)], lams.max())
+            pick = np.where(np.isfinite(score).any(axis=0), np.argmin(score, axis=0), np.argmax(lams))
+            self.lam = lams[pick]
+            best_coef = np.stack([coefs[k][h] for h, k in enumerate(pick)])
+            ends = np.arange(p.n_lags - 1, n_val - 1, dtype=np.int64)
+            y_val = self._targets(val, ends)
+            best = self._forecast_rows(val, ends, slot[cut:], day_type[cut:], best_coef, prof)
             terms = self._blend_terms(val, ends, slot[cut:], day_type[cut:], prof, best)
             self.blend = fit_blend(y_val, best, terms)
         else:
@@ -210,7 +213,7 @@ class TrafficForecaster:
             self.blend = np.zeros((p.horizons, len(BLEND_TERMS)))
 
         self.profile, loo = self._profile(values, slot[:t_len], day_type[:t_len])
-        gram, rhs = self._normal_equations(values, loo)
+        gram, rhs, _ = self._normal_equations(values, loo)
         self.coef = self._solve(gram, rhs, self.lam)
         ends = np.arange(p.n_lags - 1, t_len - 1, dtype=np.int64)
         pred = self._forecast_rows(values, ends, slot, day_type, self.coef, self.profile, self.blend)
@@ -228,9 +231,11 @@ class TrafficForecaster:
         n_f = kern.n_features(p.n_lags, p.top_k, p.opts())
         gram = np.zeros((p.horizons, n, 2, n_f, n_f))
         rhs = np.zeros((p.horizons, n, 2, n_f))
+        ysum = np.zeros((p.horizons, n, 2, 2))
         kern.accumulate_normal_equations(values, prof_rows, p.n_lags - 1, values.shape[0] - 2, p.n_lags,
-                                         g.ptr, g.idx, g.w, g.top_k, float(p.regime_drop), p.opts(), gram, rhs)
-        return gram, rhs
+                                         g.ptr, g.idx, g.w, g.top_k, float(p.regime_drop), p.opts(), gram, rhs,
+                                         ysum)
+        return gram, rhs, ysum
 
     @staticmethod
     def _solve(gram, rhs, lam_by_h):
