@@ -164,3 +164,43 @@ def test_jump_hinges_must_fit_in_the_input_window(waves):
     values, adjacency = waves
     with pytest.raises(ValueError, match="jump_hinges must be in 0..11"):
         TrafficForecaster(replace(BASE, jump_hinges=12)).fit(values[:FIT_ROWS], adjacency, 0, STEP_S)
+
+
+def test_normal_equations_match_the_sum_of_outer_products(waves):
+    """The accumulation sums the horizon-independent block once per window (not once per horizon): the
+    result must be the plain sum of every (window, horizon) outer product, gaps and the series' end
+    included, and ysum the targets' squares and count."""
+    from wulian.core.kernels import traffic_forecast as kern
+    from wulian.core.traffic.forecaster import build_graph
+
+    values, adjacency = waves
+    v = values[:200].copy()
+    v[50:54, 2] = np.nan  # targets missing for some horizons only: the per-horizon path
+    v[120, 4] = np.nan
+    n, n_h, n_lags, r = v.shape[1], BASE.horizons, BASE.n_lags, BASE.regime_drop
+    g = build_graph(adjacency, BASE.top_k)
+    prof = 60.0 + np.sin(np.arange(200) / 15.0)[:, None] * np.ones(n)
+    opts = BASE.opts()
+    n_f = kern.n_features(n_lags, BASE.top_k, opts)
+    gram, rhs, ysum = np.zeros((n_h, n, 2, n_f, n_f)), np.zeros((n_h, n, 2, n_f)), np.zeros((n_h, n, 2, 2))
+    kern.accumulate_normal_equations(v, prof, n_lags - 1, 198, n_lags, g.ptr, g.idx, g.w, g.top_k, r, opts,
+                                     gram, rhs, ysum)
+    want_g, want_r, want_y = np.zeros_like(gram), np.zeros_like(rhs), np.zeros_like(ysum)
+    feats, regime = np.empty((n, n_h, n_f)), np.empty(n, np.int64)
+    work = np.empty((n_lags + 2 + n_h + kern.N_WORK_EXTRA, n))
+    for t in range(n_lags - 1, 199):
+        p_tgt = prof[np.minimum(t + 1 + np.arange(n_h), 199)]
+        kern.window_features(v[t - n_lags + 1:t + 1], prof[t], p_tgt, g.ptr, g.idx, g.w, g.top_k, r, opts, feats,
+                             regime, work)
+        for h in range(min(n_h, 199 - t)):
+            for i in range(n):
+                dy = v[t + 1 + h, i] - work[n_lags - 1, i]
+                if np.isfinite(dy):
+                    x = feats[i, h]
+                    want_g[h, i, regime[i]] += np.outer(x, x)
+                    want_r[h, i, regime[i]] += x * dy
+                    want_y[h, i, regime[i]] += (dy * dy, 1.0)
+    np.testing.assert_allclose(gram, want_g, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(rhs, want_r, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(ysum, want_y, rtol=1e-12)
+    assert want_y[..., 1].sum() > 0 and want_y[:, 2, :, 1].sum() < want_y[:, 0, :, 1].sum()  # the gaps count
