@@ -10,6 +10,10 @@ segment's last value ``x`` so one pooled coefficient vector means the same thing
     top-k         x_k[t] - x                       the K most strongly linked neighbours, one by one
     hinges        min(p[t+h] - x, 0), min(nb[t] - x, 0)
     intercept     1
+    optional      network anomaly, neighbours' expected change, top-k lags (see ``opts``),
+                  area anomaly  A2 d, A4 d   (d = x - p[t] on every segment, A the row-normalised graph),
+                  departure hinges  max(d - r, 0), min(d + 3 r, 0)   (r = regime_drop),
+                  jump hinges  max(x[t-j] - x - r, 0), min(x[t-j] - x + r, 0)   j = 1 .. J
 
 and each segment has two coefficient sets, picked by regime: congested (``x - p[t] < -regime_drop``)
 or not. Data are struct-of-arrays: values float64 [T, N], time slots and day types int64 per row,
@@ -25,7 +29,11 @@ N_NEIGHBOUR_LAGS = 3  # number of nb[t-l] features; a layout fact, not a tunable
 OPT_TOPK_LAGS = 0  # values of each top-k neighbour at t, t-1, ... (this many lags, >= 1)
 OPT_NETWORK = 1  # 1: the network-wide anomaly mean_i(x_i - p_i) (the day runs light or heavy everywhere)
 OPT_NB_TARGET = 2  # 1: the neighbours' expected change pnb[t+h] - pnb[t]
-N_OPTS = 3
+OPT_AREA = 3  # 1: the departure from the profile averaged over 2 and 4 hops of the road graph
+OPT_DEV_HINGE = 4  # 1: hinges of the departure from the profile, max(x - p - d, 0) and min(x - p + 3 d, 0)
+OPT_JUMP_HINGE = 5  # J >= 0: hinges of the changes over the last 1..J steps, max(x[t-j] - x - r, 0), min(.. + r, 0)
+N_OPTS = 6
+N_WORK_EXTRA = 5  # scratch rows of ``work`` past L + 2 + H: the area departure at 0..4 hops
 
 
 @njit(cache=True, nogil=True)
@@ -33,7 +41,22 @@ def n_features(n_lags, top_k, opts):
     """Feature count for a lag window, a top-k neighbour count and the optional feature groups ``opts``
     (see the module docstring)."""
     return (n_lags - 1) + N_NEIGHBOUR_LAGS + 2 + 1 + top_k * opts[OPT_TOPK_LAGS] + 2 + 1 + opts[OPT_NETWORK] \
-        + opts[OPT_NB_TARGET]
+        + opts[OPT_NB_TARGET] + 2 * opts[OPT_AREA] + 2 * opts[OPT_DEV_HINGE] + 2 * opts[OPT_JUMP_HINGE]
+
+
+@njit(cache=True, nogil=True)
+def horizon_features(n_lags, top_k, opts):
+    """Indices of the features that differ between horizons (they involve the profile at t+h):
+    p[t+h] - x, its hinge and, when on, the neighbours' expected change. Every other feature of a window
+    is the same for all horizons."""
+    c_tgt = (n_lags - 1) + N_NEIGHBOUR_LAGS
+    c_hinge = c_tgt + 3 + top_k * opts[OPT_TOPK_LAGS]
+    out = np.empty(2 + opts[OPT_NB_TARGET], np.int64)
+    out[0] = c_tgt
+    out[1] = c_hinge
+    if opts[OPT_NB_TARGET]:
+        out[2] = c_hinge + 3 + opts[OPT_NETWORK]
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -128,7 +151,7 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
     its first value, an all-missing segment its profile). p_now [N], p_tgt [H, N]; a missing profile
     value stands at the current level. Missing neighbours are left out of the means. Only a segment with
     neither data nor profile gets NaN features. Fills feats [N, H, F] and regime [N] (1 congested);
-    work [L + 2 + H, N] is scratch.
+    work [L + 2 + H + N_WORK_EXTRA, N] is scratch.
     """
     n_lags, n = xw.shape
     n_h = p_tgt.shape[0]
@@ -172,6 +195,14 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
     if opts[OPT_NB_TARGET]:
         for h in range(n_h):
             neighbour_mean(p_tgt[h], nb_ptr, nb_idx, nb_w, work[n_lags + 2 + h])
+    if opts[OPT_AREA]:
+        # departures from the profile spread over 1, 2, 3, 4 hops (rows n_lags+2+H .. +3 of work)
+        a0 = work[n_lags + 2 + n_h]
+        for i in range(n):
+            d = xc[n_lags - 1, i] - p_now[i]
+            a0[i] = d if np.isfinite(d) else 0.0
+        for k in range(4):
+            neighbour_mean(work[n_lags + 2 + n_h + k], nb_ptr, nb_idx, nb_w, work[n_lags + 3 + n_h + k])
     for i in range(n):
         x = xc[n_lags - 1, i]
         pn = p_now[i] if np.isfinite(p_now[i]) else x
@@ -201,25 +232,60 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
             if opts[OPT_NB_TARGET]:
                 d = work[n_lags + 2 + h, i] - pnb[i]
                 f[c] = d if np.isfinite(d) else 0.0
+                c += 1
+            if opts[OPT_AREA]:
+                f[c] = work[n_lags + 2 + n_h + 2, i]
+                f[c + 1] = work[n_lags + 2 + n_h + 4, i]
+                c += 2
+            if opts[OPT_DEV_HINGE]:
+                d = x - pn
+                f[c] = max(d - regime_drop, 0.0)
+                f[c + 1] = min(d + 3.0 * regime_drop, 0.0)
+                c += 2
+            for j in range(1, opts[OPT_JUMP_HINGE] + 1):
+                d = xc[n_lags - 1 - j, i] - x
+                f[c] = max(d - regime_drop, 0.0)
+                f[c + 1] = min(d + regime_drop, 0.0)
+                c += 2
 
 
 @njit(cache=True, nogil=True)
 def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_ptr, nb_idx, nb_w, top_k,
-                                regime_drop, opts, gram, rhs):
+                                regime_drop, opts, gram, rhs, ysum):
     """Add every training window ending in rows [t_first, t_last] to the per-segment normal equations.
 
     values [T, N] are both inputs (gaps allowed) and targets (a missing target is skipped); prof_rows
     [T, N] is the profile to use per row (leave-one-day-out when fitting). A horizon whose target row
-    falls past the end of the arrays is skipped. gram [H, N, 2, F, F] and rhs [H, N, 2, F] accumulate
-    in place.
+    falls past the end of the arrays is skipped. gram [H, N, 2, F, F], rhs [H, N, 2, F] and ysum
+    [H, N, 2, 2] (sum of squared targets, count) accumulate in place: with them the mean squared error
+    of any coefficients c on these windows is (c'Gc - 2 c'r + sum y^2) / count, no forecast needed.
     """
     t_len, n = values.shape
     n_h = gram.shape[0]
     n_f = gram.shape[3]
     feats = np.empty((n, n_h, n_f))
     regime = np.empty(n, np.int64)
-    work = np.empty((n_lags + 2 + n_h, n))
+    work = np.empty((n_lags + 2 + n_h + N_WORK_EXTRA, n))
     p_tgt = np.empty((n_h, n))
+    # A window whose H targets are all there adds the same outer product of its horizon-independent
+    # features to every horizon: it is summed once into ``shared`` and added to each horizon at the end
+    # (about 5x less work than H full squares); only the few horizon-dependent rows and columns are
+    # summed per horizon. A window missing a target takes the full square per horizon it has.
+    dep = horizon_features(n_lags, top_k.shape[1], opts)
+    is_dep = np.zeros(n_f, np.bool_)
+    for d in dep:
+        is_dep[d] = True
+    keep = np.empty(n_f - dep.shape[0], np.int64)
+    k = 0
+    for a in range(n_f):
+        if not is_dep[a]:
+            keep[k] = a
+            k += 1
+    n_s = keep.shape[0]
+    n_d = dep.shape[0]
+    shared = np.zeros((n, 2, n_s, n_s))
+    dep_rows = np.zeros((n_h, n, 2, n_d, n_f))
+    xs = np.empty(n_s)
     for t in range(max(t_first, n_lags - 1), t_last + 1):
         for h in range(n_h):
             r = min(t + 1 + h, t_len - 1)
@@ -227,27 +293,70 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
                 p_tgt[h, i] = prof_rows[r, i]
         window_features(values[t - n_lags + 1:t + 1], prof_rows[t], p_tgt, nb_ptr, nb_idx, nb_w, top_k,
                         regime_drop, opts, feats, regime, work)
-        for h in range(n_h):
-            r = t + 1 + h
-            if r >= t_len:
-                break
-            for i in range(n):
+        for i in range(n):
+            x0 = work[n_lags - 1, i]  # the gap-filled current level: targets are changes from it
+            if not np.isfinite(x0):
+                continue
+            g = regime[i]
+            whole = t + n_h < t_len
+            if whole:
+                for h in range(n_h):
+                    if not np.isfinite(values[t + 1 + h, i]):
+                        whole = False
+                        break
+            if whole:
+                f0 = feats[i, 0]
+                for a in range(n_s):
+                    xs[a] = f0[keep[a]]
+                sm = shared[i, g]
+                for a in range(n_s):
+                    xa = xs[a]
+                    row = sm[a]
+                    for b in range(n_s):
+                        row[b] += xa * xs[b]
+            for h in range(n_h):
+                r = t + 1 + h
+                if r >= t_len:
+                    break
                 y = values[r, i]
                 if not np.isfinite(y):
                     continue
-                g = regime[i]
                 x = feats[i, h]
-                dy = y - work[n_lags - 1, i]  # change from the gap-filled current level
-                if not np.isfinite(dy):
-                    continue
+                dy = y - x0
                 gm = gram[h, i, g]
                 rv = rhs[h, i, g]
+                ysum[h, i, g, 0] += dy * dy
+                ysum[h, i, g, 1] += 1.0
                 for a in range(n_f):
-                    xa = x[a]
-                    rv[a] += xa * dy
-                    row = gm[a]
-                    for b in range(n_f):  # the full square: contiguous, so it vectorises
-                        row[b] += xa * x[b]
+                    rv[a] += x[a] * dy
+                if whole:
+                    for k in range(n_d):  # the dependent rows in full; their columns at the end
+                        xd = x[dep[k]]
+                        row = dep_rows[h, i, g, k]
+                        for b in range(n_f):
+                            row[b] += xd * x[b]
+                else:
+                    for a in range(n_f):
+                        xa = x[a]
+                        row = gm[a]
+                        for b in range(n_f):  # the full square: contiguous, so it vectorises
+                            row[b] += xa * x[b]
+    for i in range(n):
+        for g in range(2):
+            sm = shared[i, g]
+            for h in range(n_h):
+                gm = gram[h, i, g]
+                for a in range(n_s):
+                    row = gm[keep[a]]
+                    for b in range(n_s):
+                        row[keep[b]] += sm[a, b]
+                for k in range(n_d):
+                    d = dep[k]
+                    dr = dep_rows[h, i, g, k]
+                    for b in range(n_f):
+                        gm[d, b] += dr[b]
+                        if not is_dep[b]:
+                            gm[b, d] += dr[b]
 
 
 @njit(
@@ -289,7 +398,7 @@ def forecast_rows(values, ends, slot, day_type, prof, nb_ptr, nb_idx, nb_w, top_
     out = np.empty((ends.shape[0], n_h, n))
     feats = np.empty((n, n_h, n_f))
     regime = np.empty(n, np.int64)
-    work = np.empty((n_lags + 2 + n_h, n))
+    work = np.empty((n_lags + 2 + n_h + N_WORK_EXTRA, n))
     p_tgt = np.empty((n_h, n))
     for w in range(ends.shape[0]):
         t = ends[w]
