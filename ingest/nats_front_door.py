@@ -4,28 +4,54 @@ nats-server (2.9) stores every QoS 1 PUBLISH its MQTT listener receives in the J
 ``$MQTT_msgs`` (subject ``$MQTT.msgs.<topic with / as .>``) *before* it sends the PUBACK, so a kill -9
 of the node loses nothing a device was told was received (Mosquitto 2.0 writes its queue only every
 ``autosave_interval``; measured in docs/cluster.md). NATS MQTT is MQTT 3.1.1 only and has no
-``$share``: instead of a shared subscription, every router pulls from one durable JetStream consumer
-on ``$MQTT_msgs`` (a queue group in effect), publishes each message to its partition of ``WL`` with
-the same ``Nats-Msg-Id`` as the MQTT router, and acks it only after ``WL``'s PubAck.
+``$share``: routers pull durable JetStream consumers on ``$MQTT_msgs`` instead, publish each message to
+its partition of ``WL`` with the same ``Nats-Msg-Id`` as the MQTT router, and ack it only after ``WL``'s
+PubAck.
 
-One router pulls at a time: two routers fetching at once publish their batches to ``WL`` in either
-order, and a device's readings arriving out of order are late to the alarm engine (measured with 2
-routers: alerts raised twice and missed). The active router holds a lease, a key in a JetStream
-key-value bucket whose entries expire after ``LEASE_TTL_S`` unless renewed; the others (and one that
-lost it) wait for it. A router taking over while messages are still unacknowledged (its predecessor
-was killed) waits ``ACK_WAIT_S`` first, so the server redelivers those before anything newer. ``$MQTT_msgs``
-keeps a message while a consumer is interested (interest retention): ``ensure_front_door`` creates
-the durable consumer before devices publish, and it outlives every router.
+**Lanes.** Two routers pulling one consumer publish their batches to ``WL`` in either order, and a
+device's readings arriving out of order are late to the alarm engine (measured: alerts raised twice
+and missed). So the intake is cut into lanes whose messages are disjoint per device, and each lane is
+pulled by one router at a time: one durable consumer per built-in stream (filter
+``$MQTT.msgs.<prefix>.*.<stream>.>``; nats-server 2.9 allows one filter subject per consumer), plus
+the *rest* lane on ``$MQTT.msgs.<prefix>.>`` that routes every other stream (custom streams, which
+the registry may add at any time, and topics that do not parse: the worker dead-letters them) and
+acks the built-in streams' messages without routing them. ``$MQTT_msgs`` has interest retention: a
+message with no interested consumer is dropped as it is stored (measured), so a lane created only when
+a custom stream is registered would lose that stream's first messages; the rest lane is interested in
+everything from the start. Its price is that the built-in streams' messages are delivered twice by
+NATS (to their lane and to the rest lane), and removed once both acked (measured).
+
+**Leases.** Each lane has a lease, a key in a JetStream key-value bucket whose entries expire after
+``LEASE_TTL_S`` unless renewed (every ``LEASE_RENEW_S``). Every router also keeps a member key there;
+a router aims at a fair share of the lanes (ceil(lanes / members)), takes free lanes up to it and
+gives lanes back above it after ``REBALANCE_S`` (at a batch boundary, everything acked). A holder stops
+fetching ``LEASE_MARGIN_S`` before its lease could have expired on the server (it counts from before
+its last successful renewal was sent), so it never pulls a lane another router took.
+
+**Hand-over without waiting for redelivery.** A router taking a lane over (its predecessor was killed,
+or lost its lease) does not wait ``ACK_WAIT_S`` for the server to redeliver the predecessor's unacked
+batch: it reads the lane consumer's ack floor and last delivered stream sequence and re-reads that
+range straight from ``$MQTT_msgs`` (``next_by_subj`` message gets, in order), republishes it (``WL``
+drops what the predecessor had already published, by ``Nats-Msg-Id``), and only then fetches. When
+the server redelivers those messages later they are acked without routing (sequence <= the replayed
+range). Any failed fetch or publish starts the lane over the same way, so a message delivered but not
+routed is never overtaken by a newer one of its device.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
+import math
+import os
 import time
+from dataclasses import dataclass, field
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from wulian.core.const import Stream
 from wulian.ingest import jetstream as j
 from wulian.ingest.router import topic_partition
 
@@ -33,12 +59,18 @@ log = logging.getLogger(__name__)
 
 MQTT_STREAM = "$MQTT_msgs"  # nats-server's own stream for MQTT QoS 1 messages
 MQTT_SUBJECT_PREFIX = "$MQTT.msgs."
-DURABLE = "wulian_routers"
-ACK_WAIT_S = 15.0  # > a JetStream leader election (4-9 s measured): a live router's batch is not resent
-LEASE_BUCKET = "wulian_router_lease"
-LEASE_KEY = "active"
-LEASE_TTL_S = 10.0  # longer than a JetStream leader election, so an election rarely moves the lease
-LEASE_RENEW_S = 1.0
+DURABLE = "wulian_routers"  # the rest lane: the one consumer of earlier versions, so an upgrade keeps its place
+LANE_DURABLE_PREFIX = "wulian_lane_"
+REST_LANE = "rest"
+ACK_WAIT_S = 15.0  # only a fallback now (a hand-over replays the unacked range itself): > an election
+LEASE_BUCKET = "wulian_router_lanes"  # (the single lease of earlier versions was "wulian_router_lease")
+LEASE_TTL_S = 3.0  # bounds the hand-over after kill -9 of a router (the rest is a replay of < 1 s)
+LEASE_RENEW_S = 0.5
+LEASE_MARGIN_S = 0.5  # a holder stops fetching this long before its lease could expire on the server
+FETCH_S = 1.0  # longest fetch (the server ends the pull request then: no delivery after the lease)
+FETCH_MIN_S = 0.2
+REBALANCE_S = 3.0  # above its fair share this long before a router gives lanes back
+REPLAY_CHUNKS = 16  # concurrent sequential readers over a replayed range (one get is ~1-2 ms)
 
 
 def topic_of(subject: str) -> str:
@@ -48,37 +80,66 @@ def topic_of(subject: str) -> str:
     return s.replace(".", "/")
 
 
-def consumer_config(prefix: str, max_ack_pending: int) -> ConsumerConfig:
-    return ConsumerConfig(durable_name=DURABLE, filter_subject=f"{MQTT_SUBJECT_PREFIX}{prefix}.>",
+@dataclass(frozen=True)
+class Lane:
+    """A durable consumer on ``$MQTT_msgs``; ``skip``: stream tokens routed by other lanes (rest lane)."""
+
+    name: str
+    durable: str
+    filter: str
+    prefix: str
+    skip: frozenset[str] = frozenset()
+
+    def routes(self, subject: str) -> bool:
+        if not self.skip:
+            return True
+        tokens = subject[len(MQTT_SUBJECT_PREFIX):].split(".")
+        n = self.prefix.count("/") + 2  # prefix tokens, region: then the stream
+        return len(tokens) <= n or tokens[n] not in self.skip
+
+
+def lanes(prefix: str = "wl") -> list[Lane]:
+    """One lane per built-in stream, then the rest lane (created last: see ``ensure_front_door``)."""
+    p = f"{MQTT_SUBJECT_PREFIX}{prefix.replace('/', '.')}"
+    names = [s.value for s in Stream]
+    return [Lane(s, f"{LANE_DURABLE_PREFIX}{s}", f"{p}.*.{s}.>", prefix) for s in names] + \
+        [Lane(REST_LANE, DURABLE, f"{p}.>", prefix, frozenset(names))]
+
+
+def consumer_config(lane: Lane, max_ack_pending: int) -> ConsumerConfig:
+    return ConsumerConfig(durable_name=lane.durable, filter_subject=lane.filter,
                           ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
                           ack_wait=ACK_WAIT_S, max_ack_pending=max_ack_pending, max_deliver=-1)
 
 
 async def ensure_front_door(nc: nats.NATS, prefix: str = "wl", batch: int = 2000, timeout: float = 60.0) -> None:
-    """The routers' durable consumer on ``$MQTT_msgs``. nats-server creates that stream when the first
-    MQTT client connects (``wait_mqtt_stream`` callers connect one first); retried until it exists."""
+    """The lanes' durable consumers on ``$MQTT_msgs``. nats-server creates that stream when the first
+    MQTT client connects (``wait_mqtt_stream`` callers connect one first); retried until it exists. The
+    per-stream lanes come first: from then on the rest lane may ack their streams' messages unrouted
+    (a cluster upgraded from the single consumer: the new lanes start with what it has not acked)."""
     js = nc.jetstream(timeout=10)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while True:
-        try:
-            try:  # an existing consumer is kept as it is: it holds the routers' position
-                await js.consumer_info(MQTT_STREAM, DURABLE)
-            except nats.js.errors.NotFoundError as exc:
-                if getattr(exc, "err_code", None) != 10014:  # JSConsumerNotFoundErr; else no stream yet
-                    raise
-                await js.add_consumer(MQTT_STREAM, consumer_config(prefix, batch))
-            return
-        except (nats.js.errors.NotFoundError, nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError,
-                nats.js.errors.APIError) as exc:
-            if loop.time() > deadline:
-                raise RuntimeError(f"no {MQTT_STREAM} stream: has an MQTT client connected? ({exc!r})") from exc
-            await asyncio.sleep(0.5)
+    for lane in lanes(prefix):
+        while True:
+            try:
+                try:  # an existing consumer is kept as it is: it holds the lane's position
+                    await js.consumer_info(MQTT_STREAM, lane.durable)
+                except nats.js.errors.NotFoundError as exc:
+                    if getattr(exc, "err_code", None) != 10014:  # JSConsumerNotFoundErr; else no stream yet
+                        raise
+                    await js.add_consumer(MQTT_STREAM, consumer_config(lane, batch))
+                break
+            except (nats.js.errors.NotFoundError, nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError,
+                    nats.js.errors.APIError) as exc:
+                if loop.time() > deadline:
+                    raise RuntimeError(f"no {MQTT_STREAM} stream: has an MQTT client connected? ({exc!r})") from exc
+                await asyncio.sleep(0.5)
 
 
 def mqtt_hello(host: str, port: int, timeout: float = 10.0) -> None:
     """One MQTT 3.1.1 CONNECT / CONNACK / DISCONNECT (MQTT 3.1.1 3.1, 3.2, 3.14): makes nats-server create
-    its MQTT streams, so the routers' consumer can exist before any device publishes."""
+    its MQTT streams, so the routers' consumers can exist before any device publishes."""
     import socket
 
     cid = b"wulian-front-door"
@@ -92,12 +153,44 @@ def mqtt_hello(host: str, port: int, timeout: float = 10.0) -> None:
         s.sendall(b"\xe0\x00")
 
 
-class LeaseLost(Exception):
-    """Another router holds the lease now (ours expired, e.g. while NATS elected a leader)."""
+def lane_key(lane: str) -> str:
+    return f"lane.{lane}"
+
+
+def member_key(name: str) -> str:
+    return "member." + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+async def lease_bucket(js):
+    return await js.create_key_value(bucket=LEASE_BUCKET, ttl=LEASE_TTL_S, history=1, replicas=3)
+
+
+async def lane_holders(js, prefix: str = "wl") -> dict[str, str]:
+    """lane -> the router holding it (its name), for the lanes held now."""
+    kv = await js.key_value(LEASE_BUCKET)
+    out = {}
+    for lane in lanes(prefix):
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            e = await kv.get(lane_key(lane.name))
+            if e.value:
+                out[lane.name] = e.value.decode().rsplit("/", 1)[0]
+    return out
+
+
+@dataclass
+class Lease:
+    """One held lane: its key revision, and until when (monotonic) this router may fetch."""
+
+    lane: Lane
+    rev: int
+    valid_until: float
+    task: asyncio.Task | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # give the lane back at a batch boundary
+    above_share_since: float | None = None
 
 
 class NatsFrontDoorRouter:
-    """``wulian router`` when ``cluster.front_door`` is ``nats``: ``$MQTT_msgs`` -> ``WL`` partitions."""
+    """``wulian router`` when ``cluster.front_door`` is ``nats``: ``$MQTT_msgs`` lanes -> ``WL`` partitions."""
 
     def __init__(self, name: str, nats_urls: list[str], partitions: int, replicas: int, prefix: str = "wl",
                  batch: int = 2000) -> None:
@@ -108,21 +201,31 @@ class NatsFrontDoorRouter:
         self.prefix = prefix
         self.batch = batch
         self.routed = 0
+        self.replayed = 0
         self.duplicates = 0
+        self.lanes = lanes(prefix)
+        self.held: dict[str, Lease] = {}
+        self.me = f"{name}/{os.getpid()}-{time.monotonic_ns() % 1_000_000}"  # this incarnation
         self._part: dict[str, int] = {}
 
     def partition(self, topic: str) -> int:
         return topic_partition(self._part, topic, self.prefix, self.partitions)
 
-    async def _route(self, js, msgs) -> None:
+    def preference(self) -> list[Lane]:
+        """Lanes in this router's order of preference (rendezvous hash): routers start on different lanes."""
+        return sorted(self.lanes, key=lambda ln: hashlib.blake2b(f"{self.name}/{ln.name}".encode(),
+                                                                  digest_size=8).digest())
+
+    async def _publish(self, js, msgs: list[tuple[str, bytes]]) -> None:
+        """Publish (topic, payload) to their partitions, in order, retrying until every one has its PubAck."""
         rx = str(time.time_ns())
-        todo = [(topic_of(m.subject), m) for m in msgs]
+        todo = msgs
         delay = 0.2
         while todo:
             results = await asyncio.gather(*(js.publish(
-                j.subject(self.partition(topic)), m.data,
-                headers={j.HDR_MSG_ID: j.message_id(topic, m.data), j.HDR_TOPIC: topic, j.HDR_RX_NS: rx},
-            ) for topic, m in todo), return_exceptions=True)
+                j.subject(self.partition(topic)), data,
+                headers={j.HDR_MSG_ID: j.message_id(topic, data), j.HDR_TOPIC: topic, j.HDR_RX_NS: rx},
+            ) for topic, data in todo), return_exceptions=True)
             failed = [t for t, r in zip(todo, results) if isinstance(r, BaseException)]
             self.duplicates += sum(1 for r in results if not isinstance(r, BaseException) and r.duplicate)
             if failed:
@@ -131,34 +234,142 @@ class NatsFrontDoorRouter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             todo = failed
-        await asyncio.gather(*(m.ack() for m in msgs))  # only now: every message is in WL
 
-    async def _acquire(self, js):
-        """Wait for the lease; returns the bucket and the revision to renew."""
-        kv = await js.create_key_value(bucket=LEASE_BUCKET, ttl=LEASE_TTL_S, history=1,
-                                       replicas=min(3, self.replicas))
-        waiting = False
-        while True:
+    async def _replay(self, js, lane: Lane) -> int:
+        """Republish, in stream order, the lane's messages delivered but not acked (a predecessor's batch,
+        or ours before a failure); returns the last stream sequence covered (0: nothing delivered)."""
+        info = await js.consumer_info(MQTT_STREAM, lane.durable)
+        floor, upto = info.ack_floor.stream_seq, info.delivered.stream_seq
+        if not info.num_ack_pending or upto <= floor:
+            return upto
+        bounds = [floor + (upto - floor) * k // REPLAY_CHUNKS for k in range(REPLAY_CHUNKS + 1)]
+
+        async def read(lo: int, hi: int) -> list:  # messages of the lane in (lo, hi], in order
+            out, seq = [], lo
+            while seq < hi:
+                try:
+                    m = await js.get_msg(MQTT_STREAM, seq=seq + 1, subject=lane.filter, next=True)
+                except nats.js.errors.NotFoundError:
+                    break
+                if m.seq > hi:
+                    break
+                out.append(m)
+                seq = m.seq
+            return out
+
+        chunks = await asyncio.gather(*(read(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo))
+        msgs = [(topic_of(m.subject), m.data) for c in chunks for m in c if lane.routes(m.subject)]
+        await self._publish(js, msgs)
+        self.replayed += len(msgs)
+        log.info("router %s: lane %s: replayed %d unacknowledged messages (stream seq %d..%d)",
+                 self.name, lane.name, len(msgs), floor + 1, upto)
+        return upto
+
+    async def _lane(self, js, lease: Lease) -> None:
+        """Route one lane while its lease is valid; starts over (replay first) after any NATS failure."""
+        lane = lease.lane
+        while not lease.stop.is_set():
+            sub = None
             try:
-                return kv, await kv.create(LEASE_KEY, self.name.encode())
+                replayed = await self._replay(js, lane)
+                sub = await js.pull_subscribe_bind(lane.durable, stream=MQTT_STREAM)
+                while not lease.stop.is_set():
+                    left = lease.valid_until - time.monotonic()
+                    if left < FETCH_MIN_S + 0.2:  # renewal late: pause (a successor replays what we hold)
+                        await asyncio.sleep(0.1)
+                        continue
+                    try:
+                        msgs = await sub.fetch(self.batch, timeout=min(FETCH_S, left - 0.2))
+                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                        continue
+                    route = [m for m in msgs if m.metadata.sequence.stream > replayed and lane.routes(m.subject)]
+                    if route:
+                        await self._publish(js, [(topic_of(m.subject), m.data) for m in route])
+                        self.routed += len(route)
+                    await asyncio.gather(*(m.ack() for m in msgs))  # only now: every message is in WL
+                return
+            except nats.errors.Error as exc:  # e.g. a node died under a request, the consumer's leader moved
+                log.warning("router %s: lane %s: NATS request failed (%r); starting the lane over",
+                            self.name, lane.name, exc)
+                await asyncio.sleep(0.5)
+            finally:
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+
+    async def _renew(self, kv, lease: Lease) -> bool:
+        sent = time.monotonic()
+        try:
+            lease.rev = await kv.update(lane_key(lease.lane.name), self.me.encode(), last=lease.rev)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            log.warning("router %s: lost the lease of lane %s", self.name, lease.lane.name)
+            return False
+        except nats.errors.Error as exc:  # e.g. during a leader election: retried within the TTL
+            log.warning("router %s: lease renewal of lane %s failed (%r); retrying", self.name, lease.lane.name, exc)
+            return True
+        lease.valid_until = sent + LEASE_TTL_S - LEASE_MARGIN_S
+        return True
+
+    async def _drop(self, lease: Lease) -> None:
+        """Stop routing a lane at once (lease lost): what it fetched and did not ack, the next holder replays."""
+        self.held.pop(lease.lane.name, None)
+        lease.stop.set()
+        if lease.task and not lease.task.done():
+            lease.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await lease.task
+
+    async def _release(self, kv, lease: Lease) -> None:
+        """Free a lane whose task has ended (given back at a batch boundary, or failed): delete its key,
+        so another router takes it on its next tick."""
+        self.held.pop(lease.lane.name, None)
+        exc = lease.task.exception() if lease.task and not lease.task.cancelled() else None
+        if exc is not None:
+            log.error("router %s: lane %s failed (%r); lease freed", self.name, lease.lane.name, exc)
+        with contextlib.suppress(nats.errors.Error):
+            await kv.delete(lane_key(lease.lane.name), last=lease.rev)
+
+    async def _members(self, js) -> int:
+        """Routers alive: member keys not expired (one stream-info request, not a key listing)."""
+        info = await js.stream_info(f"KV_{LEASE_BUCKET}", subjects_filter=f"$KV.{LEASE_BUCKET}.member.>")
+        return max(1, len(info.state.subjects or {}))
+
+    async def _tick(self, js, kv) -> None:
+        for lease in list(self.held.values()):
+            if lease.task and lease.task.done():
+                await self._release(kv, lease)
+            elif not await self._renew(kv, lease):
+                await self._drop(lease)
+        members = await self._members(js)
+        share = math.ceil(len(self.lanes) / members)
+        now = time.monotonic()
+        active = [self.held[ln.name] for ln in self.preference() if ln.name in self.held
+                  and not self.held[ln.name].stop.is_set()]
+        if len(active) > share:  # give back the least preferred, once above the share for a while
+            for lease in active[share:]:
+                lease.above_share_since = lease.above_share_since or now
+                if now - lease.above_share_since >= REBALANCE_S:
+                    log.info("router %s: giving lane %s back (fair share %d of %d lanes, %d routers)",
+                             self.name, lease.lane.name, share, len(self.lanes), members)
+                    lease.stop.set()  # the lane's task ends after its batch; the next tick frees the key
+            return
+        for lease in active:
+            lease.above_share_since = None
+        for lane in self.preference():
+            if len(self.held) >= share:
+                break
+            if lane.name in self.held:
+                continue
+            sent = time.monotonic()
+            try:
+                rev = await kv.create(lane_key(lane.name), self.me.encode())
             except nats.js.errors.KeyWrongLastSequenceError:
-                if not waiting:
-                    log.info("router %s: standby (another router holds the lease)", self.name)
-                    waiting = True
-            except nats.errors.Error as exc:
-                log.warning("lease bucket unavailable (%r); retrying", exc)
-            await asyncio.sleep(LEASE_RENEW_S)
-
-    async def _renew(self, kv, rev: int) -> None:
-        """Renew the lease until that fails for good (another router holds it now)."""
-        while True:
-            await asyncio.sleep(LEASE_RENEW_S)
-            try:
-                rev = await kv.update(LEASE_KEY, self.name.encode(), last=rev)
-            except nats.js.errors.KeyWrongLastSequenceError as exc:
-                raise LeaseLost(f"router {self.name} lost its lease") from exc
-            except nats.errors.Error as exc:  # e.g. during a leader election: retried within the TTL
-                log.warning("lease renewal failed (%r); retrying", exc)
+                continue  # held by another router
+            lease = Lease(lane, rev, sent + LEASE_TTL_S - LEASE_MARGIN_S)
+            lease.task = asyncio.create_task(self._lane(js, lease))
+            self.held[lane.name] = lease
+            log.info("router %s: lane %s taken (%d held, fair share %d)", self.name, lane.name,
+                     len(self.held), share)
 
     async def run(self) -> None:
         nc = await j.connect(self.urls, f"router-{self.name}")
@@ -167,52 +378,22 @@ class NatsFrontDoorRouter:
                 try:
                     self.partitions = await j.ensure_stream(nc, self.partitions, self.replicas)
                     await ensure_front_door(nc, self.prefix, self.batch, timeout=3600)
+                    js = nc.jetstream(timeout=10)
+                    kv = await lease_bucket(js)
                     break
                 except nats.errors.Error as exc:
                     log.warning("router %s: JetStream not answering (%r); retrying", self.name, exc)
                     await asyncio.sleep(LEASE_RENEW_S)
-            js = nc.jetstream(timeout=10)
-            while True:  # active while holding the lease, standby otherwise
+            log.info("router %s: NATS MQTT front door (%s), %d lanes, %d partitions", self.name, MQTT_STREAM,
+                     len(self.lanes), self.partitions)
+            while True:
                 try:
-                    kv, rev = await self._acquire(js)
-                except nats.errors.Error as exc:  # e.g. the bucket's node killed: the client reconnects
+                    await kv.put(member_key(self.name), self.me.encode())
+                    await self._tick(js, kv)
+                except nats.errors.Error as exc:  # the bucket's node died: held leases run out, lanes pause
                     log.warning("router %s: lease bucket unavailable (%r); retrying", self.name, exc)
-                    await asyncio.sleep(LEASE_RENEW_S)
-                    continue
-                renew = asyncio.create_task(self._renew(kv, rev))
-                try:
-                    await self._pull(js, renew)
-                except LeaseLost as exc:
-                    log.warning("%s; standby", exc)
-                except nats.errors.Error as exc:
-                    # a NATS node died under a request (consumer info, a lease call): what this router
-                    # did not ack comes back to whoever pulls next, in order, so stand by and start over
-                    log.warning("router %s: NATS request failed (%r); standing by", self.name, exc)
-                    await asyncio.sleep(LEASE_RENEW_S)
-                finally:
-                    renew.cancel()
+                await asyncio.sleep(LEASE_RENEW_S)
         finally:
+            for lease in list(self.held.values()):
+                await self._drop(lease)
             await nc.close()
-
-    async def _pull(self, js, renew: asyncio.Task) -> None:
-        info = await js.consumer_info(MQTT_STREAM, DURABLE)
-        if info.num_ack_pending:  # a killed predecessor's batch: let it come back first, in order
-            log.info("router %s: %d messages of a previous router unacknowledged; waiting %.0fs",
-                     self.name, info.num_ack_pending, ACK_WAIT_S)
-            await asyncio.sleep(ACK_WAIT_S)
-        sub = await js.pull_subscribe_bind(DURABLE, stream=MQTT_STREAM)
-        log.info("router %s: active; NATS MQTT front door (%s), %d partitions", self.name, MQTT_STREAM,
-                 self.partitions)
-        while not renew.done():
-            try:
-                msgs = await sub.fetch(self.batch, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                continue
-            except nats.errors.Error as exc:  # e.g. the consumer's leader moving: unacked comes again
-                log.warning("fetch from %s failed (%r); retrying", MQTT_STREAM, exc)
-                await asyncio.sleep(0.5)
-                continue
-            if msgs:
-                await self._route(js, msgs)
-                self.routed += len(msgs)
-        renew.result()  # raises why the lease ended

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 
@@ -26,7 +28,9 @@ from tests.test_cluster import (PARTITIONS, Cluster, _add_rule, _check, _publish
 from wulian.ingest import jetstream as j
 from wulian.ingest import nats_cluster
 from wulian.ingest.chaos.cluster import kill9_pid, stream_leader, wait_leader
-from wulian.ingest.nats_front_door import ensure_front_door, mqtt_hello
+from wulian.ingest.nats_front_door import (MQTT_STREAM, NatsFrontDoorRouter, ensure_front_door, lane_holders, lanes,
+                                          mqtt_hello)
+from wulian.settings import child_env
 
 
 async def _replicas_current(urls: list[str]) -> bool:
@@ -138,3 +142,145 @@ async def test_nats_front_door_keeps_a_queue_through_kill9_of_the_node(pg_stack,
             await _check(c, len(docs1) + len(docs2), raises1 + raises2)
         finally:
             c.stop_all()
+
+
+_STUCK_ROUTER = """
+import asyncio, sys
+from pathlib import Path
+from wulian.ingest.nats_front_door import NatsFrontDoorRouter
+
+class Stuck(NatsFrontDoorRouter):
+    '''Publishes half of a lane's first batch of 2+ messages to WL, then hangs: it dies holding them unacked.'''
+    async def _publish(self, js, msgs):
+        if len(msgs) >= 2:
+            await super()._publish(js, msgs[:len(msgs) // 2])
+            Path(sys.argv[2]).write_text(str(len(msgs)))
+            await asyncio.Event().wait()
+        await super()._publish(js, msgs)
+
+asyncio.run(Stuck("stuck", sys.argv[1].split(","), 16, 3).run())
+"""
+
+
+def _device_docs(tag: str, streams: tuple[str, ...], devices: int, n: int) -> list[tuple[str, dict]]:
+    """Per (stream, device) ``n`` messages with a sequence number, interleaved across devices."""
+    return [(f"wl/r1/{s}/{tag}-{s}-{d}/telemetry", {"seq": k, "ts": k})
+            for k in range(n) for s in streams for d in range(devices)]
+
+
+async def _wl_contents(js) -> list[tuple[str, int]]:
+    """(topic, seq) of every message in WL, partition by partition in stream order."""
+    info = await js.stream_info(j.STREAM)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        m = await js.get_msg(j.STREAM, seq)
+        out.append((m.headers[j.HDR_TOPIC], orjson.loads(m.data)["seq"]))
+    return out
+
+
+async def _fresh_wl(state) -> None:
+    nc = await j.connect(state.urls, "test")
+    try:
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_stream(j.STREAM)
+        await j.ensure_stream(nc, 16, 3)
+        await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port)
+        await ensure_front_door(nc)
+    finally:
+        await nc.close()
+
+
+async def _lanes_drained(js) -> bool:
+    infos = [await js.consumer_info(MQTT_STREAM, ln.durable) for ln in lanes()]
+    return all(i.num_ack_pending == 0 and i.num_pending == 0 for i in infos)
+
+
+async def test_router_killed_with_unacked_messages_hands_over_without_loss_or_reorder(nats_mqtt_state, tmp_path):
+    """A router dies (kill -9) holding lane batches it fetched, half published to WL, none acked; a second
+    router takes the lanes over. Every message of four streams (one of them custom: the rest lane) is in
+    WL exactly once, each device's in the order it published them; and once the server has redelivered
+    the dead router's batches (ACK_WAIT_S later) nothing more is added: the takeover replayed them."""
+    state = nats_mqtt_state
+    await _fresh_wl(state)
+    tag = uuid.uuid4().hex[:5]
+    streams = ("air", "water", "grid", "custom")
+    docs = _device_docs(tag, streams, 3, 60)
+    marker = tmp_path / "stuck"
+    stuck = subprocess.Popen([sys.executable, "-c", _STUCK_ROUTER, ",".join(state.urls), str(marker)],
+                             cwd=ROOT, env=child_env(WULIAN_LOG_LEVEL="INFO"))
+    try:
+        nc = await j.connect(state.urls, "test")
+        js = nc.jetstream(timeout=10)
+        await wait_until(lambda: _holds_all(js, "stuck"), timeout=60)
+        await asyncio.to_thread(_publish_311, state.nodes[0].mqtt_port, docs)
+        await wait_until(marker.exists, timeout=60)
+        pending = sum([(await js.consumer_info(MQTT_STREAM, ln.durable)).num_ack_pending for ln in lanes()])
+        assert pending > 0  # the dead router's batches are unacked when it dies
+        kill9_pid(stuck.pid)
+        taker = NatsFrontDoorRouter("taker", state.urls, 16, 3)
+        run = asyncio.create_task(taker.run())
+        try:
+            await wait_until(lambda: _wl_count(js, len(docs)), timeout=120)
+            assert taker.replayed > 0
+            await wait_until(lambda: _lanes_drained(js), timeout=120)  # redeliveries came and were acked
+            got = await _wl_contents(js)
+        finally:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+        await nc.close()
+    finally:
+        stuck.kill()
+        stuck.wait()
+    want = [(t, d["seq"]) for t, d in docs]
+    assert sorted(got) == sorted(want)  # each exactly once
+    by_topic: dict[str, list[int]] = {}
+    for t, k in got:
+        by_topic.setdefault(t, []).append(k)
+    assert all(seqs == sorted(seqs) for seqs in by_topic.values()), "a device's messages reordered in WL"
+
+
+async def _holds_all(js, name: str) -> bool:
+    with contextlib.suppress(Exception):
+        return sum(1 for h in (await lane_holders(js)).values() if h == name) == len(lanes())
+    return False
+
+
+async def _wl_count(js, n: int) -> bool:
+    return (await js.stream_info(j.STREAM)).state.messages >= n
+
+
+async def test_routers_share_the_lanes_and_keep_each_device_in_order(nats_mqtt_state):
+    """Two routers: each takes half of the lanes (fair share) and routes its lanes' messages; WL holds
+    every message once, each device's in order."""
+    state = nats_mqtt_state
+    await _fresh_wl(state)
+    nc = await j.connect(state.urls, "test")
+    js = nc.jetstream(timeout=10)
+    routers = [NatsFrontDoorRouter(n, state.urls, 16, 3) for n in ("a", "b")]
+    runs = [asyncio.create_task(r.run()) for r in routers]
+    try:
+        async def split() -> bool:
+            with contextlib.suppress(Exception):
+                held = list((await lane_holders(js)).values())
+                return held.count("a") == held.count("b") == len(lanes()) // 2
+            return False
+
+        await wait_until(split, timeout=60)
+        tag = uuid.uuid4().hex[:5]
+        docs = _device_docs(tag, ("air", "water", "grid", "meter", "vehicle", "traffic", "pollution"), 2, 40)
+        await asyncio.to_thread(_publish_311, state.nodes[0].mqtt_port, docs)
+        await wait_until(lambda: _wl_count(js, len(docs)), timeout=120)
+        await wait_until(lambda: _lanes_drained(js), timeout=60)
+        got = await _wl_contents(js)
+    finally:
+        for r in runs:
+            r.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        await nc.close()
+    assert all(r.routed > 0 for r in routers), [r.routed for r in routers]
+    assert sorted(got) == sorted((t, d["seq"]) for t, d in docs)
+    by_topic: dict[str, list[int]] = {}
+    for t, k in got:
+        by_topic.setdefault(t, []).append(k)
+    assert all(seqs == sorted(seqs) for seqs in by_topic.values())

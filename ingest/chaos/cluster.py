@@ -14,6 +14,7 @@ for ``takeover_delay_s``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -173,6 +174,53 @@ class KillRouter:
         await asyncio.to_thread(env.ingest.start, self.victim)
 
 
+@dataclass
+class KillLaneRouter:
+    """NATS front door: kill -9 of the router holding the lane the devices publish to (``lane``), restarted
+    with the same id after ``down_s``. ``handover_s``: from the SIGKILL until another router has replayed
+    the victim's unacknowledged messages and fetches the lane again (its consumer delivers a newer
+    message), i.e. messages flow to ``WL`` again."""
+
+    lane: str = "grid"  # the chaos sources' stream (run.run_fault)
+    down_s: float = 2.0
+    name: str = "kill_router"
+
+    async def inject(self, env: ChaosEnv) -> dict:
+        from wulian.ingest.nats_front_door import MQTT_STREAM, lane_holders, lanes
+
+        durable = next(ln.durable for ln in lanes() if ln.name == self.lane)
+        con = await j.connect(env.ingest.state.urls, "chaos-handover")
+        try:
+            js = con.jetstream(timeout=5)
+            victim = (await lane_holders(js)).get(self.lane)
+            if victim is None:
+                raise RuntimeError(f"no router holds lane {self.lane}")
+            before = (await js.consumer_info(MQTT_STREAM, durable)).delivered.stream_seq
+            t0 = time.monotonic()
+            await asyncio.to_thread(env.ingest.kill9, victim)
+            env.progress(f"router {victim} (lane {self.lane}) killed (SIGKILL)")
+            restart = asyncio.create_task(self._restart(env, victim))
+            while True:
+                with contextlib.suppress(Exception):
+                    holder = (await lane_holders(js)).get(self.lane)
+                    seq = (await js.consumer_info(MQTT_STREAM, durable)).delivered.stream_seq
+                    if holder and seq > before:
+                        break
+                if time.monotonic() - t0 > 120:
+                    raise TimeoutError(f"lane {self.lane} not routed again 120 s after killing {victim}")
+                await asyncio.sleep(0.05)
+            handover = time.monotonic() - t0
+            env.progress(f"lane {self.lane} routed again by {holder} after {handover:.2f}s")
+            await restart
+        finally:
+            await con.close()
+        return {"killed_router": victim, "new_holder": holder, "handover_s": round(handover, 3)}
+
+    async def _restart(self, env: ChaosEnv, victim: str) -> None:
+        await asyncio.sleep(self.down_s)
+        await asyncio.to_thread(env.ingest.start, victim)
+
+
 async def stream_leader(urls: list[str], timeout: float = 5.0) -> str | None:
     """The server name leading the stream's Raft group, None when it has none (or nobody answers)."""
     con = await j.connect(urls, "chaos-leader-probe")
@@ -274,7 +322,8 @@ class KillFrontDoorQueued:
 
 def cluster_faults(front_door: str = "mosquitto") -> list[Fault]:
     if front_door == "nats":
-        return [KillWorker(), KillRouter(), KillNatsNode(), RestartFrontDoor(), AddWorker(), KillFrontDoorQueued()]
+        return [KillWorker(), KillLaneRouter(), KillNatsNode(), RestartFrontDoor(), AddWorker(),
+                KillFrontDoorQueued()]
     return [KillWorker(), KillRouter(), KillNatsNode(), RestartBroker(), AddWorker(), KillBrokerQueued()]
 
 
