@@ -48,7 +48,9 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import asyncpg
 import nats
+import orjson
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from wulian.core.const import Stream
@@ -59,17 +61,18 @@ log = logging.getLogger(__name__)
 
 MQTT_STREAM = "$MQTT_msgs"  # nats-server's own stream for MQTT QoS 1 messages
 MQTT_SUBJECT_PREFIX = "$MQTT.msgs."
-DURABLE = "wulian_routers"  # the rest lane: the one consumer of earlier versions, so an upgrade keeps its place
 LANE_DURABLE_PREFIX = "wulian_lane_"
-REST_LANE = "rest"
+LEGACY_DURABLE = "wulian_routers"  # the one consumer of earlier versions: it overlaps every lane, so it goes
 ACK_WAIT_S = 15.0  # only a fallback now (a hand-over replays the unacked range itself): > an election
 LEASE_BUCKET = "wulian_router_lanes"  # (the single lease of earlier versions was "wulian_router_lease")
 LEASE_TTL_S = 3.0  # bounds the hand-over after kill -9 of a router (the rest is a replay of < 1 s)
 LEASE_RENEW_S = 0.5
+LEASE_CALL_S = 1.0  # timeout of a lease call
 LEASE_MARGIN_S = 0.5  # a holder stops fetching this long before its lease could expire on the server
 FETCH_S = 1.0  # longest fetch (the server ends the pull request then: no delivery after the lease)
 FETCH_MIN_S = 0.2
 REBALANCE_S = 3.0  # above its fair share this long before a router gives lanes back
+LANES_POLL_S = 5.0  # how often a router looks for lanes created by others (a registry stream's)
 REPLAY_CHUNKS = 16  # concurrent sequential readers over a replayed range (one get is ~1-2 ms)
 
 
@@ -82,59 +85,86 @@ def topic_of(subject: str) -> str:
 
 @dataclass(frozen=True)
 class Lane:
-    """A durable consumer on ``$MQTT_msgs``; ``skip``: stream tokens routed by other lanes (rest lane)."""
+    """One stream's durable consumer on ``$MQTT_msgs``: every topic ``<prefix>/<region>/<stream>/...``."""
 
-    name: str
+    name: str  # the stream
     durable: str
     filter: str
-    prefix: str
-    skip: frozenset[str] = frozenset()
-
-    def routes(self, subject: str) -> bool:
-        if not self.skip:
-            return True
-        tokens = subject[len(MQTT_SUBJECT_PREFIX):].split(".")
-        n = self.prefix.count("/") + 2  # prefix tokens, region: then the stream
-        return len(tokens) <= n or tokens[n] not in self.skip
 
 
-def lanes(prefix: str = "wl") -> list[Lane]:
-    """One lane per built-in stream, then the rest lane (created last: see ``ensure_front_door``)."""
-    p = f"{MQTT_SUBJECT_PREFIX}{prefix.replace('/', '.')}"
-    names = [s.value for s in Stream]
-    return [Lane(s, f"{LANE_DURABLE_PREFIX}{s}", f"{p}.*.{s}.>", prefix) for s in names] + \
-        [Lane(REST_LANE, DURABLE, f"{p}.>", prefix, frozenset(names))]
+def lane(prefix: str, stream: str) -> Lane:
+    return Lane(stream, f"{LANE_DURABLE_PREFIX}{stream}",
+                f"{MQTT_SUBJECT_PREFIX}{prefix.replace('/', '.')}.*.{stream}.>")
 
 
-def consumer_config(lane: Lane, max_ack_pending: int) -> ConsumerConfig:
-    return ConsumerConfig(durable_name=lane.durable, filter_subject=lane.filter,
+def builtin_lanes(prefix: str = "wl") -> list[Lane]:
+    return [lane(prefix, s.value) for s in Stream]
+
+
+def consumer_config(ln: Lane, batch: int) -> ConsumerConfig:
+    """``max_ack_pending`` is two batches: a killed holder's unacked batch stays pending until the server
+    redelivers it (``ACK_WAIT_S``), and its successor (which replayed it) must fetch a batch meanwhile."""
+    return ConsumerConfig(durable_name=ln.durable, filter_subject=ln.filter,
                           ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                          ack_wait=ACK_WAIT_S, max_ack_pending=max_ack_pending, max_deliver=-1)
+                          ack_wait=ACK_WAIT_S, max_ack_pending=2 * batch, max_deliver=-1)
 
 
-async def ensure_front_door(nc: nats.NATS, prefix: str = "wl", batch: int = 2000, timeout: float = 60.0) -> None:
-    """The lanes' durable consumers on ``$MQTT_msgs``. nats-server creates that stream when the first
-    MQTT client connects (``wait_mqtt_stream`` callers connect one first); retried until it exists. The
-    per-stream lanes come first: from then on the rest lane may ack their streams' messages unrouted
-    (a cluster upgraded from the single consumer: the new lanes start with what it has not acked)."""
+async def ensure_lanes(js, prefix: str, streams, batch: int = 2000) -> list[str]:
+    """Create the lanes of ``streams`` that do not exist (an existing one keeps its position); returns
+    the streams whose lane was created."""
+    created = []
+    for name in streams:
+        ln = lane(prefix, name)
+        try:
+            await js.consumer_info(MQTT_STREAM, ln.durable)
+        except nats.js.errors.NotFoundError as exc:
+            if getattr(exc, "err_code", None) != 10014:  # JSConsumerNotFoundErr; else no stream yet
+                raise
+            await js.add_consumer(MQTT_STREAM, consumer_config(ln, batch))
+            created.append(name)
+    return created
+
+
+async def lane_streams(nc: nats.NATS) -> list[str]:
+    """The streams that have a lane: consumer names on ``$MQTT_msgs`` (the MQTT sessions' consumers are
+    there too, hence names only, paged)."""
+    out, offset = [], 0
+    while True:
+        resp = await nc.request(f"$JS.API.CONSUMER.NAMES.{MQTT_STREAM}", orjson.dumps({"offset": offset}),
+                                timeout=LEASE_CALL_S * 5)
+        page = orjson.loads(resp.data)
+        if "error" in page:
+            raise RuntimeError(f"consumer names of {MQTT_STREAM}: {page['error']}")
+        names = page.get("consumers") or []
+        out += [n[len(LANE_DURABLE_PREFIX):] for n in names if n.startswith(LANE_DURABLE_PREFIX)]
+        offset += len(names)
+        if not names or offset >= page.get("total", 0):
+            return out
+
+
+async def ensure_front_door(nc: nats.NATS, prefix: str = "wl", batch: int = 2000, streams=(),
+                            timeout: float = 60.0) -> None:
+    """The lanes of the built-in streams (and of ``streams``) on ``$MQTT_msgs``. nats-server creates that
+    stream when the first MQTT client connects (``mqtt_hello``); retried until it exists. The single
+    consumer of earlier versions is deleted once the lanes exist: it overlaps them, and overlapping
+    consumers on an interest stream lose messages in nats-server 2.9.10 (measured, docs/cluster.md); what
+    it had not acked is still stored and the new lanes deliver it."""
     js = nc.jetstream(timeout=10)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    for lane in lanes(prefix):
-        while True:
-            try:
-                try:  # an existing consumer is kept as it is: it holds the lane's position
-                    await js.consumer_info(MQTT_STREAM, lane.durable)
-                except nats.js.errors.NotFoundError as exc:
-                    if getattr(exc, "err_code", None) != 10014:  # JSConsumerNotFoundErr; else no stream yet
-                        raise
-                    await js.add_consumer(MQTT_STREAM, consumer_config(lane, batch))
-                break
-            except (nats.js.errors.NotFoundError, nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError,
-                    nats.js.errors.APIError) as exc:
-                if loop.time() > deadline:
-                    raise RuntimeError(f"no {MQTT_STREAM} stream: has an MQTT client connected? ({exc!r})") from exc
-                await asyncio.sleep(0.5)
+    while True:
+        try:
+            await ensure_lanes(js, prefix, [s.value for s in Stream] + [s for s in streams], batch)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_consumer(MQTT_STREAM, LEGACY_DURABLE)
+                log.warning("deleted the single routers' consumer %s of an earlier version (lanes replace it)",
+                            LEGACY_DURABLE)
+            return
+        except (nats.js.errors.NotFoundError, nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError,
+                nats.js.errors.APIError) as exc:
+            if loop.time() > deadline:
+                raise RuntimeError(f"no {MQTT_STREAM} stream: has an MQTT client connected? ({exc!r})") from exc
+            await asyncio.sleep(0.5)
 
 
 def mqtt_hello(host: str, port: int, timeout: float = 10.0) -> None:
@@ -165,15 +195,20 @@ async def lease_bucket(js):
     return await js.create_key_value(bucket=LEASE_BUCKET, ttl=LEASE_TTL_S, history=1, replicas=3)
 
 
-async def lane_holders(js, prefix: str = "wl") -> dict[str, str]:
-    """lane -> the router holding it (its name), for the lanes held now."""
+async def lane_holders(js) -> dict[str, str]:
+    """stream -> the router holding its lane (the router's name), for the lanes held now."""
     kv = await js.key_value(LEASE_BUCKET)
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return {}
     out = {}
-    for lane in lanes(prefix):
-        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-            e = await kv.get(lane_key(lane.name))
-            if e.value:
-                out[lane.name] = e.value.decode().rsplit("/", 1)[0]
+    for key in keys:
+        if key.startswith("lane."):
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                e = await kv.get(key)
+                if e.value:
+                    out[key[len("lane."):]] = e.value.decode().rsplit("/", 1)[0]
     return out
 
 
@@ -193,7 +228,7 @@ class NatsFrontDoorRouter:
     """``wulian router`` when ``cluster.front_door`` is ``nats``: ``$MQTT_msgs`` lanes -> ``WL`` partitions."""
 
     def __init__(self, name: str, nats_urls: list[str], partitions: int, replicas: int, prefix: str = "wl",
-                 batch: int = 2000) -> None:
+                 batch: int = 2000, dsn: str | None = None) -> None:
         self.name = name
         self.urls = nats_urls
         self.partitions = partitions
@@ -203,17 +238,22 @@ class NatsFrontDoorRouter:
         self.routed = 0
         self.replayed = 0
         self.duplicates = 0
-        self.lanes = lanes(prefix)
+        self.dsn = dsn  # given: the router creates the lanes of registry streams (``wulian stream add``)
+        self.lanes: dict[str, Lane] = {ln.name: ln for ln in builtin_lanes(prefix)}
         self.held: dict[str, Lease] = {}
         self.me = f"{name}/{os.getpid()}-{time.monotonic_ns() % 1_000_000}"  # this incarnation
         self._part: dict[str, int] = {}
+        self._ljs = None  # JetStream context of the lease calls
+        self._js = None
+        self._registry = None  # RegistryWatcher, with a dsn
+        self._watcher_task: asyncio.Task | None = None
 
     def partition(self, topic: str) -> int:
         return topic_partition(self._part, topic, self.prefix, self.partitions)
 
     def preference(self) -> list[Lane]:
         """Lanes in this router's order of preference (rendezvous hash): routers start on different lanes."""
-        return sorted(self.lanes, key=lambda ln: hashlib.blake2b(f"{self.name}/{ln.name}".encode(),
+        return sorted(self.lanes.values(), key=lambda ln: hashlib.blake2b(f"{self.name}/{ln.name}".encode(),
                                                                   digest_size=8).digest())
 
     async def _publish(self, js, msgs: list[tuple[str, bytes]]) -> None:
@@ -258,7 +298,7 @@ class NatsFrontDoorRouter:
             return out
 
         chunks = await asyncio.gather(*(read(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo))
-        msgs = [(topic_of(m.subject), m.data) for c in chunks for m in c if lane.routes(m.subject)]
+        msgs = [(topic_of(m.subject), m.data) for c in chunks for m in c]
         await self._publish(js, msgs)
         self.replayed += len(msgs)
         log.info("router %s: lane %s: replayed %d unacknowledged messages (stream seq %d..%d)",
@@ -282,7 +322,7 @@ class NatsFrontDoorRouter:
                         msgs = await sub.fetch(self.batch, timeout=min(FETCH_S, left - 0.2))
                     except (nats.errors.TimeoutError, asyncio.TimeoutError):
                         continue
-                    route = [m for m in msgs if m.metadata.sequence.stream > replayed and lane.routes(m.subject)]
+                    route = [m for m in msgs if m.metadata.sequence.stream > replayed]
                     if route:
                         await self._publish(js, [(topic_of(m.subject), m.data) for m in route])
                         self.routed += len(route)
@@ -329,9 +369,9 @@ class NatsFrontDoorRouter:
         with contextlib.suppress(nats.errors.Error):
             await kv.delete(lane_key(lease.lane.name), last=lease.rev)
 
-    async def _members(self, js) -> int:
+    async def _members(self) -> int:
         """Routers alive: member keys not expired (one stream-info request, not a key listing)."""
-        info = await js.stream_info(f"KV_{LEASE_BUCKET}", subjects_filter=f"$KV.{LEASE_BUCKET}.member.>")
+        info = await self._ljs.stream_info(f"KV_{LEASE_BUCKET}", subjects_filter=f"$KV.{LEASE_BUCKET}.member.>")
         return max(1, len(info.state.subjects or {}))
 
     async def _tick(self, js, kv) -> None:
@@ -340,7 +380,7 @@ class NatsFrontDoorRouter:
                 await self._release(kv, lease)
             elif not await self._renew(kv, lease):
                 await self._drop(lease)
-        members = await self._members(js)
+        members = await self._members()
         share = math.ceil(len(self.lanes) / members)
         now = time.monotonic()
         active = [self.held[ln.name] for ln in self.preference() if ln.name in self.held
@@ -371,29 +411,78 @@ class NatsFrontDoorRouter:
             log.info("router %s: lane %s taken (%d held, fair share %d)", self.name, lane.name,
                      len(self.held), share)
 
+    async def _registry_changed(self, registry) -> None:
+        created = await ensure_lanes(self._js, self.prefix, registry.names(), self.batch)
+        for name in created:
+            log.info("router %s: lane created for registry stream %s", self.name, name)
+        for name in registry.names():
+            self.lanes.setdefault(name, lane(self.prefix, name))
+
+    async def _watch_registry(self) -> None:
+        """With a dsn: the registry's streams get their lanes (at start and on every change), apart from
+        the lease loop, so a database that does not answer never delays a renewal."""
+        from wulian.ingest.stream_registry import RegistryWatcher
+
+        while self._registry is None:
+            watcher = RegistryWatcher(self.dsn, on_change=self._registry_changed)
+            try:
+                registry = await asyncio.wait_for(watcher.start(), 30)
+                self._registry = watcher
+                await self._registry_changed(registry)
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, nats.errors.Error) as exc:
+                log.warning("router %s: stream registry not loaded (%r); built-in lanes only, retrying",
+                            self.name, exc)
+                await asyncio.sleep(LANES_POLL_S)
+
+    async def _refresh_lanes(self, nc) -> None:
+        """Lanes created since (for a registry stream, by any router) join the fair share."""
+        for name in await lane_streams(nc):
+            self.lanes.setdefault(name, lane(self.prefix, name))
+
     async def run(self) -> None:
+        kv = None
         nc = await j.connect(self.urls, f"router-{self.name}")
         try:
             while True:  # a node restarting or a leader election answers nothing for a few seconds
                 try:
                     self.partitions = await j.ensure_stream(nc, self.partitions, self.replicas)
                     await ensure_front_door(nc, self.prefix, self.batch, timeout=3600)
-                    js = nc.jetstream(timeout=10)
-                    kv = await lease_bucket(js)
+                    js = self._js = nc.jetstream(timeout=10)
+                    await lease_bucket(js)
+                    # lease calls time out quickly: a renewal stuck in an election must not hold the others
+                    self._ljs = nc.jetstream(timeout=LEASE_CALL_S)
+                    kv = await self._ljs.key_value(LEASE_BUCKET)
                     break
                 except nats.errors.Error as exc:
                     log.warning("router %s: JetStream not answering (%r); retrying", self.name, exc)
                     await asyncio.sleep(LEASE_RENEW_S)
-            log.info("router %s: NATS MQTT front door (%s), %d lanes, %d partitions", self.name, MQTT_STREAM,
-                     len(self.lanes), self.partitions)
+            log.info("router %s: NATS MQTT front door (%s), %d partitions", self.name, MQTT_STREAM, self.partitions)
+            if self.dsn:
+                self._watcher_task = asyncio.create_task(self._watch_registry())
+            polled = -math.inf
             while True:
                 try:
+                    if time.monotonic() - polled >= LANES_POLL_S:
+                        polled = time.monotonic()
+                        await self._refresh_lanes(nc)
                     await kv.put(member_key(self.name), self.me.encode())
                     await self._tick(js, kv)
-                except nats.errors.Error as exc:  # the bucket's node died: held leases run out, lanes pause
+                except (nats.errors.Error, RuntimeError) as exc:  # the bucket's node died: held leases run out
                     log.warning("router %s: lease bucket unavailable (%r); retrying", self.name, exc)
                 await asyncio.sleep(LEASE_RENEW_S)
-        finally:
+        finally:  # stopped (not killed): free what we hold, so the others need not wait for the TTL
             for lease in list(self.held.values()):
                 await self._drop(lease)
+                if kv is not None:
+                    with contextlib.suppress(nats.errors.Error):
+                        await kv.delete(lane_key(lease.lane.name), last=lease.rev)
+            if kv is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await kv.delete(member_key(self.name))
+            if self._watcher_task is not None:
+                self._watcher_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._watcher_task
+            if self._registry is not None:
+                await self._registry.stop()
             await nc.close()

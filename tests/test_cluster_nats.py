@@ -28,8 +28,8 @@ from tests.test_cluster import (PARTITIONS, Cluster, _add_rule, _check, _publish
 from wulian.ingest import jetstream as j
 from wulian.ingest import nats_cluster
 from wulian.ingest.chaos.cluster import kill9_pid, stream_leader, wait_leader
-from wulian.ingest.nats_front_door import (MQTT_STREAM, NatsFrontDoorRouter, ensure_front_door, lane_holders, lanes,
-                                          mqtt_hello)
+from wulian.ingest.nats_front_door import (MQTT_STREAM, NatsFrontDoorRouter, ensure_front_door, ensure_lanes, lane,
+                                          lane_holders, lane_streams, mqtt_hello)
 from wulian.settings import child_env
 
 
@@ -186,18 +186,20 @@ async def _fresh_wl(state) -> None:
         await j.ensure_stream(nc, 16, 3)
         await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port)
         await ensure_front_door(nc)
+        await ensure_lanes(nc.jetstream(), "wl", ["custom"])  # a registry stream's lane, as routers create it
     finally:
         await nc.close()
 
 
-async def _lanes_drained(js) -> bool:
-    infos = [await js.consumer_info(MQTT_STREAM, ln.durable) for ln in lanes()]
+async def _lanes_drained(nc) -> bool:
+    js = nc.jetstream()
+    infos = [await js.consumer_info(MQTT_STREAM, lane("wl", s).durable) for s in await lane_streams(nc)]
     return all(i.num_ack_pending == 0 and i.num_pending == 0 for i in infos)
 
 
 async def test_router_killed_with_unacked_messages_hands_over_without_loss_or_reorder(nats_mqtt_state, tmp_path):
     """A router dies (kill -9) holding lane batches it fetched, half published to WL, none acked; a second
-    router takes the lanes over. Every message of four streams (one of them custom: the rest lane) is in
+    router takes the lanes over. Every message of four streams (one of them a registry stream, with its own lane) is in
     WL exactly once, each device's in the order it published them; and once the server has redelivered
     the dead router's batches (ACK_WAIT_S later) nothing more is added: the takeover replayed them."""
     state = nats_mqtt_state
@@ -211,10 +213,11 @@ async def test_router_killed_with_unacked_messages_hands_over_without_loss_or_re
     try:
         nc = await j.connect(state.urls, "test")
         js = nc.jetstream(timeout=10)
-        await wait_until(lambda: _holds_all(js, "stuck"), timeout=60)
+        await wait_until(lambda: _holds_all(nc, "stuck"), timeout=60)
         await asyncio.to_thread(_publish_311, state.nodes[0].mqtt_port, docs)
         await wait_until(marker.exists, timeout=60)
-        pending = sum([(await js.consumer_info(MQTT_STREAM, ln.durable)).num_ack_pending for ln in lanes()])
+        pending = sum([(await js.consumer_info(MQTT_STREAM, lane("wl", s).durable)).num_ack_pending
+                       for s in await lane_streams(nc)])
         assert pending > 0  # the dead router's batches are unacked when it dies
         kill9_pid(stuck.pid)
         taker = NatsFrontDoorRouter("taker", state.urls, 16, 3)
@@ -222,7 +225,7 @@ async def test_router_killed_with_unacked_messages_hands_over_without_loss_or_re
         try:
             await wait_until(lambda: _wl_count(js, len(docs)), timeout=120)
             assert taker.replayed > 0
-            await wait_until(lambda: _lanes_drained(js), timeout=120)  # redeliveries came and were acked
+            await wait_until(lambda: _lanes_drained(nc), timeout=120)  # redeliveries came and were acked
             got = await _wl_contents(js)
         finally:
             run.cancel()
@@ -240,9 +243,10 @@ async def test_router_killed_with_unacked_messages_hands_over_without_loss_or_re
     assert all(seqs == sorted(seqs) for seqs in by_topic.values()), "a device's messages reordered in WL"
 
 
-async def _holds_all(js, name: str) -> bool:
+async def _holds_all(nc, name: str) -> bool:
     with contextlib.suppress(Exception):
-        return sum(1 for h in (await lane_holders(js)).values() if h == name) == len(lanes())
+        held = (await lane_holders(nc.jetstream())).values()
+        return sum(1 for h in held if h == name) == len(await lane_streams(nc))
     return False
 
 
@@ -263,7 +267,8 @@ async def test_routers_share_the_lanes_and_keep_each_device_in_order(nats_mqtt_s
         async def split() -> bool:
             with contextlib.suppress(Exception):
                 held = list((await lane_holders(js)).values())
-                return held.count("a") == held.count("b") == len(lanes()) // 2
+                n = len(await lane_streams(nc))
+                return sorted((held.count("a"), held.count("b"))) == [n // 2, n - n // 2]
             return False
 
         await wait_until(split, timeout=60)
@@ -271,7 +276,7 @@ async def test_routers_share_the_lanes_and_keep_each_device_in_order(nats_mqtt_s
         docs = _device_docs(tag, ("air", "water", "grid", "meter", "vehicle", "traffic", "pollution"), 2, 40)
         await asyncio.to_thread(_publish_311, state.nodes[0].mqtt_port, docs)
         await wait_until(lambda: _wl_count(js, len(docs)), timeout=120)
-        await wait_until(lambda: _lanes_drained(js), timeout=60)
+        await wait_until(lambda: _lanes_drained(nc), timeout=60)
         got = await _wl_contents(js)
     finally:
         for r in runs:

@@ -186,9 +186,9 @@ class KillLaneRouter:
     name: str = "kill_router"
 
     async def inject(self, env: ChaosEnv) -> dict:
-        from wulian.ingest.nats_front_door import MQTT_STREAM, lane_holders, lanes
+        from wulian.ingest.nats_front_door import MQTT_STREAM, lane, lane_holders
 
-        durable = next(ln.durable for ln in lanes() if ln.name == self.lane)
+        durable = lane("wl", self.lane).durable
         con = await j.connect(env.ingest.state.urls, "chaos-handover")
         try:
             js = con.jetstream(timeout=5)
