@@ -10,16 +10,17 @@ PubAck.
 
 **Lanes.** Two routers pulling one consumer publish their batches to ``WL`` in either order, and a
 device's readings arriving out of order are late to the alarm engine (measured: alerts raised twice
-and missed). So the intake is cut into lanes whose messages are disjoint per device, and each lane is
-pulled by one router at a time: one durable consumer per built-in stream (filter
-``$MQTT.msgs.<prefix>.*.<stream>.>``; nats-server 2.9 allows one filter subject per consumer), plus
-the *rest* lane on ``$MQTT.msgs.<prefix>.>`` that routes every other stream (custom streams, which
-the registry may add at any time, and topics that do not parse: the worker dead-letters them) and
-acks the built-in streams' messages without routing them. ``$MQTT_msgs`` has interest retention: a
-message with no interested consumer is dropped as it is stored (measured), so a lane created only when
-a custom stream is registered would lose that stream's first messages; the rest lane is interested in
-everything from the start. Its price is that the built-in streams' messages are delivered twice by
-NATS (to their lane and to the rest lane), and removed once both acked (measured).
+and missed). So the intake is cut into lanes, one durable consumer per stream (filter
+``$MQTT.msgs.<prefix>.*.<stream>.>``; nats-server 2.9 allows one filter subject per consumer): a
+device's messages are all in its stream's lane, and each lane is pulled by one router at a time. The
+lanes must not overlap: ``$MQTT_msgs`` has interest retention (a message goes once every consumer
+whose filter matches it has acked it), and with a catch-all consumer beside the per-stream ones
+nats-server 2.9.10 removed messages before the stream's lane had delivered them (measured: 14 of
+6,440 lost under load, none without the catch-all; docs/cluster.md). Hence no "rest" lane: the
+built-in streams' lanes are created with the front door, a registry stream's lane by the routers
+(given a dsn they watch the registry) as soon as the stream exists, and every router picks up lanes
+created by others. A message whose stream has no lane is not stored by nats-server at all (no
+consumer is interested), though PUBACKed: a device publishing to a stream before it is registered.
 
 **Leases.** Each lane has a lease, a key in a JetStream key-value bucket whose entries expire after
 ``LEASE_TTL_S`` unless renewed (every ``LEASE_RENEW_S``). Every router also keeps a member key there;
@@ -34,8 +35,8 @@ batch: it reads the lane consumer's ack floor and last delivered stream sequence
 range straight from ``$MQTT_msgs`` (``next_by_subj`` message gets, in order), republishes it (``WL``
 drops what the predecessor had already published, by ``Nats-Msg-Id``), and only then fetches. When
 the server redelivers those messages later they are acked without routing (sequence <= the replayed
-range). Any failed fetch or publish starts the lane over the same way, so a message delivered but not
-routed is never overtaken by a newer one of its device.
+range). A failed NATS request of the lane (fetch, consumer info, message get) starts the lane over the
+same way, so a message delivered but not routed is never overtaken by a newer one of its device.
 """
 from __future__ import annotations
 
