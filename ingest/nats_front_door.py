@@ -45,8 +45,8 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -196,8 +196,9 @@ async def lease_bucket(js):
     return await js.create_key_value(bucket=LEASE_BUCKET, ttl=LEASE_TTL_S, history=1, replicas=3)
 
 
-async def lane_holders(js) -> dict[str, str]:
-    """stream -> the router holding its lane (the router's name), for the lanes held now."""
+async def lane_holders(js, incarnation: bool = False) -> dict[str, str]:
+    """stream -> the router holding its lane (the router's name; ``incarnation``: ``name/<process>``, which
+    tells a restarted router from its killed self), for the lanes held now."""
     kv = await js.key_value(LEASE_BUCKET)
     try:
         keys = await kv.keys()
@@ -209,7 +210,8 @@ async def lane_holders(js) -> dict[str, str]:
             with contextlib.suppress(nats.js.errors.KeyNotFoundError):
                 e = await kv.get(key)
                 if e.value:
-                    out[key[len("lane."):]] = e.value.decode().rsplit("/", 1)[0]
+                    v = e.value.decode()
+                    out[key[len("lane."):]] = v if incarnation else v.rsplit("/", 1)[0]
     return out
 
 
@@ -242,7 +244,7 @@ class NatsFrontDoorRouter:
         self.dsn = dsn  # given: the router creates the lanes of registry streams (``wulian stream add``)
         self.lanes: dict[str, Lane] = {ln.name: ln for ln in builtin_lanes(prefix)}
         self.held: dict[str, Lease] = {}
-        self.me = f"{name}/{os.getpid()}-{time.monotonic_ns() % 1_000_000}"  # this incarnation
+        self.me = f"{name}/{uuid.uuid4().hex[:12]}"  # this incarnation: a restarted router is another holder
         self._part: dict[str, int] = {}
         self._ljs = None  # JetStream context of the lease calls
         self._js = None
@@ -254,8 +256,10 @@ class NatsFrontDoorRouter:
 
     def preference(self) -> list[Lane]:
         """Lanes in this router's order of preference (rendezvous hash): routers start on different lanes."""
-        return sorted(self.lanes.values(), key=lambda ln: hashlib.blake2b(f"{self.name}/{ln.name}".encode(),
-                                                                  digest_size=8).digest())
+        def rank(ln: Lane) -> bytes:
+            return hashlib.blake2b(f"{self.name}/{ln.name}".encode(), digest_size=8).digest()
+
+        return sorted(self.lanes.values(), key=rank)
 
     async def _publish(self, js, msgs: list[tuple[str, bytes]]) -> None:
         """Publish (topic, payload) to their partitions, in order, retrying until every one has its PubAck."""

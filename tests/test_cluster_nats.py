@@ -17,6 +17,8 @@ import sys
 import time
 import uuid
 
+import asyncpg
+import nats
 import orjson
 import pytest
 from paho.mqtt.client import CallbackAPIVersion, Client
@@ -28,8 +30,8 @@ from tests.test_cluster import (PARTITIONS, Cluster, _add_rule, _check, _publish
 from wulian.ingest import jetstream as j
 from wulian.ingest import nats_cluster
 from wulian.ingest.chaos.cluster import kill9_pid, stream_leader, wait_leader
-from wulian.ingest.nats_front_door import (MQTT_STREAM, NatsFrontDoorRouter, ensure_front_door, ensure_lanes, lane,
-                                          lane_holders, lane_streams, mqtt_hello)
+from wulian.ingest.nats_front_door import (MQTT_STREAM, NatsFrontDoorRouter, builtin_lanes, ensure_front_door,
+                                          ensure_lanes, lane, lane_holders, lane_streams, mqtt_hello)
 from wulian.settings import child_env
 
 
@@ -289,3 +291,70 @@ async def test_routers_share_the_lanes_and_keep_each_device_in_order(nats_mqtt_s
     for t, k in got:
         by_topic.setdefault(t, []).append(k)
     assert all(seqs == sorted(seqs) for seqs in by_topic.values())
+
+
+async def test_a_stream_added_to_the_registry_gets_its_lane_and_is_routed(pg_stack, nats_mqtt_state):
+    """A router with the database creates the lane of a stream added by ``wulian stream add`` (its
+    NOTIFY), takes it, and routes the new stream's messages to WL, each device's in order."""
+    from wulian.core.streams import BUILTIN_REGISTRY, StreamDef
+    from wulian.ingest import stream_registry
+
+    state = nats_mqtt_state
+    await _fresh_wl(state)
+    name = f"gh_{uuid.uuid4().hex[:6]}"
+    nc = await j.connect(state.urls, "test")
+    js = nc.jetstream(timeout=10)
+    async with fresh_database(pg_stack, "wulian_lanes") as dsn:
+        router = NatsFrontDoorRouter("reg", state.urls, 16, 3, dsn=dsn)
+        run = asyncio.create_task(router.run())
+        try:
+            await wait_until(lambda: _holds_all(nc, "reg"), timeout=60)
+            assert name not in await lane_streams(nc)
+            con = await asyncpg.connect(dsn)
+            try:
+                sdef = StreamDef.from_dict({"name": name, "title": "温室", "metrics": {"air_temp": {"unit": "°C"}}})
+                async with con.transaction():
+                    await stream_registry.create_stream(con, sdef, actor="test", source="cli")
+            finally:
+                await con.close()
+            await wait_until(lambda: _has_lane(nc, name), timeout=60)
+            docs = _device_docs(uuid.uuid4().hex[:5], (name,), 3, 30)
+            await asyncio.to_thread(_publish_311, state.nodes[0].mqtt_port, docs)
+            await wait_until(lambda: _wl_count(js, len(docs)), timeout=120)
+            got = await _wl_contents(js)
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            stream_registry.install(BUILTIN_REGISTRY)  # the watcher installed the test database's registry
+            await nc.close()
+    assert sorted(got) == sorted((t, d["seq"]) for t, d in docs)
+    by_topic: dict[str, list[int]] = {}
+    for t, k in got:
+        by_topic.setdefault(t, []).append(k)
+    assert all(seqs == sorted(seqs) for seqs in by_topic.values())
+
+
+async def _has_lane(nc, stream: str) -> bool:
+    return stream in await lane_streams(nc)
+
+
+async def test_the_single_consumer_of_earlier_versions_is_replaced_by_the_lanes(nats_mqtt_state):
+    """An upgraded cluster: the old catch-all consumer overlaps every lane (lossy on nats-server 2.9.10),
+    so ensure_front_door deletes it once the lanes exist."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from wulian.ingest.nats_front_door import LEGACY_DURABLE
+
+    nc = await j.connect(nats_mqtt_state.urls, "test")
+    try:
+        js = nc.jetstream(timeout=10)
+        await asyncio.to_thread(mqtt_hello, "127.0.0.1", nats_mqtt_state.nodes[0].mqtt_port)
+        await ensure_front_door(nc)
+        await js.add_consumer(MQTT_STREAM, ConsumerConfig(durable_name=LEGACY_DURABLE, filter_subject="$MQTT.msgs.wl.>",
+                                                          ack_policy=AckPolicy.EXPLICIT))
+        await ensure_front_door(nc)
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await js.consumer_info(MQTT_STREAM, LEGACY_DURABLE)
+        assert {ln.name for ln in builtin_lanes()} <= set(await lane_streams(nc))
+    finally:
+        await nc.close()

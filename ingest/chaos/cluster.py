@@ -177,9 +177,11 @@ class KillRouter:
 @dataclass
 class KillLaneRouter:
     """NATS front door: kill -9 of the router holding the lane the devices publish to (``lane``), restarted
-    with the same id after ``down_s``. ``handover_s``: from the SIGKILL until another router has replayed
-    the victim's unacknowledged messages and fetches the lane again (its consumer delivers a newer
-    message), i.e. messages flow to ``WL`` again."""
+    with the same id after ``down_s``. ``handover_s``: from the SIGKILL until another router (or the
+    victim's next incarnation) holds the lane, has replayed the victim's unacknowledged messages and
+    fetches again (the lane's consumer delivers a newer message than when it took over), i.e. messages
+    flow to ``WL`` again. Deliveries to the victim's last pull request, still open at the kill, do not
+    count: they go to no one."""
 
     lane: str = "grid"  # the chaos sources' stream (run.run_fault)
     down_s: float = 2.0
@@ -192,19 +194,22 @@ class KillLaneRouter:
         con = await j.connect(env.ingest.state.urls, "chaos-handover")
         try:
             js = con.jetstream(timeout=5)
-            victim = (await lane_holders(js)).get(self.lane)
-            if victim is None:
+            lease = (await lane_holders(js, incarnation=True)).get(self.lane)
+            if lease is None:
                 raise RuntimeError(f"no router holds lane {self.lane}")
-            before = (await js.consumer_info(MQTT_STREAM, durable)).delivered.stream_seq
+            victim = lease.rsplit("/", 1)[0]
             t0 = time.monotonic()
             await asyncio.to_thread(env.ingest.kill9, victim)
             env.progress(f"router {victim} (lane {self.lane}) killed (SIGKILL)")
             restart = asyncio.create_task(self._restart(env, victim))
+            taken_at_seq = None
             while True:
                 with contextlib.suppress(Exception):
-                    holder = (await lane_holders(js)).get(self.lane)
+                    holder = (await lane_holders(js, incarnation=True)).get(self.lane)
                     seq = (await js.consumer_info(MQTT_STREAM, durable)).delivered.stream_seq
-                    if holder and seq > before:
+                    if taken_at_seq is None and holder and holder != lease:
+                        taken_at_seq = seq
+                    elif taken_at_seq is not None and seq > taken_at_seq:
                         break
                 if time.monotonic() - t0 > 120:
                     raise TimeoutError(f"lane {self.lane} not routed again 120 s after killing {victim}")
