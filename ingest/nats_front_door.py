@@ -49,7 +49,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import asyncpg
 import nats
 import orjson
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -416,31 +415,45 @@ class NatsFrontDoorRouter:
             log.info("router %s: lane %s taken (%d held, fair share %d)", self.name, lane.name,
                      len(self.held), share)
 
+    async def _ensure_registry_lanes(self) -> None:
+        """Lanes for the registry's streams that have none yet (created once; any router may)."""
+        from wulian.ingest.stream_registry import current
+
+        missing = [n for n in current().names() if n not in self.lanes]
+        if missing:
+            for name in await ensure_lanes(self._js, self.prefix, missing, self.batch):
+                log.info("router %s: lane created for registry stream %s", self.name, name)
+            for name in missing:
+                self.lanes[name] = lane(self.prefix, name)
+
     async def _registry_changed(self, registry) -> None:
-        created = await ensure_lanes(self._js, self.prefix, registry.names(), self.batch)
-        for name in created:
-            log.info("router %s: lane created for registry stream %s", self.name, name)
-        for name in registry.names():
-            self.lanes.setdefault(name, lane(self.prefix, name))
+        try:
+            await self._ensure_registry_lanes()
+        except nats.errors.Error as exc:  # the next poll (LANES_POLL_S) tries again
+            log.warning("router %s: lanes of new registry streams not created yet (%r)", self.name, exc)
 
     async def _watch_registry(self) -> None:
-        """With a dsn: the registry's streams get their lanes (at start and on every change), apart from
-        the lease loop, so a database that does not answer never delays a renewal."""
+        """With a dsn: the registry loaded and watched apart from the lease loop, so a database that does not
+        answer never delays a renewal."""
         from wulian.ingest.stream_registry import RegistryWatcher
 
         while self._registry is None:
             watcher = RegistryWatcher(self.dsn, on_change=self._registry_changed)
             try:
-                registry = await asyncio.wait_for(watcher.start(), 30)
+                await asyncio.wait_for(watcher.start(), 30)
                 self._registry = watcher
-                await self._registry_changed(registry)
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, nats.errors.Error) as exc:
+                await self._registry_changed(None)
+            except Exception as exc:  # database down or refused: retried, the built-in lanes run meanwhile
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
                 log.warning("router %s: stream registry not loaded (%r); built-in lanes only, retrying",
                             self.name, exc)
                 await asyncio.sleep(LANES_POLL_S)
 
     async def _refresh_lanes(self, nc) -> None:
-        """Lanes created since (for a registry stream, by any router) join the fair share."""
+        """The registry's streams get their lanes; lanes created by other routers join the fair share."""
+        if self._registry is not None:
+            await self._ensure_registry_lanes()
         for name in await lane_streams(nc):
             self.lanes.setdefault(name, lane(self.prefix, name))
 
