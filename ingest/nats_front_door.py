@@ -249,6 +249,7 @@ class NatsFrontDoorRouter:
         self._js = None
         self._registry = None  # RegistryWatcher, with a dsn
         self._watcher_task: asyncio.Task | None = None
+        self._free: set[str] = set()  # lanes found free on the last tick (at the share)
 
     def partition(self, topic: str) -> int:
         return topic_partition(self._part, topic, self.prefix, self.partitions)
@@ -399,11 +400,21 @@ class NatsFrontDoorRouter:
             return
         for lease in active:
             lease.above_share_since = None
+        free = set()
         for lane in self.preference():
-            if len(self.held) >= share:
-                break
             if lane.name in self.held:
                 continue
+            if len(self.held) >= share:
+                # at its share a router still takes a lane found free on two ticks in a row: the router
+                # counted for it may be the dead one (its member key not yet expired, or renewed by its
+                # restarting incarnation), and a router under its share takes a lane at once
+                try:
+                    await kv.get(lane_key(lane.name))
+                    continue
+                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                    free.add(lane.name)
+                    if lane.name not in self._free:
+                        continue
             sent = time.monotonic()
             try:
                 rev = await kv.create(lane_key(lane.name), self.me.encode())
@@ -414,6 +425,7 @@ class NatsFrontDoorRouter:
             self.held[lane.name] = lease
             log.info("router %s: lane %s taken (%d held, fair share %d)", self.name, lane.name,
                      len(self.held), share)
+        self._free = free
 
     async def _ensure_registry_lanes(self) -> None:
         """Lanes for the registry's streams that have none yet (created once; any router may)."""
