@@ -197,20 +197,19 @@ async def lease_bucket(js):
 
 async def lane_holders(js, incarnation: bool = False) -> dict[str, str]:
     """stream -> the router holding its lane (the router's name; ``incarnation``: ``name/<process>``, which
-    tells a restarted router from its killed self), for the lanes held now."""
+    tells a restarted router from its killed self), for the lanes held now. The keys come from the
+    bucket's stream info, not a key listing: nats-py's listing waits for as many entries as its consumer
+    had pending, and entries expiring meanwhile (a 3 s TTL, renewed twice a second) left it waiting."""
     kv = await js.key_value(LEASE_BUCKET)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return {}
+    info = await js.stream_info(f"KV_{LEASE_BUCKET}", subjects_filter=f"$KV.{LEASE_BUCKET}.lane.>")
     out = {}
-    for key in keys:
-        if key.startswith("lane."):
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-                e = await kv.get(key)
-                if e.value:
-                    v = e.value.decode()
-                    out[key[len("lane."):]] = v if incarnation else v.rsplit("/", 1)[0]
+    for subject in info.state.subjects or {}:
+        key = subject[len(f"$KV.{LEASE_BUCKET}."):]
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            e = await kv.get(key)
+            if e.value:
+                v = e.value.decode()
+                out[key[len("lane."):]] = v if incarnation else v.rsplit("/", 1)[0]
     return out
 
 

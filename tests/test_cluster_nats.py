@@ -186,11 +186,20 @@ async def _fresh_wl(state) -> None:
         with contextlib.suppress(Exception):
             await nc.jetstream().delete_stream(j.STREAM)
         await j.ensure_stream(nc, 16, 3)
-        await asyncio.to_thread(mqtt_hello, "127.0.0.1", state.nodes[0].mqtt_port)
+        await wait_until(lambda: _mqtt_up(state.nodes[0].mqtt_port), timeout=60)  # a node restarted just before
         await ensure_front_door(nc)
         await ensure_lanes(nc.jetstream(), "wl", ["custom"])  # a registry stream's lane, as routers create it
     finally:
         await nc.close()
+
+
+async def _mqtt_up(port: int) -> bool:
+    """The node's MQTT listener answers (it closes connections until its JetStream is ready)."""
+    try:
+        await asyncio.to_thread(mqtt_hello, "127.0.0.1", port)
+        return True
+    except OSError:  # ConnectionError included
+        return False
 
 
 async def _lanes_drained(nc) -> bool:
