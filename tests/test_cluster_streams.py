@@ -81,9 +81,10 @@ def _greenhouse_workload(name: str, tag: str, t0_ms: int) -> list[tuple[str, dic
             for k, v in enumerate((20.0, 40.0, 41.0)) for dev in devices]
 
 
-async def _check_stream(dsn: str, name: str, rule_id: int, messages: int, readings: int, logs) -> None:
-    """Every message through a partition once, every reading stored once, one raise per device, one dead
-    letter: the unregistered stream's message."""
+async def _check_stream(dsn: str, name: str, rule_id: int, messages: int, readings: int, logs,
+                        dead_letter: bool = True) -> None:
+    """Every message through a partition once, every reading stored once, one raise per device, and (with
+    ``dead_letter``) one dead letter: the unregistered stream's message."""
     try:
         await wait_until(lambda: _q(dsn, "SELECT coalesce(sum(messages), 0) >= $1 FROM cluster_partitions",
                                     messages), timeout=120)
@@ -105,7 +106,7 @@ async def _check_stream(dsn: str, name: str, rule_id: int, messages: int, readin
         dead = [tuple(r) for r in await con.fetch("SELECT topic, reason, detail FROM dead_letters")]
     finally:
         await con.close()
-    assert dead == [(f"wl/{REGION}/nosuchstream/X1/telemetry", BAD_TOPIC, UNKNOWN_STREAM)]
+    assert dead == ([(f"wl/{REGION}/nosuchstream/X1/telemetry", BAD_TOPIC, UNKNOWN_STREAM)] if dead_letter else [])
 
 
 async def test_stream_added_while_the_cluster_runs_is_routed_through_mosquitto(cluster):  # noqa: F811
@@ -145,7 +146,7 @@ async def test_stream_added_while_the_cluster_runs_is_routed_through_the_nats_fr
     door = nats_mqtt_state.nodes[0]
     nc = await j.connect(nats_mqtt_state.urls, "test")
     try:
-        await asyncio.to_thread(mqtt_hello, "127.0.0.1", door.mqtt_port)
+        await asyncio.to_thread(mqtt_hello, "127.0.0.1", door.mqtt_port, 10.0, *nats_mqtt_state.mqtt_account)
         await ensure_front_door(nc)
     finally:
         await nc.close()
@@ -156,10 +157,11 @@ async def test_stream_added_while_the_cluster_runs_is_routed_through_the_nats_fr
     await _partitions_claimed(c)
     name = f"gh{tag}"
     rule_id = await _add_stream(c.dsn, name)
+    # no unregistered stream here: the NATS door routes a stream's lane only (a device account may not
+    # publish outside its own stream anyway; README "Cluster mode", Limits)
     docs = _greenhouse_workload(name, tag, t0)
-    docs.append((f"wl/{REGION}/nosuchstream/X1/telemetry", {"ts": t0, "values": {"air_temp": 1.0}}))
-    await asyncio.to_thread(_publish_311, door.mqtt_port, docs)
-    await _check_stream(c.dsn, name, rule_id, len(docs), 3 * DEVICES * 2, c.logs)
+    await asyncio.to_thread(_publish_311, door.mqtt_port, docs, nats_mqtt_state.mqtt_account)
+    await _check_stream(c.dsn, name, rule_id, len(docs), 3 * DEVICES * 2, c.logs, dead_letter=False)
     # partitioned by device like a built-in stream (before, the router sent an unknown stream to partition 0)
     assert await _q(c.dsn, "SELECT count(*) FROM cluster_partitions WHERE messages > 0") > 1
 

@@ -91,3 +91,32 @@ def test_mosquitto_forgets_shared_subscriptions_over_a_restart(door_dir):
         finally:
             door.stop()
     assert kept == {"$share/g/t/#": 0, "t/#": 20}
+
+
+def _matches(filt: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` one token, ``>`` one or more trailing tokens."""
+    f, s = filt.split("."), subject.split(".")
+    for i, tok in enumerate(f):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or (tok != "*" and tok != s[i]):
+            return False
+    return len(f) == len(s)
+
+
+def test_nats_lanes_are_disjoint_and_keep_a_device_in_one_lane():
+    """Every device topic of a stream with a lane matches exactly that lane's filter (overlapping lanes
+    lose messages on nats-server 2.9.10's interest stream), and alert events match none."""
+    from wulian.ingest.nats_front_door import MQTT_SUBJECT_PREFIX, builtin_lanes, lane
+
+    lanes = builtin_lanes("wl") + [lane("wl", "custom_env")]
+    streams = [ln.name for ln in lanes]
+    assert len({ln.durable for ln in lanes}) == len(lanes)
+    for stream in streams:
+        for kind in ("telemetry", "hj212"):
+            subject = f"{MQTT_SUBJECT_PREFIX}wl.shantou.{stream}.dev-1.{kind}"
+            assert [ln.name for ln in lanes if _matches(ln.filter, subject)] == [stream]
+    alert = f"{MQTT_SUBJECT_PREFIX}wl.shantou.alerts.grid.dev-1"
+    assert not [ln for ln in lanes if _matches(ln.filter, alert)]
+    other = f"{MQTT_SUBJECT_PREFIX}other.shantou.grid.dev-1.telemetry"
+    assert not [ln for ln in lanes if _matches(ln.filter, other)]

@@ -15,6 +15,7 @@ for ``takeover_delay_s``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -174,6 +175,58 @@ class KillRouter:
         await asyncio.to_thread(env.ingest.start, self.victim)
 
 
+@dataclass
+class KillLaneRouter:
+    """NATS front door: kill -9 of the router holding the lane the devices publish to (``lane``), restarted
+    with the same id after ``down_s``. ``handover_s``: from the SIGKILL until another router (or the
+    victim's next incarnation) holds the lane, has replayed the victim's unacknowledged messages and
+    fetches again (the lane's consumer delivers a newer message than when it took over), i.e. messages
+    flow to ``WL`` again. Deliveries to the victim's last pull request, still open at the kill, do not
+    count: they go to no one."""
+
+    lane: str = "grid"  # the chaos sources' stream (run.run_fault)
+    down_s: float = 2.0
+    name: str = "kill_router"
+
+    async def inject(self, env: ChaosEnv) -> dict:
+        from wulian.ingest.nats_front_door import MQTT_STREAM, lane, lane_holders
+
+        durable = lane("wl", self.lane).durable
+        con = await j.connect(env.ingest.state.urls, "chaos-handover")
+        try:
+            js = con.jetstream(timeout=5)
+            lease = (await lane_holders(js, incarnation=True)).get(self.lane)
+            if lease is None:
+                raise RuntimeError(f"no router holds lane {self.lane}")
+            victim = lease.rsplit("/", 1)[0]
+            t0 = time.monotonic()
+            await asyncio.to_thread(env.ingest.kill9, victim)
+            env.progress(f"router {victim} (lane {self.lane}) killed (SIGKILL)")
+            restart = asyncio.create_task(self._restart(env, victim))
+            taken_at_seq = None
+            while True:
+                with contextlib.suppress(Exception):
+                    holder = (await lane_holders(js, incarnation=True)).get(self.lane)
+                    seq = (await js.consumer_info(MQTT_STREAM, durable)).delivered.stream_seq
+                    if taken_at_seq is None and holder and holder != lease:
+                        taken_at_seq = seq
+                    elif taken_at_seq is not None and seq > taken_at_seq:
+                        break
+                if time.monotonic() - t0 > 120:
+                    raise TimeoutError(f"lane {self.lane} not routed again 120 s after killing {victim}")
+                await asyncio.sleep(0.05)
+            handover = time.monotonic() - t0
+            env.progress(f"lane {self.lane} routed again by {holder} after {handover:.2f}s")
+            await restart
+        finally:
+            await con.close()
+        return {"killed_router": victim, "new_holder": holder, "handover_s": round(handover, 3)}
+
+    async def _restart(self, env: ChaosEnv, victim: str) -> None:
+        await asyncio.sleep(self.down_s)
+        await asyncio.to_thread(env.ingest.start, victim)
+
+
 async def stream_leader(urls: list[str], timeout: float = 5.0) -> str | None:
     """The server name leading the stream's Raft group, None when it has none (or nobody answers)."""
     con = await j.connect(urls, "chaos-leader-probe")
@@ -302,8 +355,8 @@ class ReloadAccounts:
 
 def cluster_faults(front_door: str = "nats") -> list[Fault]:
     if front_door == "nats":
-        return [KillWorker(), KillRouter(), KillNatsNode(), RestartFrontDoor(), AddWorker(), KillFrontDoorQueued(),
-                ReloadAccounts()]
+        return [KillWorker(), KillLaneRouter(), KillNatsNode(), RestartFrontDoor(), AddWorker(),
+                KillFrontDoorQueued(), ReloadAccounts()]
     return [KillWorker(), KillRouter(), KillNatsNode(), RestartBroker(), AddWorker(), KillBrokerQueued()]
 
 

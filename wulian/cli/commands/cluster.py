@@ -109,7 +109,7 @@ def _router(args: argparse.Namespace) -> int:
         from wulian.ingest.nats_front_door import NatsFrontDoorRouter
 
         router = NatsFrontDoorRouter(name, nats_urls(s), s.cluster.partitions, s.cluster.replicas,
-                                     prefix=s.mqtt.topic_prefix, batch=s.cluster.router_batch)
+                                     prefix=s.mqtt.topic_prefix, batch=s.cluster.router_batch, dsn=s.db.dsn)
     else:
         router = Router(mqtt_params(s, name), nats_urls(s), s.cluster.partitions, s.cluster.replicas,
                         prefix=s.mqtt.topic_prefix, batch=s.cluster.router_batch)
