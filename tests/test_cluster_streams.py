@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 from tests.conftest import wait_until
 from tests.helpers import disable_registry_stream_rules
 from tests.test_cluster import PARTITIONS, REGION, _owned, _publish, _q, cluster  # noqa: F401
-from tests.test_cluster_nats import _publish_311, nats_mqtt_state  # noqa: F401
+from tests.test_cluster_nats import _has_lane, _publish_311, nats_mqtt_state  # noqa: F401
 from wulian.core.streams import StreamDef
 from wulian.ingest import jetstream as j
 from wulian.ingest.codecs.errors import BAD_TOPIC, UNKNOWN_STREAM
@@ -157,8 +157,15 @@ async def test_stream_added_while_the_cluster_runs_is_routed_through_the_nats_fr
     await _partitions_claimed(c)
     name = f"gh{tag}"
     rule_id = await _add_stream(c.dsn, name)
-    # no unregistered stream here: the NATS door routes a stream's lane only (a device account may not
-    # publish outside its own stream anyway; README "Cluster mode", Limits)
+    # The router creates the new stream's lane when the registry tells it (LISTEN, within ~1 s); until
+    # then nats-server keeps no message of that stream (no interested consumer): devices are provisioned
+    # after their stream, so wait for the lane as they would. No unregistered stream here: the NATS door
+    # routes lanes only (a device account may not publish outside its own stream anyway; README Limits).
+    nc = await j.connect(nats_mqtt_state.urls, "test")
+    try:
+        await wait_until(lambda: _has_lane(nc, name), timeout=60)
+    finally:
+        await nc.close()
     docs = _greenhouse_workload(name, tag, t0)
     await asyncio.to_thread(_publish_311, door.mqtt_port, docs, nats_mqtt_state.mqtt_account)
     await _check_stream(c.dsn, name, rule_id, len(docs), 3 * DEVICES * 2, c.logs, dead_letter=False)
