@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from wulian.ingest.chaos.field import GatewayStartError
 from wulian.ingest.chaos.stack import ChaosStack, IngestProcess
 
 
@@ -118,7 +119,12 @@ class RestartGateway:
         await asyncio.sleep(self.down_s)
         for name, gw in env.gateways.items():
             gw.start()
-            await gw.wait_ready()
+            try:
+                await gw.wait_ready()
+            except GatewayStartError as exc:  # a supervisor (systemd Restart=on-failure) starts it again
+                env.progress(f"gateway {name} failed to start, starting it again: {exc}")
+                gw.start()
+                await gw.wait_ready()
             env.progress(f"gateway {name} restarted")
 
 

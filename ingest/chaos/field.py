@@ -27,6 +27,10 @@ from wulian.settings import ROOT, child_env
 _NS = 1_000_000_000
 
 
+class GatewayStartError(RuntimeError):
+    """A gateway process exited (or never listened) after its start."""
+
+
 @dataclass
 class GatewayProcess:
     """``wulian gateway PROTOCOL`` as a child process, auto-provisioning devices into ``region``."""
@@ -62,8 +66,15 @@ class GatewayProcess:
         deadline = loop.time() + timeout
         while not port_open(self.port):
             if self.proc.poll() is not None or loop.time() > deadline:
-                raise RuntimeError(f"{self.protocol} gateway did not start (see {self.log_path})")
+                raise GatewayStartError(f"{self.protocol} gateway did not start (exit code {self.proc.poll()});"
+                                        f" {self.log_path} ends with:\n{self.log_tail()}")
             await asyncio.sleep(0.1)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
