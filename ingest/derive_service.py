@@ -71,7 +71,8 @@ async def _loop(job: Job, pool: asyncpg.Pool) -> None:
         await asyncio.sleep(job.interval_s)
 
 
-async def run_derive(settings: Settings, only: set[str] | None = None, once: bool = False) -> dict:
+async def run_derive(settings: Settings, only: set[str] | None = None, once: bool = False,
+                     stop: asyncio.Event | None = None) -> dict:
     async with asyncpg.create_pool(settings.db.dsn, min_size=1, max_size=4) as pool:
         selected = discover(settings, only)
         if once:
@@ -82,6 +83,6 @@ async def run_derive(settings: Settings, only: set[str] | None = None, once: boo
         log.info("derive: scheduling %s", ", ".join(j.name for j in selected) or "no jobs")
         holder = f"derive-{socket.gethostname()}-{os.getpid()}"
         leases = [Lease(settings.db.dsn, job_lease(j.name), holder) for j in selected]
-        await asyncio.gather(health.run(), *(lease.run(lambda j=j: _loop(j, pool))
-                                             for lease, j in zip(leases, selected)))
+        await asyncio.gather(health.run(stop), *(lease.run(lambda j=j: _loop(j, pool), stop)
+                                                 for lease, j in zip(leases, selected)))
     return {}

@@ -10,6 +10,7 @@ Used by ingest, derive, the gateways, the notification sender and the forwarder;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -54,11 +55,13 @@ class Health:
                 self.results[name] = False
         self.last_beat = time.monotonic()
 
-    async def run(self) -> None:
-        """The heartbeat: probes every ``interval_s`` on the service's loop, until cancelled."""
-        while True:
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """The heartbeat: probes every ``interval_s`` on the service's loop, until ``stop`` is set."""
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
             await self.check()
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval_s)
 
     def live(self) -> bool:
         return self.last_beat is None or time.monotonic() - self.last_beat < self.stale_after_s

@@ -199,10 +199,12 @@ class Sender:
 
     @staticmethod
     async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
-        done, pending = await asyncio.wait([asyncio.create_task(a.wait()), asyncio.create_task(b.wait())],
-                                           return_when=asyncio.FIRST_COMPLETED)
-        for t in pending:
-            t.cancel()
+        waits = [asyncio.create_task(a.wait()), asyncio.create_task(b.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when wait_for's timeout cancels us: no waiter task outlives the poll
+            for t in waits:
+                t.cancel()
 
 
 TEST_PAYLOAD = {"id": 0, "event_id": None, "event": "test", "state": "active", "region": "-", "stream": "-",
@@ -225,8 +227,8 @@ async def send_test(con: asyncpg.Connection, channel: str, client: httpx.AsyncCl
     return response_error(row["kind"], resp.status_code, resp.content)[0]
 
 
-async def run_sender(settings) -> None:
-    """``wulian notify run``: the sender with its metrics endpoint, until interrupted."""
+async def run_sender(settings, stop: asyncio.Event | None = None) -> None:
+    """``wulian notify run``: the sender with its metrics endpoint, until ``stop`` is set."""
     from wulian.ingest.health import serve_metrics
 
     cfg = SenderConfig.of(settings.notify)
@@ -235,4 +237,4 @@ async def run_sender(settings) -> None:
             serve_metrics(settings.notify.metrics_host, settings.notify.metrics_port)
         async with httpx.AsyncClient(timeout=cfg.timeout_s) as client:
             log.info("notification sender running (max %d attempts, lease %.0fs)", cfg.max_attempts, cfg.lease_s)
-            await Sender(pool, cfg, client).run()
+            await Sender(pool, cfg, client).run(stop)

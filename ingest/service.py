@@ -98,7 +98,8 @@ async def running_ingestor(settings: Settings, pool: asyncpg.Pool, client_id: st
         await registry.stop()
 
 
-async def run_ingest(settings: Settings) -> None:
+async def run_ingest(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """``wulian ingest``: until ``stop`` is set (the command sets it on SIGINT/SIGTERM)."""
     async with await create_pool(settings) as pool:
         async with pool.acquire() as con:
             await migrate(con)
@@ -112,4 +113,4 @@ async def run_ingest(settings: Settings) -> None:
             health.add("broker", lambda: ingestor.consumer.connected)
             log.info("ingest running: mqtt %s:%s, batch %d", settings.mqtt.host, settings.mqtt.port,
                      settings.ingest.batch_size)
-            await health.run()
+            await health.run(stop)

@@ -57,7 +57,7 @@ async def running_gateway(settings: Settings, protocol: str, pool: asyncpg.Pool,
         publisher.close()
 
 
-async def run_gateway(settings: Settings, protocol: str) -> None:
+async def run_gateway(settings: Settings, protocol: str, stop: asyncio.Event | None = None) -> None:
     g = settings.gateway
     metrics_port = g.hj212_metrics_port if protocol == "hj212" else g.jt808_metrics_port
     async with asyncpg.create_pool(settings.db.dsn, min_size=1, max_size=settings.db.pool_max) as pool:
@@ -68,4 +68,4 @@ async def run_gateway(settings: Settings, protocol: str) -> None:
             health.add("broker", lambda: gw.publisher.connected)
             log.info("%s gateway listening on %s:%s (auto-provision %s), publishing to mqtt %s:%s",
                      protocol, g.host, gw.port, g.auto_provision, settings.mqtt.host, settings.mqtt.port)
-            await health.run()
+            await health.run(stop)

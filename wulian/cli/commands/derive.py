@@ -11,9 +11,15 @@ from wulian.settings import get_settings
 def run(args: argparse.Namespace) -> int:
     from wulian.ingest.derive_service import run_derive
 
+    from wulian.cli.stop_signal import stop_event_on_signals
+
+    async def main() -> dict:
+        return await run_derive(get_settings(), set(args.job) if args.job else None, once=args.once,
+                                stop=None if args.once else stop_event_on_signals())
+
     try:
-        out = asyncio.run(run_derive(get_settings(), set(args.job) if args.job else None, once=args.once))
-    except KeyboardInterrupt:
+        out = asyncio.run(main())
+    except KeyboardInterrupt:  # a second signal, or Ctrl-C during --once
         return 0
     if args.once:
         print(json.dumps(out, default=str))

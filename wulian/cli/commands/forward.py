@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from wulian.settings import get_settings
@@ -16,12 +15,12 @@ def run(args: argparse.Namespace) -> int:
     from wulian.ingest.forwarder import FORWARD_LEASE, run_forwarder
     from wulian.ingest.leases import Lease
 
+    from wulian.cli.stop_signal import stop_event_on_signals
+
     async def main() -> None:
         # SIGINT/SIGTERM end the run through its stop event: links and intake finish their step and
         # the MQTT session is closed (cancelling the task instead left the process running)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        stop = stop_event_on_signals()
         settings = get_settings()
         # one forwarder at a time (its MQTT session and each upstream's in-order link are singletons);
         # a second one on another machine stands by and takes over when the holder dies

@@ -17,6 +17,7 @@ def raise_nofile() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wulian.cli.stop_signal import stop_event_on_signals
     from wulian.ingest.gateways.service import run_gateway
     from wulian.ingest.service import tune_gc
 
@@ -27,9 +28,12 @@ def run(args: argparse.Namespace) -> int:
         s.gateway.auto_provision = True
     raise_nofile()
     tune_gc()  # thousands of long-lived connections: full collections would stall every answer
+    async def main() -> None:
+        await run_gateway(s, args.protocol, stop_event_on_signals())
+
     try:
-        asyncio.run(run_gateway(s, args.protocol))
-    except KeyboardInterrupt:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # a second signal
         pass
     return 0
 

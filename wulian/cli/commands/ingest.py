@@ -8,11 +8,15 @@ from wulian.settings import get_settings
 
 
 def run(args: argparse.Namespace) -> int:
+    from wulian.cli.stop_signal import stop_event_on_signals
     from wulian.ingest.service import run_ingest
 
+    async def main() -> None:
+        await run_ingest(get_settings(), stop_event_on_signals())
+
     try:
-        asyncio.run(run_ingest(get_settings()))
-    except KeyboardInterrupt:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # a second signal
         pass
     return 0
 

@@ -9,11 +9,15 @@ from wulian.settings import get_settings
 
 
 def run(args: argparse.Namespace) -> int:
+    from wulian.cli.stop_signal import stop_event_on_signals
     from wulian.ingest.notify_sender import run_sender
 
+    async def main() -> None:
+        await run_sender(get_settings(), stop_event_on_signals())
+
     try:
-        asyncio.run(run_sender(get_settings()))
-    except KeyboardInterrupt:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # a second signal
         pass
     return 0
 
