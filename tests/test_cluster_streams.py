@@ -16,7 +16,6 @@ import time
 import uuid
 
 import asyncpg
-import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -24,7 +23,7 @@ from paho.mqtt.properties import Properties
 
 from tests.conftest import wait_until
 from tests.helpers import disable_registry_stream_rules
-from tests.test_cluster import PARTITIONS, REGION, _owned, _publish, _q, cluster  # noqa: F401
+from tests.test_cluster import PARTITIONS, REGION, _publish, _q, cluster  # noqa: F401
 from tests.test_cluster_nats import _has_lane, _publish_311, nats_mqtt_state  # noqa: F401
 from wulian.core.streams import StreamDef
 from wulian.ingest import jetstream as j
