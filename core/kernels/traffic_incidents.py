@@ -35,6 +35,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from wulian.core.kernels import gbdt
+from wulian.core.kernels import incident_features as feat
+
 # event kinds
 RAISE = 1
 CLEAR = -1
@@ -77,7 +80,9 @@ C_NB_FOLLOW_MAX = 25  # ...and at most this many bins after (< 0: no limit)
 C_AREA_MAX = 26  # raise only while at most this many segments beyond our 2 hops dropped suddenly (< 0: off)
 C_AREA_WINDOW = 27  # ...within this many bins (the current one included)
 C_REC_MAX = 28  # raise only if at most this many learning days dropped suddenly near this time of day (< 0: off)
-N_CFG = 29
+C_LEARNED = 29  # 1: the learned score decides (incident_features + trees), not the tests above
+C_TREE_BASE = 30  # the trees' base score (log-odds)
+N_CFG = 31
 
 # int64 state columns
 S_LAST_TS = 0
@@ -100,7 +105,10 @@ F_PREV_JUMP = 1
 F_EXPECTED = 2
 F_BAND = 3
 F_LEVEL = 4  # recent level: exponential average of the healthy readings
-N_STATE_F = 5
+F_LAG_FC = 5  # log ratio to the forecast 1 and 2 bins ago (columns 5, 6): the learned score's history
+F_LAG_LVL = 7  # ...to the recent level 1 and 2 bins ago (7, 8)
+F_LAG_PROF = 9  # ...to the time-of-day profile a bin ago
+N_STATE_F = 10
 
 NO_TS = np.iinfo(np.int64).min
 
@@ -131,15 +139,20 @@ def widen_state(si, sf):
 
 @njit(cache=True, nogil=True)
 def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, near, out_seg, out_kind,
-               out_code, out_val, n_out):
+               out_code, out_val, n_out, tf, tv, cur, xrow, dump, score):
     """Advance every segment by the bin at time t (ns). obs/fc/prof/scale/cap are [N] (NaN obs = not
     reported, NaN fc = no forecast, NaN prof = no profile: the relative test uses the forecast alone);
     rec [N] how many learning days had a sudden drop of the segment near this time of day (recurrence);
     nb_top [N, K] the strongest neighbours (a segment padded with itself).
     z and lvl [N] are scratch, near [N] bool scratch (all False). Appends events from index n_out and
     returns the new count; out_* need 2 N free slots (at most one incident and one fault event per
-    segment and bin)."""
+    segment and bin).
+    Learned mode (cfg C_LEARNED): tf int32 [3, T, M] (feature, left, right) and tv float64 [2, T, M]
+    (threshold, leaf value) are the trees; cur [3, N] and xrow [N_FEATURES] scratch; each healthy
+    segment's features go to dump [N, N_FEATURES] when it has N rows, its score to score [N] (NaN: none),
+    and a score above k raises, ``clear_after`` bins at or below it clear."""
     n = obs.shape[0]
+    learned = cfg[C_LEARNED] > 0
     step = np.int64(cfg[C_STEP_NS])
     gap = step + step // 2
     k = cfg[C_K]
@@ -147,6 +160,9 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
     for s in range(n):
         z[s] = np.nan
         lvl[s] = np.nan
+        score[s] = np.nan
+        for c in range(feat.N_CUR):
+            cur[c, s] = np.nan
         o = obs[s]
         if not np.isfinite(o):
             continue
@@ -161,6 +177,8 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
                 sf[s, F_PREV] = np.nan
                 sf[s, F_PREV_JUMP] = np.nan
                 sf[s, F_LEVEL] = np.nan
+                for c in range(F_LAG_FC, F_LAG_PROF + 1):
+                    sf[s, c] = np.nan
         si[s, S_LAST_TS] = t
         # 1. health
         code = NO_FAULT
@@ -217,6 +235,9 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
             si[s, S_ONSET_TS] = t
         sf[s, F_LEVEL] = o if not np.isfinite(level) else level + alpha * (o - level)
         f = fc[s]
+        cur[feat.CUR_FC, s] = feat.log_ratio(o, f)
+        cur[feat.CUR_LVL, s] = feat.log_ratio(o, level)
+        cur[feat.CUR_PROF, s] = feat.log_ratio(o, prof[s])
         sc = scale[s]
         if np.isfinite(f) and np.isfinite(sc) and sc > 0:
             z[s] = (o - f) / sc
@@ -237,10 +258,15 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
     window = np.int64(cfg[C_NB_WINDOW]) * step
     area_span = np.int64(cfg[C_AREA_WINDOW]) * step
     recent = 0  # segments with a sudden drop within the area window: rush hour breaking down everywhere
-    if cfg[C_AREA_MAX] >= 0:
+    if cfg[C_AREA_MAX] >= 0 or learned:
         for u in range(n):
             if si[u, S_ONSET_TS] != NO_TS and t - si[u, S_ONSET_TS] < area_span:
                 recent += 1
+    if learned:
+        n_out = _learned_decisions(obs, fc, rec, nb_top, cfg, si, sf, z, recent / max(n, 1), out_seg, out_kind,
+                                   out_code, out_val, n_out, tf, tv, cur, xrow, dump, score)
+        _shift_lags(sf, cur)
+        return n_out
     for s in range(n):
         zs = z[s]
         if not np.isfinite(zs):
@@ -318,7 +344,70 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
                     n_out += 1
             else:
                 si[s, S_OK_RUN] = 0
+    _shift_lags(sf, cur)
     return n_out
+
+
+@njit(cache=True, nogil=True)
+def _learned_decisions(obs, fc, rec, nb_top, cfg, si, sf, z, area_share, out_seg, out_kind, out_code, out_val,
+                       n_out, tf, tv, cur, xrow, dump, score):
+    """Learned mode of ``detect_bin``'s decisions: every healthy segment with a forecast is scored; a score
+    above k raises, ``clear_after`` bins at or below k clear. Faulty readings were screened out before
+    (their z is NaN), so a broken detector is never incident evidence here either; a bin that jumped by
+    more than ``spike_jump`` is not scored (NaN): an erratic detector shows itself only on its second jump,
+    whereas a collapse's score comes from the bins after its jump, when its links have slowed."""
+    n = obs.shape[0]
+    k = cfg[C_K]
+    has_trees = tf.shape[1] > 0
+    lag_fc = sf[:, F_LAG_FC:F_LAG_FC + 2]
+    lag_lvl = sf[:, F_LAG_LVL:F_LAG_LVL + 2]
+    lag_prof = sf[:, F_LAG_PROF]
+    for s in range(n):
+        if not np.isfinite(z[s]):
+            continue
+        feat.fill(xrow, s, cur, lag_fc, lag_lvl, lag_prof, nb_top, rec[s], area_share)
+        if dump.shape[0] == n:
+            dump[s, :] = xrow
+        if not has_trees:
+            continue
+        if abs(sf[s, F_PREV_JUMP]) > cfg[C_SPIKE_JUMP]:
+            continue  # a jump too large for one bin is the first half of an erratic detector until the next
+        sc = gbdt.predict_one(xrow, tf[0], tv[0], tf[1], tf[2], tv[1], cfg[C_TREE_BASE])
+        score[s] = sc
+        drop = obs[s] - fc[s]
+        if si[s, S_ACTIVE] == 0:
+            if sc > k:
+                si[s, S_ACTIVE] = 1
+                si[s, S_OK_RUN] = 0
+                out_seg[n_out] = s
+                out_kind[n_out] = RAISE
+                out_code[n_out] = NO_FAULT
+                out_val[n_out] = drop
+                n_out += 1
+        elif sc <= k:
+            si[s, S_OK_RUN] += 1
+            if si[s, S_OK_RUN] >= cfg[C_CLEAR_AFTER]:
+                si[s, S_ACTIVE] = 0
+                si[s, S_OK_RUN] = 0
+                out_seg[n_out] = s
+                out_kind[n_out] = CLEAR
+                out_code[n_out] = NO_FAULT
+                out_val[n_out] = drop
+                n_out += 1
+        else:
+            si[s, S_OK_RUN] = 0
+    return n_out
+
+
+@njit(cache=True, nogil=True)
+def _shift_lags(sf, cur):
+    """This bin's ratios become the history the next bin's features read."""
+    for s in range(sf.shape[0]):
+        sf[s, F_LAG_FC + 1] = sf[s, F_LAG_FC]
+        sf[s, F_LAG_FC] = cur[feat.CUR_FC, s]
+        sf[s, F_LAG_LVL + 1] = sf[s, F_LAG_LVL]
+        sf[s, F_LAG_LVL] = cur[feat.CUR_LVL, s]
+        sf[s, F_LAG_PROF] = cur[feat.CUR_PROF, s]
 
 
 @njit(cache=True, nogil=True)
@@ -408,9 +497,11 @@ def confirmations(s, t, nb_top, cfg, si, window, step):
 
 
 @njit(cache=True, nogil=True)
-def detect_series(ts, obs, fc, prof, rec, bucket, scale_table, cap, nb_top, cfg, si, sf):
+def detect_series(ts, obs, fc, prof, rec, bucket, scale_table, cap, nb_top, cfg, si, sf, tf, tv, dump_features):
     """detect_bin over rows: ts [R], obs/fc/prof/rec [R, N], bucket [R] (row of scale_table [B, N]).
-    Returns (row, segment, kind, code, value) of every event, in order."""
+    Returns (row, segment, kind, code, value) of every event, in order, then the learned scores [R, N]
+    (NaN unless learned mode) and, with ``dump_features``, the features [R, N, N_FEATURES] (NaN rows:
+    not scored)."""
     r_len, n = obs.shape
     cap_out = 2 * n * r_len + 1
     out_seg = np.empty(cap_out, np.int32)
@@ -421,14 +512,20 @@ def detect_series(ts, obs, fc, prof, rec, bucket, scale_table, cap, nb_top, cfg,
     z = np.empty(n)
     lvl = np.empty(n)
     near = np.zeros(n, np.bool_)
+    cur = np.empty((feat.N_CUR, n))
+    xrow = np.empty(feat.N_FEATURES)
+    scores = np.full((r_len, n), np.nan)
+    feats = np.full((r_len if dump_features else 0, n, feat.N_FEATURES), np.nan)
+    no_dump = np.empty((0, feat.N_FEATURES))
     n_out = 0
     for r in range(r_len):
+        dump = feats[r] if dump_features else no_dump
         m = detect_bin(ts[r], obs[r], fc[r], prof[r], rec[r], scale_table[bucket[r]], cap, nb_top, cfg, si, sf, z, lvl,
-                       near, out_seg, out_kind, out_code, out_val, n_out)
+                       near, out_seg, out_kind, out_code, out_val, n_out, tf, tv, cur, xrow, dump, scores[r])
         for e in range(n_out, m):
             out_row[e] = r
         n_out = m
-    return out_row[:n_out], out_seg[:n_out], out_kind[:n_out], out_code[:n_out], out_val[:n_out]
+    return out_row[:n_out], out_seg[:n_out], out_kind[:n_out], out_code[:n_out], out_val[:n_out], scores, feats
 
 
 @njit(cache=True, nogil=True)
@@ -442,3 +539,41 @@ def collapse(values, affected, segment, start, stop, factor, recovery):
             f = factor + (1.0 - factor) * (t - stop + 1) / (recovery + 1)
         values[t, segment] *= f
         affected[t, segment] = True
+
+
+@njit(cache=True, nogil=True)
+def raise_events(scores, k, clear_after):
+    """(row, segment) of every incident the learned decision raises over scores [R, N] at threshold k: the
+    same rule as ``count_raises``, for curves that need where and when."""
+    r_len, n = scores.shape
+    rows = np.empty(r_len * n, np.int64)
+    segs = np.empty(r_len * n, np.int32)
+    m = 0
+    for s in range(n):
+        active = False
+        ok = 0
+        for r in range(r_len):
+            v = scores[r, s]
+            if v != v:
+                continue
+            if not active:
+                if v > k:
+                    active = True
+                    ok = 0
+                    rows[m] = r
+                    segs[m] = s
+                    m += 1
+            elif v <= k:
+                ok += 1
+                if ok >= clear_after:
+                    active = False
+                    ok = 0
+            else:
+                ok = 0
+    return rows[:m], segs[:m]
+
+
+@njit(cache=True, nogil=True)
+def count_raises(scores, k, clear_after):
+    """How many incidents ``raise_events`` finds (the threshold curve: one pass per k over stored scores)."""
+    return raise_events(scores, k, clear_after)[0].shape[0]

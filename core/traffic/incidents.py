@@ -82,6 +82,15 @@ class IncidentParams:
     rec_max: int = 0  # raise only if at most this many learning days of the same day type had a sudden drop...
     rec_window: int = 6  # ...of the segment within this many bins of this time of day (-1 rec_max: off)
     holdout: float = 0.35  # k and the relative test are chosen on this latest share of the learning rows
+    learned: bool = True  # learn the incident score (``incident_score``) when the road graph is given
+    score_grid: tuple[float, ...] = tuple(float(x) for x in np.arange(0.0, 10.01, 0.25))  # its thresholds
+    train_per_shape: int = 300  # incidents of each TRAINING_SHAPES injected into the learning rows
+    train_seed: int = 20  # their draw (fixed: the same rows learn the same detector)
+    label_bins: tuple[int, ...] = (2, 3)  # bins after an injected start taught as "incident"
+    pos_weight: float = 0.05  # the positives' total weight, as a share of the clean bins'
+    trees: int = 200  # gradient-boosted trees (core.kernels.gbdt)
+    tree_leaves: int = 15
+    tree_rate: float = 0.1
     clear_after: int = 2  # consecutive recovered bins to clear
     nb_window: int = 3  # a neighbour's drop confirms for this many bins
     zero: float = 0.5  # a reading at or below this is a dead detector
@@ -139,6 +148,28 @@ class IncidentParams:
         return c
 
 
+TRAINING_SHAPES = {  # name: (severity, start): the incidents a learned score is taught, and scored on
+    "collapse": (0.35, "free"),  # to 35 % of the speed in free-flowing traffic
+    "partial": (0.6, "free"),  # a slowdown to 60 %
+    "congestion": (0.35, "congested"),  # a collapse starting in already slow traffic
+}
+FREE_FLOW = 0.8  # a "free" start: at least this share of the segment's top profile speed
+CONGESTED = 0.6  # a "congested" start: at most this share
+
+
+def draw_start(rng: np.random.Generator, values: np.ndarray, top: np.ndarray, candidates: np.ndarray,
+               where: str, lo: int, hi: int) -> tuple[int, int]:
+    """(segment, start row) for an injected incident: a segment of ``candidates`` and a row in [lo, hi)
+    whose previous reading is free-flowing (``FREE_FLOW`` x top), congested (``CONGESTED`` x top) or any."""
+    for _ in range(10_000):
+        seg, start = int(rng.choice(candidates)), int(rng.integers(lo, hi))
+        v = values[start - 1, seg]
+        if (where == "free" and v >= FREE_FLOW * top[seg]) or (where == "congested" and v <= CONGESTED * top[seg]) \
+                or where == "any":
+            return seg, start
+    raise ValueError(f"no {where} start found in rows {lo}..{hi}")
+
+
 @dataclass(frozen=True, slots=True)
 class DetectorEvents:
     """Events of one bin or a replay, as arrays in order. ``kind``: RAISE / CLEAR (incident), FAULT /
@@ -178,6 +209,8 @@ class IncidentDetector:
         if self.scale_table.shape[1] != n or self.nb_top.shape[0] != n or self.recurrence.shape[2] != n:
             raise ValueError("scale_table, cap, nb_top and recurrence disagree on the number of segments")
         self.k = float(self.params.k)
+        self.band_k = self.k  # the rules' k in sigmas (band); k is the learned score's threshold with trees
+        self.trees: tuple[np.ndarray, np.ndarray, float] | None = None  # (tf, tv, base): learned score
         self.state_i, self.state_f = kern.new_state(n)
         self.curve: list[tuple[float, float]] = []  # (k, training false alarms / day) when learned
 
@@ -195,9 +228,14 @@ class IncidentDetector:
         """Segments with an open detector fault (bool [N])."""
         return self.state_i[:, kern.S_FAULT_ON] == 1
 
+    @property
+    def k_grid(self) -> tuple[float, ...]:
+        """The thresholds a curve runs over: score thresholds with a learned score, else sigmas."""
+        return self.params.score_grid if self.trees is not None else self.params.k_grid
+
     def band(self, ts_ns: int) -> np.ndarray:
-        """Speed drop [N] that counts as low at this time: max(k x scale, min_drop)."""
-        return np.maximum(self.k * self.scale_table[self.bucket(np.array([ts_ns]))[0]], self.params.min_drop)
+        """Speed drop [N] that counts as low at this time by the rules: max(k x scale, min_drop)."""
+        return np.maximum(self.band_k * self.scale_table[self.bucket(np.array([ts_ns]))[0]], self.params.min_drop)
 
     def bucket(self, ts_ns: np.ndarray) -> np.ndarray:
         p = self.params
@@ -209,17 +247,37 @@ class IncidentDetector:
 
     def with_threshold(self, k: float) -> "IncidentDetector":
         """A fresh detector with the same scales and another main threshold (for threshold curves)."""
-        det = IncidentDetector(self.scale_table, self.cap, self.nb_top, self.params, self.recurrence)
+        det = self._copy(self.params)
         det.k = float(k)
-        det.curve = self.curve
+        if self.trees is None:
+            det.band_k = det.k
+        return det
+
+    def _copy(self, params: IncidentParams) -> "IncidentDetector":
+        det = IncidentDetector(self.scale_table, self.cap, self.nb_top, params, self.recurrence)
+        det.k, det.band_k, det.trees, det.curve = self.k, self.band_k, self.trees, self.curve
         return det
 
     def with_params(self, **changes) -> "IncidentDetector":
         """A fresh detector with the same learned tables and threshold and some settings changed."""
-        det = IncidentDetector(self.scale_table, self.cap, self.nb_top, replace(self.params, **changes),
-                               self.recurrence)
-        det.k, det.curve = self.k, self.curve
+        return self._copy(replace(self.params, **changes))
+
+    def rules(self) -> "IncidentDetector":
+        """The same detector deciding by its tests, without the learned score (k: the rules' own)."""
+        det = self._copy(self.params)
+        det.trees, det.k = None, self.band_k
         return det
+
+    def _trees(self) -> tuple[np.ndarray, np.ndarray, float]:
+        if self.trees is None:
+            return np.zeros((3, 0, 1), np.int32), np.zeros((2, 0, 1)), 0.0
+        return self.trees
+
+    def _cfg(self) -> np.ndarray:
+        c = self.params.cfg(self.k)
+        c[kern.C_LEARNED] = 1.0 if self.trees is not None else 0.0
+        c[kern.C_TREE_BASE] = self._trees()[2]
+        return c
 
     def recurrence_at(self, ts_ns: np.ndarray) -> np.ndarray:
         """[R, N] the recurrence counts at times ts [R] (their slot of the local day and day type)."""
@@ -241,9 +299,45 @@ class IncidentDetector:
                 or obs.shape[0] != ts.shape[0] or obs.shape[1] != self.n_segments:
             raise ValueError(f"observed/forecast/profile must be [{ts.shape[0]}, {self.n_segments}], got {obs.shape},"
                              f" {fc.shape}, {prof.shape}")
-        out = kern.detect_series(ts, obs, fc, prof, rec, self.bucket(ts), self.scale_table, self.cap, self.nb_top,
-                                 self.params.cfg(self.k), self.state_i, self.state_f)
-        return DetectorEvents(*out)
+        return DetectorEvents(*self._run(ts, obs, fc, prof, rec, False)[:5])
+
+    def _run(self, ts, obs, fc, prof, rec, dump: bool):
+        tf, tv, _ = self._trees()
+        return kern.detect_series(ts, obs, fc, prof, rec, self.bucket(ts), self.scale_table, self.cap, self.nb_top,
+                                  self._cfg(), self.state_i, self.state_f, tf, tv, dump)
+
+    def scored(self, ts_ns, observed, forecast, profile) -> tuple[np.ndarray, DetectorEvents]:
+        """A learned detector's replay with the score kept: (scores [R, N], fault events). The score does
+        not depend on k, so ``at_threshold`` gives any k's incidents from it without another replay."""
+        det = self._copy(self.params)
+        det.k = np.inf
+        ts = np.ascontiguousarray(ts_ns, np.int64)
+        obs = np.ascontiguousarray(observed, np.float64)
+        out = det._run(ts, obs, np.ascontiguousarray(forecast, np.float64),
+                       np.ascontiguousarray(profile, np.float64), det.recurrence_at(ts), False)
+        faults = out[2] != RAISE
+        return out[5], DetectorEvents(*(a[faults] for a in out[:5]))
+
+    def at_threshold(self, scores: np.ndarray, faults: DetectorEvents, k: float) -> DetectorEvents:
+        """The incident raises of scores [R, N] at threshold k, with the fault events (no clears)."""
+        rows, segs = kern.raise_events(np.ascontiguousarray(scores, np.float64), float(k), int(self.params.clear_after))
+        m = len(rows)
+        return DetectorEvents(np.r_[faults.row, rows], np.r_[faults.segment, segs].astype(np.int32),
+                              np.r_[faults.kind, np.full(m, RAISE, np.int8)].astype(np.int8),
+                              np.r_[faults.code, np.zeros(m, np.int8)].astype(np.int8),
+                              np.r_[faults.value, np.full(m, np.nan)])
+
+    def features(self, ts_ns, observed, forecast, profile, recurrence, learned: bool = True):
+        """Replay rows (as ``replay``) and return (scores [R, N], features [R, N, F]) of the learned score
+        (NaN where a segment was not scored: faulty, no forecast). Used to train and to choose k."""
+        det = self._copy(self.params)
+        if learned and det.trees is None:
+            det.trees = (np.zeros((3, 0, 1), np.int32), np.zeros((2, 0, 1)), 0.0)  # features, no raises
+        det.k = np.inf
+        out = det._run(np.ascontiguousarray(ts_ns, np.int64), np.ascontiguousarray(observed, np.float64),
+                       np.ascontiguousarray(forecast, np.float64), np.ascontiguousarray(profile, np.float64),
+                       np.ascontiguousarray(recurrence, np.float64), True)
+        return out[5], out[6]
 
     def update_bin(self, ts_ns: int, observed: np.ndarray, forecast: np.ndarray,
                    profile: np.ndarray | None = None) -> DetectorEvents:
@@ -261,15 +355,23 @@ class IncidentDetector:
                 "scale_table": self.scale_table, "cap": self.cap, "nb_top": self.nb_top,
                 "recurrence": np.minimum(self.recurrence, 255).astype(np.uint8),  # day counts: 1 byte each
                 "state_i": self.state_i, "state_f": self.state_f,
-                "curve": np.asarray(self.curve, np.float64).reshape(-1, 2)}
+                "curve": np.asarray(self.curve, np.float64).reshape(-1, 2), "band_k": np.array([self.band_k]),
+                **({} if self.trees is None else {"tree_tf": self.trees[0], "tree_tv": self.trees[1],
+                                                  "tree_base": np.array([self.trees[2]])})}
 
     @classmethod
     def from_arrays(cls, arrays) -> "IncidentDetector":
         p = json.loads(bytes(np.asarray(arrays["params"], np.uint8)).decode())
-        p["k_grid"] = tuple(p["k_grid"])
+        for key in ("k_grid", "score_grid", "label_bins"):
+            if key in p:
+                p[key] = tuple(p[key])
         det = cls(arrays["scale_table"], arrays["cap"], arrays["nb_top"], IncidentParams(**p),
                   arrays["recurrence"] if "recurrence" in arrays else None)  # older saves: none
         det.k = float(np.asarray(arrays["k"])[0])
+        det.band_k = float(np.asarray(arrays["band_k"])[0]) if "band_k" in arrays else det.k
+        if "tree_tf" in arrays:  # older saves decide by the rules
+            det.trees = (np.ascontiguousarray(arrays["tree_tf"], np.int32),
+                         np.ascontiguousarray(arrays["tree_tv"], np.float64), float(np.asarray(arrays["tree_base"])[0]))
         det.state_i, det.state_f = kern.widen_state(arrays["state_i"], arrays["state_f"])
         det.curve = [tuple(map(float, r)) for r in np.asarray(arrays["curve"], np.float64).reshape(-1, 2)]
         return det
@@ -310,7 +412,7 @@ def robust_scale_table(resid: np.ndarray, bucket: np.ndarray, n_buckets: int, sm
 
 
 def learn_detector(model: TrafficForecaster, values: np.ndarray, t0_ns: int,
-                   params: IncidentParams | None = None) -> IncidentDetector:
+                   params: IncidentParams | None = None, adjacency: np.ndarray | None = None) -> IncidentDetector:
     """A detector for a fitted model from its training rows values [T, N] (row k at t0_ns + k step): the
     robust error scale per segment and hour from the rows replayed through the model, the free-flow caps,
     the model's strongest road links, the recurrence table (``recurrence_table``), and the main
@@ -323,7 +425,11 @@ def learn_detector(model: TrafficForecaster, values: np.ndarray, t0_ns: int,
     recurrence learned on the rows before it, the way the days after training will be judged (a
     recurrence learned on the same rows would know every breakdown in them). When the rows before it are
     fewer than ``min_learn_days``, all rows are replayed with each row's own day left out of the
-    recurrence. With fewer than ``min_learn_days`` of rows in all: the default k, relative test on."""
+    recurrence. With fewer than ``min_learn_days`` of rows in all: the default k, relative test on.
+
+    With the road graph (``adjacency``) and ``learned`` set, the detector then decides by a learned score
+    (``core.traffic.incident_score``) with its threshold chosen the same way; the rules' tables, k and
+    fault tests stay (``rules()`` gives that detector back)."""
     params = params or IncidentParams(step_s=model.step_s, utc_offset_s=model.params.utc_offset_s)
     values = np.asarray(values, np.float64)
     base = _learn_tables(model, values, t0_ns, params)
@@ -366,6 +472,12 @@ def learn_detector(model: TrafficForecaster, values: np.ndarray, t0_ns: int,
     rel, k, _, curve = best
     det = base.with_params(rel_low=rel).with_threshold(k)
     det.curve = curve
+    if params.learned and adjacency is not None:
+        from wulian.core.traffic.incident_score import learn_score
+
+        learned = learn_score(model, values, np.asarray(adjacency, np.float64), t0_ns, det.params)
+        if learned is not None:
+            det.trees, det.k, det.curve = learned
     return det
 
 

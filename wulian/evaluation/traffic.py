@@ -28,8 +28,8 @@ import numpy as np
 
 from wulian.core.traffic.forecaster import NS_PER_S, TrafficForecaster, TrafficForecastParams, time_slots, warm_up
 from wulian.core.traffic.incidents import (
-    FAULT, FAULT_SHAPES, RAISE, IncidentDetector, IncidentParams, horizon_forecasts, inject_fault,
-    inject_incident, learn_detector,
+    FAULT, FAULT_SHAPES, RAISE, TRAINING_SHAPES, IncidentDetector, IncidentParams, draw_start, horizon_forecasts,
+    inject_fault, inject_incident, learn_detector,
 )
 from wulian.core.traffic.protocol import (
     HORIZON_STEPS, LOS_STEP_S, LOS_UTC_OFFSET_S, N_IN, historical_average, los_start_ns, persistence_forecast,
@@ -37,13 +37,8 @@ from wulian.core.traffic.protocol import (
 )
 from wulian.simulators.los_loop import TrafficDataset
 
-INCIDENT_SHAPES = {  # name: (severity, "free" or "congested" start)
-    "collapse": (0.35, "free"),
-    "partial": (0.6, "free"),
-    "congestion": (0.35, "congested"),
-}
-FREE_FLOW = 0.8  # of the segment's top profile speed
-CONGESTED = 0.6
+INCIDENT_SHAPES = TRAINING_SHAPES  # name: (severity, "free" or "congested" start); the learned score is taught
+# the same shapes on the training rows (other draws), so the injections test it on what it was built for
 
 
 def cpu_model() -> str:
@@ -70,10 +65,16 @@ class _Replayer:
         self.rows, self.fc = horizon_forecasts(model, values, t0_ns, self.h, self.lead)
         self.ts = t0_ns + self.rows * (model.step_s * NS_PER_S)
         self.prof = model.profile_at(self.ts)
+        self._scored = None
         self.clean = {k: self._raises(k, values, self.fc) for k in ks}
 
     def _events(self, k, values, fc):
-        return self.det.with_threshold(k).replay(self.ts, values[self.rows], fc, self.prof)
+        if self.det.trees is None:
+            return self.det.with_threshold(k).replay(self.ts, values[self.rows], fc, self.prof)
+        # a learned score does not depend on k: score these values once, threshold them per k
+        if self._scored is None or self._scored[0] is not values or self._scored[1] is not fc:
+            self._scored = (values, fc, *self.det.scored(self.ts, values[self.rows], fc, self.prof))
+        return self.det.at_threshold(self._scored[2], self._scored[3], k)
 
     def _raises(self, k, values, fc) -> set:
         ev = self._events(k, values, fc)
@@ -103,7 +104,7 @@ def evaluate_detector(model: TrafficForecaster, det: IncidentDetector, values: n
                       t0_ns: int, n_per_shape: int = 20, n_faults: int = 10, duration: int = 12, seed: int = 0,
                       top_speed: float | None = None) -> dict:
     """Score ``det`` (with its learned threshold, and along its ``k_grid``) on the test rows values [T, N]."""
-    ks = tuple(sorted(set(det.params.k_grid) | {det.k}))
+    ks = tuple(sorted(set(det.k_grid) | {det.k}))
     rp = _Replayer(model, det, values, t0_ns, ks)
     t_len = values.shape[0]
     step_min = model.step_s / 60.0
@@ -115,13 +116,7 @@ def evaluate_detector(model: TrafficForecaster, det: IncidentDetector, values: n
     lo_row, hi_row = rp.lead + 1, t_len - duration - 1
 
     def draw(where: str) -> tuple[int, int]:
-        for _ in range(10_000):
-            seg, start = int(rng.choice(has_nb)), int(rng.integers(lo_row, hi_row))
-            v = values[start - 1, seg]
-            if (where == "free" and v >= FREE_FLOW * free[seg]) or (where == "congested" and v <= CONGESTED * free[seg]) \
-                    or where == "any":
-                return seg, start
-        raise ValueError(f"no {where} start found in the test rows")
+        return draw_start(rng, values, free, has_nb, where, lo_row, hi_row)
 
     per_k = {k: {"detected": 0, "delays": []} for k in ks}
     shapes = {}
@@ -282,19 +277,26 @@ def evaluate(data: TrafficDataset, train_fraction: float = 0.8, t0_ns: int | Non
     if n_incidents:
         inc_params = incidents or IncidentParams(step_s=step_s, utc_offset_s=utc_offset_s)
         wall = time.perf_counter()
-        det = learn_detector(model, train, t0_ns, inc_params)
+        det = learn_detector(model, train, t0_ns, inc_params, adjacency=data.adjacency)
         report["detector_learn_s"] = time.perf_counter() - wall
+        report["detector"] = "learned score" if det.trees is not None else "rules"
         report["incidents"] = evaluate_detector(model, det, test, data.adjacency, test_t0, n_per_shape=n_incidents,
                                                 n_faults=max(1, n_incidents // 2))
-        report["incidents"]["params"] = {k: getattr(det.params, k) for k in det.params.__slots__ if k != "k_grid"}
-        # the other operating family, on the same injections (same seed): relative test on if the
-        # training budget turned it off, else off -- the trade an operator could choose instead
-        other = 0.0 if det.params.rel_low > 0 else (inc_params.rel_low or IncidentParams().rel_low)
-        alt = det.with_params(rel_low=other)
+        report["incidents"]["params"] = {k: getattr(det.params, k) for k in det.params.__slots__
+                                         if k not in ("k_grid", "score_grid")}
+        # the other operating family, on the same injections (same seed): with a learned score, the
+        # rules it replaced (their k and family as learned); else the relative test on if the training
+        # budget turned it off, else off -- the trade an operator could choose instead
+        if det.trees is not None:
+            alt, other = det.rules(), det.params.rel_low
+        else:
+            other = 0.0 if det.params.rel_low > 0 else (inc_params.rel_low or IncidentParams().rel_low)
+            alt = det.with_params(rel_low=other)
         alt_report = evaluate_detector(model, alt, test, data.adjacency, test_t0, n_per_shape=n_incidents,
                                        n_faults=max(1, n_incidents // 2))
         report["incidents"]["alternative"] = {
-            "rel_low": other, "curve": alt_report["curve"], "shapes": alt_report["shapes"],
+            "family": "rules" if det.trees is not None else "relative test", "rel_low": other,
+            "curve": alt_report["curve"], "shapes": alt_report["shapes"],
             **{k: alt_report[k] for k in ("threshold_k", "false_alarms_per_day", "detection_rate",
                                           "mean_time_to_detect_min", "faults_as_incidents")}}
         report["checks"] |= incident_checks(report)
