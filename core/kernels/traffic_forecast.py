@@ -409,3 +409,70 @@ def forecast_rows(values, ends, slot, day_type, prof, nb_ptr, nb_idx, nb_w, top_
         forecast_window(values[t - n_lags + 1:t + 1], prof[day_type[t], slot[t]], p_tgt, nb_ptr, nb_idx, nb_w,
                         top_k, regime_drop, opts, coef, lo, hi, out[w], feats, regime, work)
     return out
+
+
+@njit(cache=True, nogil=True)
+def _finite_or_zero(v):
+    return v if np.isfinite(v) else 0.0
+
+
+@njit(cache=True, nogil=True)
+def net_inputs(xc, p_now, p_tgt, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, out):
+    """The residual net's inputs (``core.traffic.residual_net``) for W windows into out [W, N, F] float32.
+
+    xc [W, L, N] gap-filled values (NaN where unknown), p_now [W, N] and p_tgt [W, H, N] the profile now
+    and at each target, raw [W, H, N] the linear forecasts, slot [W] the time of day of each window's
+    last row. Per segment, relative to its level x (the profile where x is unknown): the L-1 earlier
+    values, the H profile values and the H forecasts; then its departure d = x - p, d averaged over 1
+    and 2 hops and over the network, the neighbours' mean level minus x, x, and the time of day as
+    sine and cosine. An unknown input is 0. F = (L - 1) + 2 H + 8.
+    """
+    n_w, n_lags, n = xc.shape
+    n_h = p_tgt.shape[1]
+    x = np.empty(n)
+    dev = np.empty(n)
+    nb1 = np.empty(n)
+    nb2 = np.empty(n)
+    for t in range(n_w):
+        net = 0.0
+        for i in range(n):
+            v = xc[t, n_lags - 1, i]
+            x[i] = v if np.isfinite(v) else p_now[t, i]
+            dev[i] = _finite_or_zero(x[i] - p_now[t, i])
+            net += dev[i]
+        net /= n
+        for i in range(n):
+            acc = 0.0
+            for e in range(nb_ptr[i], nb_ptr[i + 1]):
+                acc += nb_w[e] * dev[nb_idx[e]]
+            nb1[i] = acc
+        for i in range(n):
+            acc = 0.0
+            for e in range(nb_ptr[i], nb_ptr[i + 1]):
+                acc += nb_w[e] * nb1[nb_idx[e]]
+            nb2[i] = acc
+        ang = 2.0 * np.pi * slot[t] / n_slots
+        sin_a, cos_a = np.sin(ang), np.cos(ang)
+        for i in range(n):
+            o = out[t, i]
+            xi = x[i]
+            c = 0
+            for j in range(n_lags - 1):
+                o[c] = _finite_or_zero(xc[t, j, i] - xi)
+                c += 1
+            for h in range(n_h):
+                o[c] = _finite_or_zero(p_tgt[t, h, i] - xi)
+                o[c + n_h] = _finite_or_zero(raw[t, h, i] - xi)
+                c += 1
+            c += n_h
+            acc = 0.0
+            for e in range(nb_ptr[i], nb_ptr[i + 1]):
+                acc += nb_w[e] * _finite_or_zero(x[nb_idx[e]])
+            o[c] = dev[i]
+            o[c + 1] = nb1[i]
+            o[c + 2] = nb2[i]
+            o[c + 3] = net
+            o[c + 4] = _finite_or_zero(acc - xi)
+            o[c + 5] = _finite_or_zero(xi)
+            o[c + 6] = sin_a
+            o[c + 7] = cos_a

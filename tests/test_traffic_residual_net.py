@@ -1,0 +1,129 @@
+"""The forecaster's residual net (format 4): its inputs by hand, the online path agreeing with the batch
+path, the round trip, a format 3 model loading without it, and the net earning its place where the
+linear model cannot follow (an interaction of two conditions)."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from wulian.core.traffic.forecaster import FORMAT_VERSION, TrafficForecaster, TrafficForecastParams
+from wulian.core.traffic.residual_net import NetParams, fit_net, net_inputs, net_predict
+
+STEP_S = 300
+NS = 1_000_000_000
+DAYS = 6
+FIT_ROWS = 4 * 288
+PARAMS = TrafficForecastParams(utc_offset_s=0, weekend_profile=False)
+
+
+def chain(n: int) -> np.ndarray:
+    adjacency = np.eye(n)
+    for i in range(n - 1):
+        adjacency[i, i + 1] = adjacency[i + 1, i] = 1.0
+    return adjacency
+
+
+def gated_jams(n=12, seed=7):
+    """A segment's speed drifts; a jam (-20 for 8 bins) follows only when it has slowed by more than 3
+    over the last 3 bins *and* its downstream neighbour is already 10 below it: either alone means
+    nothing. A linear model has one slope per input and cannot gate one on the other."""
+    rng = np.random.default_rng(seed)
+    rows = DAYS * 288
+    values = np.empty((rows, n))
+    values[:3] = 60.0
+    jam = np.zeros(n, np.int64)
+    level = 60.0 + np.zeros(n)
+    for t in range(3, rows):
+        level = 60.0 + 0.9 * (level - 60.0) + rng.normal(0.0, 2.0, n)
+        for i in range(n):
+            nb = values[t - 1, min(i + 1, n - 1)]
+            if jam[i] == 0 and values[t - 1, i] - values[t - 3, i] < -3.0 and nb < values[t - 1, i] - 10.0:
+                jam[i] = 8
+        values[t] = level - 20.0 * (jam > 0)
+        jam = np.maximum(jam - 1, 0)
+        values[t, n - 1] -= 15.0 * (rng.random() < 0.3)  # the downstream end slows now and then
+    return values, chain(n)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    values, adjacency = gated_jams()
+    # a small road has few rows to learn from: more passes than Los-loop's 207 segments need
+    return TrafficForecaster(replace(PARAMS, net_epochs=40)).fit(values[:FIT_ROWS], adjacency, 0, STEP_S), values, \
+        adjacency
+
+
+def test_net_inputs_by_hand():
+    # 2 windows of 3 values, 2 segments linked to each other, 2 horizons
+    xc = np.array([[[50.0, 40.0], [52.0, np.nan], [54.0, 38.0]], [[60.0, 30.0], [60.0, 30.0], [np.nan, 30.0]]])
+    p_now = np.array([[55.0, 45.0], [58.0, 35.0]])
+    p_tgt = np.full((2, 2, 2), 50.0)
+    raw = np.full((2, 2, 2), 49.0)
+    ptr, idx, w = np.array([0, 1, 2]), np.array([1, 0], np.int32), np.array([1.0, 1.0])
+    out = net_inputs(xc, p_now, p_tgt, raw, np.array([0, 72]), 288, ptr, idx, w)
+    assert out.shape == (2, 2, 2 + 2 * 2 + 8) and out.dtype == np.float32
+    # lags - x, profile - x, forecasts - x, departure, over 1 and 2 hops, network, neighbours - x, x, time
+    np.testing.assert_allclose(out[0, 0], [-4, -2, -4, -4, -5, -5, -1, -7, -1, -4, -16, 54, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(out[0, 1], [2, 0, 12, 12, 11, 11, -7, -1, -7, -4, 16, 38, 0, 1], atol=1e-6)
+    # segment 0 of window 1 has no current value: its profile stands in (x = 58, departure 0); 06:00
+    np.testing.assert_allclose(out[1, 0, [0, 1, 6, 11, 12, 13]], [2, 2, 0, 58, 1, 0], atol=1e-6)
+
+
+def test_the_net_learns_an_interaction_the_linear_model_cannot(fitted):
+    model, values, adjacency = fitted
+    linear = TrafficForecaster(replace(PARAMS, net_hidden=0)).fit(values[:FIT_ROWS], adjacency, 0, STEP_S)
+    test = values[FIT_ROWS:]
+    ends = np.arange(11, test.shape[0] - 1)
+    y = test[ends + 1]
+    err = {name: float(np.sqrt(np.mean((y - m.forecast_series(test, FIT_ROWS * STEP_S * NS, ends)[:, 0]) ** 2)))
+           for name, m in (("net", model), ("linear", linear))}
+    assert model.net is not None and model.blend.shape == (PARAMS.horizons, 4)
+    assert err["net"] < 0.99 * err["linear"], err  # measured 3.46 against 3.54
+
+
+def test_online_and_batch_forecasts_agree(fitted):
+    """``forecast`` (one window, the live path) and ``forecast_series`` (every window) give the same
+    numbers, the net's correction included."""
+    model, values, _ = fitted
+    end = FIT_ROWS + 100
+    one = model.forecast(values[end - 11:end + 1], end * STEP_S * NS)
+    many = model.forecast_series(values, 0, np.array([end]))[0]
+    np.testing.assert_allclose(one, many, rtol=1e-9, atol=1e-9)
+
+
+def test_format_4_round_trips_and_a_format_3_model_loads_without_a_net(fitted):
+    model, values, _ = fitted
+    assert FORMAT_VERSION == 4
+    recent, t_last = values[FIT_ROWS:FIT_ROWS + 12], (FIT_ROWS + 11) * STEP_S * NS
+    clone = TrafficForecaster.from_bytes(model.to_bytes())
+    assert clone.params == model.params
+    np.testing.assert_array_equal(clone.forecast(recent, t_last), model.forecast(recent, t_last))
+    # a format 3 model: no net parameters, no net arrays, 3 blend weights
+    linear = TrafficForecaster(replace(PARAMS, net_hidden=0)).fit(values[:FIT_ROWS], chain(values.shape[1]), 0,
+                                                                   STEP_S)
+    arrays = linear.to_arrays()
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    meta["version"] = 3
+    for name in ("net_hidden", "net_epochs", "net_folds"):
+        del meta["params"][name]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    old = TrafficForecaster.from_arrays(arrays)
+    assert old.net is None and old.params.net_hidden == 0 and old.blend.shape == (PARAMS.horizons, 3)
+    np.testing.assert_array_equal(old.forecast(recent, t_last), linear.forecast(recent, t_last))
+
+
+def test_fit_net_is_deterministic_and_skips_rows_without_targets():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 5)).astype(np.float32)
+    y = np.stack([np.maximum(x[:, 0], 0.0) * x[:, 1], x[:, 2]], axis=1)
+    y[::50, 1] = np.nan
+    a, b = fit_net(x, y, NetParams(hidden=16, epochs=60)), fit_net(x, y, NetParams(hidden=16, epochs=60))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    ok = np.isfinite(y).all(axis=1)
+    mse = np.mean((net_predict(a, x[ok]) - y[ok]) ** 2, axis=0)
+    # the first target has no linear part at all (a least-squares line leaves its whole variance)
+    assert mse[0] < 0.5 * np.var(y[ok, 0]) and mse[1] < 0.1, mse
