@@ -16,7 +16,7 @@ STEP_S = 300
 NS = 1_000_000_000
 DAYS = 6
 FIT_ROWS = 4 * 288
-PARAMS = TrafficForecastParams(utc_offset_s=0, weekend_profile=False)
+PARAMS = TrafficForecastParams(utc_offset_s=0, weekend_profile=False, net_hidden=64)  # opt-in
 
 
 def chain(n: int) -> np.ndarray:

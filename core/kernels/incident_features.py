@@ -9,7 +9,8 @@ drift apart. Every feature is a log ratio or a count, free of the speed unit:
 - its two strongest road links the same way (weaker and stronger of the two), now and a bin ago: a queue
   spreading behind an incident slows them after the segment;
 - the recurrence count (learning days with a sudden drop here near this time) and the share of the
-  network that dropped suddenly in the last half hour: rush hour, not an incident;
+  network beyond the segment's 2-hop neighbourhood that dropped suddenly in the last half hour: rush
+  hour, not an incident (its own queue is left out, or the score would learn to count it);
 - conjunctions: the segment's deepest drop of the last 3 bins AND its links' drop now (the weaker of
   the two, so both must hold), and the links' drop now after none a bin ago (they followed us);
 - squares of the negative parts of the segment's own ratios (the trees see depth, not only order).

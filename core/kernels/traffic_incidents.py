@@ -231,13 +231,17 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
         # 2. forecast error in robust sigmas; the recent level before this reading
         level = sf[s, F_LEVEL]
         lvl[s] = level
-        if sudden(o, level, cfg[C_LEVEL_DROP], cfg[C_MIN_DROP]):
+        suspect = learned and abs(sf[s, F_PREV_JUMP]) > cfg[C_SPIKE_JUMP]  # maybe an erratic detector's first jump
+        if sudden(o, level, cfg[C_LEVEL_DROP], cfg[C_MIN_DROP]) and not suspect:
             si[s, S_ONSET_TS] = t
         sf[s, F_LEVEL] = o if not np.isfinite(level) else level + alpha * (o - level)
         f = fc[s]
         cur[feat.CUR_FC, s] = feat.log_ratio(o, f)
         cur[feat.CUR_LVL, s] = feat.log_ratio(o, level)
         cur[feat.CUR_PROF, s] = feat.log_ratio(o, prof[s])
+        if suspect:  # no evidence for itself, its neighbours or the area until the next bin says
+            for c in range(feat.N_CUR):
+                cur[c, s] = np.nan
         sc = scale[s]
         if np.isfinite(f) and np.isfinite(sc) and sc > 0:
             z[s] = (o - f) / sc
@@ -263,8 +267,8 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
             if si[u, S_ONSET_TS] != NO_TS and t - si[u, S_ONSET_TS] < area_span:
                 recent += 1
     if learned:
-        n_out = _learned_decisions(obs, fc, rec, nb_top, cfg, si, sf, z, recent / max(n, 1), out_seg, out_kind,
-                                   out_code, out_val, n_out, tf, tv, cur, xrow, dump, score)
+        n_out = _learned_decisions(t, obs, fc, rec, nb_top, cfg, si, sf, z, recent, area_span, near, out_seg,
+                                   out_kind, out_code, out_val, n_out, tf, tv, cur, xrow, dump, score)
         _shift_lags(sf, cur)
         return n_out
     for s in range(n):
@@ -349,8 +353,8 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
 
 
 @njit(cache=True, nogil=True)
-def _learned_decisions(obs, fc, rec, nb_top, cfg, si, sf, z, area_share, out_seg, out_kind, out_code, out_val,
-                       n_out, tf, tv, cur, xrow, dump, score):
+def _learned_decisions(t, obs, fc, rec, nb_top, cfg, si, sf, z, recent, area_span, near, out_seg, out_kind,
+                       out_code, out_val, n_out, tf, tv, cur, xrow, dump, score):
     """Learned mode of ``detect_bin``'s decisions: every healthy segment with a forecast is scored; a score
     above k raises, ``clear_after`` bins at or below k clear. Faulty readings were screened out before
     (their z is NaN), so a broken detector is never incident evidence here either; a bin that jumped by
@@ -365,6 +369,8 @@ def _learned_decisions(obs, fc, rec, nb_top, cfg, si, sf, z, area_share, out_seg
     for s in range(n):
         if not np.isfinite(z[s]):
             continue
+        # the area: sudden drops beyond s's own 2-hop neighbourhood (its own queue is not rush hour)
+        area_share = (recent - drops_nearby(s, t, nb_top, si, area_span, near)) / n
         feat.fill(xrow, s, cur, lag_fc, lag_lvl, lag_prof, nb_top, rec[s], area_share)
         if dump.shape[0] == n:
             dump[s, :] = xrow
@@ -444,6 +450,12 @@ def area_quiet(s, t, nb_top, si, area_span, recent, area_max, near):
     2-hop neighbourhood on the road graph (s, its links, theirs): an incident's own queue is local,
     whereas a rush-hour breakdown drops segments all over the network within minutes. ``near`` [N] is
     False scratch, left False."""
+    return recent - drops_nearby(s, t, nb_top, si, area_span, near) <= area_max
+
+
+@njit(cache=True, nogil=True)
+def drops_nearby(s, t, nb_top, si, area_span, near):
+    """How many segments of s's 2-hop neighbourhood dropped suddenly within ``area_span`` of t."""
     k = nb_top.shape[1]
     inside = 0
     for a in range(-1, k):
@@ -458,7 +470,7 @@ def area_quiet(s, t, nb_top, si, area_span, recent, area_max, near):
         u = s if a < 0 else nb_top[s, a]
         for b in range(-1, k):
             near[u if b < 0 else nb_top[u, b]] = False
-    return recent - inside <= area_max
+    return inside
 
 
 @njit(cache=True, nogil=True)

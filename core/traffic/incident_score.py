@@ -70,9 +70,14 @@ def learn_score(model: TrafficForecaster, values: np.ndarray, adjacency: np.ndar
     has_links = np.flatnonzero((np.asarray(adjacency) > 0).sum(axis=1) > 1)
     lo, hi = lead + WARM_BINS + 1, n_learn - INJECTED_BINS - 1
     positives = []
+    if len(has_links) == 0 or hi <= lo:
+        return None
     for severity, where in TRAINING_SHAPES.values():
         for _ in range(params.train_per_shape):
-            seg, start = draw_start(rng, learn, top, has_links, where, lo, hi)
+            try:
+                seg, start = draw_start(rng, learn, top, has_links, where, lo, hi)
+            except ValueError:  # a road that never congests (or never flows freely) teaches the other shapes
+                break
             first = start - WARM_BINS - lead
             window = learn[first:start + max(params.label_bins) + 1]
             inj, _ = inject_incident(window, adjacency, seg, start - first, INJECTED_BINS, severity=severity)

@@ -84,9 +84,9 @@ class IncidentParams:
     holdout: float = 0.35  # k and the relative test are chosen on this latest share of the learning rows
     learned: bool = True  # learn the incident score (``incident_score``) when the road graph is given
     score_grid: tuple[float, ...] = tuple(float(x) for x in np.arange(0.0, 10.01, 0.25))  # its thresholds
-    train_per_shape: int = 300  # incidents of each TRAINING_SHAPES injected into the learning rows
+    train_per_shape: int = 600  # incidents of each TRAINING_SHAPES injected into the learning rows
     train_seed: int = 20  # their draw (fixed: the same rows learn the same detector)
-    label_bins: tuple[int, ...] = (2, 3)  # bins after an injected start taught as "incident"
+    label_bins: tuple[int, ...] = (1, 2, 3)  # bins after an injected start taught as "incident"
     pos_weight: float = 0.05  # the positives' total weight, as a share of the clean bins'
     trees: int = 200  # gradient-boosted trees (core.kernels.gbdt)
     tree_leaves: int = 15

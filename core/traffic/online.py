@@ -153,8 +153,8 @@ def fit_online(speed: np.ndarray, flow: np.ndarray | None, adjacency: np.ndarray
     """Fit the speed (and, with at least a day of flow values, the flow) forecaster on grids [T, N] whose
     row k is the bin at t0_ns + k step, and learn the incident detector from the same rows."""
     model = TrafficForecaster(params.forecaster_params()).fit(speed, adjacency, t0_ns, params.step_s)
-    det = learn_detector(model, speed, t0_ns, params.incident_params())
-    bands = np.maximum(det.k * np.median(det.scale_table, axis=0), det.params.min_drop)
+    det = learn_detector(model, speed, t0_ns, params.incident_params(), adjacency=adjacency)
+    bands = np.maximum(det.band_k * np.median(det.scale_table, axis=0), det.params.min_drop)
     flow_model = None
     if flow is not None and np.isfinite(flow).sum() >= params.min_fit_bins:
         try:

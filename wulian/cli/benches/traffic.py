@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     _log("service tick: forecast + detector update")
     model = TrafficForecaster(params.forecaster_params()).fit(kmh.speeds[:n_train], kmh.adjacency, t0, params.step_s)
-    det = learn_detector(model, kmh.speeds[:n_train], t0, params.incident_params())
+    det = learn_detector(model, kmh.speeds[:n_train], t0, params.incident_params(), adjacency=kmh.adjacency)
     test_t0 = t0 + n_train * params.step_ns
     tick = tick_ms(model, det, kmh.speeds[n_train:], test_t0, params, repeats)
 

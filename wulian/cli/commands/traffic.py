@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if "incidents" in report:
         inc = report["incidents"]
         mttd = inc["mean_time_to_detect_min"]
-        print(f"incidents (k = {inc['threshold_k']:g} robust sigmas, chosen on the training rows): detected "
+        unit = "on the learned score" if report.get("detector") == "learned score" else "robust sigmas"
+        print(f"incidents (k = {inc['threshold_k']:g} {unit}, chosen on the training rows): detected "
               f"{inc['detected']}/{inc['injected']} ({inc['detection_rate']:.0%}), false alarms "
               f"{inc['false_alarms_per_day']:.2f}/day, mean time to detect {'-' if mttd is None else f'{mttd:.1f}'} min")
         for name, sh in inc["shapes"].items():
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         alt = inc.get("alternative")
         if alt:
             amttd = alt["mean_time_to_detect_min"]
-            print(f"  relative test {'on' if alt['rel_low'] else 'off'} instead (same injections, k = "
+            family = "the rules" if alt.get("family") == "rules" else f"relative test {'on' if alt['rel_low'] else 'off'}"
+            print(f"  {family} instead (same injections, k = "
                   f"{alt['threshold_k']:g}): detected {alt['detection_rate']:.0%}, false alarms "
                   f"{alt['false_alarms_per_day']:.2f}/day, mean time to detect "
                   f"{'-' if amttd is None else f'{amttd:.1f}'} min")
