@@ -14,6 +14,7 @@ front door's device accounts, ``ingest.nats_accounts``), so no client connects w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -26,10 +27,13 @@ from pathlib import Path
 from wulian.ingest import nats_accounts
 from wulian.ingest.chaos.stack import free_port, port_open
 
+log = logging.getLogger(__name__)
+
 NODES = 3
 CLUSTER_NAME = "wulian"
 SYSTEM_NATS_PORT = 4222  # a NATS the machine may run for something else: never ours
 STATE_FILE = "cluster.json"
+START_RETRIES = 2  # a fresh node that exits before listening is started again on new ports this often
 
 
 @dataclass
@@ -145,14 +149,15 @@ def start_node(state: ClusterState, node: Node) -> None:
     state.save()
 
 
-def up(cdir: Path, timeout: float = 20.0, mqtt: bool = False, prefix: str = "wl") -> ClusterState:
+def up(cdir: Path, timeout: float = 45.0, mqtt: bool = False, prefix: str = "wl") -> ClusterState:
     """Start the three nodes (reusing the ports of a previous run, so stores and routes stay valid);
     ``mqtt``: each also listens for MQTT (the lossless front door, ``ingest.nats_front_door``). The
     accounts (``ingest.nats_accounts``) are created on the first run, kept afterwards."""
     cdir.mkdir(parents=True, exist_ok=True)
     nats_accounts.ensure_store(cdir, prefix)
     state = ClusterState.load(cdir)
-    if state is None:
+    fresh = state is None
+    if fresh:
         state = ClusterState(str(cdir))
         for i in range(1, NODES + 1):
             state.nodes.append(Node(f"n{i}", _port(), _port(), str(cdir / f"n{i}")))
@@ -164,11 +169,41 @@ def up(cdir: Path, timeout: float = 20.0, mqtt: bool = False, prefix: str = "wl"
             start_node(state, n)
     state.save()
     deadline = time.monotonic() + timeout
-    while not all(port_open(n.port) for n in state.nodes):
+    restarts = 0
+    # alive and listening: a port can be open because another process holds it while our node died
+    while not all(_alive(n.pid) and port_open(n.port) for n in state.nodes):
+        dead = [n for n in state.nodes if not _alive(n.pid)]
+        if dead and restarts < START_RETRIES:
+            # a node that exited before listening: most often a port another process took between
+            # free_port() and the bind (CI saw a fresh cluster not start once); a fresh cluster owns no
+            # store yet, so its ports may move, while a restarted one keeps them (its routes and store)
+            restarts += 1
+            log.warning("NATS node(s) %s exited while starting (%s); starting again",
+                        ", ".join(n.name for n in dead), _log_tail(cdir, dead[0]))
+            for n in dead:
+                if fresh:
+                    n.port, n.cluster_port = _port(), _port()
+                    n.mqtt_port = _port() if n.mqtt_port else None
+            for n in state.nodes:  # every node's routes name the new ports
+                (cdir / f"{n.name}.conf").write_text(node_conf(n, state.nodes))
+            for n in dead:
+                start_node(state, n)
+            deadline = max(deadline, time.monotonic() + timeout / 2)
         if time.monotonic() > deadline:
-            raise RuntimeError(f"NATS cluster did not start; see {cdir}/n*.log")
+            tails = "; ".join(f"{n.name}: {_log_tail(cdir, n)}" for n in state.nodes
+                              if not (_alive(n.pid) and port_open(n.port)))
+            raise RuntimeError(f"NATS cluster did not start within {timeout:.0f}s ({tails}); see {cdir}/n*.log")
         time.sleep(0.05)
     return state
+
+
+
+def _log_tail(cdir: Path, node: Node, chars: int = 300) -> str:
+    try:
+        text = (cdir / f"{node.name}.log").read_text(errors="replace").strip()
+    except OSError:
+        return "no log"
+    return text[-chars:].replace("\n", " | ") or "empty log"
 
 
 def reload(cdir: Path) -> int:
