@@ -207,11 +207,7 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
             if si[s, S_FAULT_ON] == 0 and si[s, S_FAULT_RUN] >= need:
                 si[s, S_FAULT_ON] = 1
                 si[s, S_FAULT_CODE] = code
-                out_seg[n_out] = s
-                out_kind[n_out] = FAULT
-                out_code[n_out] = code
-                out_val[n_out] = o
-                n_out += 1
+                n_out = _emit(out_seg, out_kind, out_code, out_val, n_out, s, FAULT, code, o)
         else:
             si[s, S_FAULT_RUN] = 0
             if si[s, S_FAULT_ON] == 1:
@@ -219,11 +215,7 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
                 if si[s, S_FAULT_OK] >= cfg[C_FAULT_CLEAR]:
                     si[s, S_FAULT_ON] = 0
                     si[s, S_FAULT_OK] = 0
-                    out_seg[n_out] = s
-                    out_kind[n_out] = FAULT_CLEAR
-                    out_code[n_out] = si[s, S_FAULT_CODE]
-                    out_val[n_out] = o
-                    n_out += 1
+                    n_out = _emit(out_seg, out_kind, out_code, out_val, n_out, s, FAULT_CLEAR, si[s, S_FAULT_CODE], o)
         if code != NO_FAULT or flat or si[s, S_FAULT_ON] == 1:
             si[s, S_LOW_RUN] = 0
             si[s, S_NB_LOW_TS] = NO_TS  # a suspect reading confirms no neighbour, nor does its past
@@ -329,11 +321,7 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
                 if support:
                     si[s, S_ACTIVE] = 1
                     si[s, S_OK_RUN] = 0
-                    out_seg[n_out] = s
-                    out_kind[n_out] = RAISE
-                    out_code[n_out] = NO_FAULT
-                    out_val[n_out] = drop
-                    n_out += 1
+                    n_out = _emit(out_seg, out_kind, out_code, out_val, n_out, s, RAISE, NO_FAULT, drop)
         else:
             if o >= sf[s, F_EXPECTED] - sf[s, F_BAND]:
                 si[s, S_OK_RUN] += 1
@@ -341,15 +329,21 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
                     si[s, S_ACTIVE] = 0
                     si[s, S_LOW_RUN] = 0
                     si[s, S_OK_RUN] = 0
-                    out_seg[n_out] = s
-                    out_kind[n_out] = CLEAR
-                    out_code[n_out] = NO_FAULT
-                    out_val[n_out] = drop
-                    n_out += 1
+                    n_out = _emit(out_seg, out_kind, out_code, out_val, n_out, s, CLEAR, NO_FAULT, drop)
             else:
                 si[s, S_OK_RUN] = 0
     _shift_lags(sf, cur)
     return n_out
+
+
+@njit(cache=True, nogil=True)
+def _emit(out_seg, out_kind, out_code, out_val, n_out, s, kind, code, val):
+    """Append one event; the new count."""
+    out_seg[n_out] = s
+    out_kind[n_out] = kind
+    out_code[n_out] = code
+    out_val[n_out] = val
+    return n_out + 1
 
 
 @njit(cache=True, nogil=True)
@@ -385,21 +379,13 @@ def _learned_decisions(t, obs, fc, rec, nb_top, cfg, si, sf, z, recent, area_spa
             if sc > k:
                 si[s, S_ACTIVE] = 1
                 si[s, S_OK_RUN] = 0
-                out_seg[n_out] = s
-                out_kind[n_out] = RAISE
-                out_code[n_out] = NO_FAULT
-                out_val[n_out] = drop
-                n_out += 1
+                n_out = _emit(out_seg, out_kind, out_code, out_val, n_out, s, RAISE, NO_FAULT, drop)
         elif sc <= k:
             si[s, S_OK_RUN] += 1
             if si[s, S_OK_RUN] >= cfg[C_CLEAR_AFTER]:
                 si[s, S_ACTIVE] = 0
                 si[s, S_OK_RUN] = 0
-                out_seg[n_out] = s
-                out_kind[n_out] = CLEAR
-                out_code[n_out] = NO_FAULT
-                out_val[n_out] = drop
-                n_out += 1
+                n_out = _emit(out_seg, out_kind, out_code, out_val, n_out, s, CLEAR, NO_FAULT, drop)
         else:
             si[s, S_OK_RUN] = 0
     return n_out

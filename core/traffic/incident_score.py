@@ -57,8 +57,7 @@ def learn_score(model: TrafficForecaster, values: np.ndarray, adjacency: np.ndar
         rec = tables.recurrence_at(ts)
         if own_rows is not None:
             rec = rec - own_rows[row0 + rows]
-        scores, feats = tables.features(ts, vals[rows], fc, fitted.profile_at(ts), rec)
-        return rows, feats
+        return rows, tables.features(ts, vals[rows], fc, fitted.profile_at(ts), rec)[1]
 
     lead = fitted.params.n_lags + params.horizon
     rows, feats = replay(learn, 0, lead, own)
