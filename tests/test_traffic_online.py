@@ -249,6 +249,14 @@ async def test_replay_fit_forecast_incident_api_restart(settings, pool, api, key
                                  " WHERE a.region = $1 AND a.rule_id = $2", region, TRAFFIC_DETECTOR_FAULT.rule_id)
     assert [f["name"] for f in faults] == [live.segment_ids[dead]]
     assert faults[0]["title"] == "traffic detector fault (zero)" and faults[0]["state"] == "active"
+    # its zeros are held out of the forecasts: the next bins' forecasts come from its profile and links
+    async with pool.acquire() as con:
+        dead_fc = await con.fetch(
+            "SELECT f.speed_kmh FROM traffic_forecasts f JOIN devices d ON d.id = f.device"
+            " WHERE d.device_id = $1 AND f.horizon_steps = 1 AND f.issued_at >= $2",
+            live.segment_ids[dead], ns_to_dt(start + INC_ROW * STEP))
+    before = float(np.nanmedian(live.speeds_kmh[INC_ROW - 12:INC_ROW, dead]))
+    assert len(dead_fc) == 6 and min(r["speed_kmh"] for r in dead_fc) > 0.5 * before
     assert all(a["state"] == "active" and a["title"] == "traffic incident" and a["stream"] == "traffic"
                for a in alerts)
 

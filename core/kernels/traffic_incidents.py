@@ -495,11 +495,19 @@ def confirmations(s, t, nb_top, cfg, si, window, step):
 
 
 @njit(cache=True, nogil=True)
+def held_flags(si, out):
+    """out [N] = segments whose readings are held back from forecasts: fault evidence in their latest bin
+    or an open fault (an erratic or dead detector's readings would steer its neighbours' forecasts)."""
+    for s in range(si.shape[0]):
+        out[s] = si[s, S_FAULT_RUN] > 0 or si[s, S_FAULT_ON] == 1
+
+
+@njit(cache=True, nogil=True)
 def detect_series(ts, obs, fc, prof, rec, bucket, scale_table, cap, nb_top, cfg, si, sf, tf, tv, dump_features):
     """detect_bin over rows: ts [R], obs/fc/prof/rec [R, N], bucket [R] (row of scale_table [B, N]).
     Returns (row, segment, kind, code, value) of every event, in order, then the learned scores [R, N]
-    (NaN unless learned mode) and, with ``dump_features``, the features [R, N, N_FEATURES] (NaN rows:
-    not scored)."""
+    (NaN unless learned mode), with ``dump_features`` the features [R, N, N_FEATURES] (NaN rows: not
+    scored), and ``held_flags`` after each row [R, N]."""
     r_len, n = obs.shape
     cap_out = 2 * n * r_len + 1
     out_seg = np.empty(cap_out, np.int32)
@@ -515,6 +523,7 @@ def detect_series(ts, obs, fc, prof, rec, bucket, scale_table, cap, nb_top, cfg,
     scores = np.full((r_len, n), np.nan)
     feats = np.full((r_len if dump_features else 0, n, feat.N_FEATURES), np.nan)
     no_dump = np.empty((0, feat.N_FEATURES))
+    held = np.zeros((r_len, n), np.bool_)
     n_out = 0
     for r in range(r_len):
         dump = feats[r] if dump_features else no_dump
@@ -523,7 +532,8 @@ def detect_series(ts, obs, fc, prof, rec, bucket, scale_table, cap, nb_top, cfg,
         for e in range(n_out, m):
             out_row[e] = r
         n_out = m
-    return out_row[:n_out], out_seg[:n_out], out_kind[:n_out], out_code[:n_out], out_val[:n_out], scores, feats
+        held_flags(si, held[r])
+    return out_row[:n_out], out_seg[:n_out], out_kind[:n_out], out_code[:n_out], out_val[:n_out], scores, feats, held
 
 
 @njit(cache=True, nogil=True)

@@ -235,6 +235,24 @@ class IncidentDetector:
         return self.state_i[:, kern.S_FAULT_ON] == 1
 
     @property
+    def held(self) -> np.ndarray:
+        """Segments whose readings forecasts should not use now (bool [N]): fault evidence in their latest
+        bin or an open fault."""
+        out = np.zeros(self.n_segments, np.bool_)
+        kern.held_flags(self.state_i, out)
+        return out
+
+    def health(self, ts_ns: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        """``held`` after each of rows ts [R] of observed [R, N], from a fresh state. The health tests read
+        only the readings, so this needs no forecast and may come before the forecasts it masks."""
+        det = self._copy(self.params)
+        det.k = np.inf
+        obs = np.ascontiguousarray(observed, np.float64)
+        nan = np.full(obs.shape, np.nan)
+        ts = np.ascontiguousarray(ts_ns, np.int64)
+        return det._run(ts, obs, nan, nan, np.zeros(obs.shape), False)[7]
+
+    @property
     def k_grid(self) -> tuple[float, ...]:
         """The thresholds a curve runs over: score thresholds with a learned score, else sigmas."""
         return self.params.score_grid if self.trees is not None else self.params.k_grid
@@ -384,12 +402,35 @@ class IncidentDetector:
 
 
 def horizon_forecasts(model: TrafficForecaster, values: np.ndarray, t0_ns: int, horizon: int,
-                      first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                      first_row: int = 0, held: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rows, forecasts [len(rows), N]): for each row from ``first_row`` on (and after a full input window
-    plus the horizon), the forecast of that row made ``horizon`` steps before it."""
+    plus the horizon), the forecast of that row made ``horizon`` steps before it; with ``held`` [T, N]
+    (``IncidentDetector.health``) as ``unheld_forecasts`` makes them."""
     t_len = values.shape[0]
     ends = np.arange(max(model.params.n_lags - 1, first_row - horizon), t_len - horizon, dtype=np.int64)
-    return ends + horizon, model.forecast_series(values, t0_ns, ends)[:, horizon - 1]
+    return ends + horizon, unheld_forecasts(model, values, t0_ns, ends, held)[:, horizon - 1]
+
+
+def unheld_forecasts(model: TrafficForecaster, values: np.ndarray, t0_ns: int, ends: np.ndarray,
+                     held: np.ndarray | None) -> np.ndarray:
+    """``model.forecast_series`` [W, H, N] where each window leaves out (NaN) the whole input window of the
+    segments ``held`` [T, N] at its end: an erratic or dead detector's readings otherwise move its
+    neighbours' forecasts, and a neighbour standing in a jam then looks like an incident. The online job
+    does the same bin by bin with ``IncidentDetector.held``."""
+    out = model.forecast_series(values, t0_ns, ends)
+    if held is None:
+        return out
+    mask = np.asarray(held, np.bool_)[ends]
+    some = np.flatnonzero(mask.any(axis=1))
+    if some.size == 0:
+        return out
+    _, group = np.unique(np.packbits(mask[some], axis=1), axis=0, return_inverse=True)
+    for g in range(int(group.max()) + 1):
+        sel = some[group.ravel() == g]
+        blind = np.array(values, dtype=np.float64)
+        blind[:, mask[sel[0]]] = np.nan
+        out[sel] = model.forecast_series(blind, t0_ns, ends[sel])
+    return out
 
 
 def robust_scale_table(resid: np.ndarray, bucket: np.ndarray, n_buckets: int, smooth: int,

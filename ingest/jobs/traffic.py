@@ -275,36 +275,8 @@ class TrafficJob(WindowedJob):
         flow = dense_grid(bins, col, np.fromiter((np.nan if r[3] is None else r[3] for r in rows), np.float64,
                                                  len(rows)), g0, size, n_seg, p.step_s)
 
-        # forecasts issued at every bin, for segments that reported within the input window
-        fc = np.full((n_bins, n_h, n_seg), np.nan)
-        ffc = np.full((n_bins, n_h, n_seg), np.nan)
-        for k in range(n_bins):
-            t = start + k * step
-            window = speed[k:k + n_lags]
-            seen = np.isfinite(window).any(axis=0)
-            if seen.any():
-                fc[k] = m.speed.forecast(window, t)
-                fc[k][:, ~seen] = np.nan
-            if m.flow is not None:
-                fwin = flow[k:k + n_lags]
-                fseen = np.isfinite(fwin).any(axis=0) & seen
-                if fseen.any():
-                    ffc[k] = m.flow.forecast(fwin, t)
-                    ffc[k][:, ~fseen] = np.nan
-        kk, hh, ss = np.nonzero(np.isfinite(fc))
-        issued = start + kk * step
-        flow_vals = ffc[kk, hh, ss]
-        records = [
-            (i // _US, (i + (h + 1) * step) // _US, d, h + 1, (h + 1) * p.step_s // 60, v, None if f != f else f, m.id)
-            for i, h, d, v, f in zip(issued.tolist(), hh.tolist(), m.segments[ss].tolist(), fc[kk, hh, ss].tolist(),
-                                     flow_vals.tolist())
-        ]
-        stats["bins"] = int(n_bins)
-
-        # the detector: each bin's observation against the forecast issued incident_horizon bins before
         hz = p.incident_horizon
-        fc_h = np.full((n_bins, n_seg), np.nan)
-        fc_h[hz:] = fc[: max(n_bins - hz, 0), hz - 1]
+        fc_h = np.full((n_bins, n_seg), np.nan)  # each bin's forecast issued incident_horizon bins before
         earlier = await con.fetch(
             "SELECT round(extract(epoch FROM (issued_at - $4))::float8 / $5::float8)::bigint AS k, device,"
             " speed_kmh::float8 FROM traffic_forecasts"
@@ -315,18 +287,24 @@ class TrafficJob(WindowedJob):
             c = int(np.searchsorted(m.segments, dev))
             if 0 <= target < n_bins and c < n_seg and m.segments[c] == dev:
                 fc_h[target, c] = v
-        observed = speed[n_lags - 1:]
-        resid = observed - fc_h
         blob = await con.fetchval("SELECT detector FROM traffic_models WHERE id = $1", m.id)
         det = _readable_detector(blob)
         if det is None or det.n_segments != n_seg:
             log.warning("traffic %s: model %d has no usable detector state; refit pending", region, m.id)
             return
         ip = det.params
+        observed = speed[n_lags - 1:]
+        resid = np.full((n_bins, n_seg), np.nan)
         prof = m.speed.profile_at(start + np.arange(n_bins, dtype=np.int64) * step)
+        fc = np.full((n_bins, n_h, n_seg), np.nan)
+        ffc = np.full((n_bins, n_h, n_seg), np.nan)
         ops: list[tuple] = []
         for k in range(n_bins):
             t = start + k * step
+            # the detector first: the bin's reading against the forecast issued hz bins before ...
+            if k >= hz:
+                fc_h[k] = fc[k - hz, hz - 1]
+            resid[k] = observed[k] - fc_h[k]
             ev = det.update_bin(t, observed[k], fc_h[k], prof[k])
             raised = set()
             for s, kind, code, r in zip(ev.segment.tolist(), ev.kind.tolist(), ev.code.tolist(), ev.value.tolist()):
@@ -343,6 +321,29 @@ class TrafficJob(WindowedJob):
             for s in np.flatnonzero(det.active[:n_seg]).tolist():
                 if s not in raised and np.isfinite(resid[k, s]):
                     ops.append(("touch", s, t, float(resid[k, s]), float(observed[k, s]), float(fc_h[k, s])))
+            # ... then the forecasts issued at this bin, for segments that reported within the input window,
+            # from windows without the detectors it holds back (fault evidence or an open fault)
+            held = det.held
+            window = speed[k:k + n_lags]
+            seen = np.isfinite(window).any(axis=0)
+            if seen.any():
+                fc[k] = m.speed.forecast(np.where(held, np.nan, window), t)
+                fc[k][:, ~seen] = np.nan
+            if m.flow is not None:
+                fwin = flow[k:k + n_lags]
+                fseen = np.isfinite(fwin).any(axis=0) & seen
+                if fseen.any():
+                    ffc[k] = m.flow.forecast(np.where(held, np.nan, fwin), t)
+                    ffc[k][:, ~fseen] = np.nan
+        kk, hh, ss = np.nonzero(np.isfinite(fc))
+        issued = start + kk * step
+        flow_vals = ffc[kk, hh, ss]
+        records = [
+            (i // _US, (i + (h + 1) * step) // _US, d, h + 1, (h + 1) * p.step_s // 60, v, None if f != f else f, m.id)
+            for i, h, d, v, f in zip(issued.tolist(), hh.tolist(), m.segments[ss].tolist(), fc[kk, hh, ss].tolist(),
+                                     flow_vals.tolist())
+        ]
+        stats["bins"] = int(n_bins)
 
         if records:
             await con.execute(_STAGE)

@@ -29,7 +29,7 @@ import numpy as np
 from wulian.core.traffic.forecaster import NS_PER_S, TrafficForecaster, TrafficForecastParams, time_slots, warm_up
 from wulian.core.traffic.incidents import (
     FAULT, FAULT_SHAPES, RAISE, TRAINING_SHAPES, IncidentDetector, IncidentParams, draw_start, horizon_forecasts,
-    inject_fault, inject_incident, learn_detector,
+    inject_fault, inject_incident, learn_detector, unheld_forecasts,
 )
 from wulian.core.traffic.protocol import (
     HORIZON_STEPS, LOS_STEP_S, LOS_UTC_OFFSET_S, N_IN, historical_average, los_start_ns, persistence_forecast,
@@ -62,7 +62,10 @@ class _Replayer:
         self.model, self.det, self.t0, self.ks = model, det, t0_ns, ks
         self.h = det.params.horizon
         self.lead = model.params.n_lags + self.h  # first row with a forecast made from a full window
-        self.rows, self.fc = horizon_forecasts(model, values, t0_ns, self.h, self.lead)
+        self.all_ts = t0_ns + np.arange(values.shape[0], dtype=np.int64) * (model.step_s * NS_PER_S)
+        # forecasts leave out detectors with fault evidence, as the online job's do
+        self.rows, self.fc = horizon_forecasts(model, values, t0_ns, self.h, self.lead,
+                                               det.health(self.all_ts, values))
         self.ts = t0_ns + self.rows * (model.step_s * NS_PER_S)
         self.prof = model.profile_at(self.ts)
         self._scored = None
@@ -87,7 +90,8 @@ class _Replayer:
         t_len = values.shape[0]
         ends = np.arange(max(first, self.rows[0] - self.h), min(last + self.model.params.n_lags, t_len - self.h))
         if ends.size:
-            fc[ends + self.h - self.rows[0]] = self.model.forecast_series(values, self.t0, ends)[:, self.h - 1]
+            held = self.det.health(self.all_ts, values)
+            fc[ends + self.h - self.rows[0]] = unheld_forecasts(self.model, values, self.t0, ends, held)[:, self.h - 1]
         return fc
 
     def new_events(self, k, values, fc):
