@@ -21,12 +21,19 @@ def fitted():
     return model, det, values, fit_rows
 
 
-def test_health_holds_an_erratic_detector_from_its_second_jump_until_it_clears(fitted):
+@pytest.fixture(scope="module")
+def erratic(fitted):
+    """Segment 2 erratic for 12 bins from 16:40 (free flow: the first jump is already > spike_jump)."""
     model, det, values, fit_rows = fitted
-    start, seg = fit_rows + 200, 2  # 16:40, free flow: the first jump is > spike_jump
+    start, seg = fit_rows + 200, 2
     bad, _ = inject_fault(values, seg, start, 12, "erratic", hi=70.0)
     ts = np.arange(values.shape[0], dtype=np.int64) * STEP_S * NS
-    held = det.health(ts, bad)
+    return start, seg, bad, ts, det.health(ts, bad)
+
+
+def test_health_holds_an_erratic_detector_from_its_second_jump_until_it_clears(fitted, erratic):
+    _, det, values, _ = fitted
+    start, seg, bad, ts, held = erratic
     assert not det.health(ts, values)[start - 50:start + 50].any()  # clean readings: nothing held
     assert held[:start + 1].sum() == 0  # one jump is no evidence yet
     assert held[start + 1:start + 12, seg].all()  # evidence from the second jump, then an open fault
@@ -34,12 +41,9 @@ def test_health_holds_an_erratic_detector_from_its_second_jump_until_it_clears(f
     assert held[:, [0, 1, 3, 4, 5]].sum() == 0
 
 
-def test_a_held_detector_leaves_its_neighbours_forecasts_as_if_it_had_read_nothing(fitted):
-    model, det, values, fit_rows = fitted
-    start, seg = fit_rows + 200, 2  # 16:40, free flow: the first jump is > spike_jump
-    bad, _ = inject_fault(values, seg, start, 12, "erratic", hi=70.0)
-    ts = np.arange(values.shape[0], dtype=np.int64) * STEP_S * NS
-    held = det.health(ts, bad)
+def test_a_held_detector_leaves_its_neighbours_forecasts_as_if_it_had_read_nothing(fitted, erratic):
+    model, _, _, fit_rows = fitted
+    start, seg, bad, _, held = erratic
     ends = np.arange(start + 2, start + 10)
     got = unheld_forecasts(model, bad, 0, ends, held)
     silent = bad.copy()
