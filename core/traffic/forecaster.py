@@ -61,7 +61,9 @@ members: no change there); on the test splits, only scored, 0.762 / 0.760 of per
 The two members are the one choice the development split did not make: averaging lowers the variance
 that a single seed leaves (on it, a single net moved 5.79-5.89 with the seed). Measured and left out:
 a weekend flag among the inputs (dev 5.763), a single net at the head to set the blend weight with
-two on every row (0.752 / 0.751: the averaged net earns a larger weight), and, without the net,
+two on every row (0.752 / 0.751: the averaged net earns a larger weight), cheaper members: 5 passes
+(dev 5.810; tests 0.749 / 0.748) or 32 units each (dev 5.780; 0.752 / 0.750; about as slow: per-batch
+numpy overhead, not the products, is most of a net's time), and, without the net,
 blend weights split by regime (dev 6.181 against 6.116: the validation slice's day again). Its cost:
 about 6x the linear fit's CPU (four nets of 330k rows x 8 passes; under a load of 4 on the 2 cores,
 with OpenBLAS single-threaded, 37-43 s against 6.3 s), so the net stays opt-in.
