@@ -96,7 +96,7 @@ def test_online_and_batch_forecasts_agree(fitted):
 
 def test_format_4_round_trips_and_a_format_3_model_loads_without_a_net(fitted):
     model, values, _ = fitted
-    assert FORMAT_VERSION == 4
+    assert FORMAT_VERSION == 5
     recent, t_last = values[FIT_ROWS:FIT_ROWS + 12], (FIT_ROWS + 11) * STEP_S * NS
     clone = TrafficForecaster.from_bytes(model.to_bytes())
     assert clone.params == model.params
@@ -127,3 +127,56 @@ def test_fit_net_is_deterministic_and_skips_rows_without_targets():
     mse = np.mean((net_predict(a, x[ok]) - y[ok]) ** 2, axis=0)
     # the first target has no linear part at all (a least-squares line leaves its whole variance)
     assert mse[0] < 0.5 * np.var(y[ok, 0]) and mse[1] < 0.1, mse
+
+
+def test_net_inputs_harmonics_and_neighbour_lags_by_hand():
+    """Format 5's extra inputs: the time of day's harmonics after the first, then the neighbours' mean
+    level l steps ago minus now (a missing value counts 0)."""
+    xc = np.array([[[50.0, 40.0], [52.0, np.nan], [54.0, 38.0]]])
+    p_now, p_tgt, raw = np.array([[55.0, 45.0]]), np.full((1, 2, 2), 50.0), np.full((1, 2, 2), 49.0)
+    ptr, idx, w = np.array([0, 1, 2]), np.array([1, 0], np.int32), np.array([1.0, 1.0])
+    base = net_inputs(xc, p_now, p_tgt, raw, np.array([72]), 288, ptr, idx, w)
+    out = net_inputs(xc, p_now, p_tgt, raw, np.array([72]), 288, ptr, idx, w, harmonics=2, nb_lags=(1, 2))
+    assert out.shape == (1, 2, base.shape[2] + 2 + 2)
+    np.testing.assert_array_equal(out[..., :base.shape[2]], base)  # format 4's inputs come first, unchanged
+    # 06:00: second harmonic sin(pi) = 0, cos(pi) = -1; segment 0's neighbour (1) was nan then 40 against 38
+    # now; segment 1's neighbour (0) was 52 and 50 against 54
+    np.testing.assert_allclose(out[0, 0, -4:], [0, -1, 0, 2], atol=1e-6)
+    np.testing.assert_allclose(out[0, 1, -4:], [0, -1, -2, -4], atol=1e-6)
+    with pytest.raises(ValueError):
+        net_inputs(xc, p_now, p_tgt, raw, np.array([72]), 288, ptr, idx, w, nb_lags=(3,))  # past the window
+
+
+def test_net_members_are_averaged_in_one_net():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1500, 4)).astype(np.float32)
+    y = np.stack([np.maximum(x[:, 0], 0.0), x[:, 1] * x[:, 2]], axis=1)
+    prm = NetParams(hidden=8, epochs=5, members=3)
+    both = fit_net(x, y, prm)
+    assert both["w1"].shape == (4, 24) and both["w2"].shape == (24, 2)
+    singles = [net_predict(fit_net(x, y, replace(prm, members=1, seed=s)), x) for s in range(3)]
+    np.testing.assert_allclose(net_predict(both, x), np.mean(singles, axis=0), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(singles[0], singles[1])  # the members differ: different seeds
+
+
+def test_a_format_4_net_loads_with_its_own_inputs(fitted):
+    """A format 4 model's net read one harmonic and no neighbour lags, with one member: it loads with
+    those settings and its inputs keep their width (the new defaults would not fit its first layer)."""
+    model, values, _ = fitted
+    arrays = model.to_arrays()
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    meta["version"] = 4
+    for name in ("net_members", "net_harmonics", "net_nb_lags"):
+        del meta["params"][name]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    n_in = (PARAMS.n_lags - 1) + 2 * PARAMS.horizons + 8  # format 4's input width
+    rng = np.random.default_rng(0)
+    arrays |= {"net_w1": rng.normal(0.0, 0.1, (n_in, 16)).astype(np.float32), "net_b1": np.zeros(16, np.float32),
+               "net_w2": rng.normal(0.0, 0.1, (16, PARAMS.horizons)).astype(np.float32),
+               "net_mu": np.zeros(n_in, np.float32), "net_sd": np.ones(n_in, np.float32)}
+    old = TrafficForecaster.from_arrays(arrays)
+    assert (old.params.net_members, old.params.net_harmonics, old.params.net_nb_lags) == (1, 1, ())
+    end = FIT_ROWS + 100
+    one = old.forecast(values[end - 11:end + 1], end * STEP_S * NS)
+    np.testing.assert_allclose(one, old.forecast_series(values, 0, np.array([end]))[0], rtol=1e-9, atol=1e-9)
+    assert np.all(np.isfinite(one))

@@ -417,15 +417,17 @@ def _finite_or_zero(v):
 
 
 @njit(cache=True, nogil=True)
-def net_inputs(xc, p_now, p_tgt, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, out):
+def net_inputs(xc, p_now, p_tgt, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, n_harm, nb_lags, out):
     """The residual net's inputs (``core.traffic.residual_net``) for W windows into out [W, N, F] float32.
 
     xc [W, L, N] gap-filled values (NaN where unknown), p_now [W, N] and p_tgt [W, H, N] the profile now
     and at each target, raw [W, H, N] the linear forecasts, slot [W] the time of day of each window's
     last row. Per segment, relative to its level x (the profile where x is unknown): the L-1 earlier
     values, the H profile values and the H forecasts; then its departure d = x - p, d averaged over 1
-    and 2 hops and over the network, the neighbours' mean level minus x, x, and the time of day as
-    sine and cosine. An unknown input is 0. F = (L - 1) + 2 H + 8.
+    and 2 hops and over the network, the neighbours' mean level minus x, x, the time of day as sine and
+    cosine of its first ``n_harm`` harmonics (one cannot draw a rush hour), and for each lag l of
+    ``nb_lags`` the neighbours' mean level l steps ago minus now (a jam arriving from next door).
+    An unknown input is 0. F = (L - 1) + 2 H + 6 + 2 n_harm + len(nb_lags).
     """
     n_w, n_lags, n = xc.shape
     n_h = p_tgt.shape[1]
@@ -452,7 +454,6 @@ def net_inputs(xc, p_now, p_tgt, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, out):
                 acc += nb_w[e] * nb1[nb_idx[e]]
             nb2[i] = acc
         ang = 2.0 * np.pi * slot[t] / n_slots
-        sin_a, cos_a = np.sin(ang), np.cos(ang)
         for i in range(n):
             o = out[t, i]
             xi = x[i]
@@ -474,5 +475,15 @@ def net_inputs(xc, p_now, p_tgt, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, out):
             o[c + 3] = net
             o[c + 4] = _finite_or_zero(acc - xi)
             o[c + 5] = _finite_or_zero(xi)
-            o[c + 6] = sin_a
-            o[c + 7] = cos_a
+            c += 6
+            for k in range(n_harm):
+                o[c] = np.sin((k + 1) * ang)
+                o[c + 1] = np.cos((k + 1) * ang)
+                c += 2
+            for lag in nb_lags:
+                acc = 0.0
+                for e in range(nb_ptr[i], nb_ptr[i + 1]):
+                    j = nb_idx[e]
+                    acc += nb_w[e] * _finite_or_zero(xc[t, n_lags - 1 - lag, j] - x[j])
+                o[c] = acc
+                c += 1

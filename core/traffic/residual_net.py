@@ -3,16 +3,17 @@
 The linear per-segment model (``core.traffic.forecaster``) has one slope per feature and regime; the
 residual net is a different family: one hidden layer of ReLU units shared by every segment, reading
 a segment's recent changes, its departures from the profile (own, neighbours', 2 hops, network),
-the profile's expected changes, the linear forecasts themselves, its level and the time of day, and
-predicting the linear model's error at every horizon at once. The forecaster trains it on the head
+the profile's expected changes, the linear forecasts themselves, its level, the time of day (1-3
+harmonics) and its neighbours' recent levels (format 5), and predicting the linear model's error at every horizon at once. The forecaster trains it on the head
 of the training rows (features from the leave-one-day-out profile, as the linear fit uses) and
 weighs its output per horizon on the validation slice, like its other blend terms.
 
-Float32, plain mini-batch Adam with a fixed seed: the same rows give the same net.
+Float32, plain mini-batch Adam with a fixed seed: the same rows give the same net. Several members
+(seeds) can be averaged; they are kept as one wider net.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -22,15 +23,21 @@ NET_ARRAYS = ("w1", "b1", "w2", "b2", "mu", "sd", "ysd")  # a fitted net's state
 
 
 def net_inputs(xc: np.ndarray, p_now: np.ndarray, p_tgt: np.ndarray, raw: np.ndarray, slot: np.ndarray,
-               n_slots: int, ptr: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+               n_slots: int, ptr: np.ndarray, idx: np.ndarray, w: np.ndarray, harmonics: int = 1,
+               nb_lags: tuple[int, ...] = ()) -> np.ndarray:
     """Inputs [W, N, F] float32 for windows (``kern.net_inputs`` says which): xc [W, L, N] gap-filled
     values, p_now [W, N] and p_tgt [W, H, N] the profile now and at each target, raw [W, H, N] the
-    linear forecasts, slot [W] the time-of-day slot of each window's last row."""
+    linear forecasts, slot [W] the time-of-day slot of each window's last row; ``harmonics`` of the
+    time of day, the neighbours' mean level ``nb_lags`` steps ago (each < L). The defaults are format
+    4's inputs."""
     n_w, n_lags, n = xc.shape
-    out = np.empty((n_w, n, n_lags - 1 + 2 * p_tgt.shape[1] + 8), np.float32)
+    lags = np.asarray(nb_lags, np.int64).reshape(-1)
+    if lags.size and (lags.min() < 1 or lags.max() >= n_lags):
+        raise ValueError(f"neighbour lags must be in 1..{n_lags - 1}, got {nb_lags}")
+    out = np.empty((n_w, n, n_lags - 1 + 2 * p_tgt.shape[1] + 6 + 2 * int(harmonics) + lags.size), np.float32)
     kern.net_inputs(np.ascontiguousarray(xc, np.float64), np.ascontiguousarray(p_now, np.float64),
                     np.ascontiguousarray(p_tgt, np.float64), np.ascontiguousarray(raw, np.float64),
-                    np.asarray(slot, np.int64), int(n_slots), ptr, idx, w, out)
+                    np.asarray(slot, np.int64), int(n_slots), ptr, idx, w, int(harmonics), lags, out)
     return out
 
 
@@ -63,9 +70,24 @@ class NetParams:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    members: int = 1  # nets trained with seeds seed, seed + 1, ... and averaged
 
 
 def fit_net(x: np.ndarray, y: np.ndarray, prm: NetParams) -> dict[str, np.ndarray]:
+    """``prm.members`` nets (``fit_one_net``, seeds seed, seed + 1, ...) averaged, stored as one net: their
+    hidden units side by side, each output layer divided by the count. Same inputs, so the same
+    standardisation; ``net_predict`` needs no change and one wide product costs less than several."""
+    nets = [fit_one_net(x, y, replace(prm, seed=prm.seed + k)) for k in range(max(prm.members, 1))]
+    if len(nets) == 1:
+        return nets[0]
+    k = np.float32(len(nets))
+    return nets[0] | {"w1": np.concatenate([n["w1"] for n in nets], axis=1),
+                      "b1": np.concatenate([n["b1"] for n in nets]),
+                      "w2": np.concatenate([n["w2"] for n in nets], axis=0) / k,
+                      "b2": (np.sum([n["b2"] for n in nets], axis=0) / k).astype(np.float32)}
+
+
+def fit_one_net(x: np.ndarray, y: np.ndarray, prm: NetParams) -> dict[str, np.ndarray]:
     """Train on inputs x [S, F] and targets y [S, H] (a row with any NaN target is left out): standardised
     inputs, targets scaled by their spread, mean squared error, mini-batch Adam. Returns the net's arrays."""
     ok = np.isfinite(y).all(axis=1)
