@@ -480,7 +480,11 @@ def test_cli_evaluates_any_directory_with_the_two_files(tmp_path, capsys):
     rates = [c["detection_rate"] for c in inc["curve"]]
     assert rates == sorted(rates, reverse=True)  # a higher threshold never detects more
     assert {"false_alarms_per_day", "detection_rate", "rmse_45_vs_persistence"} <= set(report["checks"])
+    assert report["net_hidden"] == 0
     assert main(["traffic", "evaluate", "--data", str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
+    assert main(["traffic", "evaluate", "--net-hidden", "-1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["--net-hidden must be >= 0, got -1"]
 
 
 def test_dataset_reads_xz_files_and_says_what_is_missing(tmp_path):

@@ -341,6 +341,9 @@ async def test_simulate_traffic_cli_registers_and_replays(settings, pool, monkey
     settings.traffic.min_drop_kmh = 30.0
     monkeypatch.setattr(simulate_traffic, "get_settings", lambda: settings)
     assert discover(settings, {"traffic"})[0].params.min_drop_kmh == 30.0
+    job = discover(settings.model_copy(update={"traffic": settings.traffic.model_copy(update={"net_hidden": 64})}),
+                   {"traffic"})[0]
+    assert job.params.forecaster_params().net_hidden == 64 and job.params.flow_params().net_hidden == 0
     args = ["simulate-traffic", "--region", region, "--prefix", f"{region}-", "--sensors", "3",
             "--rows", "2",
             "--first-row", "10", "--speedup", "0", "--start", "2026-11-20T00:00", "--incident", "0@11",

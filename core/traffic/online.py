@@ -40,6 +40,7 @@ class OnlineParams:
     regime_drop_kmh: float = 8.0
     min_drop_kmh: float = 24.0
     incident_horizon: int = 3  # residual against the forecast issued this many steps earlier
+    net_hidden: int = 0  # the speed forecaster's residual net (TrafficForecastParams.net_hidden; 0 = off)
 
     @property
     def step_ns(self) -> int:
@@ -47,7 +48,7 @@ class OnlineParams:
 
     def forecaster_params(self) -> TrafficForecastParams:
         return TrafficForecastParams(horizons=self.horizons, regime_drop=self.regime_drop_kmh,
-                                     utc_offset_s=self.utc_offset_s)
+                                     utc_offset_s=self.utc_offset_s, net_hidden=self.net_hidden)
 
     def flow_params(self) -> TrafficForecastParams:
         return TrafficForecastParams(horizons=self.horizons, regime_drop=_ONE_REGIME, utc_offset_s=self.utc_offset_s)

@@ -408,5 +408,5 @@ def create(settings: Settings) -> TrafficJob:
     params = OnlineParams(
         history_days=t.history_days, min_fit_bins=t.min_fit_bins, refit_every_s=int(t.refit_every_h * 3600),
         backfill_bins=t.backfill_bins, lag_s=t.lag_s, utc_offset_s=int(round(t.utc_offset_h * 3600)),
-        min_drop_kmh=t.min_drop_kmh)
+        min_drop_kmh=t.min_drop_kmh, net_hidden=t.net_hidden)
     return TrafficJob(params, interval_s=t.interval_s)
