@@ -94,6 +94,7 @@ class IncidentParams:
     train_seed: int = 20  # their draw (fixed: the same rows learn the same detector)
     label_bins: tuple[int, ...] = (1, 2, 3)  # bins after an injected start taught as "incident"
     pos_weight: float = 0.05  # the positives' total weight, as a share of the clean bins'
+    shape_weights: tuple[float, ...] = (1.0, 1.0, 2.0)  # TRAINING_SHAPES' positives' weights (congestion x2)
     trees: int = 200  # gradient-boosted trees (core.kernels.gbdt)
     tree_leaves: int = 15
     tree_rate: float = 0.1
@@ -368,7 +369,7 @@ class IncidentDetector:
     @classmethod
     def from_arrays(cls, arrays) -> "IncidentDetector":
         p = json.loads(bytes(np.asarray(arrays["params"], np.uint8)).decode())
-        for key in ("k_grid", "score_grid", "label_bins"):
+        for key in ("k_grid", "score_grid", "label_bins", "shape_weights"):
             if key in p:
                 p[key] = tuple(p[key])
         det = cls(arrays["scale_table"], arrays["cap"], arrays["nb_top"], IncidentParams(**p),
