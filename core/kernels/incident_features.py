@@ -13,7 +13,12 @@ drift apart. Every feature is a log ratio or a count, free of the speed unit:
   hour, not an incident (its own queue is left out, or the score would learn to count it);
 - conjunctions: the segment's deepest drop of the last 3 bins AND its links' drop now (the weaker of
   the two, so both must hold), and the links' drop now after none a bin ago (they followed us);
-- squares of the negative parts of the segment's own ratios (the trees see depth, not only order).
+- squares of the negative parts of the segment's own ratios (the trees see depth, not only order);
+- the regime and how unusual the step is in it (issue 20: a collapse that starts in congestion looks like
+  congestion's own stop-and-go by its ratios alone): the reading and the recent level against the
+  segment's free-flow cap, the step drop (the reading against the highest of the last 3 readings) now and
+  its deepest in 3 bins, the segment's recent volatility (its mean absolute 1-bin log change) and that
+  deepest step in units of it, and the two links' step drops now (weaker and stronger).
 
 A missing quantity (no forecast, a faulty link, a fresh level) is 0: "no evidence either way".
 """
@@ -26,8 +31,13 @@ from numba import njit
 CUR_FC = 0
 CUR_LVL = 1
 CUR_PROF = 2
-N_CUR = 3
-N_FEATURES = 31
+CUR_TOP = 3  # the reading against the free-flow cap
+CUR_STEP = 4  # the reading against the highest of the last 3 readings
+CUR_OBS = 5  # the healthy reading itself (NaN: none), the history the step is taken from
+N_CUR = 6
+N_FEATURES = 39
+VOL_ALPHA = 0.1  # weight of the newest 1-bin change in the segment's volatility (~50 min)
+VOL_FLOOR = 0.02  # volatility floor of the step-in-volatility feature (a 2 % change per bin is calm)
 RATIO_LO = -2.5  # log ratios clipped to [RATIO_LO, RATIO_HI]: a dead loop is a fault, not a deeper incident
 RATIO_HI = 1.0
 
@@ -47,10 +57,11 @@ def _z(v):
 
 
 @njit(cache=True, nogil=True)
-def fill(x, s, cur, lag_fc, lag_lvl, lag_prof, nb_top, rec_s, area_share):
-    """Write segment s's features into x [N_FEATURES]. cur [3, N]: this bin's ratios of every segment;
-    lag_fc / lag_lvl [N, 2]: their ratios 1 and 2 bins ago; lag_prof [N]: the profile ratio a bin ago;
-    nb_top [N, K]: strongest links (a segment padded with itself has no second link)."""
+def fill(x, s, cur, lag_fc, lag_lvl, lag_prof, nb_top, rec_s, area_share, lag_step, vol_s, lvl_top):
+    """Write segment s's features into x [N_FEATURES]. cur [N_CUR, N]: this bin's ratios of every segment;
+    lag_fc / lag_lvl / lag_step [N, 2]: their ratios 1 and 2 bins ago; lag_prof [N]: the profile ratio a
+    bin ago; nb_top [N, K]: strongest links (a segment padded with itself has no second link); vol_s: the
+    segment's recent volatility (NaN: none yet); lvl_top: its recent level against its free-flow cap."""
     f0, f1, f2 = cur[CUR_FC, s], lag_fc[s, 0], lag_fc[s, 1]
     l0, l1, l2 = cur[CUR_LVL, s], lag_lvl[s, 0], lag_lvl[s, 1]
     x[0], x[1], x[2] = _z(f0), _z(f1), _z(f2)
@@ -59,7 +70,7 @@ def fill(x, s, cur, lag_fc, lag_lvl, lag_prof, nb_top, rec_s, area_share):
     j1 = nb_top[s, 0] if nb_top.shape[1] > 0 else s
     j2 = nb_top[s, 1] if nb_top.shape[1] > 1 else j1
     if j1 == s:  # no links: nothing confirms
-        nf0 = nf0b = nf1 = nf1b = nl0 = nl0b = nl1 = nl1b = 0.0
+        nf0 = nf0b = nf1 = nf1b = nl0 = nl0b = nl1 = nl1b = ns0 = ns0b = 0.0
     else:
         if j2 == s:
             j2 = j1
@@ -71,6 +82,8 @@ def fill(x, s, cur, lag_fc, lag_lvl, lag_prof, nb_top, rec_s, area_share):
         nl0, nl0b = min(a, b), max(a, b)
         a, b = _z(lag_lvl[j1, 0]), _z(lag_lvl[j2, 0])
         nl1, nl1b = min(a, b), max(a, b)
+        a, b = _z(cur[CUR_STEP, j1]), _z(cur[CUR_STEP, j2])
+        ns0, ns0b = min(a, b), max(a, b)
     x[8], x[9], x[10], x[11] = nf0, nf0b, nf1, nf1b
     x[12], x[13], x[14], x[15] = nl0, nl0b, nl1, nl1b
     x[16] = np.log1p(max(rec_s, 0.0))
@@ -87,3 +100,12 @@ def fill(x, s, cur, lag_fc, lag_lvl, lag_prof, nb_top, rec_s, area_share):
     for i in range(8):
         v = min(x[i], 0.0)
         x[23 + i] = v * v
+    x[31] = _z(cur[CUR_TOP, s])
+    x[32] = _z(lvl_top)
+    st = _z(cur[CUR_STEP, s])
+    x[33] = st
+    deepest = min(st, min(_z(lag_step[s, 0]), _z(lag_step[s, 1])))
+    x[34] = deepest
+    x[35] = _z(vol_s)
+    x[36] = deepest / max(_z(vol_s), VOL_FLOOR)
+    x[37], x[38] = ns0, ns0b

@@ -108,7 +108,10 @@ F_LEVEL = 4  # recent level: exponential average of the healthy readings
 F_LAG_FC = 5  # log ratio to the forecast 1 and 2 bins ago (columns 5, 6): the learned score's history
 F_LAG_LVL = 7  # ...to the recent level 1 and 2 bins ago (7, 8)
 F_LAG_PROF = 9  # ...to the time-of-day profile a bin ago
-N_STATE_F = 10
+F_LAG_STEP = 10  # ...to the highest of the 3 readings before, 1 and 2 bins ago (10, 11)
+F_HIST = 12  # the healthy readings 1, 2 and 3 bins ago (12, 13, 14)
+F_VOL = 15  # recent volatility: exponential average of the absolute 1-bin log change
+N_STATE_F = 16
 
 NO_TS = np.iinfo(np.int64).min
 
@@ -148,7 +151,7 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
     returns the new count; out_* need 2 N free slots (at most one incident and one fault event per
     segment and bin).
     Learned mode (cfg C_LEARNED): tf int32 [3, T, M] (feature, left, right) and tv float64 [2, T, M]
-    (threshold, leaf value) are the trees; cur [3, N] and xrow [N_FEATURES] scratch; each healthy
+    (threshold, leaf value) are the trees; cur [N_CUR, N] and xrow [N_FEATURES] scratch; each healthy
     segment's features go to dump [N, N_FEATURES] when it has N rows, its score to score [N] (NaN: none),
     and a score above k raises, ``clear_after`` bins at or below it clear."""
     n = obs.shape[0]
@@ -177,7 +180,7 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
                 sf[s, F_PREV] = np.nan
                 sf[s, F_PREV_JUMP] = np.nan
                 sf[s, F_LEVEL] = np.nan
-                for c in range(F_LAG_FC, F_LAG_PROF + 1):
+                for c in range(F_LAG_FC, N_STATE_F):
                     sf[s, c] = np.nan
         si[s, S_LAST_TS] = t
         # 1. health
@@ -231,6 +234,9 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
         cur[feat.CUR_FC, s] = feat.log_ratio(o, f)
         cur[feat.CUR_LVL, s] = feat.log_ratio(o, level)
         cur[feat.CUR_PROF, s] = feat.log_ratio(o, prof[s])
+        cur[feat.CUR_TOP, s] = feat.log_ratio(o, cap[s])
+        cur[feat.CUR_STEP, s] = feat.log_ratio(o, _highest(sf, s))
+        cur[feat.CUR_OBS, s] = o
         if suspect:  # no evidence for itself, its neighbours or the area until the next bin says
             for c in range(feat.N_CUR):
                 cur[c, s] = np.nan
@@ -259,8 +265,8 @@ def detect_bin(t, obs, fc, prof, rec, scale, cap, nb_top, cfg, si, sf, z, lvl, n
             if si[u, S_ONSET_TS] != NO_TS and t - si[u, S_ONSET_TS] < area_span:
                 recent += 1
     if learned:
-        n_out = _learned_decisions(t, obs, fc, rec, nb_top, cfg, si, sf, z, recent, area_span, near, out_seg,
-                                   out_kind, out_code, out_val, n_out, tf, tv, cur, xrow, dump, score)
+        n_out = _learned_decisions(t, obs, fc, rec, cap, nb_top, cfg, si, sf, z, lvl, recent, area_span, near,
+                                   out_seg, out_kind, out_code, out_val, n_out, tf, tv, cur, xrow, dump, score)
         _shift_lags(sf, cur)
         return n_out
     for s in range(n):
@@ -347,8 +353,8 @@ def _emit(out_seg, out_kind, out_code, out_val, n_out, s, kind, code, val):
 
 
 @njit(cache=True, nogil=True)
-def _learned_decisions(t, obs, fc, rec, nb_top, cfg, si, sf, z, recent, area_span, near, out_seg, out_kind,
-                       out_code, out_val, n_out, tf, tv, cur, xrow, dump, score):
+def _learned_decisions(t, obs, fc, rec, cap, nb_top, cfg, si, sf, z, lvl, recent, area_span, near, out_seg,
+                       out_kind, out_code, out_val, n_out, tf, tv, cur, xrow, dump, score):
     """Learned mode of ``detect_bin``'s decisions: every healthy segment with a forecast is scored; a score
     above k raises, ``clear_after`` bins at or below k clear. Faulty readings were screened out before
     (their z is NaN), so a broken detector is never incident evidence here either; a bin that jumped by
@@ -360,12 +366,14 @@ def _learned_decisions(t, obs, fc, rec, nb_top, cfg, si, sf, z, recent, area_spa
     lag_fc = sf[:, F_LAG_FC:F_LAG_FC + 2]
     lag_lvl = sf[:, F_LAG_LVL:F_LAG_LVL + 2]
     lag_prof = sf[:, F_LAG_PROF]
+    lag_step = sf[:, F_LAG_STEP:F_LAG_STEP + 2]
     for s in range(n):
         if not np.isfinite(z[s]):
             continue
         # the area: sudden drops beyond s's own 2-hop neighbourhood (its own queue is not rush hour)
         area_share = (recent - drops_nearby(s, t, nb_top, si, area_span, near)) / n
-        feat.fill(xrow, s, cur, lag_fc, lag_lvl, lag_prof, nb_top, rec[s], area_share)
+        feat.fill(xrow, s, cur, lag_fc, lag_lvl, lag_prof, nb_top, rec[s], area_share, lag_step, sf[s, F_VOL],
+                  feat.log_ratio(lvl[s], cap[s]))
         if dump.shape[0] == n:
             dump[s, :] = xrow
         if not has_trees:
@@ -392,9 +400,31 @@ def _learned_decisions(t, obs, fc, rec, nb_top, cfg, si, sf, z, recent, area_spa
 
 
 @njit(cache=True, nogil=True)
+def _highest(sf, s):
+    """The highest of segment s's last 3 healthy readings (NaN: none)."""
+    h = np.nan
+    for c in range(F_HIST, F_HIST + 3):
+        v = sf[s, c]
+        if np.isfinite(v) and not v <= h:
+            h = v
+    return h
+
+
+@njit(cache=True, nogil=True)
 def _shift_lags(sf, cur):
-    """This bin's ratios become the history the next bin's features read."""
+    """This bin's ratios and reading become the history the next bin's features read; the volatility
+    takes this bin's 1-bin change."""
     for s in range(sf.shape[0]):
+        o = cur[feat.CUR_OBS, s]
+        r1 = feat.log_ratio(o, sf[s, F_HIST])
+        if np.isfinite(r1):
+            v = sf[s, F_VOL]
+            sf[s, F_VOL] = abs(r1) if not np.isfinite(v) else v + feat.VOL_ALPHA * (abs(r1) - v)
+        sf[s, F_HIST + 2] = sf[s, F_HIST + 1]
+        sf[s, F_HIST + 1] = sf[s, F_HIST]
+        sf[s, F_HIST] = o
+        sf[s, F_LAG_STEP + 1] = sf[s, F_LAG_STEP]
+        sf[s, F_LAG_STEP] = cur[feat.CUR_STEP, s]
         sf[s, F_LAG_FC + 1] = sf[s, F_LAG_FC]
         sf[s, F_LAG_FC] = cur[feat.CUR_FC, s]
         sf[s, F_LAG_LVL + 1] = sf[s, F_LAG_LVL]
