@@ -25,7 +25,9 @@ consumer is interested), though PUBACKed: a device publishing to a stream before
 **Leases.** Each lane has a lease, a key in a JetStream key-value bucket whose entries expire after
 ``LEASE_TTL_S`` unless renewed (every ``LEASE_RENEW_S``). Every router also keeps a member key there;
 a router aims at a fair share of the lanes (ceil(lanes / members)), takes free lanes up to it and
-gives lanes back above it after ``REBALANCE_S`` (at a batch boundary, everything acked). A holder stops
+gives lanes back above it after ``REBALANCE_S`` (at a batch boundary, everything acked; at its share it
+does not take a lane it gave back for 2 x ``REBALANCE_S``, the time a router under its share has to
+take it, however slow its ticks under load). A holder stops
 fetching ``LEASE_MARGIN_S`` before its lease could have expired on the server (it counts from before
 its last successful renewal was sent), so it never pulls a lane another router took.
 
@@ -233,6 +235,7 @@ class Lease:
     task: asyncio.Task | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # give the lane back at a batch boundary
     above_share_since: float | None = None
+    given_back: bool = False  # stopped by the rebalance (not lost, not failed)
 
 
 class NatsFrontDoorRouter:
@@ -259,6 +262,7 @@ class NatsFrontDoorRouter:
         self._registry = None  # RegistryWatcher, with a dsn
         self._watcher_task: asyncio.Task | None = None
         self._free: set[str] = set()  # lanes found free on the last tick (at the share)
+        self._gave: dict[str, float] = {}  # lane -> when (monotonic) this router gave it back above its share
 
     def partition(self, topic: str) -> int:
         return topic_partition(self._part, topic, self.prefix, self.partitions)
@@ -377,6 +381,8 @@ class NatsFrontDoorRouter:
         """Free a lane whose task has ended (given back at a batch boundary, or failed): delete its key,
         so another router takes it on its next tick."""
         self.held.pop(lease.lane.name, None)
+        if lease.given_back:
+            self._gave[lease.lane.name] = time.monotonic()
         exc = lease.task.exception() if lease.task and not lease.task.cancelled() else None
         if exc is not None:
             log.error("router %s: lane %s failed (%r); lease freed", self.name, lease.lane.name, exc)
@@ -405,6 +411,7 @@ class NatsFrontDoorRouter:
                 if now - lease.above_share_since >= REBALANCE_S:
                     log.info("router %s: giving lane %s back (fair share %d of %d lanes, %d routers)",
                              self.name, lease.lane.name, share, len(self.lanes), members)
+                    lease.given_back = True
                     lease.stop.set()  # the lane's task ends after its batch; the next tick frees the key
             return
         for lease in active:
@@ -416,7 +423,11 @@ class NatsFrontDoorRouter:
             if len(self.held) >= share:
                 # at its share a router still takes a lane found free on two ticks in a row: the router
                 # counted for it may be the dead one (its member key not yet expired, or renewed by its
-                # restarting incarnation), and a router under its share takes a lane at once
+                # restarting incarnation), and a router under its share takes a lane at once; not one it
+                # gave back itself lately, which is the other router's to take (under load its ticks may
+                # come slower than ours: retaking it at once kept it from ever getting its share)
+                if now - self._gave.get(lane.name, -math.inf) < 2 * REBALANCE_S:
+                    continue
                 try:
                     await kv.get(lane_key(lane.name))
                     continue

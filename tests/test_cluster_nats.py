@@ -303,6 +303,51 @@ async def test_routers_share_the_lanes_and_keep_each_device_in_order(nats_mqtt_s
     assert all(seqs == sorted(seqs) for seqs in by_topic.values())
 
 
+async def test_a_lane_given_back_is_left_to_a_slower_router(nats_mqtt_state):
+    """A router above its share gives lanes back and, at its share, leaves them to the other router for
+    2 x REBALANCE_S however slowly that one ticks (under load the giver's next tick retook them before the
+    slow router's came, forever: CI saw one router at 5 lanes of 8 for a minute). With nobody taking them
+    (the other router is dead after all) it takes them back after that."""
+    from wulian.ingest.nats_front_door import LEASE_BUCKET, REBALANCE_S, member_key
+
+    state = nats_mqtt_state
+    await _fresh_wl(state)
+    nc = await j.connect(state.urls, "test")
+    js = nc.jetstream(timeout=10)
+    solo = NatsFrontDoorRouter("solo", state.urls, 16, 3)
+    run = asyncio.create_task(solo.run())
+    try:
+        await wait_until(lambda: _holds_all(nc, "solo"), timeout=60)
+        n = len(solo.held)
+        kv = await js.key_value(LEASE_BUCKET)
+
+        async def slow_member():  # a second router that is alive but never gets round to taking a lane
+            while True:
+                await kv.put(member_key("slow"), b"slow/x")
+                await asyncio.sleep(0.5)
+
+        ghost = asyncio.create_task(slow_member())
+        try:
+            await wait_until(lambda: len(solo.held) <= (n + 1) // 2, timeout=30)
+            given = time.monotonic()
+            counts = []
+            while time.monotonic() - given < 2 * REBALANCE_S - 1.0:
+                counts.append(len(solo.held))
+                await asyncio.sleep(0.2)
+            assert max(counts) == (n + 1) // 2, counts  # the given-back lanes stayed free for the slow router
+        finally:
+            ghost.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ghost
+            await kv.delete(member_key("slow"))
+        await wait_until(lambda: len(solo.held) == n, timeout=30)  # nobody took them: back to the survivor
+    finally:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        await nc.close()
+
+
 async def test_a_stream_added_to_the_registry_gets_its_lane_and_is_routed(pg_stack, nats_mqtt_state):
     """A router with the database creates the lane of a stream added by ``wulian stream add`` (its
     NOTIFY), takes it, and routes the new stream's messages to WL, each device's in order."""
