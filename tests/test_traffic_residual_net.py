@@ -104,12 +104,7 @@ def test_format_4_round_trips_and_a_format_3_model_loads_without_a_net(fitted):
     # a format 3 model: no net parameters, no net arrays, 3 blend weights
     linear = TrafficForecaster(replace(PARAMS, net_hidden=0)).fit(values[:FIT_ROWS], chain(values.shape[1]), 0,
                                                                    STEP_S)
-    arrays = linear.to_arrays()
-    meta = json.loads(bytes(arrays["meta"]).decode())
-    meta["version"] = 3
-    for name in ("net_hidden", "net_epochs", "net_folds"):
-        del meta["params"][name]
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    arrays = saved_as(linear.to_arrays(), 3, ("net_hidden", "net_epochs", "net_folds"))
     old = TrafficForecaster.from_arrays(arrays)
     assert old.net is None and old.params.net_hidden == 0 and old.blend.shape == (PARAMS.horizons, 3)
     np.testing.assert_array_equal(old.forecast(recent, t_last), linear.forecast(recent, t_last))
@@ -159,16 +154,20 @@ def test_net_members_are_averaged_in_one_net():
     assert not np.allclose(singles[0], singles[1])  # the members differ: different seeds
 
 
+def saved_as(arrays: dict, version: int, unknown: tuple[str, ...]) -> dict:
+    """``arrays`` as an earlier format saved them: its version, without the settings it did not know."""
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    meta["version"] = version
+    for name in unknown:
+        del meta["params"][name]
+    return arrays | {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+
+
 def test_a_format_4_net_loads_with_its_own_inputs(fitted):
     """A format 4 model's net read one harmonic and no neighbour lags, with one member: it loads with
     those settings and its inputs keep their width (the new defaults would not fit its first layer)."""
     model, values, _ = fitted
-    arrays = model.to_arrays()
-    meta = json.loads(bytes(arrays["meta"]).decode())
-    meta["version"] = 4
-    for name in ("net_members", "net_harmonics", "net_nb_lags"):
-        del meta["params"][name]
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    arrays = saved_as(model.to_arrays(), 4, ("net_members", "net_harmonics", "net_nb_lags"))
     n_in = (PARAMS.n_lags - 1) + 2 * PARAMS.horizons + 8  # format 4's input width
     rng = np.random.default_rng(0)
     arrays |= {"net_w1": rng.normal(0.0, 0.1, (n_in, 16)).astype(np.float32), "net_b1": np.zeros(16, np.float32),
