@@ -331,7 +331,9 @@ async def test_a_lane_given_back_is_left_to_a_slower_router(nats_mqtt_state):
             await wait_until(lambda: len(solo.held) <= (n + 1) // 2, timeout=30)
             given = time.monotonic()
             counts = []
-            while time.monotonic() - given < 2 * REBALANCE_S - 1.0:
+            # the lanes given back are freed as their batches end, a tick or more apart under load: watch
+            # REBALANCE_S of the 2 x REBALANCE_S each is left alone (without the rule one came back in ~1 s)
+            while time.monotonic() - given < REBALANCE_S:
                 counts.append(len(solo.held))
                 await asyncio.sleep(0.2)
             assert max(counts) == (n + 1) // 2, counts  # the given-back lanes stayed free for the slow router
