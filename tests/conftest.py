@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import os
+import sys
 import shutil
 import threading
 import uuid
@@ -21,6 +23,34 @@ from wulian.local_stack import run_stack
 from wulian.settings import DbSettings, IngestSettings, MqttSettings, Settings, StackSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A test still running after STALL_S prints where it is (every thread, every task of the tests' event
+# loop) into its captured output; pytest-timeout fails it at the configured timeout, which reports that
+# output. CI stopped once at its time limit with a test hung and nothing to tell where.
+STALL_S = float(os.environ.get("WULIAN_TEST_STALL_S", "300"))
+_TEST_LOOP: list[asyncio.AbstractEventLoop] = []
+
+
+def _dump_stall(nodeid: str) -> None:
+    out = sys.__stderr__
+    print(f"\n*** {nodeid} still running after {STALL_S:.0f} s: threads and tasks ***", file=out, flush=True)
+    faulthandler.dump_traceback(file=out, all_threads=True)
+    for loop in _TEST_LOOP[-1:]:
+        with contextlib.suppress(RuntimeError):  # the set of tasks changed while read: what was read stays
+            for task in list(asyncio.all_tasks(loop)):
+                task.print_stack(limit=12, file=out)
+    out.flush()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    timer = threading.Timer(STALL_S, _dump_stall, args=(item.nodeid,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +139,8 @@ LEFT_RULES = ("SELECT id, definition->>'name' AS name FROM rules WHERE id > $1 A
 async def no_rule_left_for_other_tests(request):
     """Fail a test that leaves an enabled rule not scoped to one device (its own) in the session
     database; a test wanting a wider rule disables or deletes it before it ends."""
+    if not _TEST_LOOP or _TEST_LOOP[-1] is not asyncio.get_running_loop():
+        _TEST_LOOP.append(asyncio.get_running_loop())  # the loop a stalled test's tasks are read from
     if "test_dsn" not in request.fixturenames:  # no session database: nothing to leave behind
         yield
         return
