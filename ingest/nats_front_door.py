@@ -51,6 +51,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import asyncpg
 import nats
 import orjson
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -75,6 +76,7 @@ FETCH_S = 1.0  # longest fetch (the server ends the pull request then: no delive
 FETCH_MIN_S = 0.2
 REBALANCE_S = 3.0  # above its fair share this long before a router gives lanes back
 LANES_POLL_S = 5.0  # how often a router looks for lanes created by others (a registry stream's)
+STOP_STEP_S = 10.0  # longest wait for each step of a stopping router's clean-up (a TTL frees the rest)
 REPLAY_CHUNKS = 16  # concurrent sequential readers over a replayed range (one get is ~1-2 ms)
 
 
@@ -521,18 +523,29 @@ class NatsFrontDoorRouter:
                     log.warning("router %s: lease bucket unavailable (%r); retrying", self.name, exc)
                 await asyncio.sleep(LEASE_RENEW_S)
         finally:  # stopped (not killed): free what we hold, so the others need not wait for the TTL
-            for lease in list(self.held.values()):
-                await self._drop(lease)
-                if kv is not None:
-                    with contextlib.suppress(nats.errors.Error):
-                        await kv.delete(lane_key(lease.lane.name), last=lease.rev)
+            await self._stop(kv, nc)
+
+    async def _stop(self, kv, nc) -> None:
+        """Each step bounded by STOP_STEP_S: a connection that no longer answers must not keep the process
+        from stopping (what is not freed here expires with its TTL)."""
+        async def step(what: str, aw) -> None:
+            try:
+                await asyncio.wait_for(aw, STOP_STEP_S)
+            except asyncio.TimeoutError:
+                log.warning("router %s: stopping: %s took over %.0f s; left to its TTL", self.name, what, STOP_STEP_S)
+            except (nats.errors.Error, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("router %s: stopping: %s failed (%r)", self.name, what, exc)
+
+        for lease in list(self.held.values()):
+            await step(f"lane {lease.lane.name}", self._drop(lease))
             if kv is not None:
-                with contextlib.suppress(nats.errors.Error):
-                    await kv.delete(member_key(self.name))
-            if self._watcher_task is not None:
-                self._watcher_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._watcher_task
-            if self._registry is not None:
-                await self._registry.stop()
-            await nc.close()
+                await step(f"lease of {lease.lane.name}", kv.delete(lane_key(lease.lane.name), last=lease.rev))
+        if kv is not None:
+            await step("membership", kv.delete(member_key(self.name)))
+        if self._watcher_task is not None:
+            self._watcher_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._watcher_task, STOP_STEP_S)
+        if self._registry is not None:
+            await step("the stream registry's connection", self._registry.stop())
+        await step("the NATS connection", nc.close())

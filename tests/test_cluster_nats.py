@@ -416,3 +416,32 @@ async def test_the_single_consumer_of_earlier_versions_is_replaced_by_the_lanes(
         assert {ln.name for ln in builtin_lanes()} <= set(await lane_streams(nc))
     finally:
         await nc.close()
+
+
+async def test_a_stopping_router_frees_its_lanes_past_a_connection_that_no_longer_answers(nats_mqtt_state, monkeypatch):
+    """Stopping (SIGTERM, a cancelled task) waits STOP_STEP_S at most for each clean-up step: a database
+    connection that never answers its close no longer keeps the router from stopping, and the lanes
+    are still freed for the others at once."""
+    from wulian.ingest import nats_front_door as fd
+
+    class Unanswered:
+        async def stop(self):
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(fd, "STOP_STEP_S", 1.0)
+    state = nats_mqtt_state
+    await _fresh_wl(state)
+    nc = await j.connect(state.urls, "test")
+    router = NatsFrontDoorRouter("stopper", state.urls, 16, 3)
+    run = asyncio.create_task(router.run())
+    try:
+        await wait_until(lambda: _holds_all(nc, "stopper"), timeout=60)
+        router._registry = Unanswered()
+        run.cancel()
+        done, _ = await asyncio.wait([run], timeout=30)
+        assert run in done, "the router did not stop"  # without the bound: waits for ever
+        held = await lane_holders(nc.jetstream(timeout=10))
+        assert "stopper" not in held.values(), held
+    finally:
+        run.cancel()
+        await nc.close()
