@@ -1,6 +1,7 @@
 """The forecaster's residual net (format 4): its inputs by hand, the online path agreeing with the batch
-path, the round trip, a format 3 model loading without it, and the net earning its place where the
-linear model cannot follow (an interaction of two conditions)."""
+path, the round trip, a format 3 model loading without it, the net earning its place where the
+linear model cannot follow (an interaction of two conditions), and its numba training and forward pass
+agreeing with numpy."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from wulian.core.traffic.forecaster import FORMAT_VERSION, TrafficForecaster, TrafficForecastParams
+from wulian.core.kernels import residual_net as kern_net
 from wulian.core.traffic.residual_net import NetParams, fit_net, net_inputs, net_predict
 
 STEP_S = 300
@@ -122,6 +124,63 @@ def test_fit_net_is_deterministic_and_skips_rows_without_targets():
     mse = np.mean((net_predict(a, x[ok]) - y[ok]) ** 2, axis=0)
     # the first target has no linear part at all (a least-squares line leaves its whole variance)
     assert mse[0] < 0.5 * np.var(y[ok, 0]) and mse[1] < 0.1, mse
+
+
+def adam_by_numpy(x, y, orders, batch, lr, wd, w1, b1, w2, b2):
+    """The training loop as the numpy path ran it (float64 here): the kernel's reference."""
+    par = {"w1": w1.astype(float), "b1": b1.astype(float), "w2": w2.astype(float), "b2": b2.astype(float)}
+    m1 = {k: np.zeros_like(v) for k, v in par.items()}
+    m2 = {k: np.zeros_like(v) for k, v in par.items()}
+    step = 0
+    for order in orders:
+        for s in range(0, len(order), batch):
+            b = order[s:s + batch]
+            z = x[b] @ par["w1"] + par["b1"]
+            a = np.maximum(z, 0.0)
+            g_out = (a @ par["w2"] + par["b2"] - y[b]) * 2.0 / (len(b) * y.shape[1])
+            g_a = (g_out @ par["w2"].T) * (z > 0)
+            grads = {"w1": x[b].T @ g_a, "b1": g_a.sum(0), "w2": a.T @ g_out, "b2": g_out.sum(0)}
+            step += 1
+            for k, p in par.items():
+                g = grads[k] + wd * p if k[0] == "w" else grads[k]
+                m1[k] = 0.9 * m1[k] + 0.1 * g
+                m2[k] = 0.999 * m2[k] + 0.001 * g * g
+                p -= lr * (m1[k] / (1 - 0.9 ** step)) / (np.sqrt(m2[k] / (1 - 0.999 ** step)) + 1e-8)
+    return par
+
+
+def test_train_kernel_matches_adam_by_numpy():
+    """Two epochs of 37 rows in batches of 16 (a short last batch; 11 inputs: the products' 8-term
+    passes and their remainders), weight decay on the weights only: the kernel and the numpy loop agree."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(37, 11)).astype(np.float32)
+    y = rng.normal(size=(37, 3)).astype(np.float32)
+    orders = np.stack([rng.permutation(37) for _ in range(2)])
+    w1 = (rng.normal(size=(11, 9)) / 3).astype(np.float32)
+    b1 = rng.normal(scale=0.1, size=9).astype(np.float32)
+    w2 = (rng.normal(size=(9, 3)) / 3).astype(np.float32)
+    b2 = np.zeros(3, np.float32)
+    want = adam_by_numpy(x, y, orders, 16, 1e-2, 0.5, w1, b1, w2, b2)
+    w2t = np.ascontiguousarray(w2.T)
+    kern_net.train_net(x, y, orders, 16, 1e-2, 0.5, w1, b1, w2t, b2)
+    for k, got in (("w1", w1), ("b1", b1), ("w2", w2t.T), ("b2", b2)):
+        np.testing.assert_allclose(got, want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert np.abs(want["w1"] - w1).max() < np.abs(want["w1"]).max()  # it moved: 6 steps of 1e-2
+
+
+def test_predict_kernel_matches_numpy_over_chunks():
+    rng = np.random.default_rng(4)
+    n = kern_net.CHUNK + 45  # a full chunk and a part
+    net = {"w1": rng.normal(size=(10, 6)).astype(np.float32), "b1": rng.normal(size=6).astype(np.float32),
+           "w2": rng.normal(size=(6, 4)).astype(np.float32), "b2": rng.normal(size=4).astype(np.float32),
+           "mu": rng.normal(size=10).astype(np.float32), "sd": rng.uniform(0.5, 2, 10).astype(np.float32),
+           "ysd": np.asarray(np.float32(3.0))}
+    x = rng.normal(size=(n // 3 + 1, 3, 10)).astype(np.float32)
+    a = np.maximum(((x.astype(float) - net["mu"]) / net["sd"]) @ net["w1"] + net["b1"], 0.0)
+    want = (a @ net["w2"] + net["b2"]) * 3.0
+    got = net_predict(net, x)
+    assert got.shape == want.shape and got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_net_inputs_harmonics_and_neighbour_lags_by_hand():

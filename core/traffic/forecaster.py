@@ -66,7 +66,14 @@ two on every row (0.752 / 0.751: the averaged net earns a larger weight), cheape
 numpy overhead, not the products, is most of a net's time), and, without the net,
 blend weights split by regime (dev 6.181 against 6.116: the validation slice's day again). Its cost:
 about 6x the linear fit's CPU (four nets of 330k rows x 8 passes; under a load of 4 on the 2 cores,
-with OpenBLAS single-threaded, 37-43 s against 6.3 s), so the net stays opt-in.
+with OpenBLAS single-threaded, 37-43 s against 6.3 s). With the training loop and the net's forward
+pass as numba kernels (``core.kernels.residual_net``) the net-on fit costs 18.1 / 17.7 s of CPU against
+44.5 / 39.4 s with numpy and 6.6 / 5.3 s without the net (0.8 / 0.7 split, back to back, AMD EPYC):
+still about 3x the linear fit, over issue 5's 10 s. What is left is about half the four nets' training
+(0.6-0.8 us per row and pass) and half the rest of the net's fit (the 16 block fits' normal equations
+and solves, its inputs, its forecasts on every row). Trained by the kernel (other sums, other rounding),
+the test splits' 45 minutes are 0.748 / 0.752 of persistence (the numpy loop, same session: 0.747 /
+0.7505; before, 0.748 / 0.7498): the 0.7 split sits on the target. So the net stays opt-in.
 
 Stateful in river's manner: parameters in ``__init__``, ``fit`` learns, ``forecast`` answers, and the
 fitted state round-trips through plain numpy arrays (``to_arrays`` / ``from_arrays``) or bytes.
@@ -116,7 +123,7 @@ class TrafficForecastParams:
     dev_hinges: bool = True  # hinges of the departure from the profile at +regime_drop and -3 regime_drop
     jump_hinges: int = 2  # hinges at +-regime_drop of the change over each of the last this many steps
     # hidden units of the residual net blended in per horizon (0 = none, the default: with 64 every horizon
-    # gains 2-3 % on Los-loop, but the fit costs ~3x the CPU, over issue 5's 10 s; README, traffic)
+    # gains 3-4 % on Los-loop, but the fit costs ~3x the CPU, 18 s, over issue 5's 10 s; README, traffic)
     net_hidden: int = 0
     net_epochs: int = 8  # its passes over the training rows
     net_folds: int = 8  # it learns the errors of linear fits that left out its rows' block (0/1: in-sample)
