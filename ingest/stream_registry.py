@@ -20,6 +20,7 @@ from wulian.core.streams import BUILTIN_REGISTRY, STREAMS_CHANNEL, StreamDef, St
 
 log = logging.getLogger(__name__)
 _current: StreamRegistry = BUILTIN_REGISTRY
+CLOSE_TIMEOUT_S = 10.0  # a watcher's connection left to close this long, then dropped
 
 STREAM_COLUMNS = ("name, title, builtin, scalar, metrics::text AS metrics, device_types,"
                   " default_rules::text AS default_rules, dashboard::text AS dashboard")
@@ -121,7 +122,10 @@ class RegistryWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._con is not None:
-            await self._con.close()
+            try:  # a database that no longer answers must not keep a stopping service waiting
+                await self._con.close(timeout=CLOSE_TIMEOUT_S)
+            except (asyncio.TimeoutError, OSError, asyncpg.InterfaceError):
+                self._con.terminate()
 
 
 async def _insert_rules(con: asyncpg.Connection, rules, actor: str) -> list[int]:

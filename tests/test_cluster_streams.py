@@ -283,3 +283,40 @@ async def test_registry_refresh_reads_the_database_once_for_concurrent_callers(t
         await watcher.stop()
         stream_registry.install(before)
         await disable_registry_stream_rules(test_dsn)
+
+
+async def test_a_watcher_stops_when_its_database_no_longer_answers(test_dsn, monkeypatch):
+    """The watcher's connection runs through a relay that stops passing bytes on (a database host gone
+    silent, not refusing): ``stop()`` gives the close CLOSE_TIMEOUT_S and then drops the connection, so
+    the service stopping (a worker, a router, ingest) is not held for ever."""
+    monkeypatch.setattr(stream_registry, "CLOSE_TIMEOUT_S", 1.0)
+    host, port = test_dsn.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    silent = asyncio.Event()
+    links: list[asyncio.StreamWriter] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if not silent.is_set():
+                writer.write(data)
+                await writer.drain()
+
+    async def accept(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection(host, int(port))
+        links.extend((cw, sw))
+        await asyncio.gather(relay(cr, sw), relay(sr, cw), return_exceptions=True)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    relayed = test_dsn.replace(f"@{host}:{port}/", f"@127.0.0.1:{server.sockets[0].getsockname()[1]}/")
+    before = stream_registry.current()
+    watcher = RegistryWatcher(relayed, poll_s=3600)
+    try:
+        await watcher.start()
+        silent.set()
+        done, _ = await asyncio.wait([asyncio.create_task(watcher.stop())], timeout=15)
+        assert done, "stop() waited on a database that does not answer"  # before: for ever
+        assert watcher._con.is_closed()
+    finally:
+        stream_registry.install(before)
+        for w in links:
+            w.close()
+        server.close()
