@@ -446,3 +446,64 @@ def test_replay_never_stamps_the_future_and_paces_rows(settings, replay):
     waits = [s for s in slept if s > 1.0]
     assert waits == [pytest.approx(200.0)]  # only row 2 waited, for its stamp to come
     assert all(s <= 0.003 for s in slept if s <= 1.0)  # the rest is pacing: 3 rows at 1000 rows/s
+
+
+async def test_with_a_net_the_detector_compares_with_the_forecasts_without_it(pool, keys, monkeypatch):
+    """With the residual net on, the job stores the net's forecasts but feeds the detector those the model
+    would make without it (``DETECTOR_NET``), also for the bins whose forecasts an earlier run issued
+    (made again from the grid): runs of 2, 5 and 1 bins. Fails with the stored forecasts."""
+    from wulian.core.traffic.forecaster import TrafficForecaster
+
+    region = keys["region"]
+    rng = np.random.default_rng(9)
+    names = [f"{region}-seg{k}" for k in range(3)]
+    async with pool.acquire() as con:
+        ids = [await con.fetchval("INSERT INTO devices (device_id, region, stream) VALUES ($1, $2, 'traffic')"
+                                  " RETURNING id", n, region) for n in names]
+        await con.execute("INSERT INTO road_links (a, b, weight) VALUES ($1, $2, 0.8), ($2, $1, 0.8), ($2, $3, 0.6),"
+                          " ($3, $2, 0.6)", *ids)
+    t0 = (time.time_ns() // STEP - 4 * 288) * STEP
+    hist, extra = 2 * 288, 9
+    tod = (np.arange(hist + extra) % 288) / 288.0
+    jam = 25.0 * np.exp(-(((tod - 0.35) / 0.03) ** 2))[:, None] * np.array([1.0, 0.7, 0.4])
+    speeds = 65.0 - jam + rng.normal(0, 2.0, (hist + extra, 3))
+    async with pool.acquire() as con:
+        await con.copy_records_to_table(
+            "traffic_observations", columns=["time", "device", "speed_kmh"],
+            records=[(ns_to_dt(t0 + k * STEP), ids[s], float(speeds[k, s])) for k in range(hist + extra)
+                     for s in range(3)])
+    seen: dict[int, np.ndarray] = {}
+    update_bin = IncidentDetector.update_bin
+
+    def spy(det, ts_ns, observed, forecast, *args, **kwargs):
+        seen[int(ts_ns)] = np.array(forecast, np.float64)
+        return update_bin(det, ts_ns, observed, forecast, *args, **kwargs)
+
+    monkeypatch.setattr(IncidentDetector, "update_bin", spy)
+    job = TrafficJob(OnlineParams(backfill_bins=2, net_hidden=64))
+    for row in (hist, hist + 5, hist + 6, hist + 7, hist + 8):  # runs of 2, 5, 1, 1, 1 bins
+        r = (await run_job_once(job, pool, t0 + row * STEP + 60 * NS))["regions"][region]
+        assert r["fitted"] == (row == hist)
+    async with pool.acquire() as con:
+        model = TrafficForecaster.from_bytes(await con.fetchval("SELECT speed_model FROM traffic_models"
+                                                                " WHERE region = $1", region))
+        obs = await con.fetch("SELECT time, device, speed_kmh::float8 AS v FROM traffic_observations"
+                              " WHERE device = ANY($1)", ids)
+        stored = {(r["issued_at"], r["device"]): r["v"] for r in await con.fetch(
+            "SELECT issued_at, device, speed_kmh::float8 AS v FROM traffic_forecasts WHERE device = ANY($1)"
+            " AND horizon_steps = 3", ids)}
+    assert model.net is not None
+    grid = np.full((hist + extra, 3), np.nan)
+    for o in obs:
+        grid[round((o["time"] - ns_to_dt(t0)).total_seconds() / 300), ids.index(o["device"])] = o["v"]
+    assert sorted(seen) == [t0 + k * STEP for k in range(hist - 2, hist + 8)]
+    gap = []
+    for t, got in seen.items():
+        issued = (t - t0) // STEP - 3
+        window, t_issue = grid[issued - 11:issued + 1], t0 + issued * STEP
+        np.testing.assert_allclose(got, model.forecast(window, t_issue, net=False)[2], rtol=1e-9)
+        published = model.forecast(window, t_issue)[2]
+        if issued >= hist - 2:  # issued by a run (the first run's first bins: before it)
+            np.testing.assert_allclose([stored[(ns_to_dt(t_issue), d)] for d in ids], published, rtol=1e-5)
+            gap.append(np.abs(published - got).max())
+    assert len(gap) == 7 and min(gap) > 1e-3, gap  # the net moved every one of these forecasts

@@ -238,3 +238,33 @@ def test_a_format_4_net_loads_with_its_own_inputs(fitted):
     one = old.forecast(values[end - 11:end + 1], end * STEP_S * NS)
     np.testing.assert_allclose(one, old.forecast_series(values, 0, np.array([end]))[0], rtol=1e-9, atol=1e-9)
     assert np.all(np.isfinite(one))
+
+
+def test_the_detector_compares_with_the_forecasts_without_the_net(fitted):
+    """With a net, ``net=False`` (what the incident detector uses, learning and replaying) gives the
+    forecasts of the same model fitted without a net (the shrinkage and the linear fit do not depend on
+    the net; the blend is fitted again without its term), also after a round trip and on the live path;
+    the published forecasts differ; without a net the flag changes nothing."""
+    from wulian.core.traffic.incidents import DETECTOR_NET, unheld_forecasts
+
+    model, values, adjacency = fitted
+    plain = TrafficForecaster(replace(PARAMS, net_hidden=0, net_epochs=40)).fit(values[:FIT_ROWS], adjacency, 0,
+                                                                                STEP_S)
+    assert not DETECTOR_NET and np.abs(model.blend[:, 3]).max() > 0.1
+    assert np.abs(model.blend[:, :3] - model.blend_linear).max() > 0.01  # the net's term moved the others (0.098)
+    ends = np.arange(FIT_ROWS + 11, FIT_ROWS + 200)
+    linear = model.forecast_series(values, 0, ends, net=False)
+    np.testing.assert_array_equal(linear, plain.forecast_series(values, 0, ends))
+    np.testing.assert_array_equal(unheld_forecasts(model, values, 0, ends, None), linear)
+    published = model.forecast_series(values, 0, ends)
+    clone = TrafficForecaster.from_bytes(model.to_bytes())
+    np.testing.assert_array_equal(clone.forecast_series(values, 0, ends, net=False), linear)
+    # a net saved before the weights without it: its detector learnt on the net's forecasts, they stay
+    old = TrafficForecaster.from_arrays({k: v for k, v in model.to_arrays().items() if k != "blend_linear"})
+    np.testing.assert_array_equal(old.forecast_series(values, 0, ends, net=False), published)
+    assert np.abs(published - linear).mean() > 0.1, np.abs(published - linear).mean()  # measured 0.58
+    end = int(ends[50])  # the live path too
+    one = model.forecast(values[end - 11:end + 1], end * STEP_S * NS, net=False)
+    np.testing.assert_allclose(one, linear[50], rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(plain.forecast_series(values, 0, ends, net=False),
+                                  plain.forecast_series(values, 0, ends))

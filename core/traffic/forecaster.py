@@ -34,7 +34,8 @@ horizon from the segment's recent values, its departures from the profile (own, 
 the profile ahead, the linear forecasts, its level and the time of day. It learns from cross-fitted
 errors: the training windows are cut into ``net_folds`` blocks and each block is forecast by a linear
 fit without it (in-sample errors are smaller, and a net trained on them over-corrected). A net trained
-on the head of the training rows gets its blend weight on the validation slice; the net is then
+on the head of the training rows gets its blend weight on the validation slice (the blend is also
+fitted there without it: ``forecast(net=False)``, the incident detector's forecasts); the net is then
 trained again on every row (the latest rows matter most: the head's net alone did worse). On the
 development split, 45-minute pooled RMSE 6.116 -> 5.791 (60 min 6.563 -> 6.178, 15 min 4.656 ->
 4.533); across net seeds 5.79-5.89 (the settings below were compared before the net's products were cut
@@ -211,6 +212,8 @@ class TrafficForecaster:
         self.lam: np.ndarray | None = None  # [H] chosen shrinkage
         self.resid_sigma: np.ndarray | None = None  # [H, N] robust spread of in-sample residuals
         self.blend: np.ndarray | None = None  # [H, len(BLEND_TERMS) (+1 with a net)] blend weights
+        # with a net, the blend weights fitted without its term (the incident detector's forecasts)
+        self.blend_linear: np.ndarray | None = None
         self.net: dict[str, np.ndarray] | None = None  # residual net (``core.traffic.residual_net``)
         self.bounds = (0.0, np.inf)
         self._scratch = None
@@ -271,10 +274,11 @@ class TrafficForecaster:
             best = self._forecast_rows(val, ends, slot[cut:], day_type[cut:], best_coef, prof)
             terms = self._blend_terms(val, ends, slot[cut:], day_type[cut:], prof, best)
             self.blend = fit_blend(y_val, best, terms)
+            self.blend_linear = None if self.net is None else fit_blend(y_val, best, terms[..., :len(BLEND_TERMS)])
         else:
             self.lam = np.full(p.horizons, lams[0])
             self.blend = np.zeros((p.horizons, len(BLEND_TERMS)))
-            self.net = None
+            self.blend_linear = self.net = None
 
         self.profile, loo = self._profile(values, slot[:t_len], day_type[:t_len])
         gram, rhs, _ = self._normal_equations(values, loo)
@@ -365,18 +369,18 @@ class TrafficForecaster:
                 coef[h, :, r] = shrunk[..., 0]
         return coef
 
-    def _forecast_rows(self, values, ends, slot, day_type, coef, profile, blend=None):
+    def _forecast_rows(self, values, ends, slot, day_type, coef, profile, blend=None, net=True):
         p, g = self.params, self.graph
         pred = kern.forecast_rows(values, ends, slot, day_type, profile, g.ptr, g.idx, g.w, g.top_k,
                                   float(p.regime_drop), p.opts(), coef, self.bounds[0], self.bounds[1], p.n_lags)
         if blend is not None and np.any(blend):
-            pred = apply_blend(pred, self._blend_terms(values, ends, slot, day_type, profile, pred), blend,
-                               self.bounds)
+            terms = self._blend_terms(values, ends, slot, day_type, profile, pred, net)
+            pred = apply_blend(pred, terms, blend, self.bounds)
         return pred
 
-    def _blend_terms(self, values, ends, slot, day_type, profile, pred):
-        """[W, H, N, 3 (+1 with a net)]: each term minus the forecast (NaN where a term is unknown), then
-        the residual net's correction."""
+    def _blend_terms(self, values, ends, slot, day_type, profile, pred, net=True):
+        """[W, H, N, 3 (+1 with a net unless ``net`` is False)]: each term minus the forecast (NaN where a
+        term is unknown), then the residual net's correction."""
         h = self.params.horizons
         tgt = ends[:, None] + 1 + np.arange(h)[None, :]
         prof = profile[day_type[tgt], slot[tgt]]  # slot / day_type reach H rows past the values
@@ -386,7 +390,7 @@ class TrafficForecaster:
             last3 = np.nanmean(filled[np.maximum(ends[:, None] - np.arange(3)[None, :], 0)], axis=1)
         last = filled[ends]
         terms = np.stack([prof - pred, last[:, None, :] - pred, last3[:, None, :] - pred], axis=-1)
-        if self.net is None:
+        if self.net is None or not net:
             return terms
         return np.concatenate([terms, self._net_term(values, ends, slot, day_type, profile, pred)], axis=-1)
 
@@ -398,11 +402,13 @@ class TrafficForecaster:
         return y
 
     # -- forecasting ---------------------------------------------------------------------------
-    def forecast(self, recent: np.ndarray, t_last_ns: int) -> np.ndarray:
+    def forecast(self, recent: np.ndarray, t_last_ns: int, net: bool = True) -> np.ndarray:
         """Forecasts [H, N] for steps 1..H after t_last_ns from the last L rows recent [L, N] (NaN allowed).
 
         A segment with gaps uses its last reported value; one with no value at all in the window starts
-        from its time-of-day profile.
+        from its time-of-day profile. ``net=False``: as the model fitted without the residual net would
+        forecast (the incident detector's forecasts, ``core.traffic.incidents.DETECTOR_NET``); the same as
+        with it when the model has no net.
         """
         if self.coef is None:
             raise RuntimeError("forecaster is not fitted")
@@ -421,23 +427,25 @@ class TrafficForecaster:
         out = np.empty((p.horizons, self.n_segments))
         kern.forecast_window(recent, self.profile[day_type[0], slot[0]], p_tgt, g.ptr, g.idx, g.w, g.top_k,
                              float(p.regime_drop), opts, self.coef, self.bounds[0], self.bounds[1], out, feats, regime, work)
-        if self.blend is not None and np.any(self.blend):
+        net, blend = self._with_net(net)
+        if blend is not None and np.any(blend):
             filled = forward_fill(recent, p.n_lags)  # a missing report: the last one stands in
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a segment without values: NaN terms
                 last3 = np.nanmean(filled[-3:], axis=0)
             last = filled[-1]
             terms = np.stack([p_tgt - out, last[None, :] - out, last3[None, :] - out], axis=-1)
-            if self.net is not None:
+            if self.net is not None and net:
                 x = net_inputs(filled[None], self.profile[day_type[0], slot[0]][None], p_tgt[None], out[None],
                                slot[:1], SECONDS_PER_DAY // self.step_s, g.ptr, g.idx, g.w, p.net_harmonics,
                                p.net_nb_lags)
                 terms = np.concatenate([terms, net_predict(self.net, x)[0].T[..., None]], axis=-1)
-            out = apply_blend(out[None], terms[None], self.blend, self.bounds)[0]
+            out = apply_blend(out[None], terms[None], blend, self.bounds)[0]
         return out
 
-    def forecast_series(self, values: np.ndarray, t0_ns: int, ends: np.ndarray) -> np.ndarray:
-        """Forecasts [W, H, N] from every window of values [T, N] (row k at t0_ns + k step) ending at ``ends``."""
+    def forecast_series(self, values: np.ndarray, t0_ns: int, ends: np.ndarray, net: bool = True) -> np.ndarray:
+        """Forecasts [W, H, N] from every window of values [T, N] (row k at t0_ns + k step) ending at ``ends``
+        (``net``: as ``forecast``)."""
         p = self.params
         values = np.ascontiguousarray(values, dtype=np.float64)
         ends = np.asarray(ends, dtype=np.int64)
@@ -445,7 +453,17 @@ class TrafficForecaster:
             raise ValueError("window ends out of range")
         ts = int(t0_ns) + np.arange(values.shape[0] + p.horizons, dtype=np.int64) * (self.step_s * NS_PER_S)
         slot, _, day_type = time_slots(ts, self.step_s, p.utc_offset_s, p.weekend_profile)
-        return self._forecast_rows(values, ends, slot, day_type, self.coef, self.profile, self.blend)
+        net, blend = self._with_net(net)
+        return self._forecast_rows(values, ends, slot, day_type, self.coef, self.profile, blend, net)
+
+    def _with_net(self, net: bool) -> tuple[bool, np.ndarray | None]:
+        """(whether to add the net's term, the blend weights): without it, the weights fitted without it,
+        so the forecasts are those of the model fitted without a net (its shrinkage and linear fit do not
+        depend on the net). A net saved without them (before they existed) stays on: its detector learnt
+        on the net's forecasts."""
+        if net or self.blend_linear is None:
+            return True, self.blend
+        return False, self.blend_linear
 
     def profile_at(self, ts_ns: np.ndarray) -> np.ndarray:
         """Time-of-day profile values [len(ts), N] at the given times (the historical-average forecast)."""
@@ -465,6 +483,7 @@ class TrafficForecaster:
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             "coef": self.coef, "profile": self.profile, "lam": self.lam, "resid_sigma": self.resid_sigma,
             "blend": self.blend, **{f"net_{k}": self.net[k] for k in NET_ARRAYS if self.net is not None},
+            **({"blend_linear": self.blend_linear} if self.blend_linear is not None else {}),
             "graph_ptr": g.ptr, "graph_idx": g.idx, "graph_w": g.w, "graph_top_k": g.top_k,
         }
 
@@ -490,6 +509,7 @@ class TrafficForecaster:
         model.blend = np.asarray(arrays["blend"], np.float64) if "blend" in arrays else \
             np.zeros((model.coef.shape[0], len(BLEND_TERMS)))
         model.net = {k: np.asarray(arrays[f"net_{k}"], np.float32) for k in NET_ARRAYS} if "net_w1" in arrays else None
+        model.blend_linear = np.asarray(arrays["blend_linear"], np.float64) if "blend_linear" in arrays else None
         model.graph = Graph(ptr=np.asarray(arrays["graph_ptr"], np.int64), idx=np.asarray(arrays["graph_idx"], np.int32),
                             w=np.asarray(arrays["graph_w"], np.float64),
                             top_k=np.ascontiguousarray(arrays["graph_top_k"], dtype=np.int32))

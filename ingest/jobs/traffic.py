@@ -10,8 +10,9 @@ Per region with traffic detectors, each run
    once ``lag_s`` has passed after their end), forecasts 1..12 steps from every bin into
    ``traffic_forecasts`` (issued_at = the bin, upserted, so a re-run is a no-op);
 3. feeds each bin's observed speeds with the forecasts issued ``incident_horizon`` bins earlier (from
-   this run or from the table) to the incident detector; raises and clears ``traffic_incidents`` rows
-   and their alerts (built-in rule ``core.traffic.system_rules.TRAFFIC_INCIDENT``);
+   this run or from the table; with a residual net, without its term and those before the run made
+   again: ``core.traffic.incidents.DETECTOR_NET``) to the incident detector; raises and clears
+   ``traffic_incidents`` rows and their alerts (built-in rule ``core.traffic.system_rules.TRAFFIC_INCIDENT``);
 4. saves the detector's state with the model and advances the region's watermark
    (``job_watermarks.job = 'traffic/<region>'``).
 Each region is one unit of the job framework (ingest.jobs.base): steps 1-4 run in one transaction under
@@ -32,7 +33,9 @@ import orjson
 from wulian.core.const import Stream
 from wulian.core.timebase import NS_PER_US as _US
 from wulian.core.traffic.forecaster import TrafficForecaster
-from wulian.core.traffic.incidents import CLEAR, FAULT, FAULT_CLEAR, FAULT_NAMES, RAISE, IncidentDetector
+from wulian.core.traffic.incidents import (
+    CLEAR, DETECTOR_NET, FAULT, FAULT_CLEAR, FAULT_NAMES, RAISE, IncidentDetector,
+)
 from wulian.core.timebase import dt_to_ns, ns_to_dt
 from wulian.core.traffic.online import (
     OnlineParams, adjacency_matrix, carry_detector, dense_grid, detector_from_bytes, detector_to_bytes, fit_online,
@@ -263,21 +266,44 @@ class TrafficJob(WindowedJob):
         n_h = m.speed.params.horizons
         n_seg = m.segments.size
         n_bins = (last_bin - start) // step + 1
-        g0 = start - (n_lags - 1) * step
+        hz = p.incident_horizon
+        # the detector's forecasts (DETECTOR_NET) are the stored ones unless the model has a residual net
+        # and its blend without it: then those issued in the hz bins before this run are made again, from
+        # hz more rows of the grid
+        lead = hz if m.speed.blend_linear is not None and not DETECTOR_NET else 0
+        g0 = start - (n_lags - 1 + lead) * step
         rows = await con.fetch(_GRID, region, ns_to_dt(g0), ns_to_dt(last_bin + step), float(p.step_s),
                                m.segments.tolist())
         row = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         col = np.searchsorted(m.segments, np.fromiter((r[1] for r in rows), np.int64, len(rows)))
         bins = g0 + row * step
-        size = n_bins + n_lags - 1
+        size = n_bins + n_lags - 1 + lead
         speed = dense_grid(bins, col, np.fromiter((r[2] for r in rows), np.float64, len(rows)), g0, size, n_seg,
                            p.step_s)
         flow = dense_grid(bins, col, np.fromiter((np.nan if r[3] is None else r[3] for r in rows), np.float64,
                                                  len(rows)), g0, size, n_seg, p.step_s)
 
-        hz = p.incident_horizon
+        blob = await con.fetchval("SELECT detector FROM traffic_models WHERE id = $1", m.id)
+        det = _readable_detector(blob)
+        if det is None or det.n_segments != n_seg:
+            log.warning("traffic %s: model %d has no usable detector state; refit pending", region, m.id)
+            return
+        ip = det.params
+
+        def seen_at(k: int, grid: np.ndarray) -> np.ndarray:
+            """Segments that reported within the input window of bin k of this run (k < 0: before it)."""
+            return np.isfinite(grid[lead + k:lead + k + n_lags]).any(axis=0)
+
+        def issue(k: int, model: TrafficForecaster, grid: np.ndarray, seen: np.ndarray, net: bool = True):
+            """Forecasts [H, N] issued at bin k for the segments seen (else NaN), from a window without the
+            detectors the detector holds back (fault evidence or an open fault)."""
+            window = grid[lead + k:lead + k + n_lags]
+            out = model.forecast(np.where(det.held, np.nan, window), start + k * step, net)
+            out[:, ~seen] = np.nan
+            return out
+
         fc_h = np.full((n_bins, n_seg), np.nan)  # each bin's forecast issued incident_horizon bins before
-        earlier = await con.fetch(
+        earlier = [] if lead else await con.fetch(
             "SELECT round(extract(epoch FROM (issued_at - $4))::float8 / $5::float8)::bigint AS k, device,"
             " speed_kmh::float8 FROM traffic_forecasts"
             " WHERE horizon_steps = $1 AND device = ANY($2) AND issued_at >= $3 AND issued_at < $4",
@@ -287,23 +313,22 @@ class TrafficJob(WindowedJob):
             c = int(np.searchsorted(m.segments, dev))
             if 0 <= target < n_bins and c < n_seg and m.segments[c] == dev:
                 fc_h[target, c] = v
-        blob = await con.fetchval("SELECT detector FROM traffic_models WHERE id = $1", m.id)
-        det = _readable_detector(blob)
-        if det is None or det.n_segments != n_seg:
-            log.warning("traffic %s: model %d has no usable detector state; refit pending", region, m.id)
-            return
-        ip = det.params
-        observed = speed[n_lags - 1:]
+        for target in range(min(lead, n_bins)):  # held as now, not as when they were issued: a near copy
+            seen = seen_at(target - hz, speed)
+            if seen.any():
+                fc_h[target] = issue(target - hz, m.speed, speed, seen, DETECTOR_NET)[hz - 1]
+        observed = speed[lead + n_lags - 1:]
         resid = np.full((n_bins, n_seg), np.nan)
         prof = m.speed.profile_at(start + np.arange(n_bins, dtype=np.int64) * step)
         fc = np.full((n_bins, n_h, n_seg), np.nan)
+        fc_det = np.full((n_bins, n_seg), np.nan)  # the detector's forecasts issued at each bin, hz ahead
         ffc = np.full((n_bins, n_h, n_seg), np.nan)
         ops: list[tuple] = []
         for k in range(n_bins):
             t = start + k * step
             # the detector first: the bin's reading against the forecast issued hz bins before ...
             if k >= hz:
-                fc_h[k] = fc[k - hz, hz - 1]
+                fc_h[k] = fc_det[k - hz]
             resid[k] = observed[k] - fc_h[k]
             ev = det.update_bin(t, observed[k], fc_h[k], prof[k])
             raised = set()
@@ -321,20 +346,15 @@ class TrafficJob(WindowedJob):
             for s in np.flatnonzero(det.active[:n_seg]).tolist():
                 if s not in raised and np.isfinite(resid[k, s]):
                     ops.append(("touch", s, t, float(resid[k, s]), float(observed[k, s]), float(fc_h[k, s])))
-            # ... then the forecasts issued at this bin, for segments that reported within the input window,
-            # from windows without the detectors it holds back (fault evidence or an open fault)
-            held = det.held
-            window = speed[k:k + n_lags]
-            seen = np.isfinite(window).any(axis=0)
+            # ... then the forecasts issued at this bin, for segments that reported within the input window
+            seen = seen_at(k, speed)
             if seen.any():
-                fc[k] = m.speed.forecast(np.where(held, np.nan, window), t)
-                fc[k][:, ~seen] = np.nan
+                fc[k] = issue(k, m.speed, speed, seen)
+                fc_det[k] = issue(k, m.speed, speed, seen, DETECTOR_NET)[hz - 1] if lead else fc[k, hz - 1]
             if m.flow is not None:
-                fwin = flow[k:k + n_lags]
-                fseen = np.isfinite(fwin).any(axis=0) & seen
+                fseen = seen_at(k, flow) & seen
                 if fseen.any():
-                    ffc[k] = m.flow.forecast(np.where(held, np.nan, fwin), t)
-                    ffc[k][:, ~fseen] = np.nan
+                    ffc[k] = issue(k, m.flow, flow, fseen)
         kk, hh, ss = np.nonzero(np.isfinite(fc))
         issued = start + kk * step
         flow_vals = ffc[kk, hh, ss]
