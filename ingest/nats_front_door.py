@@ -58,6 +58,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from wulian.core.const import Stream
 from wulian.ingest import jetstream as j
+from wulian.ingest.aio import raise_if_cancelled, stop_task
 from wulian.ingest.router import topic_partition
 
 log = logging.getLogger(__name__)
@@ -374,10 +375,7 @@ class NatsFrontDoorRouter:
         """Stop routing a lane at once (lease lost): what it fetched and did not ack, the next holder replays."""
         self.held.pop(lease.lane.name, None)
         lease.stop.set()
-        if lease.task and not lease.task.done():
-            lease.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await lease.task
+        await stop_task(lease.task)  # its failure, if any, is moot now: the lane is gone
 
     async def _release(self, kv, lease: Lease) -> None:
         """Free a lane whose task has ended (given back at a batch boundary, or failed): delete its key,
@@ -522,6 +520,7 @@ class NatsFrontDoorRouter:
                 except (nats.errors.Error, RuntimeError) as exc:  # the bucket's node died: held leases run out
                     log.warning("router %s: lease bucket unavailable (%r); retrying", self.name, exc)
                 await asyncio.sleep(LEASE_RENEW_S)
+                raise_if_cancelled()  # a cancel one of the calls above swallowed (ingest/aio.py)
         finally:  # stopped (not killed): free what we hold, so the others need not wait for the TTL
             await self._stop(kv, nc)
 
@@ -543,9 +542,7 @@ class NatsFrontDoorRouter:
         if kv is not None:
             await step("membership", kv.delete(member_key(self.name)))
         if self._watcher_task is not None:
-            self._watcher_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._watcher_task, STOP_STEP_S)
+            await step("the stream registry's loader", stop_task(self._watcher_task))
         if self._registry is not None:
             await step("the stream registry's connection", self._registry.stop())
         await step("the NATS connection", nc.close())

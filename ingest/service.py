@@ -7,6 +7,7 @@ import gc
 import logging
 
 import asyncpg
+from wulian.ingest.aio import stop_task
 from wulian.ingest.alarm_service import AlarmService
 from wulian.ingest.batch_writer import BatchWriter, init_connection
 from wulian.ingest.codecs.contract import PayloadLimits
@@ -90,9 +91,7 @@ async def running_ingestor(settings: Settings, pool: asyncpg.Pool, client_id: st
     try:
         yield ingestor
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
         await alarms.stop()
         consumer.stop()
         await registry.stop()

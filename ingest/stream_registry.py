@@ -16,6 +16,7 @@ from typing import Awaitable, Callable
 import asyncpg
 import orjson
 
+from wulian.ingest.aio import stop_task
 from wulian.core.streams import BUILTIN_REGISTRY, STREAMS_CHANNEL, StreamDef, StreamError, StreamRegistry
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,7 @@ class RegistryWatcher:
                 log.warning("stream registry reload failed (%s); keeping the current one", exc)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         if self._con is not None:
             try:  # a database that no longer answers must not keep a stopping service waiting
                 await self._con.close(timeout=CLOSE_TIMEOUT_S)

@@ -43,6 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from wulian.core.arrays import ReadingArrays
 from wulian.ingest import jetstream as j
 from wulian.ingest import leases
+from wulian.ingest.aio import stop_task
 from wulian.ingest import metrics
 from wulian.ingest.alarm_service import AlarmService, PendingAlerts
 from wulian.ingest.batch_writer import BatchWriter, WriteResult
@@ -372,12 +373,8 @@ class Worker:
 
     async def _stop_runner(self, p: int) -> None:
         r = self.runners.pop(p)
-        # cancel until it is done: Python 3.11's asyncio.wait_for (inside nats-py's fetch) swallows a
-        # cancel that lands as its inner get completes (CPython gh-86296, fixed in 3.12), and the runner
-        # then fetches on; a single cancel + await hung this coordinator for good (wulian chaos --cluster)
-        while r.task is not None and not r.task.done():
-            r.task.cancel()
-            await asyncio.wait({r.task}, timeout=1.0)
+        # a single cancel + await hung this coordinator for good (wulian chaos --cluster): ingest/aio.py
+        await stop_task(r.task)
 
     async def _claim(self, lockcon, p: int) -> bool:
         if not await leases.try_lock(lockcon, LOCK_PARTITION, p):

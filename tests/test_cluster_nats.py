@@ -28,6 +28,7 @@ from tests.conftest import ROOT, fresh_database, wait_until
 from tests.test_cluster import (PARTITIONS, Cluster, _add_rule, _check, _publish, _q, _workload,  # noqa: F401
                                 cluster, nats_urls)
 from wulian.ingest import jetstream as j
+from wulian.ingest.aio import stop_task
 from wulian.ingest import nats_cluster
 from wulian.ingest.chaos.cluster import kill9_pid, stream_leader, wait_leader
 from wulian.ingest.nats_front_door import (MQTT_STREAM, NatsFrontDoorRouter, builtin_lanes, ensure_front_door,
@@ -240,9 +241,7 @@ async def test_router_killed_with_unacked_messages_hands_over_without_loss_or_re
             await wait_until(lambda: _lanes_drained(nc), timeout=120)  # redeliveries came and were acked
             got = await _wl_contents(js)
         finally:
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run
+            await stop_task(run)
         await nc.close()
     finally:
         stuck.kill()
@@ -291,9 +290,7 @@ async def test_routers_share_the_lanes_and_keep_each_device_in_order(nats_mqtt_s
         await wait_until(lambda: _lanes_drained(nc), timeout=60)
         got = await _wl_contents(js)
     finally:
-        for r in runs:
-            r.cancel()
-        await asyncio.gather(*runs, return_exceptions=True)
+        await asyncio.gather(*(stop_task(r) for r in runs))
         await nc.close()
     assert all(r.routed > 0 for r in routers), [r.routed for r in routers]
     assert sorted(got) == sorted((t, d["seq"]) for t, d in docs)
@@ -338,15 +335,11 @@ async def test_a_lane_given_back_is_left_to_a_slower_router(nats_mqtt_state):
                 await asyncio.sleep(0.2)
             assert max(counts) == (n + 1) // 2, counts  # the given-back lanes stayed free for the slow router
         finally:
-            ghost.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ghost
+            await stop_task(ghost)
             await kv.delete(member_key("slow"))
         await wait_until(lambda: len(solo.held) == n, timeout=30)  # nobody took them: back to the survivor
     finally:
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
+        await stop_task(run)
         await nc.close()
 
 
@@ -380,8 +373,7 @@ async def test_a_stream_added_to_the_registry_gets_its_lane_and_is_routed(pg_sta
             await wait_until(lambda: _wl_count(js, len(docs)), timeout=120)
             got = await _wl_contents(js)
         finally:
-            run.cancel()
-            await asyncio.gather(run, return_exceptions=True)
+            await stop_task(run)
             stream_registry.install(BUILTIN_REGISTRY)  # the watcher installed the test database's registry
             await nc.close()
     assert sorted(got) == sorted((t, d["seq"]) for t, d in docs)
@@ -443,5 +435,5 @@ async def test_a_stopping_router_frees_its_lanes_past_a_connection_that_no_longe
         held = await lane_holders(nc.jetstream(timeout=10))
         assert "stopper" not in held.values(), held
     finally:
-        run.cancel()
+        await stop_task(run)
         await nc.close()

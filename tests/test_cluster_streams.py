@@ -10,7 +10,6 @@ front door only uses its JetStream)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from tests.test_cluster import PARTITIONS, REGION, _publish, _q, cluster  # noqa
 from tests.test_cluster_nats import _has_lane, _publish_311, nats_mqtt_state  # noqa: F401
 from wulian.core.streams import StreamDef
 from wulian.ingest import jetstream as j
+from wulian.ingest.aio import stop_task
 from wulian.ingest.codecs.errors import BAD_TOPIC, UNKNOWN_STREAM
 from wulian.ingest.mqtt_client import MqttParams
 from wulian.ingest.nats_front_door import ensure_front_door, mqtt_hello
@@ -250,9 +250,7 @@ async def test_router_moves_its_session_from_the_per_stream_shares_to_the_wildca
                                     len(queued) + len(during) + len(after)), timeout=120)
         assert router.consumer.received - received == len(after)  # the old shares are gone: each once
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
     assert await _q(c.dsn, "SELECT sum(duplicates) FROM cluster_partitions") == 0
     assert await _q(c.dsn, "SELECT count(*) FROM dead_letters") == 0
     print(f"router session moved: {len(queued)} queued under the old shares routed, {len(during)} published during"

@@ -27,6 +27,7 @@ import asyncpg
 
 from wulian.core.const import DEVICE_CREDENTIALS_CHANNEL
 from wulian.ingest import device_secrets, device_store
+from wulian.ingest.aio import stop_task
 from wulian.ingest.batch_writer import EVENT_STAGING_DDL, write_events
 from wulian.ingest.device_store import DeviceSpec
 from wulian.ingest.rows import DeadLetter, EventRow
@@ -73,9 +74,7 @@ class DeviceRegistry:
 
     async def stop(self) -> None:
         if self._listen_task is not None:
-            self._listen_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listen_task
+            await stop_task(self._listen_task)
             self._listen_task = None
 
     async def _listen(self, ready: asyncio.Future) -> None:
@@ -225,9 +224,7 @@ class DeadLetterSink:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         await self.flush()
 
