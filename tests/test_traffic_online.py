@@ -380,17 +380,25 @@ async def test_simulate_traffic_cli_registers_and_replays(settings, pool, monkey
             await register_segments(con, "elsewhere", replay)
 
 
+async def _segment_chain(pool, region: str, weights: tuple[float, ...]) -> tuple[list[str], list[int]]:
+    """Traffic detectors ``<region>-seg0..n`` linked in a chain both ways, ``weights[i]`` between i and i+1;
+    their names and ids."""
+    names = [f"{region}-seg{k}" for k in range(len(weights) + 1)]
+    async with pool.acquire() as con:
+        ids = [await con.fetchval("INSERT INTO devices (device_id, region, stream) VALUES ($1, $2, 'traffic')"
+                                  " RETURNING id", n, region) for n in names]
+        await con.executemany("INSERT INTO road_links (a, b, weight) VALUES ($1, $2, $3)",
+                              [(x, y, w) for k, w in enumerate(weights)
+                               for x, y in ((ids[k], ids[k + 1]), (ids[k + 1], ids[k]))])
+    return names, ids
+
+
 async def test_flow_forecasts_and_a_new_segment_triggers_a_refit(pool, api, keys):
     """Observations written straight into the table (the job does not care how they came): three segments
     with speed and flow for two days, then a fourth starts reporting."""
     region = keys["region"]
     rng = np.random.default_rng(5)
-    names = [f"{region}-seg{k}" for k in range(4)]
-    async with pool.acquire() as con:
-        ids = [await con.fetchval("INSERT INTO devices (device_id, region, stream) VALUES ($1, $2, 'traffic')"
-                                  " RETURNING id", n, region) for n in names]
-        await con.execute("INSERT INTO road_links (a, b, weight) VALUES ($1, $2, 0.8), ($2, $1, 0.8), ($2, $3, 0.6),"
-                          " ($3, $2, 0.6), ($3, $4, 0.7), ($4, $3, 0.7)", *ids)
+    names, ids = await _segment_chain(pool, region, (0.8, 0.6, 0.7))
     t0 = (time.time_ns() // STEP - 4 * 288) * STEP
     hist, extra = 2 * 288, 30
 
@@ -456,12 +464,7 @@ async def test_with_a_net_the_detector_compares_with_the_forecasts_without_it(po
 
     region = keys["region"]
     rng = np.random.default_rng(9)
-    names = [f"{region}-seg{k}" for k in range(3)]
-    async with pool.acquire() as con:
-        ids = [await con.fetchval("INSERT INTO devices (device_id, region, stream) VALUES ($1, $2, 'traffic')"
-                                  " RETURNING id", n, region) for n in names]
-        await con.execute("INSERT INTO road_links (a, b, weight) VALUES ($1, $2, 0.8), ($2, $1, 0.8), ($2, $3, 0.6),"
-                          " ($3, $2, 0.6)", *ids)
+    names, ids = await _segment_chain(pool, region, (0.8, 0.6))
     t0 = (time.time_ns() // STEP - 4 * 288) * STEP
     hist, extra = 2 * 288, 9
     tod = (np.arange(hist + extra) % 288) / 288.0
