@@ -16,8 +16,8 @@ from typing import Awaitable, Callable
 import asyncpg
 import orjson
 
-from wulian.ingest.aio import stop_task
 from wulian.core.streams import BUILTIN_REGISTRY, STREAMS_CHANNEL, StreamDef, StreamError, StreamRegistry
+from wulian.ingest.aio import stop_task
 
 log = logging.getLogger(__name__)
 _current: StreamRegistry = BUILTIN_REGISTRY
