@@ -257,8 +257,9 @@ class TrafficForecaster:
             count = v_y[..., 1].sum(axis=(1, 2))
             score = np.full((len(lams), p.horizons), np.inf)
             coefs = []
+            prior = self._prior(gram, rhs)
             for k, lam in enumerate(lams):
-                coef = self._solve(gram, rhs, np.full(p.horizons, lam))
+                coef = self._solve(gram, rhs, np.full(p.horizons, lam), prior)
                 sse = np.einsum("hnrf,hnrfg,hnrg->h", coef, v_gram, coef, optimize=True) \
                     - 2.0 * np.einsum("hnrf,hnrf->h", coef, v_rhs) + v_y[..., 0].sum(axis=(1, 2))
                 score[k, count > 0] = sse[count > 0] / count[count > 0]
@@ -381,19 +382,25 @@ class TrafficForecaster:
         return gram, rhs, ysum
 
     @staticmethod
-    def _solve(gram, rhs, lam_by_h):
-        """Pooled fit per (horizon, regime), then each segment's ridge fit shrunk towards it."""
-        n_h, n, _, n_f, _ = gram.shape
-        eye = np.eye(n_f)
-        coef = np.empty((n_h, n, 2, n_f))
+    def _prior(gram, rhs):
+        """The pooled fit [H, 2, F] per (horizon, regime): every segment's normal equations summed."""
+        n_h, _, n_r, n_f, _ = gram.shape
+        g_all, r_all = gram.sum(axis=1), rhs.sum(axis=1)
+        prior = np.empty((n_h, n_r, n_f))
         for h in range(n_h):
-            for r in range(2):
-                g = gram[h, :, r].sum(axis=0)
+            for r in range(n_r):
+                g = g_all[h, r]
                 jitter = 1e-8 * (np.trace(g) / n_f + 1.0)
-                prior = np.linalg.solve(g + jitter * eye, rhs[h, :, r].sum(axis=0))
-                lam = lam_by_h[h]
-                shrunk = np.linalg.solve(gram[h, :, r] + lam * eye, (rhs[h, :, r] + lam * prior)[..., None])
-                coef[h, :, r] = shrunk[..., 0]
+                prior[h, r] = np.linalg.solve(g + jitter * np.eye(n_f), r_all[h, r])
+        return prior
+
+    @classmethod
+    def _solve(cls, gram, rhs, lam_by_h, prior=None):
+        """Pooled fit per (horizon, regime) (``prior``, when already known), then each segment's ridge fit
+        shrunk towards it."""
+        prior = cls._prior(gram, rhs) if prior is None else prior
+        coef = np.empty(rhs.shape)
+        kern.shrunk_solve(gram, rhs, np.asarray(lam_by_h, np.float64), prior, coef)
         return coef
 
     def _forecast_rows(self, values, ends, slot, day_type, coef, profile, blend=None, net=True):
