@@ -250,6 +250,24 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
 
 
 @njit(cache=True, nogil=True)
+def shared_features(n_lags, top_k, opts):
+    """(keep, dep): the indices of the horizon-independent features and of the horizon-dependent ones
+    (``horizon_features``), for the split of ``accumulate_parts``."""
+    n_f = n_features(n_lags, top_k, opts)
+    dep = horizon_features(n_lags, top_k, opts)
+    is_dep = np.zeros(n_f, np.bool_)
+    for d in dep:
+        is_dep[d] = True
+    keep = np.empty(n_f - dep.shape[0], np.int64)
+    k = 0
+    for a in range(n_f):
+        if not is_dep[a]:
+            keep[k] = a
+            k += 1
+    return keep, dep
+
+
+@njit(cache=True, nogil=True)
 def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_ptr, nb_idx, nb_w, top_k,
                                 regime_drop, opts, gram, rhs, ysum):
     """Add every training window ending in rows [t_first, t_last] to the per-segment normal equations.
@@ -260,6 +278,22 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
     [H, N, 2, 2] (sum of squared targets, count) accumulate in place: with them the mean squared error
     of any coefficients c on these windows is (c'Gc - 2 c'r + sum y^2) / count, no forecast needed.
     """
+    keep, dep = shared_features(n_lags, top_k.shape[1], opts)
+    n_h, n = gram.shape[0], gram.shape[1]
+    shared = np.zeros((n, 2, keep.shape[0], keep.shape[0]))
+    dep_rows = np.zeros((n_h, n, 2, dep.shape[0], gram.shape[3]))
+    accumulate_parts(values, prof_rows, t_first, t_last, n_lags, nb_ptr, nb_idx, nb_w, top_k, regime_drop, opts,
+                     gram, rhs, ysum, shared, dep_rows)
+    add_parts(shared, dep_rows, keep, dep, 1.0, gram)
+
+
+@njit(cache=True, nogil=True)
+def accumulate_parts(values, prof_rows, t_first, t_last, n_lags, nb_ptr, nb_idx, nb_w, top_k, regime_drop, opts,
+                     gram, rhs, ysum, shared, dep_rows):
+    """``accumulate_normal_equations`` without its last step: the windows whose H targets are all there
+    go to shared [N, 2, S, S] and dep_rows [H, N, 2, D, F] (see below; ``add_parts`` adds them to a gram),
+    the others straight to gram. Returns the number of (window, segment) pairs of the latter kind (0: gram
+    untouched)."""
     t_len, n = values.shape
     n_h = gram.shape[0]
     n_f = gram.shape[3]
@@ -271,20 +305,10 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
     # features to every horizon: it is summed once into ``shared`` and added to each horizon at the end
     # (about 5x less work than H full squares); only the few horizon-dependent rows and columns are
     # summed per horizon. A window missing a target takes the full square per horizon it has.
-    dep = horizon_features(n_lags, top_k.shape[1], opts)
-    is_dep = np.zeros(n_f, np.bool_)
-    for d in dep:
-        is_dep[d] = True
-    keep = np.empty(n_f - dep.shape[0], np.int64)
-    k = 0
-    for a in range(n_f):
-        if not is_dep[a]:
-            keep[k] = a
-            k += 1
+    keep, dep = shared_features(n_lags, top_k.shape[1], opts)
     n_s = keep.shape[0]
     n_d = dep.shape[0]
-    shared = np.zeros((n, 2, n_s, n_s))
-    dep_rows = np.zeros((n_h, n, 2, n_d, n_f))
+    n_partial = 0
     xs = np.empty(n_s)
     for t in range(max(t_first, n_lags - 1), t_last + 1):
         for h in range(n_h):
@@ -304,7 +328,9 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
                     if not np.isfinite(values[t + 1 + h, i]):
                         whole = False
                         break
-            if whole:
+            if not whole:
+                n_partial += 1
+            else:
                 f0 = feats[i, 0]
                 for a in range(n_s):
                     xs[a] = f0[keep[a]]
@@ -341,6 +367,20 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
                         row = gm[a]
                         for b in range(n_f):  # the full square: contiguous, so it vectorises
                             row[b] += xa * x[b]
+    return n_partial
+
+
+@njit(cache=True, nogil=True)
+def add_parts(shared, dep_rows, keep, dep, sign, gram):
+    """gram [H, N, 2, F, F] += sign x the squares that ``accumulate_parts`` left in shared and dep_rows
+    (sign -1: leave those windows out of a sum that has them)."""
+    n_h, n = gram.shape[0], gram.shape[1]
+    n_f = gram.shape[3]
+    n_s = keep.shape[0]
+    n_d = dep.shape[0]
+    is_dep = np.zeros(n_f, np.bool_)
+    for d in dep:
+        is_dep[d] = True
     for i in range(n):
         for g in range(2):
             sm = shared[i, g]
@@ -349,14 +389,14 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
                 for a in range(n_s):
                     row = gm[keep[a]]
                     for b in range(n_s):
-                        row[keep[b]] += sm[a, b]
+                        row[keep[b]] += sign * sm[a, b]
                 for k in range(n_d):
                     d = dep[k]
                     dr = dep_rows[h, i, g, k]
                     for b in range(n_f):
-                        gm[d, b] += dr[b]
+                        gm[d, b] += sign * dr[b]
                         if not is_dep[b]:
-                            gm[b, d] += dr[b]
+                            gm[b, d] += sign * dr[b]
 
 
 @njit(

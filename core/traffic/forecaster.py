@@ -304,29 +304,56 @@ class TrafficForecaster:
 
     def _block_normal_equations(self, values, prof_rows, net=None):
         """(blocks, gram, rhs): the normal equations of every training window, with ``net`` (default: when
-        the params have one) and folds summed from those of the net's blocks (``blocks``: their (gram, rhs),
-        which ``_fit_net`` subtracts to leave a block out), so the blocks cost no second pass over the rows.
-        The blocks are kept while the net is fitted: a gram is H x N x 2 x F x F doubles (51 MB for
-        Los-loop's 207 segments, 0.4 GB for 8 blocks). Else blocks is None."""
-        p = self.params
+        the params have one) and folds summed from those of the net's blocks, so leaving a block out
+        (``_leave_out``) costs no second pass over the rows. A block is kept as ``kern.accumulate_parts``
+        leaves it: (shared, dep_rows, rest, rhs), its windows with all H targets as one square of the
+        horizon-independent features and the horizon-dependent rows (8 MB for Los-loop's 207 segments),
+        rest the full squares [H, N, 2, F, F] of the others, or None when it has none (on a series without
+        gaps, every block but the last: a full gram is 51 MB there). Else blocks is None."""
+        p, g = self.params, self.graph
         folds = self._fold_ends(values.shape[0])
         if not (p.net_hidden if net is None else net) or len(folds) < 2:
             gram, rhs, _ = self._normal_equations(values, prof_rows)
             return None, gram, rhs
-        blocks = [self._normal_equations(values, prof_rows, int(b[0]), int(b[-1]))[:2] for b in folds]
-        gram, rhs = blocks[0][0].copy(), blocks[0][1].copy()
-        for g_b, r_b in blocks[1:]:
-            gram += g_b
+        n, n_f = values.shape[1], kern.n_features(p.n_lags, p.top_k, p.opts())
+        keep, dep = kern.shared_features(p.n_lags, p.top_k, p.opts())
+        gram = np.zeros((p.horizons, n, 2, n_f, n_f))
+        rhs = np.zeros((p.horizons, n, 2, n_f))
+        shared_all = np.zeros((n, 2, len(keep), len(keep)))
+        dep_all = np.zeros((p.horizons, n, 2, len(dep), n_f))
+        blocks = []
+        for b in folds:
+            shared, dep_rows = np.zeros(shared_all.shape), np.zeros(dep_all.shape)
+            rest, r_b = np.zeros(gram.shape), np.zeros(rhs.shape)  # rest: calloc'd, pages untouched unless written
+            partial = kern.accumulate_parts(values, prof_rows, int(b[0]), int(b[-1]), p.n_lags, g.ptr, g.idx, g.w,
+                                            g.top_k, float(p.regime_drop), p.opts(), rest, r_b,
+                                            np.zeros((p.horizons, n, 2, 2)), shared, dep_rows)
+            blocks.append((shared, dep_rows, rest if partial else None, r_b))
+            shared_all += shared
+            dep_all += dep_rows
             rhs += r_b
+            if partial:
+                gram += rest
+        kern.add_parts(shared_all, dep_all, keep, dep, 1.0, gram)
         return blocks, gram, rhs
+
+    def _leave_out(self, gram, rhs, block, out):
+        """The normal equations without a block of ``_block_normal_equations``: gram's into out (reused)."""
+        shared, dep_rows, rest, r_b = block
+        np.copyto(out, gram)
+        keep, dep = kern.shared_features(self.params.n_lags, self.params.top_k, self.params.opts())
+        kern.add_parts(shared, dep_rows, keep, dep, -1.0, out)
+        if rest is not None:
+            out -= rest
+        return out, rhs - r_b
 
     def _fit_net(self, values, loo, prof_after, slot, coef, gram, rhs, blocks):
         """The residual net, trained on the errors of the linear forecasts from every window of values
         [T, N] (features from the leave-one-day-out profile loo [T, N]; prof_after [>= H, N] the profile
         past the last row). With ``net_folds`` > 1 the windows are cut into that many blocks and each
         block's forecasts come from a fit without its windows (gram, rhs: all windows' normal equations,
-        blocks: each block's, from ``_block_normal_equations``; the shrinkage ``self.lam``): errors as the net meets them on new rows. In-sample errors (the fit
-        ``coef``) are smaller and the net learnt to correct them too much: on the development split its
+        blocks: each block's, from ``_block_normal_equations``; the shrinkage ``self.lam``): errors as the
+        net meets them on new rows. In-sample errors (the fit ``coef``) are smaller and the net learnt to correct them too much: on the development split its
         45-minute pooled RMSE was 5.90 in-sample against 5.79 with 8 blocks (4 blocks: 5.83)."""
         p, g = self.params, self.graph
         rows = np.concatenate([loo, prof_after[:p.horizons]])  # each row's profile, as a 1-slot-per-row table
@@ -334,10 +361,10 @@ class TrafficForecaster:
         folds = self._fold_ends(values.shape[0])
         ends = np.concatenate(folds)
         raw = np.empty((len(ends), p.horizons, values.shape[1]))
+        out = np.empty_like(gram) if len(folds) > 1 else None
         for b, blk in enumerate(folds):
             if len(folds) > 1:
-                g_b, r_b = blocks[b]
-                coef = self._solve(gram - g_b, rhs - r_b, self.lam)
+                coef = self._solve(*self._leave_out(gram, rhs, blocks[b], out), self.lam)
             raw[blk - ends[0]] = kern.forecast_rows(values, blk, at, np.zeros_like(at), rows[None], g.ptr, g.idx, g.w,
                                                     g.top_k, float(p.regime_drop), p.opts(), coef, self.bounds[0],
                                                     self.bounds[1], p.n_lags)
