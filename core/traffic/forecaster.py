@@ -249,7 +249,7 @@ class TrafficForecaster:
             # choose the shrinkage per horizon: fit on the head of the training rows, score on its tail
             cut = t_len - n_val
             prof, loo = self._profile(values[:cut], slot[:cut], day_type[:cut])
-            blocks, gram, rhs = self._block_normal_equations(values[:cut], loo)
+            blocks, gram, rhs = self._block_normal_equations(values[:cut], loo, bool(p.net_hidden))
             val = values[cut:]
             # the slice's own normal equations (features from the head's profile, as its forecasts
             # use) score every shrinkage without forecasting: (c'Gc - 2 c'r + sum y^2) / count
@@ -302,40 +302,51 @@ class TrafficForecaster:
         ends = np.arange(p.n_lags - 1, n_rows - 1, dtype=np.int64)
         return [b for b in np.array_split(ends, p.net_folds) if b.size] if p.net_folds > 1 else [ends]
 
-    def _block_normal_equations(self, values, prof_rows, net=None):
-        """(blocks, gram, rhs): the normal equations of every training window, with ``net`` (default: when
-        the params have one) and folds summed from those of the net's blocks, so leaving a block out
-        (``_leave_out``) costs no second pass over the rows. A block is kept as ``kern.accumulate_parts``
-        leaves it: (shared, dep_rows, rest, rhs), its windows with all H targets as one square of the
-        horizon-independent features and the horizon-dependent rows (8 MB for Los-loop's 207 segments),
-        rest the full squares [H, N, 2, F, F] of the others, or None when it has none (on a series without
-        gaps, every block but the last: a full gram is 51 MB there). Else blocks is None."""
+    def _block_normal_equations(self, values, prof_rows, keep):
+        """(blocks, gram, rhs): the normal equations of every training window, summed over the net's
+        ``net_folds`` blocks of windows, with or without a net (so ``forecast(net=False)`` is bit for bit
+        the model fitted without one). With ``keep`` the blocks are returned, so leaving one out
+        (``_leave_out``) costs no second pass over the rows; else blocks is None. A block is kept as
+        ``kern.accumulate_parts`` leaves it: (shared, dep_rows, rest, rhs), its windows with all H targets
+        as one square of the horizon-independent features plus the horizon-dependent rows (8 MB for
+        Los-loop's 207 segments), rest the full squares [H, N, 2, F, F] of the others (51 MB there), None
+        when it has none (on a series without gaps, every block but the last)."""
         p, g = self.params, self.graph
         folds = self._fold_ends(values.shape[0])
-        if not (p.net_hidden if net is None else net) or len(folds) < 2:
+        if len(folds) < 2:
             gram, rhs, _ = self._normal_equations(values, prof_rows)
             return None, gram, rhs
         n, n_f = values.shape[1], kern.n_features(p.n_lags, p.top_k, p.opts())
-        keep, dep = kern.shared_features(p.n_lags, p.top_k, p.opts())
+        feats, deps = kern.shared_features(p.n_lags, p.top_k, p.opts())
         gram = np.zeros((p.horizons, n, 2, n_f, n_f))
         rhs = np.zeros((p.horizons, n, 2, n_f))
-        shared_all = np.zeros((n, 2, len(keep), len(keep)))
-        dep_all = np.zeros((p.horizons, n, 2, len(dep), n_f))
-        blocks = []
+        shared_all = np.zeros((n, 2, len(feats), len(feats)))
+        dep_all = np.zeros((p.horizons, n, 2, len(deps), n_f))
+        ysum = np.zeros((p.horizons, n, 2, 2))
+        blocks, scratch, any_rest = [], None, False
         for b in folds:
-            shared, dep_rows = np.zeros(shared_all.shape), np.zeros(dep_all.shape)
-            rest, r_b = np.zeros(gram.shape), np.zeros(rhs.shape)  # rest: calloc'd, pages untouched unless written
+            shared, dep_rows, r_b = np.zeros(shared_all.shape), np.zeros(dep_all.shape), np.zeros(rhs.shape)
+            if keep:  # calloc'd: its pages cost nothing unless written
+                rest = np.zeros(gram.shape)
+            elif not any_rest:  # the same sum without a copy: gram is 0 there until add_parts
+                rest = gram
+            else:
+                scratch = np.zeros(gram.shape) if scratch is None else scratch
+                rest = scratch
             partial = kern.accumulate_parts(values, prof_rows, int(b[0]), int(b[-1]), p.n_lags, g.ptr, g.idx, g.w,
-                                            g.top_k, float(p.regime_drop), p.opts(), rest, r_b,
-                                            np.zeros((p.horizons, n, 2, 2)), shared, dep_rows)
-            blocks.append((shared, dep_rows, rest if partial else None, r_b))
+                                            g.top_k, float(p.regime_drop), p.opts(), rest, r_b, ysum, shared, dep_rows)
+            if keep:
+                blocks.append((shared, dep_rows, rest if partial else None, r_b))
             shared_all += shared
             dep_all += dep_rows
             rhs += r_b
-            if partial:
+            if partial and rest is not gram:
                 gram += rest
-        kern.add_parts(shared_all, dep_all, keep, dep, 1.0, gram)
-        return blocks, gram, rhs
+                if rest is scratch:
+                    scratch.fill(0.0)
+            any_rest = any_rest or partial > 0
+        kern.add_parts(shared_all, dep_all, feats, deps, 1.0, gram)
+        return (blocks if keep else None), gram, rhs
 
     def _leave_out(self, gram, rhs, block, out):
         """The normal equations without a block of ``_block_normal_equations``: gram's into out (reused)."""
