@@ -475,6 +475,7 @@ def net_inputs(xc, p_now, p_tgt, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, n_har
     dev = np.empty(n)
     nb1 = np.empty(n)
     nb2 = np.empty(n)
+    harm = np.empty(2 * n_harm)  # the time of day's harmonics: the same for every segment of a window
     for t in range(n_w):
         net = 0.0
         for i in range(n):
@@ -494,6 +495,9 @@ def net_inputs(xc, p_now, p_tgt, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, n_har
                 acc += nb_w[e] * nb1[nb_idx[e]]
             nb2[i] = acc
         ang = 2.0 * np.pi * slot[t] / n_slots
+        for k in range(n_harm):
+            harm[2 * k] = np.sin((k + 1) * ang)
+            harm[2 * k + 1] = np.cos((k + 1) * ang)
         for i in range(n):
             o = out[t, i]
             xi = x[i]
@@ -516,10 +520,9 @@ def net_inputs(xc, p_now, p_tgt, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, n_har
             o[c + 4] = _finite_or_zero(acc - xi)
             o[c + 5] = _finite_or_zero(xi)
             c += 6
-            for k in range(n_harm):
-                o[c] = np.sin((k + 1) * ang)
-                o[c + 1] = np.cos((k + 1) * ang)
-                c += 2
+            for k in range(2 * n_harm):
+                o[c + k] = harm[k]
+            c += 2 * n_harm
             for lag in nb_lags:
                 acc = 0.0
                 for e in range(nb_ptr[i], nb_ptr[i + 1]):
@@ -571,3 +574,26 @@ def shrunk_solve(gram, rhs, lam_by_h, prior, out):
                     for k in range(j + 1, n_f):
                         s -= fac[k, j] * o[k]
                     o[j] = s / fac[j, j]
+
+
+@njit(cache=True, nogil=True)
+def nan_mad(x, out):
+    """out[j] = the median over i of |x[i, j] - m_j|, m_j the median of column j, both over its non-NaN
+    values (NaN when it has none): ``np.nanmedian`` twice along axis 0 without its per-column Python loop
+    (the same values: both average the two middle ones of an even count)."""
+    n_r, n_c = x.shape
+    buf = np.empty(n_r)
+    for j in range(n_c):
+        k = 0
+        for i in range(n_r):
+            v = x[i, j]
+            if not np.isnan(v):
+                buf[k] = v
+                k += 1
+        if k == 0:
+            out[j] = np.nan
+            continue
+        med = np.median(buf[:k])
+        for i in range(k):
+            buf[i] = abs(buf[i] - med)
+        out[j] = np.median(buf[:k])

@@ -190,10 +190,10 @@ def time_slots(ts_ns: np.ndarray, step_s: int, utc_offset_s: int, weekend_profil
 def robust_sigma(x: np.ndarray, axis: int = 0) -> np.ndarray:
     """1.4826 x median absolute deviation, ignoring NaN: a spread that a few jams do not inflate.
     NaN where a slice has no finite value."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slice: NaN is the answer
-        med = np.nanmedian(x, axis=axis, keepdims=True)
-        return 1.4826 * np.nanmedian(np.abs(x - med), axis=axis)
+    x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0)
+    out = np.empty(x.shape[1:])
+    kern.nan_mad(x.reshape(x.shape[0], -1), out.reshape(-1))
+    return 1.4826 * out
 
 
 class TrafficForecaster:
