@@ -399,6 +399,36 @@ def add_parts(shared, dep_rows, keep, dep, sign, gram):
                             gm[b, d] += sign * dr[b]
 
 
+@njit(cache=True, nogil=True)
+def subtract_parts(gram, shared, dep_rows, keep, dep, out):
+    """out = gram - the squares in shared and dep_rows (``add_parts`` with sign -1 on a copy of gram, the
+    same values, in one pass: every element of a square is a shared or a horizon-dependent one)."""
+    n_h, n = gram.shape[0], gram.shape[1]
+    n_f = gram.shape[3]
+    n_s = keep.shape[0]
+    n_d = dep.shape[0]
+    is_dep = np.zeros(n_f, np.bool_)
+    for d in dep:
+        is_dep[d] = True
+    for h in range(n_h):
+        for i in range(n):
+            for g in range(2):
+                gm = gram[h, i, g]
+                om = out[h, i, g]
+                sm = shared[i, g]
+                for a in range(n_s):
+                    ka = keep[a]
+                    for b in range(n_s):
+                        om[ka, keep[b]] = gm[ka, keep[b]] - sm[a, b]
+                for k in range(n_d):
+                    d = dep[k]
+                    dr = dep_rows[h, i, g, k]
+                    for b in range(n_f):
+                        om[d, b] = gm[d, b] - dr[b]
+                        if not is_dep[b]:
+                            om[b, d] = gm[b, d] - dr[b]
+
+
 @njit(
     "void(f8[:, :], f8[:], f8[:, :], i8[:], i4[:], f8[:], i4[:, :], f8, i8[:], f8[:, :, :, :], f8, f8, f8[:, :], "
     "f8[:, :, :], i8[:], f8[:, :])",

@@ -351,9 +351,8 @@ class TrafficForecaster:
     def _leave_out(self, gram, rhs, block, out):
         """The normal equations without a block of ``_block_normal_equations``: gram's into out (reused)."""
         shared, dep_rows, rest, r_b = block
-        np.copyto(out, gram)
         keep, dep = kern.shared_features(self.params.n_lags, self.params.top_k, self.params.opts())
-        kern.add_parts(shared, dep_rows, keep, dep, -1.0, out)
+        kern.subtract_parts(gram, shared, dep_rows, keep, dep, out)
         if rest is not None:
             out -= rest
         return out, rhs - r_b
