@@ -487,31 +487,34 @@ def _finite_or_zero(v):
 
 
 @njit(cache=True, nogil=True)
-def net_inputs(xc, p_now, p_tgt, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, n_harm, nb_lags, out):
+def net_inputs(xr, x_ends, n_lags, pr, p_ends, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, n_harm, nb_lags, out):
     """The residual net's inputs (``core.traffic.residual_net``) for W windows into out [W, N, F] float32.
 
-    xc [W, L, N] gap-filled values (NaN where unknown), p_now [W, N] and p_tgt [W, H, N] the profile now
-    and at each target, raw [W, H, N] the linear forecasts, slot [W] the time of day of each window's
-    last row. Per segment, relative to its level x (the profile where x is unknown): the L-1 earlier
-    values, the H profile values and the H forecasts; then its departure d = x - p, d averaged over 1
-    and 2 hops and over the network, the neighbours' mean level minus x, x, the time of day as sine and
-    cosine of its first ``n_harm`` harmonics (one cannot draw a rush hour), and for each lag l of
-    ``nb_lags`` the neighbours' mean level l steps ago minus now (a jam arriving from next door).
-    An unknown input is 0. F = (L - 1) + 2 H + 6 + 2 n_harm + len(nb_lags).
+    Window t reads the rows x_ends[t] - L + 1 .. x_ends[t] of the gap-filled values xr [., N] (NaN where
+    unknown) and the profile now and at each target, the rows p_ends[t] .. p_ends[t] + H of pr [., N] (a
+    fit passes its rows once, not a copy per window); raw [W, H, N] the linear forecasts, slot [W] the
+    time of day of each window's last row. Per segment, relative to its level x (the profile where x is
+    unknown): the L-1 earlier values, the H profile values and the H forecasts; then its departure
+    d = x - p, d averaged over 1 and 2 hops and over the network, the neighbours' mean level minus x, x,
+    the time of day as sine and cosine of its first ``n_harm`` harmonics (one cannot draw a rush hour),
+    and for each lag l of ``nb_lags`` the neighbours' mean level l steps ago minus now (a jam arriving
+    from next door). An unknown input is 0. F = (L - 1) + 2 H + 6 + 2 n_harm + len(nb_lags).
     """
-    n_w, n_lags, n = xc.shape
-    n_h = p_tgt.shape[1]
+    n_w, n_h, n = raw.shape
     x = np.empty(n)
     dev = np.empty(n)
     nb1 = np.empty(n)
     nb2 = np.empty(n)
     harm = np.empty(2 * n_harm)  # the time of day's harmonics: the same for every segment of a window
     for t in range(n_w):
+        xc = xr[x_ends[t] - n_lags + 1:x_ends[t] + 1]
+        p_now = pr[p_ends[t]]
+        p_tgt = pr[p_ends[t] + 1:p_ends[t] + 1 + n_h]
         net = 0.0
         for i in range(n):
-            v = xc[t, n_lags - 1, i]
-            x[i] = v if np.isfinite(v) else p_now[t, i]
-            dev[i] = _finite_or_zero(x[i] - p_now[t, i])
+            v = xc[n_lags - 1, i]
+            x[i] = v if np.isfinite(v) else p_now[i]
+            dev[i] = _finite_or_zero(x[i] - p_now[i])
             net += dev[i]
         net /= n
         for i in range(n):
@@ -533,10 +536,10 @@ def net_inputs(xc, p_now, p_tgt, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, n_har
             xi = x[i]
             c = 0
             for j in range(n_lags - 1):
-                o[c] = _finite_or_zero(xc[t, j, i] - xi)
+                o[c] = _finite_or_zero(xc[j, i] - xi)
                 c += 1
             for h in range(n_h):
-                o[c] = _finite_or_zero(p_tgt[t, h, i] - xi)
+                o[c] = _finite_or_zero(p_tgt[h, i] - xi)
                 o[c + n_h] = _finite_or_zero(raw[t, h, i] - xi)
                 c += 1
             c += n_h
@@ -557,7 +560,7 @@ def net_inputs(xc, p_now, p_tgt, raw, slot, n_slots, nb_ptr, nb_idx, nb_w, n_har
                 acc = 0.0
                 for e in range(nb_ptr[i], nb_ptr[i + 1]):
                     j = nb_idx[e]
-                    acc += nb_w[e] * _finite_or_zero(xc[t, n_lags - 1 - lag, j] - x[j])
+                    acc += nb_w[e] * _finite_or_zero(xc[n_lags - 1 - lag, j] - x[j])
                 o[c] = acc
                 c += 1
 

@@ -89,7 +89,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from wulian.core.kernels import traffic_forecast as kern
-from wulian.core.traffic.residual_net import NET_ARRAYS, NetParams, fit_net, net_inputs, net_predict
+from wulian.core.traffic.residual_net import (NET_ARRAYS, NetParams, fit_net, net_inputs, net_inputs_rows,
+                                              net_predict)
 from wulian.core.timebase import CHINA_OFFSET_S, NS_PER_S
 from wulian.core.timebase import S_PER_DAY as SECONDS_PER_DAY
 
@@ -363,8 +364,9 @@ class TrafficForecaster:
         past the last row). With ``net_folds`` > 1 the windows are cut into that many blocks and each
         block's forecasts come from a fit without its windows (gram, rhs: all windows' normal equations,
         blocks: each block's, from ``_block_normal_equations``; the shrinkage ``self.lam``): errors as the
-        net meets them on new rows. In-sample errors (the fit ``coef``) are smaller and the net learnt to correct them too much: on the development split its
-        45-minute pooled RMSE was 5.90 in-sample against 5.79 with 8 blocks (4 blocks: 5.83)."""
+        net meets them on new rows. In-sample errors (the fit ``coef``) are smaller and the net learnt to
+        correct them too much: on the development split its 45-minute pooled RMSE was 5.90 in-sample against
+        5.79 with 8 blocks (4 blocks: 5.83)."""
         p, g = self.params, self.graph
         rows = np.concatenate([loo, prof_after[:p.horizons]])  # each row's profile, as a 1-slot-per-row table
         at = np.arange(rows.shape[0], dtype=np.int64)
@@ -387,11 +389,8 @@ class TrafficForecaster:
         """The residual net's inputs [W, N, F] for windows of values ending at ``ends`` (prof_rows: the
         profile of every row, H past the last end)."""
         p, g = self.params, self.graph
-        filled = forward_fill(values, p.n_lags)
-        xc = filled[ends[:, None] - np.arange(p.n_lags - 1, -1, -1)[None, :]]
-        p_tgt = prof_rows[ends[:, None] + 1 + np.arange(p.horizons)[None, :]]
-        return net_inputs(xc, prof_rows[ends], p_tgt, raw, end_slot, SECONDS_PER_DAY // self.step_s, g.ptr, g.idx,
-                          g.w, p.net_harmonics, p.net_nb_lags)
+        return net_inputs_rows(forward_fill(values, p.n_lags), ends, p.n_lags, prof_rows, ends, raw, end_slot,
+                               SECONDS_PER_DAY // self.step_s, g.ptr, g.idx, g.w, p.net_harmonics, p.net_nb_lags)
 
     def _net_term(self, values, ends, slot, day_type, profile, pred):
         """[W, H, N, 1]: the residual net's correction of the linear forecasts pred [W, H, N]."""

@@ -33,13 +33,30 @@ def net_inputs(xc: np.ndarray, p_now: np.ndarray, p_tgt: np.ndarray, raw: np.nda
     time of day, the neighbours' mean level ``nb_lags`` steps ago (each < L). The defaults are format
     4's inputs."""
     n_w, n_lags, n = xc.shape
+    p_rows = np.concatenate([np.reshape(p_now, (n_w, 1, n)), p_tgt], axis=1).reshape(-1, n)
+    return net_inputs_rows(np.reshape(xc, (-1, n)), np.arange(1, n_w + 1) * n_lags - 1, n_lags, p_rows,
+                           np.arange(n_w) * (p_tgt.shape[1] + 1), raw, slot, n_slots, ptr, idx, w, harmonics, nb_lags)
+
+
+def net_inputs_rows(filled: np.ndarray, x_ends: np.ndarray, n_lags: int, prof_rows: np.ndarray, p_ends: np.ndarray,
+                    raw: np.ndarray, slot: np.ndarray, n_slots: int, ptr: np.ndarray, idx: np.ndarray, w: np.ndarray,
+                    harmonics: int = 1, nb_lags: tuple[int, ...] = ()) -> np.ndarray:
+    """``net_inputs`` for windows of rows: window t's values are the rows x_ends[t] - n_lags + 1 ..
+    x_ends[t] of filled [., N], its profile now and at each target the rows p_ends[t] .. p_ends[t] + H of
+    prof_rows [., N] (no copy of the rows per window)."""
     lags = np.asarray(nb_lags, np.int64).reshape(-1)
     if lags.size and (lags.min() < 1 or lags.max() >= n_lags):
         raise ValueError(f"neighbour lags must be in 1..{n_lags - 1}, got {nb_lags}")
-    out = np.empty((n_w, n, n_lags - 1 + 2 * p_tgt.shape[1] + 6 + 2 * int(harmonics) + lags.size), np.float32)
-    kern.net_inputs(np.ascontiguousarray(xc, np.float64), np.ascontiguousarray(p_now, np.float64),
-                    np.ascontiguousarray(p_tgt, np.float64), np.ascontiguousarray(raw, np.float64),
-                    np.asarray(slot, np.int64), int(n_slots), ptr, idx, w, int(harmonics), lags, out)
+    n_w, n_h, n = raw.shape
+    x_ends, p_ends = np.asarray(x_ends, np.int64), np.asarray(p_ends, np.int64)
+    if n_w and (x_ends.min() < n_lags - 1 or x_ends.max() >= len(filled) or p_ends.min() < 0
+                or p_ends.max() + n_h >= len(prof_rows)):
+        raise ValueError("windows out of the rows")
+    out = np.empty((n_w, n, n_lags - 1 + 2 * n_h + 6 + 2 * int(harmonics) + lags.size), np.float32)
+    kern.net_inputs(np.ascontiguousarray(filled, np.float64), x_ends, int(n_lags),
+                    np.ascontiguousarray(prof_rows, np.float64), p_ends,
+                    np.ascontiguousarray(raw, np.float64), np.asarray(slot, np.int64), int(n_slots), ptr, idx, w,
+                    int(harmonics), lags, out)
     return out
 
 
