@@ -291,7 +291,7 @@ def accumulate_normal_equations(values, prof_rows, t_first, t_last, n_lags, nb_p
 def accumulate_parts(values, prof_rows, t_first, t_last, n_lags, nb_ptr, nb_idx, nb_w, top_k, regime_drop, opts,
                      gram, rhs, ysum, shared, dep_rows):
     """``accumulate_normal_equations`` without its last step: the windows whose H targets are all there
-    go to shared [N, 2, S, S] and dep_rows [H, N, 2, D, F] (see below; ``add_parts`` adds them to a gram),
+    go to shared [N, 2, S, S] (upper triangle) and dep_rows [H, N, 2, D, F] (see below; ``add_parts`` adds them),
     the others straight to gram. Returns the number of (window, segment) pairs of the latter kind (0: gram
     untouched)."""
     t_len, n = values.shape
@@ -335,10 +335,10 @@ def accumulate_parts(values, prof_rows, t_first, t_last, n_lags, nb_ptr, nb_idx,
                 for a in range(n_s):
                     xs[a] = f0[keep[a]]
                 sm = shared[i, g]
-                for a in range(n_s):
+                for a in range(n_s):  # its upper triangle (the square is symmetric)
                     xa = xs[a]
                     row = sm[a]
-                    for b in range(n_s):
+                    for b in range(a, n_s):
                         row[b] += xa * xs[b]
             for h in range(n_h):
                 r = t + 1 + h
@@ -389,7 +389,7 @@ def add_parts(shared, dep_rows, keep, dep, sign, gram):
                 for a in range(n_s):
                     row = gm[keep[a]]
                     for b in range(n_s):
-                        row[keep[b]] += sign * sm[a, b]
+                        row[keep[b]] += sign * (sm[a, b] if a <= b else sm[b, a])
                 for k in range(n_d):
                     d = dep[k]
                     dr = dep_rows[h, i, g, k]
@@ -419,7 +419,7 @@ def subtract_parts(gram, shared, dep_rows, keep, dep, out):
                 for a in range(n_s):
                     ka = keep[a]
                     for b in range(n_s):
-                        om[ka, keep[b]] = gm[ka, keep[b]] - sm[a, b]
+                        om[ka, keep[b]] = gm[ka, keep[b]] - (sm[a, b] if a <= b else sm[b, a])
                 for k in range(n_d):
                     d = dep[k]
                     dr = dep_rows[h, i, g, k]
