@@ -144,14 +144,17 @@ def neighbour_mean(x, nb_ptr, nb_idx, nb_w, out):
 
 
 @njit(cache=True, nogil=True)
-def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, opts, feats, regime, work):
+def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, opts, feats, regime, work,
+                    nb_ready=False):
     """Features of one input window for every segment and horizon.
 
     xw [L, N] is the raw window (NaN allowed: a gap takes the segment's last earlier value, leading gaps
     its first value, an all-missing segment its profile). p_now [N], p_tgt [H, N]; a missing profile
     value stands at the current level. Missing neighbours are left out of the means. Only a segment with
     neither data nor profile gets NaN features. Fills feats [N, H, F] and regime [N] (1 congested);
-    work [L + 2 + H + N_WORK_EXTRA, N] is scratch.
+    work [L + 2 + H + N_WORK_EXTRA, N] is scratch. ``nb_ready``: its rows L + 1 .. L + 1 + H already hold
+    the neighbour means of p_now and p_tgt (``profile_neighbour_means``: a fit's windows share their
+    profile rows, so a caller computes them once per row, not H + 1 times per window).
     """
     n_lags, n = xw.shape
     n_h = p_tgt.shape[0]
@@ -173,7 +176,8 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
             if np.isfinite(v):
                 last = v
             xc[t, i] = last
-    neighbour_mean(p_now, nb_ptr, nb_idx, nb_w, pnb)
+    if not nb_ready:
+        neighbour_mean(p_now, nb_ptr, nb_idx, nb_w, pnb)
     base_nb = n_lags - 1
     for lag in range(N_NEIGHBOUR_LAGS):
         neighbour_mean(xc[n_lags - 1 - lag], nb_ptr, nb_idx, nb_w, nb)
@@ -192,7 +196,7 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
                 net += xc[n_lags - 1, i] - p_now[i]
                 cnt += 1.0
         net = net / cnt if cnt > 0 else 0.0
-    if opts[OPT_NB_TARGET]:
+    if opts[OPT_NB_TARGET] and not nb_ready:
         for h in range(n_h):
             neighbour_mean(p_tgt[h], nb_ptr, nb_idx, nb_w, work[n_lags + 2 + h])
     if opts[OPT_AREA]:
@@ -247,6 +251,19 @@ def window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
                 f[c] = max(d - regime_drop, 0.0)
                 f[c + 1] = min(d + regime_drop, 0.0)
                 c += 2
+
+
+@njit(cache=True, nogil=True)
+def profile_neighbour_means(table, keys, nb_ptr, nb_idx, nb_w, cache, done, out):
+    """out [len(keys), N] = the neighbour means of the profile rows table[keys[k]] (table [R, N]), each
+    row's computed once into cache [R, N] (done [R] marks those there): ``window_features``'s rows
+    L + 1 .. L + 1 + H with nb_ready."""
+    for k in range(keys.shape[0]):
+        r = keys[k]
+        if not done[r]:
+            neighbour_mean(table[r], nb_ptr, nb_idx, nb_w, cache[r])
+            done[r] = True
+        out[k] = cache[r]
 
 
 @njit(cache=True, nogil=True)
@@ -310,13 +327,20 @@ def accumulate_parts(values, prof_rows, t_first, t_last, n_lags, nb_ptr, nb_idx,
     n_d = dep.shape[0]
     n_partial = 0
     xs = np.empty(n_s)
+    nb_cache = np.empty((t_len, n))
+    nb_done = np.zeros(t_len, np.bool_)
+    keys = np.empty(n_h + 1, np.int64)
     for t in range(max(t_first, n_lags - 1), t_last + 1):
+        keys[0] = t
         for h in range(n_h):
             r = min(t + 1 + h, t_len - 1)
+            keys[h + 1] = r
             for i in range(n):
                 p_tgt[h, i] = prof_rows[r, i]
+        profile_neighbour_means(prof_rows, keys, nb_ptr, nb_idx, nb_w, nb_cache, nb_done,
+                                work[n_lags + 1:n_lags + 2 + n_h])
         window_features(values[t - n_lags + 1:t + 1], prof_rows[t], p_tgt, nb_ptr, nb_idx, nb_w, top_k,
-                        regime_drop, opts, feats, regime, work)
+                        regime_drop, opts, feats, regime, work, True)
         for i in range(n):
             x0 = work[n_lags - 1, i]  # the gap-filled current level: targets are changes from it
             if not np.isfinite(x0):
@@ -429,6 +453,22 @@ def subtract_parts(gram, shared, dep_rows, keep, dep, out):
                             om[b, d] = gm[b, d] - dr[b]
 
 
+@njit(cache=True, nogil=True)
+def _forecast_features(n_lags, coef, lo, hi, out, feats, regime, work):
+    """``forecast_window``'s forecasts from the features that ``window_features`` left."""
+    n_h, n, _, n_f = coef.shape
+    for i in range(n):
+        x = work[n_lags - 1, i]  # the gap-filled current level
+        g = regime[i]
+        for h in range(n_h):
+            acc = x
+            f = feats[i, h]
+            c = coef[h, i, g]
+            for a in range(n_f):
+                acc += c[a] * f[a]
+            out[h, i] = min(max(acc, lo), hi) if np.isfinite(acc) else np.nan
+
+
 @njit(
     "void(f8[:, :], f8[:], f8[:, :], i8[:], i4[:], f8[:], i4[:, :], f8, i8[:], f8[:, :, :, :], f8, f8, f8[:, :], "
     "f8[:, :, :], i8[:], f8[:, :])",
@@ -441,19 +481,8 @@ def forecast_window(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, 
     coef [H, N, 2, F] predicts the change from the segment's current level; forecasts are clipped to
     the [lo, hi] range seen in training. A segment with neither data in the window nor a profile gets NaN. feats/regime/work are scratch (see window_features).
     """
-    n_lags, n = xw.shape
-    n_h, _, _, n_f = coef.shape
     window_features(xw, p_now, p_tgt, nb_ptr, nb_idx, nb_w, top_k, regime_drop, opts, feats, regime, work)
-    for i in range(n):
-        x = work[n_lags - 1, i]  # the gap-filled current level
-        g = regime[i]
-        for h in range(n_h):
-            acc = x
-            f = feats[i, h]
-            c = coef[h, i, g]
-            for a in range(n_f):
-                acc += c[a] * f[a]
-            out[h, i] = min(max(acc, lo), hi) if np.isfinite(acc) else np.nan
+    _forecast_features(xw.shape[0], coef, lo, hi, out, feats, regime, work)
 
 
 @njit(cache=True, nogil=True)
@@ -470,14 +499,23 @@ def forecast_rows(values, ends, slot, day_type, prof, nb_ptr, nb_idx, nb_w, top_
     regime = np.empty(n, np.int64)
     work = np.empty((n_lags + 2 + n_h + N_WORK_EXTRA, n))
     p_tgt = np.empty((n_h, n))
+    n_slots = prof.shape[1]
+    table = prof.reshape(-1, n)  # row day_type * n_slots + slot
+    nb_cache = np.empty(table.shape)
+    nb_done = np.zeros(table.shape[0], np.bool_)
+    keys = np.empty(n_h + 1, np.int64)
     for w in range(ends.shape[0]):
         t = ends[w]
+        keys[0] = day_type[t] * n_slots + slot[t]
         for h in range(n_h):
             r = t + 1 + h
+            keys[h + 1] = day_type[r] * n_slots + slot[r]
             for i in range(n):
                 p_tgt[h, i] = prof[day_type[r], slot[r], i]
-        forecast_window(values[t - n_lags + 1:t + 1], prof[day_type[t], slot[t]], p_tgt, nb_ptr, nb_idx, nb_w,
-                        top_k, regime_drop, opts, coef, lo, hi, out[w], feats, regime, work)
+        profile_neighbour_means(table, keys, nb_ptr, nb_idx, nb_w, nb_cache, nb_done, work[n_lags + 1:n_lags + 2 + n_h])
+        window_features(values[t - n_lags + 1:t + 1], prof[day_type[t], slot[t]], p_tgt, nb_ptr, nb_idx, nb_w,
+                        top_k, regime_drop, opts, feats, regime, work, True)
+        _forecast_features(n_lags, coef, lo, hi, out[w], feats, regime, work)
     return out
 
 
