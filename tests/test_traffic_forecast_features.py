@@ -206,3 +206,37 @@ def test_normal_equations_match_the_sum_of_outer_products(waves):
     np.testing.assert_allclose(rhs, want_r, rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(ysum, want_y, rtol=1e-12)
     assert want_y[..., 1].sum() > 0 and want_y[:, 2, :, 1].sum() < want_y[:, 0, :, 1].sum()  # the gaps count
+
+
+def test_block_normal_equations_sum_and_leave_out(waves):
+    """With the residual net's folds, the fit sums its normal equations from the blocks' (kept compact)
+    instead of a second pass: the sum is the single pass's, a block left out is the other blocks', and
+    the sum without keeping the blocks is bit for bit the same (``forecast(net=False)`` relies on it)."""
+    from wulian.core.traffic.forecaster import build_graph
+
+    values, adjacency = waves
+    v = values[:200].copy()
+    v[50:54, 2] = np.nan  # windows with a missing target: a block's full squares (``rest``)
+    v[120, 4] = np.nan
+    model = TrafficForecaster(replace(BASE, net_folds=4))
+    model.graph = build_graph(adjacency, BASE.top_k)
+    prof = 60.0 + np.sin(np.arange(200) / 15.0)[:, None] * np.ones(v.shape[1])
+    blocks, gram, rhs = model._block_normal_equations(v, prof, keep=True)
+    _, gram_2, rhs_2 = model._block_normal_equations(v, prof, keep=False)
+    np.testing.assert_array_equal(gram, gram_2)
+    np.testing.assert_array_equal(rhs, rhs_2)
+    whole, whole_r, _ = model._normal_equations(v, prof)
+    np.testing.assert_allclose(gram, whole, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(rhs, whole_r, rtol=1e-12, atol=1e-9)
+    folds = model._fold_ends(200)
+    assert len(blocks) == len(folds) == 4 and sum(b[2] is not None for b in blocks) >= 2
+    out = np.empty_like(gram)
+    for b, blk in enumerate(folds):
+        g_lo, r_lo = model._leave_out(gram, rhs, blocks[b], out)
+        want_g, want_r = np.zeros_like(gram), np.zeros_like(rhs)
+        for other in folds[:b] + folds[b + 1:]:
+            g_o, r_o, _ = model._normal_equations(v, prof, int(other[0]), int(other[-1]))
+            want_g += g_o
+            want_r += r_o
+        np.testing.assert_allclose(g_lo, want_g, rtol=1e-10, atol=1e-8)
+        np.testing.assert_allclose(r_lo, want_r, rtol=1e-10, atol=1e-8)
