@@ -161,9 +161,9 @@ def test_train_kernel_matches_adam_by_numpy():
     w2 = (rng.normal(size=(9, 3)) / 3).astype(np.float32)
     b2 = np.zeros(3, np.float32)
     want = adam_by_numpy(x, y, orders, 16, 1e-2, 0.5, w1, b1, w2, b2)
-    w2t = np.ascontiguousarray(w2.T)
-    kern_net.train_net(x, y, orders, 16, 1e-2, 0.5, w1, b1, w2t, b2)
-    for k, got in (("w1", w1), ("b1", b1), ("w2", w2t.T), ("b2", b2)):
+    w2t, b2 = np.ascontiguousarray(w2.T[None]), b2[None].copy()  # one member
+    kern_net.train_net(x, y, orders, 16, np.full(orders.shape[0] + 1, 1e-2), 0.5, w1, b1, w2t, b2)
+    for k, got in (("w1", w1), ("b1", b1), ("w2", w2t[0].T), ("b2", b2[0])):
         np.testing.assert_allclose(got, want[k], rtol=1e-4, atol=1e-5, err_msg=k)
     assert np.abs(want["w1"] - w1).max() < np.abs(want["w1"]).max()  # it moved: 6 steps of 1e-2
 
@@ -201,6 +201,33 @@ def test_net_inputs_harmonics_and_neighbour_lags_by_hand():
         net_inputs(xc, p_now, p_tgt, raw, np.array([72]), 288, ptr, idx, w, nb_lags=(3,))  # past the window
 
 
+def test_members_side_by_side_train_as_each_alone():
+    """The kernel trains M nets in one pass over the rows: each ends as it would trained alone on the
+    same rows in the same order (a short last batch, units not a multiple of 8)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(45, 10)).astype(np.float32)
+    y = rng.normal(size=(45, 3)).astype(np.float32)
+    orders = np.stack([rng.permutation(45) for _ in range(3)])
+    n_m, n_u = 3, 7
+    w1 = (rng.normal(size=(10, n_m * n_u)) / 3).astype(np.float32)
+    w2t = (rng.normal(size=(n_m, 3, n_u)) / 3).astype(np.float32)
+    b1, b2 = np.zeros(n_m * n_u, np.float32), rng.normal(size=(n_m, 3)).astype(np.float32)
+    alone = []
+    for m in range(n_m):
+        cols = slice(m * n_u, (m + 1) * n_u)
+        arrays = [np.array(a) for a in (w1[:, cols], b1[cols], w2t[m:m + 1], b2[m:m + 1])]  # copies
+        kern_net.train_net(x, y, orders, 16, np.full(orders.shape[0] + 1, 1e-2), 1e-3, *arrays)
+        alone.append(arrays)
+    kern_net.train_net(x, y, orders, 16, np.full(orders.shape[0] + 1, 1e-2), 1e-3, w1, b1, w2t, b2)
+    for m, (a_w1, a_b1, a_w2t, a_b2) in enumerate(alone):
+        cols = slice(m * n_u, (m + 1) * n_u)
+        np.testing.assert_allclose(w1[:, cols], a_w1, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b1[cols], a_b1, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(w2t[m], a_w2t[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b2[m], a_b2[0], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(alone[0][2], alone[1][2])  # the members differ
+
+
 def test_net_members_are_averaged_in_one_net():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(1500, 4)).astype(np.float32)
@@ -208,9 +235,17 @@ def test_net_members_are_averaged_in_one_net():
     prm = NetParams(hidden=8, epochs=5, members=3)
     both = fit_net(x, y, prm)
     assert both["w1"].shape == (4, 24) and both["w2"].shape == (24, 2)
-    singles = [net_predict(fit_net(x, y, replace(prm, members=1, seed=s)), x) for s in range(3)]
-    np.testing.assert_allclose(net_predict(both, x), np.mean(singles, axis=0), rtol=1e-4, atol=1e-5)
-    assert not np.allclose(singles[0], singles[1])  # the members differ: different seeds
+    # the first member is the net one seed alone trains (same initial weights, same order of the rows)
+    first = fit_net(x, y, replace(prm, members=1))
+    np.testing.assert_allclose(both["w1"][:, :8], first["w1"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(both["w2"][:8] * 3, first["w2"], rtol=1e-4, atol=1e-5)
+    second = {k: v[:, 8:16] if k == "w1" else v[8:16] * 3 if k == "w2" else v for k, v in both.items()}
+    assert not np.allclose(second["w1"], first["w1"])  # the members differ: different initial weights
+    # its output is the mean of the members' outputs
+    members = [{k: v[:, s] if k == "w1" else v[s] * 3 if k == "w2" else v[s] if k == "b1" else v
+                for k, v in both.items()} for s in (slice(0, 8), slice(8, 16), slice(16, 24))]
+    np.testing.assert_allclose(net_predict(both, x), np.mean([net_predict(m, x) for m in members], axis=0),
+                               rtol=1e-4, atol=1e-5)
 
 
 def saved_as(arrays: dict, version: int, unknown: tuple[str, ...]) -> dict:

@@ -161,9 +161,10 @@ class TrafficSettings(BaseModel):
     backfill_bins: int = 36  # bins forecast on a region's first run
     utc_offset_h: float = CHINA_OFFSET_S / 3600  # local time of the roads (time-of-day profile)
     min_drop_kmh: float = 24.0  # an incident needs the speed at least this far below the forecast
-    # hidden units of the forecaster's residual net (0 = off; 64: 45/60-minute errors about 25-29 % below
-    # persistence on Los-loop, at ~3x the fit CPU: README, traffic)
-    net_hidden: int = Field(default=0, ge=0)
+    # hidden units of the speed forecaster's residual net (unset: the forecaster's default, 64 units x 3
+    # members; 0 = off: 45-minute errors about 22 % below persistence instead of 25 %, at half the fit CPU;
+    # README, traffic)
+    net_hidden: int | None = Field(default=None, ge=0)
     data_dir: Path | None = None  # Los-loop replay data (None: the week packaged in simulators/data/los_loop)
 
 

@@ -40,18 +40,21 @@ class OnlineParams:
     regime_drop_kmh: float = 8.0
     min_drop_kmh: float = 24.0
     incident_horizon: int = 3  # residual against the forecast issued this many steps earlier
-    net_hidden: int = 0  # the speed forecaster's residual net (TrafficForecastParams.net_hidden; 0 = off)
+    net_hidden: int | None = None  # the speed forecaster's residual net (None: TrafficForecastParams' default; 0 = off)
 
     @property
     def step_ns(self) -> int:
         return self.step_s * NS_PER_S
 
     def forecaster_params(self) -> TrafficForecastParams:
+        net = {} if self.net_hidden is None else {"net_hidden": self.net_hidden}
         return TrafficForecastParams(horizons=self.horizons, regime_drop=self.regime_drop_kmh,
-                                     utc_offset_s=self.utc_offset_s, net_hidden=self.net_hidden)
+                                     utc_offset_s=self.utc_offset_s, **net)
 
     def flow_params(self) -> TrafficForecastParams:
-        return TrafficForecastParams(horizons=self.horizons, regime_drop=_ONE_REGIME, utc_offset_s=self.utc_offset_s)
+        """Flow without the residual net: it was chosen and measured on speeds only."""
+        return TrafficForecastParams(horizons=self.horizons, regime_drop=_ONE_REGIME, utc_offset_s=self.utc_offset_s,
+                                     net_hidden=0)
 
     def incident_params(self) -> IncidentParams:
         """The Los-loop (mph) detector settings in km/h, with the configured incident floor."""

@@ -14,7 +14,7 @@ are drawn here with numpy. Several members (seeds) can be averaged; they are kep
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -68,41 +68,36 @@ class NetParams:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    lr_end: float = 1.0  # the learning rate at the end, as a share of lr (linear decay)
     members: int = 1  # nets trained with seeds seed, seed + 1, ... and averaged
 
 
 def fit_net(x: np.ndarray, y: np.ndarray, prm: NetParams) -> dict[str, np.ndarray]:
     """Train on inputs x [S, F] and targets y [S, H] (a row with any NaN target is left out): standardised
     inputs, targets scaled by their spread, mean squared error, mini-batch Adam (``kern_net.train_net``).
-    ``prm.members`` nets (seeds seed, seed + 1, ...) are averaged and stored as one net: their hidden
-    units side by side, each output layer divided by the count. Same inputs, so the same standardisation;
-    ``net_predict`` needs no change and one wide product costs less than several. Returns the arrays."""
+    ``prm.members`` nets are trained side by side (initial weights from seeds seed, seed + 1, ...; the rows
+    in the same order, drawn from ``seed``) and averaged into one net: their hidden units side by side,
+    each output layer divided by the count. Same inputs, so the same standardisation; ``net_predict``
+    needs no change and one wide product costs less than several. Returns the arrays."""
     ok = np.isfinite(y).all(axis=1)
     xs, mu, sd = kern_net.standardise(np.ascontiguousarray(x, np.float32), ok)
     y = y[ok].astype(np.float32)
     ysd = np.float32(y.std() + 1e-6)
     y = np.ascontiguousarray(y / ysd)
-    nets = [_train_one(xs, y, replace(prm, seed=prm.seed + k)) for k in range(max(prm.members, 1))]
-    k = np.float32(len(nets))
-    return {"w1": np.concatenate([n["w1"] for n in nets], axis=1),
-            "b1": np.concatenate([n["b1"] for n in nets]),
-            "w2": np.concatenate([n["w2"] for n in nets], axis=0) / k,
-            "b2": (np.sum([n["b2"] for n in nets], axis=0) / k).astype(np.float32),
-            "mu": mu, "sd": sd, "ysd": np.asarray(ysd)}
-
-
-def _train_one(x: np.ndarray, y: np.ndarray, prm: NetParams) -> dict[str, np.ndarray]:
-    """One net on standardised float32 inputs x [S, F] and scaled targets y [S, H]. The random parts (the
-    initial weights, each epoch's order of the rows) are drawn here, from ``prm.seed``."""
-    rng = np.random.default_rng(prm.seed)
-    n_in, n_out = x.shape[1], y.shape[1]
-    w1 = (rng.normal(0.0, 1.0, (n_in, prm.hidden)) / np.sqrt(n_in)).astype(np.float32)
-    b1, w2t, b2 = np.zeros(prm.hidden, np.float32), np.zeros((n_out, prm.hidden), np.float32), np.zeros(n_out, np.float32)
-    orders = np.empty((prm.epochs, x.shape[0]), np.int64)
+    n_m, n_in, n_out = max(prm.members, 1), xs.shape[1], y.shape[1]
+    rngs = [np.random.default_rng(prm.seed + k) for k in range(n_m)]
+    w1 = np.concatenate([rng.normal(0.0, 1.0, (n_in, prm.hidden)) / np.sqrt(n_in) for rng in rngs], axis=1)
+    w1 = np.ascontiguousarray(w1, np.float32)
+    orders = np.empty((prm.epochs, xs.shape[0]), np.int64)
     for e in range(prm.epochs):
-        orders[e] = rng.permutation(x.shape[0])
-    kern_net.train_net(x, y, orders, int(prm.batch), float(prm.lr), float(prm.weight_decay), w1, b1, w2t, b2)
-    return {"w1": w1, "b1": b1, "w2": np.ascontiguousarray(w2t.T), "b2": b2}
+        orders[e] = rngs[0].permutation(xs.shape[0])
+    b1 = np.zeros(n_m * prm.hidden, np.float32)
+    w2t, b2 = np.zeros((n_m, n_out, prm.hidden), np.float32), np.zeros((n_m, n_out), np.float32)
+    lrs = prm.lr * np.linspace(1.0, prm.lr_end, prm.epochs + 1)
+    kern_net.train_net(xs, y, orders, int(prm.batch), lrs, float(prm.weight_decay), w1, b1, w2t, b2)
+    k = np.float32(n_m)
+    return {"w1": w1, "b1": b1, "w2": np.ascontiguousarray(w2t.transpose(0, 2, 1).reshape(-1, n_out)) / k,
+            "b2": (b2.sum(axis=0) / k).astype(np.float32), "mu": mu, "sd": sd, "ysd": np.asarray(ysd)}
 
 
 def net_predict(net: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:

@@ -277,7 +277,7 @@ def evaluate(data: TrafficDataset, train_fraction: float = 0.8, t0_ns: int | Non
     report["forecast_ms"] = float(np.median(lat) * 1e3)
     report["forecast_ms_p99"] = float(np.quantile(lat, 0.99) * 1e3)
     report["shrinkage_by_step"] = [float(v) for v in model.lam]
-    report["net_hidden"] = params.net_hidden  # the opt-in residual net (0: off)
+    report["net_hidden"] = params.net_hidden  # the residual net's hidden units per member (0: off)
     report["checks"] = target_checks(report) | forecast_checks(report)
     if n_incidents:
         inc_params = incidents or IncidentParams(step_s=step_s, utc_offset_s=utc_offset_s)

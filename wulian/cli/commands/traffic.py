@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--incidents", type=int, default=30,
                     help="incidents injected per shape (collapse, partial, congestion); half as many detector "
                          "faults per fault shape (0 skips)")
-    ev.add_argument("--net-hidden", type=int, default=0, metavar="N",
-                    help="hidden units of the forecaster's opt-in residual net (default 0 = off; 64 = README's figures)")
+    ev.add_argument("--net-hidden", type=int, default=None, metavar="N",
+                    help="hidden units of the forecaster's residual net (default: the forecaster's, 64; 0 = off)")
     ev.add_argument("--per-step", action="store_true", help="also print RMSE/MAE per 5-minute step")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--check", action="store_true", help="exit 1 unless the issue's targets are all met")
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from wulian.evaluation.traffic import evaluate
     from wulian.simulators.los_loop import PACKAGED_LABEL, load_los_loop
 
-    if args.net_hidden < 0:
+    if args.net_hidden is not None and args.net_hidden < 0:
         print(f"--net-hidden must be >= 0, got {args.net_hidden}", file=sys.stderr)
         return 2
     source = str(args.data) if args.data is not None else PACKAGED_LABEL
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     t0_ns = los_start_ns(dt.datetime.fromisoformat(args.start), offset_s)
     print(f"fitting {data.speeds.shape[1]} sensors on {args.train_fraction:.0%} of {data.speeds.shape[0]} rows",
           file=sys.stderr)
-    params = TrafficForecastParams(utc_offset_s=offset_s, net_hidden=args.net_hidden)
+    net = {} if args.net_hidden is None else {"net_hidden": args.net_hidden}
+    params = TrafficForecastParams(utc_offset_s=offset_s, **net)
     report = evaluate(data, train_fraction=args.train_fraction, t0_ns=t0_ns, step_s=args.step_s,
                       utc_offset_s=offset_s, params=params, n_incidents=args.incidents)
     report["data"] = source
