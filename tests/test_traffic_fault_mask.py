@@ -7,7 +7,7 @@ import pytest
 
 from wulian.core.traffic.forecaster import TrafficForecaster, TrafficForecastParams
 from wulian.core.traffic.incidents import (
-    IncidentParams, horizon_forecasts, inject_fault, learn_detector, unheld_forecasts,
+    DETECTOR_NET, IncidentParams, horizon_forecasts, inject_fault, learn_detector, unheld_forecasts,
 )
 from tests.test_traffic_model import NS, STEP_S, synthetic_road
 
@@ -48,13 +48,14 @@ def test_a_held_detector_leaves_its_neighbours_forecasts_as_if_it_had_read_nothi
     got = unheld_forecasts(model, bad, 0, ends, held)
     silent = bad.copy()
     silent[:, seg] = np.nan
-    np.testing.assert_allclose(got, model.forecast_series(silent, 0, ends))
-    raw = model.forecast_series(bad, 0, ends)
+    np.testing.assert_allclose(got, model.forecast_series(silent, 0, ends, DETECTOR_NET))  # as the detector reads
+    raw = model.forecast_series(bad, 0, ends, DETECTOR_NET)
     assert np.abs(raw[:, :, [1, 3]] - got[:, :, [1, 3]]).max() > 0.5  # the garbage did move the links
     # the held segment's own forecast comes from its profile and links: a road speed, not garbage
     assert np.all((got[:, :, seg] > 30.0) & (got[:, :, seg] < 70.0))
     # windows that end with nothing held are the plain forecasts
     calm = np.arange(fit_rows + 20, fit_rows + 30)
-    np.testing.assert_array_equal(unheld_forecasts(model, bad, 0, calm, held), model.forecast_series(bad, 0, calm))
+    np.testing.assert_array_equal(unheld_forecasts(model, bad, 0, calm, held),
+                                  model.forecast_series(bad, 0, calm, DETECTOR_NET))
     rows, fc = horizon_forecasts(model, bad, 0, 3, start, held)
     np.testing.assert_allclose(fc[rows == start + 5], got[ends == start + 2][:, 2])
