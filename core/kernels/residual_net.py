@@ -25,7 +25,9 @@ def train_net(x, y, orders, batch, lrs, weight_decay, w1, b1, w2t, b2):
     and b1 [M*U] (member m's hidden units are columns m*U..(m+1)*U), w2t [M, H, U] (the output layers,
     transposed), b2 [M, H]. Each member's loss: mean over the batch and H of its squared error. The
     members share nothing but the rows, so this is M separate trainings in one pass over the data: the
-    rows gathered once and one wide first-layer product (3 members cost about 0.75x three passes)."""
+    rows gathered once and one wide first-layer product (3 members of 64 units: 0.47 against 0.53 us per
+    row, pass and member, Intel Xeon). The learning rate goes linearly from lrs[e] to lrs[e + 1] over
+    epoch e (lrs [E + 1])."""
     n_s, n_in = x.shape
     n_m, n_out, n_u = w2t.shape
     n_hid = n_m * n_u

@@ -4,13 +4,15 @@ The linear per-segment model (``core.traffic.forecaster``) has one slope per fea
 residual net is a different family: one hidden layer of ReLU units shared by every segment, reading
 a segment's recent changes, its departures from the profile (own, neighbours', 2 hops, network),
 the profile's expected changes, the linear forecasts themselves, its level, the time of day (1-3
-harmonics) and its neighbours' recent levels (format 5), and predicting the linear model's error at every horizon at once. The forecaster trains it on the head
-of the training rows (features from the leave-one-day-out profile, as the linear fit uses) and
-weighs its output per horizon on the validation slice, like its other blend terms.
+harmonics) and its neighbours' recent levels (format 5), and predicting the linear model's error at
+every horizon at once. The forecaster trains it on every training row (features from the
+leave-one-day-out profile, as the linear fit uses) and weighs its output per horizon on the validation
+slice, like its other blend terms.
 
-Float32, plain mini-batch Adam with a fixed seed: the same rows give the same net. The training loop is
-a numba kernel (``core.kernels.residual_net``); the initial weights and each epoch's order of the rows
-are drawn here with numpy. Several members (seeds) can be averaged; they are kept as one wider net.
+Float32, plain mini-batch Adam with a fixed seed and a learning rate falling linearly over the passes:
+the same rows give the same net. The training loop is a numba kernel (``core.kernels.residual_net``);
+the initial weights and each epoch's order of the rows are drawn here with numpy. Several members
+(seeds) are trained side by side and averaged; they are kept as one wider net.
 """
 from __future__ import annotations
 
