@@ -395,6 +395,15 @@ def accumulate_parts(values, prof_rows, t_first, t_last, n_lags, nb_ptr, nb_idx,
 
 
 @njit(cache=True, nogil=True)
+def _dep_mask(dep, n_f):
+    """[F] bool: the horizon-dependent features ``dep`` among F."""
+    out = np.zeros(n_f, np.bool_)
+    for d in dep:
+        out[d] = True
+    return out
+
+
+@njit(cache=True, nogil=True)
 def add_parts(shared, dep_rows, keep, dep, sign, gram):
     """gram [H, N, 2, F, F] += sign x the squares that ``accumulate_parts`` left in shared and dep_rows
     (sign -1: leave those windows out of a sum that has them)."""
@@ -402,9 +411,7 @@ def add_parts(shared, dep_rows, keep, dep, sign, gram):
     n_f = gram.shape[3]
     n_s = keep.shape[0]
     n_d = dep.shape[0]
-    is_dep = np.zeros(n_f, np.bool_)
-    for d in dep:
-        is_dep[d] = True
+    is_dep = _dep_mask(dep, n_f)
     for i in range(n):
         for g in range(2):
             sm = shared[i, g]
@@ -431,9 +438,7 @@ def subtract_parts(gram, shared, dep_rows, keep, dep, out):
     n_f = gram.shape[3]
     n_s = keep.shape[0]
     n_d = dep.shape[0]
-    is_dep = np.zeros(n_f, np.bool_)
-    for d in dep:
-        is_dep[d] = True
+    is_dep = _dep_mask(dep, n_f)
     for h in range(n_h):
         for i in range(n):
             for g in range(2):
