@@ -431,34 +431,6 @@ def add_parts(shared, dep_rows, keep, dep, sign, gram):
 
 
 @njit(cache=True, nogil=True)
-def subtract_parts(gram, shared, dep_rows, keep, dep, out):
-    """out = gram - the squares in shared and dep_rows (``add_parts`` with sign -1 on a copy of gram, the
-    same values, in one pass: every element of a square is a shared or a horizon-dependent one)."""
-    n_h, n = gram.shape[0], gram.shape[1]
-    n_f = gram.shape[3]
-    n_s = keep.shape[0]
-    n_d = dep.shape[0]
-    is_dep = _dep_mask(dep, n_f)
-    for h in range(n_h):
-        for i in range(n):
-            for g in range(2):
-                gm = gram[h, i, g]
-                om = out[h, i, g]
-                sm = shared[i, g]
-                for a in range(n_s):
-                    ka = keep[a]
-                    for b in range(n_s):
-                        om[ka, keep[b]] = gm[ka, keep[b]] - (sm[a, b] if a <= b else sm[b, a])
-                for k in range(n_d):
-                    d = dep[k]
-                    dr = dep_rows[h, i, g, k]
-                    for b in range(n_f):
-                        om[d, b] = gm[d, b] - dr[b]
-                        if not is_dep[b]:
-                            om[b, d] = gm[b, d] - dr[b]
-
-
-@njit(cache=True, nogil=True)
 def _forecast_features(n_lags, coef, lo, hi, out, feats, regime, work):
     """``forecast_window``'s forecasts from the features that ``window_features`` left."""
     n_h, n, _, n_f = coef.shape

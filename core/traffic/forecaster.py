@@ -396,7 +396,8 @@ class TrafficForecaster:
         """The normal equations without a block of ``_block_normal_equations``: gram's into out (reused)."""
         shared, dep_rows, rest, r_b = block
         keep, dep = kern.shared_features(self.params.n_lags, self.params.top_k, self.params.opts())
-        kern.subtract_parts(gram, shared, dep_rows, keep, dep, out)
+        np.copyto(out, gram)
+        kern.add_parts(shared, dep_rows, keep, dep, -1.0, out)
         if rest is not None:
             out -= rest
         return out, rhs - r_b
